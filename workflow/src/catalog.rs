@@ -1,0 +1,132 @@
+//! The rules that span resources, on top of a [`Store`]: one Hardware per MAC, and whether a
+//! Workflow's references resolve.
+use std::{collections::BTreeMap, sync::Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    manifest::{Origin, Problem},
+    resource::{Decoded, FieldError, HardwareSpec, Kind, MacAddr, Resource, ResourceKey, Spec, WorkflowSpec},
+    store::{Applied, Store, StoreError, Write},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("the manifest has {} error(s)", .0.len())]
+    Invalid(Vec<Problem>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Catalog<S> {
+    store: S,
+    /// Serialises writers, so that the cross-resource checks see what they commit against.
+    writer: Mutex<()>,
+}
+
+impl<S: Store> Catalog<S> {
+    pub fn new(store: S) -> Self {
+        Catalog { store, writer: Mutex::new(()) }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Applies validated documents in one transaction: all of them, or none.
+    pub fn apply(&self, documents: Vec<(Origin, Decoded)>) -> Result<Vec<Applied>, ApplyError> {
+        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut owners = self.mac_owners()?;
+        // The batch replaces what it names, so its own Hardware's old MACs are free to reuse.
+        for (_, document) in &documents {
+            if document.key.kind == Kind::Hardware {
+                owners.retain(|_, owner| *owner != document.key);
+            }
+        }
+        let mut problems = Vec::new();
+        for (origin, document) in &documents {
+            let Spec::Hardware(hardware) = &document.spec else { continue };
+            for (index, interface) in hardware.interfaces.iter().enumerate() {
+                let Some(dhcp) = &interface.dhcp else { continue };
+                if let Some(owner) = owners.insert(dhcp.mac, document.key.clone()) {
+                    problems.push(Problem {
+                        origin: origin.clone(),
+                        field: FieldError {
+                            path: format!("spec.interfaces[{index}].dhcp.mac"),
+                            message: format!("{} is already owned by {owner}", dhcp.mac),
+                        },
+                    });
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ApplyError::Invalid(problems));
+        }
+        let writes = documents
+            .into_iter()
+            .map(|(_, document)| Write { key: document.key, object: document.object, expected_version: document.expected_version })
+            .collect();
+        Ok(self.store.apply(writes)?)
+    }
+
+    pub fn delete(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.store.delete(key)
+    }
+
+    /// Every MAC that some Hardware owns, and its owner: the XDP gate's allowlist.
+    pub fn mac_owners(&self) -> Result<BTreeMap<MacAddr, ResourceKey>, StoreError> {
+        let mut owners = BTreeMap::new();
+        for hardware in self.store.list(Kind::Hardware)? {
+            let spec: HardwareSpec = hardware.spec().map_err(|err| StoreError::Backend(format!("{}: {err}", hardware.key)))?;
+            for mac in spec.macs() {
+                owners.insert(mac, hardware.key.clone());
+            }
+        }
+        Ok(owners)
+    }
+
+    /// Whether a Workflow's template and hardware exist. A missing one is reported, never
+    /// guessed: a workflow is bound only to the Hardware its `hardwareRef` names.
+    pub fn binding(&self, workflow: &Resource) -> Result<Binding, StoreError> {
+        let spec: WorkflowSpec = workflow.spec().map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
+        let namespace = &workflow.key.namespace;
+        let reference = |kind: Kind, name: &str| -> Result<Reference, StoreError> {
+            let key = ResourceKey { kind, namespace: namespace.clone(), name: name.to_string() };
+            let found = self.store.get(&key)?.is_some();
+            Ok(Reference { name: name.to_string(), found })
+        };
+        Ok(Binding {
+            template: reference(Kind::Template, &spec.template_ref)?,
+            hardware: reference(Kind::Hardware, &spec.hardware_ref)?,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reference {
+    pub name: String,
+    pub found: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub template: Reference,
+    pub hardware: Reference,
+}
+
+impl Binding {
+    /// A one-line state for listings: `Ready`, or what is missing.
+    pub fn summary(&self) -> String {
+        let missing: Vec<String> = [("template", &self.template), ("hardware", &self.hardware)]
+            .into_iter()
+            .filter(|(_, reference)| !reference.found)
+            .map(|(what, reference)| format!("{what} {:?} not found", reference.name))
+            .collect();
+        if missing.is_empty() {
+            "Ready".to_string()
+        } else {
+            format!("Blocked: {}", missing.join(", "))
+        }
+    }
+}

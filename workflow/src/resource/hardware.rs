@@ -1,0 +1,115 @@
+//! Hardware: a machine Wisp owns, identified by the MACs of its interfaces.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{addr, MacAddr};
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HardwareSpec {
+    #[serde(default)]
+    pub interfaces: Vec<Interface>,
+    /// Free-form: served as-is by the metadata service.
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub disks: Vec<Disk>,
+    pub user_data: Option<String>,
+    pub vendor_data: Option<String>,
+    // Tinkerbell fields Wisp keeps but does not act on.
+    pub bmc_ref: Option<Value>,
+    pub tink_version: Option<i64>,
+    pub resources: Option<BTreeMap<String, Value>>,
+    #[serde(rename = "agentID")]
+    pub agent_id: Option<String>,
+    pub auto: Option<Value>,
+    pub references: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Interface {
+    pub dhcp: Option<Dhcp>,
+    pub netboot: Option<Netboot>,
+    #[serde(default)]
+    pub disable_dhcp: bool,
+    pub isoboot: Option<Value>,
+}
+
+/// The DHCP reservation of one interface (snake_case, as in Tinkerbell).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Dhcp {
+    pub mac: MacAddr,
+    pub ip: Option<Ip>,
+    pub hostname: Option<String>,
+    pub lease_time: Option<u32>,
+    #[serde(default)]
+    pub name_servers: Vec<addr::Ipv4>,
+    #[serde(default)]
+    pub time_servers: Vec<addr::Ipv4>,
+    pub arch: Option<String>,
+    #[serde(default)]
+    pub uefi: bool,
+    pub vlan_id: Option<String>,
+    pub iface_name: Option<String>,
+    pub domain_name: Option<String>,
+    pub classless_static_routes: Option<Value>,
+    pub tftp_server_name: Option<String>,
+    pub boot_file_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Ip {
+    #[serde(deserialize_with = "addr::required")]
+    pub address: Ipv4Addr,
+    #[serde(default, deserialize_with = "addr::netmask")]
+    pub netmask: Option<Ipv4Addr>,
+    #[serde(default, deserialize_with = "addr::optional")]
+    pub gateway: Option<Ipv4Addr>,
+    pub family: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Netboot {
+    #[serde(rename = "allowPXE")]
+    pub allow_pxe: Option<bool>,
+    pub allow_workflow: Option<bool>,
+    pub ipxe: Option<Ipxe>,
+    pub osie: Option<Osie>,
+    pub pxelinux: Option<Value>,
+    pub rpi: Option<Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct Ipxe {
+    pub url: Option<String>,
+    pub contents: Option<String>,
+    pub binary: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Osie {
+    #[serde(rename = "baseURL")]
+    pub base_url: Option<String>,
+    pub kernel: Option<String>,
+    pub initrd: Option<String>,
+    pub kernel_params: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Disk {
+    pub device: String,
+}
+
+impl HardwareSpec {
+    /// The MACs this machine answers DHCP for: the allowlist entries of the XDP gate.
+    pub fn macs(&self) -> impl Iterator<Item = MacAddr> + '_ {
+        self.interfaces
+            .iter()
+            .filter(|interface| !interface.disable_dhcp)
+            .filter_map(|interface| interface.dhcp.as_ref().map(|dhcp| dhcp.mac))
+    }
+}

@@ -1,0 +1,53 @@
+//! Resource storage, behind a trait so that a distributed backend (etcd) can sit beside the
+//! embedded one.
+mod redb;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use self::redb::RedbStore;
+use crate::resource::{Kind, Resource, ResourceKey};
+
+/// One object to write. With `expected_version` set, the write succeeds only if the stored
+/// object still has that version (optimistic concurrency, as Kubernetes' resourceVersion).
+#[derive(Clone, Debug)]
+pub struct Write {
+    pub key: ResourceKey,
+    pub object: Value,
+    pub expected_version: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub key: ResourceKey,
+    pub version: u64,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key} has been modified: its resourceVersion is {actual}, not {expected}; get it again and retry")]
+    Conflict { key: ResourceKey, expected: u64, actual: String },
+    #[error("store: {0}")]
+    Backend(String),
+}
+
+/// A transactional store of resources. Every method is atomic, and a method that returned
+/// `Ok` has made its change durable.
+pub trait Store: Send + Sync {
+    /// Writes all objects in one transaction, or none of them.
+    fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError>;
+    fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError>;
+    /// All resources of a kind, ordered by namespace and name.
+    fn list(&self, kind: Kind) -> Result<Vec<Resource>, StoreError>;
+    /// Removes a resource and returns what it was.
+    fn delete(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError>;
+}

@@ -1,0 +1,200 @@
+//! The embedded store: one redb file, whose commits are durable (fsync) before they return.
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Applied, Outcome, Store, StoreError, Write};
+use crate::resource::{Kind, Resource, ResourceKey};
+
+/// `Kind/namespace/name` → JSON of [`Record`]. Names cannot hold '/', so a kind's records form
+/// one contiguous key range.
+const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources");
+/// `revision` → the last resource version handed out.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REVISION: &str = "revision";
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    version: u64,
+    /// The object without `metadata.resourceVersion`, which is added back on reads.
+    object: Value,
+}
+
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens (or creates) `wisp.redb` in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|err| StoreError::Backend(format!("cannot create {}: {err}", data_dir.display())))?;
+        let path = data_dir.join("wisp.redb");
+        let db = Database::create(&path).map_err(|err| StoreError::Backend(format!("cannot open {}: {err}", path.display())))?;
+        let txn = db.begin_write().map_err(backend)?;
+        txn.open_table(RESOURCES).map_err(backend)?;
+        txn.open_table(META).map_err(backend)?;
+        txn.commit().map_err(backend)?;
+        Ok(RedbStore { db })
+    }
+}
+
+fn backend(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+fn storage_key(key: &ResourceKey) -> String {
+    format!("{}/{}/{}", key.kind, key.namespace, key.name)
+}
+
+fn without_version(mut object: Value) -> Value {
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.remove("resourceVersion");
+    }
+    object
+}
+
+fn decode_record(key: ResourceKey, bytes: &[u8]) -> Result<Resource, StoreError> {
+    let Record { version, mut object } =
+        serde_json::from_slice(bytes).map_err(|err| StoreError::Backend(format!("{key} is corrupt: {err}")))?;
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.insert("resourceVersion".into(), Value::String(version.to_string()));
+    }
+    Ok(Resource { key, version, object })
+}
+
+fn parse_storage_key(text: &str) -> Option<ResourceKey> {
+    let mut parts = text.splitn(3, '/');
+    let kind = parts.next()?;
+    let kind = Kind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+    Some(ResourceKey { kind, namespace: parts.next()?.to_string(), name: parts.next()?.to_string() })
+}
+
+impl Store for RedbStore {
+    fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let mut applied = Vec::with_capacity(writes.len());
+        {
+            let mut resources = txn.open_table(RESOURCES).map_err(backend)?;
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let mut revision = meta.get(REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+            for write in writes {
+                let storage_key = storage_key(&write.key);
+                let current = match resources.get(storage_key.as_str()).map_err(backend)? {
+                    Some(bytes) => Some(decode_record(write.key.clone(), bytes.value())?),
+                    None => None,
+                };
+                if let Some(expected) = write.expected_version {
+                    let actual = current.as_ref().map(|c| c.version);
+                    if actual != Some(expected) {
+                        // Dropping the transaction without commit discards the whole batch.
+                        return Err(StoreError::Conflict {
+                            key: write.key,
+                            expected,
+                            actual: actual.map_or_else(|| "absent (it does not exist)".into(), |v| v.to_string()),
+                        });
+                    }
+                }
+                let object = without_version(write.object);
+                let outcome = match current {
+                    Some(current) if without_version(current.object.clone()) == object => {
+                        applied.push(Applied { key: write.key, version: current.version, outcome: Outcome::Unchanged });
+                        continue;
+                    }
+                    Some(_) => Outcome::Configured,
+                    None => Outcome::Created,
+                };
+                revision += 1;
+                let bytes = serde_json::to_vec(&Record { version: revision, object }).map_err(backend)?;
+                resources.insert(storage_key.as_str(), bytes.as_slice()).map_err(backend)?;
+                applied.push(Applied { key: write.key, version: revision, outcome });
+            }
+            meta.insert(REVISION, revision).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        Ok(applied)
+    }
+
+    fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let resources = txn.open_table(RESOURCES).map_err(backend)?;
+        let found = resources.get(storage_key(key).as_str()).map_err(backend)?;
+        found.map(|bytes| decode_record(key.clone(), bytes.value())).transpose()
+    }
+
+    fn list(&self, kind: Kind) -> Result<Vec<Resource>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let resources = txn.open_table(RESOURCES).map_err(backend)?;
+        // '0' is the character after '/', so this range is exactly the kind's keys.
+        let (start, end) = (format!("{kind}/"), format!("{kind}0"));
+        let mut listed = Vec::new();
+        for entry in resources.range(start.as_str()..end.as_str()).map_err(backend)? {
+            let (key, bytes) = entry.map_err(backend)?;
+            let key = parse_storage_key(key.value())
+                .ok_or_else(|| StoreError::Backend(format!("unreadable key {:?}", key.value())))?;
+            listed.push(decode_record(key, bytes.value())?);
+        }
+        Ok(listed)
+    }
+
+    fn delete(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let removed = {
+            let mut resources = txn.open_table(RESOURCES).map_err(backend)?;
+            let removed = resources.remove(storage_key(key).as_str()).map_err(backend)?;
+            removed.map(|bytes| decode_record(key.clone(), bytes.value())).transpose()?
+        };
+        txn.commit().map_err(backend)?;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn key(name: &str) -> ResourceKey {
+        ResourceKey { kind: Kind::Hardware, namespace: "ns".into(), name: name.into() }
+    }
+
+    fn write(name: &str, spec: Value, expected_version: Option<u64>) -> Write {
+        Write { key: key(name), object: json!({"metadata": {"name": name}, "spec": spec}), expected_version }
+    }
+
+    #[test]
+    fn apply_versions_and_detects_unchanged_and_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let first = store.apply(vec![write("a", json!(1), None)]).unwrap();
+        assert_eq!(first[0].outcome, Outcome::Created);
+        let again = store.apply(vec![write("a", json!(1), None)]).unwrap();
+        assert_eq!((again[0].outcome, again[0].version), (Outcome::Unchanged, first[0].version));
+        let stale = store.apply(vec![write("a", json!(2), Some(first[0].version + 7))]);
+        assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+        let updated = store.apply(vec![write("a", json!(2), Some(first[0].version))]).unwrap();
+        assert_eq!(updated[0].outcome, Outcome::Configured);
+        let got = store.get(&key("a")).unwrap().unwrap();
+        assert_eq!(got.object["metadata"]["resourceVersion"], updated[0].version.to_string());
+    }
+
+    #[test]
+    fn a_failed_batch_writes_nothing_and_data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            store.apply(vec![write("a", json!(1), None)]).unwrap();
+            let batch = vec![write("b", json!(1), None), write("a", json!(9), Some(999))];
+            assert!(store.apply(batch).is_err());
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        let names: Vec<String> = store.list(Kind::Hardware).unwrap().into_iter().map(|r| r.key.name).collect();
+        assert_eq!(names, ["a"]);
+        assert!(store.list(Kind::Template).unwrap().is_empty());
+        assert_eq!(store.delete(&key("a")).unwrap().map(|r| r.key.name).as_deref(), Some("a"));
+        assert!(store.get(&key("a")).unwrap().is_none());
+    }
+}
