@@ -167,7 +167,14 @@ mod gate {
                 (*stat).last_seen_ns = now;
             },
             None => {
-                let _ = UNKNOWN_MACS.insert(mac, UnknownMacStat { count: 1, last_seen_ns: now }, 0);
+                let _ = UNKNOWN_MACS.insert(
+                    mac,
+                    UnknownMacStat {
+                        count: 1,
+                        last_seen_ns: now,
+                    },
+                    0,
+                );
             }
         }
     }

@@ -26,9 +26,7 @@
 //! 7. The client is `chaddr` (not the Ethernet source, which is the relay's MAC for relayed
 //!    DHCP). In the allowlist: **known**, passed. Otherwise **unknown**: dropped, or passed when
 //!    the policy is discovery mode; either way it is recorded in the unknown-MAC map.
-use crate::{
-    wire::*, Counter, UnknownPolicy, DHCP_SERVER_PORT, PXE_BOOT_SERVER_PORT,
-};
+use crate::{wire::*, Counter, UnknownPolicy, DHCP_SERVER_PORT, PXE_BOOT_SERVER_PORT};
 
 /// What the gate decided for one packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,10 +41,18 @@ pub struct Verdict {
 
 impl Verdict {
     const fn other() -> Self {
-        Verdict { pass: true, counter: Counter::PassedOther, unknown_mac: None }
+        Verdict {
+            pass: true,
+            counter: Counter::PassedOther,
+            unknown_mac: None,
+        }
     }
     const fn malformed() -> Self {
-        Verdict { pass: false, counter: Counter::DroppedMalformed, unknown_mac: None }
+        Verdict {
+            pass: false,
+            counter: Counter::DroppedMalformed,
+            unknown_mac: None,
+        }
     }
 }
 
@@ -110,15 +116,23 @@ pub fn classify_bootp(
     let mut chaddr = [0u8; 6];
     chaddr.copy_from_slice(&payload[BOOTP_CHADDR_OFFSET..BOOTP_CHADDR_OFFSET + 6]);
     if is_known(&chaddr) {
-        return Verdict { pass: true, counter: Counter::PassedKnown, unknown_mac: None };
+        return Verdict {
+            pass: true,
+            counter: Counter::PassedKnown,
+            unknown_mac: None,
+        };
     }
     match policy {
-        UnknownPolicy::Drop => {
-            Verdict { pass: false, counter: Counter::DroppedUnknown, unknown_mac: Some(chaddr) }
-        }
-        UnknownPolicy::Pass => {
-            Verdict { pass: true, counter: Counter::PassedUnknown, unknown_mac: Some(chaddr) }
-        }
+        UnknownPolicy::Drop => Verdict {
+            pass: false,
+            counter: Counter::DroppedUnknown,
+            unknown_mac: Some(chaddr),
+        },
+        UnknownPolicy::Pass => Verdict {
+            pass: true,
+            counter: Counter::PassedUnknown,
+            unknown_mac: Some(chaddr),
+        },
     }
 }
 
@@ -161,20 +175,35 @@ mod tests {
 
     #[test]
     fn known_chaddr_passes_and_unknown_follows_policy() {
-        assert_eq!(classify_bootp(&bootp(KNOWN), known, UnknownPolicy::Drop).counter, Counter::PassedKnown);
+        assert_eq!(
+            classify_bootp(&bootp(KNOWN), known, UnknownPolicy::Drop).counter,
+            Counter::PassedKnown
+        );
         let other = [2, 0, 0, 0, 0, 1];
         let dropped = classify_bootp(&bootp(other), known, UnknownPolicy::Drop);
-        assert_eq!((dropped.pass, dropped.counter, dropped.unknown_mac), (false, Counter::DroppedUnknown, Some(other)));
+        assert_eq!(
+            (dropped.pass, dropped.counter, dropped.unknown_mac),
+            (false, Counter::DroppedUnknown, Some(other))
+        );
         let passed = classify_bootp(&bootp(other), known, UnknownPolicy::Pass);
-        assert_eq!((passed.pass, passed.counter), (true, Counter::PassedUnknown));
+        assert_eq!(
+            (passed.pass, passed.counter),
+            (true, Counter::PassedUnknown)
+        );
     }
 
     #[test]
     fn short_or_non_ethernet_bootp_is_malformed() {
-        assert_eq!(classify_bootp(&bootp(KNOWN)[..235], known, UnknownPolicy::Pass), Verdict::malformed());
+        assert_eq!(
+            classify_bootp(&bootp(KNOWN)[..235], known, UnknownPolicy::Pass),
+            Verdict::malformed()
+        );
         let mut bad_hlen = bootp(KNOWN);
         bad_hlen[2] = 16;
-        assert_eq!(classify_bootp(&bad_hlen, known, UnknownPolicy::Pass), Verdict::malformed());
+        assert_eq!(
+            classify_bootp(&bad_hlen, known, UnknownPolicy::Pass),
+            Verdict::malformed()
+        );
     }
 
     #[test]
@@ -182,7 +211,13 @@ mod tests {
         let arp = [0u8; 60];
         let mut arp = arp;
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        assert_eq!(classify_frame(&arp, known, UnknownPolicy::Drop), Verdict::other());
-        assert_eq!(classify_frame(&[0u8; 5], known, UnknownPolicy::Drop), Verdict::other());
+        assert_eq!(
+            classify_frame(&arp, known, UnknownPolicy::Drop),
+            Verdict::other()
+        );
+        assert_eq!(
+            classify_frame(&[0u8; 5], known, UnknownPolicy::Drop),
+            Verdict::other()
+        );
     }
 }

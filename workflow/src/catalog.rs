@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     manifest::{Origin, Problem},
-    resource::{Decoded, FieldError, HardwareSpec, Kind, MacAddr, Resource, ResourceKey, Spec, WorkflowSpec},
+    resource::{
+        Decoded, FieldError, HardwareSpec, Kind, MacAddr, Resource, ResourceKey, Spec, WorkflowSpec,
+    },
     store::{Applied, Store, StoreError, Write},
 };
 
@@ -26,7 +28,10 @@ pub struct Catalog<S> {
 
 impl<S: Store> Catalog<S> {
     pub fn new(store: S) -> Self {
-        Catalog { store, writer: Mutex::new(()) }
+        Catalog {
+            store,
+            writer: Mutex::new(()),
+        }
     }
 
     pub fn store(&self) -> &S {
@@ -35,7 +40,10 @@ impl<S: Store> Catalog<S> {
 
     /// Applies validated documents in one transaction: all of them, or none.
     pub fn apply(&self, documents: Vec<(Origin, Decoded)>) -> Result<Vec<Applied>, ApplyError> {
-        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut owners = self.mac_owners()?;
         // The batch replaces what it names, so its own Hardware's old MACs are free to reuse.
         for (_, document) in &documents {
@@ -45,9 +53,13 @@ impl<S: Store> Catalog<S> {
         }
         let mut problems = Vec::new();
         for (origin, document) in &documents {
-            let Spec::Hardware(hardware) = &document.spec else { continue };
+            let Spec::Hardware(hardware) = &document.spec else {
+                continue;
+            };
             for (index, interface) in hardware.interfaces.iter().enumerate() {
-                let Some(dhcp) = &interface.dhcp else { continue };
+                let Some(dhcp) = &interface.dhcp else {
+                    continue;
+                };
                 if let Some(owner) = owners.insert(dhcp.mac, document.key.clone()) {
                     problems.push(Problem {
                         origin: origin.clone(),
@@ -64,13 +76,20 @@ impl<S: Store> Catalog<S> {
         }
         let writes = documents
             .into_iter()
-            .map(|(_, document)| Write { key: document.key, object: document.object, expected_version: document.expected_version })
+            .map(|(_, document)| Write {
+                key: document.key,
+                object: document.object,
+                expected_version: document.expected_version,
+            })
             .collect();
         Ok(self.store.apply(writes)?)
     }
 
     pub fn delete(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
-        let _writer = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.store.delete(key)
     }
 
@@ -78,7 +97,9 @@ impl<S: Store> Catalog<S> {
     pub fn mac_owners(&self) -> Result<BTreeMap<MacAddr, ResourceKey>, StoreError> {
         let mut owners = BTreeMap::new();
         for hardware in self.store.list(Kind::Hardware)? {
-            let spec: HardwareSpec = hardware.spec().map_err(|err| StoreError::Backend(format!("{}: {err}", hardware.key)))?;
+            let spec: HardwareSpec = hardware
+                .spec()
+                .map_err(|err| StoreError::Backend(format!("{}: {err}", hardware.key)))?;
             for mac in spec.macs() {
                 owners.insert(mac, hardware.key.clone());
             }
@@ -89,12 +110,21 @@ impl<S: Store> Catalog<S> {
     /// Whether a Workflow's template and hardware exist. A missing one is reported, never
     /// guessed: a workflow is bound only to the Hardware its `hardwareRef` names.
     pub fn binding(&self, workflow: &Resource) -> Result<Binding, StoreError> {
-        let spec: WorkflowSpec = workflow.spec().map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
+        let spec: WorkflowSpec = workflow
+            .spec()
+            .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
         let namespace = &workflow.key.namespace;
         let reference = |kind: Kind, name: &str| -> Result<Reference, StoreError> {
-            let key = ResourceKey { kind, namespace: namespace.clone(), name: name.to_string() };
+            let key = ResourceKey {
+                kind,
+                namespace: namespace.clone(),
+                name: name.to_string(),
+            };
             let found = self.store.get(&key)?.is_some();
-            Ok(Reference { name: name.to_string(), found })
+            Ok(Reference {
+                name: name.to_string(),
+                found,
+            })
         };
         Ok(Binding {
             template: reference(Kind::Template, &spec.template_ref)?,

@@ -45,12 +45,21 @@ impl Manifest {
     /// stopping at the first, so that a user fixes a file in one pass.
     pub fn parse(&mut self, file: &str, text: &str) {
         for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
-            let origin = Origin { file: file.to_string(), doc: index + 1 };
+            let origin = Origin {
+                file: file.to_string(),
+                doc: index + 1,
+            };
             let value = match Value::deserialize(document) {
                 Ok(Value::Null) => continue, // an empty document, as between two `---`
                 Ok(value) => value,
                 Err(err) => {
-                    self.errors.push(Problem { origin, field: FieldError { path: "yaml".into(), message: err.to_string() } });
+                    self.errors.push(Problem {
+                        origin,
+                        field: FieldError {
+                            path: "yaml".into(),
+                            message: err.to_string(),
+                        },
+                    });
                     // The YAML stream cannot be resynchronised after a syntax error.
                     break;
                 }
@@ -58,7 +67,11 @@ impl Manifest {
             match decode(value) {
                 Ok(mut decoded) => {
                     let warnings = std::mem::take(&mut decoded.warnings);
-                    self.warnings.extend(warnings.into_iter().map(|field| Problem { origin: origin.clone(), field }));
+                    self.warnings
+                        .extend(warnings.into_iter().map(|field| Problem {
+                            origin: origin.clone(),
+                            field,
+                        }));
                     self.documents.push((origin, decoded));
                 }
                 Err(field) => self.errors.push(Problem { origin, field }),
@@ -77,11 +90,14 @@ mod tests {
         manifest.errors.iter().map(ToString::to_string).collect()
     }
 
-    const HARDWARE_HEAD: &str = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: nuc\n";
+    const HARDWARE_HEAD: &str =
+        "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: nuc\n";
 
     #[test]
     fn bad_mac_names_file_doc_and_path() {
-        let text = format!("{HARDWARE_HEAD}spec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:11:22\n");
+        let text = format!(
+            "{HARDWARE_HEAD}spec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:11:22\n"
+        );
         assert_eq!(
             errors_of(&text),
             ["hardware.yaml doc 1: spec.interfaces[0].dhcp.mac: \"1c:69:7a:11:22\" is not a MAC address"]
@@ -105,7 +121,10 @@ mod tests {
     #[test]
     fn missing_and_mistyped_fields() {
         let wf = "apiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata:\n  name: wf\nspec:\n  hardwareRef: hw\n";
-        assert_eq!(errors_of(wf), ["hardware.yaml doc 1: spec.templateRef: is required"]);
+        assert_eq!(
+            errors_of(wf),
+            ["hardware.yaml doc 1: spec.templateRef: is required"]
+        );
         let lease = format!("{HARDWARE_HEAD}spec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:11:22:33\n        lease_time: soon\n");
         let errors = errors_of(&lease);
         assert_eq!(errors.len(), 1);
@@ -134,6 +153,9 @@ mod tests {
     fn yaml_syntax_error_has_a_location() {
         let errors = errors_of("kind: [unclosed\n");
         assert_eq!(errors.len(), 1);
-        assert!(errors[0].starts_with("hardware.yaml doc 1: yaml: ") && errors[0].contains("line"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("hardware.yaml doc 1: yaml: ") && errors[0].contains("line"),
+            "{errors:?}"
+        );
     }
 }

@@ -63,7 +63,12 @@ mod tests {
 
     #[test]
     fn rejects_short_long_and_non_hex() {
-        for bad in ["1c:69:7a:11:22", "1c:69:7a:11:22:33:44", "1c:69:7a:11:22:zz", "1c:69:7a:11:22:3"] {
+        for bad in [
+            "1c:69:7a:11:22",
+            "1c:69:7a:11:22:33:44",
+            "1c:69:7a:11:22:zz",
+            "1c:69:7a:11:22:3",
+        ] {
             let err = bad.parse::<MacAddr>().unwrap_err();
             assert_eq!(err.to_string(), format!("{bad:?} is not a MAC address"));
         }

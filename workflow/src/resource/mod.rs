@@ -95,7 +95,8 @@ impl Resource {
     /// store holds something this version of Wisp does not understand.
     pub fn spec<S: DeserializeOwned>(&self) -> Result<S, FieldError> {
         let spec = self.object.get("spec").cloned().unwrap_or(Value::Null);
-        serde_path_to_error::deserialize(spec).map_err(|err| FieldError::from_path_error("spec", err))
+        serde_path_to_error::deserialize(spec)
+            .map_err(|err| FieldError::from_path_error("spec", err))
     }
 }
 
@@ -115,7 +116,10 @@ impl fmt::Display for FieldError {
 
 impl FieldError {
     fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { path: path.into(), message: message.into() }
+        FieldError {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     fn from_path_error(prefix: &str, err: serde_path_to_error::Error<serde_json::Error>) -> Self {
@@ -127,8 +131,15 @@ impl FieldError {
         };
         let mut message = err.into_inner().to_string();
         // serde says "missing field `x`" at the parent; name the field itself instead.
-        if let Some(field) = message.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')) {
-            path = if path.is_empty() { field.to_string() } else { format!("{path}.{field}") };
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            path = if path.is_empty() {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            };
             message = "is required".to_string();
         }
         FieldError { path, message }
@@ -196,7 +207,10 @@ pub fn decode(object: Value) -> Result<Decoded, FieldError> {
     let text_field = |field: &str| match object.get(field) {
         None | Some(Value::Null) => Err(FieldError::new(field, "is required")),
         Some(Value::String(text)) => Ok(text.clone()),
-        Some(other) => Err(FieldError::new(field, format!("must be a string, not {other}"))),
+        Some(other) => Err(FieldError::new(
+            field,
+            format!("must be a string, not {other}"),
+        )),
     };
     let api_version = text_field("apiVersion")?;
     if api_version != API_VERSION {
@@ -206,9 +220,15 @@ pub fn decode(object: Value) -> Result<Decoded, FieldError> {
         ));
     }
     let kind_text = text_field("kind")?;
-    let kind = Kind::ALL.into_iter().find(|kind| kind.as_str() == kind_text).ok_or_else(|| {
-        FieldError::new("kind", format!("{kind_text:?} is not a resource kind (Hardware, Template or Workflow)"))
-    })?;
+    let kind = Kind::ALL
+        .into_iter()
+        .find(|kind| kind.as_str() == kind_text)
+        .ok_or_else(|| {
+            FieldError::new(
+                "kind",
+                format!("{kind_text:?} is not a resource kind (Hardware, Template or Workflow)"),
+            )
+        })?;
     let mut warnings = Vec::new();
     let (metadata, spec) = match kind {
         Kind::Hardware => typed(&object, &mut warnings, Spec::Hardware)?,
@@ -216,17 +236,26 @@ pub fn decode(object: Value) -> Result<Decoded, FieldError> {
         Kind::Workflow => typed(&object, &mut warnings, Spec::Workflow)?,
     };
     validate_name("metadata.name", &metadata.name)?;
-    let namespace = metadata.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let namespace = metadata
+        .namespace
+        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
     validate_name("metadata.namespace", &namespace)?;
     let expected_version = match metadata.resource_version.as_deref() {
         None | Some("") => None,
         Some(text) => Some(text.parse().map_err(|_| {
-            FieldError::new("metadata.resourceVersion", format!("{text:?} is not a resource version of this store"))
+            FieldError::new(
+                "metadata.resourceVersion",
+                format!("{text:?} is not a resource version of this store"),
+            )
         })?),
     };
     validate_spec(&spec)?;
     Ok(Decoded {
-        key: ResourceKey { kind, namespace, name: metadata.name },
+        key: ResourceKey {
+            kind,
+            namespace,
+            name: metadata.name,
+        },
         spec,
         object,
         expected_version,
@@ -244,7 +273,11 @@ fn typed<S: DeserializeOwned>(
     let deserializer = serde_ignored::Deserializer::new(object, &mut record);
     let envelope: Envelope<S> = serde_path_to_error::deserialize(deserializer)
         .map_err(|err| FieldError::from_path_error("", err))?;
-    warnings.extend(unknown.into_iter().map(|path| FieldError::new(path, "unknown field, kept but not used by Wisp")));
+    warnings.extend(
+        unknown
+            .into_iter()
+            .map(|path| FieldError::new(path, "unknown field, kept but not used by Wisp")),
+    );
     Ok((envelope.metadata, wrap(envelope.spec)))
 }
 
@@ -258,9 +291,9 @@ fn ignored_path(path: &serde_ignored::Path) -> String {
             parent if parent.is_empty() => key.clone(),
             parent => format!("{parent}.{key}"),
         },
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
-            ignored_path(parent)
-        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
     }
 }
 
@@ -268,7 +301,9 @@ fn ignored_path(path: &serde_ignored::Path) -> String {
 fn validate_name(path: &str, name: &str) -> Result<(), FieldError> {
     let valid = !name.is_empty()
         && name.len() <= 253
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if valid {
@@ -286,7 +321,9 @@ fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
         Spec::Hardware(hardware) => {
             let mut seen = BTreeMap::new();
             for (index, interface) in hardware.interfaces.iter().enumerate() {
-                let Some(dhcp) = &interface.dhcp else { continue };
+                let Some(dhcp) = &interface.dhcp else {
+                    continue;
+                };
                 if let Some(first) = seen.insert(dhcp.mac, index) {
                     return Err(FieldError::new(
                         format!("spec.interfaces[{index}].dhcp.mac"),
@@ -297,7 +334,10 @@ fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
             Ok(())
         }
         Spec::Template(template) => match template.data.as_deref() {
-            None | Some("") => Err(FieldError::new("spec.data", "is required: the workflow template text")),
+            None | Some("") => Err(FieldError::new(
+                "spec.data",
+                "is required: the workflow template text",
+            )),
             Some(_) => Ok(()),
         },
         Spec::Workflow(workflow) => {

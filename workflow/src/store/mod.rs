@@ -35,7 +35,11 @@ pub struct Applied {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{key} has been modified: its resourceVersion is {actual}, not {expected}; get it again and retry")]
-    Conflict { key: ResourceKey, expected: u64, actual: String },
+    Conflict {
+        key: ResourceKey,
+        expected: u64,
+        actual: String,
+    },
     #[error("store: {0}")]
     Backend(String),
 }

@@ -29,10 +29,12 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) `wisp.redb` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|err| StoreError::Backend(format!("cannot create {}: {err}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|err| {
+            StoreError::Backend(format!("cannot create {}: {err}", data_dir.display()))
+        })?;
         let path = data_dir.join("wisp.redb");
-        let db = Database::create(&path).map_err(|err| StoreError::Backend(format!("cannot open {}: {err}", path.display())))?;
+        let db = Database::create(&path)
+            .map_err(|err| StoreError::Backend(format!("cannot open {}: {err}", path.display())))?;
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(RESOURCES).map_err(backend)?;
         txn.open_table(META).map_err(backend)?;
@@ -57,19 +59,30 @@ fn without_version(mut object: Value) -> Value {
 }
 
 fn decode_record(key: ResourceKey, bytes: &[u8]) -> Result<Resource, StoreError> {
-    let Record { version, mut object } =
-        serde_json::from_slice(bytes).map_err(|err| StoreError::Backend(format!("{key} is corrupt: {err}")))?;
+    let Record {
+        version,
+        mut object,
+    } = serde_json::from_slice(bytes)
+        .map_err(|err| StoreError::Backend(format!("{key} is corrupt: {err}")))?;
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         metadata.insert("resourceVersion".into(), Value::String(version.to_string()));
     }
-    Ok(Resource { key, version, object })
+    Ok(Resource {
+        key,
+        version,
+        object,
+    })
 }
 
 fn parse_storage_key(text: &str) -> Option<ResourceKey> {
     let mut parts = text.splitn(3, '/');
     let kind = parts.next()?;
     let kind = Kind::ALL.into_iter().find(|k| k.as_str() == kind)?;
-    Some(ResourceKey { kind, namespace: parts.next()?.to_string(), name: parts.next()?.to_string() })
+    Some(ResourceKey {
+        kind,
+        namespace: parts.next()?.to_string(),
+        name: parts.next()?.to_string(),
+    })
 }
 
 impl Store for RedbStore {
@@ -79,7 +92,11 @@ impl Store for RedbStore {
         {
             let mut resources = txn.open_table(RESOURCES).map_err(backend)?;
             let mut meta = txn.open_table(META).map_err(backend)?;
-            let mut revision = meta.get(REVISION).map_err(backend)?.map(|v| v.value()).unwrap_or(0);
+            let mut revision = meta
+                .get(REVISION)
+                .map_err(backend)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             for write in writes {
                 let storage_key = storage_key(&write.key);
                 let current = match resources.get(storage_key.as_str()).map_err(backend)? {
@@ -93,23 +110,40 @@ impl Store for RedbStore {
                         return Err(StoreError::Conflict {
                             key: write.key,
                             expected,
-                            actual: actual.map_or_else(|| "absent (it does not exist)".into(), |v| v.to_string()),
+                            actual: actual.map_or_else(
+                                || "absent (it does not exist)".into(),
+                                |v| v.to_string(),
+                            ),
                         });
                     }
                 }
                 let object = without_version(write.object);
                 let outcome = match current {
                     Some(current) if without_version(current.object.clone()) == object => {
-                        applied.push(Applied { key: write.key, version: current.version, outcome: Outcome::Unchanged });
+                        applied.push(Applied {
+                            key: write.key,
+                            version: current.version,
+                            outcome: Outcome::Unchanged,
+                        });
                         continue;
                     }
                     Some(_) => Outcome::Configured,
                     None => Outcome::Created,
                 };
                 revision += 1;
-                let bytes = serde_json::to_vec(&Record { version: revision, object }).map_err(backend)?;
-                resources.insert(storage_key.as_str(), bytes.as_slice()).map_err(backend)?;
-                applied.push(Applied { key: write.key, version: revision, outcome });
+                let bytes = serde_json::to_vec(&Record {
+                    version: revision,
+                    object,
+                })
+                .map_err(backend)?;
+                resources
+                    .insert(storage_key.as_str(), bytes.as_slice())
+                    .map_err(backend)?;
+                applied.push(Applied {
+                    key: write.key,
+                    version: revision,
+                    outcome,
+                });
             }
             meta.insert(REVISION, revision).map_err(backend)?;
         }
@@ -121,7 +155,9 @@ impl Store for RedbStore {
         let txn = self.db.begin_read().map_err(backend)?;
         let resources = txn.open_table(RESOURCES).map_err(backend)?;
         let found = resources.get(storage_key(key).as_str()).map_err(backend)?;
-        found.map(|bytes| decode_record(key.clone(), bytes.value())).transpose()
+        found
+            .map(|bytes| decode_record(key.clone(), bytes.value()))
+            .transpose()
     }
 
     fn list(&self, kind: Kind) -> Result<Vec<Resource>, StoreError> {
@@ -130,7 +166,10 @@ impl Store for RedbStore {
         // '0' is the character after '/', so this range is exactly the kind's keys.
         let (start, end) = (format!("{kind}/"), format!("{kind}0"));
         let mut listed = Vec::new();
-        for entry in resources.range(start.as_str()..end.as_str()).map_err(backend)? {
+        for entry in resources
+            .range(start.as_str()..end.as_str())
+            .map_err(backend)?
+        {
             let (key, bytes) = entry.map_err(backend)?;
             let key = parse_storage_key(key.value())
                 .ok_or_else(|| StoreError::Backend(format!("unreadable key {:?}", key.value())))?;
@@ -143,8 +182,12 @@ impl Store for RedbStore {
         let txn = self.db.begin_write().map_err(backend)?;
         let removed = {
             let mut resources = txn.open_table(RESOURCES).map_err(backend)?;
-            let removed = resources.remove(storage_key(key).as_str()).map_err(backend)?;
-            removed.map(|bytes| decode_record(key.clone(), bytes.value())).transpose()?
+            let removed = resources
+                .remove(storage_key(key).as_str())
+                .map_err(backend)?;
+            removed
+                .map(|bytes| decode_record(key.clone(), bytes.value()))
+                .transpose()?
         };
         txn.commit().map_err(backend)?;
         Ok(removed)
@@ -158,11 +201,19 @@ mod tests {
     use super::*;
 
     fn key(name: &str) -> ResourceKey {
-        ResourceKey { kind: Kind::Hardware, namespace: "ns".into(), name: name.into() }
+        ResourceKey {
+            kind: Kind::Hardware,
+            namespace: "ns".into(),
+            name: name.into(),
+        }
     }
 
     fn write(name: &str, spec: Value, expected_version: Option<u64>) -> Write {
-        Write { key: key(name), object: json!({"metadata": {"name": name}, "spec": spec}), expected_version }
+        Write {
+            key: key(name),
+            object: json!({"metadata": {"name": name}, "spec": spec}),
+            expected_version,
+        }
     }
 
     #[test]
@@ -172,13 +223,24 @@ mod tests {
         let first = store.apply(vec![write("a", json!(1), None)]).unwrap();
         assert_eq!(first[0].outcome, Outcome::Created);
         let again = store.apply(vec![write("a", json!(1), None)]).unwrap();
-        assert_eq!((again[0].outcome, again[0].version), (Outcome::Unchanged, first[0].version));
+        assert_eq!(
+            (again[0].outcome, again[0].version),
+            (Outcome::Unchanged, first[0].version)
+        );
         let stale = store.apply(vec![write("a", json!(2), Some(first[0].version + 7))]);
-        assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
-        let updated = store.apply(vec![write("a", json!(2), Some(first[0].version))]).unwrap();
+        assert!(
+            matches!(stale, Err(StoreError::Conflict { .. })),
+            "{stale:?}"
+        );
+        let updated = store
+            .apply(vec![write("a", json!(2), Some(first[0].version))])
+            .unwrap();
         assert_eq!(updated[0].outcome, Outcome::Configured);
         let got = store.get(&key("a")).unwrap().unwrap();
-        assert_eq!(got.object["metadata"]["resourceVersion"], updated[0].version.to_string());
+        assert_eq!(
+            got.object["metadata"]["resourceVersion"],
+            updated[0].version.to_string()
+        );
     }
 
     #[test]
@@ -191,10 +253,22 @@ mod tests {
             assert!(store.apply(batch).is_err());
         }
         let store = RedbStore::open(dir.path()).unwrap();
-        let names: Vec<String> = store.list(Kind::Hardware).unwrap().into_iter().map(|r| r.key.name).collect();
+        let names: Vec<String> = store
+            .list(Kind::Hardware)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.key.name)
+            .collect();
         assert_eq!(names, ["a"]);
         assert!(store.list(Kind::Template).unwrap().is_empty());
-        assert_eq!(store.delete(&key("a")).unwrap().map(|r| r.key.name).as_deref(), Some("a"));
+        assert_eq!(
+            store
+                .delete(&key("a"))
+                .unwrap()
+                .map(|r| r.key.name)
+                .as_deref(),
+            Some("a")
+        );
         assert!(store.get(&key("a")).unwrap().is_none());
     }
 }

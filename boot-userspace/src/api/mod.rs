@@ -1,0 +1,47 @@
+//! The HTTP/JSON API between the daemon and the `wisp` CLI: wire types here, handlers in
+//! [`routes`].
+pub mod routes;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use workflow::{catalog::Binding, resource::ResourceKey, store::Applied};
+
+/// The address the daemon listens on and the CLI talks to unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ManifestFile {
+    /// Shown in errors: `hardware.yaml doc 1: ...`.
+    pub name: String,
+    pub content: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub files: Vec<ManifestFile>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    pub applied: Vec<Applied>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResourceView {
+    pub key: ResourceKey,
+    pub version: u64,
+    pub object: Value,
+    /// For workflows: whether their template and hardware exist.
+    pub binding: Option<Binding>,
+}
+
+/// Every error the API returns, kubectl-style: a reason, a message, and per-field details.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// `Invalid`, `NotFound`, `Conflict`, `BadRequest` or `Internal`.
+    pub reason: String,
+    pub message: String,
+    #[serde(default)]
+    pub details: Vec<String>,
+}

@@ -1,0 +1,296 @@
+//! The API handlers. Writes go through the catalog (validation, one owner per MAC, one
+//! transaction), then the gate's allowlist is brought in line before the reply.
+use std::sync::Arc;
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use workflow::{
+    catalog::{ApplyError, Catalog},
+    manifest::Manifest,
+    resource::{Kind, Resource, ResourceKey},
+    store::{RedbStore, Store, StoreError},
+};
+
+use super::{ApplyRequest, ApplyResponse, ErrorBody, ResourceView};
+use crate::{gate::Gate, metrics::Metrics};
+
+pub struct AppState {
+    pub catalog: Catalog<RedbStore>,
+    pub gate: Arc<Gate>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Makes the gate's allowlist exactly the MACs the stored Hardware owns.
+    pub fn sync_allowlist(&self) -> anyhow::Result<usize> {
+        let macs = self.catalog.mac_owners()?.into_keys().collect();
+        self.gate.sync_allowlist(&macs)?;
+        Ok(macs.len())
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/apply", post(apply))
+        .route("/v1/gate", get(gate_stats))
+        .route("/v1/{kind}", get(list))
+        .route("/v1/{kind}/{namespace}/{name}", get(get_one).delete(delete))
+        .with_state(state)
+}
+
+pub struct ApiError(StatusCode, ErrorBody);
+
+impl ApiError {
+    fn new(status: StatusCode, reason: &str, message: impl Into<String>) -> Self {
+        ApiError(
+            status,
+            ErrorBody {
+                reason: reason.into(),
+                message: message.into(),
+                details: Vec::new(),
+            },
+        )
+    }
+
+    fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!("internal error: {err}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Internal",
+            err.to_string(),
+        )
+    }
+
+    fn not_found(key: &ResourceKey) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!(
+                "{} \"{}\" not found in namespace \"{}\"",
+                key.kind.plural(),
+                key.name,
+                key.namespace
+            ),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Conflict { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "Conflict", err.to_string())
+            }
+            StoreError::Backend(_) => ApiError::internal(err),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+fn parse_kind(text: &str) -> Result<Kind, ApiError> {
+    Kind::from_user(text).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("the server doesn't have a resource type \"{text}\""),
+        )
+    })
+}
+
+/// Runs blocking store work (redb commits fsync) off the async workers.
+async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    work: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let state = Arc::clone(state);
+    tokio::task::spawn_blocking(move || work(&state))
+        .await
+        .map_err(ApiError::internal)?
+}
+
+async fn apply(
+    State(state): State<Arc<AppState>>,
+    Json(request): Json<ApplyRequest>,
+) -> ApiResult<ApplyResponse> {
+    let mut manifest = Manifest::default();
+    for file in &request.files {
+        manifest.parse(&file.name, &file.content);
+    }
+    let mut warnings: Vec<String> = manifest.warnings.iter().map(ToString::to_string).collect();
+    if !manifest.errors.is_empty() {
+        return Err(invalid(
+            manifest.errors.iter().map(ToString::to_string).collect(),
+        ));
+    }
+    if manifest.documents.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "no objects passed to apply",
+        ));
+    }
+    let touches_hardware = manifest
+        .documents
+        .iter()
+        .any(|(_, doc)| doc.key.kind == Kind::Hardware);
+    let applied = blocking(&state, move |state| {
+        let applied = state
+            .catalog
+            .apply(manifest.documents)
+            .map_err(|err| match err {
+                ApplyError::Invalid(problems) => {
+                    invalid(problems.iter().map(ToString::to_string).collect())
+                }
+                ApplyError::Store(err) => err.into(),
+            })?;
+        Ok(applied)
+    })
+    .await?;
+    if touches_hardware {
+        if let Err(err) = state.sync_allowlist() {
+            tracing::error!("applied, but the gate's allowlist could not be updated: {err:#}");
+            warnings.push(format!(
+                "applied, but the gate's allowlist could not be updated: {err:#}"
+            ));
+        }
+    }
+    for entry in &applied {
+        tracing::info!(resource = %entry.key, version = entry.version, outcome = ?entry.outcome, "applied");
+    }
+    Ok(Json(ApplyResponse { applied, warnings }))
+}
+
+fn invalid(details: Vec<String>) -> ApiError {
+    let message = format!(
+        "the manifest is invalid ({} error{}); nothing was applied",
+        details.len(),
+        if details.len() == 1 { "" } else { "s" }
+    );
+    ApiError(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorBody {
+            reason: "Invalid".into(),
+            message,
+            details,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+async fn list(
+    State(state): State<Arc<AppState>>,
+    Path(kind): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Vec<ResourceView>> {
+    let kind = parse_kind(&kind)?;
+    let views = blocking(&state, move |state| {
+        let resources = state.catalog.store().list(kind)?;
+        resources
+            .into_iter()
+            .filter(|r| {
+                query
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|ns| *ns == r.key.namespace)
+            })
+            .filter(|r| query.name.as_ref().is_none_or(|name| *name == r.key.name))
+            .map(|resource| view(state, resource))
+            .collect()
+    })
+    .await?;
+    Ok(Json(views))
+}
+
+async fn get_one(
+    State(state): State<Arc<AppState>>,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> ApiResult<ResourceView> {
+    let key = ResourceKey {
+        kind: parse_kind(&kind)?,
+        namespace,
+        name,
+    };
+    let found = blocking(&state, move |state| {
+        match state.catalog.store().get(&key)? {
+            Some(resource) => view(state, resource),
+            None => Err(ApiError::not_found(&key)),
+        }
+    })
+    .await?;
+    Ok(Json(found))
+}
+
+async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path((kind, namespace, name)): Path<(String, String, String)>,
+) -> ApiResult<ResourceView> {
+    let key = ResourceKey {
+        kind: parse_kind(&kind)?,
+        namespace,
+        name,
+    };
+    let removed = blocking(&state, move |state| match state.catalog.delete(&key)? {
+        Some(resource) => Ok(resource),
+        None => Err(ApiError::not_found(&key)),
+    })
+    .await?;
+    if removed.key.kind == Kind::Hardware {
+        state.sync_allowlist().map_err(ApiError::internal)?;
+    }
+    tracing::info!(resource = %removed.key, "deleted");
+    Ok(Json(ResourceView {
+        key: removed.key,
+        version: removed.version,
+        object: removed.object,
+        binding: None,
+    }))
+}
+
+fn view(state: &AppState, resource: Resource) -> Result<ResourceView, ApiError> {
+    let binding = match resource.key.kind {
+        Kind::Workflow => Some(state.catalog.binding(&resource)?),
+        _ => None,
+    };
+    Ok(ResourceView {
+        key: resource.key,
+        version: resource.version,
+        object: resource.object,
+        binding,
+    })
+}
+
+async fn gate_stats(State(state): State<Arc<AppState>>) -> ApiResult<crate::gate::GateStats> {
+    state.gate.stats().map(Json).map_err(ApiError::internal)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let text = state.metrics.encode().map_err(ApiError::internal)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}

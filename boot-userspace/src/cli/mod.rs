@@ -1,0 +1,267 @@
+//! The client commands: apply, get, describe, delete and `xdp stats`.
+mod client;
+mod output;
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use boot_userspace::{
+    api::{ApplyRequest, ApplyResponse, ManifestFile, ResourceView},
+    gate::GateStats,
+};
+use clap::{Subcommand, ValueEnum};
+use workflow::{resource::Kind, store::Outcome};
+
+use client::{CliError, CliResult, Client};
+
+#[derive(Subcommand)]
+pub enum ClientCommand {
+    /// Create or update resources from YAML files (multi-document), directories, or `-`.
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List resources, or show one.
+    Get {
+        /// hardware, templates or workflows (also hw, tpl, wf).
+        kind: String,
+        name: Option<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+    /// Show one resource in detail, with what it refers to.
+    Describe {
+        kind: String,
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Delete a resource.
+    Delete {
+        kind: String,
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// The XDP DHCP gate.
+    Xdp {
+        #[command(subcommand)]
+        command: XdpCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum XdpCommand {
+    /// Counters, attach mode, and the unknown MACs that asked for DHCP.
+    Stats {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+}
+
+pub fn run(server: &str, command: ClientCommand) -> CliResult<()> {
+    let client = Client::new(server);
+    match command {
+        ClientCommand::Apply { files } => apply(&client, &files),
+        ClientCommand::Get {
+            kind,
+            name,
+            namespace,
+            output,
+        } => {
+            let kind = parse_kind(&kind)?;
+            let views = match name {
+                Some(name) => vec![find(&client, kind, &name, namespace.as_deref())?],
+                None => list(&client, kind, namespace.as_deref(), None)?,
+            };
+            output::resources(kind, &views, output, views.len() == 1 && is_single(output));
+            Ok(())
+        }
+        ClientCommand::Describe {
+            kind,
+            name,
+            namespace,
+        } => {
+            let kind = parse_kind(&kind)?;
+            output::describe(&find(&client, kind, &name, namespace.as_deref())?);
+            Ok(())
+        }
+        ClientCommand::Delete {
+            kind,
+            name,
+            namespace,
+        } => {
+            let kind = parse_kind(&kind)?;
+            let found = find(&client, kind, &name, namespace.as_deref())?;
+            let key = &found.key;
+            let removed: ResourceView = client.delete(&format!(
+                "/v1/{}/{}/{}",
+                kind.plural(),
+                key.namespace,
+                key.name
+            ))?;
+            println!("{}/{} deleted", qualified(kind), removed.key.name);
+            Ok(())
+        }
+        ClientCommand::Xdp {
+            command: XdpCommand::Stats { output },
+        } => {
+            let stats: GateStats = client.get("/v1/gate")?;
+            output::gate_stats(&stats, output);
+            Ok(())
+        }
+    }
+}
+
+/// `get NAME` with -o yaml/json prints the object itself, not a list.
+fn is_single(format: Format) -> bool {
+    matches!(format, Format::Yaml | Format::Json)
+}
+
+fn parse_kind(text: &str) -> CliResult<Kind> {
+    Kind::from_user(text).ok_or_else(|| {
+        CliError(format!("the server doesn't have a resource type \"{text}\" (use hardware, templates or workflows)"))
+    })
+}
+
+/// kubectl's name for a kind: `hardware.tinkerbell.org`.
+fn qualified(kind: Kind) -> String {
+    format!("{}.tinkerbell.org", kind.as_str().to_lowercase())
+}
+
+fn list(
+    client: &Client,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> CliResult<Vec<ResourceView>> {
+    let mut query = Vec::new();
+    if let Some(namespace) = namespace {
+        query.push(format!("namespace={namespace}"));
+    }
+    if let Some(name) = name {
+        query.push(format!("name={name}"));
+    }
+    let suffix = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
+    client.get(&format!("/v1/{}{suffix}", kind.plural()))
+}
+
+/// Finds one resource by name; without -n, the name must be unique across namespaces.
+fn find(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    namespace: Option<&str>,
+) -> CliResult<ResourceView> {
+    let mut found = list(client, kind, namespace, Some(name))?;
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(CliError(match namespace {
+            Some(namespace) => format!(
+                "{} \"{name}\" not found in namespace \"{namespace}\" (NotFound)",
+                kind.plural()
+            ),
+            None => format!("{} \"{name}\" not found (NotFound)", kind.plural()),
+        })),
+        _ => {
+            let namespaces: Vec<&str> = found
+                .iter()
+                .map(|view| view.key.namespace.as_str())
+                .collect();
+            Err(CliError(format!(
+                "{} \"{name}\" exists in several namespaces ({}); choose one with -n",
+                kind.plural(),
+                namespaces.join(", ")
+            )))
+        }
+    }
+}
+
+fn apply(client: &Client, paths: &[PathBuf]) -> CliResult<()> {
+    let mut files = Vec::new();
+    for path in paths {
+        read_manifests(path, &mut files)?;
+    }
+    let response: ApplyResponse = client.post("/v1/apply", &ApplyRequest { files })?;
+    for warning in &response.warnings {
+        eprintln!("Warning: {warning}");
+    }
+    for applied in &response.applied {
+        let verb = match applied.outcome {
+            Outcome::Created => "created",
+            Outcome::Configured => "configured",
+            Outcome::Unchanged => "unchanged",
+        };
+        println!(
+            "{}/{} {verb}",
+            qualified(applied.key.kind),
+            applied.key.name
+        );
+    }
+    Ok(())
+}
+
+fn read_manifests(path: &Path, files: &mut Vec<ManifestFile>) -> CliResult<()> {
+    if path == Path::new("-") {
+        let mut content = String::new();
+        std::io::stdin()
+            .read_to_string(&mut content)
+            .map_err(|err| CliError(format!("reading standard input: {err}")))?;
+        files.push(ManifestFile {
+            name: "stdin".into(),
+            content,
+        });
+        return Ok(());
+    }
+    let unreadable = |err: std::io::Error| {
+        CliError(format!(
+            "the path \"{}\" cannot be read: {err}",
+            path.display()
+        ))
+    };
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(unreadable)?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|p| {
+                matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml" | "yml" | "json")
+                )
+            })
+            .collect();
+        entries.sort();
+        if entries.is_empty() {
+            return Err(CliError(format!(
+                "no .yaml, .yml or .json files in \"{}\"",
+                path.display()
+            )));
+        }
+        for entry in entries {
+            read_manifests(&entry, files)?;
+        }
+        return Ok(());
+    }
+    let content = std::fs::read_to_string(path).map_err(unreadable)?;
+    files.push(ManifestFile {
+        name: path.display().to_string(),
+        content,
+    });
+    Ok(())
+}

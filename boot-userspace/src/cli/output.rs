@@ -1,0 +1,264 @@
+//! How the CLI prints: kubectl-like tables, YAML and JSON.
+use boot_userspace::{api::ResourceView, gate::GateStats};
+use serde_json::{json, Value};
+use workflow::{catalog::Binding, resource::Kind};
+
+use super::Format;
+
+/// Prints rows under a header, columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", padded.join("   ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// The object as the user wrote it, with the state Wisp derives added under `status`.
+fn with_status(view: &ResourceView) -> Value {
+    let mut object = view.object.clone();
+    if let (Some(binding), Some(map)) = (&view.binding, object.as_object_mut()) {
+        let condition = |kind: &str, what: &str, reference: &workflow::catalog::Reference| {
+            json!({
+                "type": kind,
+                "status": if reference.found { "True" } else { "False" },
+                "message": if reference.found {
+                    format!("{what} {:?} found", reference.name)
+                } else {
+                    format!("{what} {:?} not found in namespace {:?}", reference.name, view.key.namespace)
+                },
+            })
+        };
+        let status = map.entry("status").or_insert_with(|| json!({}));
+        if let Some(status) = status.as_object_mut() {
+            status.insert(
+                "conditions".into(),
+                json!([
+                    condition("TemplateFound", "template", &binding.template),
+                    condition("HardwareFound", "hardware", &binding.hardware),
+                ]),
+            );
+        }
+    }
+    object
+}
+
+pub fn resources(kind: Kind, views: &[ResourceView], format: Format, single: bool) {
+    match format {
+        Format::Json | Format::Yaml => {
+            let objects: Vec<Value> = views.iter().map(with_status).collect();
+            let document = if single {
+                objects.into_iter().next().unwrap_or(Value::Null)
+            } else {
+                json!({"apiVersion": "v1", "kind": "List", "items": objects})
+            };
+            print_document(&document, format);
+        }
+        Format::Table | Format::Wide => {
+            if views.is_empty() {
+                eprintln!("No resources found.");
+                return;
+            }
+            let wide = format == Format::Wide;
+            let (header, rows): (Vec<&str>, Vec<Vec<String>>) = match kind {
+                Kind::Hardware => (
+                    if wide {
+                        vec![
+                            "NAMESPACE",
+                            "NAME",
+                            "MAC",
+                            "IP",
+                            "HOSTNAME",
+                            "ALLOWPXE",
+                            "VERSION",
+                        ]
+                    } else {
+                        vec!["NAMESPACE", "NAME", "MAC", "IP"]
+                    },
+                    views.iter().map(|v| hardware_row(v, wide)).collect(),
+                ),
+                Kind::Template => (
+                    if wide {
+                        vec!["NAMESPACE", "NAME", "VERSION"]
+                    } else {
+                        vec!["NAMESPACE", "NAME"]
+                    },
+                    views.iter().map(|v| key_row(v, wide)).collect(),
+                ),
+                Kind::Workflow => (
+                    if wide {
+                        vec![
+                            "NAMESPACE",
+                            "NAME",
+                            "TEMPLATE",
+                            "HARDWARE",
+                            "STATE",
+                            "VERSION",
+                        ]
+                    } else {
+                        vec!["NAMESPACE", "NAME", "TEMPLATE", "HARDWARE", "STATE"]
+                    },
+                    views.iter().map(|v| workflow_row(v, wide)).collect(),
+                ),
+            };
+            table(&header, &rows);
+        }
+    }
+}
+
+fn print_document(document: &Value, format: Format) {
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(document).unwrap_or_default()
+        ),
+        _ => print!("{}", serde_yaml_ng::to_string(document).unwrap_or_default()),
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Null => "<none>".into(),
+        other => other.to_string(),
+    }
+}
+
+fn key_row(view: &ResourceView, wide: bool) -> Vec<String> {
+    let mut row = vec![view.key.namespace.clone(), view.key.name.clone()];
+    if wide {
+        row.push(view.version.to_string());
+    }
+    row
+}
+
+fn hardware_row(view: &ResourceView, wide: bool) -> Vec<String> {
+    let interfaces = view.object["spec"]["interfaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let joined = |field: &dyn Fn(&Value) -> Value| -> String {
+        let values: Vec<String> = interfaces
+            .iter()
+            .map(|i| text(&field(&i["dhcp"])))
+            .collect();
+        if values.is_empty() {
+            "<none>".into()
+        } else {
+            values.join(",")
+        }
+    };
+    let mut row = vec![
+        view.key.namespace.clone(),
+        view.key.name.clone(),
+        joined(&|dhcp| dhcp["mac"].clone()),
+        joined(&|dhcp| dhcp["ip"]["address"].clone()),
+    ];
+    if wide {
+        row.push(joined(&|dhcp| dhcp["hostname"].clone()));
+        let allow: Vec<String> = interfaces
+            .iter()
+            .map(|i| text(&i["netboot"]["allowPXE"]))
+            .collect();
+        row.push(allow.join(","));
+        row.push(view.version.to_string());
+    }
+    row
+}
+
+fn workflow_row(view: &ResourceView, wide: bool) -> Vec<String> {
+    let spec = &view.object["spec"];
+    let mut row = vec![
+        view.key.namespace.clone(),
+        view.key.name.clone(),
+        text(&spec["templateRef"]),
+        text(&spec["hardwareRef"]),
+        view.binding
+            .as_ref()
+            .map_or_else(|| "<unknown>".into(), Binding::summary),
+    ];
+    if wide {
+        row.push(view.version.to_string());
+    }
+    row
+}
+
+pub fn describe(view: &ResourceView) {
+    let field = |name: &str, value: &str| println!("{:<18}{value}", format!("{name}:"));
+    field("Name", &view.key.name);
+    field("Namespace", &view.key.namespace);
+    field("Kind", view.key.kind.as_str());
+    field("Resource Version", &view.version.to_string());
+    if let Some(binding) = &view.binding {
+        let reference = |r: &workflow::catalog::Reference| {
+            if r.found {
+                r.name.clone()
+            } else {
+                format!("{} (NOT FOUND in namespace {})", r.name, view.key.namespace)
+            }
+        };
+        field("Template", &reference(&binding.template));
+        field("Hardware", &reference(&binding.hardware));
+        field("State", &binding.summary());
+    }
+    println!("Spec:");
+    let spec = serde_yaml_ng::to_string(&view.object["spec"]).unwrap_or_default();
+    for line in spec.lines() {
+        println!("  {line}");
+    }
+}
+
+pub fn gate_stats(stats: &GateStats, format: Format) {
+    if matches!(format, Format::Json | Format::Yaml) {
+        print_document(&serde_json::to_value(stats).unwrap_or_default(), format);
+        return;
+    }
+    println!("Interface:  {}", stats.interface);
+    println!("Gate:       {}", stats.mode);
+    println!(
+        "Unknown:    {}",
+        if stats.discovery {
+            "passed (discovery mode)"
+        } else {
+            "dropped"
+        }
+    );
+    println!("Allowlist:  {} MAC(s)", stats.allowlist_size);
+    println!();
+    let rows: Vec<Vec<String>> = stats
+        .counters
+        .iter()
+        .map(|(name, value)| vec![name.clone(), value.to_string()])
+        .collect();
+    table(&["COUNTER", "PACKETS"], &rows);
+    println!();
+    if stats.unknown_macs.is_empty() {
+        println!("No unknown MACs seen.");
+    } else {
+        let rows: Vec<Vec<String>> = stats
+            .unknown_macs
+            .iter()
+            .map(|m| {
+                vec![
+                    m.mac.clone(),
+                    m.count.to_string(),
+                    format!("{}s ago", m.last_seen_secs_ago),
+                ]
+            })
+            .collect();
+        table(&["UNKNOWN MAC", "PACKETS", "LAST SEEN"], &rows);
+    }
+}

@@ -1,0 +1,103 @@
+//! `wisp serve`: opens the store, attaches the gate, and serves the DHCP receive path and the
+//! API until SIGINT or SIGTERM, then detaches the gate.
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use boot_ebpf::UnknownPolicy;
+use tokio::signal::unix::{signal, SignalKind};
+use workflow::{catalog::Catalog, store::RedbStore};
+
+use crate::{
+    api::routes::{router, AppState},
+    dhcp,
+    gate::{Gate, RequestedMode},
+    metrics::Metrics,
+};
+
+pub struct ServeConfig {
+    pub interface: String,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub xdp_mode: RequestedMode,
+    /// Pass unknown MACs to userspace instead of dropping them (they are recorded either way).
+    pub discovery: bool,
+}
+
+pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    let store = RedbStore::open(&config.data_dir)?;
+    let policy = if config.discovery {
+        UnknownPolicy::Pass
+    } else {
+        UnknownPolicy::Drop
+    };
+    let gate = Arc::new(Gate::start(&config.interface, config.xdp_mode, policy)?);
+    let metrics = Arc::new(Metrics::new(Arc::clone(&gate)));
+    let state = Arc::new(AppState {
+        catalog: Catalog::new(store),
+        gate: Arc::clone(&gate),
+        metrics: Arc::clone(&metrics),
+    });
+    let owned = state
+        .sync_allowlist()
+        .context("loading the allowlist from the store")?;
+    tracing::info!(
+        machines = owned,
+        "allowlist loaded from {}",
+        config.data_dir.display()
+    );
+
+    let mut dhcp_task = tokio::spawn({
+        let interface = config.interface.clone();
+        let gate = Arc::clone(&gate);
+        async move { dhcp::listen(&interface, gate, metrics).await }
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the API to {}", config.listen))?;
+    tracing::info!("API listening on http://{}", config.listen);
+    let api =
+        axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(shutdown_signal());
+
+    let outcome = tokio::select! {
+        result = api => result.context("API server"),
+        result = &mut dhcp_task => result.context("DHCP task").and_then(|r| r.context("DHCP")),
+    };
+    dhcp_task.abort();
+    let _ = dhcp_task.await;
+    drop(state);
+    outcome?;
+    match Arc::try_unwrap(gate) {
+        Ok(gate) => {
+            drop(gate);
+            tracing::info!(
+                interface = config.interface,
+                "gate detached; shut down cleanly"
+            );
+        }
+        // The kernel detaches the link when the process exits in any case.
+        Err(_) => tracing::info!(
+            interface = config.interface,
+            "shut down; the gate detaches on exit"
+        ),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let (mut interrupt, mut terminate) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::error!("cannot install signal handlers: {err}");
+            return std::future::pending().await;
+        }
+    };
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    tracing::info!("{name} received, shutting down");
+}

@@ -1,0 +1,216 @@
+//! The DHCP gate: the XDP program when it can be attached, otherwise the same classifier in
+//! userspace. Either way an unknown MAC's DHCP never reaches the DHCP handler (unless discovery
+//! mode passes it), and nothing fails open.
+mod soft;
+pub mod xdp;
+
+use std::{collections::BTreeSet, fmt, sync::Mutex};
+
+use boot_ebpf::{Counter, UnknownMacStat, UnknownPolicy};
+use serde::{Deserialize, Serialize};
+use workflow::resource::MacAddr;
+
+pub use soft::SoftGate;
+pub use xdp::{XdpGate, XdpMode};
+
+/// What `--xdp-mode` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RequestedMode {
+    /// Native (driver) mode, falling back to generic (skb) mode, then to the userspace gate.
+    Auto,
+    Native,
+    Skb,
+    /// No XDP: the reference classifier runs in userspace on what the DHCP socket receives.
+    Off,
+}
+
+/// Where the gate runs, as reported by `wisp xdp stats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ActiveMode {
+    Xdp { mode: XdpMode },
+    Userspace { reason: String },
+}
+
+impl fmt::Display for ActiveMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActiveMode::Xdp { mode } => write!(f, "XDP ({mode} mode)"),
+            ActiveMode::Userspace { reason } => write!(f, "userspace classifier ({reason})"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnknownMac {
+    pub mac: String,
+    pub count: u64,
+    /// Seconds since the latest packet from this MAC.
+    pub last_seen_secs_ago: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateStats {
+    pub interface: String,
+    pub mode: ActiveMode,
+    pub discovery: bool,
+    pub allowlist_size: usize,
+    /// Counter name → packets, summed over CPUs.
+    pub counters: Vec<(String, u64)>,
+    /// Most recently seen first.
+    pub unknown_macs: Vec<UnknownMac>,
+}
+
+enum Engine {
+    Xdp(XdpGate),
+    Soft(SoftGate),
+}
+
+pub struct Gate {
+    interface: String,
+    policy: UnknownPolicy,
+    engine: Mutex<Engine>,
+}
+
+impl Gate {
+    /// Attaches the gate to `interface` as `requested` says. An explicit native or skb request
+    /// that cannot be met is an error; `auto` falls back and logs why.
+    pub fn start(
+        interface: &str,
+        requested: RequestedMode,
+        policy: UnknownPolicy,
+    ) -> anyhow::Result<Gate> {
+        let attempts: &[XdpMode] = match requested {
+            RequestedMode::Auto => &[XdpMode::Native, XdpMode::Skb],
+            RequestedMode::Native => &[XdpMode::Native],
+            RequestedMode::Skb => &[XdpMode::Skb],
+            RequestedMode::Off => &[],
+        };
+        let mut failures = Vec::new();
+        for &mode in attempts {
+            match XdpGate::attach(interface, mode, policy) {
+                Ok(gate) => {
+                    tracing::info!(interface, %mode, "XDP gate attached in {mode} mode");
+                    return Ok(Gate::new(interface, policy, Engine::Xdp(gate)));
+                }
+                Err(err) => {
+                    tracing::warn!(interface, %mode, "XDP gate could not attach in {mode} mode: {err:#}");
+                    failures.push(format!("{mode}: {err:#}"));
+                }
+            }
+        }
+        let reason = match requested {
+            RequestedMode::Off => "--xdp-mode off".to_string(),
+            RequestedMode::Auto => format!("XDP unavailable: {}", failures.join("; ")),
+            RequestedMode::Native | RequestedMode::Skb => {
+                anyhow::bail!(
+                    "cannot attach the XDP gate to {interface}: {}",
+                    failures.join("; ")
+                )
+            }
+        };
+        tracing::warn!(interface, "DHCP gate runs in userspace: {reason}");
+        Ok(Gate::new(
+            interface,
+            policy,
+            Engine::Soft(SoftGate::new(policy, reason)),
+        ))
+    }
+
+    fn new(interface: &str, policy: UnknownPolicy, engine: Engine) -> Gate {
+        Gate {
+            interface: interface.to_string(),
+            policy,
+            engine: Mutex::new(engine),
+        }
+    }
+
+    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.engine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes the allowlist exactly `macs`, changing only the entries that differ.
+    pub fn sync_allowlist(&self, macs: &BTreeSet<MacAddr>) -> anyhow::Result<()> {
+        let wanted: BTreeSet<[u8; 6]> = macs.iter().map(|mac| mac.0).collect();
+        match &mut *self.engine() {
+            Engine::Xdp(gate) => gate.sync_allowlist(&wanted),
+            Engine::Soft(gate) => {
+                gate.sync_allowlist(wanted);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether a datagram that reached the DHCP socket may be handled. Under XDP the kernel has
+    /// already decided, and only passed packets arrive here.
+    pub fn admit(&self, payload: &[u8]) -> bool {
+        match &*self.engine() {
+            Engine::Xdp(_) => true,
+            Engine::Soft(gate) => gate.admit(payload),
+        }
+    }
+
+    pub fn stats(&self) -> anyhow::Result<GateStats> {
+        let engine = self.engine();
+        let (mode, counters, unknown, allowlist_size) = match &*engine {
+            Engine::Xdp(gate) => (
+                ActiveMode::Xdp { mode: gate.mode() },
+                gate.counters()?,
+                gate.unknown_macs()?,
+                gate.allowlist_len()?,
+            ),
+            Engine::Soft(gate) => (
+                ActiveMode::Userspace {
+                    reason: gate.reason().to_string(),
+                },
+                gate.counters(),
+                gate.unknown_macs(),
+                gate.allowlist_len(),
+            ),
+        };
+        let now = monotonic_ns();
+        let mut unknown_macs: Vec<(u64, UnknownMac)> = unknown
+            .into_iter()
+            .map(
+                |(
+                    mac,
+                    UnknownMacStat {
+                        count,
+                        last_seen_ns,
+                    },
+                )| {
+                    let entry = UnknownMac {
+                        mac: MacAddr(mac).to_string(),
+                        count,
+                        last_seen_secs_ago: now.saturating_sub(last_seen_ns) / 1_000_000_000,
+                    };
+                    (last_seen_ns, entry)
+                },
+            )
+            .collect();
+        unknown_macs.sort_by(|a, b| b.0.cmp(&a.0));
+        Ok(GateStats {
+            interface: self.interface.clone(),
+            mode,
+            discovery: self.policy == UnknownPolicy::Pass,
+            allowlist_size,
+            counters: Counter::ALL
+                .iter()
+                .map(|c| (c.name().to_string(), counters[*c as usize]))
+                .collect(),
+            unknown_macs: unknown_macs.into_iter().map(|(_, entry)| entry).collect(),
+        })
+    }
+}
+
+/// Counters indexed by [`Counter`].
+type CounterValues = [u64; Counter::COUNT as usize];
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub(crate) fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}

@@ -1,0 +1,12 @@
+//! The Wisp appliance. One layer a module:
+//!
+//! - [`gate`]: the XDP DHCP gate (loader, allowlist sync, counters) and its userspace fallback;
+//! - [`dhcp`]: the DHCP receive path on ports 67 and 4011, behind the gate;
+//! - [`api`]: the HTTP/JSON API the `wisp` CLI talks to, and its wire types;
+//! - [`metrics`]: Prometheus metrics;
+//! - [`daemon`]: `wisp serve`, which wires them together.
+pub mod api;
+pub mod daemon;
+pub mod dhcp;
+pub mod gate;
+pub mod metrics;

@@ -1,0 +1,92 @@
+//! Prometheus metrics, served at `/metrics`.
+use std::sync::Arc;
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{text::encode, DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge, MetricType,
+    },
+    registry::Registry,
+};
+
+use crate::gate::Gate;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DhcpLabels {
+    /// DHCP message type (`discover`, `request`, ...) or `malformed`.
+    pub message_type: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub dhcp_received: Family<DhcpLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new(gate: Arc<Gate>) -> Self {
+        let mut registry = Registry::with_prefix("wisp");
+        let dhcp_received = Family::<DhcpLabels, Counter>::default();
+        registry.register(
+            "dhcp_received",
+            "DHCP messages that passed the gate and reached the DHCP server, by type",
+            dhcp_received.clone(),
+        );
+        registry.register_collector(Box::new(GateCollector(gate)));
+        Metrics {
+            registry,
+            dhcp_received,
+        }
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// Reads the gate's counters (the XDP program's per-CPU maps, summed) at scrape time.
+struct GateCollector(Arc<Gate>);
+
+impl std::fmt::Debug for GateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GateCollector")
+    }
+}
+
+impl Collector for GateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = match self.0.stats() {
+            Ok(stats) => stats,
+            Err(err) => {
+                tracing::warn!("cannot read the gate's counters for /metrics: {err:#}");
+                return Ok(());
+            }
+        };
+        let mut packets = encoder.encode_descriptor(
+            "wisp_gate_packets",
+            "Packets judged by the DHCP gate, by verdict",
+            None,
+            MetricType::Counter,
+        )?;
+        for (verdict, value) in &stats.counters {
+            let labels = [("verdict", verdict.as_str())];
+            ConstCounter::new(*value).encode(packets.encode_family(&labels)?)?;
+        }
+        let allowlist = encoder.encode_descriptor(
+            "wisp_gate_allowlist_size",
+            "MACs in the gate's allowlist",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(stats.allowlist_size as i64).encode(allowlist)?;
+        let unknown = encoder.encode_descriptor(
+            "wisp_gate_unknown_macs",
+            "Distinct unknown MACs recently seen asking for DHCP",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(stats.unknown_macs.len() as i64).encode(unknown)
+    }
+}
