@@ -1,1 +1,339 @@
+//! The test harness: real network namespaces, a real `wisp` daemon and CLI, real frames.
+//! Every guard cleans up in `Drop`, so a failing test leaves no namespace or process behind.
+pub mod frames;
 
+use std::{
+    fs::File,
+    net::{Ipv4Addr, UdpSocket},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The privileged tests need root for namespaces and BPF; `cargo xtask test` runs them as root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root (network namespaces, XDP): run it through `cargo xtask test`"
+    );
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_path_buf()
+}
+
+/// The `wisp` binary of the same build profile as this test.
+pub fn wisp_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/<test> → target/<profile>/wisp
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps")
+        .join("wisp");
+    assert!(
+        binary.exists(),
+        "{} is missing: build it first (`cargo xtask test` does)",
+        binary.display()
+    );
+    binary
+}
+
+static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
+
+/// A network namespace, deleted (with every process in it) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(purpose: &str) -> Netns {
+        let name = format!(
+            "wisp-{purpose}-{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name]);
+        let netns = Netns { name };
+        netns.exec_ok("ip", &["link", "set", "lo", "up"]);
+        // No IPv6 chatter (router solicitations, MLD) in the gate's counters.
+        netns.exec_ok("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        netns.exec_ok("sysctl", &["-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+        netns
+    }
+
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).arg(program);
+        command
+    }
+
+    pub fn exec(&self, program: &str, args: &[&str]) -> Output {
+        self.command(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run {program}: {err}"))
+    }
+
+    pub fn exec_ok(&self, program: &str, args: &[&str]) -> String {
+        let output = self.exec(program, args);
+        assert!(
+            output.status.success(),
+            "{program} {args:?} in {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Runs `make` on a thread that has entered this namespace: sockets it creates live here.
+    pub fn within<T: Send>(&self, make: impl FnOnce() -> T + Send) -> T {
+        let file =
+            File::open(format!("/var/run/netns/{}", self.name)).expect("the namespace exists");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("setns");
+                    make()
+                })
+                .join()
+                .expect("the thread in the namespace panicked")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(output) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {program}: {err}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Two namespaces joined by a veth pair: the server side (`srv`, 10.99.0.1/24) where Wisp runs,
+/// and the client side (`cli`, 10.99.0.2/24) that sends the DHCP traffic.
+pub struct Lab {
+    pub server: Netns,
+    pub client: Netns,
+}
+
+pub const SERVER_IF: &str = "srv";
+pub const CLIENT_IF: &str = "cli";
+pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+
+impl Lab {
+    pub fn new(purpose: &str) -> Lab {
+        let server = Netns::new(&format!("{purpose}-s"));
+        let client = Netns::new(&format!("{purpose}-c"));
+        server.exec_ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                SERVER_IF,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                CLIENT_IF,
+                "netns",
+                &client.name,
+            ],
+        );
+        server.exec_ok("ip", &["addr", "add", "10.99.0.1/24", "dev", SERVER_IF]);
+        server.exec_ok("ip", &["link", "set", SERVER_IF, "up"]);
+        client.exec_ok("ip", &["addr", "add", "10.99.0.2/24", "dev", CLIENT_IF]);
+        client.exec_ok("ip", &["link", "set", CLIENT_IF, "up"]);
+        Lab { server, client }
+    }
+
+    /// Sends one BOOTP/DHCP payload from the client side: broadcast from :68 like a PXE client,
+    /// or, with `relay` set, unicast from :67 to the server like a relay agent.
+    pub fn send_dhcp(&self, payload: &[u8], relay: bool) {
+        self.client.within(|| {
+            let socket = if relay {
+                UdpSocket::bind((CLIENT_IP, 67)).expect("bind relay socket")
+            } else {
+                let socket =
+                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+                        .expect("socket");
+                socket.set_reuse_address(true).expect("reuse");
+                socket.set_broadcast(true).expect("broadcast");
+                socket
+                    .bind_device(Some(CLIENT_IF.as_bytes()))
+                    .expect("bind to device");
+                socket
+                    .bind(&std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
+                    .expect("bind :68");
+                socket.into()
+            };
+            let destination = if relay {
+                SERVER_IP
+            } else {
+                Ipv4Addr::BROADCAST
+            };
+            socket
+                .send_to(payload, (destination, 67))
+                .expect("send DHCP");
+        });
+    }
+}
+
+/// A `wisp serve` process in a namespace, killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon on `interface` in `netns` and waits until its API answers.
+    pub fn start(netns: &Netns, interface: &str, data_dir: &Path, extra: &[&str]) -> Daemon {
+        let log = data_dir.with_extension("log");
+        let log_file = File::create(&log).expect("create the daemon log");
+        let child = netns
+            .command(wisp_binary())
+            .args(["serve", "--interface", interface, "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn wisp serve");
+        let mut daemon = Daemon {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            log,
+        };
+        daemon.wait_ready(netns);
+        daemon
+    }
+
+    fn wait_ready(&mut self, netns: &Netns) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("wisp serve exited with {status}:\n{}", self.log());
+            }
+            if netns
+                .exec("curl", &["-sf", "http://127.0.0.1:7480/healthz"])
+                .status
+                .success()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("wisp serve did not answer within 20 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal and waits for the process (the `ip netns exec` wrapper execs wisp, so
+    /// the pid is wisp's own).
+    pub fn stop(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+            .expect("signal wisp");
+        child.wait().expect("wait for wisp")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs the `wisp` CLI in `netns` (where the daemon's loopback API is).
+pub fn wisp(netns: &Netns, args: &[&str]) -> Output {
+    netns
+        .command(wisp_binary())
+        .args(args)
+        .output()
+        .expect("run the wisp CLI")
+}
+
+/// Runs the CLI and returns stdout, failing the test with stderr if it fails.
+pub fn wisp_ok(netns: &Netns, args: &[&str]) -> String {
+    let output = wisp(netns, args);
+    assert!(
+        output.status.success(),
+        "wisp {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `wisp xdp stats -o json`, as a map of counter name → packets, plus the whole document.
+pub fn gate_stats(netns: &Netns) -> (std::collections::BTreeMap<String, u64>, Value) {
+    let stats: Value = serde_json::from_str(&wisp_ok(netns, &["xdp", "stats", "-o", "json"]))
+        .expect("stats are JSON");
+    let counters = stats["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().expect("name").to_string(),
+                pair[1].as_u64().expect("value"),
+            )
+        })
+        .collect();
+    (counters, stats)
+}
+
+/// One sample of a Prometheus metric from the daemon's /metrics, fetched with curl.
+pub fn metric(netns: &Netns, name_and_labels: &str) -> u64 {
+    let text = netns.exec_ok("curl", &["-sf", "http://127.0.0.1:7480/metrics"]);
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
