@@ -65,7 +65,7 @@ impl Collector for GateCollector {
             }
         };
         let mut packets = encoder.encode_descriptor(
-            "wisp_gate_packets",
+            "gate_packets",
             "Packets judged by the DHCP gate, by verdict",
             None,
             MetricType::Counter,
@@ -75,14 +75,14 @@ impl Collector for GateCollector {
             ConstCounter::new(*value).encode(packets.encode_family(&labels)?)?;
         }
         let allowlist = encoder.encode_descriptor(
-            "wisp_gate_allowlist_size",
+            "gate_allowlist_size",
             "MACs in the gate's allowlist",
             None,
             MetricType::Gauge,
         )?;
         ConstGauge::new(stats.allowlist_size as i64).encode(allowlist)?;
         let unknown = encoder.encode_descriptor(
-            "wisp_gate_unknown_macs",
+            "gate_unknown_macs",
             "Distinct unknown MACs recently seen asking for DHCP",
             None,
             MetricType::Gauge,

@@ -337,3 +337,65 @@ pub fn metric(netns: &Netns, name_and_labels: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// `wisp apply -f -` with `yaml` on standard input.
+pub fn apply_yaml(netns: &Netns, yaml: &str) -> Output {
+    use std::io::Write;
+    let mut child = netns
+        .command(wisp_binary())
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run wisp apply");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write the manifest");
+    child.wait_with_output().expect("wait for wisp apply")
+}
+
+/// A minimal Hardware document owning one MAC.
+pub fn hardware_yaml(name: &str, mac: &str, address: &str) -> String {
+    format!(
+        "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: {name}\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: {mac}\n        ip:\n          address: {address}\n          netmask: 255.255.255.0\n"
+    )
+}
+
+/// Polls `condition` until it holds, failing with `what` after 10 s.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A fresh, empty data directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(purpose: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "wisp-{purpose}-{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create a temp dir");
+        TempDir(path)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

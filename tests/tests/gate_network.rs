@@ -1,0 +1,198 @@
+//! The gate on a real interface: a veth pair between two namespaces, `wisp serve` on one end,
+//! DHCP sent from the other, judged by the attached XDP program (or the userspace gate).
+use nix::sys::signal::Signal;
+use wisp_tests::{
+    apply_yaml, eventually, frames::discover, gate_stats, hardware_yaml, metric, require_root,
+    wisp_ok, Daemon, Lab, TempDir, CLIENT_IP, SERVER_IF,
+};
+
+const KNOWN: [u8; 6] = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
+const LATE: [u8; 6] = [0x1c, 0x69, 0x7a, 0x44, 0x55, 0x66];
+const DISCOVERS: &str = "wisp_dhcp_received_total{message_type=\"discover\"}";
+
+fn counter(lab: &Lab, name: &str) -> u64 {
+    gate_stats(&lab.server).0[name]
+}
+
+/// Sends a DISCOVER and waits until the gate has counted it under `counter_name`.
+fn send_and_wait(lab: &Lab, payload: &[u8], relay: bool, counter_name: &str) {
+    let before = counter(lab, counter_name);
+    lab.send_dhcp(payload, relay);
+    eventually(&format!("{counter_name} to count the packet"), || {
+        counter(lab, counter_name) == before + 1
+    });
+}
+
+fn scenario(mode: &str) {
+    let lab = Lab::new("gate");
+    let data = TempDir::new("gate");
+    let mut daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &data.join("data"),
+        &["--xdp-mode", mode],
+    );
+    let applied = apply_yaml(
+        &lab.server,
+        &hardware_yaml("known", "1c:69:7a:11:22:33", "10.99.0.10"),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    let (_, stats) = gate_stats(&lab.server);
+    match mode {
+        "off" => assert_eq!(stats["mode"]["kind"], "userspace", "{stats}"),
+        _ => assert_eq!(
+            (
+                stats["mode"]["kind"].as_str(),
+                stats["mode"]["mode"].as_str()
+            ),
+            (Some("xdp"), Some(mode)),
+            "{stats}"
+        ),
+    }
+    assert_eq!(stats["allowlist_size"], 1);
+
+    // A known MAC reaches the DHCP socket on :67.
+    send_and_wait(&lab, &discover(KNOWN, None), false, "passed_known");
+    eventually("the known DISCOVER to reach the DHCP socket", || {
+        metric(&lab.server, DISCOVERS) == 1
+    });
+
+    // An unknown MAC is dropped before the socket, and recorded.
+    send_and_wait(&lab, &discover(LATE, None), false, "dropped_unknown");
+    assert_eq!(
+        metric(&lab.server, DISCOVERS),
+        1,
+        "the unknown DISCOVER must not reach the socket"
+    );
+    let (_, stats) = gate_stats(&lab.server);
+    let unknown = &stats["unknown_macs"][0];
+    assert_eq!(
+        (unknown["mac"].as_str(), unknown["count"].as_u64()),
+        (Some("1c:69:7a:44:55:66"), Some(1)),
+        "{stats}"
+    );
+
+    // A relayed DISCOVER (Ethernet source and IP are the relay's, chaddr is known) passes.
+    send_and_wait(
+        &lab,
+        &discover(KNOWN, Some(CLIENT_IP)),
+        true,
+        "passed_known",
+    );
+    eventually("the relayed DISCOVER to reach the socket", || {
+        metric(&lab.server, DISCOVERS) == 2
+    });
+
+    // A malformed BOOTP message (short header) is dropped and counted.
+    send_and_wait(
+        &lab,
+        &discover(KNOWN, None)[..200],
+        false,
+        "dropped_malformed",
+    );
+
+    // The allowlist follows apply and delete live.
+    let applied = apply_yaml(
+        &lab.server,
+        &hardware_yaml("late", "1c:69:7a:44:55:66", "10.99.0.11"),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    send_and_wait(&lab, &discover(LATE, None), false, "passed_known");
+    eventually("the newly applied MAC to reach the socket", || {
+        metric(&lab.server, DISCOVERS) == 3
+    });
+    wisp_ok(&lab.server, &["delete", "hardware", "late"]);
+    send_and_wait(&lab, &discover(LATE, None), false, "dropped_unknown");
+    assert_eq!(
+        metric(&lab.server, DISCOVERS),
+        3,
+        "a deleted MAC is dropped again"
+    );
+
+    // The counters match what was sent.
+    let (counters, stats) = gate_stats(&lab.server);
+    assert_eq!(counters["passed_known"], 3, "{stats}");
+    assert_eq!(counters["dropped_unknown"], 2, "{stats}");
+    assert_eq!(counters["dropped_malformed"], 1, "{stats}");
+    assert_eq!(counters["passed_unknown"], 0, "{stats}");
+    assert_eq!(stats["unknown_macs"][0]["count"], 2, "{stats}");
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_gate_packets_total{verdict=\"passed_known\"}"
+        ),
+        3
+    );
+
+    // SIGTERM detaches the program and exits cleanly.
+    let status = daemon.stop(Signal::SIGTERM);
+    assert!(
+        status.success(),
+        "wisp serve exited with {status}:\n{}",
+        daemon.log()
+    );
+    let link = lab.server.exec_ok("ip", &["link", "show", SERVER_IF]);
+    assert!(
+        !link.contains("xdp"),
+        "the program is still attached after SIGTERM: {link}"
+    );
+}
+
+#[test]
+fn native_xdp_gate_filters_dhcp_by_chaddr() {
+    require_root();
+    scenario("native");
+}
+
+#[test]
+fn generic_xdp_gate_filters_dhcp_by_chaddr() {
+    require_root();
+    scenario("skb");
+}
+
+#[test]
+fn userspace_gate_has_the_same_semantics() {
+    require_root();
+    scenario("off");
+}
+
+#[test]
+fn a_killed_daemon_leaves_no_attachment_behind() {
+    require_root();
+    let lab = Lab::new("crash");
+    let data = TempDir::new("crash");
+    let mut daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &data.join("data"),
+        &["--xdp-mode", "native"],
+    );
+    let attached = lab.server.exec_ok("ip", &["link", "show", SERVER_IF]);
+    assert!(
+        attached.contains("xdp"),
+        "the gate is attached while running: {attached}"
+    );
+    daemon.stop(Signal::SIGKILL);
+    let link = lab.server.exec_ok("ip", &["link", "show", SERVER_IF]);
+    assert!(
+        !link.contains("xdp"),
+        "a killed daemon left its program attached: {link}"
+    );
+    // The next start attaches in the same mode without complaint.
+    let _restarted = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &data.join("data"),
+        &["--xdp-mode", "native"],
+    );
+    assert_eq!(gate_stats(&lab.server).1["mode"]["mode"], "native");
+}
