@@ -10,15 +10,25 @@ use std::{
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use wisp_tests::{apply_yaml, hardware_yaml, repo_root, require_root, wisp, wisp_binary, wisp_ok, Daemon, Lab, TempDir, SERVER_IF};
+use wisp_tests::{
+    apply_yaml, hardware_yaml, repo_root, require_root, wisp, wisp_binary, wisp_ok, Daemon, Lab,
+    TempDir, SERVER_IF,
+};
 
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn hardware_names(lab: &Lab) -> Vec<String> {
-    let list: Value = serde_json::from_str(&wisp_ok(&lab.server, &["get", "hardware", "-o", "json"])).expect("JSON list");
-    list["items"].as_array().expect("items").iter().map(|item| item["metadata"]["name"].as_str().expect("name").to_string()).collect()
+    let list: Value =
+        serde_json::from_str(&wisp_ok(&lab.server, &["get", "hardware", "-o", "json"]))
+            .expect("JSON list");
+    list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| item["metadata"]["name"].as_str().expect("name").to_string())
+        .collect()
 }
 
 #[test]
@@ -26,9 +36,17 @@ fn tinkerbell_demo_applies_unchanged_and_the_missing_hardware_is_reported() {
     require_root();
     let lab = Lab::new("res");
     let data = TempDir::new("res");
-    let _daemon = Daemon::start(&lab.server, SERVER_IF, &data.join("data"), &["--xdp-mode", "skb"]);
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &data.join("data"),
+        &["--xdp-mode", "skb"],
+    );
     let demo = repo_root().join("examples/tinkerbell-demo");
-    let output = wisp(&lab.server, &["apply", "-f", demo.to_str().expect("utf-8 path")]);
+    let output = wisp(
+        &lab.server,
+        &["apply", "-f", demo.to_str().expect("utf-8 path")],
+    );
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(
         String::from_utf8_lossy(&output.stdout),
@@ -37,38 +55,92 @@ fn tinkerbell_demo_applies_unchanged_and_the_missing_hardware_is_reported() {
     assert_eq!(stderr(&output), "", "the demo has no unknown fields");
 
     let table = wisp_ok(&lab.server, &["get", "hardware"]);
-    assert!(table.lines().any(|line| line.split_whitespace().collect::<Vec<_>>() == ["tink-system", "nuc-demo", "1c:69:7a:11:22:33", "192.168.1.8"]), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "tink-system",
+                    "nuc-demo",
+                    "1c:69:7a:11:22:33",
+                    "192.168.1.8"
+                ]),
+        "{table}"
+    );
     let workflows = wisp_ok(&lab.server, &["get", "workflows"]);
-    assert!(workflows.contains("Blocked: hardware \"hp-demo\" not found"), "{workflows}");
+    assert!(
+        workflows.contains("Blocked: hardware \"hp-demo\" not found"),
+        "{workflows}"
+    );
     let described = wisp_ok(&lab.server, &["describe", "workflow", "demo-wf"]);
-    assert!(described.contains("hp-demo (NOT FOUND in namespace tink-system)"), "{described}");
-    let json: Value = serde_json::from_str(&wisp_ok(&lab.server, &["get", "wf", "demo-wf", "-o", "json"])).expect("JSON");
+    assert!(
+        described.contains("hp-demo (NOT FOUND in namespace tink-system)"),
+        "{described}"
+    );
+    let json: Value = serde_json::from_str(&wisp_ok(
+        &lab.server,
+        &["get", "wf", "demo-wf", "-o", "json"],
+    ))
+    .expect("JSON");
     let conditions = json["status"]["conditions"].as_array().expect("conditions");
-    assert!(conditions.iter().any(|c| c["type"] == "HardwareFound" && c["status"] == "False"), "{json}");
-    assert!(conditions.iter().any(|c| c["type"] == "TemplateFound" && c["status"] == "True"), "{json}");
-    let template: Value = serde_json::from_str(&wisp_ok(&lab.server, &["get", "template", "ubuntu-focal-nvme", "-o", "json"])).expect("JSON");
-    assert!(template["spec"]["data"].as_str().expect("data").contains("worker: \"{{.device_1}}\""));
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "HardwareFound" && c["status"] == "False"),
+        "{json}"
+    );
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c["type"] == "TemplateFound" && c["status"] == "True"),
+        "{json}"
+    );
+    let template: Value = serde_json::from_str(&wisp_ok(
+        &lab.server,
+        &["get", "template", "ubuntu-focal-nvme", "-o", "json"],
+    ))
+    .expect("JSON");
+    assert!(template["spec"]["data"]
+        .as_str()
+        .expect("data")
+        .contains("worker: \"{{.device_1}}\""));
 
     // Applying again changes nothing; the allowlist holds the demo's MAC.
-    let again = wisp_ok(&lab.server, &["apply", "-f", demo.to_str().expect("utf-8 path")]);
+    let again = wisp_ok(
+        &lab.server,
+        &["apply", "-f", demo.to_str().expect("utf-8 path")],
+    );
     assert_eq!(again.matches("unchanged").count(), 3, "{again}");
-    let stats: Value = serde_json::from_str(&wisp_ok(&lab.server, &["xdp", "stats", "-o", "json"])).expect("JSON");
+    let stats: Value =
+        serde_json::from_str(&wisp_ok(&lab.server, &["xdp", "stats", "-o", "json"])).expect("JSON");
     assert_eq!(stats["allowlist_size"], 1);
 
     // Unknown fields are kept and reported as warnings.
-    let extra = hardware_yaml("extra", "1c:69:7a:00:00:99", "10.99.0.99").replace("  interfaces:", "  rack: r12\n  interfaces:");
+    let extra = hardware_yaml("extra", "1c:69:7a:00:00:99", "10.99.0.99")
+        .replace("  interfaces:", "  rack: r12\n  interfaces:");
     let output = apply_yaml(&lab.server, &extra);
     assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(stderr(&output), "Warning: stdin doc 1: spec.rack: unknown field, kept but not used by Wisp\n");
-    let kept: Value = serde_json::from_str(&wisp_ok(&lab.server, &["get", "hw", "extra", "-o", "json"])).expect("JSON");
+    assert_eq!(
+        stderr(&output),
+        "Warning: stdin doc 1: spec.rack: unknown field, kept but not used by Wisp\n"
+    );
+    let kept: Value =
+        serde_json::from_str(&wisp_ok(&lab.server, &["get", "hw", "extra", "-o", "json"]))
+            .expect("JSON");
     assert_eq!(kept["spec"]["rack"], "r12");
 
     // Errors about names read like kubectl's and exit non-zero.
     let missing = wisp(&lab.server, &["get", "hardware", "hp-demo"]);
     assert!(!missing.status.success());
-    assert_eq!(stderr(&missing), "error: hardware \"hp-demo\" not found (NotFound)\n");
+    assert_eq!(
+        stderr(&missing),
+        "error: hardware \"hp-demo\" not found (NotFound)\n"
+    );
     let bad_kind = wisp(&lab.server, &["get", "machines"]);
-    assert!(!bad_kind.status.success() && stderr(&bad_kind).contains("doesn't have a resource type \"machines\""));
+    assert!(
+        !bad_kind.status.success()
+            && stderr(&bad_kind).contains("doesn't have a resource type \"machines\"")
+    );
 }
 
 #[test]
@@ -76,18 +148,35 @@ fn broken_manifests_get_precise_errors_and_change_nothing() {
     require_root();
     let lab = Lab::new("bad");
     let data = TempDir::new("bad");
-    let _daemon = Daemon::start(&lab.server, SERVER_IF, &data.join("data"), &["--xdp-mode", "off"]);
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &data.join("data"),
+        &["--xdp-mode", "off"],
+    );
     let demo = repo_root().join("examples/tinkerbell-demo/hardware.yaml");
-    wisp_ok(&lab.server, &["apply", "-f", demo.to_str().expect("utf-8 path")]);
+    wisp_ok(
+        &lab.server,
+        &["apply", "-f", demo.to_str().expect("utf-8 path")],
+    );
     let before = wisp_ok(&lab.server, &["get", "hardware", "-o", "json"]);
 
     let fixtures = repo_root().join("tests/fixtures/invalid");
     let mut checked = 0;
     for entry in std::fs::read_dir(&fixtures).expect("fixtures") {
         let path = entry.expect("entry").path();
-        let name = path.file_name().expect("name").to_str().expect("utf-8").to_string();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_str()
+            .expect("utf-8")
+            .to_string();
         let text = std::fs::read_to_string(&path).expect("read fixture");
-        let expected = text.lines().next().and_then(|line| line.strip_prefix("# expect: ")).expect("fixture starts with # expect:");
+        let expected = text
+            .lines()
+            .next()
+            .and_then(|line| line.strip_prefix("# expect: "))
+            .expect("fixture starts with # expect:");
         // Run from the fixture folder so that errors name the file as the user typed it.
         let output = lab
             .server
@@ -98,12 +187,22 @@ fn broken_manifests_get_precise_errors_and_change_nothing() {
             .expect("run wisp apply");
         assert!(!output.status.success(), "{name} applied");
         let stderr = stderr(&output);
-        assert!(stderr.starts_with("error: the manifest is invalid"), "{name}: {stderr}");
-        assert!(stderr.lines().any(|line| line.trim() == expected), "{name}: expected {expected:?} in:\n{stderr}");
+        assert!(
+            stderr.starts_with("error: the manifest is invalid"),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.lines().any(|line| line.trim() == expected),
+            "{name}: expected {expected:?} in:\n{stderr}"
+        );
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} fixtures");
-    assert_eq!(wisp_ok(&lab.server, &["get", "hardware", "-o", "json"]), before, "a rejected apply must change nothing");
+    assert_eq!(
+        wisp_ok(&lab.server, &["get", "hardware", "-o", "json"]),
+        before,
+        "a rejected apply must change nothing"
+    );
 }
 
 #[test]
@@ -139,9 +238,20 @@ fn acknowledged_applies_survive_kill_9() {
     let acknowledged = acknowledged.into_inner().expect("lock");
     let _restarted = Daemon::start(&lab.server, SERVER_IF, &data_dir, &["--xdp-mode", "off"]);
     let stored = hardware_names(&lab);
-    let lost: Vec<&String> = acknowledged.iter().filter(|name| !stored.contains(name)).collect();
-    assert!(lost.is_empty(), "acknowledged but lost after kill -9: {lost:?}");
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|name| !stored.contains(name))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "acknowledged but lost after kill -9: {lost:?}"
+    );
     assert!(acknowledged.len() >= 40);
-    let stats: Value = serde_json::from_str(&wisp_ok(&lab.server, &["xdp", "stats", "-o", "json"])).expect("JSON");
-    assert_eq!(stats["allowlist_size"].as_u64(), Some(stored.len() as u64), "the allowlist is rebuilt from the store");
+    let stats: Value =
+        serde_json::from_str(&wisp_ok(&lab.server, &["xdp", "stats", "-o", "json"])).expect("JSON");
+    assert_eq!(
+        stats["allowlist_size"].as_u64(),
+        Some(stored.len() as u64),
+        "the allowlist is rebuilt from the store"
+    );
 }

@@ -1,1 +1,69 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | test | demo`.
+mod demo;
+mod setup;
+mod shell;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Wisp's project tasks")]
+struct Args {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; fast when already done).
+    Setup,
+    /// Set up, then run every check: fmt, clippy, unit and privileged integration tests.
+    Test,
+    /// Set up, build, and show Wisp at work in a throwaway network-namespace lab.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = repo_root();
+    std::env::set_current_dir(&root)?;
+    match Args::parse().task {
+        Task::Setup => setup::ensure(),
+        Task::Test => test(),
+        Task::Demo => {
+            setup::ensure()?;
+            demo::show(&root)
+        }
+    }
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the repository")
+        .to_path_buf()
+}
+
+fn test() -> anyhow::Result<()> {
+    shell::require_root("the tests create network namespaces and load XDP programs")?;
+    setup::ensure()?;
+    shell::step("cargo fmt --check");
+    shell::run("cargo", &["fmt", "--all", "--", "--check"])?;
+    shell::step("cargo clippy");
+    shell::run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // The integration tests drive the real `wisp` binary, so build it first.
+    shell::step("cargo build");
+    shell::run("cargo", &["build", "--workspace", "--bins"])?;
+    shell::step("cargo test (unit and privileged integration tests)");
+    shell::run("cargo", &["test", "--workspace", "--no-fail-fast"])
+}

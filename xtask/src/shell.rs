@@ -1,0 +1,39 @@
+//! Running commands, with the command line shown and failures that say which command failed.
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+
+pub fn step(title: &str) {
+    println!("\n\x1b[1m==> {title}\x1b[0m");
+}
+
+pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !status.success() {
+        bail!("`{program} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Runs quietly and returns stdout; None when the program is missing or fails.
+pub fn output(program: &str, args: &[&str]) -> Option<String> {
+    let output = Command::new(program)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+pub fn require_root(why: &str) -> anyhow::Result<()> {
+    match output("id", &["-u"]) {
+        Some(uid) if uid.trim() == "0" => Ok(()),
+        _ => bail!("run this as root: {why}"),
+    }
+}
