@@ -62,7 +62,7 @@ pub struct GateStats {
 }
 
 enum Engine {
-    Xdp(XdpGate),
+    Xdp(Box<XdpGate>),
     Soft(SoftGate),
 }
 
@@ -91,7 +91,7 @@ impl Gate {
             match XdpGate::attach(interface, mode, policy) {
                 Ok(gate) => {
                     tracing::info!(interface, %mode, "XDP gate attached in {mode} mode");
-                    return Ok(Gate::new(interface, policy, Engine::Xdp(gate)));
+                    return Ok(Gate::new(interface, policy, Engine::Xdp(Box::new(gate))));
                 }
                 Err(err) => {
                     tracing::warn!(interface, %mode, "XDP gate could not attach in {mode} mode: {err:#}");
@@ -190,7 +190,7 @@ impl Gate {
                 },
             )
             .collect();
-        unknown_macs.sort_by(|a, b| b.0.cmp(&a.0));
+        unknown_macs.sort_by_key(|(last_seen_ns, _)| std::cmp::Reverse(*last_seen_ns));
         Ok(GateStats {
             interface: self.interface.clone(),
             mode,
