@@ -23,7 +23,7 @@ fn send_and_wait(lab: &Lab, payload: &[u8], relay: bool, counter_name: &str) {
     });
 }
 
-fn scenario(mode: &str) {
+fn scenario(mode: &str, stop_with: Signal) {
     let lab = Lab::new("gate");
     let data = TempDir::new("gate");
     let mut daemon = Daemon::start(
@@ -150,19 +150,19 @@ fn scenario(mode: &str) {
 #[test]
 fn native_xdp_gate_filters_dhcp_by_chaddr() {
     require_root();
-    scenario("native");
+    scenario("native", Signal::SIGTERM);
 }
 
 #[test]
 fn generic_xdp_gate_filters_dhcp_by_chaddr() {
     require_root();
-    scenario("skb");
+    scenario("skb", Signal::SIGINT);
 }
 
 #[test]
 fn userspace_gate_has_the_same_semantics() {
     require_root();
-    scenario("off");
+    scenario("off", Signal::SIGTERM);
 }
 
 #[test]
@@ -195,4 +195,33 @@ fn a_killed_daemon_leaves_no_attachment_behind() {
         &["--xdp-mode", "native"],
     );
     assert_eq!(gate_stats(&lab.server).1["mode"]["mode"], "native");
+}
+
+#[test]
+fn discovery_mode_passes_unknown_macs_and_records_them() {
+    require_root();
+    let lab = Lab::new("disc");
+    let data = TempDir::new("disc");
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &data.join("data"),
+        &["--xdp-mode", "native", "--discovery"],
+    );
+    send_and_wait(&lab, &discover(LATE, None), false, "passed_unknown");
+    eventually(
+        "the unknown DISCOVER to reach the socket in discovery mode",
+        || metric(&lab.server, DISCOVERS) == 1,
+    );
+    let (counters, stats) = gate_stats(&lab.server);
+    assert_eq!(
+        (counters["dropped_unknown"], counters["passed_known"]),
+        (0, 0),
+        "{stats}"
+    );
+    assert_eq!(stats["discovery"], true);
+    assert_eq!(
+        stats["unknown_macs"][0]["mac"], "1c:69:7a:44:55:66",
+        "{stats}"
+    );
 }
