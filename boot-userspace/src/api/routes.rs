@@ -221,15 +221,19 @@ async fn list(
     Ok(Json(views))
 }
 
-async fn get_one(
-    State(state): State<Arc<AppState>>,
-    Path((kind, namespace, name)): Path<(String, String, String)>,
-) -> ApiResult<ResourceView> {
-    let key = ResourceKey {
+/// `/v1/{kind}/{namespace}/{name}`.
+type KeyPath = Path<(String, String, String)>;
+
+fn resource_key(Path((kind, namespace, name)): KeyPath) -> Result<ResourceKey, ApiError> {
+    Ok(ResourceKey {
         kind: parse_kind(&kind)?,
         namespace,
         name,
-    };
+    })
+}
+
+async fn get_one(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<ResourceView> {
+    let key = resource_key(path)?;
     let found = blocking(&state, move |state| {
         match state.catalog.store().get(&key)? {
             Some(resource) => view(state, resource),
@@ -240,15 +244,8 @@ async fn get_one(
     Ok(Json(found))
 }
 
-async fn delete(
-    State(state): State<Arc<AppState>>,
-    Path((kind, namespace, name)): Path<(String, String, String)>,
-) -> ApiResult<ResourceView> {
-    let key = ResourceKey {
-        kind: parse_kind(&kind)?,
-        namespace,
-        name,
-    };
+async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<ResourceView> {
+    let key = resource_key(path)?;
     let removed = blocking(&state, move |state| match state.catalog.delete(&key)? {
         Some(resource) => Ok(resource),
         None => Err(ApiError::not_found(&key)),
