@@ -90,16 +90,18 @@ mod gate {
             return Decision::Other;
         }
         let udp = ip + ihl;
-        let Some(udp_header) = load::<[u8; UDP_HEADER_LEN]>(ctx, udp) else {
+        let Some(dest_port) = load_be16(ctx, udp + 2) else {
             return Decision::Other;
         };
-        let dest_port = u16::from_be_bytes([udp_header[2], udp_header[3]]);
         if dest_port != DHCP_SERVER_PORT && dest_port != PXE_BOOT_SERVER_PORT {
             return Decision::Other;
         }
         if fragment & IPV4_MORE_FRAGMENTS != 0 {
             return Decision::Malformed;
         }
+        let Some(udp_header) = load::<[u8; UDP_HEADER_LEN]>(ctx, udp) else {
+            return Decision::Malformed;
+        };
         let ip_available = ctx.data_end() - ctx.data() - ip;
         let Some(total_len) = load_be16(ctx, ip + 2) else {
             return Decision::Malformed;

@@ -15,11 +15,12 @@
 //! 4. Non-first IPv4 fragments (offset ≠ 0) carry no UDP header, so they are **other** traffic.
 //!    They are harmless: without the first fragment, which the gate judged, they never
 //!    reassemble.
-//! 5. A frame that ends inside the UDP header is **other** traffic. A UDP destination port other
-//!    than 67 (DHCP) or 4011 (PXE boot server) is **other** traffic.
+//! 5. A frame that ends before the UDP destination port is **other** traffic, and so is a
+//!    destination port other than 67 (DHCP) or 4011 (PXE boot server).
 //! 6. From here on the packet is DHCP to us. It is **malformed** when: it is a first fragment
 //!    (more-fragments set; real DHCP clients never fragment, and a datagram whose first
-//!    fragment is dropped never reassembles), the IPv4 total length is shorter than the headers
+//!    fragment is dropped never reassembles), the frame ends inside the UDP header, the IPv4
+//!    total length is shorter than the headers
 //!    or longer than the frame, the UDP length is below 8 or longer than the IPv4 payload, the
 //!    BOOTP payload is shorter than the 236-byte fixed header, or htype/hlen are not Ethernet
 //!    (1/6).
@@ -77,16 +78,20 @@ pub fn classify_frame(
     if fragment & IPV4_FRAGMENT_OFFSET_MASK != 0 {
         return Verdict::other();
     }
-    let Some(udp) = ip.get(ihl..ihl + UDP_HEADER_LEN) else {
+    // The ports are the first four bytes of the UDP header.
+    let Some(ports) = ip.get(ihl..ihl + 4) else {
         return Verdict::other();
     };
-    let dest_port = be16(udp, 2);
+    let dest_port = be16(ports, 2);
     if dest_port != DHCP_SERVER_PORT && dest_port != PXE_BOOT_SERVER_PORT {
         return Verdict::other();
     }
     if fragment & IPV4_MORE_FRAGMENTS != 0 {
         return Verdict::malformed();
     }
+    let Some(udp) = ip.get(ihl..ihl + UDP_HEADER_LEN) else {
+        return Verdict::malformed();
+    };
     let total_len = usize::from(be16(ip, 2));
     if total_len < ihl + UDP_HEADER_LEN || total_len > ip.len() {
         return Verdict::malformed();

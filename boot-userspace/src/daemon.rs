@@ -1,6 +1,11 @@
 //! `wisp serve`: opens the store, attaches the gate, and serves the DHCP receive path and the
 //! API until SIGINT or SIGTERM, then detaches the gate.
-use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context;
 use boot_ebpf::UnknownPolicy;
@@ -36,6 +41,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         catalog: Catalog::new(store),
         gate: Arc::clone(&gate),
         metrics: Arc::clone(&metrics),
+        allowlist_sync: Mutex::new(()),
     });
     let owned = state
         .sync_allowlist()
@@ -52,6 +58,8 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         async move { dhcp::listen(&interface, gate, metrics).await }
     });
 
+    let reconcile_task = tokio::spawn(reconcile_allowlist(Arc::clone(&state)));
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the API to {}", config.listen))?;
@@ -64,24 +72,30 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         result = &mut dhcp_task => result.context("DHCP task").and_then(|r| r.context("DHCP")),
     };
     dhcp_task.abort();
-    let _ = dhcp_task.await;
-    drop(state);
-    outcome?;
-    match Arc::try_unwrap(gate) {
-        Ok(gate) => {
-            drop(gate);
-            tracing::info!(
-                interface = config.interface,
-                "gate detached; shut down cleanly"
-            );
-        }
-        // The kernel detaches the link when the process exits in any case.
-        Err(_) => tracing::info!(
-            interface = config.interface,
-            "shut down; the gate detaches on exit"
-        ),
+    reconcile_task.abort();
+    if gate.detach() {
+        tracing::info!(interface = config.interface, "gate detached");
     }
+    outcome?;
+    tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// How often the allowlist is checked against the store, to repair a sync that failed.
+const RECONCILE_PERIOD: Duration = Duration::from_secs(30);
+
+async fn reconcile_allowlist(state: Arc<AppState>) {
+    let mut ticks = tokio::time::interval(RECONCILE_PERIOD);
+    ticks.tick().await; // the first tick is immediate, and start-up has just synced
+    loop {
+        ticks.tick().await;
+        let state = Arc::clone(&state);
+        match tokio::task::spawn_blocking(move || state.sync_allowlist()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::error!("allowlist reconcile failed: {err:#}"),
+            Err(err) => tracing::error!("allowlist reconcile task failed: {err}"),
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -3,7 +3,11 @@ mod cli;
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 
-use boot_userspace::{api::DEFAULT_LISTEN, daemon, gate::RequestedMode};
+use boot_userspace::{
+    api::{DEFAULT_LISTEN, DEFAULT_SERVER},
+    daemon,
+    gate::RequestedMode,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -18,7 +22,7 @@ struct Args {
         long,
         global = true,
         env = "WISP_SERVER",
-        default_value = "http://127.0.0.1:7480"
+        default_value = DEFAULT_SERVER
     )]
     server: String,
     #[command(subcommand)]

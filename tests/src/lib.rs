@@ -148,11 +148,23 @@ pub struct Lab {
 
 pub const SERVER_IF: &str = "srv";
 pub const CLIENT_IF: &str = "cli";
+pub const BRIDGE_IF: &str = "br0";
 pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 
 impl Lab {
+    /// The served interface is the veth end itself.
     pub fn new(purpose: &str) -> Lab {
+        Lab::build(purpose, false)
+    }
+
+    /// The served interface is a bridge (`br0`, 10.99.0.1/24) with the veth end as its port, as
+    /// in a netboot lab where VMs join the bridge.
+    pub fn bridged(purpose: &str) -> Lab {
+        Lab::build(purpose, true)
+    }
+
+    fn build(purpose: &str, bridged: bool) -> Lab {
         let server = Netns::new(&format!("{purpose}-s"));
         let client = Netns::new(&format!("{purpose}-c"));
         server.exec_ok(
@@ -170,7 +182,15 @@ impl Lab {
                 &client.name,
             ],
         );
-        server.exec_ok("ip", &["addr", "add", "10.99.0.1/24", "dev", SERVER_IF]);
+        let served = if bridged {
+            server.exec_ok("ip", &["link", "add", BRIDGE_IF, "type", "bridge"]);
+            server.exec_ok("ip", &["link", "set", SERVER_IF, "master", BRIDGE_IF]);
+            server.exec_ok("ip", &["link", "set", BRIDGE_IF, "up"]);
+            BRIDGE_IF
+        } else {
+            SERVER_IF
+        };
+        server.exec_ok("ip", &["addr", "add", "10.99.0.1/24", "dev", served]);
         server.exec_ok("ip", &["link", "set", SERVER_IF, "up"]);
         client.exec_ok("ip", &["addr", "add", "10.99.0.2/24", "dev", CLIENT_IF]);
         client.exec_ok("ip", &["link", "set", CLIENT_IF, "up"]);
@@ -328,8 +348,17 @@ pub fn gate_stats(netns: &Netns) -> (std::collections::BTreeMap<String, u64>, Va
 }
 
 /// One sample of a Prometheus metric from the daemon's /metrics, fetched with curl.
+/// A missing sample reads as 0 (a labelled counter appears on first use), but the metric
+/// family itself must be there, so that a renamed metric fails the test.
 pub fn metric(netns: &Netns, name_and_labels: &str) -> u64 {
     let text = netns.exec_ok("curl", &["-sf", "http://127.0.0.1:7480/metrics"]);
+    let name = name_and_labels.split('{').next().unwrap_or(name_and_labels);
+    let family = name.strip_suffix("_total").unwrap_or(name);
+    assert!(
+        text.lines()
+            .any(|line| line.starts_with(&format!("# TYPE {family} "))),
+        "/metrics has no metric {family}:\n{text}"
+    );
     text.lines()
         .find_map(|line| {
             line.strip_prefix(name_and_labels)

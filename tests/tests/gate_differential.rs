@@ -39,7 +39,7 @@ impl Harness {
         }
     }
 
-    fn check(&mut self, frame: &[u8]) {
+    fn check(&mut self, frame: &[u8]) -> Counter {
         let expected = classify_frame(frame, |mac| self.allowlist.contains(mac), self.policy);
         let action = self.gate.test_run(frame).expect("test run");
         let expected_action = if expected.pass { XDP_PASS } else { XDP_DROP };
@@ -52,6 +52,7 @@ impl Harness {
             *self.expected_unknown.entry(mac).or_default() += 1;
         }
         self.frames += 1;
+        expected.counter
     }
 
     fn check_counters(&self) {
@@ -85,7 +86,15 @@ fn mac(rng: &mut StdRng, pool: &[[u8; 6]]) -> [u8; 6] {
     pool[rng.random_range(0..pool.len())]
 }
 
-fn random_frame(rng: &mut StdRng, known: &[[u8; 6]], unknown: &[[u8; 6]]) -> Vec<u8> {
+/// The shape of a generated DHCP frame, for the coverage check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Shape {
+    vlan_tags: usize,
+    relayed: bool,
+    ip_options: bool,
+}
+
+fn random_frame(rng: &mut StdRng, known: &[[u8; 6]], unknown: &[[u8; 6]]) -> (Vec<u8>, Shape) {
     let client = if rng.random_bool(0.5) {
         mac(rng, known)
     } else {
@@ -135,7 +144,12 @@ fn random_frame(rng: &mut StdRng, known: &[[u8; 6]], unknown: &[[u8; 6]]) -> Vec
         // Ethernet padding after the IP packet is legal and must not be read as a lie.
         frame.extend(std::iter::repeat_n(0, rng.random_range(1..64)));
     }
-    frame
+    let shape = Shape {
+        vlan_tags,
+        relayed,
+        ip_options: framing.ip_options > 0,
+    };
+    (frame, shape)
 }
 
 fn macs(first_byte: u8, count: u8) -> Vec<[u8; 6]> {
@@ -152,9 +166,34 @@ fn xdp_program_matches_the_reference_classifier() {
     for policy in [UnknownPolicy::Drop, UnknownPolicy::Pass] {
         let mut harness = Harness::new(policy, known.iter().copied().collect());
         let mut rng = StdRng::seed_from_u64(0x5749_5350 + policy as u64);
+        let mut judged_by_chaddr: BTreeMap<Shape, usize> = BTreeMap::new();
         for _ in 0..RANDOM_FRAMES {
-            let frame = random_frame(&mut rng, &known, &unknown);
-            harness.check(&frame);
+            let (frame, shape) = random_frame(&mut rng, &known, &unknown);
+            let counter = harness.check(&frame);
+            if matches!(
+                counter,
+                Counter::PassedKnown | Counter::DroppedUnknown | Counter::PassedUnknown
+            ) {
+                *judged_by_chaddr.entry(shape).or_default() += 1;
+            }
+        }
+        // Every combination of 0-2 VLAN tags, relayed or not, and IP options or not reached the
+        // chaddr decision many times.
+        for vlan_tags in 0..=2 {
+            for relayed in [false, true] {
+                for ip_options in [false, true] {
+                    let shape = Shape {
+                        vlan_tags,
+                        relayed,
+                        ip_options,
+                    };
+                    let count = judged_by_chaddr.get(&shape).copied().unwrap_or(0);
+                    assert!(
+                        count >= 100,
+                        "only {count} frames of shape {shape:?} reached the chaddr decision"
+                    );
+                }
+            }
         }
         // Truncation at every offset, of a plain, a double-tagged and a relayed DISCOVER with
         // IP options.

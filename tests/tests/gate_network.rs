@@ -3,7 +3,7 @@
 use nix::sys::signal::Signal;
 use wisp_tests::{
     apply_yaml, eventually, frames::discover, gate_stats, hardware_yaml, metric, require_root,
-    wisp_ok, Daemon, Lab, TempDir, CLIENT_IP, SERVER_IF,
+    wisp_ok, Daemon, Lab, TempDir, BRIDGE_IF, CLIENT_IP, SERVER_IF,
 };
 
 const KNOWN: [u8; 6] = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
@@ -145,7 +145,9 @@ fn scenario(mode: &str, stop_with: Signal) {
         !link.contains("xdp"),
         "still attached after {stop_with}: {link}"
     );
-    assert!(daemon.log().contains("shut down"), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(log.contains("shut down cleanly"), "{log}");
+    assert_eq!(log.contains("gate detached"), mode != "off", "{log}");
 }
 
 #[test]
@@ -164,6 +166,41 @@ fn generic_xdp_gate_filters_dhcp_by_chaddr() {
 fn userspace_gate_has_the_same_semantics() {
     require_root();
     scenario("off", Signal::SIGTERM);
+}
+
+#[test]
+fn auto_mode_falls_back_to_skb_on_a_bridge_and_says_so() {
+    require_root();
+    let lab = Lab::bridged("auto");
+    let data = TempDir::new("auto");
+    let daemon = Daemon::start(&lab.server, BRIDGE_IF, &data.join("data"), &[]);
+    let (_, stats) = gate_stats(&lab.server);
+    assert_eq!(
+        (
+            stats["mode"]["kind"].as_str(),
+            stats["mode"]["mode"].as_str()
+        ),
+        (Some("xdp"), Some("skb")),
+        "{stats}"
+    );
+    let log = daemon.log();
+    assert!(log.contains("could not attach in native mode"), "{log}");
+    assert!(log.contains("XDP gate attached in skb mode"), "{log}");
+    // Bridged DHCP from a client port is judged on the bridge.
+    let applied = apply_yaml(
+        &lab.server,
+        &hardware_yaml("known", "1c:69:7a:11:22:33", "10.99.0.10"),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    send_and_wait(&lab, &discover(KNOWN, None), false, "passed_known");
+    send_and_wait(&lab, &discover(LATE, None), false, "dropped_unknown");
+    eventually("the known DISCOVER to reach the socket on br0", || {
+        metric(&lab.server, DISCOVERS) == 1
+    });
 }
 
 #[test]

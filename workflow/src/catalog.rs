@@ -56,10 +56,7 @@ impl<S: Store> Catalog<S> {
             let Spec::Hardware(hardware) = &document.spec else {
                 continue;
             };
-            for (index, interface) in hardware.interfaces.iter().enumerate() {
-                let Some(dhcp) = &interface.dhcp else {
-                    continue;
-                };
+            for (index, dhcp) in hardware.dhcp_interfaces() {
                 if let Some(owner) = owners.insert(dhcp.mac, document.key.clone()) {
                     problems.push(Problem {
                         origin: origin.clone(),

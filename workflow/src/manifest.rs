@@ -159,3 +159,20 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod server_owned_fields {
+    use super::*;
+
+    #[test]
+    fn status_is_not_stored() {
+        let text = "apiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata:\n  name: wf\nspec:\n  templateRef: t\n  hardwareRef: h\nstatus:\n  state: STATE_SUCCESS\n";
+        let mut manifest = Manifest::default();
+        manifest.parse("wf.yaml", text);
+        assert!(
+            manifest.errors.is_empty() && manifest.warnings.is_empty(),
+            "{manifest:?}"
+        );
+        assert!(manifest.documents[0].1.object.get("status").is_none());
+    }
+}

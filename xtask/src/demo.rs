@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context};
 
-use crate::shell::{require_root, run, step};
+use crate::shell::{run, step};
 
 const LAB: &str = "wisp-demo";
 const CLIENT: &str = "wisp-demo-client";
@@ -71,7 +71,6 @@ fn in_ns(netns: &str, command: &[&str]) -> anyhow::Result<()> {
 }
 
 pub fn show(root: &Path) -> anyhow::Result<()> {
-    require_root("the demo creates network namespaces and attaches an XDP program")?;
     step("cargo build --release");
     run("cargo", &["build", "--release", "--bins"])?;
     let wisp = root.join("target/release/wisp");

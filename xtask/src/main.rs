@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup::ensure(),
         Task::Test => test(),
         Task::Demo => {
+            shell::require_root("the demo creates network namespaces and attaches an XDP program")?;
             setup::ensure()?;
             demo::show(&root)
         }

@@ -7,7 +7,13 @@ use serde_json::Value;
 use workflow::{catalog::Binding, resource::ResourceKey, store::Applied};
 
 /// The address the daemon listens on and the CLI talks to unless told otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
+macro_rules! default_api_address {
+    () => {
+        "127.0.0.1:7480"
+    };
+}
+pub const DEFAULT_LISTEN: &str = default_api_address!();
+pub const DEFAULT_SERVER: &str = concat!("http://", default_api_address!());
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ManifestFile {
@@ -34,6 +40,13 @@ pub struct ResourceView {
     pub object: Value,
     /// For workflows: whether their template and hardware exist.
     pub binding: Option<Binding>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeleteResponse {
+    pub key: ResourceKey,
+    pub version: u64,
+    pub warnings: Vec<String>,
 }
 
 /// Every error the API returns, kubectl-style: a reason, a message, and per-field details.

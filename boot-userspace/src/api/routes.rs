@@ -1,6 +1,6 @@
 //! The API handlers. Writes go through the catalog (validation, one owner per MAC, one
 //! transaction), then the gate's allowlist is brought in line before the reply.
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::{
     extract::{Path, Query, State},
@@ -17,18 +17,26 @@ use workflow::{
     store::{RedbStore, Store, StoreError},
 };
 
-use super::{ApplyRequest, ApplyResponse, ErrorBody, ResourceView};
+use super::{ApplyRequest, ApplyResponse, DeleteResponse, ErrorBody, ResourceView};
 use crate::{gate::Gate, metrics::Metrics};
 
 pub struct AppState {
     pub catalog: Catalog<RedbStore>,
     pub gate: Arc<Gate>,
     pub metrics: Arc<Metrics>,
+    /// Serialises allowlist syncs, so that an older snapshot of the store never overwrites a
+    /// newer one in the gate.
+    pub allowlist_sync: Mutex<()>,
 }
 
 impl AppState {
     /// Makes the gate's allowlist exactly the MACs the stored Hardware owns.
+    /// Blocking (store reads, BPF syscalls): call it from a blocking thread.
     pub fn sync_allowlist(&self) -> anyhow::Result<usize> {
+        let _sync = self
+            .allowlist_sync
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let macs = self.catalog.mac_owners()?.into_keys().collect();
         self.gate.sync_allowlist(&macs)?;
         Ok(macs.len())
@@ -148,7 +156,7 @@ async fn apply(
         .documents
         .iter()
         .any(|(_, doc)| doc.key.kind == Kind::Hardware);
-    let applied = blocking(&state, move |state| {
+    let (applied, sync_warning) = blocking(&state, move |state| {
         let applied = state
             .catalog
             .apply(manifest.documents)
@@ -158,17 +166,15 @@ async fn apply(
                 }
                 ApplyError::Store(err) => err.into(),
             })?;
-        Ok(applied)
+        // Synced in the same blocking task as the commit, so that a client hanging up cannot
+        // leave the gate behind the store.
+        Ok((
+            applied,
+            touches_hardware.then(|| allowlist_warning(state)).flatten(),
+        ))
     })
     .await?;
-    if touches_hardware {
-        if let Err(err) = state.sync_allowlist() {
-            tracing::error!("applied, but the gate's allowlist could not be updated: {err:#}");
-            warnings.push(format!(
-                "applied, but the gate's allowlist could not be updated: {err:#}"
-            ));
-        }
-    }
+    warnings.extend(sync_warning);
     for entry in &applied {
         tracing::info!(resource = %entry.key, version = entry.version, outcome = ?entry.outcome, "applied");
     }
@@ -244,23 +250,34 @@ async fn get_one(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult
     Ok(Json(found))
 }
 
-async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<ResourceView> {
+async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<DeleteResponse> {
     let key = resource_key(path)?;
-    let removed = blocking(&state, move |state| match state.catalog.delete(&key)? {
-        Some(resource) => Ok(resource),
-        None => Err(ApiError::not_found(&key)),
-    })
-    .await?;
-    if removed.key.kind == Kind::Hardware {
-        state.sync_allowlist().map_err(ApiError::internal)?;
-    }
+    let (removed, sync_warning) =
+        blocking(&state, move |state| match state.catalog.delete(&key)? {
+            Some(removed) => {
+                let warning = (removed.key.kind == Kind::Hardware)
+                    .then(|| allowlist_warning(state))
+                    .flatten();
+                Ok((removed, warning))
+            }
+            None => Err(ApiError::not_found(&key)),
+        })
+        .await?;
     tracing::info!(resource = %removed.key, "deleted");
-    Ok(Json(ResourceView {
+    Ok(Json(DeleteResponse {
         key: removed.key,
         version: removed.version,
-        object: removed.object,
-        binding: None,
+        warnings: sync_warning.into_iter().collect(),
     }))
+}
+
+/// Syncs the allowlist after a write; a failure is reported, and the daemon's periodic
+/// reconcile retries it.
+fn allowlist_warning(state: &AppState) -> Option<String> {
+    let err = state.sync_allowlist().err()?;
+    let warning = format!("stored, but the gate's allowlist could not be updated yet: {err:#}");
+    tracing::error!("{warning}");
+    Some(warning)
 }
 
 fn view(state: &AppState, resource: Resource) -> Result<ResourceView, ApiError> {

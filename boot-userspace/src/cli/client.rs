@@ -38,7 +38,21 @@ impl Client {
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
-        self.finish(path, self.agent.get(&self.url(path)).call())
+        self.get_with_query(path, &[])
+    }
+
+    /// GET with query parameters, which ureq percent-encodes.
+    pub fn get_with_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> CliResult<T> {
+        let request = query
+            .iter()
+            .fold(self.agent.get(&self.url(path)), |request, (key, value)| {
+                request.query(*key, *value)
+            });
+        self.finish(path, request.call())
     }
 
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use boot_userspace::{
-    api::{ApplyRequest, ApplyResponse, ManifestFile, ResourceView},
+    api::{ApplyRequest, ApplyResponse, DeleteResponse, ManifestFile, ResourceView},
     gate::GateStats,
 };
 use clap::{Subcommand, ValueEnum};
@@ -106,12 +106,15 @@ pub fn run(server: &str, command: ClientCommand) -> CliResult<()> {
             let kind = parse_kind(&kind)?;
             let found = find(&client, kind, &name, namespace.as_deref())?;
             let key = &found.key;
-            let removed: ResourceView = client.delete(&format!(
+            let removed: DeleteResponse = client.delete(&format!(
                 "/v1/{}/{}/{}",
                 kind.plural(),
                 key.namespace,
                 key.name
             ))?;
+            for warning in &removed.warnings {
+                eprintln!("Warning: {warning}");
+            }
             println!("{}/{} deleted", qualified(kind), removed.key.name);
             Ok(())
         }
@@ -147,19 +150,11 @@ fn list(
     namespace: Option<&str>,
     name: Option<&str>,
 ) -> CliResult<Vec<ResourceView>> {
-    let mut query = Vec::new();
-    if let Some(namespace) = namespace {
-        query.push(format!("namespace={namespace}"));
-    }
-    if let Some(name) = name {
-        query.push(format!("name={name}"));
-    }
-    let suffix = if query.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", query.join("&"))
-    };
-    client.get(&format!("/v1/{}{suffix}", kind.plural()))
+    let query: Vec<(&str, &str)> = [("namespace", namespace), ("name", name)]
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|value| (key, value)))
+        .collect();
+    client.get_with_query(&format!("/v1/{}", kind.plural()), &query)
 }
 
 /// Finds one resource by name; without -n, the name must be unique across namespaces.

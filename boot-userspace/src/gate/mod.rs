@@ -62,8 +62,10 @@ pub struct GateStats {
 }
 
 enum Engine {
-    Xdp(Box<XdpGate>),
+    Xdp(Box<XdpGate>, XdpMode),
     Soft(SoftGate),
+    /// After shutdown: admits nothing.
+    Detached,
 }
 
 pub struct Gate {
@@ -91,7 +93,11 @@ impl Gate {
             match XdpGate::attach(interface, mode, policy) {
                 Ok(gate) => {
                     tracing::info!(interface, %mode, "XDP gate attached in {mode} mode");
-                    return Ok(Gate::new(interface, policy, Engine::Xdp(Box::new(gate))));
+                    return Ok(Gate::new(
+                        interface,
+                        policy,
+                        Engine::Xdp(Box::new(gate), mode),
+                    ));
                 }
                 Err(err) => {
                     tracing::warn!(interface, %mode, "XDP gate could not attach in {mode} mode: {err:#}");
@@ -135,28 +141,36 @@ impl Gate {
     pub fn sync_allowlist(&self, macs: &BTreeSet<MacAddr>) -> anyhow::Result<()> {
         let wanted: BTreeSet<[u8; 6]> = macs.iter().map(|mac| mac.0).collect();
         match &mut *self.engine() {
-            Engine::Xdp(gate) => gate.sync_allowlist(&wanted),
+            Engine::Xdp(gate, _) => gate.sync_allowlist(&wanted),
             Engine::Soft(gate) => {
                 gate.sync_allowlist(wanted);
                 Ok(())
             }
+            Engine::Detached => Ok(()),
         }
+    }
+
+    /// Detaches the XDP program now, rather than whenever the last reference goes away.
+    pub fn detach(&self) -> bool {
+        let engine = std::mem::replace(&mut *self.engine(), Engine::Detached);
+        matches!(engine, Engine::Xdp(..))
     }
 
     /// Whether a datagram that reached the DHCP socket may be handled. Under XDP the kernel has
     /// already decided, and only passed packets arrive here.
     pub fn admit(&self, payload: &[u8]) -> bool {
         match &*self.engine() {
-            Engine::Xdp(_) => true,
+            Engine::Xdp(..) => true,
             Engine::Soft(gate) => gate.admit(payload),
+            Engine::Detached => false,
         }
     }
 
     pub fn stats(&self) -> anyhow::Result<GateStats> {
         let engine = self.engine();
         let (mode, counters, unknown, allowlist_size) = match &*engine {
-            Engine::Xdp(gate) => (
-                ActiveMode::Xdp { mode: gate.mode() },
+            Engine::Xdp(gate, mode) => (
+                ActiveMode::Xdp { mode: *mode },
                 gate.counters()?,
                 gate.unknown_macs()?,
                 gate.allowlist_len()?,
@@ -169,6 +183,7 @@ impl Gate {
                 gate.unknown_macs(),
                 gate.allowlist_len(),
             ),
+            Engine::Detached => anyhow::bail!("the gate is detached"),
         };
         let now = monotonic_ns();
         let mut unknown_macs: Vec<(u64, UnknownMac)> = unknown

@@ -38,7 +38,6 @@ impl fmt::Display for XdpMode {
 pub struct XdpGate {
     /// Owns the program and its link; dropping it detaches.
     ebpf: Ebpf,
-    mode: Option<XdpMode>,
     allowlist: HashMap<MapData, [u8; 6], u8>,
     counters: PerCpuArray<MapData, u64>,
     unknown: HashMap<MapData, [u8; 6], UnknownMacStat>,
@@ -63,7 +62,6 @@ impl XdpGate {
             .context("the kernel rejected the XDP program")?;
         Ok(XdpGate {
             ebpf,
-            mode: None,
             allowlist,
             counters,
             unknown,
@@ -83,12 +81,7 @@ impl XdpGate {
         program(&mut gate.ebpf)?
             .attach(interface, flags)
             .with_context(|| format!("attaching to {interface}"))?;
-        gate.mode = Some(mode);
         Ok(gate)
-    }
-
-    pub fn mode(&self) -> XdpMode {
-        self.mode.unwrap_or(XdpMode::Skb)
     }
 
     /// Runs one frame through the loaded program (BPF_PROG_TEST_RUN) and returns the XDP action.

@@ -105,11 +105,18 @@ pub struct Disk {
 }
 
 impl HardwareSpec {
-    /// The MACs this machine answers DHCP for: the allowlist entries of the XDP gate.
-    pub fn macs(&self) -> impl Iterator<Item = MacAddr> + '_ {
+    /// The DHCP blocks of the interfaces Wisp answers DHCP for, with their indices in
+    /// `spec.interfaces`.
+    pub fn dhcp_interfaces(&self) -> impl Iterator<Item = (usize, &Dhcp)> + '_ {
         self.interfaces
             .iter()
-            .filter(|interface| !interface.disable_dhcp)
-            .filter_map(|interface| interface.dhcp.as_ref().map(|dhcp| dhcp.mac))
+            .enumerate()
+            .filter(|(_, interface)| !interface.disable_dhcp)
+            .filter_map(|(index, interface)| interface.dhcp.as_ref().map(|dhcp| (index, dhcp)))
+    }
+
+    /// The MACs this machine answers DHCP for: the allowlist entries of the XDP gate.
+    pub fn macs(&self) -> impl Iterator<Item = MacAddr> + '_ {
+        self.dhcp_interfaces().map(|(_, dhcp)| dhcp.mac)
     }
 }

@@ -250,6 +250,12 @@ pub fn decode(object: Value) -> Result<Decoded, FieldError> {
         })?),
     };
     validate_spec(&spec)?;
+    // Status is the server's to write, as with Kubernetes' status subresource: a status in an
+    // applied document (say, from `wisp get -o yaml`) is not stored.
+    let mut object = object;
+    if let Some(map) = object.as_object_mut() {
+        map.remove("status");
+    }
     Ok(Decoded {
         key: ResourceKey {
             kind,
