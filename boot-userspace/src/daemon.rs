@@ -29,6 +29,12 @@ pub struct ServeConfig {
 }
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
+    nix::net::if_::if_nametoindex(config.interface.as_str()).map_err(|_| {
+        anyhow::anyhow!(
+            "interface {:?} does not exist (see `ip link`)",
+            config.interface
+        )
+    })?;
     let store = RedbStore::open(&config.data_dir)?;
     let policy = if config.discovery {
         UnknownPolicy::Pass

@@ -75,10 +75,7 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(daemon::serve(config)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    tracing::error!("{err:#}");
-                    fail(&format!("{err:#}"))
-                }
+                Err(err) => fail(&format!("{err:#}")),
             }
         }
         Command::Client(command) => match cli::run(&args.server, command) {
@@ -96,8 +93,11 @@ fn fail(message: &str) -> ExitCode {
 fn init_logging() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
 }

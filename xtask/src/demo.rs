@@ -162,7 +162,10 @@ pub fn show(root: &Path) -> anyhow::Result<()> {
     run("kill", &["-TERM", &daemon.id().to_string()])?;
     let status = daemon.wait()?;
     let after = std::fs::read_to_string(&log)?;
-    if let Some(line) = after.lines().last() {
+    for line in after
+        .lines()
+        .filter(|line| line.contains("gate detached") || line.contains("shut down"))
+    {
         println!("{line}");
     }
     if !status.success() {
