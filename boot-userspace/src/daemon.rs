@@ -17,6 +17,8 @@ use crate::{
     dhcp,
     gate::{Gate, RequestedMode},
     metrics::Metrics,
+    net,
+    tftp::{self, BootFiles},
 };
 
 pub struct ServeConfig {
@@ -26,6 +28,8 @@ pub struct ServeConfig {
     pub xdp_mode: RequestedMode,
     /// Pass unknown MACs to userspace instead of dropping them (they are recorded either way).
     pub discovery: bool,
+    /// Where the iPXE binaries are (Debian's `ipxe` package puts them in /usr/lib/ipxe).
+    pub ipxe_dir: PathBuf,
 }
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
@@ -58,11 +62,23 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         config.data_dir.display()
     );
 
-    let mut dhcp_task = tokio::spawn({
-        let interface = config.interface.clone();
-        let gate = Arc::clone(&gate);
-        async move { dhcp::listen(&interface, gate, metrics).await }
-    });
+    let address = net::interface_ipv4(&config.interface)?;
+    let boot_files = Arc::new(BootFiles::load(&config.ipxe_dir)?);
+    tracing::info!(files = ?boot_files.names().collect::<Vec<_>>(), "iPXE binaries loaded from {}", config.ipxe_dir.display());
+
+    // The boot-network services; the first to fail stops the daemon.
+    let mut services = tokio::task::JoinSet::new();
+    services.spawn(dhcp::listen(
+        config.interface.clone(),
+        Arc::clone(&gate),
+        Arc::clone(&metrics),
+    ));
+    services.spawn(tftp::serve(
+        config.interface.clone(),
+        address,
+        boot_files,
+        Arc::clone(&metrics),
+    ));
 
     let reconcile_task = tokio::spawn(reconcile_allowlist(Arc::clone(&state)));
 
@@ -75,9 +91,9 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 
     let outcome = tokio::select! {
         result = api => result.context("API server"),
-        result = &mut dhcp_task => result.context("DHCP task").and_then(|r| r.context("DHCP")),
+        Some(result) = services.join_next() => result.context("boot-network service").and_then(|r| r),
     };
-    dhcp_task.abort();
+    services.shutdown().await;
     reconcile_task.abort();
     if gate.detach() {
         tracing::info!(interface = config.interface, "gate detached");

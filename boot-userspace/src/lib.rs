@@ -2,6 +2,7 @@
 //!
 //! - [`gate`]: the XDP DHCP gate (loader, allowlist sync, counters) and its userspace fallback;
 //! - [`dhcp`]: the DHCP receive path on ports 67 and 4011, behind the gate;
+//! - [`tftp`]: the read-only TFTP server for the iPXE binaries;
 //! - [`api`]: the HTTP/JSON API the `wisp` CLI talks to, and its wire types;
 //! - [`metrics`]: Prometheus metrics;
 //! - [`daemon`]: `wisp serve`, which wires them together.
@@ -10,3 +11,5 @@ pub mod daemon;
 pub mod dhcp;
 pub mod gate;
 pub mod metrics;
+pub mod net;
+pub mod tftp;

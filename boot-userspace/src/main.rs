@@ -46,6 +46,9 @@ enum Command {
         /// Pass DHCP from unknown MACs to userspace instead of dropping it.
         #[arg(long)]
         discovery: bool,
+        /// Where the iPXE binaries are.
+        #[arg(long, default_value = "/usr/lib/ipxe")]
+        ipxe_dir: PathBuf,
     },
     #[command(flatten)]
     Client(cli::ClientCommand),
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
             listen,
             xdp_mode,
             discovery,
+            ipxe_dir,
         } => {
             init_logging();
             let config = daemon::ServeConfig {
@@ -68,6 +72,7 @@ fn main() -> ExitCode {
                 listen,
                 xdp_mode,
                 discovery,
+                ipxe_dir,
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,

@@ -18,9 +18,17 @@ pub struct DhcpLabels {
     pub message_type: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TftpLabels {
+    /// `served`, `not_found` or `denied`.
+    pub outcome: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub dhcp_received: Family<DhcpLabels, Counter>,
+    pub tftp_requests: Family<TftpLabels, Counter>,
+    pub tftp_bytes: Counter,
 }
 
 impl Metrics {
@@ -32,10 +40,24 @@ impl Metrics {
             "DHCP messages that passed the gate and reached the DHCP server, by type",
             dhcp_received.clone(),
         );
+        let tftp_requests = Family::<TftpLabels, Counter>::default();
+        registry.register(
+            "tftp_requests",
+            "TFTP read requests, by outcome",
+            tftp_requests.clone(),
+        );
+        let tftp_bytes = Counter::default();
+        registry.register(
+            "tftp_bytes",
+            "Bytes of boot files handed to TFTP transfers",
+            tftp_bytes.clone(),
+        );
         registry.register_collector(Box::new(GateCollector(gate)));
         Metrics {
             registry,
             dhcp_received,
+            tftp_requests,
+            tftp_bytes,
         }
     }
 

@@ -11,6 +11,9 @@ const PACKAGES: &[&str] = &[
     "curl",
     "busybox-static",
     "ca-certificates",
+    "ipxe",
+    "tftp-hpa",
+    "atftp",
 ];
 
 pub fn ensure() -> anyhow::Result<()> {

@@ -14,7 +14,12 @@ use crate::{
 };
 
 /// Binds both DHCP ports on `interface` and serves them until the task is dropped.
-pub async fn listen(interface: &str, gate: Arc<Gate>, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+pub async fn listen(
+    interface: String,
+    gate: Arc<Gate>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let interface = interface.as_str();
     let mut tasks = tokio::task::JoinSet::new();
     for port in [DHCP_SERVER_PORT, PXE_BOOT_SERVER_PORT] {
         let socket = bind(interface, port)?;

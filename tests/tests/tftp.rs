@@ -1,0 +1,219 @@
+//! The TFTP server against real clients (atftp, tftp-hpa), across a veth pair with the XDP gate
+//! attached: option negotiation, identical bytes, refusals, concurrency and retransmission.
+use std::{
+    net::UdpSocket,
+    time::{Duration, Instant},
+};
+
+use wisp_tests::{metric, require_root, Daemon, Lab, TempDir, SERVER_IF, SERVER_IP};
+
+const IPXE_DIR: &str = "/usr/lib/ipxe";
+
+fn start() -> (Lab, TempDir, Daemon) {
+    let lab = Lab::new("tftp");
+    let data = TempDir::new("tftp");
+    let daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &data.join("data"),
+        &["--xdp-mode", "native"],
+    );
+    (lab, data, daemon)
+}
+
+fn expected(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{IPXE_DIR}/{name}")).expect("Debian's ipxe package is installed")
+}
+
+#[test]
+fn atftp_negotiates_blksize_tsize_and_windowsize_and_gets_identical_bytes() {
+    require_root();
+    let (lab, data, _daemon) = start();
+    let local = data.join("undionly.kpxe");
+    let server = SERVER_IP.to_string();
+    let output = lab.client.exec(
+        "atftp",
+        &[
+            "--option",
+            "blksize 1468",
+            "--option",
+            "tsize 0",
+            "--option",
+            "windowsize 8",
+            "--trace",
+            "-g",
+            "-r",
+            "undionly.kpxe",
+            "-l",
+            local.to_str().expect("utf-8"),
+            &server,
+        ],
+    );
+    let trace = String::from_utf8_lossy(&output.stderr).into_owned()
+        + &String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{trace}");
+    let original = expected("undionly.kpxe");
+    assert_eq!(
+        std::fs::read(&local).expect("fetched"),
+        original,
+        "the bytes differ"
+    );
+    let oack = trace
+        .lines()
+        .find(|line| line.starts_with("received OACK"))
+        .unwrap_or_else(|| panic!("no OACK:\n{trace}"));
+    for option in [
+        format!("tsize: {}", original.len()),
+        "windowsize: 8".into(),
+        "blksize: 1468".into(),
+    ] {
+        assert!(oack.contains(&option), "{option} not acknowledged: {oack}");
+    }
+    // With a window of 8, the client acknowledges about one block in 8.
+    let blocks = original.len().div_ceil(1468);
+    let acks = trace
+        .lines()
+        .filter(|line| line.starts_with("sent ACK"))
+        .count();
+    assert!(
+        acks <= blocks / 8 + 2,
+        "{acks} ACKs for {blocks} blocks: the window was not used"
+    );
+    assert_eq!(
+        metric(&lab.server, "wisp_tftp_bytes_total") as usize,
+        original.len()
+    );
+}
+
+#[test]
+fn tftp_hpa_fetches_and_is_refused_traversal_absolute_paths_and_writes() {
+    require_root();
+    let (lab, data, _daemon) = start();
+    let server = SERVER_IP.to_string();
+    let local = data.join("snponly.efi");
+    let get = |remote: &str| {
+        let local = local.to_str().expect("utf-8");
+        let output = lab.client.exec("tftp", &[&server, "-m", "binary", "-c", "get", remote, local]);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr)
+    };
+    let fetched = get("snponly.efi");
+    assert_eq!(
+        std::fs::read(&local).expect("fetched"),
+        expected("snponly.efi"),
+        "{fetched}"
+    );
+    for refused in ["../etc/passwd", "/etc/passwd", "boot/../../etc/passwd"] {
+        let said = get(refused);
+        assert!(said.contains("Error code 2"), "{refused}: {said}");
+    }
+    assert!(get("no-such-file").contains("Error code 1"));
+    let put = lab.client.exec(
+        "tftp",
+        &[
+            &server,
+            "-m",
+            "binary",
+            "-c",
+            "put",
+            "/etc/hostname",
+            "hostname",
+        ],
+    );
+    let said =
+        String::from_utf8_lossy(&put.stdout).into_owned() + &String::from_utf8_lossy(&put.stderr);
+    assert!(
+        said.contains("Error code 4"),
+        "a write must be refused as an illegal operation: {said}"
+    );
+    assert_eq!(
+        metric(&lab.server, "wisp_tftp_requests_total{outcome=\"denied\"}"),
+        3
+    );
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_tftp_requests_total{outcome=\"not_found\"}"
+        ),
+        1
+    );
+}
+
+#[test]
+fn many_concurrent_transfers_all_complete_intact() {
+    require_root();
+    let (lab, data, _daemon) = start();
+    let server = SERVER_IP.to_string();
+    let clients: Vec<(std::path::PathBuf, std::process::Child)> = (0..24)
+        .map(|index| {
+            let local = data.join(&format!("copy-{index}"));
+            let child = lab
+                .client
+                .command("atftp")
+                .args(["--option", "blksize 1468", "-g", "-r", "ipxe.efi", "-l"])
+                .arg(&local)
+                .arg(&server)
+                .spawn()
+                .expect("start atftp");
+            (local, child)
+        })
+        .collect();
+    let original = expected("ipxe.efi");
+    for (local, mut child) in clients {
+        assert!(
+            child.wait().expect("atftp").success(),
+            "{} failed",
+            local.display()
+        );
+        assert_eq!(
+            std::fs::read(&local).expect("fetched"),
+            original,
+            "{} differs",
+            local.display()
+        );
+    }
+    assert_eq!(
+        metric(&lab.server, "wisp_tftp_requests_total{outcome=\"served\"}"),
+        24
+    );
+}
+
+#[test]
+fn an_unacknowledged_oack_is_retransmitted_after_the_negotiated_timeout() {
+    require_root();
+    let (lab, _data, _daemon) = start();
+    let arrivals = lab.client.within(|| {
+        let socket = UdpSocket::bind(("10.99.0.2", 0)).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        socket
+            .send_to(
+                b"\x00\x01undionly.kpxe\x00octet\x00timeout\x001\x00",
+                (SERVER_IP, 69),
+            )
+            .expect("send RRQ");
+        let start = Instant::now();
+        let mut arrivals = Vec::new();
+        let mut buffer = [0u8; 1600];
+        // Never acknowledge: the server must resend its OACK about once a second.
+        while arrivals.len() < 3 {
+            let (length, _) = socket
+                .recv_from(&mut buffer)
+                .expect("an OACK (or its retransmission)");
+            assert_eq!(
+                &buffer[..2],
+                b"\x00\x06",
+                "expected an OACK, got {:02x?}",
+                &buffer[..length]
+            );
+            arrivals.push(start.elapsed());
+        }
+        arrivals
+    });
+    let gap = arrivals[2] - arrivals[1];
+    assert!(
+        gap >= Duration::from_millis(500) && gap <= Duration::from_secs(3),
+        "retransmissions at {arrivals:?}"
+    );
+}
