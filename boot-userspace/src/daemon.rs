@@ -14,7 +14,7 @@ use workflow::{catalog::Catalog, store::RedbStore};
 
 use crate::{
     api::routes::{router, AppState},
-    dhcp,
+    dhcp::{boot::BootConfig, handler::Mode, DhcpServer, SharedReservations},
     gate::{Gate, RequestedMode},
     metrics::Metrics,
     net,
@@ -30,7 +30,11 @@ pub struct ServeConfig {
     pub discovery: bool,
     /// Where the iPXE binaries are (Debian's `ipxe` package puts them in /usr/lib/ipxe).
     pub ipxe_dir: PathBuf,
+    pub dhcp_mode: Mode,
 }
+
+/// The boot HTTP server's port on the served interface (iPXE scripts, kernels, images).
+pub const BOOT_HTTP_PORT: u16 = 8080;
 
 pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     nix::net::if_::if_nametoindex(config.interface.as_str()).map_err(|_| {
@@ -45,34 +49,45 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     } else {
         UnknownPolicy::Drop
     };
-    let gate = Arc::new(Gate::start(&config.interface, config.xdp_mode, policy)?);
-    let metrics = Arc::new(Metrics::new(Arc::clone(&gate)));
-    let state = Arc::new(AppState {
-        catalog: Catalog::new(store),
-        gate: Arc::clone(&gate),
-        metrics: Arc::clone(&metrics),
-        allowlist_sync: Mutex::new(()),
-    });
-    let owned = state
-        .sync_allowlist()
-        .context("loading the allowlist from the store")?;
-    tracing::info!(
-        machines = owned,
-        "allowlist loaded from {}",
-        config.data_dir.display()
-    );
-
     let address = net::interface_ipv4(&config.interface)?;
     let boot_files = Arc::new(BootFiles::load(&config.ipxe_dir)?);
     tracing::info!(files = ?boot_files.names().collect::<Vec<_>>(), "iPXE binaries loaded from {}", config.ipxe_dir.display());
 
+    let gate = Arc::new(Gate::start(&config.interface, config.xdp_mode, policy)?);
+    let metrics = Arc::new(Metrics::new(Arc::clone(&gate)));
+    let reservations = Arc::new(SharedReservations::default());
+    let state = Arc::new(AppState {
+        catalog: Catalog::new(store.clone()),
+        gate: Arc::clone(&gate),
+        reservations: Arc::clone(&reservations),
+        metrics: Arc::clone(&metrics),
+        hardware_sync: Mutex::new(()),
+    });
+    let owned = state
+        .sync_hardware()
+        .context("loading Hardware from the store")?;
+    tracing::info!(
+        machines = owned,
+        "Hardware loaded from {}",
+        config.data_dir.display()
+    );
+
     // The boot-network services; the first to fail stops the daemon.
+    let dhcp = DhcpServer {
+        interface: config.interface.clone(),
+        mode: config.dhcp_mode,
+        boot: BootConfig {
+            server: address,
+            http_base: format!("http://{address}:{BOOT_HTTP_PORT}"),
+            binaries: boot_files.names().map(str::to_string).collect(),
+        },
+        reservations,
+        gate: Arc::clone(&gate),
+        metrics: Arc::clone(&metrics),
+        leases: Arc::new(store),
+    };
     let mut services = tokio::task::JoinSet::new();
-    services.spawn(dhcp::listen(
-        config.interface.clone(),
-        Arc::clone(&gate),
-        Arc::clone(&metrics),
-    ));
+    services.spawn(dhcp.serve());
     services.spawn(tftp::serve(
         config.interface.clone(),
         address,
@@ -80,7 +95,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Arc::clone(&metrics),
     ));
 
-    let reconcile_task = tokio::spawn(reconcile_allowlist(Arc::clone(&state)));
+    let reconcile_task = tokio::spawn(reconcile_hardware(Arc::clone(&state)));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -106,13 +121,13 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
 /// How often the allowlist is checked against the store, to repair a sync that failed.
 const RECONCILE_PERIOD: Duration = Duration::from_secs(30);
 
-async fn reconcile_allowlist(state: Arc<AppState>) {
+async fn reconcile_hardware(state: Arc<AppState>) {
     let mut ticks = tokio::time::interval(RECONCILE_PERIOD);
     ticks.tick().await; // the first tick is immediate, and start-up has just synced
     loop {
         ticks.tick().await;
         let state = Arc::clone(&state);
-        match tokio::task::spawn_blocking(move || state.sync_allowlist()).await {
+        match tokio::task::spawn_blocking(move || state.sync_hardware()).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => tracing::error!("allowlist reconcile failed: {err:#}"),
             Err(err) => tracing::error!("allowlist reconcile task failed: {err}"),

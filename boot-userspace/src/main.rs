@@ -6,6 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use boot_userspace::{
     api::{DEFAULT_LISTEN, DEFAULT_SERVER},
     daemon,
+    dhcp::handler::Mode,
     gate::RequestedMode,
 };
 use clap::{Parser, Subcommand};
@@ -49,6 +50,10 @@ enum Command {
         /// Where the iPXE binaries are.
         #[arg(long, default_value = "/usr/lib/ipxe")]
         ipxe_dir: PathBuf,
+        /// `reservation`: hand out each machine's reserved address. `proxy`: another server
+        /// hands out addresses; answer PXE clients with boot information only.
+        #[arg(long, value_enum, default_value = "reservation")]
+        dhcp_mode: Mode,
     },
     #[command(flatten)]
     Client(cli::ClientCommand),
@@ -64,6 +69,7 @@ fn main() -> ExitCode {
             xdp_mode,
             discovery,
             ipxe_dir,
+            dhcp_mode,
         } => {
             init_logging();
             let config = daemon::ServeConfig {
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
                 xdp_mode,
                 discovery,
                 ipxe_dir,
+                dhcp_mode,
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,

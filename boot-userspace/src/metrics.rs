@@ -24,9 +24,16 @@ pub struct TftpLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub dhcp_received: Family<DhcpLabels, Counter>,
+    pub dhcp_replies: Family<DhcpLabels, Counter>,
+    pub dhcp_ignored: Family<ReasonLabels, Counter>,
     pub tftp_requests: Family<TftpLabels, Counter>,
     pub tftp_bytes: Counter,
 }
@@ -39,6 +46,18 @@ impl Metrics {
             "dhcp_received",
             "DHCP messages that passed the gate and reached the DHCP server, by type",
             dhcp_received.clone(),
+        );
+        let dhcp_replies = Family::<DhcpLabels, Counter>::default();
+        registry.register(
+            "dhcp_replies",
+            "DHCP replies sent, by type (offer, ack, nak)",
+            dhcp_replies.clone(),
+        );
+        let dhcp_ignored = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "dhcp_ignored",
+            "DHCP requests that got no reply, by reason",
+            dhcp_ignored.clone(),
         );
         let tftp_requests = Family::<TftpLabels, Counter>::default();
         registry.register(
@@ -56,6 +75,8 @@ impl Metrics {
         Metrics {
             registry,
             dhcp_received,
+            dhcp_replies,
+            dhcp_ignored,
             tftp_requests,
             tftp_bytes,
         }

@@ -16,3 +16,42 @@ pub fn interface_ipv4(interface: &str) -> anyhow::Result<Ipv4Addr> {
             )
         })
 }
+
+/// Adds a complete ARP entry for `address` on `interface`, so that a reply can be unicast to a
+/// client that has no address yet and so cannot answer ARP (RFC 2131 4.1). dnsmasq does the same.
+pub fn add_arp_entry(
+    socket: &impl std::os::fd::AsRawFd,
+    interface: &str,
+    address: Ipv4Addr,
+    mac: [u8; 6],
+) -> std::io::Result<()> {
+    // SAFETY: arpreq is plain old data; zero is a valid value for every field.
+    let mut request: libc::arpreq = unsafe { std::mem::zeroed() };
+    let protocol = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(address).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size on Linux; arp_pa holds an AF_INET one.
+    request.arp_pa = unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(protocol) };
+    request.arp_ha.sa_family = libc::ARPHRD_ETHER;
+    for (slot, byte) in request.arp_ha.sa_data.iter_mut().zip(mac) {
+        *slot = byte as libc::c_char;
+    }
+    request.arp_flags = libc::ATF_COM;
+    for (slot, byte) in request
+        .arp_dev
+        .iter_mut()
+        .zip(interface.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: SIOCSARP reads a valid arpreq from the pointer.
+    match unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSARP, &request) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}

@@ -93,7 +93,10 @@ fn tftp_hpa_fetches_and_is_refused_traversal_absolute_paths_and_writes() {
     let local = data.join("snponly.efi");
     let get = |remote: &str| {
         let local = local.to_str().expect("utf-8");
-        let output = lab.client.exec("tftp", &[&server, "-m", "binary", "-c", "get", remote, local]);
+        let output = lab.client.exec(
+            "tftp",
+            &[&server, "-m", "binary", "-c", "get", remote, local],
+        );
         String::from_utf8_lossy(&output.stdout).into_owned()
             + &String::from_utf8_lossy(&output.stderr)
     };

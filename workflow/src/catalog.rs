@@ -90,15 +90,26 @@ impl<S: Store> Catalog<S> {
         self.store.delete(key)
     }
 
+    /// Every Hardware with its typed spec.
+    pub fn hardware(&self) -> Result<Vec<(ResourceKey, HardwareSpec)>, StoreError> {
+        self.store
+            .list(Kind::Hardware)?
+            .into_iter()
+            .map(|hardware| {
+                let spec: HardwareSpec = hardware
+                    .spec()
+                    .map_err(|err| StoreError::Backend(format!("{}: {err}", hardware.key)))?;
+                Ok((hardware.key, spec))
+            })
+            .collect()
+    }
+
     /// Every MAC that some Hardware owns, and its owner: the XDP gate's allowlist.
     pub fn mac_owners(&self) -> Result<BTreeMap<MacAddr, ResourceKey>, StoreError> {
         let mut owners = BTreeMap::new();
-        for hardware in self.store.list(Kind::Hardware)? {
-            let spec: HardwareSpec = hardware
-                .spec()
-                .map_err(|err| StoreError::Backend(format!("{}: {err}", hardware.key)))?;
+        for (key, spec) in self.hardware()? {
             for mac in spec.macs() {
-                owners.insert(mac, hardware.key.clone());
+                owners.insert(mac, key.clone());
             }
         }
         Ok(owners)

@@ -18,28 +18,37 @@ use workflow::{
 };
 
 use super::{ApplyRequest, ApplyResponse, DeleteResponse, ErrorBody, ResourceView};
-use crate::{gate::Gate, metrics::Metrics};
+use crate::{
+    dhcp::{reservation::Reservations, SharedReservations},
+    gate::Gate,
+    metrics::Metrics,
+};
 
 pub struct AppState {
     pub catalog: Catalog<RedbStore>,
     pub gate: Arc<Gate>,
+    pub reservations: Arc<SharedReservations>,
     pub metrics: Arc<Metrics>,
-    /// Serialises allowlist syncs, so that an older snapshot of the store never overwrites a
-    /// newer one in the gate.
-    pub allowlist_sync: Mutex<()>,
+    /// Serialises Hardware syncs, so that an older snapshot of the store never overwrites a
+    /// newer one in the gate or the DHCP server.
+    pub hardware_sync: Mutex<()>,
 }
 
 impl AppState {
-    /// Makes the gate's allowlist exactly the MACs the stored Hardware owns.
-    /// Blocking (store reads, BPF syscalls): call it from a blocking thread.
-    pub fn sync_allowlist(&self) -> anyhow::Result<usize> {
+    /// Makes the gate's allowlist and the DHCP reservations exactly what the stored Hardware
+    /// says. Blocking (store reads, BPF syscalls): call it from a blocking thread.
+    pub fn sync_hardware(&self) -> anyhow::Result<usize> {
         let _sync = self
-            .allowlist_sync
+            .hardware_sync
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let macs = self.catalog.mac_owners()?.into_keys().collect();
+        let hardware = self.catalog.hardware()?;
+        let reservations = Reservations::build(hardware.iter().map(|(key, spec)| (key, spec)));
+        let macs = reservations.macs().copied().collect();
         self.gate.sync_allowlist(&macs)?;
-        Ok(macs.len())
+        let machines = reservations.len();
+        self.reservations.replace(reservations);
+        Ok(machines)
     }
 }
 
@@ -274,7 +283,7 @@ async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<
 /// Syncs the allowlist after a write; a failure is reported, and the daemon's periodic
 /// reconcile retries it.
 fn allowlist_warning(state: &AppState) -> Option<String> {
-    let err = state.sync_allowlist().err()?;
+    let err = state.sync_hardware().err()?;
     let warning = format!("stored, but the gate's allowlist could not be updated yet: {err:#}");
     tracing::error!("{warning}");
     Some(warning)

@@ -1,39 +1,224 @@
-//! The DHCP receive path: sockets on ports 67 and 4011 bound to the served interface, behind
-//! the gate. Every datagram the gate admits is decoded and counted by message type.
-use std::{net::SocketAddr, sync::Arc};
+//! The DHCP server: sockets on ports 67 and 4011 bound to the served interface, behind the
+//! gate. Layers: [`handler`] decides (pure), [`boot`] picks the boot program, [`reservation`]
+//! is the DHCP view of Hardware, [`leases`] makes ACKed leases durable; this module receives,
+//! persists and sends.
+pub mod boot;
+pub mod handler;
+pub mod leases;
+pub mod reservation;
 
-use anyhow::Context;
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::{Arc, RwLock},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
 use boot_ebpf::{DHCP_SERVER_PORT, PXE_BOOT_SERVER_PORT};
-use dhcproto::{v4, Decodable, Decoder};
+use dhcproto::{v4, Decodable, Decoder, Encodable, Encoder};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
+use workflow::store::LeaseStore;
 
+use self::{
+    boot::BootConfig,
+    handler::{Context, Destination, Mode, Outcome, Reply, Request},
+    leases::LeaseWriter,
+    reservation::Reservations,
+};
 use crate::{
     gate::Gate,
     metrics::{DhcpLabels, Metrics},
 };
 
-/// Binds both DHCP ports on `interface` and serves them until the task is dropped.
-pub async fn listen(
-    interface: String,
-    gate: Arc<Gate>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
-    let interface = interface.as_str();
-    let mut tasks = tokio::task::JoinSet::new();
-    for port in [DHCP_SERVER_PORT, PXE_BOOT_SERVER_PORT] {
-        let socket = bind(interface, port)?;
-        tracing::info!(interface, port, "DHCP socket listening");
-        tasks.spawn(receive_loop(
-            socket,
-            Arc::clone(&gate),
-            Arc::clone(&metrics),
-        ));
+const CLIENT_PORT: u16 = 68;
+
+/// The reservations the DHCP server answers from, swapped whole when Hardware changes.
+#[derive(Default)]
+pub struct SharedReservations(RwLock<Arc<Reservations>>);
+
+impl SharedReservations {
+    pub fn replace(&self, reservations: Reservations) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(reservations);
     }
-    while let Some(result) = tasks.join_next().await {
-        result.context("DHCP receive task")??;
+
+    pub fn current(&self) -> Arc<Reservations> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
     }
-    Ok(())
+}
+
+pub struct DhcpServer {
+    pub interface: String,
+    pub mode: Mode,
+    pub boot: BootConfig,
+    pub reservations: Arc<SharedReservations>,
+    pub gate: Arc<Gate>,
+    pub metrics: Arc<Metrics>,
+    pub leases: Arc<dyn LeaseStore>,
+}
+
+impl DhcpServer {
+    /// Binds both ports and serves until the future is dropped.
+    pub async fn serve(self) -> anyhow::Result<()> {
+        let server = Arc::new(self);
+        let writer = LeaseWriter::start(Arc::clone(&server.leases));
+        let mut tasks = tokio::task::JoinSet::new();
+        for port in [DHCP_SERVER_PORT, PXE_BOOT_SERVER_PORT] {
+            let socket = Arc::new(bind(&server.interface, port)?);
+            tracing::info!(interface = server.interface, port, mode = ?server.mode, "DHCP listening");
+            tasks.spawn(Arc::clone(&server).receive_loop(socket, port, writer.clone()));
+        }
+        while let Some(result) = tasks.join_next().await {
+            result.context("DHCP receive task")??;
+        }
+        Ok(())
+    }
+
+    async fn receive_loop(
+        self: Arc<Self>,
+        socket: Arc<UdpSocket>,
+        port: u16,
+        writer: LeaseWriter,
+    ) -> anyhow::Result<()> {
+        let mut buffer = vec![0u8; 65_535];
+        loop {
+            let (length, source) = socket
+                .recv_from(&mut buffer)
+                .await
+                .context("receiving DHCP")?;
+            let payload = &buffer[..length];
+            if !self.gate.admit(payload) {
+                continue;
+            }
+            let message = match v4::Message::decode(&mut Decoder::new(payload)) {
+                Ok(message) => message,
+                Err(err) => {
+                    tracing::debug!(%source, "undecodable DHCP message dropped: {err}");
+                    self.count_received("malformed");
+                    continue;
+                }
+            };
+            let message_type = message
+                .opts()
+                .msg_type()
+                .map_or("bootp".to_string(), |t| format!("{t:?}").to_lowercase());
+            self.count_received(&message_type);
+            let reservations = self.reservations.current();
+            let mac = handler::client_mac(&message);
+            let context = Context {
+                mode: self.mode,
+                boot: &self.boot,
+                reservation: mac
+                    .and_then(|mac| reservations.get(&mac))
+                    .map(|r| r.as_ref()),
+                now: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            let request = Request {
+                message: &message,
+                source,
+                port,
+            };
+            let client = mac.map(|m| m.to_string()).unwrap_or_default();
+            match handler::handle(&request, &context) {
+                Outcome::Reply(reply) => {
+                    tracing::info!(client, %source, request = message_type, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
+                    match reply.lease.clone() {
+                        // The ACK waits for its lease to be durable, without holding up the loop.
+                        Some(lease) => {
+                            let (server, socket, writer) =
+                                (Arc::clone(&self), Arc::clone(&socket), writer.clone());
+                            tokio::spawn(async move {
+                                match writer.record(lease).await {
+                                    Ok(()) => server.send(&socket, *reply).await,
+                                    Err(err) => tracing::error!(
+                                        client,
+                                        "lease not stored, ACK withheld: {err}"
+                                    ),
+                                }
+                            });
+                        }
+                        None => self.send(&socket, *reply).await,
+                    }
+                }
+                Outcome::Release(mac) => {
+                    tracing::info!(client, "DHCP release");
+                    self.forget_lease(mac).await;
+                }
+                Outcome::Decline { mac, address } => {
+                    tracing::warn!(client, %address, "DHCP decline: the client found its reserved address in use on the network");
+                    self.forget_lease(mac).await;
+                }
+                Outcome::Ignore(reason) => {
+                    tracing::debug!(client, %source, request = message_type, reason, "DHCP request ignored");
+                    self.metrics
+                        .dhcp_ignored
+                        .get_or_create(&crate::metrics::ReasonLabels {
+                            reason: reason.into(),
+                        })
+                        .inc();
+                }
+            }
+        }
+    }
+
+    fn count_received(&self, message_type: &str) {
+        self.metrics
+            .dhcp_received
+            .get_or_create(&DhcpLabels {
+                message_type: message_type.into(),
+            })
+            .inc();
+    }
+
+    async fn forget_lease(&self, mac: workflow::resource::MacAddr) {
+        let leases = Arc::clone(&self.leases);
+        match tokio::task::spawn_blocking(move || leases.remove_lease(&mac)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::error!(client = %mac, "cannot remove the lease: {err}"),
+            Err(err) => tracing::error!(client = %mac, "lease removal task failed: {err}"),
+        }
+    }
+
+    async fn send(&self, socket: &UdpSocket, reply: Reply) {
+        let mut bytes = Vec::with_capacity(576);
+        if let Err(err) = reply.message.encode(&mut Encoder::new(&mut bytes)) {
+            tracing::error!("cannot encode a DHCP reply: {err}");
+            return;
+        }
+        let target: SocketAddr = match reply.destination {
+            Destination::Relay(relay) => (relay, DHCP_SERVER_PORT).into(),
+            Destination::Client(address) => (address, CLIENT_PORT).into(),
+            Destination::Broadcast => (Ipv4Addr::BROADCAST, CLIENT_PORT).into(),
+            Destination::Source(source) => source,
+            Destination::Unicast { address, mac } => {
+                match crate::net::add_arp_entry(socket, &self.interface, address, mac.0) {
+                    Ok(()) => (address, CLIENT_PORT).into(),
+                    Err(err) => {
+                        tracing::debug!(client = %mac, "cannot add an ARP entry ({err}); broadcasting instead");
+                        (Ipv4Addr::BROADCAST, CLIENT_PORT).into()
+                    }
+                }
+            }
+        };
+        let reply_type = reply
+            .message
+            .opts()
+            .msg_type()
+            .map_or("unknown".to_string(), |t| format!("{t:?}").to_lowercase());
+        match socket.send_to(&bytes, target).await {
+            Ok(_) => {
+                self.metrics
+                    .dhcp_replies
+                    .get_or_create(&DhcpLabels {
+                        message_type: reply_type,
+                    })
+                    .inc();
+            }
+            Err(err) => tracing::warn!(%target, "cannot send a DHCP reply: {err}"),
+        }
+    }
 }
 
 fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {
@@ -51,47 +236,4 @@ fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {
         .with_context(|| format!("binding UDP port {port} on {interface}"))?;
     socket.set_nonblocking(true)?;
     Ok(UdpSocket::from_std(socket.into())?)
-}
-
-async fn receive_loop(
-    socket: UdpSocket,
-    gate: Arc<Gate>,
-    metrics: Arc<Metrics>,
-) -> anyhow::Result<()> {
-    let mut buffer = vec![0u8; 65_535];
-    loop {
-        let (length, peer) = socket
-            .recv_from(&mut buffer)
-            .await
-            .context("receiving DHCP")?;
-        let payload = &buffer[..length];
-        if !gate.admit(payload) {
-            continue;
-        }
-        let message_type = match v4::Message::decode(&mut Decoder::new(payload)) {
-            Ok(message) => {
-                let message_type = message
-                    .opts()
-                    .msg_type()
-                    .map_or("bootp".to_string(), |t| format!("{t:?}").to_lowercase());
-                let client = workflow::resource::MacAddr(
-                    message
-                        .chaddr()
-                        .get(..6)
-                        .and_then(|c| c.try_into().ok())
-                        .unwrap_or_default(),
-                );
-                tracing::info!(%client, %peer, message_type, xid = message.xid(), "DHCP message received");
-                message_type
-            }
-            Err(err) => {
-                tracing::debug!(%peer, "undecodable DHCP message dropped: {err}");
-                "malformed".to_string()
-            }
-        };
-        metrics
-            .dhcp_received
-            .get_or_create(&DhcpLabels { message_type })
-            .inc();
-    }
 }

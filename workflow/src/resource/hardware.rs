@@ -89,7 +89,7 @@ pub struct Ipxe {
     pub binary: Option<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Osie {
     #[serde(rename = "baseURL")]

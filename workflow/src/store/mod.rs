@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use self::redb::RedbStore;
-use crate::resource::{Kind, Resource, ResourceKey};
+use crate::resource::{Kind, MacAddr, Resource, ResourceKey};
 
 /// One object to write. With `expected_version` set, the write succeeds only if the stored
 /// object still has that version (optimistic concurrency, as Kubernetes' resourceVersion).
@@ -54,4 +54,22 @@ pub trait Store: Send + Sync {
     fn list(&self, kind: Kind) -> Result<Vec<Resource>, StoreError>;
     /// Removes a resource and returns what it was.
     fn delete(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError>;
+}
+
+/// A DHCP lease: which address a MAC holds, and until when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub mac: MacAddr,
+    pub address: std::net::Ipv4Addr,
+    /// Seconds since the Unix epoch.
+    pub expires_unix: u64,
+    pub hostname: Option<String>,
+}
+
+/// Durable leases, so that a restart loses none.
+pub trait LeaseStore: Send + Sync {
+    /// Records (or renews) leases in one transaction; durable when it returns.
+    fn record_leases(&self, leases: &[Lease]) -> Result<(), StoreError>;
+    fn remove_lease(&self, mac: &MacAddr) -> Result<Option<Lease>, StoreError>;
+    fn leases(&self) -> Result<Vec<Lease>, StoreError>;
 }

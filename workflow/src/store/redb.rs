@@ -5,8 +5,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Applied, Outcome, Store, StoreError, Write};
-use crate::resource::{Kind, Resource, ResourceKey};
+use super::{Applied, Lease, LeaseStore, Outcome, Store, StoreError, Write};
+use crate::resource::{Kind, MacAddr, Resource, ResourceKey};
 
 /// `Kind/namespace/name` → JSON of [`Record`]. Names cannot hold '/', so a kind's records form
 /// one contiguous key range.
@@ -14,6 +14,8 @@ const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources"
 /// `revision` → the last resource version handed out.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
+/// MAC (`1c:69:7a:11:22:33`) → JSON of [`Lease`].
+const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -22,8 +24,10 @@ struct Record {
     object: Value,
 }
 
+/// Cheap to clone: clones share one database.
+#[derive(Clone)]
 pub struct RedbStore {
-    db: Database,
+    db: std::sync::Arc<Database>,
 }
 
 impl RedbStore {
@@ -38,8 +42,11 @@ impl RedbStore {
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(RESOURCES).map_err(backend)?;
         txn.open_table(META).map_err(backend)?;
+        txn.open_table(LEASES).map_err(backend)?;
         txn.commit().map_err(backend)?;
-        Ok(RedbStore { db })
+        Ok(RedbStore {
+            db: std::sync::Arc::new(db),
+        })
     }
 }
 
@@ -194,6 +201,46 @@ impl Store for RedbStore {
     }
 }
 
+impl LeaseStore for RedbStore {
+    fn record_leases(&self, leases: &[Lease]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut table = txn.open_table(LEASES).map_err(backend)?;
+            for lease in leases {
+                let bytes = serde_json::to_vec(lease).map_err(backend)?;
+                table
+                    .insert(lease.mac.to_string().as_str(), bytes.as_slice())
+                    .map_err(backend)?;
+            }
+        }
+        txn.commit().map_err(backend)
+    }
+
+    fn remove_lease(&self, mac: &MacAddr) -> Result<Option<Lease>, StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let removed = {
+            let mut table = txn.open_table(LEASES).map_err(backend)?;
+            let removed = table.remove(mac.to_string().as_str()).map_err(backend)?;
+            removed
+                .map(|bytes| serde_json::from_slice(bytes.value()).map_err(backend))
+                .transpose()?
+        };
+        txn.commit().map_err(backend)?;
+        Ok(removed)
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(LEASES).map_err(backend)?;
+        let mut leases = Vec::new();
+        for entry in table.iter().map_err(backend)? {
+            let (_, bytes) = entry.map_err(backend)?;
+            leases.push(serde_json::from_slice(bytes.value()).map_err(backend)?);
+        }
+        Ok(leases)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -241,6 +288,27 @@ mod tests {
             got.object["metadata"]["resourceVersion"],
             updated[0].version.to_string()
         );
+    }
+
+    #[test]
+    fn leases_are_recorded_renewed_listed_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mac: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
+        let lease = |expires_unix| Lease {
+            mac,
+            address: [10, 0, 0, 8].into(),
+            expires_unix,
+            hostname: None,
+        };
+        {
+            let store = RedbStore::open(dir.path()).unwrap();
+            store.record_leases(&[lease(100)]).unwrap();
+            store.record_leases(&[lease(200)]).unwrap();
+        }
+        let store = RedbStore::open(dir.path()).unwrap();
+        assert_eq!(store.leases().unwrap(), [lease(200)]);
+        assert_eq!(store.remove_lease(&mac).unwrap(), Some(lease(200)));
+        assert!(store.leases().unwrap().is_empty());
     }
 
     #[test]

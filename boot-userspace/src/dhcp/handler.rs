@@ -1,0 +1,380 @@
+//! The DHCP decisions, as a pure function from a request to an outcome (RFC 2131, PXE, RFC 4578).
+//! The socket layer in `mod.rs` persists leases and sends; everything here is testable alone.
+use std::net::{Ipv4Addr, SocketAddr};
+
+use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
+use workflow::{resource::MacAddr, store::Lease};
+
+use super::{
+    boot::{BootConfig, BootTarget, ClientKind},
+    reservation::Reservation,
+};
+
+/// Which DHCP service Wisp provides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Wisp hands out the reserved address of each machine it owns, with boot information.
+    Reservation,
+    /// Another server hands out addresses; Wisp sends PXE clients only boot information.
+    Proxy,
+}
+
+/// Where a reply goes (RFC 2131 section 4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Destination {
+    /// The relay agent, at giaddr:67.
+    Relay(Ipv4Addr),
+    /// A client that has an address (renewing, INFORM): ciaddr:68.
+    Client(Ipv4Addr),
+    /// 255.255.255.255:68.
+    Broadcast,
+    /// yiaddr:68, to a client that cannot answer ARP yet: needs an ARP entry first.
+    Unicast { address: Ipv4Addr, mac: MacAddr },
+    /// Back to where the request came from (the PXE boot-server exchange on port 4011).
+    Source(SocketAddr),
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub message: Message,
+    pub destination: Destination,
+    /// A lease to make durable before the reply goes out (ACKs in reservation mode).
+    pub lease: Option<Lease>,
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(Box<Reply>),
+    /// The client gave its address back.
+    Release(MacAddr),
+    /// The client found its offered address in use.
+    Decline {
+        mac: MacAddr,
+        address: Ipv4Addr,
+    },
+    /// No reply, and why (for logs and metrics).
+    Ignore(&'static str),
+}
+
+/// One received request and what is known about where it came from.
+pub struct Request<'a> {
+    pub message: &'a Message,
+    pub source: SocketAddr,
+    /// 67 (DHCP) or 4011 (PXE boot server).
+    pub port: u16,
+}
+
+pub struct Context<'a> {
+    pub mode: Mode,
+    pub boot: &'a BootConfig,
+    pub reservation: Option<&'a Reservation>,
+    /// Seconds since the Unix epoch, for lease expiry.
+    pub now: u64,
+}
+
+/// The client's MAC, when the request is Ethernet with a 6-byte hardware address.
+pub fn client_mac(message: &Message) -> Option<MacAddr> {
+    if message.htype() != HType::Eth || message.hlen() != 6 {
+        return None;
+    }
+    message.chaddr().try_into().ok().map(MacAddr)
+}
+
+pub fn handle(request: &Request, context: &Context) -> Outcome {
+    let message = request.message;
+    if message.opcode() != Opcode::BootRequest {
+        return Outcome::Ignore("not a BOOTREQUEST");
+    }
+    let Some(mac) = client_mac(message) else {
+        return Outcome::Ignore("not an Ethernet client");
+    };
+    let Some(reservation) = context.reservation else {
+        // Only reachable in discovery mode: the gate drops unknown MACs otherwise.
+        return Outcome::Ignore("no Hardware owns this MAC");
+    };
+    let Some(message_type) = message.opts().msg_type() else {
+        return Outcome::Ignore("BOOTP without a DHCP message type");
+    };
+    match context.mode {
+        Mode::Reservation => reservation_mode(request, context, reservation, mac, message_type),
+        Mode::Proxy => proxy_mode(request, context, reservation, message_type),
+    }
+}
+
+fn reservation_mode(
+    request: &Request,
+    context: &Context,
+    reservation: &Reservation,
+    mac: MacAddr,
+    message_type: MessageType,
+) -> Outcome {
+    let message = request.message;
+    let server = context.boot.server;
+    let Some(address) = reservation.address else {
+        return Outcome::Ignore("the Hardware reserves no address for this MAC");
+    };
+    let relay = message.giaddr();
+    // A relayed request comes from the relay's subnet; a reservation elsewhere is not for it.
+    if !relay.is_unspecified() && !reservation.same_subnet(relay) {
+        return Outcome::Ignore("the reserved address is not on the relay's subnet");
+    }
+    let requested = match message.opts().get(OptionCode::RequestedIpAddress) {
+        Some(DhcpOption::RequestedIpAddress(requested)) => Some(*requested),
+        _ => None,
+    };
+    let server_id = match message.opts().get(OptionCode::ServerIdentifier) {
+        Some(DhcpOption::ServerIdentifier(id)) => Some(*id),
+        _ => None,
+    };
+    match message_type {
+        MessageType::Discover => {
+            let mut offer = lease_reply(request, context, reservation, MessageType::Offer, address);
+            offer.destination = destination(message, address, mac);
+            Outcome::Reply(Box::new(offer))
+        }
+        MessageType::Request => {
+            let ciaddr = message.ciaddr();
+            // RFC 2131 4.3.2: which state the client is in follows from what it filled in.
+            let (asked_for, state) = match (server_id, requested) {
+                (Some(id), _) if id != server => {
+                    return Outcome::Ignore("the client chose another server")
+                }
+                (Some(_), Some(requested)) => (requested, "selecting"),
+                (Some(_), None) => {
+                    return Outcome::Ignore("SELECTING request without a requested address")
+                }
+                (None, Some(requested)) => (requested, "init-reboot"),
+                (None, None) if !ciaddr.is_unspecified() => (ciaddr, "renewing/rebinding"),
+                (None, None) => return Outcome::Ignore("REQUEST names no address"),
+            };
+            if asked_for != address {
+                tracing::info!(client = %mac, %asked_for, reserved = %address, state, "NAK: not the reserved address");
+                return Outcome::Reply(Box::new(nak(request, server)));
+            }
+            let mut ack = lease_reply(request, context, reservation, MessageType::Ack, address);
+            ack.destination = destination(message, address, mac);
+            ack.lease = Some(Lease {
+                mac,
+                address,
+                expires_unix: context.now + u64::from(reservation.lease_secs),
+                hostname: reservation.hostname.clone(),
+            });
+            Outcome::Reply(Box::new(ack))
+        }
+        MessageType::Decline => match requested {
+            Some(address) if server_id.is_none_or(|id| id == server) => {
+                Outcome::Decline { mac, address }
+            }
+            _ => Outcome::Ignore("DECLINE without our server id and an address"),
+        },
+        MessageType::Release => match server_id {
+            Some(id) if id != server => Outcome::Ignore("RELEASE for another server"),
+            _ => Outcome::Release(mac),
+        },
+        MessageType::Inform => {
+            // The client has an address already: configuration only, no lease (RFC 2131 3.4).
+            let mut ack = lease_reply(
+                request,
+                context,
+                reservation,
+                MessageType::Ack,
+                Ipv4Addr::UNSPECIFIED,
+            );
+            let opts = ack.message.opts_mut();
+            opts.remove(OptionCode::AddressLeaseTime);
+            opts.remove(OptionCode::Renewal);
+            opts.remove(OptionCode::Rebinding);
+            ack.destination = match relay.is_unspecified() {
+                true => Destination::Client(message.ciaddr()),
+                false => Destination::Relay(relay),
+            };
+            Outcome::Reply(Box::new(ack))
+        }
+        _ => Outcome::Ignore("a message type a server does not receive"),
+    }
+}
+
+/// RFC 2131 4.1: relay first, then a configured client, then the broadcast bit, then unicast
+/// to the address being assigned.
+fn destination(message: &Message, yiaddr: Ipv4Addr, mac: MacAddr) -> Destination {
+    if !message.giaddr().is_unspecified() {
+        Destination::Relay(message.giaddr())
+    } else if !message.ciaddr().is_unspecified() {
+        Destination::Client(message.ciaddr())
+    } else if message.flags().broadcast() {
+        Destination::Broadcast
+    } else {
+        Destination::Unicast {
+            address: yiaddr,
+            mac,
+        }
+    }
+}
+
+/// The fields every reply shares: the request's xid, flags, giaddr and chaddr, our server id,
+/// and option 82 echoed unchanged (RFC 3046).
+fn reply_to(message: &Message, message_type: MessageType, server: Ipv4Addr) -> Message {
+    let mut reply = Message::new_with_id(
+        message.xid(),
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        message.giaddr(),
+        message.chaddr(),
+    );
+    reply
+        .set_opcode(Opcode::BootReply)
+        .set_flags(message.flags());
+    let opts = reply.opts_mut();
+    opts.insert(DhcpOption::MessageType(message_type));
+    opts.insert(DhcpOption::ServerIdentifier(server));
+    if let Some(relay_info) = message.opts().get(OptionCode::RelayAgentInformation) {
+        opts.insert(relay_info.clone());
+    }
+    reply
+}
+
+fn nak(request: &Request, server: Ipv4Addr) -> Reply {
+    let message = request.message;
+    let mut nak = reply_to(message, MessageType::Nak, server);
+    // A NAK goes to the relay with the broadcast bit set, or is broadcast (RFC 2131 4.1).
+    nak.set_flags(Flags::default().set_broadcast());
+    let destination = match message.giaddr().is_unspecified() {
+        true => Destination::Broadcast,
+        false => Destination::Relay(message.giaddr()),
+    };
+    Reply {
+        message: nak,
+        destination,
+        lease: None,
+    }
+}
+
+/// An OFFER or ACK carrying the reservation and, for netbooting clients, boot information.
+fn lease_reply(
+    request: &Request,
+    context: &Context,
+    reservation: &Reservation,
+    message_type: MessageType,
+    address: Ipv4Addr,
+) -> Reply {
+    let message = request.message;
+    let mut reply = reply_to(message, message_type, context.boot.server);
+    reply.set_yiaddr(address);
+    if message_type == MessageType::Ack && !message.ciaddr().is_unspecified() {
+        reply.set_ciaddr(message.ciaddr());
+    }
+    let lease = reservation.lease_secs;
+    let opts = reply.opts_mut();
+    opts.insert(DhcpOption::AddressLeaseTime(lease));
+    // T1 at half the lease, T2 at seven eighths (RFC 2131 4.4.5).
+    opts.insert(DhcpOption::Renewal(lease / 2));
+    opts.insert(DhcpOption::Rebinding((u64::from(lease) * 7 / 8) as u32));
+    if let Some(mask) = reservation.netmask {
+        opts.insert(DhcpOption::SubnetMask(mask));
+    }
+    if let Some(gateway) = reservation.gateway {
+        opts.insert(DhcpOption::Router(vec![gateway]));
+    }
+    if !reservation.name_servers.is_empty() {
+        opts.insert(DhcpOption::DomainNameServer(
+            reservation.name_servers.clone(),
+        ));
+    }
+    if !reservation.time_servers.is_empty() {
+        opts.insert(DhcpOption::NtpServers(reservation.time_servers.clone()));
+    }
+    if let Some(hostname) = &reservation.hostname {
+        opts.insert(DhcpOption::Hostname(hostname.clone()));
+    }
+    if let Some(domain) = &reservation.domain {
+        opts.insert(DhcpOption::DomainName(domain.clone()));
+    }
+    let client = ClientKind::of(message);
+    if reservation.allow_pxe && client.netbooting() {
+        add_boot_information(&mut reply, context.boot, reservation, &client);
+    }
+    Reply {
+        message: reply,
+        destination: Destination::Broadcast,
+        lease: None,
+    }
+}
+
+/// siaddr and the boot file name (and their option forms), plus option 60 as the PXE and UEFI
+/// HTTP boot specifications require the server to echo.
+fn add_boot_information(
+    reply: &mut Message,
+    boot: &BootConfig,
+    reservation: &Reservation,
+    client: &ClientKind,
+) -> bool {
+    let script_url = reservation
+        .ipxe_url
+        .clone()
+        .unwrap_or_else(|| boot.script_url(&reservation.mac.to_string()));
+    let Some(target) = boot.choose(client, script_url) else {
+        return false;
+    };
+    let (file, vendor_class) = match target {
+        BootTarget::Tftp { file } => (file, &b"PXEClient"[..]),
+        BootTarget::Script { url } => (url, &b"PXEClient"[..]),
+        BootTarget::HttpBinary { url } => (url, &b"HTTPClient"[..]),
+    };
+    reply.set_siaddr(boot.server).set_fname_str(&file);
+    let opts = reply.opts_mut();
+    opts.insert(DhcpOption::ClassIdentifier(vendor_class.to_vec()));
+    opts.insert(DhcpOption::BootfileName(file.into_bytes()));
+    true
+}
+
+/// proxyDHCP (PXE specification 2.1): no address, only boot information, and only to PXE
+/// clients. Firmware sends its DISCOVER to port 67 and, unless option 43 says to skip it, a
+/// REQUEST to the boot server on port 4011.
+fn proxy_mode(
+    request: &Request,
+    context: &Context,
+    reservation: &Reservation,
+    message_type: MessageType,
+) -> Outcome {
+    let message = request.message;
+    let client = ClientKind::of(message);
+    if !client.netbooting() {
+        return Outcome::Ignore("proxyDHCP answers only PXE clients");
+    }
+    if !reservation.allow_pxe {
+        return Outcome::Ignore("netboot.allowPXE is false");
+    }
+    let reply_type = match (request.port, message_type) {
+        (67, MessageType::Discover) => MessageType::Offer,
+        (4011, MessageType::Request) => MessageType::Ack,
+        _ => return Outcome::Ignore("proxyDHCP answers DISCOVER on 67 and REQUEST on 4011"),
+    };
+    let mut reply = reply_to(message, reply_type, context.boot.server);
+    // Echo the client's GUID (option 97), as PXE clients check it.
+    if let Some(guid) = message.opts().get(OptionCode::ClientMachineIdentifier) {
+        reply.opts_mut().insert(guid.clone());
+    }
+    if !add_boot_information(&mut reply, context.boot, reservation, &client) {
+        return Outcome::Ignore("no iPXE binary for this client's architecture");
+    }
+    // BIOS PXE ROMs boot the file at once with discovery control 8 (option 43, sub-option 6).
+    // UEFI firmware ignores proxy offers that try to skip discovery, so it gets none and asks
+    // the boot server on port 4011 instead (the exchange Pixiecore found works everywhere).
+    let bios_firmware = !client.ipxe && client.arch.unwrap_or(0) == 0;
+    if bios_firmware && reply_type == MessageType::Offer {
+        reply
+            .opts_mut()
+            .insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
+    }
+    let destination = match request.port {
+        4011 => Destination::Source(request.source),
+        _ if !message.giaddr().is_unspecified() => Destination::Relay(message.giaddr()),
+        _ => Destination::Broadcast,
+    };
+    Outcome::Reply(Box::new(Reply {
+        message: reply,
+        destination,
+        lease: None,
+    }))
+}

@@ -1,0 +1,104 @@
+//! The DHCP view of Hardware: one reservation per interface with a `dhcp` block.
+use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
+
+use workflow::resource::{hardware::Osie, HardwareSpec, MacAddr, ResourceKey};
+
+/// Lease time when the Hardware names none (Tinkerbell's default too).
+pub const DEFAULT_LEASE_SECS: u32 = 86_400;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reservation {
+    pub hardware: ResourceKey,
+    pub mac: MacAddr,
+    pub address: Option<Ipv4Addr>,
+    pub netmask: Option<Ipv4Addr>,
+    pub gateway: Option<Ipv4Addr>,
+    pub name_servers: Vec<Ipv4Addr>,
+    pub time_servers: Vec<Ipv4Addr>,
+    pub hostname: Option<String>,
+    pub domain: Option<String>,
+    pub lease_secs: u32,
+    /// `netboot.allowPXE`; absent means false, as in Tinkerbell.
+    pub allow_pxe: bool,
+    /// `netboot.allowWorkflow`; absent means false, as in Tinkerbell.
+    pub allow_workflow: bool,
+    pub ipxe_url: Option<String>,
+    pub ipxe_script: Option<String>,
+    pub osie: Osie,
+}
+
+impl Reservation {
+    /// Whether `address` is on the same subnet as this reservation.
+    pub fn same_subnet(&self, address: Ipv4Addr) -> bool {
+        match (self.address, self.netmask) {
+            (Some(own), Some(mask)) => {
+                u32::from(own) & u32::from(mask) == u32::from(address) & u32::from(mask)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// All reservations by MAC, rebuilt whenever Hardware changes.
+#[derive(Clone, Debug, Default)]
+pub struct Reservations(HashMap<MacAddr, Arc<Reservation>>);
+
+impl Reservations {
+    pub fn build<'a>(
+        hardware: impl IntoIterator<Item = (&'a ResourceKey, &'a HardwareSpec)>,
+    ) -> Reservations {
+        let mut by_mac = HashMap::new();
+        for (key, spec) in hardware {
+            for (index, dhcp) in spec.dhcp_interfaces() {
+                let netboot = spec.interfaces[index].netboot.clone().unwrap_or_default();
+                let ip = dhcp.ip.as_ref();
+                let reservation = Reservation {
+                    hardware: key.clone(),
+                    mac: dhcp.mac,
+                    address: ip.map(|ip| ip.address),
+                    netmask: ip.and_then(|ip| ip.netmask),
+                    gateway: ip.and_then(|ip| ip.gateway),
+                    name_servers: dhcp.name_servers.iter().map(|a| a.0).collect(),
+                    time_servers: dhcp.time_servers.iter().map(|a| a.0).collect(),
+                    hostname: dhcp.hostname.clone().filter(|h| !h.is_empty()),
+                    domain: dhcp.domain_name.clone().filter(|d| !d.is_empty()),
+                    lease_secs: dhcp
+                        .lease_time
+                        .filter(|&secs| secs > 0)
+                        .unwrap_or(DEFAULT_LEASE_SECS),
+                    allow_pxe: netboot.allow_pxe.unwrap_or(false),
+                    allow_workflow: netboot.allow_workflow.unwrap_or(false),
+                    ipxe_url: netboot
+                        .ipxe
+                        .as_ref()
+                        .and_then(|i| i.url.clone())
+                        .filter(|u| !u.is_empty()),
+                    ipxe_script: netboot
+                        .ipxe
+                        .as_ref()
+                        .and_then(|i| i.contents.clone())
+                        .filter(|c| !c.is_empty()),
+                    osie: netboot.osie.clone().unwrap_or_default(),
+                };
+                by_mac.insert(dhcp.mac, Arc::new(reservation));
+            }
+        }
+        Reservations(by_mac)
+    }
+
+    pub fn get(&self, mac: &MacAddr) -> Option<&Arc<Reservation>> {
+        self.0.get(mac)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn macs(&self) -> impl Iterator<Item = &MacAddr> {
+        self.0.keys()
+    }
+}
