@@ -16,6 +16,7 @@ use crate::{
     api::routes::{router, AppState},
     dhcp::{boot::BootConfig, handler::Mode, DhcpServer, SharedReservations},
     gate::{Gate, RequestedMode},
+    http::BootHttp,
     metrics::Metrics,
     net,
     tftp::{self, BootFiles},
@@ -31,6 +32,8 @@ pub struct ServeConfig {
     /// Where the iPXE binaries are (Debian's `ipxe` package puts them in /usr/lib/ipxe).
     pub ipxe_dir: PathBuf,
     pub dhcp_mode: Mode,
+    /// Served under `/assets` on the boot HTTP server (kernel, initramfs, images).
+    pub assets_dir: PathBuf,
 }
 
 /// The boot HTTP server's port on the served interface (iPXE scripts, kernels, images).
@@ -85,9 +88,18 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         gate: Arc::clone(&gate),
         metrics: Arc::clone(&metrics),
         leases: Arc::new(store),
+        handoffs: Default::default(),
     };
     let mut services = tokio::task::JoinSet::new();
     services.spawn(dhcp.serve());
+    let boot_http = BootHttp {
+        state: Arc::clone(&state),
+        boot_files: Arc::clone(&boot_files),
+        server: address,
+        port: BOOT_HTTP_PORT,
+        assets_dir: config.assets_dir.clone(),
+    };
+    services.spawn(boot_http.serve());
     services.spawn(tftp::serve(
         config.interface.clone(),
         address,

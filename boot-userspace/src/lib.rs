@@ -3,6 +3,7 @@
 //! - [`gate`]: the XDP DHCP gate (loader, allowlist sync, counters) and its userspace fallback;
 //! - [`dhcp`]: the DHCP receive path on ports 67 and 4011, behind the gate;
 //! - [`tftp`]: the read-only TFTP server for the iPXE binaries;
+//! - [`http`]: the boot HTTP server: iPXE scripts, iPXE binaries and boot assets;
 //! - [`api`]: the HTTP/JSON API the `wisp` CLI talks to, and its wire types;
 //! - [`metrics`]: Prometheus metrics;
 //! - [`daemon`]: `wisp serve`, which wires them together.
@@ -10,6 +11,7 @@ pub mod api;
 pub mod daemon;
 pub mod dhcp;
 pub mod gate;
+pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod tftp;

@@ -54,6 +54,10 @@ enum Command {
         /// hands out addresses; answer PXE clients with boot information only.
         #[arg(long, value_enum, default_value = "reservation")]
         dhcp_mode: Mode,
+        /// Boot assets (kernel, initramfs, images), served at http://<interface address>:8080/assets/.
+        /// Defaults to <data-dir>/assets.
+        #[arg(long)]
+        assets_dir: Option<PathBuf>,
     },
     #[command(flatten)]
     Client(cli::ClientCommand),
@@ -70,8 +74,10 @@ fn main() -> ExitCode {
             discovery,
             ipxe_dir,
             dhcp_mode,
+            assets_dir,
         } => {
             init_logging();
+            let assets_dir = assets_dir.unwrap_or_else(|| data_dir.join("assets"));
             let config = daemon::ServeConfig {
                 interface,
                 data_dir,
@@ -80,6 +86,7 @@ fn main() -> ExitCode {
                 discovery,
                 ipxe_dir,
                 dhcp_mode,
+                assets_dir,
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,

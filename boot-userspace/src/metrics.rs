@@ -25,6 +25,13 @@ pub struct TftpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route pattern, such as `/ipxe/{mac}/auto.ipxe`.
+    pub route: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -36,6 +43,7 @@ pub struct Metrics {
     pub dhcp_ignored: Family<ReasonLabels, Counter>,
     pub tftp_requests: Family<TftpLabels, Counter>,
     pub tftp_bytes: Counter,
+    pub http_requests: Family<HttpLabels, Counter>,
 }
 
 impl Metrics {
@@ -71,6 +79,12 @@ impl Metrics {
             "Bytes of boot files handed to TFTP transfers",
             tftp_bytes.clone(),
         );
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "Boot HTTP requests, by route and status",
+            http_requests.clone(),
+        );
         registry.register_collector(Box::new(GateCollector(gate)));
         Metrics {
             registry,
@@ -79,6 +93,7 @@ impl Metrics {
             dhcp_ignored,
             tftp_requests,
             tftp_bytes,
+            http_requests,
         }
     }
 

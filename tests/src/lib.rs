@@ -1,6 +1,7 @@
 //! The test harness: real network namespaces, a real `wisp` daemon and CLI, real frames.
 //! Every guard cleans up in `Drop`, so a failing test leaves no namespace or process behind.
 pub mod frames;
+pub mod vm;
 
 use std::{
     fs::File,

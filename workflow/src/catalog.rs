@@ -115,6 +115,22 @@ impl<S: Store> Catalog<S> {
         Ok(owners)
     }
 
+    /// Whether some Workflow in the Hardware's namespace names it in `hardwareRef`.
+    pub fn has_workflow(&self, hardware: &ResourceKey) -> Result<bool, StoreError> {
+        for workflow in self.store.list(Kind::Workflow)? {
+            if workflow.key.namespace != hardware.namespace {
+                continue;
+            }
+            let spec: WorkflowSpec = workflow
+                .spec()
+                .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
+            if spec.hardware_ref == hardware.name {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether a Workflow's template and hardware exist. A missing one is reported, never
     /// guessed: a workflow is bound only to the Hardware its `hardwareRef` names.
     pub fn binding(&self, workflow: &Resource) -> Result<Binding, StoreError> {

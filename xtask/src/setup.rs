@@ -4,7 +4,9 @@ use anyhow::{bail, Context};
 
 use crate::shell::{output, run, step};
 
-/// Debian packages the build and the tests use, besides the LLVM development package.
+/// Debian packages the build and the tests use, besides the LLVM development package:
+/// lab plumbing, the iPXE binaries Wisp serves, firmware for the test VMs, and the real peers
+/// the tests talk to (TFTP clients, perfdhcp, dnsmasq, tshark).
 const PACKAGES: &[&str] = &[
     "iproute2",
     "procps",
@@ -12,16 +14,33 @@ const PACKAGES: &[&str] = &[
     "busybox-static",
     "ca-certificates",
     "ipxe",
+    "ipxe-qemu",
+    "ovmf",
     "tftp-hpa",
     "atftp",
+    "kea-admin",
+    "dnsmasq-base",
+    "tshark",
 ];
+
+/// QEMU comes from backports: the machine's qemu-utils is from there, and bookworm's own
+/// qemu-system breaks beside it.
+const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86"];
 
 pub fn ensure() -> anyhow::Result<()> {
     step("setup");
     let llvm = nightly_llvm_major()?;
     let mut packages: Vec<String> = PACKAGES.iter().map(|p| p.to_string()).collect();
     packages.push(format!("llvm-{llvm}-dev"));
-    install_packages(&packages)?;
+    install_packages(&packages, None)?;
+    let backports = BACKPORTS_PACKAGES
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>();
+    if backports.iter().any(|p| !is_installed(p)) {
+        let suite = enable_backports()?;
+        install_packages(&backports, Some(&suite))?;
+    }
     install_rust_src()?;
     install_bpf_linker(llvm)?;
     println!("setup: ready (nightly LLVM {llvm}, bpf-linker for llvm-{llvm})");
@@ -47,7 +66,7 @@ fn is_installed(package: &str) -> bool {
         .is_some_and(|status| status.contains("install ok installed"))
 }
 
-fn install_packages(packages: &[String]) -> anyhow::Result<()> {
+fn install_packages(packages: &[String], suite: Option<&str>) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
         .map(String::as_str)
@@ -59,8 +78,62 @@ fn install_packages(packages: &[String]) -> anyhow::Result<()> {
     println!("setup: installing {}", missing.join(" "));
     run("apt-get", &["update", "-qq"])?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    if let Some(suite) = suite {
+        args.extend(["-t", suite]);
+    }
     args.extend(&missing);
-    run("apt-get", &args)
+    // No debconf questions (tshark asks one): CI has no terminal.
+    let status = std::process::Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get")?;
+    if !status.success() {
+        bail!("`apt-get {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Adds `<codename>-backports` as an apt source, reusing the mirror URI the machine's own
+/// Debian source already names. Returns the suite.
+fn enable_backports() -> anyhow::Result<String> {
+    let release = std::fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
+    let codename = release
+        .lines()
+        .find_map(|line| line.strip_prefix("VERSION_CODENAME="))
+        .context("/etc/os-release names no VERSION_CODENAME")?
+        .trim_matches('"')
+        .to_string();
+    let suite = format!("{codename}-backports");
+    let target = std::path::Path::new("/etc/apt/sources.list.d/wisp-backports.sources");
+    if target.exists() {
+        return Ok(suite);
+    }
+    let sources = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+        .context("reading /etc/apt/sources.list.d/debian.sources, whose mirror backports reuses")?;
+    let uri = sources
+        .split("\n\n")
+        .filter(|stanza| {
+            stanza
+                .lines()
+                .any(|l| l.starts_with("Suites:") && l.split_whitespace().any(|s| s == codename))
+        })
+        .find_map(|stanza| stanza.lines().find_map(|l| l.strip_prefix("URIs:")))
+        .map(|uris| {
+            uris.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .filter(|uri| !uri.is_empty())
+        .with_context(|| format!("no source for {codename} in debian.sources"))?;
+    std::fs::write(
+        target,
+        format!("Types: deb\nURIs: {uri}\nSuites: {suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"),
+    )
+    .with_context(|| format!("writing {}", target.display()))?;
+    println!("setup: added {suite} (from {uri})");
+    Ok(suite)
 }
 
 fn install_rust_src() -> anyhow::Result<()> {

@@ -1,14 +1,19 @@
 //! What a netbooting client should load next, from what its DHCP request says about it.
 //!
 //! The chainload loop is the subtle part. Firmware PXE loads an iPXE binary over TFTP; that
-//! iPXE then asks DHCP again, and must now be sent to its HTTP script, not to iPXE again, or it
-//! loops forever. So the decision is keyed on who is asking:
-//! - a client whose user class (option 77) is `iPXE`, or which sends iPXE's encapsulated
-//!   options (175), is already running iPXE: it gets the HTTP URL of its script;
-//! - anything else is firmware, and gets the iPXE binary for its architecture (option 93).
+//! iPXE asks DHCP again, and must now be sent to its HTTP script, or it loads iPXE again,
+//! forever. Debian's stock iPXE cannot carry a user class of Wisp's own (that needs a custom
+//! build), and it sends the same user class (`iPXE`, option 77) and encapsulated options (175)
+//! as any other iPXE, such as the option ROM of a QEMU NIC. So the decision uses one more fact,
+//! kept by the DHCP server: whether Wisp handed this MAC an iPXE binary moments ago.
+//! - An iPXE client that Wisp just chainloaded gets the HTTP URL of its script.
+//! - Anything else gets Wisp's iPXE binary for its architecture (option 93): firmware PXE, and
+//!   also a foreign iPXE (a NIC ROM), so that every machine runs the same known iPXE build.
+//!   Tinkerbell does the same with its own builds.
 //!
-//! QEMU's NIC option ROM is iPXE, so a VM goes straight to its script; real firmware takes the
-//! TFTP hop first. Either way the HTTP script is reached exactly once.
+//! Each boot therefore reaches the HTTP script exactly once: firmware → binary → script, or
+//! iPXE ROM → binary → script. A request that Wisp cannot serve a binary for, from a client
+//! already running iPXE, goes to the script directly.
 use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
@@ -83,6 +88,13 @@ pub enum BootTarget {
     Script { url: String },
 }
 
+impl BootTarget {
+    /// An iPXE binary rather than the script.
+    pub fn is_binary(&self) -> bool {
+        !matches!(self, BootTarget::Script { .. })
+    }
+}
+
 /// The boot files and URLs this server offers.
 pub struct BootConfig {
     pub server: Ipv4Addr,
@@ -111,36 +123,46 @@ impl BootConfig {
     }
 
     /// The boot target for `client`, or None when nothing suits its architecture.
-    /// `script_url` is the machine's own script (Hardware `netboot.ipxe.url`, or the default).
-    pub fn choose(&self, client: &ClientKind, script_url: String) -> Option<BootTarget> {
-        if client.ipxe {
-            return Some(BootTarget::Script { url: script_url });
+    /// `chainloaded`: Wisp handed this MAC an iPXE binary moments ago. `script_url` is the
+    /// machine's own script (Hardware `netboot.ipxe.url`, or the default).
+    pub fn choose(
+        &self,
+        client: &ClientKind,
+        chainloaded: bool,
+        script_url: String,
+    ) -> Option<BootTarget> {
+        let script = BootTarget::Script { url: script_url };
+        if client.ipxe && chainloaded {
+            return Some(script);
         }
-        // Without option 93 a PXE client is assumed to be BIOS, as RFC 4578 requires the
-        // option of anything else.
-        let file = match client.arch.unwrap_or(arch::BIOS) {
-            arch::BIOS => self.first_of(&["undionly.kpxe"]),
+        let binary = self.binary_for(client.arch);
+        match binary {
+            Some(target) => Some(target),
+            None if client.ipxe => Some(script),
+            None => None,
+        }
+    }
+
+    fn binary_for(&self, client_arch: Option<u16>) -> Option<BootTarget> {
+        let efi_x64 = || self.first_of(&["snponly.efi", "ipxe.efi"]);
+        let efi_arm64 = || self.first_of(&["snponly-arm64.efi", "ipxe-arm64.efi"]);
+        let http = |file: String| BootTarget::HttpBinary {
+            url: format!("{}/ipxe/{file}", self.http_base),
+        };
+        // Without option 93 a PXE client is taken for BIOS: RFC 4578 requires the option of
+        // every other architecture.
+        match client_arch.unwrap_or(arch::BIOS) {
+            arch::BIOS => self
+                .first_of(&["undionly.kpxe"])
+                .map(|file| BootTarget::Tftp { file }),
             arch::EFI_IA32 | arch::EFI_X64 | arch::EFI_BC => {
-                self.first_of(&["snponly.efi", "ipxe.efi"])
+                efi_x64().map(|file| BootTarget::Tftp { file })
             }
-            arch::EFI_ARM64 => self.first_of(&["snponly-arm64.efi", "ipxe-arm64.efi"]),
-            arch::EFI_X64_HTTP => {
-                return self.first_of(&["snponly.efi", "ipxe.efi"]).map(|f| {
-                    BootTarget::HttpBinary {
-                        url: format!("{}/ipxe/{f}", self.http_base),
-                    }
-                });
-            }
-            arch::EFI_ARM64_HTTP => {
-                return self
-                    .first_of(&["snponly-arm64.efi", "ipxe-arm64.efi"])
-                    .map(|f| BootTarget::HttpBinary {
-                        url: format!("{}/ipxe/{f}", self.http_base),
-                    });
-            }
+            arch::EFI_ARM64 => efi_arm64().map(|file| BootTarget::Tftp { file }),
+            arch::EFI_X64_HTTP => efi_x64().map(http),
+            arch::EFI_ARM64_HTTP => efi_arm64().map(http),
             _ => None,
-        }?;
-        Some(BootTarget::Tftp { file })
+        }
     }
 }
 
@@ -203,8 +225,23 @@ mod tests {
         ipxe_175: bool,
         binaries: &[&str],
     ) -> Option<BootTarget> {
+        target_after(false, arch, vendor, user_class, ipxe_175, binaries)
+    }
+
+    fn target_after(
+        chainloaded: bool,
+        arch: Option<u16>,
+        vendor: &[u8],
+        user_class: Option<&[u8]>,
+        ipxe_175: bool,
+        binaries: &[&str],
+    ) -> Option<BootTarget> {
         let client = ClientKind::of(&request(arch, vendor, user_class, ipxe_175));
-        config(binaries).choose(&client, "http://10.0.0.1:8080/ipxe/m/auto.ipxe".into())
+        config(binaries).choose(
+            &client,
+            chainloaded,
+            "http://10.0.0.1:8080/ipxe/m/auto.ipxe".into(),
+        )
     }
 
     fn tftp(file: &str) -> Option<BootTarget> {
@@ -263,25 +300,40 @@ mod tests {
     }
 
     #[test]
-    fn a_client_running_ipxe_gets_its_script_and_the_loop_ends() {
+    fn the_chainload_loop_ends_exactly_once() {
         let script = Some(BootTarget::Script {
             url: "http://10.0.0.1:8080/ipxe/m/auto.ipxe".into(),
         });
-        // QEMU's iPXE option ROM, and a chainloaded undionly.kpxe: user class iPXE and 175.
-        assert_eq!(
-            target(
+        let rom = |chainloaded| {
+            target_after(
+                chainloaded,
                 Some(0),
                 b"PXEClient:Arch:00000:UNDI:002001",
                 Some(b"iPXE"),
                 true,
-                ALL
-            ),
+                ALL,
+            )
+        };
+        // A foreign iPXE (QEMU's NIC ROM) gets Wisp's binary; once chainloaded, its script.
+        assert_eq!(rom(false), tftp("undionly.kpxe"));
+        assert_eq!(rom(true), script);
+        // The same for UEFI, with 175 alone or an RFC 3004 length-prefixed user class.
+        assert_eq!(
+            target_after(true, Some(7), b"PXEClient", None, true, ALL),
             script
         );
-        // 175 alone is enough, and so is an RFC 3004-style length-prefixed user class.
-        assert_eq!(target(Some(7), b"PXEClient", None, true, ALL), script);
         assert_eq!(
-            target(Some(7), b"PXEClient", Some(b"\x04iPXE"), false, ALL),
+            target_after(true, Some(7), b"PXEClient", Some(b"\x04iPXE"), false, ALL),
+            script
+        );
+        // Firmware never gets the script, even just after a handoff.
+        assert_eq!(
+            target_after(true, Some(7), b"PXEClient", None, false, ALL),
+            tftp("snponly.efi")
+        );
+        // An iPXE client with no binary for its architecture runs its script.
+        assert_eq!(
+            target_after(false, Some(11), b"PXEClient", Some(b"iPXE"), false, ALL),
             script
         );
     }

@@ -40,6 +40,8 @@ pub struct Reply {
     pub destination: Destination,
     /// A lease to make durable before the reply goes out (ACKs in reservation mode).
     pub lease: Option<Lease>,
+    /// The reply hands the client an iPXE binary, whose DHCP must next get the script.
+    pub handoff: bool,
 }
 
 #[derive(Debug)]
@@ -70,6 +72,8 @@ pub struct Context<'a> {
     pub reservation: Option<&'a Reservation>,
     /// Seconds since the Unix epoch, for lease expiry.
     pub now: u64,
+    /// Wisp handed this MAC an iPXE binary moments ago (see `boot` on the chainload loop).
+    pub chainloaded: bool,
 }
 
 /// The client's MAC, when the request is Ethernet with a 6-byte hardware address.
@@ -247,6 +251,7 @@ fn nak(request: &Request, server: Ipv4Addr) -> Reply {
         message: nak,
         destination,
         lease: None,
+        handoff: false,
     }
 }
 
@@ -291,41 +296,56 @@ fn lease_reply(
         opts.insert(DhcpOption::DomainName(domain.clone()));
     }
     let client = ClientKind::of(message);
+    let mut handoff = false;
     if reservation.allow_pxe && client.netbooting() {
-        add_boot_information(&mut reply, context.boot, reservation, &client);
+        let target =
+            add_boot_information(&mut reply, context, reservation, &client, Mode::Reservation);
+        // The handoff counts once the client has committed to it, with its REQUEST.
+        handoff = message_type == MessageType::Ack && target.is_some_and(|t| t.is_binary());
     }
     Reply {
         message: reply,
         destination: Destination::Broadcast,
         lease: None,
+        handoff,
     }
 }
 
-/// siaddr and the boot file name (and their option forms), plus option 60 as the PXE and UEFI
-/// HTTP boot specifications require the server to echo.
+/// siaddr and the boot file name (in `file` and option 67), and option 60 where a
+/// specification asks the server to echo it. Returns what the client was sent to.
 fn add_boot_information(
     reply: &mut Message,
-    boot: &BootConfig,
+    context: &Context,
     reservation: &Reservation,
     client: &ClientKind,
-) -> bool {
+    mode: Mode,
+) -> Option<BootTarget> {
+    let boot = context.boot;
     let script_url = reservation
         .ipxe_url
         .clone()
         .unwrap_or_else(|| boot.script_url(&reservation.mac.to_string()));
-    let Some(target) = boot.choose(client, script_url) else {
-        return false;
+    let target = boot.choose(client, context.chainloaded, script_url)?;
+    let (file, vendor_class): (&str, Option<&[u8]>) = match &target {
+        // UEFI HTTP boot requires `HTTPClient` in the reply.
+        BootTarget::HttpBinary { url } => (url, Some(b"HTTPClient")),
+        // A proxy offer is one because of `PXEClient`. In a full DHCP offer, OVMF would read
+        // `PXEClient` without option 43 as "ask the boot server on port 4011", so firmware
+        // gets a plain offer with a boot file, which every PXE ROM boots.
+        BootTarget::Tftp { file } => (
+            file,
+            (mode == Mode::Proxy).then_some(b"PXEClient".as_slice()),
+        ),
+        // iPXE waits about 3 s for a proxy offer unless the reply says `PXEClient`.
+        BootTarget::Script { url } => (url, Some(b"PXEClient")),
     };
-    let (file, vendor_class) = match target {
-        BootTarget::Tftp { file } => (file, &b"PXEClient"[..]),
-        BootTarget::Script { url } => (url, &b"PXEClient"[..]),
-        BootTarget::HttpBinary { url } => (url, &b"HTTPClient"[..]),
-    };
-    reply.set_siaddr(boot.server).set_fname_str(&file);
+    reply.set_siaddr(boot.server).set_fname_str(file);
     let opts = reply.opts_mut();
-    opts.insert(DhcpOption::ClassIdentifier(vendor_class.to_vec()));
-    opts.insert(DhcpOption::BootfileName(file.into_bytes()));
-    true
+    if let Some(class) = vendor_class {
+        opts.insert(DhcpOption::ClassIdentifier(class.to_vec()));
+    }
+    opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
+    Some(target)
 }
 
 /// proxyDHCP (PXE specification 2.1): no address, only boot information, and only to PXE
@@ -355,14 +375,15 @@ fn proxy_mode(
     if let Some(guid) = message.opts().get(OptionCode::ClientMachineIdentifier) {
         reply.opts_mut().insert(guid.clone());
     }
-    if !add_boot_information(&mut reply, context.boot, reservation, &client) {
+    let Some(target) = add_boot_information(&mut reply, context, reservation, &client, Mode::Proxy)
+    else {
         return Outcome::Ignore("no iPXE binary for this client's architecture");
-    }
+    };
     // BIOS PXE ROMs boot the file at once with discovery control 8 (option 43, sub-option 6).
     // UEFI firmware ignores proxy offers that try to skip discovery, so it gets none and asks
     // the boot server on port 4011 instead (the exchange Pixiecore found works everywhere).
-    let bios_firmware = !client.ipxe && client.arch.unwrap_or(0) == 0;
-    if bios_firmware && reply_type == MessageType::Offer {
+    let bios = matches!(target, BootTarget::Tftp { .. }) && client.arch.unwrap_or(0) == 0;
+    if bios && reply_type == MessageType::Offer {
         reply
             .opts_mut()
             .insert(DhcpOption::VendorExtensions(vec![6, 1, 8, 255]));
@@ -372,9 +393,11 @@ fn proxy_mode(
         _ if !message.giaddr().is_unspecified() => Destination::Relay(message.giaddr()),
         _ => Destination::Broadcast,
     };
+    let handoff = target.is_binary();
     Outcome::Reply(Box::new(Reply {
         message: reply,
         destination,
         lease: None,
+        handoff,
     }))
 }

@@ -8,9 +8,10 @@ pub mod leases;
 pub mod reservation;
 
 use std::{
+    collections::HashMap,
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, RwLock},
-    time::{SystemTime, UNIX_EPOCH},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
@@ -18,7 +19,7 @@ use boot_ebpf::{DHCP_SERVER_PORT, PXE_BOOT_SERVER_PORT};
 use dhcproto::{v4, Decodable, Decoder, Encodable, Encoder};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
-use workflow::store::LeaseStore;
+use workflow::{resource::MacAddr, store::LeaseStore};
 
 use self::{
     boot::BootConfig,
@@ -47,6 +48,9 @@ impl SharedReservations {
     }
 }
 
+/// How long after handing a MAC an iPXE binary its iPXE counts as chainloaded by Wisp.
+const CHAINLOAD_WINDOW: Duration = Duration::from_secs(300);
+
 pub struct DhcpServer {
     pub interface: String,
     pub mode: Mode,
@@ -55,9 +59,27 @@ pub struct DhcpServer {
     pub gate: Arc<Gate>,
     pub metrics: Arc<Metrics>,
     pub leases: Arc<dyn LeaseStore>,
+    /// When each MAC was last handed an iPXE binary (see `boot` on the chainload loop).
+    pub handoffs: Mutex<HashMap<MacAddr, Instant>>,
 }
 
 impl DhcpServer {
+    fn recently_chainloaded(&self, mac: &MacAddr) -> bool {
+        let handoffs = self.handoffs.lock().unwrap_or_else(|p| p.into_inner());
+        handoffs
+            .get(mac)
+            .is_some_and(|at| at.elapsed() < CHAINLOAD_WINDOW)
+    }
+
+    fn record_handoff(&self, mac: MacAddr) {
+        let mut handoffs = self.handoffs.lock().unwrap_or_else(|p| p.into_inner());
+        // Old entries go whenever the map grows, so a rack's worth never accumulates.
+        if handoffs.len() >= 4096 {
+            handoffs.retain(|_, at| at.elapsed() < CHAINLOAD_WINDOW);
+        }
+        handoffs.insert(mac, Instant::now());
+    }
+
     /// Binds both ports and serves until the future is dropped.
     pub async fn serve(self) -> anyhow::Result<()> {
         let server = Arc::new(self);
@@ -114,6 +136,7 @@ impl DhcpServer {
                 now: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
+                chainloaded: mac.is_some_and(|mac| self.recently_chainloaded(&mac)),
             };
             let request = Request {
                 message: &message,
@@ -123,6 +146,9 @@ impl DhcpServer {
             let client = mac.map(|m| m.to_string()).unwrap_or_default();
             match handler::handle(&request, &context) {
                 Outcome::Reply(reply) => {
+                    if let (true, Some(mac)) = (reply.handoff, mac) {
+                        self.record_handoff(mac);
+                    }
                     tracing::info!(client, %source, request = message_type, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
                     match reply.lease.clone() {
                         // The ACK waits for its lease to be durable, without holding up the loop.
@@ -172,7 +198,7 @@ impl DhcpServer {
             .inc();
     }
 
-    async fn forget_lease(&self, mac: workflow::resource::MacAddr) {
+    async fn forget_lease(&self, mac: MacAddr) {
         let leases = Arc::clone(&self.leases);
         match tokio::task::spawn_blocking(move || leases.remove_lease(&mac)).await {
             Ok(Ok(_)) => {}

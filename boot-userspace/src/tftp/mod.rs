@@ -63,8 +63,8 @@ impl BootFiles {
         self.files.keys().map(String::as_str)
     }
 
-    pub fn contains(&self, name: &str) -> bool {
-        self.files.contains_key(name)
+    pub fn get(&self, name: &str) -> Option<&Arc<[u8]>> {
+        self.files.get(name)
     }
 
     /// The file a TFTP client asked for, or the TFTP error it gets.

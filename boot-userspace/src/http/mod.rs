@@ -1,0 +1,159 @@
+//! The boot HTTP server on the served interface: per-machine iPXE scripts, the iPXE binaries
+//! for UEFI HTTP boot, and the boot assets (kernel, initramfs, images) with HEAD and Range.
+//! It is separate from the API, which stays on loopback: machines on the boot network must not
+//! be able to change resources.
+pub mod script;
+
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use axum::{
+    extract::{MatchedPath, Path, Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use tower_http::services::ServeDir;
+use workflow::resource::MacAddr;
+
+use crate::{api::routes::AppState, metrics::HttpLabels, tftp::BootFiles};
+use script::ScriptContext;
+
+pub struct BootHttp {
+    pub state: Arc<AppState>,
+    pub boot_files: Arc<BootFiles>,
+    pub server: Ipv4Addr,
+    pub port: u16,
+    pub assets_dir: PathBuf,
+}
+
+impl BootHttp {
+    fn assets_base(&self) -> String {
+        format!("http://{}:{}/assets", self.server, self.port)
+    }
+
+    pub async fn serve(self) -> anyhow::Result<()> {
+        let address = SocketAddr::from((self.server, self.port));
+        let assets = ServeDir::new(&self.assets_dir);
+        let boot = Arc::new(self);
+        let router = Router::new()
+            .route("/ipxe/{mac}/auto.ipxe", get(machine_script))
+            .route("/ipxe/{file}", get(boot_binary))
+            .route("/metrics", get(metrics))
+            .nest_service("/assets", assets)
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&boot),
+                count_requests,
+            ))
+            .with_state(Arc::clone(&boot));
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding boot HTTP to {address}"))?;
+        tracing::info!(%address, assets = %boot.assets_dir.display(), "boot HTTP listening");
+        axum::serve(listener, router)
+            .await
+            .context("boot HTTP server")
+    }
+}
+
+fn not_found(reason: String) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        reason + "\n",
+    )
+        .into_response()
+}
+
+async fn machine_script(State(boot): State<Arc<BootHttp>>, Path(mac): Path<String>) -> Response {
+    let Ok(mac) = mac.parse::<MacAddr>() else {
+        return not_found(format!("{mac:?} is not a MAC address"));
+    };
+    let reservations = boot.state.reservations.current();
+    let Some(reservation) = reservations.get(&mac).cloned() else {
+        return not_found(format!("no Hardware owns {mac}"));
+    };
+    if !reservation.allow_pxe {
+        return not_found(format!(
+            "netboot.allowPXE is false for {mac} ({})",
+            reservation.hardware
+        ));
+    }
+    let state = Arc::clone(&boot.state);
+    let hardware = reservation.hardware.clone();
+    let pending = tokio::task::spawn_blocking(move || state.catalog.has_workflow(&hardware)).await;
+    let pending_work = match pending {
+        Ok(Ok(bound)) => reservation.allow_workflow && bound,
+        Ok(Err(err)) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()
+        }
+        Err(err) => return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    };
+    let assets_base = boot.assets_base();
+    let context = ScriptContext {
+        server: boot.server,
+        assets_base: &assets_base,
+        pending_work,
+    };
+    tracing::info!(client = %mac, pending_work, "iPXE script served");
+    (
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        script::script(&reservation, &context),
+    )
+        .into_response()
+}
+
+/// The iPXE binaries, for UEFI HTTP boot clients.
+async fn boot_binary(State(boot): State<Arc<BootHttp>>, Path(file): Path<String>) -> Response {
+    match boot.boot_files.get(&file) {
+        Some(bytes) => {
+            ([(header::CONTENT_TYPE, "application/efi")], bytes.to_vec()).into_response()
+        }
+        None => not_found(format!("no iPXE binary named {file:?}")),
+    }
+}
+
+async fn metrics(State(boot): State<Arc<BootHttp>>) -> Response {
+    match boot.state.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+/// Counts requests by route (the pattern, not the path, so that MACs do not explode the labels).
+async fn count_requests(
+    State(boot): State<Arc<BootHttp>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // Nested services (the assets) carry no matched path; name them by their prefix.
+    let route = match request.extensions().get::<MatchedPath>() {
+        Some(path) => path.as_str().to_string(),
+        None if request.uri().path().starts_with("/assets/") => "/assets".to_string(),
+        None => "unmatched".to_string(),
+    };
+    let response = next.run(request).await;
+    let labels = HttpLabels {
+        route,
+        status: response.status().as_u16().to_string(),
+    };
+    boot.state
+        .metrics
+        .http_requests
+        .get_or_create(&labels)
+        .inc();
+    response
+}

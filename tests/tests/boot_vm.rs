@@ -1,0 +1,143 @@
+//! Real VMs netboot through Wisp, with the XDP gate attached on the lab bridge: DHCP, TFTP or
+//! iPXE, the HTTP script, then kernel and initramfs over HTTP, until the initramfs prints its
+//! marker on the serial console.
+use std::time::Duration;
+
+use wisp_tests::{
+    apply_yaml, gate_stats, metric, require_root,
+    vm::{marker_assets, Firmware, Vm, MARKER},
+    Daemon, Lab, TempDir, BRIDGE_IF,
+};
+
+const VM_MAC: &str = "52:54:00:57:49:01";
+
+fn machine_yaml(mac: &str, address: &str) -> String {
+    format!(
+        "apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata:
+  name: vm
+  namespace: lab
+spec:
+  interfaces:
+    - dhcp:
+        mac: {mac}
+        hostname: vm
+        ip:
+          address: {address}
+          netmask: 255.255.255.0
+        lease_time: 600
+      netboot:
+        allowPXE: true
+        allowWorkflow: true
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Template
+metadata:
+  name: noop
+  namespace: lab
+spec:
+  data: |
+    version: \"0.1\"
+    name: noop
+    tasks: []
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata:
+  name: boot-vm
+  namespace: lab
+spec:
+  templateRef: noop
+  hardwareRef: vm
+"
+    )
+}
+
+fn netboot(firmware: Firmware) -> (Lab, Daemon, Vm, TempDir) {
+    let lab = Lab::bridged("vm");
+    let work = TempDir::new("vm");
+    let assets = work.join("assets");
+    marker_assets(&assets).expect("build the test kernel and initramfs");
+    let daemon = Daemon::start(
+        &lab.server,
+        BRIDGE_IF,
+        &work.join("data"),
+        &["--assets-dir", assets.to_str().expect("utf-8")],
+    );
+    let applied = apply_yaml(&lab.server, &machine_yaml(VM_MAC, "10.99.0.50"));
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let vm = Vm::start(&lab.server, BRIDGE_IF, "tap0", VM_MAC, firmware, &work.0);
+    vm.wait_for_serial(MARKER, Duration::from_secs(120));
+    (lab, daemon, vm, work)
+}
+
+/// The position of the first log line containing every one of `parts`, failing without one.
+fn line_of(log: &str, parts: &[&str]) -> usize {
+    log.lines()
+        .position(|line| parts.iter().all(|part| line.contains(part)))
+        .unwrap_or_else(|| panic!("no log line with {parts:?}:\n{log}"))
+}
+
+/// The boot went firmware → iPXE binary over TFTP → iPXE's own DHCP → script → kernel and
+/// initramfs, each step once and in that order.
+fn assert_chainload(lab: &Lab, daemon: &Daemon, binary: &str) {
+    let log = daemon.log();
+    let handed = line_of(
+        &log,
+        &[
+            "DHCP reply",
+            "reply=Some(Ack)",
+            &format!("file=Some(\"{binary}\")"),
+        ],
+    );
+    let fetched = line_of(
+        &log,
+        &["TFTP read request", &format!("file={binary}"), "served"],
+    );
+    let scripted = line_of(&log, &["DHCP reply", "reply=Some(Ack)", "auto.ipxe"]);
+    let served = line_of(&log, &["iPXE script served", "pending_work=true"]);
+    assert!(
+        handed < fetched && fetched < scripted && scripted < served,
+        "out of order:\n{log}"
+    );
+    let binary_acks = log
+        .lines()
+        .filter(|l| l.contains("reply=Some(Ack)") && l.contains(&format!("\"{binary}\"")))
+        .count();
+    assert_eq!(
+        binary_acks, 1,
+        "iPXE was handed out more than once (a chainload loop):\n{log}"
+    );
+    let (counters, stats) = gate_stats(&lab.server);
+    assert!(
+        counters["passed_known"] >= 4,
+        "both DHCP exchanges passed the gate: {stats}"
+    );
+    assert_eq!(counters["dropped_malformed"], 0, "{stats}");
+    assert!(
+        metric(
+            &lab.server,
+            "wisp_http_requests_total{route=\"/assets\",status=\"200\"}"
+        ) >= 2,
+        "kernel and initramfs"
+    );
+}
+
+#[test]
+fn bios_vm_netboots_through_wisp() {
+    require_root();
+    let (lab, daemon, _vm, _work) = netboot(Firmware::Bios);
+    assert_chainload(&lab, &daemon, "undionly.kpxe");
+}
+
+#[test]
+fn uefi_vm_netboots_through_wisp() {
+    require_root();
+    let (lab, daemon, _vm, _work) = netboot(Firmware::Uefi);
+    assert_chainload(&lab, &daemon, "snponly.efi");
+}
