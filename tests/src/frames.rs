@@ -105,3 +105,37 @@ impl Framing {
         frame
     }
 }
+
+/// A relayed DHCP message as a relay agent at `relay` forwards it: giaddr set, hops 1, and
+/// option 82 with the given circuit id.
+pub fn relayed(
+    message_type: v4::MessageType,
+    chaddr: [u8; 6],
+    relay: Ipv4Addr,
+    requested: Option<Ipv4Addr>,
+    server: Option<Ipv4Addr>,
+    circuit: &[u8],
+) -> Vec<u8> {
+    let mut message = v4::Message::default();
+    message
+        .set_chaddr(&chaddr)
+        .set_xid(0x5749_0001)
+        .set_giaddr(relay)
+        .set_hops(1);
+    let opts = message.opts_mut();
+    opts.insert(v4::DhcpOption::MessageType(message_type));
+    if let Some(requested) = requested {
+        opts.insert(v4::DhcpOption::RequestedIpAddress(requested));
+    }
+    if let Some(server) = server {
+        opts.insert(v4::DhcpOption::ServerIdentifier(server));
+    }
+    let mut info = v4::relay::RelayAgentInformation::default();
+    info.insert(v4::relay::RelayInfo::AgentCircuitId(circuit.to_vec()));
+    opts.insert(v4::DhcpOption::RelayAgentInformation(info));
+    let mut bytes = Vec::new();
+    message
+        .encode(&mut Encoder::new(&mut bytes))
+        .expect("a relayed message encodes");
+    bytes
+}

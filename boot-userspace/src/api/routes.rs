@@ -14,7 +14,7 @@ use workflow::{
     catalog::{ApplyError, Catalog},
     manifest::Manifest,
     resource::{Kind, Resource, ResourceKey},
-    store::{RedbStore, Store, StoreError},
+    store::{Lease, LeaseStore, RedbStore, Store, StoreError},
 };
 
 use super::{ApplyRequest, ApplyResponse, DeleteResponse, ErrorBody, ResourceView};
@@ -58,6 +58,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/apply", post(apply))
         .route("/v1/gate", get(gate_stats))
+        .route("/v1/leases", get(leases))
         .route("/v1/{kind}", get(list))
         .route("/v1/{kind}/{namespace}/{name}", get(get_one).delete(delete))
         .with_state(state)
@@ -300,6 +301,11 @@ fn view(state: &AppState, resource: Resource) -> Result<ResourceView, ApiError> 
         object: resource.object,
         binding,
     })
+}
+
+async fn leases(State(state): State<Arc<AppState>>) -> ApiResult<Vec<Lease>> {
+    let leases = blocking(&state, |state| Ok(state.catalog.store().leases()?)).await?;
+    Ok(Json(leases))
 }
 
 async fn gate_stats(State(state): State<Arc<AppState>>) -> ApiResult<crate::gate::GateStats> {

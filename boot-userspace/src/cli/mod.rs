@@ -12,7 +12,10 @@ use boot_userspace::{
     gate::GateStats,
 };
 use clap::{Subcommand, ValueEnum};
-use workflow::{resource::Kind, store::Outcome};
+use workflow::{
+    resource::Kind,
+    store::{Lease, Outcome},
+};
 
 use client::{CliError, CliResult, Client};
 
@@ -25,7 +28,7 @@ pub enum ClientCommand {
     },
     /// List resources, or show one.
     Get {
-        /// hardware, templates or workflows (also hw, tpl, wf).
+        /// hardware, templates or workflows (also hw, tpl, wf), or leases.
         kind: String,
         name: Option<String>,
         #[arg(short, long)]
@@ -81,6 +84,11 @@ pub fn run(server: &str, command: ClientCommand) -> CliResult<()> {
             namespace,
             output,
         } => {
+            if matches!(kind.as_str(), "leases" | "lease") {
+                let leases: Vec<Lease> = client.get("/v1/leases")?;
+                output::leases(&leases, output);
+                return Ok(());
+            }
             let kind = parse_kind(&kind)?;
             let views = match name {
                 Some(name) => vec![find(&client, kind, &name, namespace.as_deref())?],

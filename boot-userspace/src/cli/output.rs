@@ -262,3 +262,34 @@ pub fn gate_stats(stats: &GateStats, format: Format) {
         table(&["UNKNOWN MAC", "PACKETS", "LAST SEEN"], &rows);
     }
 }
+
+pub fn leases(leases: &[workflow::store::Lease], format: Format) {
+    if matches!(format, Format::Json | Format::Yaml) {
+        print_document(&serde_json::to_value(leases).unwrap_or_default(), format);
+        return;
+    }
+    if leases.is_empty() {
+        eprintln!("No leases.");
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let rows: Vec<Vec<String>> = leases
+        .iter()
+        .map(|lease| {
+            let left = lease.expires_unix.saturating_sub(now);
+            vec![
+                lease.mac.to_string(),
+                lease.address.to_string(),
+                lease.hostname.clone().unwrap_or_else(|| "<none>".into()),
+                if left == 0 {
+                    "expired".into()
+                } else {
+                    format!("{left}s")
+                },
+            ]
+        })
+        .collect();
+    table(&["MAC", "ADDRESS", "HOSTNAME", "EXPIRES IN"], &rows);
+}

@@ -33,6 +33,8 @@ use crate::{
 };
 
 const CLIENT_PORT: u16 = 68;
+/// Receive buffer of the DHCP sockets: room for a few thousand requests in a burst.
+const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// The reservations the DHCP server answers from, swapped whole when Hardware changes.
 #[derive(Default)]
@@ -251,6 +253,17 @@ fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_address(true)?;
     socket.set_broadcast(true)?;
+    // A rack powering on sends a burst of DISCOVERs at once; a small buffer drops them.
+    if let Err(err) = nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::RcvBufForce,
+        &RECEIVE_BUFFER,
+    ) {
+        tracing::debug!(
+            "cannot force a {RECEIVE_BUFFER}-byte receive buffer ({err}); using the system limit"
+        );
+        socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
+    }
     // Clients broadcast from 0.0.0.0, so the socket listens on any address but only on the
     // served interface.
     socket

@@ -1,0 +1,307 @@
+//! The DHCP server against real clients: perfdhcp doing full DORA for 1,000 reserved MACs
+//! (checked on the wire with dumpcap and tshark), relayed requests, and durable leases.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, UdpSocket},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use dhcproto::{
+    v4::{self, DhcpOption, MessageType, OptionCode},
+    Decodable, Decoder,
+};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use wisp_tests::{
+    apply_yaml, eventually, frames::relayed, metric, require_root, wisp_ok, Daemon, Lab, TempDir,
+    CLIENT_IF, CLIENT_IP, SERVER_IF, SERVER_IP,
+};
+
+/// Hardware for `count` machines: MAC 02:00:00:00:HH:LL reserves 10.99.(4+HH).LL/16 (perfdhcp's
+/// `-b mac=02:00:00:00:00:00 -R count` simulates exactly these MACs).
+fn rack(count: u16) -> (String, BTreeMap<String, String>) {
+    let mut yaml = String::new();
+    let mut expected = BTreeMap::new();
+    for index in 0..count {
+        let (high, low) = (index >> 8, index & 0xff);
+        let mac = format!("02:00:00:00:{high:02x}:{low:02x}");
+        let address = format!("10.99.{}.{low}", 4 + high);
+        yaml.push_str(&format!(
+            "---\napiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: node-{index}\n  namespace: rack\nspec:\n  interfaces:\n    - dhcp:\n        mac: \"{mac}\"\n        lease_time: 3600\n        ip:\n          address: {address}\n          netmask: 255.255.0.0\n"
+        ));
+        expected.insert(mac, address);
+    }
+    (yaml, expected)
+}
+
+fn leases(lab: &Lab) -> BTreeMap<String, String> {
+    let leases: Value =
+        serde_json::from_str(&wisp_ok(&lab.server, &["get", "leases", "-o", "json"]))
+            .expect("JSON");
+    leases
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|lease| {
+            (
+                lease["mac"].as_str().expect("mac").to_string(),
+                lease["address"].as_str().expect("address").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn perfdhcp_completes_dora_for_1000_reserved_macs_with_their_addresses() {
+    require_root();
+    let lab = Lab::new("perf");
+    let work = TempDir::new("perf");
+    let data_dir = work.join("data");
+    let mut daemon = Daemon::start(&lab.server, SERVER_IF, &data_dir, &["--xdp-mode", "native"]);
+    let (yaml, expected) = rack(1000);
+    let applied = apply_yaml(&lab.server, &yaml);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    // Capture what crosses the wire on the client side, to check every ACK independently.
+    let capture = work.join("dhcp.pcap");
+    let capture_log = work.join("dumpcap.log");
+    let mut dumpcap = lab
+        .client
+        .command("dumpcap")
+        .args(["-i", CLIENT_IF, "-B", "64", "-f", "udp port 67", "-w"])
+        .arg(&capture)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&capture_log).expect("dumpcap log"))
+        .spawn()
+        .expect("start dumpcap");
+    eventually("dumpcap to start capturing", || {
+        std::fs::read_to_string(&capture_log)
+            .unwrap_or_default()
+            .contains("Capturing on")
+    });
+    // "Capturing on" comes slightly before the capture socket is live.
+    std::thread::sleep(Duration::from_millis(500));
+
+    // perfdhcp on an interface acts as a relay agent (giaddr is its address), so the replies
+    // come back to it on port 67.
+    let perfdhcp = lab.client.exec(
+        "perfdhcp",
+        &[
+            "-4",
+            "-l",
+            CLIENT_IF,
+            "--scenario",
+            "avalanche",
+            "-R",
+            "1000",
+            "-b",
+            "mac=02:00:00:00:00:00",
+        ],
+    );
+    let report = String::from_utf8_lossy(&perfdhcp.stdout).into_owned()
+        + &String::from_utf8_lossy(&perfdhcp.stderr);
+    // Let the last replies reach the capture before stopping it.
+    std::thread::sleep(Duration::from_secs(1));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(dumpcap.id() as i32),
+        Signal::SIGINT,
+    )
+    .expect("stop dumpcap");
+    dumpcap.wait().expect("dumpcap");
+    assert!(
+        perfdhcp.status.success(),
+        "perfdhcp failed:\n{report}\n{}",
+        daemon.log()
+    );
+    assert!(report.contains("to provision 1000 clients"), "{report}");
+    assert_eq!(
+        report.matches("drops: 0\n").count(),
+        2,
+        "DISCOVER-OFFER and REQUEST-ACK without drops:\n{report}"
+    );
+
+    let acks = lab.server.exec_ok(
+        "tshark",
+        &[
+            "-r",
+            capture.to_str().expect("utf-8"),
+            "-Y",
+            "dhcp.option.dhcp == 5",
+            "-T",
+            "fields",
+            "-e",
+            "dhcp.hw.mac_addr",
+            "-e",
+            "dhcp.ip.your",
+        ],
+    );
+    let mut acked = BTreeMap::new();
+    for line in acks.lines() {
+        let (mac, address) = line.split_once('\t').expect("two fields");
+        let previous = acked.insert(mac.to_string(), address.to_string());
+        assert!(
+            previous.is_none_or(|p| p == address),
+            "{mac} was ACKed two addresses"
+        );
+    }
+    let capture_stats = std::fs::read_to_string(&capture_log).unwrap_or_default();
+    assert_eq!(
+        acked.len(),
+        1000,
+        "ACKs on the wire for 1000 distinct MACs ({capture_stats})"
+    );
+    assert_eq!(
+        acked, expected,
+        "every ACK carries its MAC's reserved address"
+    );
+
+    // The leases are durable: all of them are still there after a restart.
+    assert_eq!(leases(&lab), expected);
+    daemon.stop(Signal::SIGKILL);
+    let _restarted = Daemon::start(&lab.server, SERVER_IF, &data_dir, &["--xdp-mode", "native"]);
+    assert_eq!(leases(&lab), expected, "leases after kill -9 and restart");
+}
+
+/// Sends `payload` from the relay address (the client side, port 67) and returns the decoded
+/// reply, or None when nothing comes back within a second.
+fn relay_exchange(lab: &Lab, payload: &[u8]) -> Option<v4::Message> {
+    lab.client.within(|| {
+        let socket = UdpSocket::bind((CLIENT_IP, 67)).expect("bind the relay socket");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        socket
+            .send_to(payload, (SERVER_IP, 67))
+            .expect("send to the server");
+        let mut buffer = [0u8; 1500];
+        let (length, from) = socket.recv_from(&mut buffer).ok()?;
+        assert_eq!(from.port(), 67, "the server answers a relay from port 67");
+        Some(v4::Message::decode(&mut Decoder::new(&buffer[..length])).expect("a DHCP reply"))
+    })
+}
+
+#[test]
+fn relayed_requests_get_unicast_replies_with_option_82_echoed() {
+    require_root();
+    let lab = Lab::new("relay");
+    let work = TempDir::new("relay");
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &work.join("data"),
+        &["--xdp-mode", "native"],
+    );
+    let on_subnet = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
+    let off_subnet = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x44];
+    let yaml = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: relayed\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:11:22:33\n        hostname: relayed\n        ip:\n          address: 10.99.0.60\n          netmask: 255.255.255.0\n          gateway: 10.99.0.254\n    - dhcp:\n        mac: 1c:69:7a:11:22:44\n        ip:\n          address: 10.50.0.60\n          netmask: 255.255.255.0\n";
+    let applied = apply_yaml(&lab.server, yaml);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let reserved: Ipv4Addr = [10, 99, 0, 60].into();
+    let circuit = b"rack7-port12";
+    let relay_info = |message: &v4::Message| {
+        message
+            .opts()
+            .get(OptionCode::RelayAgentInformation)
+            .cloned()
+    };
+    let sent_info = {
+        let mut info = v4::relay::RelayAgentInformation::default();
+        info.insert(v4::relay::RelayInfo::AgentCircuitId(circuit.to_vec()));
+        Some(DhcpOption::RelayAgentInformation(info))
+    };
+
+    let offer = relay_exchange(
+        &lab,
+        &relayed(
+            MessageType::Discover,
+            on_subnet,
+            CLIENT_IP,
+            None,
+            None,
+            circuit,
+        ),
+    )
+    .expect("an OFFER");
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!((offer.yiaddr(), offer.giaddr()), (reserved, CLIENT_IP));
+    assert_eq!(
+        relay_info(&offer),
+        sent_info,
+        "option 82 comes back unchanged"
+    );
+    assert_eq!(
+        offer.opts().get(OptionCode::Router),
+        Some(&DhcpOption::Router(vec![[10, 99, 0, 254].into()]))
+    );
+
+    let ack = relay_exchange(
+        &lab,
+        &relayed(
+            MessageType::Request,
+            on_subnet,
+            CLIENT_IP,
+            Some(reserved),
+            Some(SERVER_IP),
+            circuit,
+        ),
+    )
+    .expect("an ACK");
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(ack.yiaddr(), reserved);
+    assert_eq!(relay_info(&ack), sent_info);
+    assert_eq!(
+        ack.opts().get(OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(SERVER_IP))
+    );
+
+    // Asking for another address is refused.
+    let nak = relay_exchange(
+        &lab,
+        &relayed(
+            MessageType::Request,
+            on_subnet,
+            CLIENT_IP,
+            Some([10, 99, 0, 61].into()),
+            None,
+            circuit,
+        ),
+    )
+    .expect("a NAK");
+    assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
+    assert!(
+        nak.flags().broadcast(),
+        "a NAK through a relay sets the broadcast bit"
+    );
+
+    // A reservation that is not on the relay's subnet is not offered there.
+    let started = Instant::now();
+    assert!(relay_exchange(
+        &lab,
+        &relayed(
+            MessageType::Discover,
+            off_subnet,
+            CLIENT_IP,
+            None,
+            None,
+            circuit
+        )
+    )
+    .is_none());
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_dhcp_ignored_total{reason=\"the reserved address is not on the relay's subnet\"}"
+        ),
+        1
+    );
+}
