@@ -123,7 +123,8 @@ fn assert_chainload(lab: &Lab, daemon: &Daemon, binary: &str) {
         metric(
             &lab.server,
             "wisp_http_requests_total{route=\"/assets\",status=\"200\"}"
-        ) >= 2,
+        )
+        .is_some_and(|requests| requests >= 2),
         "kernel and initramfs"
     );
 }

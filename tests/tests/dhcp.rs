@@ -302,6 +302,6 @@ fn relayed_requests_get_unicast_replies_with_option_82_echoed() {
             &lab.server,
             "wisp_dhcp_ignored_total{reason=\"the reserved address is not on the relay's subnet\"}"
         ),
-        1
+        Some(1)
     );
 }

@@ -72,7 +72,8 @@ pub struct Context<'a> {
     pub reservation: Option<&'a Reservation>,
     /// Seconds since the Unix epoch, for lease expiry.
     pub now: u64,
-    /// Wisp handed this MAC an iPXE binary moments ago (see `boot` on the chainload loop).
+    /// Wisp handed this MAC an iPXE binary moments ago, in an earlier DHCP transaction (see
+    /// `boot` on the chainload loop).
     pub chainloaded: bool,
 }
 
@@ -300,8 +301,7 @@ fn lease_reply(
     if reservation.allow_pxe && client.netbooting() {
         let target =
             add_boot_information(&mut reply, context, reservation, &client, Mode::Reservation);
-        // The handoff counts once the client has committed to it, with its REQUEST.
-        handoff = message_type == MessageType::Ack && target.is_some_and(|t| t.is_binary());
+        handoff = target.is_some_and(|t| t.is_binary());
     }
     Reply {
         message: reply,

@@ -61,25 +61,39 @@ pub struct DhcpServer {
     pub gate: Arc<Gate>,
     pub metrics: Arc<Metrics>,
     pub leases: Arc<dyn LeaseStore>,
-    /// When each MAC was last handed an iPXE binary (see `boot` on the chainload loop).
-    pub handoffs: Mutex<HashMap<MacAddr, Instant>>,
+    /// When each MAC was last handed an iPXE binary, and in which DHCP transaction (xid).
+    pub handoffs: Mutex<HashMap<MacAddr, Handoff>>,
+}
+
+/// An iPXE binary handed to a client. Retransmissions of the same transaction keep its xid and
+/// must get the same answer; the chainloaded iPXE starts a transaction of its own.
+#[derive(Clone, Copy, Debug)]
+pub struct Handoff {
+    xid: u32,
+    at: Instant,
 }
 
 impl DhcpServer {
-    fn recently_chainloaded(&self, mac: &MacAddr) -> bool {
+    fn chainloaded(&self, mac: &MacAddr, xid: u32) -> bool {
         let handoffs = self.handoffs.lock().unwrap_or_else(|p| p.into_inner());
         handoffs
             .get(mac)
-            .is_some_and(|at| at.elapsed() < CHAINLOAD_WINDOW)
+            .is_some_and(|handoff| handoff.xid != xid && handoff.at.elapsed() < CHAINLOAD_WINDOW)
     }
 
-    fn record_handoff(&self, mac: MacAddr) {
+    fn record_handoff(&self, mac: MacAddr, xid: u32) {
         let mut handoffs = self.handoffs.lock().unwrap_or_else(|p| p.into_inner());
         // Old entries go whenever the map grows, so a rack's worth never accumulates.
         if handoffs.len() >= 4096 {
-            handoffs.retain(|_, at| at.elapsed() < CHAINLOAD_WINDOW);
+            handoffs.retain(|_, handoff| handoff.at.elapsed() < CHAINLOAD_WINDOW);
         }
-        handoffs.insert(mac, Instant::now());
+        handoffs.insert(
+            mac,
+            Handoff {
+                xid,
+                at: Instant::now(),
+            },
+        );
     }
 
     /// Binds both ports and serves until the future is dropped.
@@ -138,7 +152,7 @@ impl DhcpServer {
                 now: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
-                chainloaded: mac.is_some_and(|mac| self.recently_chainloaded(&mac)),
+                chainloaded: mac.is_some_and(|mac| self.chainloaded(&mac, message.xid())),
             };
             let request = Request {
                 message: &message,
@@ -149,7 +163,7 @@ impl DhcpServer {
             match handler::handle(&request, &context) {
                 Outcome::Reply(reply) => {
                     if let (true, Some(mac)) = (reply.handoff, mac) {
-                        self.record_handoff(mac);
+                        self.record_handoff(mac, message.xid());
                     }
                     tracing::info!(client, %source, request = message_type, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
                     match reply.lease.clone() {

@@ -1,0 +1,199 @@
+//! Wisp beside another DHCP server (dnsmasq) on the same bridge: machines Wisp does not own
+//! are served by dnsmasq alone, and in proxy mode a machine Wisp owns takes its address from
+//! dnsmasq and its boot information from Wisp.
+use std::{process::Stdio, time::Duration};
+
+use wisp_tests::{
+    apply_yaml, gate_stats, metric, require_root,
+    vm::{marker_assets, Firmware, Vm, MARKER},
+    Daemon, Lab, Netns, TempDir, BRIDGE_IF,
+};
+
+/// A namespace on the lab bridge through a veth pair: `eth0` inside, `port` on the bridge.
+fn join_bridge(lab: &Lab, purpose: &str, port: &str, address: Option<&str>) -> Netns {
+    let host = Netns::new(purpose);
+    lab.server.exec_ok(
+        "ip",
+        &[
+            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
+        ],
+    );
+    lab.server
+        .exec_ok("ip", &["link", "set", port, "master", BRIDGE_IF, "up"]);
+    if let Some(address) = address {
+        host.exec_ok("ip", &["addr", "add", address, "dev", "eth0"]);
+    }
+    host.exec_ok("ip", &["link", "set", "eth0", "up"]);
+    host
+}
+
+/// dnsmasq as the LAN's own DHCP server at 10.99.0.3, handing out 10.99.0.100-150 and no boot
+/// information. It runs until its namespace is dropped.
+fn start_dnsmasq(lab: &Lab, work: &TempDir) -> Netns {
+    let other = join_bridge(lab, "dnsmasq", "dnsport", Some("10.99.0.3/24"));
+    let leases = work.join("dnsmasq.leases");
+    other
+        .command("dnsmasq")
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--port=0",
+            "--log-dhcp",
+        ])
+        .args([
+            "--dhcp-range=10.99.0.100,10.99.0.150,255.255.255.0,1h",
+            "--dhcp-authoritative",
+        ])
+        .arg(format!("--dhcp-leasefile={}", leases.display()))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(work.join("dnsmasq.log")).expect("dnsmasq log"))
+        .spawn()
+        .expect("start dnsmasq");
+    std::thread::sleep(Duration::from_millis(500));
+    other
+}
+
+#[test]
+fn a_machine_wisp_does_not_own_gets_its_lease_from_dnsmasq_only() {
+    require_root();
+    let lab = Lab::bridged("coex");
+    let work = TempDir::new("coex");
+    let _daemon = Daemon::start(&lab.server, BRIDGE_IF, &work.join("data"), &[]);
+    let owned = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: owned\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:11:22:33\n        ip:\n          address: 10.99.0.60\n          netmask: 255.255.255.0\n";
+    assert!(apply_yaml(&lab.server, owned).status.success());
+    let _dnsmasq = start_dnsmasq(&lab, &work);
+    let stranger = join_bridge(&lab, "stranger", "strport", None);
+    stranger.exec_ok(
+        "ip",
+        &["link", "set", "eth0", "address", "52:54:00:de:ad:01"],
+    );
+
+    // busybox udhcpc is a real DHCP client: DISCOVER, OFFER, REQUEST, ACK.
+    let output = stranger.exec(
+        "busybox",
+        &[
+            "udhcpc",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "5",
+            "-T",
+            "1",
+            "-i",
+            "eth0",
+            "-s",
+            "/bin/true",
+        ],
+    );
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "udhcpc got no lease:\n{said}");
+    assert!(
+        said.contains("obtained from 10.99.0.3") || said.contains("obtained, lease time"),
+        "{said}"
+    );
+    let leased = said
+        .lines()
+        .find(|l| l.contains("lease of"))
+        .unwrap_or_default();
+    assert!(
+        leased.contains("10.99.0.1"),
+        "the lease is in dnsmasq's range: {said}"
+    );
+
+    // Wisp dropped every one of the stranger's packets in the kernel: no DHCP message reached
+    // its DHCP server, and it sent nothing.
+    let (counters, stats) = gate_stats(&lab.server);
+    assert!(
+        counters["dropped_unknown"] >= 2,
+        "DISCOVER and REQUEST were dropped: {stats}"
+    );
+    assert_eq!(counters["passed_known"], 0, "{stats}");
+    assert_eq!(
+        stats["unknown_macs"][0]["mac"], "52:54:00:de:ad:01",
+        "{stats}"
+    );
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_dhcp_received_total{message_type=\"discover\"}"
+        ),
+        None
+    );
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_dhcp_replies_total{message_type=\"offer\"}"
+        ),
+        None
+    );
+    assert_eq!(
+        metric(&lab.server, "wisp_dhcp_replies_total{message_type=\"ack\"}"),
+        None
+    );
+}
+
+#[test]
+fn in_proxy_mode_an_owned_vm_takes_its_address_from_dnsmasq_and_boots_from_wisp() {
+    require_root();
+    let lab = Lab::bridged("proxy");
+    let work = TempDir::new("proxy");
+    let assets = work.join("assets");
+    marker_assets(&assets).expect("build the test kernel and initramfs");
+    let daemon = Daemon::start(
+        &lab.server,
+        BRIDGE_IF,
+        &work.join("data"),
+        &[
+            "--dhcp-mode",
+            "proxy",
+            "--assets-dir",
+            assets.to_str().expect("utf-8"),
+        ],
+    );
+    // No address in the Hardware: in proxy mode the LAN's server hands it out.
+    let machine = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: vm\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 52:54:00:57:49:02\n      netboot:\n        allowPXE: true\n        allowWorkflow: true\n        ipxe:\n          contents: |\n            #!ipxe\n            kernel http://10.99.0.1:8080/assets/vmlinuz initrd=initrd console=ttyS0\n            initrd --name initrd http://10.99.0.1:8080/assets/initramfs\n            boot\n";
+    let applied = apply_yaml(&lab.server, machine);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let _dnsmasq = start_dnsmasq(&lab, &work);
+    let vm = Vm::start(
+        &lab.server,
+        BRIDGE_IF,
+        "tap0",
+        "52:54:00:57:49:02",
+        Firmware::Bios,
+        &work.0,
+    );
+    vm.wait_for_serial(MARKER, Duration::from_secs(120));
+
+    let dnsmasq_log = std::fs::read_to_string(work.join("dnsmasq.log")).unwrap_or_default();
+    assert!(
+        dnsmasq_log.contains("DHCPACK(eth0) 10.99.0.1")
+            && dnsmasq_log.contains("52:54:00:57:49:02"),
+        "dnsmasq leased the address:\n{dnsmasq_log}"
+    );
+    let log = daemon.log();
+    assert!(
+        !log.contains("reply=Some(Ack) yiaddr=10."),
+        "Wisp handed out no address in proxy mode:\n{log}"
+    );
+    assert!(
+        log.contains("TFTP read request") && log.contains("iPXE script served"),
+        "{log}"
+    );
+    assert!(
+        metric(
+            &lab.server,
+            "wisp_dhcp_replies_total{message_type=\"offer\"}"
+        )
+        .is_some_and(|offers| offers >= 2),
+        "proxy offers for firmware and iPXE"
+    );
+}
