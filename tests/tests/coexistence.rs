@@ -27,12 +27,25 @@ fn join_bridge(lab: &Lab, purpose: &str, port: &str, address: Option<&str>) -> N
     host
 }
 
+/// dnsmasq in its own namespace on the bridge, stopped on drop.
+struct Dnsmasq {
+    child: std::process::Child,
+    _host: Netns,
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// dnsmasq as the LAN's own DHCP server at 10.99.0.3, handing out 10.99.0.100-150 and no boot
-/// information. It runs until its namespace is dropped.
-fn start_dnsmasq(lab: &Lab, work: &TempDir) -> Netns {
+/// information.
+fn start_dnsmasq(lab: &Lab, work: &TempDir) -> Dnsmasq {
     let other = join_bridge(lab, "dnsmasq", "dnsport", Some("10.99.0.3/24"));
     let leases = work.join("dnsmasq.leases");
-    other
+    let child = other
         .command("dnsmasq")
         .args([
             "--no-daemon",
@@ -52,7 +65,10 @@ fn start_dnsmasq(lab: &Lab, work: &TempDir) -> Netns {
         .spawn()
         .expect("start dnsmasq");
     std::thread::sleep(Duration::from_millis(500));
-    other
+    Dnsmasq {
+        child,
+        _host: other,
+    }
 }
 
 #[test]
