@@ -401,3 +401,310 @@ fn proxy_mode(
         handoff,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use dhcproto::v4::{Architecture, Flags};
+    use workflow::resource::{hardware::Osie, Kind, ResourceKey};
+
+    use super::*;
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const RESERVED: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 8);
+    const MAC: [u8; 6] = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
+
+    fn reservation(allow_pxe: bool) -> Reservation {
+        Reservation {
+            hardware: ResourceKey {
+                kind: Kind::Hardware,
+                namespace: "lab".into(),
+                name: "nuc".into(),
+            },
+            mac: MacAddr(MAC),
+            address: Some(RESERVED),
+            netmask: Some([255, 255, 255, 0].into()),
+            gateway: Some([10, 0, 0, 254].into()),
+            name_servers: vec![[1, 1, 1, 1].into()],
+            time_servers: vec![],
+            hostname: Some("nuc".into()),
+            domain: None,
+            lease_secs: 800,
+            allow_pxe,
+            allow_workflow: true,
+            ipxe_url: None,
+            ipxe_script: None,
+            osie: Osie::default(),
+        }
+    }
+
+    fn boot() -> BootConfig {
+        BootConfig {
+            server: SERVER,
+            http_base: "http://10.0.0.1:8080".into(),
+            binaries: vec!["undionly.kpxe".into(), "snponly.efi".into()],
+        }
+    }
+
+    fn message(message_type: MessageType, configure: impl FnOnce(&mut Message)) -> Message {
+        let mut message = Message::default();
+        message.set_chaddr(&MAC).set_xid(7);
+        message
+            .opts_mut()
+            .insert(DhcpOption::MessageType(message_type));
+        configure(&mut message);
+        message
+    }
+
+    fn pxe(message: &mut Message) {
+        message.opts_mut().insert(DhcpOption::ClassIdentifier(
+            b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+        ));
+        message
+            .opts_mut()
+            .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(0)));
+    }
+
+    fn run(
+        message: &Message,
+        mode: Mode,
+        port: u16,
+        allow_pxe: bool,
+        chainloaded: bool,
+    ) -> Outcome {
+        let reservation = reservation(allow_pxe);
+        let boot = boot();
+        let context = Context {
+            mode,
+            boot: &boot,
+            reservation: Some(&reservation),
+            now: 1000,
+            chainloaded,
+        };
+        let request = Request {
+            message,
+            source: "10.0.0.99:68".parse().unwrap(),
+            port,
+        };
+        handle(&request, &context)
+    }
+
+    fn reply(outcome: Outcome) -> Reply {
+        match outcome {
+            Outcome::Reply(reply) => *reply,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn option(reply: &Reply, code: OptionCode) -> Option<&DhcpOption> {
+        reply.message.opts().get(code)
+    }
+
+    #[test]
+    fn discover_gets_the_reservation_with_lease_times() {
+        let offer = reply(run(
+            &message(MessageType::Discover, |_| {}),
+            Mode::Reservation,
+            67,
+            false,
+            false,
+        ));
+        assert_eq!(offer.message.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(offer.message.yiaddr(), RESERVED);
+        assert_eq!(
+            option(&offer, OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(SERVER))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::AddressLeaseTime),
+            Some(&DhcpOption::AddressLeaseTime(800))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::Renewal),
+            Some(&DhcpOption::Renewal(400))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::Rebinding),
+            Some(&DhcpOption::Rebinding(700))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::Router),
+            Some(&DhcpOption::Router(vec![[10, 0, 0, 254].into()]))
+        );
+        assert!(offer.lease.is_none(), "an OFFER records no lease");
+        // No broadcast bit and no address yet: unicast to the offered address (RFC 2131 4.1).
+        assert_eq!(
+            offer.destination,
+            Destination::Unicast {
+                address: RESERVED,
+                mac: MacAddr(MAC)
+            }
+        );
+        let broadcast = message(MessageType::Discover, |m| {
+            m.set_flags(Flags::default().set_broadcast());
+        });
+        assert_eq!(
+            reply(run(&broadcast, Mode::Reservation, 67, false, false)).destination,
+            Destination::Broadcast
+        );
+    }
+
+    #[test]
+    fn request_states_follow_rfc_2131() {
+        let selecting = message(MessageType::Request, |m| {
+            m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+            m.opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(RESERVED));
+        });
+        let ack = reply(run(&selecting, Mode::Reservation, 67, false, false));
+        assert_eq!(ack.message.opts().msg_type(), Some(MessageType::Ack));
+        let lease = ack.lease.expect("an ACK records its lease");
+        assert_eq!((lease.address, lease.expires_unix), (RESERVED, 1800));
+
+        let elsewhere = message(MessageType::Request, |m| {
+            m.opts_mut()
+                .insert(DhcpOption::ServerIdentifier([10, 0, 0, 2].into()));
+            m.opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(RESERVED));
+        });
+        assert!(matches!(
+            run(&elsewhere, Mode::Reservation, 67, false, false),
+            Outcome::Ignore(_)
+        ));
+
+        let init_reboot_wrong = message(MessageType::Request, |m| {
+            m.opts_mut()
+                .insert(DhcpOption::RequestedIpAddress([10, 0, 0, 9].into()));
+        });
+        let nak = reply(run(&init_reboot_wrong, Mode::Reservation, 67, false, false));
+        assert_eq!(nak.message.opts().msg_type(), Some(MessageType::Nak));
+        assert_eq!(nak.destination, Destination::Broadcast);
+
+        let renewing = message(MessageType::Request, |m| {
+            m.set_ciaddr(RESERVED);
+        });
+        let renewed = reply(run(&renewing, Mode::Reservation, 67, false, false));
+        assert_eq!(renewed.message.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(
+            renewed.destination,
+            Destination::Client(RESERVED),
+            "a renewing client is unicast at ciaddr"
+        );
+    }
+
+    #[test]
+    fn release_decline_and_inform() {
+        assert!(matches!(
+            run(
+                &message(MessageType::Release, |_| {}),
+                Mode::Reservation,
+                67,
+                false,
+                false
+            ),
+            Outcome::Release(_)
+        ));
+        let decline = message(MessageType::Decline, |m| {
+            m.opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(RESERVED));
+        });
+        assert!(matches!(
+            run(&decline, Mode::Reservation, 67, false, false),
+            Outcome::Decline {
+                address: RESERVED,
+                ..
+            }
+        ));
+        let inform = message(MessageType::Inform, |m| {
+            m.set_ciaddr(RESERVED);
+        });
+        let ack = reply(run(&inform, Mode::Reservation, 67, false, false));
+        assert_eq!(ack.message.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert!(
+            option(&ack, OptionCode::AddressLeaseTime).is_none(),
+            "INFORM gets no lease"
+        );
+        assert_eq!(ack.destination, Destination::Client(RESERVED));
+    }
+
+    #[test]
+    fn boot_information_only_for_allowed_netbooting_clients() {
+        let firmware = message(MessageType::Discover, pxe);
+        assert!(
+            reply(run(&firmware, Mode::Reservation, 67, false, false))
+                .message
+                .fname()
+                .is_none(),
+            "allowPXE false"
+        );
+        let offer = reply(run(&firmware, Mode::Reservation, 67, true, false));
+        assert_eq!(offer.message.fname_str().unwrap().unwrap(), "undionly.kpxe");
+        assert_eq!(offer.message.siaddr(), SERVER);
+        assert!(offer.handoff);
+        assert!(
+            option(&offer, OptionCode::ClassIdentifier).is_none(),
+            "a plain offer, as OVMF needs"
+        );
+        let ipxe = message(MessageType::Discover, |m| {
+            pxe(m);
+            m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        });
+        let script = reply(run(&ipxe, Mode::Reservation, 67, true, true));
+        assert_eq!(
+            script.message.fname_str().unwrap().unwrap(),
+            "http://10.0.0.1:8080/ipxe/1c:69:7a:11:22:33/auto.ipxe"
+        );
+        assert_eq!(
+            option(&script, OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
+        assert!(!script.handoff);
+    }
+
+    #[test]
+    fn proxy_mode_gives_boot_information_and_no_address() {
+        let firmware = message(MessageType::Discover, pxe);
+        let offer = reply(run(&firmware, Mode::Proxy, 67, true, false));
+        assert_eq!(offer.message.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert!(option(&offer, OptionCode::AddressLeaseTime).is_none());
+        assert_eq!(
+            option(&offer, OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::VendorExtensions),
+            Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255]))
+        );
+        assert!(
+            matches!(
+                run(
+                    &message(MessageType::Discover, |_| {}),
+                    Mode::Proxy,
+                    67,
+                    true,
+                    false
+                ),
+                Outcome::Ignore(_)
+            ),
+            "not a PXE client"
+        );
+        assert!(
+            matches!(
+                run(&firmware, Mode::Proxy, 67, false, false),
+                Outcome::Ignore(_)
+            ),
+            "allowPXE false"
+        );
+        let boot_server = message(MessageType::Request, |m| {
+            pxe(m);
+            m.opts_mut()
+                .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(7)));
+        });
+        let ack = reply(run(&boot_server, Mode::Proxy, 4011, true, false));
+        assert_eq!(ack.message.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(ack.message.fname_str().unwrap().unwrap(), "snponly.efi");
+        assert_eq!(
+            ack.destination,
+            Destination::Source("10.0.0.99:68".parse().unwrap())
+        );
+    }
+}
