@@ -71,8 +71,17 @@ fn netboot(firmware: Firmware) -> (Lab, Daemon, Vm, TempDir) {
         "{}",
         String::from_utf8_lossy(&applied.stderr)
     );
-    let vm = Vm::start(&lab.server, BRIDGE_IF, "tap0", VM_MAC, firmware, &work.0);
-    vm.wait_for_serial(MARKER, Duration::from_secs(120));
+    let vm = Vm::start(
+        &lab.server.name,
+        BRIDGE_IF,
+        "tap0",
+        VM_MAC,
+        firmware,
+        &work.0,
+    )
+    .expect("start the VM");
+    vm.wait_for_serial(MARKER, Duration::from_secs(120))
+        .unwrap_or_else(|err| panic!("{err}\n{}", daemon.log()));
     (lab, daemon, vm, work)
 }
 

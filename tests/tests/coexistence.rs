@@ -180,14 +180,16 @@ fn in_proxy_mode_an_owned_vm_takes_its_address_from_dnsmasq_and_boots_from_wisp(
     );
     let _dnsmasq = start_dnsmasq(&lab, &work);
     let vm = Vm::start(
-        &lab.server,
+        &lab.server.name,
         BRIDGE_IF,
         "tap0",
         "52:54:00:57:49:02",
         Firmware::Bios,
         &work.0,
-    );
-    vm.wait_for_serial(MARKER, Duration::from_secs(120));
+    )
+    .expect("start the VM");
+    vm.wait_for_serial(MARKER, Duration::from_secs(120))
+        .unwrap_or_else(|err| panic!("{err}\n{}", daemon.log()));
 
     let dnsmasq_log = std::fs::read_to_string(work.join("dnsmasq.log")).unwrap_or_default();
     assert!(

@@ -1,6 +1,7 @@
-//! `cargo xtask demo`: a throwaway lab (a namespace with a bridge, a client namespace on it),
-//! `wisp serve` on the bridge with the Tinkerbell demo resources, and real DHCP DISCOVERs from
-//! a machine Wisp owns and from one it does not, judged by the XDP gate.
+//! `cargo xtask demo`: a throwaway lab (a namespace with a bridge), `wisp serve` on the bridge
+//! with the Tinkerbell demo resources, and then the main job: a VM with real firmware netboots
+//! through Wisp (DHCP, iPXE over TFTP, the iPXE script and kernel over HTTP) while a machine
+//! Wisp does not own is dropped by the XDP gate.
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -9,13 +10,15 @@ use std::{
 };
 
 use anyhow::{bail, Context};
+use wisp_images::qemu::{Firmware, Vm};
 
 use crate::shell::{run, step};
 
 const LAB: &str = "wisp-demo";
-const CLIENT: &str = "wisp-demo-client";
-const OWNED_MAC: &str = "1c:69:7a:11:22:33";
+const STRANGER: &str = "wisp-demo-stranger";
+const VM_MAC: &str = "52:54:00:57:49:50";
 const STRANGER_MAC: &str = "52:54:00:de:ad:01";
+const GREETING: &str = "Hello from demo-vm: netbooted by Wisp";
 
 /// Removes the namespaces (and whatever runs in them) when the demo ends, however it ends.
 struct Lab;
@@ -25,7 +28,7 @@ impl Lab {
         Lab::remove();
         let lab = Lab;
         run("ip", &["netns", "add", LAB])?;
-        run("ip", &["netns", "add", CLIENT])?;
+        run("ip", &["netns", "add", STRANGER])?;
         in_ns(LAB, &["ip", "link", "set", "lo", "up"])?;
         in_ns(LAB, &["ip", "link", "add", "br0", "type", "bridge"])?;
         in_ns(LAB, &["ip", "addr", "add", "10.77.0.1/24", "dev", "br0"])?;
@@ -34,16 +37,20 @@ impl Lab {
             LAB,
             &[
                 "ip", "link", "add", "port0", "type", "veth", "peer", "name", "eth0", "netns",
-                CLIENT,
+                STRANGER,
             ],
         )?;
         in_ns(LAB, &["ip", "link", "set", "port0", "master", "br0", "up"])?;
-        in_ns(CLIENT, &["ip", "link", "set", "lo", "up"])?;
+        in_ns(
+            STRANGER,
+            &["ip", "link", "set", "eth0", "address", STRANGER_MAC],
+        )?;
+        in_ns(STRANGER, &["ip", "link", "set", "eth0", "up"])?;
         Ok(lab)
     }
 
     fn remove() {
-        for netns in [LAB, CLIENT] {
+        for netns in [LAB, STRANGER] {
             if let Ok(output) = Command::new("ip").args(["netns", "pids", netns]).output() {
                 for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
                     let _ = Command::new("kill").args(["-TERM", pid]).status();
@@ -70,21 +77,39 @@ fn in_ns(netns: &str, command: &[&str]) -> anyhow::Result<()> {
     run("ip", &args)
 }
 
-pub fn show(root: &Path) -> anyhow::Result<()> {
+/// Prints the lines of `text` that contain any of `needles`.
+fn show(text: &str, needles: &[&str]) {
+    for line in text
+        .lines()
+        .filter(|line| needles.iter().any(|n| line.contains(n)))
+    {
+        println!("  {}", line.trim_end_matches('\r'));
+    }
+}
+
+pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
     step("cargo build --release");
     run("cargo", &["build", "--release", "--bins"])?;
     let wisp = root.join("target/release/wisp");
     let wisp = wisp.to_str().context("the repository path is not UTF-8")?;
-    let data_dir = std::env::temp_dir().join("wisp-demo-data");
-    let _ = std::fs::remove_dir_all(&data_dir);
+    let work = std::env::temp_dir().join("wisp-demo");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+
+    step("boot assets: Debian's kernel and a one-line busybox initramfs");
+    wisp_images::hello::write_assets(
+        &work.join("assets"),
+        &root.join("target/images-cache"),
+        GREETING,
+    )?;
 
     step(&format!(
-        "lab: namespace {LAB} with bridge br0 (10.77.0.1/24); client namespace {CLIENT} on port0"
+        "lab: namespace {LAB} with bridge br0 (10.77.0.1/24)"
     ));
     let _lab = Lab::create()?;
 
     step("wisp serve --interface br0");
-    let log = std::env::temp_dir().join("wisp-demo.log");
+    let log = work.join("wisp.log");
     let mut daemon = Command::new("ip")
         .args([
             "netns",
@@ -96,7 +121,10 @@ pub fn show(root: &Path) -> anyhow::Result<()> {
             "br0",
             "--data-dir",
         ])
-        .arg(&data_dir)
+        .arg(work.join("data"))
+        .arg("--assets-dir")
+        .arg(work.join("assets"))
+        .env("NO_COLOR", "1")
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .context("starting wisp serve")?;
@@ -109,65 +137,80 @@ pub fn show(root: &Path) -> anyhow::Result<()> {
         full.extend(args);
         run("ip", &full)
     };
-    step("the Tinkerbell demo resources, applied unchanged");
-    cli(&["apply", "-f", "examples/tinkerbell-demo"])?;
+    step("resources: the Tinkerbell demo, unchanged, and the lab's VM");
+    cli(&[
+        "apply",
+        "-f",
+        "examples/tinkerbell-demo",
+        "-f",
+        "examples/lab/demo-vm.yaml",
+    ])?;
     cli(&["get", "hardware"])?;
     cli(&["get", "workflows"])?;
 
-    for (who, mac) in [
-        ("a machine Wisp owns", OWNED_MAC),
-        ("a stranger (another DHCP server's machine)", STRANGER_MAC),
-    ] {
-        step(&format!(
-            "DHCP DISCOVERs from {who}: {mac}, sent by busybox udhcpc"
-        ));
-        in_ns(CLIENT, &["ip", "link", "set", "eth0", "down"])?;
-        in_ns(CLIENT, &["ip", "link", "set", "eth0", "address", mac])?;
-        in_ns(CLIENT, &["ip", "link", "set", "eth0", "up"])?;
-        // No lease is offered yet (that is the DHCP server's job); udhcpc gives up after 2 tries.
-        let _ = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                CLIENT,
-                "busybox",
-                "udhcpc",
-                "-i",
-                "eth0",
-                "-n",
-                "-q",
-                "-t",
-                "2",
-                "-T",
-                "1",
-                "-s",
-                "/bin/true",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-    step("what reached Wisp's DHCP socket");
-    let received = std::fs::read_to_string(&log)?;
-    for line in received
-        .lines()
-        .filter(|line| line.contains("DHCP message received"))
-    {
-        println!("{line}");
-    }
-    step("the gate's counters: the stranger never reached userspace");
+    step(&format!(
+        "a VM (SeaBIOS and its iPXE ROM, MAC {VM_MAC}) netboots through Wisp"
+    ));
+    let started = Instant::now();
+    let vm = Vm::start(LAB, "br0", "tap0", VM_MAC, Firmware::Bios, &work)?;
+    vm.wait_for_serial(GREETING, Duration::from_secs(180))?;
+    println!(
+        "booted in {:.0} s under software emulation. Wisp's side:",
+        started.elapsed().as_secs_f64()
+    );
+    show(
+        &std::fs::read_to_string(&log)?,
+        &["DHCP reply", "TFTP read request", "iPXE script served"],
+    );
+    println!("The VM's serial console:");
+    show(
+        &vm.serial_output(),
+        &[
+            "Filename:",
+            "undionly.kpxe :",
+            "auto.ipxe",
+            "vmlinuz",
+            "initramfs :",
+            GREETING,
+        ],
+    );
+    drop(vm);
+
+    step(&format!(
+        "a machine Wisp does not own ({STRANGER_MAC}) asks for DHCP: busybox udhcpc"
+    ));
+    let _ = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            STRANGER,
+            "busybox",
+            "udhcpc",
+            "-i",
+            "eth0",
+            "-n",
+            "-q",
+            "-t",
+            "2",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    step("the XDP gate: the stranger never reached userspace");
     cli(&["xdp", "stats"])?;
+    cli(&["get", "leases"])?;
 
     step("SIGTERM: the gate detaches");
     run("kill", &["-TERM", &daemon.id().to_string()])?;
     let status = daemon.wait()?;
-    let after = std::fs::read_to_string(&log)?;
-    for line in after
-        .lines()
-        .filter(|line| line.contains("gate detached") || line.contains("shut down"))
-    {
-        println!("{line}");
-    }
+    show(
+        &std::fs::read_to_string(&log)?,
+        &["gate detached", "shut down"],
+    );
     if !status.success() {
         bail!("wisp serve exited with {status}");
     }

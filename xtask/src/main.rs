@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => {
             shell::require_root("the demo creates network namespaces and attaches an XDP program")?;
             setup::ensure()?;
-            demo::show(&root)
+            demo::show_main_job(&root)
         }
     }
 }

@@ -1,0 +1,142 @@
+//! Real VMs for the lab: QEMU under TCG (KVM is not usable for firmware here) with real firmware,
+//! SeaBIOS and its iPXE option ROM or OVMF, on a tap in a lab bridge, with the serial console
+//! in a file. The tests and the demo both boot machines through Wisp with it.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+/// Which firmware the VM runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS, netbooting with the NIC's iPXE option ROM.
+    Bios,
+    /// OVMF with its own PXE (the NIC's option ROM is disabled, as on real UEFI hardware).
+    Uefi,
+}
+
+/// A QEMU VM in a network namespace, killed on drop.
+pub struct Vm {
+    child: Option<Child>,
+    pub serial: PathBuf,
+}
+
+fn in_netns(netns: &str, program: &str) -> Command {
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", netns, program]);
+    command
+}
+
+impl Vm {
+    /// Starts a VM whose NIC has `mac`, on a new tap `tap` enslaved to `bridge` in `netns`.
+    pub fn start(
+        netns: &str,
+        bridge: &str,
+        tap: &str,
+        mac: &str,
+        firmware: Firmware,
+        workdir: &Path,
+    ) -> anyhow::Result<Vm> {
+        for args in [
+            vec!["tuntap", "add", "dev", tap, "mode", "tap"],
+            vec!["link", "set", tap, "master", bridge, "up"],
+        ] {
+            let status = in_netns(netns, "ip").args(&args).status()?;
+            if !status.success() {
+                bail!("ip {} failed in {netns}", args.join(" "));
+            }
+        }
+        let serial = workdir.join(format!("{tap}-serial.log"));
+        let mut args: Vec<String> = [
+            "-machine",
+            "q35,accel=tcg",
+            "-m",
+            "512",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-no-reboot",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(["-serial".into(), format!("file:{}", serial.display())]);
+        args.extend([
+            "-netdev".into(),
+            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+        ]);
+        match firmware {
+            Firmware::Bios => {
+                // SeaBIOS and iPXE write to the serial port only when told to.
+                let sercon = workdir.join("sercon-port");
+                std::fs::write(&sercon, [0xf8, 0x03])?;
+                args.extend([
+                    "-device".into(),
+                    format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
+                    "-fw_cfg".into(),
+                    format!("name=etc/sercon-port,file={}", sercon.display()),
+                ]);
+            }
+            Firmware::Uefi => {
+                let vars = workdir.join(format!("{tap}-OVMF_VARS.fd"));
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+                    .context("copying the OVMF variable store")?;
+                args.extend([
+                    "-drive".into(),
+                    "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                    "-drive".into(),
+                    format!("if=pflash,format=raw,file={}", vars.display()),
+                    // An empty romfile makes OVMF use its own PXE, like real UEFI firmware.
+                    "-device".into(),
+                    format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1,romfile="),
+                    "-fw_cfg".into(),
+                    "name=opt/org.tianocore/IPv6PXESupport,string=no".into(),
+                ]);
+            }
+        }
+        let child = in_netns(netns, "qemu-system-x86_64")
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(
+                workdir.join(format!("{tap}-qemu.log")),
+            )?)
+            .spawn()
+            .context("starting qemu-system-x86_64")?;
+        Ok(Vm {
+            child: Some(child),
+            serial,
+        })
+    }
+
+    pub fn serial_output(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits until the serial console shows `text`; on time-out the error holds the console.
+    pub fn wait_for_serial(&self, text: &str, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.serial_output().contains(text) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        bail!(
+            "{text:?} did not appear on the serial console within {limit:?}:\n{}",
+            self.serial_output()
+        )
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
