@@ -152,10 +152,13 @@ fn a_machine_wisp_does_not_own_gets_its_lease_from_dnsmasq_only() {
     );
 }
 
-#[test]
-fn in_proxy_mode_an_owned_vm_takes_its_address_from_dnsmasq_and_boots_from_wisp() {
-    require_root();
+/// A VM whose MAC Wisp owns boots with dnsmasq handing out its address and Wisp in proxy mode.
+fn proxy_boot(firmware: Firmware) {
     let lab = Lab::bridged("proxy");
+    let binary = match firmware {
+        Firmware::Bios => "undionly.kpxe",
+        Firmware::Uefi => "snponly.efi",
+    };
     let work = TempDir::new("proxy");
     let assets = work.join("assets");
     marker_assets(&assets).expect("build the test kernel and initramfs");
@@ -184,7 +187,7 @@ fn in_proxy_mode_an_owned_vm_takes_its_address_from_dnsmasq_and_boots_from_wisp(
         BRIDGE_IF,
         "tap0",
         "52:54:00:57:49:02",
-        Firmware::Bios,
+        firmware,
         &work.0,
     )
     .expect("start the VM");
@@ -203,9 +206,20 @@ fn in_proxy_mode_an_owned_vm_takes_its_address_from_dnsmasq_and_boots_from_wisp(
         "Wisp handed out no address in proxy mode:\n{log}"
     );
     assert!(
-        log.contains("TFTP read request") && log.contains("iPXE script served"),
+        log.contains(&format!("file={binary} outcome=\"served\""))
+            && log.contains("iPXE script served"),
         "{log}"
     );
+    if firmware == Firmware::Uefi {
+        // In proxy mode an ACK only ever answers the boot-server REQUEST on port 4011.
+        let boot_server_ack = log
+            .lines()
+            .any(|l| l.contains("reply=Some(Ack)") && l.contains("file=Some(\"snponly.efi\")"));
+        assert!(
+            boot_server_ack,
+            "the boot-server exchange on port 4011:\n{log}"
+        );
+    }
     assert!(
         metric(
             &lab.server,
@@ -214,4 +228,16 @@ fn in_proxy_mode_an_owned_vm_takes_its_address_from_dnsmasq_and_boots_from_wisp(
         .is_some_and(|offers| offers >= 2),
         "proxy offers for firmware and iPXE"
     );
+}
+
+#[test]
+fn in_proxy_mode_an_owned_bios_vm_takes_its_address_from_dnsmasq_and_boots_from_wisp() {
+    require_root();
+    proxy_boot(Firmware::Bios);
+}
+
+#[test]
+fn in_proxy_mode_an_owned_uefi_vm_uses_the_port_4011_boot_server() {
+    require_root();
+    proxy_boot(Firmware::Uefi);
 }

@@ -1,0 +1,175 @@
+//! The boot HTTP server through curl, from a client across the veth pair: per-machine scripts,
+//! refusals with reasons, and boot assets with HEAD and Range.
+use wisp_tests::{apply_yaml, metric, require_root, Daemon, Lab, TempDir, SERVER_IF};
+
+const MACHINES: &str = "apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata:
+  name: busy
+  namespace: lab
+spec:
+  interfaces:
+    - dhcp:
+        mac: 1c:69:7a:00:00:01
+      netboot:
+        allowPXE: true
+        allowWorkflow: true
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata:
+  name: idle
+  namespace: lab
+spec:
+  interfaces:
+    - dhcp:
+        mac: 1c:69:7a:00:00:02
+      netboot:
+        allowPXE: true
+        allowWorkflow: true
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata:
+  name: locked
+  namespace: lab
+spec:
+  interfaces:
+    - dhcp:
+        mac: 1c:69:7a:00:00:03
+      netboot:
+        allowPXE: false
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata:
+  name: busy-wf
+  namespace: lab
+spec:
+  templateRef: any
+  hardwareRef: busy
+";
+
+/// curl from the client side; returns (HTTP status, body). `extra` adds curl arguments.
+fn fetch(lab: &Lab, path: &str, extra: &[&str]) -> (u16, Vec<u8>) {
+    let url = format!("http://10.99.0.1:8080{path}");
+    let mut args = vec!["-s", "-o", "-", "-w", "\n%{http_code}"];
+    args.extend(extra);
+    args.push(&url);
+    let output = lab.client.exec("curl", &args);
+    let mut body = output.stdout;
+    let split = body
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .expect("curl printed the status");
+    let status = String::from_utf8_lossy(&body[split + 1..])
+        .trim()
+        .parse()
+        .expect("a status code");
+    body.truncate(split);
+    (status, body)
+}
+
+#[test]
+fn scripts_refusals_and_assets_with_head_and_range() {
+    require_root();
+    let lab = Lab::new("http");
+    let work = TempDir::new("http");
+    let assets = work.join("assets");
+    std::fs::create_dir_all(&assets).expect("assets dir");
+    let image: Vec<u8> = (0..1_048_576u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(assets.join("disk.img"), &image).expect("write an asset");
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &work.join("data"),
+        &[
+            "--xdp-mode",
+            "native",
+            "--assets-dir",
+            assets.to_str().expect("utf-8"),
+        ],
+    );
+    let applied = apply_yaml(&lab.server, MACHINES);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+
+    let (status, script) = fetch(&lab, "/ipxe/1c:69:7a:00:00:01/auto.ipxe", &[]);
+    let script = String::from_utf8(script).expect("text");
+    assert_eq!(status, 200, "{script}");
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    assert!(
+        script.contains("kernel http://10.99.0.1:8080/assets/vmlinuz initrd=initrd"),
+        "{script}"
+    );
+    assert!(
+        script.contains("wisp.server=10.99.0.1 wisp.mac=1c:69:7a:00:00:01 wisp.hardware=lab/busy"),
+        "{script}"
+    );
+    assert!(
+        script.contains("initrd --name initrd http://10.99.0.1:8080/assets/initramfs"),
+        "{script}"
+    );
+
+    let (status, idle) = fetch(&lab, "/ipxe/1c:69:7a:00:00:02/auto.ipxe", &[]);
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&idle).contains("\nexit 1\n"),
+        "no pending work: boot the disk"
+    );
+
+    let (status, reason) = fetch(&lab, "/ipxe/1c:69:7a:00:00:03/auto.ipxe", &[]);
+    assert_eq!(
+        (status, String::from_utf8_lossy(&reason).trim()),
+        (
+            404,
+            "netboot.allowPXE is false for 1c:69:7a:00:00:03 (Hardware lab/locked)"
+        )
+    );
+    let (status, reason) = fetch(&lab, "/ipxe/02:00:00:00:00:09/auto.ipxe", &[]);
+    assert_eq!(
+        (status, String::from_utf8_lossy(&reason).trim()),
+        (404, "no Hardware owns 02:00:00:00:00:09")
+    );
+
+    // Assets: whole, HEAD, and a byte range.
+    let (status, whole) = fetch(&lab, "/assets/disk.img", &[]);
+    assert_eq!((status, whole.len()), (200, image.len()));
+    assert!(whole == image, "the asset's bytes differ");
+    let head = lab
+        .client
+        .exec_ok(
+            "curl",
+            &["-s", "-I", "http://10.99.0.1:8080/assets/disk.img"],
+        )
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-length: 1048576"), "{head}");
+    assert!(head.contains("accept-ranges: bytes"), "{head}");
+    let (status, part) = fetch(&lab, "/assets/disk.img", &["-H", "Range: bytes=1000-1999"]);
+    assert_eq!(status, 206);
+    assert!(part == image[1000..2000], "the range's bytes differ");
+
+    // The iPXE binaries, for UEFI HTTP boot.
+    let (status, efi) = fetch(&lab, "/ipxe/snponly.efi", &[]);
+    assert_eq!(status, 200);
+    assert!(efi == std::fs::read("/usr/lib/ipxe/snponly.efi").expect("Debian's snponly.efi"));
+
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_http_requests_total{route=\"/ipxe/{mac}/auto.ipxe\",status=\"404\"}"
+        ),
+        Some(2)
+    );
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_http_requests_total{route=\"/assets\",status=\"206\"}"
+        ),
+        Some(1)
+    );
+}
