@@ -43,7 +43,13 @@ pub fn ensure() -> anyhow::Result<()> {
     }
     install_rust_src()?;
     install_bpf_linker(llvm)?;
-    println!("setup: ready (nightly LLVM {llvm}, bpf-linker for llvm-{llvm})");
+    // The kernel the boot tests and the demo netboot, unpacked once from Debian's package.
+    let cache = crate::repo_root().join("target/images-cache");
+    let kernel = wisp_images::kernel::debian_kernel(&cache)?;
+    println!(
+        "setup: ready (nightly LLVM {llvm}, bpf-linker for llvm-{llvm}, kernel {})",
+        kernel.version
+    );
     Ok(())
 }
 
