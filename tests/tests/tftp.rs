@@ -182,13 +182,13 @@ fn many_concurrent_transfers_all_complete_intact() {
 }
 
 #[test]
-fn an_unacknowledged_oack_is_retransmitted_after_the_negotiated_timeout() {
+fn an_unacknowledged_oack_is_retransmitted_then_the_transfer_times_out() {
     require_root();
     let (lab, _data, _daemon) = start();
-    let arrivals = lab.client.within(|| {
+    let (oacks, last) = lab.client.within(|| {
         let socket = UdpSocket::bind(("10.99.0.2", 0)).expect("bind");
         socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
+            .set_read_timeout(Some(Duration::from_secs(4)))
             .expect("timeout");
         socket
             .send_to(
@@ -197,26 +197,29 @@ fn an_unacknowledged_oack_is_retransmitted_after_the_negotiated_timeout() {
             )
             .expect("send RRQ");
         let start = Instant::now();
-        let mut arrivals = Vec::new();
+        let mut oacks = Vec::new();
         let mut buffer = [0u8; 1600];
-        // Never acknowledge: the server must resend its OACK about once a second.
-        while arrivals.len() < 3 {
-            let (length, _) = socket
-                .recv_from(&mut buffer)
-                .expect("an OACK (or its retransmission)");
-            assert_eq!(
-                &buffer[..2],
-                b"\x00\x06",
-                "expected an OACK, got {:02x?}",
-                &buffer[..length]
-            );
-            arrivals.push(start.elapsed());
+        // Never acknowledge: the server resends its OACK once a second (the negotiated
+        // timeout), then gives up with an ERROR, after which nothing comes within 4 s.
+        let mut last = Vec::new();
+        while let Ok((length, _)) = socket.recv_from(&mut buffer) {
+            match &buffer[..2] {
+                b"\x00\x06" => oacks.push(start.elapsed()),
+                _ => last = buffer[..length].to_vec(),
+            }
         }
-        arrivals
+        (oacks, last)
     });
-    let gap = arrivals[2] - arrivals[1];
-    assert!(
-        gap >= Duration::from_millis(500) && gap <= Duration::from_secs(3),
-        "retransmissions at {arrivals:?}"
+    assert_eq!(oacks.len(), 6, "the OACK and 5 retransmissions: {oacks:?}");
+    for gap in oacks.windows(2).map(|pair| pair[1] - pair[0]) {
+        assert!(
+            gap >= Duration::from_millis(800) && gap <= Duration::from_millis(2500),
+            "retransmissions at {oacks:?}"
+        );
+    }
+    assert_eq!(
+        &last[..2],
+        b"\x00\x05",
+        "the transfer ends with a TFTP ERROR: {last:02x?}"
     );
 }

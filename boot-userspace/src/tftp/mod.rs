@@ -21,6 +21,10 @@ use crate::metrics::{Metrics, TftpLabels};
 
 /// The TFTP server port.
 pub const TFTP_PORT: u16 = 69;
+/// A client that stops answering is dropped after this many resends of the same packet, so a
+/// machine that died mid-transfer does not hold a transfer for minutes (async-tftp's default
+/// is 100).
+pub const MAX_RETRANSMISSIONS: u32 = 5;
 
 /// The iPXE binaries, by the file name clients ask for.
 pub struct BootFiles {
@@ -161,6 +165,7 @@ pub async fn serve(
     let socket = bind(interface, address)?;
     let handler = BootFileHandler { files, metrics };
     let server = async_tftp::server::TftpServerBuilder::with_handler(handler)
+        .max_send_retries(MAX_RETRANSMISSIONS)
         .std_socket(socket)
         .context("setting up the TFTP socket")?
         .build()
