@@ -89,6 +89,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         leases: Arc::new(store),
         handoffs: Default::default(),
+        declined: Default::default(),
     };
     let mut services = tokio::task::JoinSet::new();
     services.spawn(dhcp.serve());

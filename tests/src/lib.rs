@@ -348,7 +348,6 @@ pub fn gate_stats(netns: &Netns) -> (std::collections::BTreeMap<String, u64>, Va
     (counters, stats)
 }
 
-/// One sample of a Prometheus metric from the daemon's /metrics, fetched with curl.
 /// One sample of a Prometheus metric from the daemon's /metrics, fetched with curl. None when
 /// the metric has no sample at all (a labelled family appears on first use); a family that
 /// exists but lacks this label set reads as 0.

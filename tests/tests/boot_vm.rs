@@ -80,7 +80,7 @@ fn netboot(firmware: Firmware) -> (Lab, Daemon, Vm, TempDir) {
         &work.0,
     )
     .expect("start the VM");
-    vm.wait_for_serial(MARKER, Duration::from_secs(120))
+    vm.wait_for_serial(MARKER, Duration::from_secs(240))
         .unwrap_or_else(|err| panic!("{err}\n{}", daemon.log()));
     (lab, daemon, vm, work)
 }
@@ -123,6 +123,10 @@ fn assert_chainload(lab: &Lab, daemon: &Daemon, binary: &str) {
         "iPXE was handed out more than once (a chainload loop):\n{log}"
     );
     let (counters, stats) = gate_stats(&lab.server);
+    assert_eq!(
+        stats["mode"]["kind"], "xdp",
+        "the gate is attached: {stats}"
+    );
     assert!(
         counters["passed_known"] >= 4,
         "both DHCP exchanges passed the gate: {stats}"

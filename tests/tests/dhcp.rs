@@ -134,6 +134,8 @@ fn perfdhcp_completes_dora_for_1000_reserved_macs_with_their_addresses() {
             "dhcp.option.dhcp == 5",
             "-T",
             "fields",
+            "-E",
+            "occurrence=f",
             "-e",
             "dhcp.hw.mac_addr",
             "-e",
@@ -303,5 +305,64 @@ fn relayed_requests_get_unicast_replies_with_option_82_echoed() {
             "wisp_dhcp_ignored_total{reason=\"the reserved address is not on the relay's subnet\"}"
         ),
         Some(1)
+    );
+}
+
+#[test]
+fn a_malformed_message_from_a_known_mac_is_counted_and_the_server_keeps_serving() {
+    require_root();
+    let lab = Lab::new("malformed");
+    let work = TempDir::new("malformed");
+    let daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &work.join("data"),
+        &["--xdp-mode", "native"],
+    );
+    let yaml = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: known\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:11:22:33\n        ip:\n          address: 10.99.0.60\n          netmask: 255.255.255.0\n";
+    assert!(apply_yaml(&lab.server, yaml).status.success());
+    let known = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
+    // Option 94 (client network interface) must be 3 bytes long; this one says 2. The BOOTP
+    // header is intact, so the gate passes it and the DHCP decoder meets the lie.
+    let mut broken = relayed(
+        MessageType::Discover,
+        known,
+        CLIENT_IP,
+        None,
+        None,
+        b"port1",
+    );
+    let end = broken
+        .iter()
+        .rposition(|&b| b == 255)
+        .expect("an end option");
+    broken.splice(end..end, [94, 2, 1, 0]);
+    assert!(
+        relay_exchange(&lab, &broken).is_none(),
+        "no reply to a malformed message"
+    );
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_dhcp_received_total{message_type=\"malformed\"}"
+        ),
+        Some(1),
+        "{}",
+        daemon.log()
+    );
+    let offer = relay_exchange(
+        &lab,
+        &relayed(
+            MessageType::Discover,
+            known,
+            CLIENT_IP,
+            None,
+            None,
+            b"port1",
+        ),
+    );
+    assert_eq!(
+        offer.expect("the server still answers").yiaddr(),
+        Ipv4Addr::new(10, 99, 0, 60)
     );
 }

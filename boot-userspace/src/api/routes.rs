@@ -180,7 +180,9 @@ async fn apply(
         // leave the gate behind the store.
         Ok((
             applied,
-            touches_hardware.then(|| allowlist_warning(state)).flatten(),
+            touches_hardware
+                .then(|| hardware_sync_warning(state))
+                .flatten(),
         ))
     })
     .await?;
@@ -266,7 +268,7 @@ async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<
         blocking(&state, move |state| match state.catalog.delete(&key)? {
             Some(removed) => {
                 let warning = (removed.key.kind == Kind::Hardware)
-                    .then(|| allowlist_warning(state))
+                    .then(|| hardware_sync_warning(state))
                     .flatten();
                 Ok((removed, warning))
             }
@@ -281,11 +283,12 @@ async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<
     }))
 }
 
-/// Syncs the allowlist after a write; a failure is reported, and the daemon's periodic
-/// reconcile retries it.
-fn allowlist_warning(state: &AppState) -> Option<String> {
+/// Syncs the gate's allowlist and the DHCP reservations after a write; a failure is reported,
+/// and the daemon's periodic reconcile retries it.
+fn hardware_sync_warning(state: &AppState) -> Option<String> {
     let err = state.sync_hardware().err()?;
-    let warning = format!("stored, but the gate's allowlist could not be updated yet: {err:#}");
+    let warning =
+        format!("stored, but the gate and the DHCP server could not be updated yet: {err:#}");
     tracing::error!("{warning}");
     Some(warning)
 }

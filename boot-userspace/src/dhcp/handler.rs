@@ -2,7 +2,9 @@
 //! The socket layer in `mod.rs` persists leases and sends; everything here is testable alone.
 use std::net::{Ipv4Addr, SocketAddr};
 
-use dhcproto::v4::{DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{
+    DhcpOption, Flags, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
+};
 use workflow::{resource::MacAddr, store::Lease};
 
 use super::{
@@ -61,6 +63,8 @@ pub enum Outcome {
 /// One received request and what is known about where it came from.
 pub struct Request<'a> {
     pub message: &'a Message,
+    /// The datagram as received, for options that must be echoed byte for byte.
+    pub payload: &'a [u8],
     pub source: SocketAddr,
     /// 67 (DHCP) or 4011 (PXE boot server).
     pub port: u16,
@@ -75,6 +79,8 @@ pub struct Context<'a> {
     /// Wisp handed this MAC an iPXE binary moments ago, in an earlier DHCP transaction (see
     /// `boot` on the chainload loop).
     pub chainloaded: bool,
+    /// The client declined its reserved address moments ago: the address is in use.
+    pub declined: bool,
 }
 
 /// The client's MAC, when the request is Ethernet with a 6-byte hardware address.
@@ -115,9 +121,17 @@ fn reservation_mode(
 ) -> Outcome {
     let message = request.message;
     let server = context.boot.server;
+    if request.port != 67 {
+        return Outcome::Ignore("reservation mode answers on port 67 only");
+    }
     let Some(address) = reservation.address else {
         return Outcome::Ignore("the Hardware reserves no address for this MAC");
     };
+    if context.declined && matches!(message_type, MessageType::Discover | MessageType::Request) {
+        // RFC 2131 3.1: after a DECLINE the address must not be offered again at once, or the
+        // client loops DISCOVER/DECLINE while the conflict lasts.
+        return Outcome::Ignore("the client declined its reserved address recently");
+    }
     let relay = message.giaddr();
     // A relayed request comes from the relay's subnet; a reservation elsewhere is not for it.
     if !relay.is_unspecified() && !reservation.same_subnet(relay) {
@@ -167,10 +181,10 @@ fn reservation_mode(
             Outcome::Reply(Box::new(ack))
         }
         MessageType::Decline => match requested {
-            Some(address) if server_id.is_none_or(|id| id == server) => {
+            Some(declined) if declined == address && server_id.is_none_or(|id| id == server) => {
                 Outcome::Decline { mac, address }
             }
-            _ => Outcome::Ignore("DECLINE without our server id and an address"),
+            _ => Outcome::Ignore("DECLINE of an address that is not this client's reservation"),
         },
         MessageType::Release => match server_id {
             Some(id) if id != server => Outcome::Ignore("RELEASE for another server"),
@@ -189,9 +203,12 @@ fn reservation_mode(
             opts.remove(OptionCode::AddressLeaseTime);
             opts.remove(OptionCode::Renewal);
             opts.remove(OptionCode::Rebinding);
-            ack.destination = match relay.is_unspecified() {
-                true => Destination::Client(message.ciaddr()),
-                false => Destination::Relay(relay),
+            ack.destination = if !relay.is_unspecified() {
+                Destination::Relay(relay)
+            } else if message.ciaddr().is_unspecified() {
+                Destination::Broadcast
+            } else {
+                Destination::Client(message.ciaddr())
             };
             Outcome::Reply(Box::new(ack))
         }
@@ -217,8 +234,10 @@ fn destination(message: &Message, yiaddr: Ipv4Addr, mac: MacAddr) -> Destination
 }
 
 /// The fields every reply shares: the request's xid, flags, giaddr and chaddr, our server id,
-/// and option 82 echoed unchanged (RFC 3046).
-fn reply_to(message: &Message, message_type: MessageType, server: Ipv4Addr) -> Message {
+/// the client identifier (61, RFC 6842) and the relay agent information (82, RFC 3046), both
+/// echoed byte for byte.
+fn reply_to(request: &Request, message_type: MessageType, server: Ipv4Addr) -> Message {
+    let message = request.message;
     let mut reply = Message::new_with_id(
         message.xid(),
         Ipv4Addr::UNSPECIFIED,
@@ -233,15 +252,46 @@ fn reply_to(message: &Message, message_type: MessageType, server: Ipv4Addr) -> M
     let opts = reply.opts_mut();
     opts.insert(DhcpOption::MessageType(message_type));
     opts.insert(DhcpOption::ServerIdentifier(server));
-    if let Some(relay_info) = message.opts().get(OptionCode::RelayAgentInformation) {
-        opts.insert(relay_info.clone());
+    for code in [CLIENT_IDENTIFIER, RELAY_AGENT_INFORMATION] {
+        // Re-encoding a parsed option would reorder or drop sub-options; the RFCs want the
+        // client's bytes back.
+        if let Some(raw) = raw_option(request.payload, code) {
+            opts.insert(DhcpOption::Unknown(UnknownOption::new(
+                OptionCode::Unknown(code),
+                raw.to_vec(),
+            )));
+        }
     }
     reply
 }
 
+const CLIENT_IDENTIFIER: u8 = 61;
+const RELAY_AGENT_INFORMATION: u8 = 82;
+
+/// The bytes of option `code` in a raw DHCP message, if present (options start after the
+/// 236-byte header and the 4-byte magic cookie; 0 is padding, 255 the end).
+pub fn raw_option(payload: &[u8], code: u8) -> Option<&[u8]> {
+    let mut rest = payload.get(240..)?;
+    while let Some((&option, tail)) = rest.split_first() {
+        match option {
+            0 => rest = tail,
+            255 => return None,
+            _ => {
+                let (&length, tail) = tail.split_first()?;
+                let value = tail.get(..usize::from(length))?;
+                if option == code {
+                    return Some(value);
+                }
+                rest = &tail[usize::from(length)..];
+            }
+        }
+    }
+    None
+}
+
 fn nak(request: &Request, server: Ipv4Addr) -> Reply {
     let message = request.message;
-    let mut nak = reply_to(message, MessageType::Nak, server);
+    let mut nak = reply_to(request, MessageType::Nak, server);
     // A NAK goes to the relay with the broadcast bit set, or is broadcast (RFC 2131 4.1).
     nak.set_flags(Flags::default().set_broadcast());
     let destination = match message.giaddr().is_unspecified() {
@@ -265,7 +315,7 @@ fn lease_reply(
     address: Ipv4Addr,
 ) -> Reply {
     let message = request.message;
-    let mut reply = reply_to(message, message_type, context.boot.server);
+    let mut reply = reply_to(request, message_type, context.boot.server);
     reply.set_yiaddr(address);
     if message_type == MessageType::Ack && !message.ciaddr().is_unspecified() {
         reply.set_ciaddr(message.ciaddr());
@@ -299,8 +349,7 @@ fn lease_reply(
     let client = ClientKind::of(message);
     let mut handoff = false;
     if reservation.allow_pxe && client.netbooting() {
-        let target =
-            add_boot_information(&mut reply, context, reservation, &client, Mode::Reservation);
+        let target = add_boot_information(&mut reply, context, reservation, &client);
         handoff = target.is_some_and(|t| t.is_binary());
     }
     Reply {
@@ -318,7 +367,6 @@ fn add_boot_information(
     context: &Context,
     reservation: &Reservation,
     client: &ClientKind,
-    mode: Mode,
 ) -> Option<BootTarget> {
     let boot = context.boot;
     let script_url = reservation
@@ -334,12 +382,17 @@ fn add_boot_information(
         // gets a plain offer with a boot file, which every PXE ROM boots.
         BootTarget::Tftp { file } => (
             file,
-            (mode == Mode::Proxy).then_some(b"PXEClient".as_slice()),
+            (context.mode == Mode::Proxy).then_some(b"PXEClient".as_slice()),
         ),
         // iPXE waits about 3 s for a proxy offer unless the reply says `PXEClient`.
         BootTarget::Script { url } => (url, Some(b"PXEClient")),
     };
-    reply.set_siaddr(boot.server).set_fname_str(file);
+    reply.set_siaddr(boot.server);
+    // The BOOTP `file` field holds 128 bytes with its terminator; a longer URL (a presigned
+    // one, say) goes in option 67 alone.
+    if file.len() < 128 {
+        reply.set_fname_str(file);
+    }
     let opts = reply.opts_mut();
     if let Some(class) = vendor_class {
         opts.insert(DhcpOption::ClassIdentifier(class.to_vec()));
@@ -370,13 +423,12 @@ fn proxy_mode(
         (4011, MessageType::Request) => MessageType::Ack,
         _ => return Outcome::Ignore("proxyDHCP answers DISCOVER on 67 and REQUEST on 4011"),
     };
-    let mut reply = reply_to(message, reply_type, context.boot.server);
+    let mut reply = reply_to(request, reply_type, context.boot.server);
     // Echo the client's GUID (option 97), as PXE clients check it.
     if let Some(guid) = message.opts().get(OptionCode::ClientMachineIdentifier) {
         reply.opts_mut().insert(guid.clone());
     }
-    let Some(target) = add_boot_information(&mut reply, context, reservation, &client, Mode::Proxy)
-    else {
+    let Some(target) = add_boot_information(&mut reply, context, reservation, &client) else {
         return Outcome::Ignore("no iPXE binary for this client's architecture");
     };
     // BIOS PXE ROMs boot the file at once with discovery control 8 (option 43, sub-option 6).
@@ -471,21 +523,47 @@ mod tests {
         allow_pxe: bool,
         chainloaded: bool,
     ) -> Outcome {
-        let reservation = reservation(allow_pxe);
+        run_with(
+            message,
+            mode,
+            port,
+            &reservation(allow_pxe),
+            chainloaded,
+            false,
+        )
+    }
+
+    fn run_with(
+        message: &Message,
+        mode: Mode,
+        port: u16,
+        reservation: &Reservation,
+        chainloaded: bool,
+        declined: bool,
+    ) -> Outcome {
         let boot = boot();
         let context = Context {
             mode,
             boot: &boot,
-            reservation: Some(&reservation),
+            reservation: Some(reservation),
             now: 1000,
             chainloaded,
+            declined,
         };
+        let payload = encode(message);
         let request = Request {
             message,
+            payload: &payload,
             source: "10.0.0.99:68".parse().unwrap(),
             port,
         };
         handle(&request, &context)
+    }
+
+    fn encode(message: &Message) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        dhcproto::Encodable::encode(message, &mut dhcproto::Encoder::new(&mut bytes)).unwrap();
+        bytes
     }
 
     fn reply(outcome: Outcome) -> Reply {
@@ -705,6 +783,123 @@ mod tests {
         assert_eq!(
             ack.destination,
             Destination::Source("10.0.0.99:68".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn options_61_and_82_are_echoed_byte_for_byte() {
+        // Sub-options out of order (2 before 1): a parse and re-encode would sort them.
+        let relay_info = vec![2, 3, b'r', b'i', b'd', 1, 2, b'p', b'7'];
+        let discover = message(MessageType::Discover, |m| {
+            m.set_giaddr([10, 0, 0, 2]);
+            m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
+                OptionCode::Unknown(82),
+                relay_info.clone(),
+            )));
+            m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
+                OptionCode::Unknown(61),
+                vec![1, 0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33],
+            )));
+        });
+        assert_eq!(
+            raw_option(&encode(&discover), 82),
+            Some(relay_info.as_slice())
+        );
+        let offer = reply(run(&discover, Mode::Reservation, 67, false, false));
+        let sent = encode(&offer.message);
+        assert_eq!(raw_option(&sent, 82), Some(relay_info.as_slice()));
+        assert_eq!(
+            raw_option(&sent, 61),
+            Some([1, 0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33].as_slice())
+        );
+        assert_eq!(offer.destination, Destination::Relay([10, 0, 0, 2].into()));
+        assert_eq!(
+            raw_option(&[0u8; 100], 82),
+            None,
+            "a truncated message has no options"
+        );
+    }
+
+    #[test]
+    fn overrides_long_urls_and_http_boot() {
+        let ipxe = message(MessageType::Discover, |m| {
+            pxe(m);
+            m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+        });
+        let mut custom = reservation(true);
+        custom.ipxe_url = Some("http://scripts.example/boot.ipxe".into());
+        let offer = reply(run_with(&ipxe, Mode::Reservation, 67, &custom, true, false));
+        assert_eq!(
+            offer.message.fname_str().unwrap().unwrap(),
+            "http://scripts.example/boot.ipxe"
+        );
+        // A URL longer than the 128-byte `file` field goes in option 67 alone, without panicking.
+        let long = format!("http://scripts.example/{}", "x".repeat(200));
+        custom.ipxe_url = Some(long.clone());
+        let offer = reply(run_with(&ipxe, Mode::Reservation, 67, &custom, true, false));
+        assert!(offer.message.fname().is_none());
+        assert_eq!(
+            option(&offer, OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(long.into_bytes()))
+        );
+        // UEFI HTTP boot: option 60 HTTPClient and an HTTP URL.
+        let http_boot = message(MessageType::Discover, |m| {
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(
+                b"HTTPClient:Arch:00016:UNDI:003001".to_vec(),
+            ));
+            m.opts_mut()
+                .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(16)));
+        });
+        let offer = reply(run(&http_boot, Mode::Reservation, 67, true, false));
+        assert_eq!(
+            option(&offer, OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+        );
+        assert_eq!(
+            offer.message.fname_str().unwrap().unwrap(),
+            "http://10.0.0.1:8080/ipxe/snponly.efi"
+        );
+    }
+
+    #[test]
+    fn declines_ports_and_inform_without_ciaddr() {
+        let other = message(MessageType::Decline, |m| {
+            m.opts_mut()
+                .insert(DhcpOption::RequestedIpAddress([10, 0, 0, 99].into()));
+        });
+        assert!(
+            matches!(
+                run(&other, Mode::Reservation, 67, false, false),
+                Outcome::Ignore(_)
+            ),
+            "not its reservation"
+        );
+        let discover = message(MessageType::Discover, |_| {});
+        assert!(
+            matches!(
+                run_with(
+                    &discover,
+                    Mode::Reservation,
+                    67,
+                    &reservation(false),
+                    false,
+                    true
+                ),
+                Outcome::Ignore(_)
+            ),
+            "declined recently"
+        );
+        assert!(
+            matches!(
+                run(&discover, Mode::Reservation, 4011, false, false),
+                Outcome::Ignore(_)
+            ),
+            "4011 is proxy mode's"
+        );
+        let inform = message(MessageType::Inform, |_| {});
+        assert_eq!(
+            reply(run(&inform, Mode::Reservation, 67, false, false)).destination,
+            Destination::Broadcast
         );
     }
 }

@@ -4,12 +4,22 @@
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
-use workflow::store::{Lease, LeaseStore};
+use workflow::{
+    resource::MacAddr,
+    store::{Lease, LeaseStore},
+};
 
 /// At most this many leases share one transaction.
 const MAX_BATCH: usize = 1024;
 
-type Pending = (Lease, oneshot::Sender<Result<(), String>>);
+/// A change to the lease table. Both kinds share one queue, so they apply in arrival order: a
+/// RELEASE right after an ACK cannot be overtaken by that ACK's lease.
+enum Change {
+    Record(Lease),
+    Remove(MacAddr),
+}
+
+type Pending = (Change, oneshot::Sender<Result<(), String>>);
 
 #[derive(Clone)]
 pub struct LeaseWriter {
@@ -31,10 +41,31 @@ impl LeaseWriter {
                             Err(_) => break,
                         }
                     }
-                    let leases: Vec<Lease> = batch.iter().map(|(lease, _)| lease.clone()).collect();
-                    let result = store.record_leases(&leases).map_err(|err| err.to_string());
-                    for (_, done) in batch {
-                        let _ = done.send(result.clone());
+                    // Consecutive records share one transaction; a removal is applied in its
+                    // place in the order.
+                    let mut records = Vec::new();
+                    let mut results = Vec::with_capacity(batch.len());
+                    for (change, done) in batch {
+                        match change {
+                            Change::Record(lease) => {
+                                records.push(lease);
+                                results.push((done, None));
+                            }
+                            Change::Remove(mac) => {
+                                let flushed = flush(&*store, &mut records);
+                                let removed = flushed.and_then(|()| {
+                                    store
+                                        .remove_lease(&mac)
+                                        .map(drop)
+                                        .map_err(|e| e.to_string())
+                                });
+                                results.push((done, Some(removed)));
+                            }
+                        }
+                    }
+                    let last = flush(&*store, &mut records);
+                    for (done, outcome) in results {
+                        let _ = done.send(outcome.unwrap_or_else(|| last.clone()));
                     }
                 }
             })
@@ -44,12 +75,31 @@ impl LeaseWriter {
 
     /// Returns once the lease is durable.
     pub async fn record(&self, lease: Lease) -> Result<(), String> {
-        let (done, durable) = oneshot::channel();
+        self.submit(Change::Record(lease)).await
+    }
+
+    /// Returns once the lease is gone from the store.
+    pub async fn remove(&self, mac: MacAddr) -> Result<(), String> {
+        self.submit(Change::Remove(mac)).await
+    }
+
+    async fn submit(&self, change: Change) -> Result<(), String> {
+        let (done, applied) = oneshot::channel();
         self.queue
-            .send((lease, done))
+            .send((change, done))
             .map_err(|_| "the lease writer has stopped".to_string())?;
-        durable
+        applied
             .await
             .map_err(|_| "the lease writer has stopped".to_string())?
     }
+}
+
+/// Writes the pending records in one transaction.
+fn flush(store: &dyn LeaseStore, records: &mut Vec<Lease>) -> Result<(), String> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let result = store.record_leases(records).map_err(|err| err.to_string());
+    records.clear();
+    result
 }

@@ -52,6 +52,10 @@ impl SharedReservations {
 
 /// How long after handing a MAC an iPXE binary its iPXE counts as chainloaded by Wisp.
 const CHAINLOAD_WINDOW: Duration = Duration::from_secs(300);
+/// How long a declined reservation is not offered (RFC 2131 3.1 wants a pause, not a loop).
+const DECLINE_HOLD_OFF: Duration = Duration::from_secs(60);
+/// Above this many remembered handoffs, expired ones are swept out on insert.
+const HANDOFF_SWEEP_THRESHOLD: usize = 4096;
 
 pub struct DhcpServer {
     pub interface: String,
@@ -63,6 +67,8 @@ pub struct DhcpServer {
     pub leases: Arc<dyn LeaseStore>,
     /// When each MAC was last handed an iPXE binary, and in which DHCP transaction (xid).
     pub handoffs: Mutex<HashMap<MacAddr, Handoff>>,
+    /// When each MAC last declined its reserved address.
+    pub declined: Mutex<HashMap<MacAddr, Instant>>,
 }
 
 /// An iPXE binary handed to a client. Retransmissions of the same transaction keep its xid and
@@ -83,8 +89,10 @@ impl DhcpServer {
 
     fn record_handoff(&self, mac: MacAddr, xid: u32) {
         let mut handoffs = self.handoffs.lock().unwrap_or_else(|p| p.into_inner());
-        // Old entries go whenever the map grows, so a rack's worth never accumulates.
-        if handoffs.len() >= 4096 {
+        // Expired entries are swept when the map is large, so it stays bounded without a scan
+        // on every insert: after a sweep, at least the threshold's worth of new entries must
+        // arrive before the next.
+        if handoffs.len() >= HANDOFF_SWEEP_THRESHOLD && handoffs.len().is_power_of_two() {
             handoffs.retain(|_, handoff| handoff.at.elapsed() < CHAINLOAD_WINDOW);
         }
         handoffs.insert(
@@ -128,79 +136,110 @@ impl DhcpServer {
             if !self.gate.admit(payload) {
                 continue;
             }
-            let message = match v4::Message::decode(&mut Decoder::new(payload)) {
-                Ok(message) => message,
-                Err(err) => {
-                    tracing::debug!(%source, "undecodable DHCP message dropped: {err}");
-                    self.count_received("malformed");
-                    continue;
-                }
+            // Bad input never takes the server down: dhcproto asserts on some malformed
+            // options, so decoding and deciding run under catch_unwind, and a panic there is
+            // counted and dropped like any other malformed packet.
+            // AssertUnwindSafe: deciding only reads shared state (and bumps counters), so a
+            // panic part-way leaves nothing inconsistent behind.
+            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.decide(payload, source, port)
+            }));
+            let Ok(Some((message, outcome))) = decided else {
+                tracing::debug!(%source, "malformed DHCP message dropped");
+                self.count_received("malformed");
+                continue;
             };
-            let message_type = message
-                .opts()
-                .msg_type()
-                .map_or("bootp".to_string(), |t| format!("{t:?}").to_lowercase());
-            self.count_received(&message_type);
-            let reservations = self.reservations.current();
-            let mac = handler::client_mac(&message);
-            let context = Context {
-                mode: self.mode,
-                boot: &self.boot,
-                reservation: mac
-                    .and_then(|mac| reservations.get(&mac))
-                    .map(|r| r.as_ref()),
-                now: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-                chainloaded: mac.is_some_and(|mac| self.chainloaded(&mac, message.xid())),
-            };
-            let request = Request {
-                message: &message,
-                source,
-                port,
-            };
-            let client = mac.map(|m| m.to_string()).unwrap_or_default();
-            match handler::handle(&request, &context) {
-                Outcome::Reply(reply) => {
-                    if let (true, Some(mac)) = (reply.handoff, mac) {
-                        self.record_handoff(mac, message.xid());
-                    }
-                    tracing::info!(client, %source, request = message_type, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
-                    match reply.lease.clone() {
-                        // The ACK waits for its lease to be durable, without holding up the loop.
-                        Some(lease) => {
-                            let (server, socket, writer) =
-                                (Arc::clone(&self), Arc::clone(&socket), writer.clone());
-                            tokio::spawn(async move {
-                                match writer.record(lease).await {
-                                    Ok(()) => server.send(&socket, *reply).await,
-                                    Err(err) => tracing::error!(
-                                        client,
-                                        "lease not stored, ACK withheld: {err}"
-                                    ),
+            self.act(message, outcome, source, &socket, &writer).await;
+        }
+    }
+
+    /// Decodes a datagram and decides what to do with it; None when it cannot be decoded.
+    fn decide(
+        &self,
+        payload: &[u8],
+        source: SocketAddr,
+        port: u16,
+    ) -> Option<(v4::Message, Outcome)> {
+        let message = v4::Message::decode(&mut Decoder::new(payload)).ok()?;
+        self.count_received(&type_name(message.opts().msg_type()));
+        let reservations = self.reservations.current();
+        let mac = handler::client_mac(&message);
+        let context = Context {
+            mode: self.mode,
+            boot: &self.boot,
+            reservation: mac
+                .and_then(|mac| reservations.get(&mac))
+                .map(|r| r.as_ref()),
+            now: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            chainloaded: mac.is_some_and(|mac| self.chainloaded(&mac, message.xid())),
+            declined: mac.is_some_and(|mac| self.recently_declined(&mac)),
+        };
+        let request = Request {
+            message: &message,
+            payload,
+            source,
+            port,
+        };
+        let outcome = handler::handle(&request, &context);
+        Some((message, outcome))
+    }
+
+    async fn act(
+        self: &Arc<Self>,
+        message: v4::Message,
+        outcome: Outcome,
+        source: SocketAddr,
+        socket: &Arc<UdpSocket>,
+        writer: &LeaseWriter,
+    ) {
+        let mac = handler::client_mac(&message);
+        let client = mac.map(|m| m.to_string()).unwrap_or_default();
+        let request = type_name(message.opts().msg_type());
+        match outcome {
+            Outcome::Reply(reply) => {
+                tracing::info!(client, %source, request, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
+                let handoff = mac
+                    .filter(|_| reply.handoff)
+                    .map(|mac| (mac, message.xid()));
+                match reply.lease.clone() {
+                    // The ACK waits for its lease to be durable, without holding up the loop.
+                    Some(lease) => {
+                        let (server, socket, writer) =
+                            (Arc::clone(self), Arc::clone(socket), writer.clone());
+                        tokio::spawn(async move {
+                            match writer.record(lease).await {
+                                Ok(()) => server.send(&socket, *reply, handoff).await,
+                                Err(err) => {
+                                    tracing::error!(client, "lease not stored, ACK withheld: {err}")
                                 }
-                            });
-                        }
-                        None => self.send(&socket, *reply).await,
+                            }
+                        });
                     }
+                    None => self.send(socket, *reply, handoff).await,
                 }
-                Outcome::Release(mac) => {
-                    tracing::info!(client, "DHCP release");
-                    self.forget_lease(mac).await;
-                }
-                Outcome::Decline { mac, address } => {
-                    tracing::warn!(client, %address, "DHCP decline: the client found its reserved address in use on the network");
-                    self.forget_lease(mac).await;
-                }
-                Outcome::Ignore(reason) => {
-                    tracing::debug!(client, %source, request = message_type, reason, "DHCP request ignored");
-                    self.metrics
-                        .dhcp_ignored
-                        .get_or_create(&crate::metrics::ReasonLabels {
-                            reason: reason.into(),
-                        })
-                        .inc();
-                }
+            }
+            Outcome::Release(mac) => {
+                tracing::info!(client, "DHCP release");
+                self.forget_lease(writer, mac);
+            }
+            Outcome::Decline { mac, address } => {
+                tracing::warn!(client, %address, "DHCP decline: the reserved address is in use on the network; not offering it for a while");
+                self.declined
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(mac, Instant::now());
+                self.forget_lease(writer, mac);
+            }
+            Outcome::Ignore(reason) => {
+                tracing::debug!(client, %source, request, reason, "DHCP request ignored");
+                self.metrics
+                    .dhcp_ignored
+                    .get_or_create(&crate::metrics::ReasonLabels {
+                        reason: reason.into(),
+                    })
+                    .inc();
             }
         }
     }
@@ -214,16 +253,25 @@ impl DhcpServer {
             .inc();
     }
 
-    async fn forget_lease(&self, mac: MacAddr) {
-        let leases = Arc::clone(&self.leases);
-        match tokio::task::spawn_blocking(move || leases.remove_lease(&mac)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => tracing::error!(client = %mac, "cannot remove the lease: {err}"),
-            Err(err) => tracing::error!(client = %mac, "lease removal task failed: {err}"),
-        }
+    fn recently_declined(&self, mac: &MacAddr) -> bool {
+        let declined = self.declined.lock().unwrap_or_else(|p| p.into_inner());
+        declined
+            .get(mac)
+            .is_some_and(|at| at.elapsed() < DECLINE_HOLD_OFF)
     }
 
-    async fn send(&self, socket: &UdpSocket, reply: Reply) {
+    /// Removals go through the lease writer's queue, behind any pending ACK of the same MAC.
+    fn forget_lease(&self, writer: &LeaseWriter, mac: MacAddr) {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            if let Err(err) = writer.remove(mac).await {
+                tracing::error!(client = %mac, "cannot remove the lease: {err}");
+            }
+        });
+    }
+
+    /// Sends a reply; `handoff` is recorded once an iPXE binary has actually been handed out.
+    async fn send(&self, socket: &UdpSocket, reply: Reply, handoff: Option<(MacAddr, u32)>) {
         let mut bytes = Vec::with_capacity(576);
         if let Err(err) = reply.message.encode(&mut Encoder::new(&mut bytes)) {
             tracing::error!("cannot encode a DHCP reply: {err}");
@@ -244,11 +292,7 @@ impl DhcpServer {
                 }
             }
         };
-        let reply_type = reply
-            .message
-            .opts()
-            .msg_type()
-            .map_or("unknown".to_string(), |t| format!("{t:?}").to_lowercase());
+        let reply_type = type_name(reply.message.opts().msg_type());
         match socket.send_to(&bytes, target).await {
             Ok(_) => {
                 self.metrics
@@ -257,6 +301,9 @@ impl DhcpServer {
                         message_type: reply_type,
                     })
                     .inc();
+                if let Some((mac, xid)) = handoff {
+                    self.record_handoff(mac, xid);
+                }
             }
             Err(err) => tracing::warn!(%target, "cannot send a DHCP reply: {err}"),
         }
@@ -289,4 +336,9 @@ fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {
         .with_context(|| format!("binding UDP port {port} on {interface}"))?;
     socket.set_nonblocking(true)?;
     Ok(UdpSocket::from_std(socket.into())?)
+}
+
+/// The metric label of a DHCP message type: `discover`, `offer`, ... (`bootp` without one).
+fn type_name(message_type: Option<v4::MessageType>) -> String {
+    message_type.map_or("bootp".to_string(), |t| format!("{t:?}").to_lowercase())
 }

@@ -113,7 +113,9 @@ async fn machine_script(State(boot): State<Arc<BootHttp>>, Path(mac): Path<Strin
 async fn boot_binary(State(boot): State<Arc<BootHttp>>, Path(file): Path<String>) -> Response {
     match boot.boot_files.get(&file) {
         Some(bytes) => {
-            ([(header::CONTENT_TYPE, "application/efi")], bytes.to_vec()).into_response()
+            // Shares the loaded file rather than copying it for each request.
+            let body = axum::body::Bytes::from_owner(Arc::clone(bytes));
+            ([(header::CONTENT_TYPE, "application/efi")], body).into_response()
         }
         None => not_found(format!("no iPXE binary named {file:?}")),
     }
