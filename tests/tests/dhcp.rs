@@ -366,3 +366,54 @@ fn a_malformed_message_from_a_known_mac_is_counted_and_the_server_keeps_serving(
         Ipv4Addr::new(10, 99, 0, 60)
     );
 }
+
+#[test]
+fn a_client_without_the_broadcast_bit_gets_its_lease_by_unicast() {
+    require_root();
+    let lab = Lab::new("unicast");
+    let work = TempDir::new("unicast");
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &work.join("data"),
+        &["--xdp-mode", "native"],
+    );
+    let yaml = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: plain\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:00:00:77\n        ip:\n          address: 10.99.0.77\n          netmask: 255.255.255.0\n";
+    assert!(apply_yaml(&lab.server, yaml).status.success());
+    lab.client.exec_ok(
+        "ip",
+        &["link", "set", CLIENT_IF, "address", "1c:69:7a:00:00:77"],
+    );
+    // busybox udhcpc leaves the broadcast bit clear unless given -B, so the OFFER and ACK must
+    // be unicast to the address being assigned, which needs an ARP entry on the server.
+    let output = lab.client.exec(
+        "busybox",
+        &[
+            "udhcpc",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "3",
+            "-T",
+            "2",
+            "-i",
+            CLIENT_IF,
+            "-s",
+            "/bin/true",
+        ],
+    );
+    let said = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && said.contains("lease of 10.99.0.77 obtained"),
+        "{said}"
+    );
+    let neighbour = lab
+        .server
+        .exec_ok("ip", &["neigh", "show", "10.99.0.77", "dev", SERVER_IF]);
+    assert!(
+        neighbour.contains("1c:69:7a:00:00:77"),
+        "the server added the client's ARP entry: {neighbour:?}"
+    );
+}

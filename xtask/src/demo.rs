@@ -77,6 +77,32 @@ fn in_ns(netns: &str, command: &[&str]) -> anyhow::Result<()> {
     run("ip", &args)
 }
 
+/// Prints the log lines that contain any of `needles` as they are written, until `done` holds
+/// or `limit` passes. Returns whether `done` held.
+fn follow(log: &Path, needles: &[&str], done: impl Fn() -> bool, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut printed = 0;
+    loop {
+        let finished = done();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| needles.iter().any(|n| line.contains(n)))
+            .collect();
+        for line in lines.iter().skip(printed) {
+            println!("  {line}");
+        }
+        printed = printed.max(lines.len());
+        if finished {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(250));
+    }
+}
+
 /// Prints the lines of `text` that contain any of `needles`.
 fn show(text: &str, needles: &[&str]) {
     for line in text
@@ -153,16 +179,23 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
     ));
     let started = Instant::now();
     let vm = Vm::start(LAB, "br0", "tap0", VM_MAC, Firmware::Bios, &work)?;
-    vm.wait_for_serial(GREETING, Duration::from_secs(180))?;
+    println!("Wisp's side, as it happens:");
+    let booted = follow(
+        &log,
+        &["DHCP reply", "TFTP read request", "iPXE script served"],
+        || vm.serial_output().contains(GREETING),
+        Duration::from_secs(180),
+    );
+    if !booted {
+        bail!(
+            "the VM did not boot within 180 s; its console:\n{}",
+            vm.serial_output()
+        );
+    }
     println!(
-        "booted in {:.0} s under software emulation. Wisp's side:",
+        "booted in {:.0} s under software emulation. The VM's serial console:",
         started.elapsed().as_secs_f64()
     );
-    show(
-        &std::fs::read_to_string(&log)?,
-        &["DHCP reply", "TFTP read request", "iPXE script served"],
-    );
-    println!("The VM's serial console:");
     show(
         &vm.serial_output(),
         &[
@@ -170,7 +203,6 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
             "undionly.kpxe :",
             "auto.ipxe",
             "vmlinuz",
-            "initramfs :",
             GREETING,
         ],
     );
