@@ -13,7 +13,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use workflow::{catalog::Catalog, store::RedbStore};
 
 use crate::{
-    api::routes::{router, AppState},
+    api::{
+        routes::{router, AppState},
+        DEFAULT_LISTEN,
+    },
     dhcp::{boot::BootConfig, handler::Mode, DhcpServer, SharedReservations},
     gate::{Gate, RequestedMode},
     http::BootHttp,
@@ -22,18 +25,34 @@ use crate::{
     tftp::{self, BootFiles},
 };
 
+/// `wisp serve`'s options.
+#[derive(Debug, clap::Args)]
 pub struct ServeConfig {
+    /// The interface the machines boot on; the XDP gate attaches here.
+    #[arg(long, short)]
     pub interface: String,
+    #[arg(long, default_value = "/var/lib/wisp")]
     pub data_dir: PathBuf,
+    /// Address of the HTTP API (and /metrics).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
+    #[arg(long, value_enum, default_value = "auto")]
     pub xdp_mode: RequestedMode,
-    /// Pass unknown MACs to userspace instead of dropping them (they are recorded either way).
+    /// Pass DHCP from unknown MACs to userspace instead of dropping it (they are recorded
+    /// either way).
+    #[arg(long)]
     pub discovery: bool,
-    /// Where the iPXE binaries are (Debian's `ipxe` package puts them in /usr/lib/ipxe).
+    /// Where the iPXE binaries are (Debian's `ipxe` package puts them here).
+    #[arg(long, default_value = "/usr/lib/ipxe")]
     pub ipxe_dir: PathBuf,
+    /// `reservation`: hand out each machine's reserved address. `proxy`: another server hands
+    /// out addresses; answer netbooting clients with boot information only.
+    #[arg(long, value_enum, default_value = "reservation")]
     pub dhcp_mode: Mode,
-    /// Served under `/assets` on the boot HTTP server (kernel, initramfs, images).
-    pub assets_dir: PathBuf,
+    /// Boot assets (kernel, initramfs, images), served at http://<interface address>:8080/assets/.
+    /// Defaults to <data-dir>/assets.
+    #[arg(long)]
+    pub assets_dir: Option<PathBuf>,
 }
 
 /// The boot HTTP server's port on the served interface (iPXE scripts, kernels, images).
@@ -98,7 +117,10 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         boot_files: Arc::clone(&boot_files),
         server: address,
         port: BOOT_HTTP_PORT,
-        assets_dir: config.assets_dir.clone(),
+        assets_dir: config
+            .assets_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("assets")),
     };
     services.spawn(boot_http.serve());
     services.spawn(tftp::serve(

@@ -1,14 +1,9 @@
 //! `wisp`: the appliance daemon (`wisp serve`) and the kubectl-like client for it.
 mod cli;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use boot_userspace::{
-    api::{DEFAULT_LISTEN, DEFAULT_SERVER},
-    daemon,
-    dhcp::handler::Mode,
-    gate::RequestedMode,
-};
+use boot_userspace::{api::DEFAULT_SERVER, daemon};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -33,32 +28,7 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// Run the appliance on an interface.
-    Serve {
-        /// The interface the machines boot on; the XDP gate attaches here.
-        #[arg(long, short)]
-        interface: String,
-        #[arg(long, default_value = "/var/lib/wisp")]
-        data_dir: PathBuf,
-        /// Address of the HTTP API (and /metrics).
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        listen: SocketAddr,
-        #[arg(long, value_enum, default_value = "auto")]
-        xdp_mode: RequestedMode,
-        /// Pass DHCP from unknown MACs to userspace instead of dropping it.
-        #[arg(long)]
-        discovery: bool,
-        /// Where the iPXE binaries are.
-        #[arg(long, default_value = "/usr/lib/ipxe")]
-        ipxe_dir: PathBuf,
-        /// `reservation`: hand out each machine's reserved address. `proxy`: another server
-        /// hands out addresses; answer PXE clients with boot information only.
-        #[arg(long, value_enum, default_value = "reservation")]
-        dhcp_mode: Mode,
-        /// Boot assets (kernel, initramfs, images), served at http://<interface address>:8080/assets/.
-        /// Defaults to <data-dir>/assets.
-        #[arg(long)]
-        assets_dir: Option<PathBuf>,
-    },
+    Serve(daemon::ServeConfig),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -66,28 +36,8 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Command::Serve {
-            interface,
-            data_dir,
-            listen,
-            xdp_mode,
-            discovery,
-            ipxe_dir,
-            dhcp_mode,
-            assets_dir,
-        } => {
+        Command::Serve(config) => {
             init_logging();
-            let assets_dir = assets_dir.unwrap_or_else(|| data_dir.join("assets"));
-            let config = daemon::ServeConfig {
-                interface,
-                data_dir,
-                listen,
-                xdp_mode,
-                discovery,
-                ipxe_dir,
-                dhcp_mode,
-                assets_dir,
-            };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(err) => return fail(&format!("cannot start the runtime: {err}")),

@@ -14,8 +14,8 @@ use dhcproto::{
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use wisp_tests::{
-    apply_yaml, eventually, frames::relayed, metric, require_root, wisp_ok, Daemon, Lab, TempDir,
-    CLIENT_IF, CLIENT_IP, SERVER_IF, SERVER_IP,
+    apply_yaml, eventually, frames::relayed, hardware_yaml, metric, require_root, wisp_ok, Daemon,
+    Lab, TempDir, CLIENT_IF, CLIENT_IP, SERVER_IF, SERVER_IP,
 };
 
 /// Hardware for `count` machines: MAC 02:00:00:00:HH:LL reserves 10.99.(4+HH).LL/16 (perfdhcp's
@@ -33,6 +33,19 @@ fn rack(count: u16) -> (String, BTreeMap<String, String>) {
         expected.insert(mac, address);
     }
     (yaml, expected)
+}
+
+/// A veth lab with `wisp serve` and the XDP gate in native mode on the server side.
+fn start(purpose: &str) -> (Lab, TempDir, Daemon) {
+    let lab = Lab::new(purpose);
+    let work = TempDir::new(purpose);
+    let daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &work.join("data"),
+        &["--xdp-mode", "native"],
+    );
+    (lab, work, daemon)
 }
 
 fn leases(lab: &Lab) -> BTreeMap<String, String> {
@@ -190,14 +203,7 @@ fn relay_exchange(lab: &Lab, payload: &[u8]) -> Option<v4::Message> {
 #[test]
 fn relayed_requests_get_unicast_replies_with_option_82_echoed() {
     require_root();
-    let lab = Lab::new("relay");
-    let work = TempDir::new("relay");
-    let _daemon = Daemon::start(
-        &lab.server,
-        SERVER_IF,
-        &work.join("data"),
-        &["--xdp-mode", "native"],
-    );
+    let (lab, _work, _daemon) = start("relay");
     let on_subnet = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
     let off_subnet = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x44];
     let yaml = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: relayed\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:11:22:33\n        hostname: relayed\n        ip:\n          address: 10.99.0.60\n          netmask: 255.255.255.0\n          gateway: 10.99.0.254\n    - dhcp:\n        mac: 1c:69:7a:11:22:44\n        ip:\n          address: 10.50.0.60\n          netmask: 255.255.255.0\n";
@@ -311,16 +317,9 @@ fn relayed_requests_get_unicast_replies_with_option_82_echoed() {
 #[test]
 fn a_malformed_message_from_a_known_mac_is_counted_and_the_server_keeps_serving() {
     require_root();
-    let lab = Lab::new("malformed");
-    let work = TempDir::new("malformed");
-    let daemon = Daemon::start(
-        &lab.server,
-        SERVER_IF,
-        &work.join("data"),
-        &["--xdp-mode", "native"],
-    );
-    let yaml = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: known\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:11:22:33\n        ip:\n          address: 10.99.0.60\n          netmask: 255.255.255.0\n";
-    assert!(apply_yaml(&lab.server, yaml).status.success());
+    let (lab, _work, daemon) = start("malformed");
+    let yaml = hardware_yaml("known", "1c:69:7a:11:22:33", "10.99.0.60");
+    assert!(apply_yaml(&lab.server, &yaml).status.success());
     let known = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
     // Option 94 (client network interface) must be 3 bytes long; this one says 2. The BOOTP
     // header is intact, so the gate passes it and the DHCP decoder meets the lie.
@@ -370,16 +369,9 @@ fn a_malformed_message_from_a_known_mac_is_counted_and_the_server_keeps_serving(
 #[test]
 fn a_client_without_the_broadcast_bit_gets_its_lease_by_unicast() {
     require_root();
-    let lab = Lab::new("unicast");
-    let work = TempDir::new("unicast");
-    let _daemon = Daemon::start(
-        &lab.server,
-        SERVER_IF,
-        &work.join("data"),
-        &["--xdp-mode", "native"],
-    );
-    let yaml = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: plain\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:00:00:77\n        ip:\n          address: 10.99.0.77\n          netmask: 255.255.255.0\n";
-    assert!(apply_yaml(&lab.server, yaml).status.success());
+    let (lab, _work, _daemon) = start("unicast");
+    let yaml = hardware_yaml("plain", "1c:69:7a:00:00:77", "10.99.0.77");
+    assert!(apply_yaml(&lab.server, &yaml).status.success());
     lab.client.exec_ok(
         "ip",
         &["link", "set", CLIENT_IF, "address", "1c:69:7a:00:00:77"],
