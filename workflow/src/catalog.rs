@@ -68,6 +68,18 @@ impl<S: Store> Catalog<S> {
                 }
             }
         }
+        for (origin, document) in &documents {
+            if let Spec::Workflow(workflow) = &document.spec {
+                if let Some(field) =
+                    self.render_check(&document.key.namespace, workflow, &documents)?
+                {
+                    problems.push(Problem {
+                        origin: origin.clone(),
+                        field,
+                    });
+                }
+            }
+        }
         if !problems.is_empty() {
             return Err(ApplyError::Invalid(problems));
         }
@@ -80,6 +92,54 @@ impl<S: Store> Catalog<S> {
             })
             .collect();
         Ok(self.store.apply(writes)?)
+    }
+
+    /// Renders a Workflow's template for its hardware when both exist (in the batch or the
+    /// store), so that a key the template needs but `hardwareMap` lacks is refused when the
+    /// workflow is created. A missing template or hardware is no error here: the workflow is
+    /// accepted and reported as blocked.
+    fn render_check(
+        &self,
+        namespace: &str,
+        workflow: &WorkflowSpec,
+        batch: &[(Origin, Decoded)],
+    ) -> Result<Option<FieldError>, StoreError> {
+        let find = |kind: Kind, name: &str| -> Result<Option<serde_json::Value>, StoreError> {
+            let key = ResourceKey {
+                kind,
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            };
+            if let Some((_, document)) = batch.iter().find(|(_, document)| document.key == key) {
+                return Ok(Some(document.object.clone()));
+            }
+            Ok(self.store.get(&key)?.map(|resource| resource.object))
+        };
+        let (Some(template), Some(hardware)) = (
+            find(Kind::Template, &workflow.template_ref)?,
+            find(Kind::Hardware, &workflow.hardware_ref)?,
+        ) else {
+            return Ok(None);
+        };
+        let data = template["spec"]["data"].as_str().unwrap_or_default();
+        let hardware: HardwareSpec =
+            serde_json::from_value(hardware["spec"].clone()).map_err(|err| {
+                StoreError::Backend(format!(
+                    "Hardware {namespace}/{}: {err}",
+                    workflow.hardware_ref
+                ))
+            })?;
+        Ok(
+            crate::template::render(data, &workflow.hardware_map, &hardware)
+                .err()
+                .map(|err| FieldError {
+                    path: "spec.hardwareMap".into(),
+                    message: format!(
+                        "template {:?} does not render for hardware {:?}: {err}",
+                        workflow.template_ref, workflow.hardware_ref
+                    ),
+                }),
+        )
     }
 
     pub fn delete(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {

@@ -5,8 +5,10 @@
 //! - [`manifest`]: multi-document YAML in, validated resources out, with errors that name the
 //!   file, document, field path and problem.
 //! - [`store`]: the crash-safe store behind a trait (redb embedded; etcd can follow).
-//! - [`catalog`]: the rules that span resources (one owner per MAC, workflow bindings).
+//! - [`catalog`]: the rules that span resources (one owner per MAC, workflow bindings);
+//! - [`template`]: rendering Tinkerbell's Go templates for a machine.
 pub mod catalog;
 pub mod manifest;
 pub mod resource;
 pub mod store;
+pub mod template;
