@@ -20,6 +20,7 @@ use crate::{
     dhcp::{boot::BootConfig, handler::Mode, DhcpServer, SharedReservations},
     gate::{Gate, RequestedMode},
     http::BootHttp,
+    metadata::MachineTokens,
     metrics::Metrics,
     net,
     tftp::{self, BootFiles},
@@ -114,6 +115,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     services.spawn(dhcp.serve());
     let boot_http = BootHttp {
         state: Arc::clone(&state),
+        tokens: Arc::new(MachineTokens::load_or_create(&config.data_dir)?),
         boot_files: Arc::clone(&boot_files),
         server: address,
         port: BOOT_HTTP_PORT,

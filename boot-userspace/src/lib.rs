@@ -4,6 +4,7 @@
 //! - [`dhcp`]: the DHCP receive path on ports 67 and 4011, behind the gate;
 //! - [`tftp`]: the read-only TFTP server for the iPXE binaries;
 //! - [`http`]: the boot HTTP server: iPXE scripts, iPXE binaries and boot assets;
+//! - [`metadata`]: the metadata service (EC2 paths, `/metadata`), on the boot HTTP server;
 //! - [`api`]: the HTTP/JSON API the `wisp` CLI talks to, and its wire types;
 //! - [`metrics`]: Prometheus metrics;
 //! - [`daemon`]: `wisp serve`, which wires them together.
@@ -12,6 +13,7 @@ pub mod daemon;
 pub mod dhcp;
 pub mod gate;
 pub mod http;
+pub mod metadata;
 pub mod metrics;
 pub mod net;
 pub mod tftp;

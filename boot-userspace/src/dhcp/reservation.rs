@@ -39,9 +39,12 @@ impl Reservation {
     }
 }
 
-/// All reservations by MAC, rebuilt whenever Hardware changes.
+/// All reservations by MAC (and by reserved address), rebuilt whenever Hardware changes.
 #[derive(Clone, Debug, Default)]
-pub struct Reservations(HashMap<MacAddr, Arc<Reservation>>);
+pub struct Reservations {
+    by_mac: HashMap<MacAddr, Arc<Reservation>>,
+    by_address: HashMap<Ipv4Addr, Arc<Reservation>>,
+}
 
 impl Reservations {
     pub fn build<'a>(
@@ -83,22 +86,31 @@ impl Reservations {
                 by_mac.insert(dhcp.mac, Arc::new(reservation));
             }
         }
-        Reservations(by_mac)
+        let by_address = by_mac
+            .values()
+            .filter_map(|r| Some((r.address?, Arc::clone(r))))
+            .collect();
+        Reservations { by_mac, by_address }
     }
 
     pub fn get(&self, mac: &MacAddr) -> Option<&Arc<Reservation>> {
-        self.0.get(mac)
+        self.by_mac.get(mac)
+    }
+
+    /// The machine that `address` is reserved for.
+    pub fn by_address(&self, address: Ipv4Addr) -> Option<&Arc<Reservation>> {
+        self.by_address.get(&address)
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.by_mac.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.by_mac.is_empty()
     }
 
     pub fn macs(&self) -> impl Iterator<Item = &MacAddr> {
-        self.0.keys()
+        self.by_mac.keys()
     }
 }

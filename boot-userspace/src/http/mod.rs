@@ -22,11 +22,17 @@ use axum::{
 use tower_http::services::ServeDir;
 use workflow::resource::MacAddr;
 
-use crate::{api::routes::AppState, metrics::HttpLabels, tftp::BootFiles};
+use crate::{
+    api::routes::AppState,
+    metadata::{self, MachineTokens, Metadata},
+    metrics::HttpLabels,
+    tftp::BootFiles,
+};
 use script::ScriptContext;
 
 pub struct BootHttp {
     pub state: Arc<AppState>,
+    pub tokens: Arc<MachineTokens>,
     pub boot_files: Arc<BootFiles>,
     pub server: Ipv4Addr,
     pub port: u16,
@@ -42,23 +48,31 @@ impl BootHttp {
         let address = SocketAddr::from((self.server, self.port));
         let assets = ServeDir::new(&self.assets_dir);
         let boot = Arc::new(self);
+        let metadata = metadata::router(Arc::new(Metadata {
+            state: Arc::clone(&boot.state),
+            tokens: Arc::clone(&boot.tokens),
+        }));
         let router = Router::new()
             .route("/ipxe/{mac}/auto.ipxe", get(machine_script))
             .route("/ipxe/{file}", get(boot_binary))
             .route("/metrics", get(metrics))
             .nest_service("/assets", assets)
+            .with_state(Arc::clone(&boot))
+            .merge(metadata)
             .layer(middleware::from_fn_with_state(
                 Arc::clone(&boot),
                 count_requests,
-            ))
-            .with_state(Arc::clone(&boot));
+            ));
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("binding boot HTTP to {address}"))?;
         tracing::info!(%address, assets = %boot.assets_dir.display(), "boot HTTP listening");
-        axum::serve(listener, router)
-            .await
-            .context("boot HTTP server")
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .context("boot HTTP server")
     }
 }
 
@@ -96,10 +110,12 @@ async fn machine_script(State(boot): State<Arc<BootHttp>>, Path(mac): Path<Strin
         Err(err) => return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
     };
     let assets_base = boot.assets_base();
+    let token = boot.tokens.token(&mac);
     let context = ScriptContext {
         server: boot.server,
         assets_base: &assets_base,
         pending_work,
+        token: &token,
     };
     tracing::info!(client = %mac, pending_work, "iPXE script served");
     (

@@ -11,6 +11,8 @@ pub struct ScriptContext<'a> {
     pub assets_base: &'a str,
     /// A workflow waits for this machine.
     pub pending_work: bool,
+    /// The machine's metadata token (see `metadata::token`).
+    pub token: &'a str,
 }
 
 /// Kernel and initramfs names under the assets base, unless `osie` names others.
@@ -58,6 +60,7 @@ pub fn script(reservation: &Reservation, context: &ScriptContext) -> String {
         format!("wisp.server={}", context.server),
         format!("wisp.mac={mac}"),
         format!("wisp.hardware={}/{}", hardware.namespace, hardware.name),
+        format!("wisp.token={}", context.token),
     ];
     cmdline.extend(osie.kernel_params.iter().flatten().cloned());
     format!(
@@ -102,6 +105,7 @@ mod tests {
             server: [10, 0, 0, 1].into(),
             assets_base: "http://10.0.0.1:8080/assets",
             pending_work,
+            token: "1c697a112233-00",
         }
     }
 

@@ -1,0 +1,256 @@
+//! The metadata service, for cloud-init and the worker: EC2-style paths as Hegel serves them
+//! (`/2009-04-04/meta-data/...`, `/2009-04-04/user-data`) and a `/metadata` JSON document.
+//!
+//! A machine is identified by its source address (the address its Hardware reserves) and by a
+//! per-machine token that its iPXE script puts on the kernel command line (`wisp.token=`).
+//! A token names its machine and carries an HMAC of that name under a key only Wisp holds, so
+//! it cannot be forged for another machine, and one machine can never read another's metadata.
+pub mod token;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use axum::{
+    extract::{ConnectInfo, Path, Query, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::Value;
+use workflow::{
+    resource::{HardwareSpec, MacAddr},
+    store::Store,
+};
+
+use crate::{api::routes::AppState, dhcp::reservation::Reservation};
+pub use token::MachineTokens;
+
+/// The EC2 API version Hegel answers under.
+const EC2_VERSION: &str = "2009-04-04";
+
+/// The meta-data keys served, in the order `/meta-data/` lists them.
+const META_DATA_KEYS: &[&str] = &[
+    "hostname",
+    "instance-id",
+    "local-hostname",
+    "local-ipv4",
+    "mac",
+];
+
+pub struct Metadata {
+    pub state: Arc<AppState>,
+    pub tokens: Arc<MachineTokens>,
+}
+
+pub fn router(metadata: Arc<Metadata>) -> Router {
+    Router::new()
+        .route("/metadata", get(document))
+        .route(&format!("/{EC2_VERSION}/meta-data/"), get(meta_data_index))
+        .route(&format!("/{EC2_VERSION}/meta-data/{{key}}"), get(meta_data))
+        .route(&format!("/{EC2_VERSION}/user-data"), get(user_data))
+        .with_state(metadata)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// Who is asking, and their Hardware.
+struct Caller {
+    reservation: Arc<Reservation>,
+    spec: HardwareSpec,
+}
+
+fn refuse(status: StatusCode, reason: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        reason + "\n",
+    )
+        .into_response()
+}
+
+impl Metadata {
+    /// Identifies the caller by token (`Authorization: Bearer`, `X-Wisp-Token` or `?token=`) and
+    /// by source address. When both name a machine they must name the same one.
+    async fn caller(
+        &self,
+        source: SocketAddr,
+        headers: &HeaderMap,
+        query: &TokenQuery,
+    ) -> Result<Caller, Response> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .or_else(|| {
+                headers
+                    .get("x-wisp-token")
+                    .and_then(|value| value.to_str().ok())
+            })
+            .or(query.token.as_deref());
+        let by_token =
+            match presented {
+                Some(token) => Some(self.tokens.verify(token).ok_or_else(|| {
+                    refuse(StatusCode::FORBIDDEN, "the token is not valid".into())
+                })?),
+                None => None,
+            };
+        let reservations = self.state.reservations.current();
+        let SocketAddr::V4(source) = source else {
+            return Err(refuse(
+                StatusCode::NOT_FOUND,
+                format!("no machine at {}", source.ip()),
+            ));
+        };
+        let by_address = reservations.by_address(*source.ip()).map(|r| r.mac);
+        let mac: MacAddr = match (by_token, by_address) {
+            (Some(token_mac), Some(address_mac)) if token_mac != address_mac => {
+                return Err(refuse(
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "the token is {token_mac}'s, but {} is reserved for {address_mac}",
+                        source.ip()
+                    ),
+                ));
+            }
+            (Some(mac), _) | (None, Some(mac)) => mac,
+            (None, None) => {
+                return Err(refuse(
+                    StatusCode::NOT_FOUND,
+                    format!("no machine at {}", source.ip()),
+                ))
+            }
+        };
+        let reservation = reservations
+            .get(&mac)
+            .cloned()
+            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no Hardware owns {mac}")))?;
+        let state = Arc::clone(&self.state);
+        let key = reservation.hardware.clone();
+        let stored = tokio::task::spawn_blocking(move || state.catalog.store().get(&key))
+            .await
+            .map_err(|err| refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+            .map_err(|err| refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+            .ok_or_else(|| {
+                refuse(
+                    StatusCode::NOT_FOUND,
+                    format!("{} is gone", reservation.hardware),
+                )
+            })?;
+        let spec = stored
+            .spec()
+            .map_err(|err| refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+        Ok(Caller { reservation, spec })
+    }
+}
+
+type Identified = (
+    State<Arc<Metadata>>,
+    ConnectInfo<SocketAddr>,
+    HeaderMap,
+    Query<TokenQuery>,
+);
+
+async fn identify(
+    (State(metadata), ConnectInfo(source), headers, Query(query)): Identified,
+) -> Result<Caller, Response> {
+    metadata.caller(source, &headers, &query).await
+}
+
+/// The Hardware's `spec.metadata`, as Tinkerbell's Hegel serves it at `/metadata`.
+async fn document(
+    metadata: State<Arc<Metadata>>,
+    source: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Query<TokenQuery>,
+) -> Response {
+    match identify((metadata, source, headers, query)).await {
+        Ok(caller) => Json(
+            caller
+                .spec
+                .metadata
+                .unwrap_or_else(|| Value::Object(Default::default())),
+        )
+        .into_response(),
+        Err(refusal) => refusal,
+    }
+}
+
+async fn meta_data_index(
+    metadata: State<Arc<Metadata>>,
+    source: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Query<TokenQuery>,
+) -> Response {
+    match identify((metadata, source, headers, query)).await {
+        Ok(caller) => {
+            let keys: Vec<&str> = META_DATA_KEYS
+                .iter()
+                .copied()
+                .filter(|key| meta_data_value(&caller, key).is_some())
+                .collect();
+            (keys.join("\n") + "\n").into_response()
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+async fn meta_data(
+    metadata: State<Arc<Metadata>>,
+    source: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Query<TokenQuery>,
+    Path(key): Path<String>,
+) -> Response {
+    match identify((metadata, source, headers, query)).await {
+        Ok(caller) => match meta_data_value(&caller, &key) {
+            Some(value) => value.into_response(),
+            None => refuse(
+                StatusCode::NOT_FOUND,
+                format!("no meta-data {key:?} for this machine"),
+            ),
+        },
+        Err(refusal) => refusal,
+    }
+}
+
+async fn user_data(
+    metadata: State<Arc<Metadata>>,
+    source: ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Query<TokenQuery>,
+) -> Response {
+    match identify((metadata, source, headers, query)).await {
+        Ok(caller) => match caller.spec.user_data {
+            Some(user_data) => user_data.into_response(),
+            None => refuse(StatusCode::NOT_FOUND, "this machine has no userData".into()),
+        },
+        Err(refusal) => refusal,
+    }
+}
+
+fn meta_data_value(caller: &Caller, key: &str) -> Option<String> {
+    let instance = caller
+        .spec
+        .metadata
+        .as_ref()
+        .and_then(|m| m.get("instance"));
+    let instance_field = |field: &str| {
+        instance
+            .and_then(|i| i.get(field))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let reservation = &caller.reservation;
+    let hostname = || instance_field("hostname").or_else(|| reservation.hostname.clone());
+    match key {
+        "hostname" | "local-hostname" => hostname(),
+        "instance-id" => instance_field("id").or_else(|| Some(reservation.hardware.name.clone())),
+        "local-ipv4" => reservation.address.map(|a| a.to_string()),
+        "mac" => Some(reservation.mac.to_string()),
+        _ => None,
+    }
+}
