@@ -10,7 +10,8 @@ pub mod token;
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
-    extract::{ConnectInfo, Path, Query, State},
+    extract::{ConnectInfo, FromRequestParts, Path, Query},
+    http::request::Parts,
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
@@ -147,88 +148,58 @@ impl Metadata {
     }
 }
 
-type Identified = (
-    State<Arc<Metadata>>,
-    ConnectInfo<SocketAddr>,
-    HeaderMap,
-    Query<TokenQuery>,
-);
+/// Handlers take a `Caller`: identification (or its refusal) happens before they run.
+impl FromRequestParts<Arc<Metadata>> for Caller {
+    type Rejection = Response;
 
-async fn identify(
-    (State(metadata), ConnectInfo(source), headers, Query(query)): Identified,
-) -> Result<Caller, Response> {
-    metadata.caller(source, &headers, &query).await
+    async fn from_request_parts(
+        parts: &mut Parts,
+        metadata: &Arc<Metadata>,
+    ) -> Result<Caller, Response> {
+        let ConnectInfo(source) = ConnectInfo::<SocketAddr>::from_request_parts(parts, metadata)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Query(query) = Query::<TokenQuery>::from_request_parts(parts, metadata)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        metadata.caller(source, &parts.headers, &query).await
+    }
 }
 
 /// The Hardware's `spec.metadata`, as Tinkerbell's Hegel serves it at `/metadata`.
-async fn document(
-    metadata: State<Arc<Metadata>>,
-    source: ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Query<TokenQuery>,
-) -> Response {
-    match identify((metadata, source, headers, query)).await {
-        Ok(caller) => Json(
-            caller
-                .spec
-                .metadata
-                .unwrap_or_else(|| Value::Object(Default::default())),
-        )
-        .into_response(),
-        Err(refusal) => refusal,
+async fn document(caller: Caller) -> Response {
+    Json(
+        caller
+            .spec
+            .metadata
+            .unwrap_or_else(|| Value::Object(Default::default())),
+    )
+    .into_response()
+}
+
+async fn meta_data_index(caller: Caller) -> Response {
+    let keys: Vec<&str> = META_DATA_KEYS
+        .iter()
+        .copied()
+        .filter(|key| meta_data_value(&caller, key).is_some())
+        .collect();
+    (keys.join("\n") + "\n").into_response()
+}
+
+async fn meta_data(caller: Caller, Path(key): Path<String>) -> Response {
+    match meta_data_value(&caller, &key) {
+        Some(value) => value.into_response(),
+        None => refuse(
+            StatusCode::NOT_FOUND,
+            format!("no meta-data {key:?} for this machine"),
+        ),
     }
 }
 
-async fn meta_data_index(
-    metadata: State<Arc<Metadata>>,
-    source: ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Query<TokenQuery>,
-) -> Response {
-    match identify((metadata, source, headers, query)).await {
-        Ok(caller) => {
-            let keys: Vec<&str> = META_DATA_KEYS
-                .iter()
-                .copied()
-                .filter(|key| meta_data_value(&caller, key).is_some())
-                .collect();
-            (keys.join("\n") + "\n").into_response()
-        }
-        Err(refusal) => refusal,
-    }
-}
-
-async fn meta_data(
-    metadata: State<Arc<Metadata>>,
-    source: ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Query<TokenQuery>,
-    Path(key): Path<String>,
-) -> Response {
-    match identify((metadata, source, headers, query)).await {
-        Ok(caller) => match meta_data_value(&caller, &key) {
-            Some(value) => value.into_response(),
-            None => refuse(
-                StatusCode::NOT_FOUND,
-                format!("no meta-data {key:?} for this machine"),
-            ),
-        },
-        Err(refusal) => refusal,
-    }
-}
-
-async fn user_data(
-    metadata: State<Arc<Metadata>>,
-    source: ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    query: Query<TokenQuery>,
-) -> Response {
-    match identify((metadata, source, headers, query)).await {
-        Ok(caller) => match caller.spec.user_data {
-            Some(user_data) => user_data.into_response(),
-            None => refuse(StatusCode::NOT_FOUND, "this machine has no userData".into()),
-        },
-        Err(refusal) => refusal,
+async fn user_data(caller: Caller) -> Response {
+    match caller.spec.user_data {
+        Some(user_data) => user_data.into_response(),
+        None => refuse(StatusCode::NOT_FOUND, "this machine has no userData".into()),
     }
 }
 
