@@ -135,6 +135,15 @@ fn scripts_refusals_and_assets_with_head_and_range() {
         (404, "no Hardware owns 02:00:00:00:00:09")
     );
 
+    // Deleting the workflow takes effect at once: the machine's next boot goes to its disk.
+    wisp_tests::wisp_ok(&lab.server, &["delete", "workflow", "busy-wf"]);
+    let (status, after) = fetch(&lab, "/ipxe/1c:69:7a:00:00:01/auto.ipxe", &[]);
+    assert_eq!(status, 200);
+    assert!(
+        String::from_utf8_lossy(&after).contains("\nexit 1\n"),
+        "no pending work once the workflow is gone"
+    );
+
     // Assets: whole, HEAD, and a byte range.
     let (status, whole) = fetch(&lab, "/assets/disk.img", &[]);
     assert_eq!((status, whole.len()), (200, image.len()));

@@ -1,6 +1,9 @@
 //! The rules that span resources, on top of a [`Store`]: one Hardware per MAC, and whether a
 //! Workflow's references resolve.
-use std::{collections::BTreeMap, sync::Mutex};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Mutex,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -175,20 +178,22 @@ impl<S: Store> Catalog<S> {
         Ok(owners)
     }
 
-    /// Whether some Workflow in the Hardware's namespace names it in `hardwareRef`.
-    pub fn has_workflow(&self, hardware: &ResourceKey) -> Result<bool, StoreError> {
-        for workflow in self.store.list(Kind::Workflow)? {
-            if workflow.key.namespace != hardware.namespace {
-                continue;
-            }
-            let spec: WorkflowSpec = workflow
-                .spec()
-                .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
-            if spec.hardware_ref == hardware.name {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+    /// The Hardware that some Workflow names in `hardwareRef` (in the Workflow's namespace).
+    pub fn bound_hardware(&self) -> Result<HashSet<ResourceKey>, StoreError> {
+        self.store
+            .list(Kind::Workflow)?
+            .into_iter()
+            .map(|workflow| {
+                let spec: WorkflowSpec = workflow
+                    .spec()
+                    .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
+                Ok(ResourceKey {
+                    kind: Kind::Hardware,
+                    namespace: workflow.key.namespace,
+                    name: spec.hardware_ref,
+                })
+            })
+            .collect()
     }
 
     /// Whether a Workflow's template and hardware exist. A missing one is reported, never

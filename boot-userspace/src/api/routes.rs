@@ -35,15 +35,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Makes the gate's allowlist and the DHCP reservations exactly what the stored Hardware
-    /// says. Blocking (store reads, BPF syscalls): call it from a blocking thread.
+    /// Makes the gate's allowlist and the DHCP reservations (with which machines have
+    /// workflows) exactly what the store says. Blocking (store reads, BPF syscalls): call it from a blocking thread.
     pub fn sync_hardware(&self) -> anyhow::Result<usize> {
         let _sync = self
             .hardware_sync
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let hardware = self.catalog.hardware()?;
-        let reservations = Reservations::build(hardware.iter().map(|(key, spec)| (key, spec)));
+        let bound = self.catalog.bound_hardware()?;
+        let reservations =
+            Reservations::build(hardware.iter().map(|(key, spec)| (key, spec)), &bound);
+
         let macs = reservations.macs().copied().collect();
         self.gate.sync_allowlist(&macs)?;
         let machines = reservations.len();
@@ -162,10 +165,11 @@ async fn apply(
             "no objects passed to apply",
         ));
     }
-    let touches_hardware = manifest
+    // Hardware feeds the gate and DHCP; Workflows decide which machines have pending work.
+    let touches_boot = manifest
         .documents
         .iter()
-        .any(|(_, doc)| doc.key.kind == Kind::Hardware);
+        .any(|(_, doc)| doc.key.kind != Kind::Template);
     let (applied, sync_warning) = blocking(&state, move |state| {
         let applied = state
             .catalog
@@ -180,9 +184,7 @@ async fn apply(
         // leave the gate behind the store.
         Ok((
             applied,
-            touches_hardware
-                .then(|| hardware_sync_warning(state))
-                .flatten(),
+            touches_boot.then(|| hardware_sync_warning(state)).flatten(),
         ))
     })
     .await?;
@@ -267,7 +269,7 @@ async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<
     let (removed, sync_warning) =
         blocking(&state, move |state| match state.catalog.delete(&key)? {
             Some(removed) => {
-                let warning = (removed.key.kind == Kind::Hardware)
+                let warning = (removed.key.kind != Kind::Template)
                     .then(|| hardware_sync_warning(state))
                     .flatten();
                 Ok((removed, warning))

@@ -483,6 +483,7 @@ mod tests {
             lease_secs: 800,
             allow_pxe,
             allow_workflow: true,
+            workflow_bound: true,
             ipxe_url: None,
             ipxe_script: None,
             osie: Osie::default(),

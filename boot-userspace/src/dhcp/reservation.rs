@@ -1,5 +1,9 @@
 //! The DHCP view of Hardware: one reservation per interface with a `dhcp` block.
-use std::{collections::HashMap, net::Ipv4Addr, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
 
 use workflow::resource::{hardware::Osie, HardwareSpec, MacAddr, ResourceKey};
 
@@ -22,6 +26,9 @@ pub struct Reservation {
     pub allow_pxe: bool,
     /// `netboot.allowWorkflow`; absent means false, as in Tinkerbell.
     pub allow_workflow: bool,
+    /// Some Workflow names this machine in `hardwareRef` (known at sync time, so the boot
+    /// path never reads the store).
+    pub workflow_bound: bool,
     pub ipxe_url: Option<String>,
     pub ipxe_script: Option<String>,
     pub osie: Osie,
@@ -47,8 +54,10 @@ pub struct Reservations {
 }
 
 impl Reservations {
+    /// `bound` holds the Hardware that some Workflow names.
     pub fn build<'a>(
         hardware: impl IntoIterator<Item = (&'a ResourceKey, &'a HardwareSpec)>,
+        bound: &HashSet<ResourceKey>,
     ) -> Reservations {
         let mut by_mac = HashMap::new();
         for (key, spec) in hardware {
@@ -71,6 +80,7 @@ impl Reservations {
                         .unwrap_or(DEFAULT_LEASE_SECS),
                     allow_pxe: netboot.allow_pxe.unwrap_or(false),
                     allow_workflow: netboot.allow_workflow.unwrap_or(false),
+                    workflow_bound: bound.contains(key),
                     ipxe_url: netboot
                         .ipxe
                         .as_ref()

@@ -99,16 +99,7 @@ async fn machine_script(State(boot): State<Arc<BootHttp>>, Path(mac): Path<Strin
             reservation.hardware
         ));
     }
-    let state = Arc::clone(&boot.state);
-    let hardware = reservation.hardware.clone();
-    let pending = tokio::task::spawn_blocking(move || state.catalog.has_workflow(&hardware)).await;
-    let pending_work = match pending {
-        Ok(Ok(bound)) => reservation.allow_workflow && bound,
-        Ok(Err(err)) => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response()
-        }
-        Err(err) => return (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
-    };
+    let pending_work = reservation.allow_workflow && reservation.workflow_bound;
     let assets_base = boot.assets_base();
     let token = boot.tokens.token(&mac);
     let context = ScriptContext {

@@ -94,6 +94,7 @@ mod tests {
             lease_secs: 60,
             allow_pxe: true,
             allow_workflow: true,
+            workflow_bound: true,
             ipxe_url: None,
             ipxe_script: None,
             osie: Osie::default(),
