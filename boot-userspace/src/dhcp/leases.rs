@@ -42,31 +42,28 @@ impl LeaseWriter {
                         }
                     }
                     // Consecutive records share one transaction; a removal is applied in its
-                    // place in the order.
+                    // place in the order, after the records queued before it.
                     let mut records = Vec::new();
-                    let mut results = Vec::with_capacity(batch.len());
+                    let mut waiting = Vec::new();
                     for (change, done) in batch {
                         match change {
                             Change::Record(lease) => {
                                 records.push(lease);
-                                results.push((done, None));
+                                waiting.push(done);
                             }
                             Change::Remove(mac) => {
-                                let flushed = flush(&*store, &mut records);
+                                let flushed = flush(&*store, &mut records, &mut waiting);
                                 let removed = flushed.and_then(|()| {
                                     store
                                         .remove_lease(&mac)
                                         .map(drop)
                                         .map_err(|e| e.to_string())
                                 });
-                                results.push((done, Some(removed)));
+                                let _ = done.send(removed);
                             }
                         }
                     }
-                    let last = flush(&*store, &mut records);
-                    for (done, outcome) in results {
-                        let _ = done.send(outcome.unwrap_or_else(|| last.clone()));
-                    }
+                    let _ = flush(&*store, &mut records, &mut waiting);
                 }
             })
             .expect("spawning the lease writer thread");
@@ -94,12 +91,43 @@ impl LeaseWriter {
     }
 }
 
-/// Writes the pending records in one transaction.
-fn flush(store: &dyn LeaseStore, records: &mut Vec<Lease>) -> Result<(), String> {
+/// Writes the pending records in one transaction and tells each writer how it went.
+fn flush(
+    store: &dyn LeaseStore,
+    records: &mut Vec<Lease>,
+    waiting: &mut Vec<oneshot::Sender<Result<(), String>>>,
+) -> Result<(), String> {
     if records.is_empty() {
         return Ok(());
     }
     let result = store.record_leases(records).map_err(|err| err.to_string());
     records.clear();
+    for done in waiting.drain(..) {
+        let _ = done.send(result.clone());
+    }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use workflow::store::RedbStore;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn changes_apply_in_the_order_they_were_queued() {
+        let dir = std::env::temp_dir().join(format!("wisp-leases-test-{}", std::process::id()));
+        let store = RedbStore::open(&dir).unwrap();
+        let writer = LeaseWriter::start(Arc::new(store.clone()));
+        let mac: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
+        let lease = |expires_unix| Lease { mac, address: [10, 0, 0, 8].into(), expires_unix, hostname: None };
+        // Queued together, as an ACK's lease and the RELEASE right behind it: the lease must not
+        // come back after the removal.
+        let (recorded, removed) = tokio::join!(writer.record(lease(100)), writer.remove(mac));
+        assert_eq!((recorded, removed), (Ok(()), Ok(())));
+        assert!(store.leases().unwrap().is_empty());
+        writer.record(lease(200)).await.unwrap();
+        assert_eq!(store.leases().unwrap(), [lease(200)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
