@@ -120,7 +120,12 @@ mod tests {
         let store = RedbStore::open(&dir).unwrap();
         let writer = LeaseWriter::start(Arc::new(store.clone()));
         let mac: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
-        let lease = |expires_unix| Lease { mac, address: [10, 0, 0, 8].into(), expires_unix, hostname: None };
+        let lease = |expires_unix| Lease {
+            mac,
+            address: [10, 0, 0, 8].into(),
+            expires_unix,
+            hostname: None,
+        };
         // Queued together, as an ACK's lease and the RELEASE right behind it: the lease must not
         // come back after the removal.
         let (recorded, removed) = tokio::join!(writer.record(lease(100)), writer.remove(mac));
