@@ -47,11 +47,20 @@ impl<S: Store> Catalog<S> {
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut owners = self.mac_owners()?;
-        // The batch replaces what it names, so its own Hardware's old MACs are free to reuse.
-        for (_, document) in &documents {
-            if document.key.kind == Kind::Hardware {
-                owners.retain(|_, owner| *owner != document.key);
+        // MACs and reserved addresses each belong to one Hardware: two owners would split a
+        // machine's DHCP and metadata between them.
+        let hardware = self.hardware()?;
+        let mut macs: BTreeMap<MacAddr, ResourceKey> = BTreeMap::new();
+        let mut addresses: BTreeMap<std::net::Ipv4Addr, ResourceKey> = BTreeMap::new();
+        // The batch replaces what it names, so its own Hardware's old claims are free to reuse.
+        let replaced =
+            |key: &ResourceKey| documents.iter().any(|(_, document)| document.key == *key);
+        for (key, spec) in hardware.iter().filter(|(key, _)| !replaced(key)) {
+            for (_, dhcp) in spec.dhcp_interfaces() {
+                macs.insert(dhcp.mac, key.clone());
+                if let Some(ip) = &dhcp.ip {
+                    addresses.insert(ip.address, key.clone());
+                }
             }
         }
         let mut problems = Vec::new();
@@ -59,15 +68,31 @@ impl<S: Store> Catalog<S> {
             let Spec::Hardware(hardware) = &document.spec else {
                 continue;
             };
-            for (index, dhcp) in hardware.dhcp_interfaces() {
-                if let Some(owner) = owners.insert(dhcp.mac, document.key.clone()) {
+            let mut claim = |path: String, owner: Option<ResourceKey>, what: String| {
+                if let Some(owner) = owner.filter(|owner| *owner != document.key) {
                     problems.push(Problem {
                         origin: origin.clone(),
                         field: FieldError {
-                            path: format!("spec.interfaces[{index}].dhcp.mac"),
-                            message: format!("{} is already owned by {owner}", dhcp.mac),
+                            path,
+                            message: format!("{what} is already owned by {owner}"),
                         },
                     });
+                }
+            };
+            for (index, dhcp) in hardware.dhcp_interfaces() {
+                let owner = macs.insert(dhcp.mac, document.key.clone());
+                claim(
+                    format!("spec.interfaces[{index}].dhcp.mac"),
+                    owner,
+                    dhcp.mac.to_string(),
+                );
+                if let Some(ip) = &dhcp.ip {
+                    let owner = addresses.insert(ip.address, document.key.clone());
+                    claim(
+                        format!("spec.interfaces[{index}].dhcp.ip.address"),
+                        owner,
+                        ip.address.to_string(),
+                    );
                 }
             }
         }
@@ -178,22 +203,29 @@ impl<S: Store> Catalog<S> {
         Ok(owners)
     }
 
-    /// The Hardware that some Workflow names in `hardwareRef` (in the Workflow's namespace).
+    /// The Hardware that some Workflow names in `hardwareRef` (in the Workflow's namespace),
+    /// counting only Workflows whose template exists: a blocked workflow is no pending work.
     pub fn bound_hardware(&self) -> Result<HashSet<ResourceKey>, StoreError> {
-        self.store
-            .list(Kind::Workflow)?
-            .into_iter()
-            .map(|workflow| {
-                let spec: WorkflowSpec = workflow
-                    .spec()
-                    .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
-                Ok(ResourceKey {
+        let mut bound = HashSet::new();
+        for workflow in self.store.list(Kind::Workflow)? {
+            let spec: WorkflowSpec = workflow
+                .spec()
+                .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
+            let namespace = workflow.key.namespace;
+            let template = ResourceKey {
+                kind: Kind::Template,
+                namespace: namespace.clone(),
+                name: spec.template_ref,
+            };
+            if self.store.get(&template)?.is_some() {
+                bound.insert(ResourceKey {
                     kind: Kind::Hardware,
-                    namespace: workflow.key.namespace,
+                    namespace,
                     name: spec.hardware_ref,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(bound)
     }
 
     /// Whether a Workflow's template and hardware exist. A missing one is reported, never

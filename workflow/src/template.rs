@@ -22,10 +22,16 @@ pub fn render(
 ) -> Result<String, RenderError> {
     let template = Template::new("workflow")
         .missing_key(MissingKey::Error)
-        .func("formatPartition", |args| {
-            let device = args.first().map(ToString::to_string).unwrap_or_default();
-            let partition = args.get(1).and_then(Value::as_int).unwrap_or(1);
-            Ok(Value::String(format_partition(&device, partition).into()))
+        .func("formatPartition", |args| match args {
+            [Value::String(device), partition] => match partition.as_int() {
+                Some(partition) => Ok(Value::String(format_partition(device, partition).into())),
+                None => Err(gotmpl::TemplateError::Exec(format!(
+                    "formatPartition: partition {partition} is not a number"
+                ))),
+            },
+            _ => Err(gotmpl::TemplateError::Exec(
+                "formatPartition takes a device and a partition number".into(),
+            )),
         })
         .parse(data)
         .map_err(|err| RenderError(err.to_string()))?;
@@ -41,8 +47,9 @@ pub fn render(
         .map_err(|err| RenderError(err.to_string()))
 }
 
-/// Tinkerbell's partition naming: `/dev/nvme0n1` + 1 → `/dev/nvme0n1p1`, `/dev/sda` + 1 →
-/// `/dev/sda1`; a device it does not recognise is returned as is.
+/// Partition naming: `/dev/nvme0n1` + 1 → `/dev/nvme0n1p1` and `/dev/sda` + 1 → `/dev/sda1`, as
+/// Tinkerbell's helper does; mmcblk and loop devices, which also take a `p`, are handled too.
+/// A device it does not recognise is returned as is.
 pub fn format_partition(device: &str, partition: i64) -> String {
     if ["/dev/nvme", "/dev/mmcblk", "/dev/loop"]
         .iter()
@@ -176,6 +183,13 @@ mod tests {
         assert_eq!(rendered, "disk: /dev/nvme0n1\nroot: /dev/nvme0n1p1\nmac: 1c:69:7a:11:22:33\nip: 192.168.1.8\nhost: nuc-demo\n");
         assert_eq!(format_partition("/dev/sda", 2), "/dev/sda2");
         assert_eq!(format_partition("/dev/mapper/root", 2), "/dev/mapper/root");
+        let err = render(
+            "{{ formatPartition \"/dev/sda\" \"one\" }}",
+            &BTreeMap::new(),
+            &hardware,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("is not a number"), "{err}");
     }
 
     #[test]

@@ -165,11 +165,6 @@ async fn apply(
             "no objects passed to apply",
         ));
     }
-    // Hardware feeds the gate and DHCP; Workflows decide which machines have pending work.
-    let touches_boot = manifest
-        .documents
-        .iter()
-        .any(|(_, doc)| doc.key.kind != Kind::Template);
     let (applied, sync_warning) = blocking(&state, move |state| {
         let applied = state
             .catalog
@@ -180,12 +175,10 @@ async fn apply(
                 }
                 ApplyError::Store(err) => err.into(),
             })?;
-        // Synced in the same blocking task as the commit, so that a client hanging up cannot
-        // leave the gate behind the store.
-        Ok((
-            applied,
-            touches_boot.then(|| hardware_sync_warning(state)).flatten(),
-        ))
+        // Every kind feeds the boot state (Hardware the gate and DHCP; Workflows and Templates
+        // which machines have pending work). Synced in the same blocking task as the commit, so
+        // that a client hanging up cannot leave the gate behind the store.
+        Ok((applied, hardware_sync_warning(state)))
     })
     .await?;
     warnings.extend(sync_warning);
@@ -269,9 +262,7 @@ async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<
     let (removed, sync_warning) =
         blocking(&state, move |state| match state.catalog.delete(&key)? {
             Some(removed) => {
-                let warning = (removed.key.kind != Kind::Template)
-                    .then(|| hardware_sync_warning(state))
-                    .flatten();
+                let warning = hardware_sync_warning(state);
                 Ok((removed, warning))
             }
             None => Err(ApiError::not_found(&key)),

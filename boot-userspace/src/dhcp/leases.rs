@@ -1,7 +1,7 @@
 //! Durable leases with group commit: ACKs that arrive together share one fsync, so a rack of
 //! machines renewing at once is not limited by the disk's sync rate. An ACK goes out only after
 //! its lease is durable.
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use tokio::sync::{mpsc, oneshot};
 use workflow::{
@@ -70,24 +70,30 @@ impl LeaseWriter {
         LeaseWriter { queue }
     }
 
-    /// Returns once the lease is durable.
-    pub async fn record(&self, lease: Lease) -> Result<(), String> {
-        self.submit(Change::Record(lease)).await
+    /// Queues the lease now, and returns a future that completes once it is durable. Queueing
+    /// at the call, not at the first poll, is what keeps changes in the order the DHCP server
+    /// decided them.
+    pub fn record(&self, lease: Lease) -> impl Future<Output = Result<(), String>> + use<> {
+        self.submit(Change::Record(lease))
     }
 
-    /// Returns once the lease is gone from the store.
-    pub async fn remove(&self, mac: MacAddr) -> Result<(), String> {
-        self.submit(Change::Remove(mac)).await
+    /// Queues the removal now; the future completes once the lease is gone from the store.
+    pub fn remove(&self, mac: MacAddr) -> impl Future<Output = Result<(), String>> + use<> {
+        self.submit(Change::Remove(mac))
     }
 
-    async fn submit(&self, change: Change) -> Result<(), String> {
+    fn submit(&self, change: Change) -> impl Future<Output = Result<(), String>> + use<> {
         let (done, applied) = oneshot::channel();
-        self.queue
+        let queued = self
+            .queue
             .send((change, done))
-            .map_err(|_| "the lease writer has stopped".to_string())?;
-        applied
-            .await
-            .map_err(|_| "the lease writer has stopped".to_string())?
+            .map_err(|_| "the lease writer has stopped".to_string());
+        async move {
+            queued?;
+            applied
+                .await
+                .map_err(|_| "the lease writer has stopped".to_string())?
+        }
     }
 }
 

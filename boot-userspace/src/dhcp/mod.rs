@@ -206,10 +206,11 @@ impl DhcpServer {
                 match reply.lease.clone() {
                     // The ACK waits for its lease to be durable, without holding up the loop.
                     Some(lease) => {
-                        let (server, socket, writer) =
-                            (Arc::clone(self), Arc::clone(socket), writer.clone());
+                        // Queued here, in decision order; only the wait is spawned.
+                        let durable = writer.record(lease);
+                        let (server, socket) = (Arc::clone(self), Arc::clone(socket));
                         tokio::spawn(async move {
-                            match writer.record(lease).await {
+                            match durable.await {
                                 Ok(()) => server.send(&socket, *reply, handoff).await,
                                 Err(err) => {
                                     tracing::error!(client, "lease not stored, ACK withheld: {err}")
@@ -260,11 +261,12 @@ impl DhcpServer {
             .is_some_and(|at| at.elapsed() < DECLINE_HOLD_OFF)
     }
 
-    /// Removals go through the lease writer's queue, behind any pending ACK of the same MAC.
+    /// Removals go through the lease writer's queue, behind any ACK of the same MAC decided
+    /// before them.
     fn forget_lease(&self, writer: &LeaseWriter, mac: MacAddr) {
-        let writer = writer.clone();
+        let removed = writer.remove(mac);
         tokio::spawn(async move {
-            if let Err(err) = writer.remove(mac).await {
+            if let Err(err) = removed.await {
                 tracing::error!(client = %mac, "cannot remove the lease: {err}");
             }
         });
@@ -272,11 +274,20 @@ impl DhcpServer {
 
     /// Sends a reply; `handoff` is recorded once an iPXE binary has actually been handed out.
     async fn send(&self, socket: &UdpSocket, reply: Reply, handoff: Option<(MacAddr, u32)>) {
-        let mut bytes = Vec::with_capacity(576);
-        if let Err(err) = reply.message.encode(&mut Encoder::new(&mut bytes)) {
-            tracing::error!("cannot encode a DHCP reply: {err}");
-            return;
-        }
+        // Encoding runs under catch_unwind like decoding: a reply that cannot be encoded is
+        // dropped, not a reason to stop serving.
+        let encoded = std::panic::catch_unwind(|| {
+            let mut bytes = Vec::with_capacity(576);
+            reply
+                .message
+                .encode(&mut Encoder::new(&mut bytes))
+                .map(|()| bytes)
+        });
+        let bytes = match encoded {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(err)) => return tracing::error!("cannot encode a DHCP reply: {err}"),
+            Err(_) => return tracing::error!("encoding a DHCP reply panicked; reply dropped"),
+        };
         let target: SocketAddr = match reply.destination {
             Destination::Relay(relay) => (relay, DHCP_SERVER_PORT).into(),
             Destination::Client(address) => (address, CLIENT_PORT).into(),

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{
-    extract::{MatchedPath, Path, Request, State},
+    extract::{ConnectInfo, MatchedPath, Path, Request, State},
     http::{header, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -85,7 +85,11 @@ fn not_found(reason: String) -> Response {
         .into_response()
 }
 
-async fn machine_script(State(boot): State<Arc<BootHttp>>, Path(mac): Path<String>) -> Response {
+async fn machine_script(
+    State(boot): State<Arc<BootHttp>>,
+    ConnectInfo(source): ConnectInfo<SocketAddr>,
+    Path(mac): Path<String>,
+) -> Response {
     let Ok(mac) = mac.parse::<MacAddr>() else {
         return not_found(format!("{mac:?} is not a MAC address"));
     };
@@ -101,12 +105,16 @@ async fn machine_script(State(boot): State<Arc<BootHttp>>, Path(mac): Path<Strin
     }
     let pending_work = reservation.allow_workflow && reservation.workflow_bound;
     let assets_base = boot.assets_base();
-    let token = boot.tokens.token(&mac);
+    // The metadata token goes only to the machine itself: a request from its reserved address.
+    // Anyone on the boot network may ask for a script, and MACs are no secret.
+    let from_machine =
+        matches!(source.ip(), std::net::IpAddr::V4(ip) if reservation.address == Some(ip));
+    let token = from_machine.then(|| boot.tokens.token(&mac));
     let context = ScriptContext {
         server: boot.server,
         assets_base: &assets_base,
         pending_work,
-        token: &token,
+        token: token.as_deref(),
     };
     tracing::info!(client = %mac, pending_work, "iPXE script served");
     (

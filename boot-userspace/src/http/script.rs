@@ -11,8 +11,9 @@ pub struct ScriptContext<'a> {
     pub assets_base: &'a str,
     /// A workflow waits for this machine.
     pub pending_work: bool,
-    /// The machine's metadata token (see `metadata::token`).
-    pub token: &'a str,
+    /// The machine's metadata token (see `metadata::token`), when the script goes to the machine
+    /// itself.
+    pub token: Option<&'a str>,
 }
 
 /// Kernel and initramfs names under the assets base, unless `osie` names others.
@@ -60,8 +61,8 @@ pub fn script(reservation: &Reservation, context: &ScriptContext) -> String {
         format!("wisp.server={}", context.server),
         format!("wisp.mac={mac}"),
         format!("wisp.hardware={}/{}", hardware.namespace, hardware.name),
-        format!("wisp.token={}", context.token),
     ];
+    cmdline.extend(context.token.map(|token| format!("wisp.token={token}")));
     cmdline.extend(osie.kernel_params.iter().flatten().cloned());
     format!(
         "#!ipxe\necho Wisp: provisioning {name} ({mac})\nkernel {base}/{kernel} {cmdline}\ninitrd --name initrd {base}/{initrd}\nboot\n",
@@ -106,7 +107,7 @@ mod tests {
             server: [10, 0, 0, 1].into(),
             assets_base: "http://10.0.0.1:8080/assets",
             pending_work,
-            token: "1c697a112233-00",
+            token: Some("1c697a112233-00"),
         }
     }
 

@@ -19,10 +19,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::Value;
-use workflow::{
-    resource::{HardwareSpec, MacAddr},
-    store::Store,
-};
+use workflow::{resource::HardwareSpec, store::Store};
 
 use crate::{api::routes::AppState, dhcp::reservation::Reservation};
 pub use token::MachineTokens;
@@ -106,18 +103,17 @@ impl Metadata {
                 format!("no machine at {}", source.ip()),
             ));
         };
-        let by_address = reservations.by_address(*source.ip()).map(|r| r.mac);
-        let mac: MacAddr = match (by_token, by_address) {
-            (Some(token_mac), Some(address_mac)) if token_mac != address_mac => {
+        let by_address = reservations.by_address(*source.ip());
+        let by_token = by_token.and_then(|mac| reservations.get(&mac));
+        // Both name a machine: they must name the same Hardware (any of its interfaces).
+        let reservation = match (by_token, by_address) {
+            (Some(token), Some(address)) if token.hardware != address.hardware => {
                 return Err(refuse(
                     StatusCode::FORBIDDEN,
-                    format!(
-                        "the token is {token_mac}'s, but {} is reserved for {address_mac}",
-                        source.ip()
-                    ),
+                    "the token does not belong to the machine at this address".into(),
                 ));
             }
-            (Some(mac), _) | (None, Some(mac)) => mac,
+            (Some(reservation), _) | (None, Some(reservation)) => Arc::clone(reservation),
             (None, None) => {
                 return Err(refuse(
                     StatusCode::NOT_FOUND,
@@ -125,10 +121,6 @@ impl Metadata {
                 ))
             }
         };
-        let reservation = reservations
-            .get(&mac)
-            .cloned()
-            .ok_or_else(|| refuse(StatusCode::NOT_FOUND, format!("no Hardware owns {mac}")))?;
         let state = Arc::clone(&self.state);
         let key = reservation.hardware.clone();
         let stored = tokio::task::spawn_blocking(move || state.catalog.store().get(&key))

@@ -27,15 +27,20 @@ impl MachineTokens {
                 Ok(MachineTokens { key })
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                // Written aside and renamed into place, so a crash never leaves a short key.
                 let key: [u8; 32] = rand::random();
+                let partial = data_dir.join(format!("{KEY_FILE}.new"));
                 let mut file = std::fs::OpenOptions::new()
                     .write(true)
-                    .create_new(true)
+                    .create(true)
+                    .truncate(true)
                     .mode(0o600)
-                    .open(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
+                    .open(&partial)
+                    .with_context(|| format!("creating {}", partial.display()))?;
                 file.write_all(&key)?;
                 file.sync_all()?;
+                std::fs::rename(&partial, &path)
+                    .with_context(|| format!("creating {}", path.display()))?;
                 Ok(MachineTokens { key })
             }
             Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
