@@ -41,6 +41,14 @@ spec:
         allowPXE: false
 ---
 apiVersion: tinkerbell.org/v1alpha1
+kind: Template
+metadata:
+  name: any
+  namespace: lab
+spec:
+  data: \"version: '0.1'\"
+---
+apiVersion: tinkerbell.org/v1alpha1
 kind: Workflow
 metadata:
   name: busy-wf

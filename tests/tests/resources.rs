@@ -222,7 +222,14 @@ fn acknowledged_applies_survive_kill_9() {
                 }
                 let name = format!("node-{index}");
                 let mac = format!("02:00:00:00:{:02x}:{:02x}", index >> 8, index & 0xff);
-                let output = apply_yaml(&lab.server, &hardware_yaml(&name, &mac, "10.99.1.1"));
+                let output = apply_yaml(
+                    &lab.server,
+                    &hardware_yaml(
+                        &name,
+                        &mac,
+                        &format!("10.98.{}.{}", index >> 8, index & 0xff),
+                    ),
+                );
                 if output.status.success() {
                     acknowledged.lock().expect("lock").push(name);
                 }
