@@ -432,3 +432,18 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// `wisp apply -f -` that must succeed; a failure fails the test with the CLI's error.
+pub fn apply_ok(netns: &Netns, yaml: &str) {
+    let output = apply_yaml(netns, yaml);
+    assert!(
+        output.status.success(),
+        "wisp apply failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// What a finished command printed: stdout, then stderr.
+pub fn output_text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use wisp_tests::{
-    apply_yaml, gate_stats, metric, require_root,
+    apply_ok, gate_stats, metric, require_root,
     vm::{marker_assets, Firmware, Vm, MARKER},
     Daemon, Lab, TempDir, BRIDGE_IF,
 };
@@ -65,12 +65,7 @@ fn netboot(firmware: Firmware) -> (Lab, Daemon, Vm, TempDir) {
         &work.join("data"),
         &["--assets-dir", assets.to_str().expect("utf-8")],
     );
-    let applied = apply_yaml(&lab.server, &machine_yaml(VM_MAC, "10.99.0.50"));
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_ok(&lab.server, &machine_yaml(VM_MAC, "10.99.0.50"));
     let vm = Vm::start(
         &lab.server.name,
         BRIDGE_IF,

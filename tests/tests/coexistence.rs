@@ -4,7 +4,7 @@
 use std::{process::Stdio, time::Duration};
 
 use wisp_tests::{
-    apply_yaml, gate_stats, metric, require_root,
+    apply_ok, gate_stats, metric, output_text, require_root,
     vm::{marker_assets, Firmware, Vm, MARKER},
     Daemon, Lab, Netns, TempDir, BRIDGE_IF,
 };
@@ -83,7 +83,7 @@ fn a_machine_wisp_does_not_own_gets_its_lease_from_dnsmasq_only() {
     let work = TempDir::new("coex");
     let _daemon = Daemon::start(&lab.server, BRIDGE_IF, &work.join("data"), &[]);
     let owned = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: owned\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:11:22:33\n        ip:\n          address: 10.99.0.60\n          netmask: 255.255.255.0\n";
-    assert!(apply_yaml(&lab.server, owned).status.success());
+    apply_ok(&lab.server, owned);
     let _dnsmasq = start_dnsmasq(&lab, &work);
     let stranger = join_bridge(&lab, "stranger", "strport", None);
     stranger.exec_ok(
@@ -109,8 +109,7 @@ fn a_machine_wisp_does_not_own_gets_its_lease_from_dnsmasq_only() {
             "/bin/true",
         ],
     );
-    let said = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
+    let said = output_text(&output);
     assert!(output.status.success(), "udhcpc got no lease:\n{said}");
     assert!(
         said.contains("obtained from 10.99.0.3") || said.contains("obtained, lease time"),
@@ -187,12 +186,7 @@ fn proxy_boot(firmware: Firmware) {
     );
     // No address in the Hardware: in proxy mode the LAN's server hands it out.
     let machine = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: vm\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 52:54:00:57:49:02\n      netboot:\n        allowPXE: true\n        allowWorkflow: true\n        ipxe:\n          contents: |\n            #!ipxe\n            kernel http://10.99.0.1:8080/assets/vmlinuz initrd=initrd console=ttyS0\n            initrd --name initrd http://10.99.0.1:8080/assets/initramfs\n            boot\n";
-    let applied = apply_yaml(&lab.server, machine);
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_ok(&lab.server, machine);
     let _dnsmasq = start_dnsmasq(&lab, &work);
     let vm = Vm::start(
         &lab.server.name,

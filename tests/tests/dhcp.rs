@@ -14,8 +14,8 @@ use dhcproto::{
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use wisp_tests::{
-    apply_yaml, eventually, frames::relayed, hardware_yaml, metric, require_root, wisp_ok, Daemon,
-    Lab, TempDir, CLIENT_IF, CLIENT_IP, SERVER_IF, SERVER_IP,
+    apply_ok, eventually, frames::relayed, hardware_yaml, metric, output_text, require_root,
+    wisp_ok, Daemon, Lab, TempDir, CLIENT_IF, CLIENT_IP, SERVER_IF, SERVER_IP,
 };
 
 /// Hardware for `count` machines: MAC 02:00:00:00:HH:LL reserves 10.99.(4+HH).LL/16 (perfdhcp's
@@ -73,12 +73,7 @@ fn perfdhcp_completes_dora_for_1000_reserved_macs_with_their_addresses() {
     let data_dir = work.join("data");
     let mut daemon = Daemon::start(&lab.server, SERVER_IF, &data_dir, &["--xdp-mode", "native"]);
     let (yaml, expected) = rack(1000);
-    let applied = apply_yaml(&lab.server, &yaml);
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_ok(&lab.server, &yaml);
 
     // Capture what crosses the wire on the client side, to check every ACK independently.
     let capture = work.join("dhcp.pcap");
@@ -116,8 +111,7 @@ fn perfdhcp_completes_dora_for_1000_reserved_macs_with_their_addresses() {
             "mac=02:00:00:00:00:00",
         ],
     );
-    let report = String::from_utf8_lossy(&perfdhcp.stdout).into_owned()
-        + &String::from_utf8_lossy(&perfdhcp.stderr);
+    let report = output_text(&perfdhcp);
     // Let the last replies reach the capture before stopping it.
     std::thread::sleep(Duration::from_secs(1));
     nix::sys::signal::kill(
@@ -207,12 +201,7 @@ fn relayed_requests_get_unicast_replies_with_option_82_echoed() {
     let on_subnet = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
     let off_subnet = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x44];
     let yaml = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: relayed\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:11:22:33\n        hostname: relayed\n        ip:\n          address: 10.99.0.60\n          netmask: 255.255.255.0\n          gateway: 10.99.0.254\n    - dhcp:\n        mac: 1c:69:7a:11:22:44\n        ip:\n          address: 10.50.0.60\n          netmask: 255.255.255.0\n";
-    let applied = apply_yaml(&lab.server, yaml);
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_ok(&lab.server, yaml);
     let reserved: Ipv4Addr = [10, 99, 0, 60].into();
     let circuit = b"rack7-port12";
     let relay_info = |message: &v4::Message| {
@@ -319,7 +308,7 @@ fn a_malformed_message_from_a_known_mac_is_counted_and_the_server_keeps_serving(
     require_root();
     let (lab, _work, daemon) = start("malformed");
     let yaml = hardware_yaml("known", "1c:69:7a:11:22:33", "10.99.0.60");
-    assert!(apply_yaml(&lab.server, &yaml).status.success());
+    apply_ok(&lab.server, &yaml);
     let known = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
     // Option 94 (client network interface) must be 3 bytes long; this one says 2. The BOOTP
     // header is intact, so the gate passes it and the DHCP decoder meets the lie.
@@ -371,7 +360,7 @@ fn a_client_without_the_broadcast_bit_gets_its_lease_by_unicast() {
     require_root();
     let (lab, _work, _daemon) = start("unicast");
     let yaml = hardware_yaml("plain", "1c:69:7a:00:00:77", "10.99.0.77");
-    assert!(apply_yaml(&lab.server, &yaml).status.success());
+    apply_ok(&lab.server, &yaml);
     lab.client.exec_ok(
         "ip",
         &["link", "set", CLIENT_IF, "address", "1c:69:7a:00:00:77"],
@@ -395,8 +384,7 @@ fn a_client_without_the_broadcast_bit_gets_its_lease_by_unicast() {
             "/bin/true",
         ],
     );
-    let said = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
+    let said = output_text(&output);
     assert!(
         output.status.success() && said.contains("lease of 10.99.0.77 obtained"),
         "{said}"

@@ -2,7 +2,7 @@
 //! DHCP sent from the other, judged by the attached XDP program (or the userspace gate).
 use nix::sys::signal::Signal;
 use wisp_tests::{
-    apply_yaml, eventually, frames::discover, gate_stats, hardware_yaml, metric, require_root,
+    apply_ok, eventually, frames::discover, gate_stats, hardware_yaml, metric, require_root,
     wisp_ok, Daemon, Lab, TempDir, BRIDGE_IF, CLIENT_IP, SERVER_IF,
 };
 
@@ -32,14 +32,9 @@ fn scenario(mode: &str, stop_with: Signal) {
         &data.join("data"),
         &["--xdp-mode", mode],
     );
-    let applied = apply_yaml(
+    apply_ok(
         &lab.server,
         &hardware_yaml("known", "1c:69:7a:11:22:33", "10.99.0.10"),
-    );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
     );
 
     let (_, stats) = gate_stats(&lab.server);
@@ -97,14 +92,9 @@ fn scenario(mode: &str, stop_with: Signal) {
     );
 
     // The allowlist follows apply and delete live.
-    let applied = apply_yaml(
+    apply_ok(
         &lab.server,
         &hardware_yaml("late", "1c:69:7a:44:55:66", "10.99.0.11"),
-    );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
     );
     send_and_wait(&lab, &discover(LATE, None), false, "passed_known");
     eventually("the newly applied MAC to reach the socket", || {
@@ -187,14 +177,9 @@ fn auto_mode_falls_back_to_skb_on_a_bridge_and_says_so() {
     assert!(log.contains("could not attach in native mode"), "{log}");
     assert!(log.contains("XDP gate attached in skb mode"), "{log}");
     // Bridged DHCP from a client port is judged on the bridge.
-    let applied = apply_yaml(
+    apply_ok(
         &lab.server,
         &hardware_yaml("known", "1c:69:7a:11:22:33", "10.99.0.10"),
-    );
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
     );
     send_and_wait(&lab, &discover(KNOWN, None), false, "passed_known");
     send_and_wait(&lab, &discover(LATE, None), false, "dropped_unknown");

@@ -1,6 +1,6 @@
 //! The boot HTTP server through curl, from a client across the veth pair: per-machine scripts,
 //! refusals with reasons, and boot assets with HEAD and Range.
-use wisp_tests::{apply_yaml, metric, require_root, Daemon, Lab, TempDir, SERVER_IF};
+use wisp_tests::{apply_ok, metric, require_root, Daemon, Lab, TempDir, SERVER_IF};
 
 const MACHINES: &str = "apiVersion: tinkerbell.org/v1alpha1
 kind: Hardware
@@ -98,12 +98,7 @@ fn scripts_refusals_and_assets_with_head_and_range() {
             assets.to_str().expect("utf-8"),
         ],
     );
-    let applied = apply_yaml(&lab.server, MACHINES);
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    apply_ok(&lab.server, MACHINES);
 
     let (status, script) = fetch(&lab, "/ipxe/1c:69:7a:00:00:01/auto.ipxe", &[]);
     let script = String::from_utf8(script).expect("text");

@@ -1,6 +1,6 @@
 //! The metadata service through curl from the machines' side: EC2 paths and /metadata for the
 //! machine at the source address, per-machine tokens, and no machine reading another's data.
-use wisp_tests::{apply_yaml, require_root, Daemon, Lab, TempDir, SERVER_IF};
+use wisp_tests::{apply_ok, require_root, Daemon, Lab, TempDir, SERVER_IF};
 
 const MACHINES: &str = "apiVersion: tinkerbell.org/v1alpha1
 kind: Hardware
@@ -107,7 +107,7 @@ fn each_machine_reads_its_own_metadata_and_no_other() {
         &work.join("data"),
         &["--xdp-mode", "native"],
     );
-    assert!(apply_yaml(&lab.server, MACHINES).status.success());
+    apply_ok(&lab.server, MACHINES);
     for extra in ["10.99.0.3/24", "10.99.0.9/24"] {
         lab.client
             .exec_ok("ip", &["addr", "add", extra, "dev", "cli"]);

@@ -5,7 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use wisp_tests::{metric, require_root, Daemon, Lab, TempDir, SERVER_IF, SERVER_IP};
+use wisp_tests::{metric, output_text, require_root, Daemon, Lab, TempDir, SERVER_IF, SERVER_IP};
 
 const IPXE_DIR: &str = "/usr/lib/ipxe";
 
@@ -97,8 +97,7 @@ fn tftp_hpa_fetches_and_is_refused_traversal_absolute_paths_and_writes() {
             "tftp",
             &[&server, "-m", "binary", "-c", "get", remote, local],
         );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr)
+        output_text(&output)
     };
     let fetched = get("snponly.efi");
     assert_eq!(
@@ -123,8 +122,7 @@ fn tftp_hpa_fetches_and_is_refused_traversal_absolute_paths_and_writes() {
             "hostname",
         ],
     );
-    let said =
-        String::from_utf8_lossy(&put.stdout).into_owned() + &String::from_utf8_lossy(&put.stderr);
+    let said = output_text(&put);
     assert!(
         said.contains("Error code 4"),
         "a write must be refused as an illegal operation: {said}"
