@@ -204,13 +204,27 @@ impl<S: Store> Catalog<S> {
     }
 
     /// The Hardware that some Workflow names in `hardwareRef` (in the Workflow's namespace),
-    /// counting only Workflows whose template exists: a blocked workflow is no pending work.
+    /// counting only Workflows whose template exists and that have not finished: a blocked or
+    /// finished workflow is no pending work.
     pub fn bound_hardware(&self) -> Result<HashSet<ResourceKey>, StoreError> {
+        let finished: HashSet<ResourceKey> = self
+            .store
+            .workflow_statuses()?
+            .into_iter()
+            .filter(|(_, status)| status.state.is_final())
+            .map(|(key, _)| key)
+            .collect();
         let mut bound = HashSet::new();
         for workflow in self.store.list(Kind::Workflow)? {
+            if finished.contains(&workflow.key) {
+                continue;
+            }
             let spec: WorkflowSpec = workflow
                 .spec()
                 .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
+            if spec.disabled == Some(true) {
+                continue;
+            }
             let namespace = workflow.key.namespace;
             let template = ResourceKey {
                 kind: Kind::Template,

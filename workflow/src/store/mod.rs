@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use self::redb::RedbStore;
-use crate::resource::{Kind, MacAddr, Resource, ResourceKey};
+use crate::{
+    engine::WorkflowStatus,
+    resource::{Kind, MacAddr, Resource, ResourceKey},
+};
 
 /// One object to write. With `expected_version` set, the write succeeds only if the stored
 /// object still has that version (optimistic concurrency, as Kubernetes' resourceVersion).
@@ -52,8 +55,15 @@ pub trait Store: Send + Sync {
     fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError>;
     /// All resources of a kind, ordered by namespace and name.
     fn list(&self, kind: Kind) -> Result<Vec<Resource>, StoreError>;
-    /// Removes a resource and returns what it was.
+    /// Removes a resource (and a workflow's run) and returns what it was.
     fn delete(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError>;
+    /// Records a workflow's run. Returns false, writing nothing, when the workflow is gone.
+    fn put_workflow_status(
+        &self,
+        key: &ResourceKey,
+        status: &WorkflowStatus,
+    ) -> Result<bool, StoreError>;
+    fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, WorkflowStatus)>, StoreError>;
 }
 
 /// A DHCP lease: which address a MAC holds, and until when.

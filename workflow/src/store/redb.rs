@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Applied, Lease, LeaseStore, Outcome, Store, StoreError, Write};
-use crate::resource::{Kind, MacAddr, Resource, ResourceKey};
+use crate::{
+    engine::WorkflowStatus,
+    resource::{Kind, MacAddr, Resource, ResourceKey},
+};
 
 /// `Kind/namespace/name` → JSON of [`Record`]. Names cannot hold '/', so a kind's records form
 /// one contiguous key range.
@@ -16,6 +19,9 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
 /// MAC (`1c:69:7a:11:22:33`) → JSON of [`Lease`].
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
+/// `Workflow/namespace/name` → JSON of [`WorkflowStatus`]: the run, kept apart from the spec so
+/// that progress never bumps the resourceVersion a user applies against.
+const WORKFLOW_STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflow_status");
 
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -43,6 +49,7 @@ impl RedbStore {
         txn.open_table(RESOURCES).map_err(backend)?;
         txn.open_table(META).map_err(backend)?;
         txn.open_table(LEASES).map_err(backend)?;
+        txn.open_table(WORKFLOW_STATUS).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(RedbStore {
             db: std::sync::Arc::new(db),
@@ -192,12 +199,58 @@ impl Store for RedbStore {
             let removed = resources
                 .remove(storage_key(key).as_str())
                 .map_err(backend)?;
+            // A run belongs to its workflow: a workflow applied again later starts afresh.
+            txn.open_table(WORKFLOW_STATUS)
+                .map_err(backend)?
+                .remove(storage_key(key).as_str())
+                .map_err(backend)?;
             removed
                 .map(|bytes| decode_record(key.clone(), bytes.value()))
                 .transpose()?
         };
         txn.commit().map_err(backend)?;
         Ok(removed)
+    }
+
+    fn put_workflow_status(
+        &self,
+        key: &ResourceKey,
+        status: &WorkflowStatus,
+    ) -> Result<bool, StoreError> {
+        let storage_key = storage_key(key);
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let resources = txn.open_table(RESOURCES).map_err(backend)?;
+            if resources
+                .get(storage_key.as_str())
+                .map_err(backend)?
+                .is_none()
+            {
+                return Ok(false);
+            }
+            let bytes = serde_json::to_vec(status).map_err(backend)?;
+            txn.open_table(WORKFLOW_STATUS)
+                .map_err(backend)?
+                .insert(storage_key.as_str(), bytes.as_slice())
+                .map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        Ok(true)
+    }
+
+    fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, WorkflowStatus)>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(WORKFLOW_STATUS).map_err(backend)?;
+        let mut statuses = Vec::new();
+        for entry in table.iter().map_err(backend)? {
+            let (key, bytes) = entry.map_err(backend)?;
+            let key = parse_storage_key(key.value())
+                .ok_or_else(|| StoreError::Backend(format!("unreadable key {:?}", key.value())))?;
+            let status = serde_json::from_slice(bytes.value())
+                .map_err(|err| StoreError::Backend(format!("the status of {key} is corrupt: {err}")))?;
+            statuses.push((key, status));
+        }
+        Ok(statuses)
     }
 }
 

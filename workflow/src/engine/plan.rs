@@ -1,0 +1,132 @@
+//! The rendered workflow: Tinkerbell's workflow YAML (`version`, `global_timeout`, `tasks` with
+//! their `actions`) after the template has been rendered for one machine.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Plan {
+    #[serde(default)]
+    pub name: String,
+    /// Seconds for the whole workflow; 0 means none.
+    #[serde(default)]
+    pub global_timeout: u64,
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Task {
+    pub name: String,
+    /// The machine that runs the task, usually `{{.device_1}}`, its MAC.
+    #[serde(default)]
+    pub worker: String,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    /// Values keep the text YAML wrote (`MODE: 0644` stays `0644`), as Tinkerbell's YAML
+    /// decoding into Go strings keeps it.
+    pub environment: BTreeMap<String, String>,
+    pub actions: Vec<Action>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Action {
+    pub name: String,
+    pub image: String,
+    /// Seconds; 0 means none.
+    #[serde(default)]
+    pub timeout: u64,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    #[serde(default)]
+    /// Values keep the text YAML wrote (`MODE: 0644` stays `0644`), as Tinkerbell's YAML
+    /// decoding into Go strings keeps it.
+    pub environment: BTreeMap<String, String>,
+    #[serde(default)]
+    pub pid: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the rendered workflow is not valid: {0}")]
+pub struct PlanError(String);
+
+impl Plan {
+    /// Parses a rendered template, naming the field at fault.
+    pub fn parse(rendered: &str) -> Result<Plan, PlanError> {
+        let document = serde_yaml_ng::Deserializer::from_str(rendered);
+        let plan: Plan = serde_path_to_error::deserialize(document)
+            .map_err(|err| PlanError(format!("{}: {}", err.path(), err.inner())))?;
+        if plan.tasks.iter().all(|task| task.actions.is_empty()) {
+            return Err(PlanError("it has no actions".into()));
+        }
+        Ok(plan)
+    }
+
+    /// The actions in the order they run, with their task.
+    pub fn actions(&self) -> impl Iterator<Item = (&Task, &Action)> {
+        self.tasks
+            .iter()
+            .flat_map(|task| task.actions.iter().map(move |action| (task, action)))
+    }
+}
+
+/// An action's environment as the worker receives it: the task's, overridden by the action's,
+/// as sorted `KEY=value` strings (Tinkerbell's wire form).
+pub fn environment(task: &Task, action: &Action) -> Vec<String> {
+    let mut merged = task.environment.clone();
+    merged.extend(action.environment.clone());
+    merged
+        .into_iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_rendered_demo_template() {
+        let plan = Plan::parse(
+            r#"
+version: "0.1"
+name: demo
+global_timeout: 9800
+tasks:
+  - name: os-installation
+    worker: "1c:69:7a:11:22:33"
+    volumes: [/dev:/dev]
+    environment: {SHARED: yes-all}
+    actions:
+      - name: stream
+        image: quay.io/tinkerbell-actions/image2disk:v1.0.0
+        timeout: 600
+        environment:
+          COMPRESSED: true
+          UID: 0
+          MODE: 0644
+          SHARED: overridden
+"#,
+        )
+        .unwrap();
+        assert_eq!(plan.global_timeout, 9800);
+        let (task, action) = plan.actions().next().unwrap();
+        assert_eq!(action.timeout, 600);
+        assert_eq!(
+            environment(task, action),
+            ["COMPRESSED=true", "MODE=0644", "SHARED=overridden", "UID=0"]
+        );
+    }
+
+    #[test]
+    fn names_the_field_at_fault() {
+        let err = Plan::parse("tasks:\n  - name: t\n    actions:\n      - name: a\n        timeout: soon\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tasks[0].actions[0]"), "{err}");
+        let err = Plan::parse("tasks: []\n").unwrap_err().to_string();
+        assert!(err.contains("no actions"), "{err}");
+    }
+}
