@@ -10,7 +10,7 @@ use std::{
 use anyhow::Context;
 use boot_ebpf::UnknownPolicy;
 use tokio::signal::unix::{signal, SignalKind};
-use workflow::{catalog::Catalog, store::RedbStore};
+use workflow::{catalog::Catalog, engine::Engine, store::RedbStore};
 
 use crate::{
     api::{
@@ -20,10 +20,11 @@ use crate::{
     dhcp::{boot::BootConfig, handler::Mode, DhcpServer, SharedReservations},
     gate::{Gate, RequestedMode},
     http::BootHttp,
-    metadata::MachineTokens,
+    identity::MachineTokens,
     metrics::Metrics,
     net,
     tftp::{self, BootFiles},
+    worker_api::{WorkerApi, WORKER_API_PORT},
 };
 
 /// `wisp serve`'s options.
@@ -79,8 +80,11 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let gate = Arc::new(Gate::start(&config.interface, config.xdp_mode, policy)?);
     let metrics = Arc::new(Metrics::new(Arc::clone(&gate)));
     let reservations = Arc::new(SharedReservations::default());
+    let catalog = Catalog::new(store.clone());
+    let engine = Engine::load(&catalog).context("loading workflow runs from the store")?;
     let state = Arc::new(AppState {
-        catalog: Catalog::new(store.clone()),
+        catalog,
+        engine,
         gate: Arc::clone(&gate),
         reservations: Arc::clone(&reservations),
         metrics: Arc::clone(&metrics),
@@ -111,11 +115,17 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         handoffs: Default::default(),
         declined: Default::default(),
     };
+    let tokens = Arc::new(MachineTokens::load_or_create(&config.data_dir)?);
     let mut services = tokio::task::JoinSet::new();
     services.spawn(dhcp.serve());
+    let worker_api = WorkerApi {
+        state: Arc::clone(&state),
+        tokens: Arc::clone(&tokens),
+    };
+    services.spawn(worker_api.serve(SocketAddr::from((address, WORKER_API_PORT))));
     let boot_http = BootHttp {
         state: Arc::clone(&state),
-        tokens: Arc::new(MachineTokens::load_or_create(&config.data_dir)?),
+        tokens,
         boot_files: Arc::clone(&boot_files),
         server: address,
         port: BOOT_HTTP_PORT,
@@ -133,6 +143,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     ));
 
     let reconcile_task = tokio::spawn(reconcile_hardware(Arc::clone(&state)));
+    let timeouts_task = tokio::spawn(enforce_timeouts(Arc::clone(&state)));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -147,6 +158,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     };
     services.shutdown().await;
     reconcile_task.abort();
+    timeouts_task.abort();
     if gate.detach() {
         tracing::info!(interface = config.interface, "gate detached");
     }
@@ -168,6 +180,35 @@ async fn reconcile_hardware(state: Arc<AppState>) {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => tracing::error!("allowlist reconcile failed: {err:#}"),
             Err(err) => tracing::error!("allowlist reconcile task failed: {err}"),
+        }
+    }
+}
+
+/// How often running workflows are checked against their timeouts.
+const TIMEOUT_CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// Ends the workflows whose global or action timeout has passed, even when their worker has
+/// gone silent, and takes them out of the boot path's pending work.
+async fn enforce_timeouts(state: Arc<AppState>) {
+    let mut ticks = tokio::time::interval(TIMEOUT_CHECK_PERIOD);
+    loop {
+        ticks.tick().await;
+        let state = Arc::clone(&state);
+        let checked = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let ended = state
+                .engine
+                .enforce_timeouts(&state.catalog, std::time::SystemTime::now())?;
+            if ended > 0 {
+                tracing::warn!(workflows = ended, "workflows timed out");
+                state.sync_hardware()?;
+            }
+            Ok(())
+        })
+        .await;
+        match checked {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!("enforcing workflow timeouts failed: {err:#}"),
+            Err(err) => tracing::error!("the timeout task failed: {err}"),
         }
     }
 }

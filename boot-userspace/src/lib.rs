@@ -5,6 +5,8 @@
 //! - [`tftp`]: the read-only TFTP server for the iPXE binaries;
 //! - [`http`]: the boot HTTP server: iPXE scripts, iPXE binaries and boot assets;
 //! - [`metadata`]: the metadata service (EC2 paths, `/metadata`), on the boot HTTP server;
+//! - [`worker_api`]: the gRPC worker API (Tinkerbell's `WorkflowService`) over the workflow engine;
+//! - [`identity`]: which machine is calling, by address and token;
 //! - [`api`]: the HTTP/JSON API the `wisp` CLI talks to, and its wire types;
 //! - [`metrics`]: Prometheus metrics;
 //! - [`daemon`]: `wisp serve`, which wires them together.
@@ -13,7 +15,9 @@ pub mod daemon;
 pub mod dhcp;
 pub mod gate;
 pub mod http;
+pub mod identity;
 pub mod metadata;
 pub mod metrics;
 pub mod net;
 pub mod tftp;
+pub mod worker_api;

@@ -11,6 +11,11 @@
 pub mod catalog;
 pub mod engine;
 pub mod manifest;
+/// Tinkerbell's worker API (`proto.WorkflowService`), generated from `proto/`.
+pub mod proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("proto");
+}
 pub mod resource;
 pub mod store;
 pub mod template;

@@ -4,7 +4,7 @@ pub mod routes;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use workflow::{catalog::Binding, resource::ResourceKey, store::Applied};
+use workflow::{catalog::Binding, engine::WorkflowStatus, resource::ResourceKey, store::Applied};
 
 /// The address the daemon listens on and the CLI talks to unless told otherwise.
 macro_rules! default_api_address {
@@ -40,6 +40,9 @@ pub struct ResourceView {
     pub object: Value,
     /// For workflows: whether their template and hardware exist.
     pub binding: Option<Binding>,
+    /// For workflows: their run (or, before it starts, its actions, all pending).
+    #[serde(default)]
+    pub run: Option<WorkflowStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

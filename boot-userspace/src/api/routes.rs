@@ -12,8 +12,9 @@ use axum::{
 use serde::Deserialize;
 use workflow::{
     catalog::{ApplyError, Catalog},
+    engine::Engine,
     manifest::Manifest,
-    resource::{Kind, Resource, ResourceKey},
+    resource::{Kind, Resource, ResourceKey, WorkflowSpec},
     store::{Lease, LeaseStore, RedbStore, Store, StoreError},
 };
 
@@ -26,6 +27,7 @@ use crate::{
 
 pub struct AppState {
     pub catalog: Catalog<RedbStore>,
+    pub engine: Engine,
     pub gate: Arc<Gate>,
     pub reservations: Arc<SharedReservations>,
     pub metrics: Arc<Metrics>,
@@ -262,6 +264,7 @@ async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<
     let (removed, sync_warning) =
         blocking(&state, move |state| match state.catalog.delete(&key)? {
             Some(removed) => {
+                state.engine.forget(&removed.key);
                 let warning = hardware_sync_warning(state);
                 Ok((removed, warning))
             }
@@ -287,15 +290,22 @@ fn hardware_sync_warning(state: &AppState) -> Option<String> {
 }
 
 fn view(state: &AppState, resource: Resource) -> Result<ResourceView, ApiError> {
-    let binding = match resource.key.kind {
-        Kind::Workflow => Some(state.catalog.binding(&resource)?),
-        _ => None,
+    let (binding, run) = match resource.key.kind {
+        Kind::Workflow => {
+            let spec: WorkflowSpec = resource.spec().map_err(ApiError::internal)?;
+            let run = state
+                .engine
+                .run_or_preview(&state.catalog, &resource.key, &spec)?;
+            (Some(state.catalog.binding(&resource)?), run)
+        }
+        _ => (None, None),
     };
     Ok(ResourceView {
         key: resource.key,
         version: resource.version,
         object: resource.object,
         binding,
+        run,
     })
 }
 

@@ -1,6 +1,7 @@
-//! The client commands: apply, get, describe, delete and `xdp stats`.
+//! The client commands: apply, get, describe, watch, delete and `xdp stats`.
 mod client;
 mod output;
+mod watch;
 
 use std::{
     io::Read,
@@ -38,6 +39,15 @@ pub enum ClientCommand {
     },
     /// Show one resource in detail, with what it refers to.
     Describe {
+        kind: String,
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Follow a workflow live, action by action, until it finishes (exits non-zero unless it
+    /// succeeds).
+    Watch {
+        /// workflow (or wf).
         kind: String,
         name: String,
         #[arg(short, long)]
@@ -126,6 +136,17 @@ pub fn run(server: &str, command: ClientCommand) -> CliResult<()> {
             println!("{}/{} deleted", qualified(kind), removed.key.name);
             Ok(())
         }
+        ClientCommand::Watch {
+            kind,
+            name,
+            namespace,
+        } => match parse_kind(&kind)? {
+            Kind::Workflow => watch::workflow(&client, &name, namespace.as_deref()),
+            other => Err(CliError(format!(
+                "only workflows can be watched, not {}",
+                other.plural()
+            ))),
+        },
         ClientCommand::Xdp {
             command: XdpCommand::Stats { output },
         } => {

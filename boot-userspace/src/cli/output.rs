@@ -1,7 +1,10 @@
 //! How the CLI prints: kubectl-like tables, YAML and JSON.
 use boot_userspace::{api::ResourceView, gate::GateStats};
 use serde_json::{json, Value};
-use workflow::{catalog::Binding, resource::Kind};
+use workflow::{
+    engine::{ActionStatus, State, WorkflowStatus},
+    resource::Kind,
+};
 
 use super::Format;
 
@@ -43,6 +46,11 @@ fn with_status(view: &ResourceView) -> Value {
             })
         };
         let status = map.entry("status").or_insert_with(|| json!({}));
+        if let (Some(run), Some(status)) = (&view.run, status.as_object_mut()) {
+            if let Ok(Value::Object(run)) = serde_json::to_value(run) {
+                status.extend(run);
+            }
+        }
         if let Some(status) = status.as_object_mut() {
             status.insert(
                 "conditions".into(),
@@ -106,10 +114,12 @@ pub fn resources(kind: Kind, views: &[ResourceView], format: Format, single: boo
                             "TEMPLATE",
                             "HARDWARE",
                             "STATE",
+                            "PROGRESS",
+                            "CURRENT",
                             "VERSION",
                         ]
                     } else {
-                        vec!["NAMESPACE", "NAME", "TEMPLATE", "HARDWARE", "STATE"]
+                        vec!["NAMESPACE", "NAME", "TEMPLATE", "HARDWARE", "STATE", "PROGRESS"]
                     },
                     views.iter().map(|v| workflow_row(v, wide)).collect(),
                 ),
@@ -186,14 +196,51 @@ fn workflow_row(view: &ResourceView, wide: bool) -> Vec<String> {
         view.key.name.clone(),
         text(&spec["templateRef"]),
         text(&spec["hardwareRef"]),
-        view.binding
-            .as_ref()
-            .map_or_else(|| "<unknown>".into(), Binding::summary),
+        workflow_state(view),
+        view.run.as_ref().map_or_else(|| "-".into(), progress),
     ];
     if wide {
+        row.push(
+            view.run
+                .as_ref()
+                .and_then(|run| Some(run.actions[run.current()?].name.clone()))
+                .unwrap_or_else(|| "-".into()),
+        );
         row.push(view.version.to_string());
     }
     row
+}
+
+/// The run's state, or why the workflow cannot start.
+fn workflow_state(view: &ResourceView) -> String {
+    match (&view.run, &view.binding) {
+        (Some(run), _) => run.state.to_string(),
+        (None, Some(binding)) => binding.summary(),
+        (None, None) => "<unknown>".into(),
+    }
+}
+
+/// "action i of n": the action running (or next), counting from 1; all of them once done.
+pub fn progress(run: &WorkflowStatus) -> String {
+    let total = run.actions.len();
+    let at = match run.current() {
+        Some(current) => current + 1,
+        None if run.state == State::Success => total,
+        None => run.done() + 1,
+    };
+    format!("{}/{total}", at.min(total))
+}
+
+/// Seconds with one decimal: actions take from milliseconds to hours.
+pub fn duration(action: &ActionStatus) -> String {
+    match (action.duration, action.started_at) {
+        (Some(duration), _) => format!("{:.1}s", duration.as_secs_f64()),
+        (None, Some(started)) => format!(
+            "{:.1}s (running)",
+            started.elapsed().unwrap_or_default().as_secs_f64()
+        ),
+        (None, None) => "-".into(),
+    }
 }
 
 pub fn describe(view: &ResourceView) {
@@ -212,7 +259,28 @@ pub fn describe(view: &ResourceView) {
         };
         field("Template", &reference(&binding.template));
         field("Hardware", &reference(&binding.hardware));
-        field("State", &binding.summary());
+        field("State", &workflow_state(view));
+    }
+    if let Some(run) = &view.run {
+        field("Progress", &format!("action {} ", progress(run)).replace('/', " of "));
+        if !run.message.is_empty() {
+            field("Message", &run.message);
+        }
+        println!("Actions:");
+        let rows: Vec<Vec<String>> = run
+            .actions
+            .iter()
+            .map(|action| {
+                vec![
+                    format!("  {}", action.name),
+                    action.image.clone(),
+                    action.state.to_string(),
+                    duration(action),
+                    action.message.lines().next().unwrap_or("").to_string(),
+                ]
+            })
+            .collect();
+        table(&["  NAME", "IMAGE", "STATE", "DURATION", "MESSAGE"], &rows);
     }
     println!("Spec:");
     let spec = serde_yaml_ng::to_string(&view.object["spec"]).unwrap_or_default();

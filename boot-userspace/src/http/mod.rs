@@ -24,7 +24,8 @@ use workflow::resource::MacAddr;
 
 use crate::{
     api::routes::AppState,
-    metadata::{self, MachineTokens, Metadata},
+    identity::MachineTokens,
+    metadata::{self, Metadata},
     metrics::HttpLabels,
     tftp::BootFiles,
 };

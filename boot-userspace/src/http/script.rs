@@ -11,7 +11,7 @@ pub struct ScriptContext<'a> {
     pub assets_base: &'a str,
     /// A workflow waits for this machine.
     pub pending_work: bool,
-    /// The machine's metadata token (see `metadata::token`), when the script goes to the machine
+    /// The machine's metadata token (see `identity::token`), when the script goes to the machine
     /// itself.
     pub token: Option<&'a str>,
 }

@@ -1,11 +1,7 @@
 //! The metadata service, for cloud-init and the worker: EC2-style paths as Hegel serves them
 //! (`/2009-04-04/meta-data/...`, `/2009-04-04/user-data`) and a `/metadata` JSON document.
 //!
-//! A machine is identified by its source address (the address its Hardware reserves) and by a
-//! per-machine token that its iPXE script puts on the kernel command line (`wisp.token=`).
-//! A token names its machine and carries an HMAC of that name under a key only Wisp holds, so
-//! it cannot be forged for another machine, and one machine can never read another's metadata.
-pub mod token;
+//! Callers are identified by [`crate::identity`]: by source address and by token.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -21,8 +17,11 @@ use serde::Deserialize;
 use serde_json::Value;
 use workflow::{resource::HardwareSpec, store::Store};
 
-use crate::{api::routes::AppState, dhcp::reservation::Reservation};
-pub use token::MachineTokens;
+use crate::{
+    api::routes::AppState,
+    dhcp::reservation::Reservation,
+    identity::{self, MachineTokens, Refusal},
+};
 
 /// The EC2 API version Hegel answers under.
 const EC2_VERSION: &str = "2009-04-04";
@@ -89,38 +88,19 @@ impl Metadata {
                     .and_then(|value| value.to_str().ok())
             })
             .or(query.token.as_deref());
-        let by_token =
-            match presented {
-                Some(token) => Some(self.tokens.verify(token).ok_or_else(|| {
-                    refuse(StatusCode::FORBIDDEN, "the token is not valid".into())
-                })?),
-                None => None,
+        let reservation = identity::identify(
+            &self.state.reservations.current(),
+            &self.tokens,
+            source.ip(),
+            presented,
+        )
+        .map_err(|refusal| {
+            let status = match refusal {
+                Refusal::Unknown(_) => StatusCode::NOT_FOUND,
+                Refusal::InvalidToken | Refusal::TokenMismatch => StatusCode::FORBIDDEN,
             };
-        let reservations = self.state.reservations.current();
-        let SocketAddr::V4(source) = source else {
-            return Err(refuse(
-                StatusCode::NOT_FOUND,
-                format!("no machine at {}", source.ip()),
-            ));
-        };
-        let by_address = reservations.by_address(*source.ip());
-        let by_token = by_token.and_then(|mac| reservations.get(&mac));
-        // Both name a machine: they must name the same Hardware (any of its interfaces).
-        let reservation = match (by_token, by_address) {
-            (Some(token), Some(address)) if token.hardware != address.hardware => {
-                return Err(refuse(
-                    StatusCode::FORBIDDEN,
-                    "the token does not belong to the machine at this address".into(),
-                ));
-            }
-            (Some(reservation), _) | (None, Some(reservation)) => Arc::clone(reservation),
-            (None, None) => {
-                return Err(refuse(
-                    StatusCode::NOT_FOUND,
-                    format!("no machine at {}", source.ip()),
-                ))
-            }
-        };
+            refuse(status, refusal.to_string())
+        })?;
         let state = Arc::clone(&self.state);
         let key = reservation.hardware.clone();
         let stored = tokio::task::spawn_blocking(move || state.catalog.store().get(&key))

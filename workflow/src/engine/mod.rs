@@ -86,6 +86,25 @@ impl Engine {
         self.runs().get(key).cloned()
     }
 
+    /// A workflow's run; for one that has not started, what its run will be (every action
+    /// pending), or `None` while it cannot start (its template or hardware is missing).
+    pub fn run_or_preview<S: Store>(
+        &self,
+        catalog: &Catalog<S>,
+        key: &ResourceKey,
+        spec: &WorkflowSpec,
+    ) -> Result<Option<WorkflowStatus>, StoreError> {
+        if let Some(run) = self.status(key) {
+            return Ok(Some(run));
+        }
+        let hardware = ResourceKey {
+            kind: Kind::Hardware,
+            namespace: key.namespace.clone(),
+            name: spec.hardware_ref.clone(),
+        };
+        Ok(start(catalog, key, spec, &hardware)?.and_then(Result::ok))
+    }
+
     /// Drops the run of a deleted workflow (the store drops it with the workflow).
     pub fn forget(&self, key: &ResourceKey) {
         self.runs().remove(key);

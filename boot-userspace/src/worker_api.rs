@@ -1,0 +1,238 @@
+//! The worker API: Tinkerbell's `proto.WorkflowService` over gRPC, so that Wisp's worker and
+//! Tinkerbell's own agent can both fetch their actions and report on them.
+//!
+//! A worker is identified as the metadata service identifies a machine ([`crate::identity`]):
+//! by its source address and its token (`authorization: Bearer <token>`). The `agent_id` it
+//! sends must be a MAC of that same machine, so a worker gets only its own machine's actions and
+//! cannot report on another machine's workflow.
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+
+use tonic::{Request, Response, Status};
+use workflow::{
+    engine::{Agent, Assignment, Change, EngineError, Report, ReportError, State},
+    proto::{
+        workflow_service_server::{WorkflowService, WorkflowServiceServer},
+        ActionRequest, ActionResponse, ActionStatusRequest, ActionStatusResponse, StateType,
+    },
+    resource::{Kind, MacAddr, ResourceKey},
+};
+
+use crate::{
+    api::routes::AppState,
+    identity::{self, MachineTokens, Refusal},
+};
+
+/// Tinkerbell's port for this API.
+pub const WORKER_API_PORT: u16 = 42113;
+
+pub struct WorkerApi {
+    pub state: Arc<AppState>,
+    pub tokens: Arc<MachineTokens>,
+}
+
+impl WorkerApi {
+    pub async fn serve(self, address: SocketAddr) -> anyhow::Result<()> {
+        tracing::info!("worker API (gRPC) listening on {address}");
+        tonic::transport::Server::builder()
+            .add_service(WorkflowServiceServer::new(self))
+            .serve(address)
+            .await?;
+        Ok(())
+    }
+
+    /// The machine calling, and the MAC it names itself by, which must be one of its own.
+    fn agent<T>(&self, request: &Request<T>, agent_id: &str) -> Result<Agent, Status> {
+        let source = request
+            .remote_addr()
+            .ok_or_else(|| Status::internal("the caller's address is unknown"))?;
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        let reservations = self.state.reservations.current();
+        let caller = identity::identify(&reservations, &self.tokens, source.ip(), token).map_err(
+            |refusal| match refusal {
+                Refusal::Unknown(_) => Status::permission_denied(refusal.to_string()),
+                Refusal::InvalidToken | Refusal::TokenMismatch => {
+                    Status::unauthenticated(refusal.to_string())
+                }
+            },
+        )?;
+        let mac: MacAddr = agent_id.parse().map_err(|err| {
+            Status::invalid_argument(format!("agent_id {agent_id:?} is not a MAC address: {err}"))
+        })?;
+        if reservations
+            .get(&mac)
+            .is_none_or(|reservation| reservation.hardware != caller.hardware)
+        {
+            return Err(Status::permission_denied(format!(
+                "agent {mac} is not a MAC of {}, the machine calling",
+                caller.hardware
+            )));
+        }
+        Ok(Agent {
+            hardware: caller.hardware.clone(),
+            mac,
+        })
+    }
+
+    /// Runs an engine call off the async threads (it reads and writes the store), and brings
+    /// the boot path up to date when a workflow finished: it is no longer pending work.
+    async fn engine<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&AppState) -> Result<(T, Change), EngineError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let state = Arc::clone(&self.state);
+        let (value, _) = tokio::task::spawn_blocking(move || {
+            let outcome = call(&state)?;
+            if outcome.1.finished {
+                if let Err(err) = state.sync_hardware() {
+                    tracing::error!("syncing Hardware after a workflow finished: {err:#}");
+                }
+            }
+            Ok(outcome)
+        })
+        .await
+        .map_err(|err| Status::internal(err.to_string()))?
+        .map_err(engine_status)?;
+        Ok(value)
+    }
+}
+
+fn engine_status(err: EngineError) -> Status {
+    let message = err.to_string();
+    match err {
+        EngineError::NotFound(_) => Status::not_found(message),
+        EngineError::NotYours { .. } => Status::permission_denied(message),
+        EngineError::Report {
+            error: ReportError::BadState(_),
+            ..
+        } => Status::invalid_argument(message),
+        EngineError::Report { .. } => Status::failed_precondition(message),
+        EngineError::Store(_) => Status::internal(message),
+    }
+}
+
+fn workflow_key(id: &str) -> Result<ResourceKey, Status> {
+    match id.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(ResourceKey {
+            kind: Kind::Workflow,
+            namespace: namespace.into(),
+            name: name.into(),
+        }),
+        _ => Err(Status::invalid_argument(format!(
+            "workflow_id {id:?} is not namespace/name"
+        ))),
+    }
+}
+
+fn response(agent: &Agent, assignment: Assignment) -> ActionResponse {
+    let Assignment {
+        workflow,
+        index,
+        action,
+    } = assignment;
+    ActionResponse {
+        workflow_id: Some(format!("{}/{}", workflow.namespace, workflow.name)),
+        task_id: Some(action.task),
+        worker_id: Some(agent.mac.to_string()),
+        action_id: Some(index.to_string()),
+        name: Some(action.name),
+        image: Some(action.image),
+        timeout: Some(i64::try_from(action.timeout).unwrap_or(i64::MAX)),
+        command: action.command,
+        volumes: action.volumes,
+        environment: action.environment,
+        pid: Some(action.pid),
+    }
+}
+
+#[tonic::async_trait]
+impl WorkflowService for WorkerApi {
+    async fn get_action(
+        &self,
+        request: Request<ActionRequest>,
+    ) -> Result<Response<ActionResponse>, Status> {
+        let agent = self.agent(&request, request.get_ref().agent_id())?;
+        let for_engine = agent.clone();
+        let assignment = self
+            .engine(move |state| {
+                state
+                    .engine
+                    .next_action(&state.catalog, &for_engine, SystemTime::now())
+            })
+            .await?;
+        match assignment {
+            Some(assignment) => {
+                tracing::info!(
+                    workflow = %assignment.workflow,
+                    action = assignment.action.name,
+                    agent = %agent.mac,
+                    "action handed out"
+                );
+                Ok(Response::new(response(&agent, assignment)))
+            }
+            None => Err(Status::not_found(format!(
+                "no action for {}: it has no running or pending workflow",
+                agent.mac
+            ))),
+        }
+    }
+
+    async fn report_action_status(
+        &self,
+        request: Request<ActionStatusRequest>,
+    ) -> Result<Response<ActionStatusResponse>, Status> {
+        let body = request.get_ref();
+        let agent = self.agent(&request, body.agent_id())?;
+        let workflow = workflow_key(body.workflow_id())?;
+        let action: usize = body.action_id().parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "action_id {:?} is not an action index",
+                body.action_id()
+            ))
+        })?;
+        let state = match body.action_state() {
+            StateType::Running => State::Running,
+            StateType::Success => State::Success,
+            StateType::Failed => State::Failed,
+            StateType::Timeout => State::Timeout,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "action_state {} is not a state a worker reports",
+                    other.as_str_name()
+                )))
+            }
+        };
+        let report = Report {
+            action,
+            state,
+            message: body
+                .message
+                .as_ref()
+                .map(|message| message.message().to_string())
+                .unwrap_or_default(),
+        };
+        tracing::info!(
+            %workflow,
+            action = body.action_name(),
+            state = %report.state,
+            message = report.message,
+            "action reported"
+        );
+        let for_engine = workflow.clone();
+        self.engine(move |state| {
+            let change = state.engine.report(
+                &state.catalog,
+                &agent,
+                &for_engine,
+                &report,
+                SystemTime::now(),
+            )?;
+            Ok(((), change))
+        })
+        .await?;
+        Ok(Response::new(ActionStatusResponse {}))
+    }
+}
