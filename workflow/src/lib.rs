@@ -7,7 +7,9 @@
 //! - [`store`]: the crash-safe store behind a trait (redb embedded; etcd can follow).
 //! - [`catalog`]: the rules that span resources (one owner per MAC, workflow bindings);
 //! - [`template`]: rendering Tinkerbell's Go templates for a machine.
+//! - [`agent`]: the worker agent of the provisioning OS (`wisp-worker`) and its native actions.
 //! - [`engine`]: the workflow state machine: which action runs next, reports, timeouts.
+pub mod agent;
 pub mod catalog;
 pub mod engine;
 pub mod manifest;

@@ -119,7 +119,14 @@ pub fn resources(kind: Kind, views: &[ResourceView], format: Format, single: boo
                             "VERSION",
                         ]
                     } else {
-                        vec!["NAMESPACE", "NAME", "TEMPLATE", "HARDWARE", "STATE", "PROGRESS"]
+                        vec![
+                            "NAMESPACE",
+                            "NAME",
+                            "TEMPLATE",
+                            "HARDWARE",
+                            "STATE",
+                            "PROGRESS",
+                        ]
                     },
                     views.iter().map(|v| workflow_row(v, wide)).collect(),
                 ),
@@ -262,7 +269,10 @@ pub fn describe(view: &ResourceView) {
         field("State", &workflow_state(view));
     }
     if let Some(run) = &view.run {
-        field("Progress", &format!("action {} ", progress(run)).replace('/', " of "));
+        field(
+            "Progress",
+            &format!("action {} ", progress(run)).replace('/', " of "),
+        );
         if !run.message.is_empty() {
             field("Message", &run.message);
         }

@@ -79,7 +79,9 @@ impl Engine {
     }
 
     fn runs(&self) -> MutexGuard<'_, HashMap<ResourceKey, WorkflowStatus>> {
-        self.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.runs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn status(&self, key: &ResourceKey) -> Option<WorkflowStatus> {
@@ -192,7 +194,8 @@ impl Engine {
         let spec: WorkflowSpec = stored
             .spec()
             .map_err(|err| StoreError::Backend(format!("{workflow}: {err}")))?;
-        if workflow.namespace != agent.hardware.namespace || spec.hardware_ref != agent.hardware.name
+        if workflow.namespace != agent.hardware.namespace
+            || spec.hardware_ref != agent.hardware.name
         {
             return Err(EngineError::NotYours {
                 workflow: workflow.clone(),
@@ -201,18 +204,23 @@ impl Engine {
             });
         }
         let mut runs = self.runs();
-        let mut status = runs.get(workflow).cloned().ok_or_else(|| EngineError::Report {
-            workflow: workflow.clone(),
-            error: ReportError::NotCurrent {
-                got: report.action,
-                expected: None,
-            },
-        })?;
+        let mut status = runs
+            .get(workflow)
+            .cloned()
+            .ok_or_else(|| EngineError::Report {
+                workflow: workflow.clone(),
+                error: ReportError::NotCurrent {
+                    got: report.action,
+                    expected: None,
+                },
+            })?;
         let before = status.clone();
-        status.apply(report, now).map_err(|error| EngineError::Report {
-            workflow: workflow.clone(),
-            error,
-        })?;
+        status
+            .apply(report, now)
+            .map_err(|error| EngineError::Report {
+                workflow: workflow.clone(),
+                error,
+            })?;
         if status != before {
             if !catalog.store().put_workflow_status(workflow, &status)? {
                 return Err(EngineError::NotFound(workflow.clone()));

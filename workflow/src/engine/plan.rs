@@ -122,9 +122,11 @@ tasks:
 
     #[test]
     fn names_the_field_at_fault() {
-        let err = Plan::parse("tasks:\n  - name: t\n    actions:\n      - name: a\n        timeout: soon\n")
-            .unwrap_err()
-            .to_string();
+        let err = Plan::parse(
+            "tasks:\n  - name: t\n    actions:\n      - name: a\n        timeout: soon\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("tasks[0].actions[0]"), "{err}");
         let err = Plan::parse("tasks: []\n").unwrap_err().to_string();
         assert!(err.contains("no actions"), "{err}");

@@ -48,9 +48,17 @@ pub const REPORT_GRACE: Duration = Duration::from_secs(10);
 pub struct WorkflowStatus {
     pub state: State,
     pub global_timeout: u64,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub started_at: Option<SystemTime>,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub finished_at: Option<SystemTime>,
     /// Why the workflow ended, when it did not succeed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -75,11 +83,23 @@ pub struct ActionStatus {
     pub environment: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pid: String,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub started_at: Option<SystemTime>,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub finished_at: Option<SystemTime>,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub duration: Option<Duration>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -335,7 +355,11 @@ mod tests {
         status.apply(&failed, at(2)).unwrap();
         assert_eq!(status.state, State::Failed);
         assert_eq!(status.actions[1].state, State::Pending);
-        assert!(status.message.contains("no such disk"), "{}", status.message);
+        assert!(
+            status.message.contains("no such disk"),
+            "{}",
+            status.message
+        );
     }
 
     #[test]
@@ -365,7 +389,11 @@ mod tests {
         assert!(status.enforce_timeouts(at(20)));
         assert_eq!(status.state, State::Timeout);
         assert_eq!(status.actions[0].state, State::Timeout);
-        assert!(status.message.contains("timeout of 10 s"), "{}", status.message);
+        assert!(
+            status.message.contains("timeout of 10 s"),
+            "{}",
+            status.message
+        );
     }
 
     #[test]
@@ -376,8 +404,15 @@ mod tests {
         status.start_current(at(6));
         assert!(!status.enforce_timeouts(at(99)));
         assert!(status.enforce_timeouts(at(100)));
-        assert_eq!((status.state, status.actions[1].state), (State::Timeout, State::Timeout));
-        assert!(status.message.contains("global_timeout of 100 s"), "{}", status.message);
+        assert_eq!(
+            (status.state, status.actions[1].state),
+            (State::Timeout, State::Timeout)
+        );
+        assert!(
+            status.message.contains("global_timeout of 100 s"),
+            "{}",
+            status.message
+        );
     }
 
     #[test]

@@ -246,8 +246,9 @@ impl Store for RedbStore {
             let (key, bytes) = entry.map_err(backend)?;
             let key = parse_storage_key(key.value())
                 .ok_or_else(|| StoreError::Backend(format!("unreadable key {:?}", key.value())))?;
-            let status = serde_json::from_slice(bytes.value())
-                .map_err(|err| StoreError::Backend(format!("the status of {key} is corrupt: {err}")))?;
+            let status = serde_json::from_slice(bytes.value()).map_err(|err| {
+                StoreError::Backend(format!("the status of {key} is corrupt: {err}"))
+            })?;
             statuses.push((key, status));
         }
         Ok(statuses)

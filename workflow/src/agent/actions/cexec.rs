@@ -1,0 +1,47 @@
+//! `cexec`: runs a command, in a chroot of the installed system or not.
+//! Environment: BLOCK_DEVICE, FS_TYPE, CHROOT, DEFAULT_INTERPRETER, CMD_LINE.
+use std::{os::unix::process::CommandExt, process::Command};
+
+use super::{fail, mount::Mounted, run_command, ActionResult, Context, Outcome};
+
+pub fn run(context: &Context) -> ActionResult<Outcome> {
+    let command_line = context.required("CMD_LINE")?;
+    // `DEFAULT_INTERPRETER: "/bin/sh -c"` runs CMD_LINE as one argument of the interpreter;
+    // without one, CMD_LINE is split on whitespace into a program and its arguments.
+    let argv: Vec<String> = match context.optional("DEFAULT_INTERPRETER") {
+        Some(interpreter) => interpreter
+            .split_whitespace()
+            .map(str::to_string)
+            .chain(std::iter::once(command_line.to_string()))
+            .collect(),
+        None => command_line
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    };
+    let (program, arguments) = argv
+        .split_first()
+        .ok_or_else(|| fail("CMD_LINE is empty"))?;
+    let mut command = Command::new(program);
+    command.args(arguments);
+    let _mounted = if context.flag("CHROOT")? {
+        let device = context.required("BLOCK_DEVICE")?;
+        let fs_type = context.required("FS_TYPE")?;
+        let mut mounted = Mounted::device(device, fs_type)?;
+        mounted.bind_system()?;
+        let root = mounted.root.clone();
+        // SAFETY: chroot and chdir are async-signal-safe and touch no memory of the parent.
+        unsafe {
+            command.pre_exec(move || {
+                nix::unistd::chroot(&root)?;
+                nix::unistd::chdir("/")?;
+                Ok(())
+            });
+        }
+        Some(mounted)
+    } else {
+        None
+    };
+    let message = run_command(context, &mut command, &format!("{command_line:?}"))?;
+    Ok(Outcome::Done(message))
+}

@@ -1,0 +1,61 @@
+//! Images that are not built in run through a container runtime, as Tinkerbell runs every
+//! action: docker or podman (`run --rm --privileged`), or containerd's `ctr`.
+use std::process::Command;
+
+use super::{fail, run_command, ActionResult, Context, Outcome};
+
+const RUNTIMES: [&str; 3] = ["docker", "podman", "ctr"];
+
+pub fn run(context: &Context) -> ActionResult<Outcome> {
+    let Some(runtime) = RUNTIMES.into_iter().find(|runtime| on_path(runtime)) else {
+        return Err(fail(format!(
+            "{:?} is not a built-in action (image2disk, cexec, writefile, kexec, reboot), and no \
+             container runtime ({}) is installed to run it",
+            context.image,
+            RUNTIMES.join(", ")
+        )));
+    };
+    let mut command = Command::new(runtime);
+    if runtime == "ctr" {
+        run_command(
+            context,
+            Command::new("ctr").args(["image", "pull", &context.image]),
+            &format!("ctr image pull {}", context.image),
+        )?;
+        command.args(["run", "--rm", "--privileged", "--net-host"]);
+        for volume in &context.volumes {
+            let (source, target) = volume.split_once(':').unwrap_or((volume, volume));
+            let target = target.split(':').next().unwrap_or(target);
+            command.arg("--mount").arg(format!(
+                "type=bind,src={source},dst={target},options=rbind:rw"
+            ));
+        }
+        for (key, value) in &context.environment {
+            command.arg("--env").arg(format!("{key}={value}"));
+        }
+        command
+            .arg(&context.image)
+            .arg(format!("wisp-{}", std::process::id()));
+    } else {
+        command.args(["run", "--rm", "--privileged", "--net=host"]);
+        for volume in &context.volumes {
+            command.arg("-v").arg(volume);
+        }
+        for (key, value) in &context.environment {
+            command.arg("-e").arg(format!("{key}={value}"));
+        }
+        command.arg(&context.image);
+    }
+    command.args(&context.command);
+    let message = run_command(
+        context,
+        &mut command,
+        &format!("{runtime} run {}", context.image),
+    )?;
+    Ok(Outcome::Done(message))
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}

@@ -1,0 +1,224 @@
+//! The actions the agent runs natively, chosen by image name and taking the environment of
+//! Tinkerbell's action images of the same names, so that templates written for Tinkerbell run
+//! without a container registry. Any other image goes to a container runtime.
+mod cexec;
+mod container;
+mod image2disk;
+mod mount;
+mod power;
+mod writefile;
+
+use std::{
+    collections::BTreeMap,
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+pub use image2disk::Format;
+pub use power::restart;
+
+pub struct Context {
+    pub image: String,
+    pub command: Vec<String>,
+    pub volumes: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done, with a message for the report.
+    Done(String),
+    Reboot,
+    Kexec,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("timed out")]
+    TimedOut,
+}
+
+pub type ActionResult<T> = Result<T, ActionError>;
+
+pub fn fail(message: impl Into<String>) -> ActionError {
+    ActionError::Failed(message.into())
+}
+
+/// The action an image names: `quay.io/tinkerbell-actions/image2disk:v1.0.0` → `image2disk`.
+pub fn builtin_name(image: &str) -> &str {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    last.split(':').next().unwrap_or(last)
+}
+
+pub fn run(context: &Context) -> ActionResult<Outcome> {
+    match builtin_name(&context.image) {
+        "image2disk" => image2disk::run(context),
+        "cexec" => cexec::run(context),
+        "writefile" => writefile::run(context),
+        "reboot" => Ok(Outcome::Reboot),
+        "kexec" => power::load_kexec(context),
+        _ => container::run(context),
+    }
+}
+
+impl Context {
+    /// A variable the action needs.
+    pub fn required(&self, name: &str) -> ActionResult<&str> {
+        self.environment
+            .get(name)
+            .map(String::as_str)
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| fail(format!("{name} is not set in the action's environment")))
+    }
+
+    pub fn optional(&self, name: &str) -> Option<&str> {
+        self.environment
+            .get(name)
+            .map(String::as_str)
+            .filter(|value| !value.is_empty())
+    }
+
+    /// Go's strconv.ParseBool, which Tinkerbell's actions use, plus `y`/`yes` for CHROOT.
+    pub fn flag(&self, name: &str) -> ActionResult<bool> {
+        match self.optional(name) {
+            None => Ok(false),
+            Some("1" | "t" | "T" | "true" | "TRUE" | "True" | "y" | "Y" | "yes" | "YES") => {
+                Ok(true)
+            }
+            Some("0" | "f" | "F" | "false" | "FALSE" | "False" | "n" | "N" | "no" | "NO") => {
+                Ok(false)
+            }
+            Some(other) => Err(fail(format!("{name}={other:?} is not a boolean"))),
+        }
+    }
+
+    pub fn check_deadline(&self) -> ActionResult<()> {
+        match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Err(ActionError::TimedOut),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Runs a command to its end or to the deadline, when it is killed. Its output goes to the
+/// console; a failure's message carries the exit status and the tail of its error output.
+pub fn run_command(context: &Context, command: &mut Command, what: &str) -> ActionResult<String> {
+    let mut child: Child = command
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|err| fail(format!("cannot start {what}: {err}")))?;
+    // Error output is read on a thread so that a chatty command cannot block on a full pipe.
+    let stderr = child.stderr.take().map(|mut pipe| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+            eprint!("{text}");
+            text
+        })
+    });
+    let status = loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|err| fail(format!("waiting for {what}: {err}")))?
+        {
+            break status;
+        }
+        if context.check_deadline().is_err() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ActionError::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let errors = stderr
+        .and_then(|thread| thread.join().ok())
+        .unwrap_or_default();
+    if status.success() {
+        Ok(format!("{what} succeeded"))
+    } else {
+        let tail: Vec<&str> = errors.lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        Err(fail(
+            format!("{what} failed ({status}): {}", tail.join(" | "))
+                .trim_end_matches(": ")
+                .to_string(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(pairs: &[(&str, &str)], timeout: Option<Duration>) -> Context {
+        Context {
+            image: "cexec".into(),
+            command: Vec::new(),
+            volumes: Vec::new(),
+            environment: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            deadline: timeout.map(|t| Instant::now() + t),
+        }
+    }
+
+    #[test]
+    fn images_name_their_builtin() {
+        assert_eq!(
+            builtin_name("quay.io/tinkerbell-actions/image2disk:v1.0.0"),
+            "image2disk"
+        );
+        assert_eq!(
+            builtin_name("quay.io/tinkerbell/actions/writefile:latest"),
+            "writefile"
+        );
+        assert_eq!(builtin_name("cexec"), "cexec");
+        assert_eq!(builtin_name("ghcr.io/x/kexec@sha256:abc"), "kexec");
+        assert_eq!(builtin_name("localhost:5000/reboot"), "reboot");
+    }
+
+    #[test]
+    fn flags_read_as_tinkerbell_reads_them() {
+        let c = context(
+            &[("A", "true"), ("B", "y"), ("C", "0"), ("D", "maybe")],
+            None,
+        );
+        assert_eq!(c.flag("A"), Ok(true));
+        assert_eq!(c.flag("B"), Ok(true));
+        assert_eq!(c.flag("C"), Ok(false));
+        assert_eq!(c.flag("MISSING"), Ok(false));
+        assert!(c.flag("D").unwrap_err().to_string().contains("D=\"maybe\""));
+        assert!(c
+            .required("MISSING")
+            .unwrap_err()
+            .to_string()
+            .contains("MISSING is not set"));
+    }
+
+    #[test]
+    fn commands_report_failure_and_are_killed_at_the_deadline() {
+        let c = context(&[], Some(Duration::from_millis(300)));
+        let err = run_command(
+            &c,
+            Command::new("sh").args(["-c", "echo broken >&2; exit 3"]),
+            "the probe",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ActionError::Failed("the probe failed (exit status: 3): broken".into())
+        );
+        let started = Instant::now();
+        let err = run_command(&c, Command::new("sleep").arg("30"), "sleep").unwrap_err();
+        assert_eq!(err, ActionError::TimedOut);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let fresh = context(&[], Some(Duration::from_secs(30)));
+        assert!(run_command(&fresh, &mut Command::new("true"), "true").is_ok());
+    }
+}

@@ -1,0 +1,60 @@
+//! `reboot` and `kexec`. Both act only after the agent has reported the action's success: a
+//! machine that reboots first could never say so.
+//! kexec's environment: BLOCK_DEVICE, FS_TYPE, KERNEL_PATH, INITRD_PATH, CMD_LINE.
+use std::{ffi::CString, fs::File, os::fd::AsRawFd};
+
+use super::{fail, mount::Mounted, ActionResult, Context, Outcome};
+
+/// Loads the installed system's kernel with kexec_file_load; [`restart`] starts it.
+pub fn load_kexec(context: &Context) -> ActionResult<Outcome> {
+    let device = context.required("BLOCK_DEVICE")?;
+    let fs_type = context.required("FS_TYPE")?;
+    let kernel_path = context.required("KERNEL_PATH")?;
+    let command_line = context.optional("CMD_LINE").unwrap_or("");
+    let mounted = Mounted::device(device, fs_type)?;
+    let open = |path: &str| {
+        File::open(mounted.root.join(path.trim_start_matches('/')))
+            .map_err(|err| fail(format!("opening {path} on {device}: {err}")))
+    };
+    let kernel = open(kernel_path)?;
+    let initrd = context.optional("INITRD_PATH").map(open).transpose()?;
+    let command_line = CString::new(command_line).map_err(|_| fail("CMD_LINE holds a NUL byte"))?;
+    const KEXEC_FILE_NO_INITRAMFS: libc::c_ulong = 4;
+    // SAFETY: the descriptors and the NUL-terminated command line outlive the call.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_kexec_file_load,
+            kernel.as_raw_fd(),
+            initrd.as_ref().map_or(-1, AsRawFd::as_raw_fd),
+            command_line.as_bytes_with_nul().len(),
+            command_line.as_ptr(),
+            if initrd.is_some() {
+                0
+            } else {
+                KEXEC_FILE_NO_INITRAMFS
+            },
+        )
+    };
+    if result != 0 {
+        return Err(fail(format!(
+            "kexec_file_load of {kernel_path}: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(Outcome::Kexec)
+}
+
+/// Restarts the machine, into the kexec-loaded kernel when there is one. Only returns on
+/// failure.
+pub fn restart(kexec: bool) -> std::io::Error {
+    nix::unistd::sync();
+    let how = if kexec {
+        nix::sys::reboot::RebootMode::RB_KEXEC
+    } else {
+        nix::sys::reboot::RebootMode::RB_AUTOBOOT
+    };
+    match nix::sys::reboot::reboot(how) {
+        Err(err) => err.into(),
+        Ok(never) => match never {},
+    }
+}

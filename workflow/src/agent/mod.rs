@@ -1,0 +1,217 @@
+//! The worker agent that runs in the provisioning OS: it asks Wisp's worker API for its
+//! machine's next action, runs it with its environment and timeout, and reports each one:
+//! running, then success, failure (with the error) or timeout.
+pub mod actions;
+
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
+
+use crate::proto::{
+    workflow_service_client::WorkflowServiceClient, ActionMessage, ActionRequest, ActionResponse,
+    ActionStatusRequest, StateType,
+};
+use actions::{ActionError, Outcome};
+
+pub struct Config {
+    /// `http://<wisp>:42113`.
+    pub endpoint: String,
+    /// This machine's MAC.
+    pub agent_id: String,
+    /// The machine's token from the kernel command line (`wisp.token=`), when it has one.
+    pub token: Option<String>,
+    /// How long to wait between asks while there is nothing to do.
+    pub poll: Duration,
+}
+
+/// How a session of the agent ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Finished {
+    /// It ran actions, and then there were none left: the workflow succeeded.
+    WorkflowDone,
+    /// An action failed or timed out; the workflow has ended without success.
+    ActionFailed,
+    /// A reboot action asked for a reboot (after its success was reported).
+    Reboot,
+    /// A kexec action loaded a kernel, to be started (after its success was reported).
+    Kexec,
+}
+
+pub struct Agent {
+    config: Config,
+    runtime: tokio::runtime::Runtime,
+    client: WorkflowServiceClient<Channel>,
+}
+
+impl Agent {
+    pub fn connect(config: Config) -> anyhow::Result<Agent> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        // Lazy: the first call connects, and a server that restarts is reconnected to.
+        let channel = Channel::from_shared(config.endpoint.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(Agent {
+            config,
+            runtime,
+            client: WorkflowServiceClient::new(channel),
+        })
+    }
+
+    fn request<T>(&self, body: T) -> Request<T> {
+        let mut request = Request::new(body);
+        if let Some(token) = &self.config.token {
+            if let Ok(value) = MetadataValue::try_from(format!("Bearer {token}")) {
+                request.metadata_mut().insert("authorization", value);
+            }
+        }
+        request
+    }
+
+    /// Asks for the next action until there is one. `None` once actions have run and none is
+    /// left. Connection errors and server restarts are waited out.
+    fn next_action(&mut self, ran_any: bool) -> anyhow::Result<Option<ActionResponse>> {
+        loop {
+            let request = self.request(ActionRequest {
+                agent_id: Some(self.config.agent_id.clone()),
+                agent_attributes: None,
+            });
+            let mut client = self.client.clone();
+            match self.runtime.block_on(client.get_action(request)) {
+                Ok(response) => return Ok(Some(response.into_inner())),
+                Err(status) if status.code() == Code::NotFound && ran_any => return Ok(None),
+                Err(status) if status.code() == Code::NotFound => {
+                    tracing::debug!("no action yet: {}", status.message());
+                }
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument
+                    ) =>
+                {
+                    anyhow::bail!("the worker API refused this agent: {}", status.message());
+                }
+                Err(status) => tracing::warn!("asking for an action: {status}"),
+            }
+            std::thread::sleep(self.config.poll);
+        }
+    }
+
+    fn report(
+        &self,
+        action: &ActionResponse,
+        state: StateType,
+        started: SystemTime,
+        message: String,
+    ) -> anyhow::Result<()> {
+        let now = SystemTime::now();
+        let body = ActionStatusRequest {
+            workflow_id: action.workflow_id.clone(),
+            agent_id: Some(self.config.agent_id.clone()),
+            task_id: action.task_id.clone(),
+            action_id: action.action_id.clone(),
+            action_name: action.name.clone(),
+            action_state: Some(state as i32),
+            execution_start: Some(started.into()),
+            execution_stop: (state != StateType::Running).then(|| now.into()),
+            execution_duration: Some(format!(
+                "{:.3}s",
+                now.duration_since(started)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            )),
+            message: Some(ActionMessage {
+                message: Some(message),
+            }),
+        };
+        // A report must arrive: retried across a server restart, never dropped.
+        let mut attempt = 0;
+        loop {
+            let mut client = self.client.clone();
+            match self
+                .runtime
+                .block_on(client.report_action_status(self.request(body.clone())))
+            {
+                Ok(_) => return Ok(()),
+                Err(status)
+                    if matches!(status.code(), Code::Unavailable | Code::Unknown)
+                        && attempt < 60 =>
+                {
+                    attempt += 1;
+                    tracing::warn!("reporting {}: {status}; retrying", action.name());
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Err(status) => anyhow::bail!("reporting {}: {}", action.name(), status.message()),
+            }
+        }
+    }
+
+    /// Runs the machine's workflow to its end.
+    pub fn run(&mut self) -> anyhow::Result<Finished> {
+        let mut ran_any = false;
+        while let Some(action) = self.next_action(ran_any)? {
+            ran_any = true;
+            let started = SystemTime::now();
+            tracing::info!(
+                workflow = action.workflow_id(),
+                action = action.name(),
+                image = action.image(),
+                "running"
+            );
+            self.report(&action, StateType::Running, started, "started".into())?;
+            let environment: BTreeMap<String, String> = action
+                .environment
+                .iter()
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect();
+            let deadline = u64::try_from(action.timeout())
+                .ok()
+                .filter(|&seconds| seconds > 0)
+                .map(|seconds| Instant::now() + Duration::from_secs(seconds));
+            let context = actions::Context {
+                image: action.image().to_string(),
+                command: action.command.clone(),
+                volumes: action.volumes.clone(),
+                environment,
+                deadline,
+            };
+            let (state, message, finished) = match actions::run(&context) {
+                Ok(Outcome::Done(message)) => (StateType::Success, message, None),
+                Ok(Outcome::Reboot) => (
+                    StateType::Success,
+                    "rebooting".into(),
+                    Some(Finished::Reboot),
+                ),
+                Ok(Outcome::Kexec) => (
+                    StateType::Success,
+                    "kexec into the installed kernel".into(),
+                    Some(Finished::Kexec),
+                ),
+                Err(ActionError::TimedOut) => (
+                    StateType::Timeout,
+                    format!("timed out after {} s", action.timeout()),
+                    Some(Finished::ActionFailed),
+                ),
+                Err(ActionError::Failed(message)) => {
+                    (StateType::Failed, message, Some(Finished::ActionFailed))
+                }
+            };
+            tracing::info!(
+                action = action.name(),
+                state = state.as_str_name(),
+                message,
+                "finished"
+            );
+            self.report(&action, state, started, message)?;
+            if let Some(finished) = finished {
+                return Ok(finished);
+            }
+        }
+        Ok(Finished::WorkflowDone)
+    }
+}
