@@ -2,8 +2,14 @@
 //! - [`kernel`]: the kernel of Debian's `linux-image-amd64`, taken out of its package;
 //! - [`cpio`]: initramfs archives in the kernel's `newc` format, written directly;
 //! - [`hello`]: a minimal netboot payload that prints one line and powers off;
+//! - [`provisioning`]: Wisp's provisioning OS (busybox, the worker, the modules it needs);
+//! - [`modules`]: kernel modules and their dependencies, for an initramfs;
+//! - [`disk`]: a small bootable disk image to install (GRUB, ext4, busybox);
 //! - [`qemu`]: VMs with real firmware, for the lab.
 pub mod cpio;
+pub mod disk;
 pub mod hello;
 pub mod kernel;
+pub mod modules;
+pub mod provisioning;
 pub mod qemu;

@@ -39,6 +39,7 @@ impl Vm {
         mac: &str,
         firmware: Firmware,
         workdir: &Path,
+        disk: Option<&Path>,
     ) -> anyhow::Result<Vm> {
         for args in [
             vec!["tuntap", "add", "dev", tap, "mode", "tap"],
@@ -59,10 +60,21 @@ impl Vm {
             "none",
             "-monitor",
             "none",
-            "-no-reboot",
         ]
         .map(String::from)
         .to_vec();
+        match disk {
+            // An NVMe disk (`/dev/nvme0n1`) after the network in the boot order; the VM may
+            // reboot, from the network into what was installed.
+            Some(disk) => args.extend([
+                "-drive".into(),
+                format!("file={},if=none,id=disk0,format=raw", disk.display()),
+                "-device".into(),
+                "nvme,drive=disk0,serial=wisp-disk0,bootindex=2".into(),
+            ]),
+            // Without a disk a reboot could only netboot again: end the VM instead.
+            None => args.push("-no-reboot".into()),
+        }
         args.extend(["-serial".into(), format!("file:{}", serial.display())]);
         args.extend([
             "-netdev".into(),
@@ -118,10 +130,24 @@ impl Vm {
 
     /// Waits until the serial console shows `text`; on time-out the error holds the console.
     pub fn wait_for_serial(&self, text: &str, limit: Duration) -> anyhow::Result<()> {
+        self.wait_for_serial_unless(text, &[], limit)
+    }
+
+    /// As [`Vm::wait_for_serial`], but gives up as soon as one of `failures` shows.
+    pub fn wait_for_serial_unless(
+        &self,
+        text: &str,
+        failures: &[&str],
+        limit: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if self.serial_output().contains(text) {
+            let output = self.serial_output();
+            if output.contains(text) {
                 return Ok(());
+            }
+            if let Some(failure) = failures.iter().find(|failure| output.contains(**failure)) {
+                bail!("{failure:?} appeared on the serial console:\n{output}");
             }
             std::thread::sleep(Duration::from_millis(250));
         }

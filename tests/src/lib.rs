@@ -33,13 +33,22 @@ pub fn repo_root() -> PathBuf {
 
 /// The `wisp` binary of the same build profile as this test.
 pub fn wisp_binary() -> PathBuf {
+    workspace_binary("wisp")
+}
+
+/// The `wisp-worker` agent of the same build profile as this test.
+pub fn worker_binary() -> PathBuf {
+    workspace_binary("wisp-worker")
+}
+
+fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its own path");
-    // target/<profile>/deps/<test> → target/<profile>/wisp
+    // target/<profile>/deps/<test> → target/<profile>/<name>
     let binary = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binaries live in target/<profile>/deps")
-        .join("wisp");
+        .join(name);
     assert!(
         binary.exists(),
         "{} is missing: build it first (`cargo xtask test` does)",
@@ -156,16 +165,22 @@ pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
 impl Lab {
     /// The served interface is the veth end itself.
     pub fn new(purpose: &str) -> Lab {
-        Lab::build(purpose, false)
+        Lab::build(purpose, false, "10.99.0.1/24")
     }
 
     /// The served interface is a bridge (`br0`, 10.99.0.1/24) with the veth end as its port, as
     /// in a netboot lab where VMs join the bridge.
     pub fn bridged(purpose: &str) -> Lab {
-        Lab::build(purpose, true)
+        Lab::build(purpose, true, "10.99.0.1/24")
     }
 
-    fn build(purpose: &str, bridged: bool) -> Lab {
+    /// A bridged lab whose bridge has another address, such as the 192.168.1.1/24 that the
+    /// Tinkerbell example resources assume.
+    pub fn bridged_at(purpose: &str, server_cidr: &str) -> Lab {
+        Lab::build(purpose, true, server_cidr)
+    }
+
+    fn build(purpose: &str, bridged: bool, server_cidr: &str) -> Lab {
         let server = Netns::new(&format!("{purpose}-s"));
         let client = Netns::new(&format!("{purpose}-c"));
         server.exec_ok(
@@ -191,7 +206,7 @@ impl Lab {
         } else {
             SERVER_IF
         };
-        server.exec_ok("ip", &["addr", "add", "10.99.0.1/24", "dev", served]);
+        server.exec_ok("ip", &["addr", "add", server_cidr, "dev", served]);
         server.exec_ok("ip", &["link", "set", SERVER_IF, "up"]);
         client.exec_ok("ip", &["addr", "add", "10.99.0.2/24", "dev", CLIENT_IF]);
         client.exec_ok("ip", &["link", "set", CLIENT_IF, "up"]);
@@ -399,8 +414,12 @@ pub fn hardware_yaml(name: &str, mac: &str, address: &str) -> String {
 }
 
 /// Polls `condition` until it holds, failing with `what` after 10 s.
-pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+pub fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    eventually_within(what, Duration::from_secs(10), condition)
+}
+
+pub fn eventually_within(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         std::thread::sleep(Duration::from_millis(50));

@@ -17,3 +17,41 @@ pub fn marker_assets(assets: &Path) -> anyhow::Result<()> {
         MARKER,
     )
 }
+
+/// Copies the provisioning OS that `cargo xtask images` built into `assets`.
+pub fn provisioning_os_assets(assets: &Path) {
+    let built = crate::repo_root().join("target/provisioning-os");
+    std::fs::create_dir_all(assets).expect("create the assets directory");
+    for name in ["vmlinuz", "initramfs"] {
+        let source = built.join(name);
+        assert!(
+            source.exists(),
+            "{} is missing: run `cargo xtask images` (`cargo xtask test` does)",
+            source.display()
+        );
+        std::fs::copy(&source, assets.join(name)).expect("copy the provisioning OS");
+    }
+}
+
+/// Builds the small bootable OS image the end-to-end tests install (see `wisp_images::disk`),
+/// gzip-compressed, at `path`. The installed system prints `show` at boot.
+pub fn installable_image(path: &Path, show: &[&str]) {
+    use std::io::Write;
+    static UNPACKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let kernel = {
+        let _one_at_a_time = UNPACKING.lock().unwrap_or_else(|p| p.into_inner());
+        wisp_images::kernel::debian_kernel(&crate::repo_root().join("target/images-cache"))
+            .expect("unpack Debian's kernel")
+    };
+    let raw = path.with_extension("raw");
+    wisp_images::disk::build(&raw, &kernel, Path::new("/bin/busybox"), show)
+        .expect("build the installable image");
+    let mut gzip = flate2::write::GzEncoder::new(
+        std::fs::File::create(path).expect("create the image"),
+        flate2::Compression::fast(),
+    );
+    gzip.write_all(&std::fs::read(&raw).expect("read the raw image"))
+        .expect("compress the image");
+    gzip.finish().expect("finish the image");
+    std::fs::remove_file(raw).expect("remove the raw image");
+}

@@ -73,6 +73,7 @@ fn netboot(firmware: Firmware) -> (Lab, Daemon, Vm, TempDir) {
         VM_MAC,
         firmware,
         &work.0,
+        None,
     )
     .expect("start the VM");
     vm.wait_for_serial(MARKER, Duration::from_secs(240))

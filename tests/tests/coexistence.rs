@@ -195,6 +195,7 @@ fn proxy_boot(firmware: Firmware) {
         "52:54:00:57:49:02",
         firmware,
         &work.0,
+        None,
     )
     .expect("start the VM");
     vm.wait_for_serial(MARKER, Duration::from_secs(240))

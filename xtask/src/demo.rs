@@ -178,7 +178,7 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
         "a VM (SeaBIOS and its iPXE ROM, MAC {VM_MAC}) netboots through Wisp"
     ));
     let started = Instant::now();
-    let vm = Vm::start(LAB, "br0", "tap0", VM_MAC, Firmware::Bios, &work)?;
+    let vm = Vm::start(LAB, "br0", "tap0", VM_MAC, Firmware::Bios, &work, None)?;
     println!("Wisp's side, as it happens:");
     let booted = follow(
         &log,

@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup | test | demo`.
+//! Project tasks: `cargo xtask setup | images | test | demo`.
 mod demo;
+mod images;
 mod setup;
 mod shell;
 
@@ -18,6 +19,9 @@ struct Args {
 enum Task {
     /// Install what building and testing need (idempotent; fast when already done).
     Setup,
+    /// Build the provisioning OS (kernel, initramfs with busybox and wisp-worker) into
+    /// target/provisioning-os.
+    Images,
     /// Set up, then run every check: fmt, clippy, unit and privileged integration tests.
     Test,
     /// Set up, build, and show Wisp at work in a throwaway network-namespace lab.
@@ -29,6 +33,10 @@ fn main() -> anyhow::Result<()> {
     std::env::set_current_dir(&root)?;
     match Args::parse().task {
         Task::Setup => setup::ensure(),
+        Task::Images => {
+            setup::ensure()?;
+            images::build(&root).map(drop)
+        }
         Task::Test => test(),
         Task::Demo => {
             shell::require_root("the demo creates network namespaces and attaches an XDP program")?;
@@ -62,9 +70,11 @@ fn test() -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
-    // The integration tests drive the real `wisp` binary, so build it first.
+    // The integration tests drive the real `wisp` and `wisp-worker` binaries and boot the
+    // provisioning OS, so build them first.
     shell::step("cargo build");
     shell::run("cargo", &["build", "--workspace", "--bins"])?;
+    images::build(&repo_root())?;
     shell::step("cargo test (unit and privileged integration tests)");
     shell::run("cargo", &["test", "--workspace", "--no-fail-fast"])
 }

@@ -21,6 +21,9 @@ const PACKAGES: &[&str] = &[
     "kea-admin",
     "dnsmasq-base",
     "tshark",
+    // The end-to-end test builds a bootable disk image: ext4 from a directory, and GRUB.
+    "e2fsprogs",
+    "grub-pc-bin",
 ];
 
 /// QEMU comes from backports: the machine's qemu-utils is from there, and bookworm's own
@@ -42,6 +45,7 @@ pub fn ensure() -> anyhow::Result<()> {
         install_packages(&backports, Some(&suite))?;
     }
     install_rust_src()?;
+    install_worker_target()?;
     install_bpf_linker(llvm)?;
     // The kernel the boot tests and the demo netboot, unpacked once from Debian's package.
     let cache = crate::repo_root().join("target/images-cache");
@@ -155,6 +159,16 @@ fn install_rust_src() -> anyhow::Result<()> {
         "rustup",
         &["component", "add", "rust-src", "--toolchain", "nightly"],
     )
+}
+
+/// The standard library for the static worker of the provisioning OS.
+fn install_worker_target() -> anyhow::Result<()> {
+    let target = crate::images::WORKER_TARGET;
+    let installed = output("rustup", &["target", "list", "--installed"]).unwrap_or_default();
+    if installed.lines().any(|line| line.trim() == target) {
+        return Ok(());
+    }
+    run("rustup", &["target", "add", target])
 }
 
 /// Whether cargo's install record shows bpf-linker built with the `llvm-N` feature.

@@ -1,7 +1,7 @@
 //! The per-machine iPXE script.
 use std::net::Ipv4Addr;
 
-use crate::dhcp::reservation::Reservation;
+use crate::{dhcp::reservation::Reservation, worker_api::WORKER_API_PORT};
 
 /// What the script needs besides the reservation.
 pub struct ScriptContext<'a> {
@@ -61,6 +61,11 @@ pub fn script(reservation: &Reservation, context: &ScriptContext) -> String {
         format!("wisp.server={}", context.server),
         format!("wisp.mac={mac}"),
         format!("wisp.hardware={}/{}", hardware.namespace, hardware.name),
+        // What Tinkerbell's HookOS reads, so that it can be booted from Wisp too.
+        format!("grpc_authority={}:{WORKER_API_PORT}", context.server),
+        "tinkerbell_tls=false".into(),
+        format!("worker_id={mac}"),
+        format!("hw_addr={mac}"),
     ];
     cmdline.extend(context.token.map(|token| format!("wisp.token={token}")));
     cmdline.extend(osie.kernel_params.iter().flatten().cloned());
@@ -118,6 +123,7 @@ mod tests {
         assert!(text.contains("kernel http://10.0.0.1:8080/assets/vmlinuz initrd=initrd "));
         assert!(
             text.contains(" wisp.server=10.0.0.1 wisp.mac=1c:69:7a:11:22:33 wisp.hardware=lab/nuc")
+                && text.contains(" grpc_authority=10.0.0.1:42113 tinkerbell_tls=false worker_id=1c:69:7a:11:22:33")
         );
         assert!(text.contains("initrd --name initrd http://10.0.0.1:8080/assets/initramfs\nboot\n"));
     }

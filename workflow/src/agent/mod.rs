@@ -51,7 +51,9 @@ impl Agent {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        // Lazy: the first call connects, and a server that restarts is reconnected to.
+        // Lazy: the first call connects, and a server that restarts is reconnected to. The
+        // channel's background task starts on the runtime, so build it inside.
+        let _inside = runtime.enter();
         let channel = Channel::from_shared(config.endpoint.clone())?
             .connect_timeout(Duration::from_secs(5))
             .connect_lazy();

@@ -1,0 +1,169 @@
+//! A small OS image to install: a whole-disk image with an MBR partition table and one ext4
+//! partition holding busybox, Debian's kernel, a tiny initrd and GRUB's configuration, with
+//! GRUB in the MBR and the gap after it. Booted from an NVMe disk, it mounts its root, prints the
+//! files that provisioning wrote, and powers off. The end-to-end test and the demo install it.
+//!
+//! Built without mounting anything (no loop devices, no root needed for the build itself):
+//! `mkfs.ext4 -d` fills the filesystem from a directory, `grub-mkimage` makes the core image,
+//! and the MBR is written here.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context};
+
+use crate::{cpio::Archive, kernel::DebianKernel, modules};
+
+/// Where the installed system looks for what provisioning wrote; it prints each file.
+pub const INSTALLED_BANNER: &str = "Wisp test system: booted from disk";
+
+const SECTOR: u64 = 512;
+/// The partition starts at 1 MiB, as partitioning tools align it; GRUB's core image lives in
+/// the gap before it.
+const PARTITION_START: u64 = 2048;
+const DISK_BYTES: u64 = 64 << 20;
+const GRUB_DIR: &str = "/usr/lib/grub/i386-pc";
+
+/// The root's init: prints the files provisioning left, then powers off.
+fn installed_init(files: &[&str]) -> String {
+    let mut script = String::from("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n");
+    script.push_str(&format!("echo '{INSTALLED_BANNER}'\n"));
+    for file in files {
+        script.push_str(&format!(
+            "echo '== {file}'\n/bin/busybox cat '{file}' || echo '(missing)'\n"
+        ));
+    }
+    script.push_str("echo '== end'\n/bin/busybox sync\n/bin/busybox poweroff -f\n");
+    script
+}
+
+/// The initrd: loads the NVMe and ext4 modules, mounts the root partition, and switches to it.
+fn initrd(kernel: &DebianKernel, busybox: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let modules = modules::resolve(&kernel.modules, &["nvme", "crc32c_generic", "ext4"])?;
+    let init = "#!/bin/busybox sh\n\
+        /bin/busybox mount -t devtmpfs dev /dev\n\
+        for m in $(/bin/busybox cat /modules); do /bin/busybox insmod \"/$m\"; done\n\
+        n=0\n\
+        while [ ! -b /dev/nvme0n1p1 ] && [ $n -lt 100 ]; do /bin/busybox sleep 0.1; n=$((n+1)); done\n\
+        /bin/busybox mount -t ext4 /dev/nvme0n1p1 /root\n\
+        exec /bin/busybox switch_root /root /sbin/init\n";
+    let mut archive = Archive::default();
+    archive
+        .directory("bin")
+        .directory("dev")
+        .directory("root")
+        .char_device("dev/console", 5, 1)
+        .file("bin/busybox", 0o755, busybox)
+        .file("init", 0o755, init.as_bytes());
+    let mut order = String::new();
+    for (index, module) in modules.iter().enumerate() {
+        // Flat names: the initrd needs no module tree.
+        let name = format!("m{index}.ko");
+        archive.file(&name, 0o644, &std::fs::read(kernel.modules.join(module))?);
+        order.push_str(&name);
+        order.push('\n');
+    }
+    archive.file("modules", 0o644, order.as_bytes());
+    Ok(archive.finish()?)
+}
+
+/// Builds the raw disk image at `out` and returns its path. `show` are the files the
+/// installed system prints at boot.
+pub fn build(
+    out: &Path,
+    kernel: &DebianKernel,
+    busybox: &Path,
+    show: &[&str],
+) -> anyhow::Result<PathBuf> {
+    let work = out.with_extension("d");
+    let _ = std::fs::remove_dir_all(&work);
+    let root = work.join("root");
+    for dir in [
+        "bin", "sbin", "boot", "dev", "proc", "sys", "etc", "root", "tmp", "var/lib",
+    ] {
+        std::fs::create_dir_all(root.join(dir))?;
+    }
+    let busybox_bytes =
+        std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
+    std::fs::write(root.join("bin/busybox"), &busybox_bytes)?;
+    std::fs::set_permissions(root.join("bin/busybox"), executable())?;
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh"))?;
+    write_executable(&root.join("sbin/init"), &installed_init(show))?;
+    std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz"))?;
+    std::fs::write(root.join("boot/initrd"), initrd(kernel, &busybox_bytes)?)?;
+
+    let partition_bytes = DISK_BYTES - PARTITION_START * SECTOR;
+    let partition = work.join("root.ext4");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "wisp-root", "-E", "root_owner=0:0", "-d"])
+        .arg(&root)
+        .arg(&partition)
+        .arg(format!("{}k", partition_bytes / 1024)))?;
+
+    // GRUB's core image runs this embedded configuration itself: no grub.cfg or modules on disk.
+    let early = work.join("early.cfg");
+    std::fs::write(
+        &early,
+        "linux (hd0,msdos1)/boot/vmlinuz console=ttyS0,115200 panic=5\n\
+         initrd (hd0,msdos1)/boot/initrd\n\
+         boot\n",
+    )?;
+    let core = work.join("core.img");
+    run(Command::new("grub-mkimage")
+        .args(["-O", "i386-pc", "-p", "(hd0,msdos1)/boot/grub", "-c"])
+        .arg(&early)
+        .arg("-o")
+        .arg(&core)
+        .args(["biosdisk", "part_msdos", "ext2", "linux", "boot"]))?;
+    let core = std::fs::read(&core)?;
+    if core.len() as u64 > (PARTITION_START - 1) * SECTOR {
+        bail!(
+            "GRUB's core image ({} bytes) does not fit before the partition",
+            core.len()
+        );
+    }
+    let boot = std::fs::read(Path::new(GRUB_DIR).join("boot.img"))?;
+
+    let mut disk = vec![0u8; (PARTITION_START * SECTOR) as usize];
+    // boot.img's code, then the partition table; boot.img loads the core from sector 1.
+    disk[..440].copy_from_slice(&boot[..440]);
+    let entry = &mut disk[446..462];
+    entry[0] = 0x80; // active
+    entry[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]); // CHS: use LBA
+    entry[4] = 0x83; // Linux
+    entry[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    entry[8..12].copy_from_slice(&(PARTITION_START as u32).to_le_bytes());
+    entry[12..16].copy_from_slice(&((partition_bytes / SECTOR) as u32).to_le_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    disk[SECTOR as usize..SECTOR as usize + core.len()].copy_from_slice(&core);
+    disk.extend_from_slice(&std::fs::read(&partition)?);
+    std::fs::write(out, &disk)?;
+    std::fs::remove_dir_all(&work)?;
+    Ok(out.to_path_buf())
+}
+
+fn executable() -> std::fs::Permissions {
+    std::os::unix::fs::PermissionsExt::from_mode(0o755)
+}
+
+fn write_executable(path: &Path, contents: &str) -> anyhow::Result<()> {
+    std::fs::write(path, contents)?;
+    std::fs::set_permissions(path, executable())?;
+    Ok(())
+}
+
+fn run(command: &mut Command) -> anyhow::Result<()> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! The whole story, end to end: a QEMU VM with a blank NVMe disk and the MAC of the Tinkerbell
+//! example Hardware netboots through Wisp (XDP gate attached) into Wisp's provisioning OS,
+//! whose worker runs the example workflow: image2disk streams a bootable image onto the disk,
+//! cexec runs a command in a chroot of it, writefile writes the netplan file. The VM reboots,
+//! Wisp has no more work for it, and it boots the installed system from its disk, which prints
+//! both files on the serial console.
+use std::time::Duration;
+
+use serde_json::Value;
+use wisp_tests::{
+    apply_ok, gate_stats, repo_root, require_root,
+    vm::{installable_image, provisioning_os_assets, Firmware, Vm},
+    wisp_ok, Daemon, Lab, TempDir, BRIDGE_IF,
+};
+
+const MAC: &str = "1c:69:7a:11:22:33";
+const CEXEC_PROOF: &str = "/var/lib/wisp/cexec-proof";
+const NETPLAN: &str = "/etc/netplan/config.yaml";
+
+/// The foundation issue's three resources, with its two changes: `hardwareRef` names
+/// `nuc-demo`, and the image and the command are the test's own.
+fn example_resources() -> String {
+    let example = repo_root().join("examples/tinkerbell-demo");
+    let read = |name: &str| std::fs::read_to_string(example.join(name)).expect("read the example");
+    let template = read("template.yaml")
+        .replace(
+            "http://192.168.1.1:8080/focal-server-cloudimg-amd64.raw.gz",
+            "http://192.168.1.1:8080/assets/wisp-test-os.raw.gz",
+        )
+        .replace(
+            "growpart /dev/nvme0n1 1 && resize2fs /dev/nvme0n1p1",
+            &format!("/bin/busybox mkdir -p /var/lib/wisp && echo cexec-ran-in-the-chroot > {CEXEC_PROOF}"),
+        );
+    let workflow = read("workflow.yaml").replace("hardwareRef: hp-demo", "hardwareRef: nuc-demo");
+    assert!(template.contains("wisp-test-os") && template.contains(CEXEC_PROOF));
+    assert!(workflow.contains("nuc-demo"));
+    format!(
+        "{}\n---\n{template}\n---\n{workflow}",
+        read("hardware.yaml")
+    )
+}
+
+#[test]
+fn a_blank_nvme_machine_is_provisioned_and_boots_the_installed_system() {
+    require_root();
+    // The example resources live on 192.168.1.0/24 with Wisp at 192.168.1.1.
+    let lab = Lab::bridged_at("e2e", "192.168.1.1/24");
+    let work = TempDir::new("e2e");
+    let assets = work.join("assets");
+    provisioning_os_assets(&assets);
+    installable_image(&assets.join("wisp-test-os.raw.gz"), &[CEXEC_PROOF, NETPLAN]);
+    let disk = work.join("nvme.raw");
+    std::fs::File::create(&disk)
+        .and_then(|file| file.set_len(256 << 20))
+        .expect("create the blank disk");
+    let daemon = Daemon::start(
+        &lab.server,
+        BRIDGE_IF,
+        &work.join("data"),
+        &["--assets-dir", assets.to_str().expect("utf-8")],
+    );
+    apply_ok(&lab.server, &example_resources());
+
+    let vm = Vm::start(
+        &lab.server.name,
+        BRIDGE_IF,
+        "tap0",
+        MAC,
+        Firmware::Bios,
+        &work.0,
+        Some(&disk),
+    )
+    .expect("start the VM");
+    let installed = vm.wait_for_serial_unless(
+        "== end",
+        &["the workflow did not succeed", "Kernel panic"],
+        Duration::from_secs(420),
+    );
+    // The serial console ends lines with CR LF.
+    let console = vm.serial_output().replace("\r\n", "\n");
+    installed.unwrap_or_else(|err| panic!("{err}\n--- wisp log ---\n{}", daemon.log()));
+
+    // The provisioning OS ran the workflow, then the installed system printed both files.
+    let booted = console
+        .find(wisp_images::disk::INSTALLED_BANNER)
+        .unwrap_or_else(|| panic!("the installed system did not boot:\n{console}"));
+    let from_disk = &console[booted..];
+    assert!(
+        from_disk.contains(&format!("== {CEXEC_PROOF}\ncexec-ran-in-the-chroot")),
+        "cexec's file:\n{from_disk}"
+    );
+    assert!(
+        from_disk.contains(&format!("== {NETPLAN}\nnetwork:"))
+            && from_disk.contains(&format!("macaddress: {MAC}")),
+        "writefile's netplan file:\n{from_disk}"
+    );
+    assert!(
+        console[..booted].contains("Wisp: workflow complete; rebooting"),
+        "{console}"
+    );
+
+    let workflow: Value = serde_json::from_str(&wisp_ok(
+        &lab.server,
+        &[
+            "get",
+            "workflow",
+            "demo-wf",
+            "-n",
+            "tink-system",
+            "-o",
+            "json",
+        ],
+    ))
+    .expect("JSON");
+    let status = &workflow["status"];
+    assert_eq!(status["state"], "SUCCESS", "{workflow:#}");
+    let actions = status["actions"].as_array().expect("actions");
+    let names: Vec<&str> = actions.iter().filter_map(|a| a["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        ["stream-ubuntu-image", "grow-partition", "write-netplan"]
+    );
+    for action in actions {
+        assert_eq!(action["state"], "SUCCESS", "{action:#}");
+        assert!(action["duration"].is_string(), "{action:#}");
+    }
+    // The second boot found no pending work and left for the disk.
+    let log = daemon.log();
+    assert!(
+        log.lines()
+            .any(|line| line.contains("iPXE script served") && line.contains("pending_work=false")),
+        "{log}"
+    );
+    let (counters, stats) = gate_stats(&lab.server);
+    assert_eq!(stats["mode"]["kind"], "xdp", "{stats}");
+    assert!(counters["passed_known"] >= 4, "{stats}");
+}

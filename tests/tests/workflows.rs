@@ -1,0 +1,423 @@
+//! Workflows through the real worker API: the real `wisp-worker` agent (or a gRPC client
+//! standing in for Tinkerbell's agent) runs in the client namespace, at the address its
+//! Hardware reserves, against a daemon in the server namespace.
+use std::{io::Write, time::Duration};
+
+use boot_userspace::identity::MachineTokens;
+use serde_json::Value;
+use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
+use wisp_tests::{
+    apply_ok, eventually_within, output_text, require_root, wisp, wisp_ok, worker_binary, Daemon,
+    Lab, TempDir, SERVER_IF,
+};
+use workflow::proto::{
+    workflow_service_client::WorkflowServiceClient, ActionRequest, ActionStatusRequest, StateType,
+};
+
+const MAC_A: &str = "02:00:00:00:00:0a";
+const MAC_B: &str = "02:00:00:00:00:0b";
+
+/// Machine A at the client namespace's address (10.99.0.2), machine B elsewhere, and a
+/// workflow for each whose template holds `actions` (YAML, indented for the task).
+fn resources(actions: &str) -> String {
+    let hardware = |name: &str, mac: &str, address: &str| {
+        format!(
+            "apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata: {{name: {name}, namespace: lab}}
+spec:
+  interfaces:
+    - dhcp: {{mac: \"{mac}\", ip: {{address: {address}, netmask: 255.255.255.0}}}}
+      netboot: {{allowPXE: true, allowWorkflow: true}}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata: {{name: wf-{name}, namespace: lab}}
+spec:
+  templateRef: steps
+  hardwareRef: {name}
+  hardwareMap: {{device_1: \"{mac}\"}}
+---
+"
+        )
+    };
+    format!(
+        "{}{}apiVersion: tinkerbell.org/v1alpha1
+kind: Template
+metadata: {{name: steps, namespace: lab}}
+spec:
+  data: |
+    version: \"0.1\"
+    name: steps
+    global_timeout: 600
+    tasks:
+      - name: provision
+        worker: \"{{{{.device_1}}}}\"
+        actions:
+{actions}",
+        hardware("a", MAC_A, "10.99.0.2"),
+        hardware("b", MAC_B, "10.99.0.3"),
+    )
+}
+
+/// A cexec action running `command` with `/bin/sh -c` on the worker's own filesystem.
+fn shell_action(name: &str, timeout: u64, command: &str) -> String {
+    format!(
+        "          - name: {name}
+            image: quay.io/tinkerbell-actions/cexec:v1.0.0
+            timeout: {timeout}
+            environment:
+              DEFAULT_INTERPRETER: /bin/sh -c
+              CMD_LINE: '{command}'
+"
+    )
+}
+
+fn setup(purpose: &str, actions: &str) -> (Lab, Daemon, TempDir) {
+    require_root();
+    let lab = Lab::new(purpose);
+    let work = TempDir::new(purpose);
+    let daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &work.join("data"),
+        &["--assets-dir", work.join("assets").to_str().expect("utf-8")],
+    );
+    apply_ok(&lab.server, &resources(actions));
+    (lab, daemon, work)
+}
+
+/// Runs machine A's worker to its end, in the client namespace.
+fn run_worker(lab: &Lab) -> std::process::Output {
+    lab.client
+        .command(worker_binary())
+        .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run wisp-worker")
+}
+
+fn workflow_json(lab: &Lab, name: &str) -> Value {
+    serde_json::from_str(&wisp_ok(
+        &lab.server,
+        &["get", "workflow", name, "-n", "lab", "-o", "json"],
+    ))
+    .expect("JSON")
+}
+
+/// The iPXE script machine A gets on its next boot.
+fn next_boot_script(lab: &Lab) -> String {
+    lab.client.exec_ok(
+        "curl",
+        &[
+            "-sf",
+            &format!("http://10.99.0.1:8080/ipxe/{MAC_A}/auto.ipxe"),
+        ],
+    )
+}
+
+/// Runs `call` with a gRPC client of the worker API, from the client namespace (machine A's
+/// address).
+fn from_machine_a<T: Send>(
+    lab: &Lab,
+    call: impl AsyncFnOnce(WorkflowServiceClient<Channel>) -> T + Send,
+) -> T {
+    lab.client.within(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let client = WorkflowServiceClient::connect("http://10.99.0.1:42113")
+                .await
+                .expect("connect to the worker API");
+            call(client).await
+        })
+    })
+}
+
+fn ask(agent: &str) -> Request<ActionRequest> {
+    Request::new(ActionRequest {
+        agent_id: Some(agent.into()),
+        agent_attributes: None,
+    })
+}
+
+fn report(workflow: &str, agent: &str, state: StateType) -> Request<ActionStatusRequest> {
+    Request::new(ActionStatusRequest {
+        workflow_id: Some(workflow.into()),
+        agent_id: Some(agent.into()),
+        task_id: Some("provision".into()),
+        action_id: Some("0".into()),
+        action_name: Some("first".into()),
+        action_state: Some(state as i32),
+        ..Default::default()
+    })
+}
+
+#[test]
+fn the_worker_runs_each_action_and_reports_it() {
+    let work = TempDir::new("wf-image");
+    let image: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let disk = work.join("disk.img");
+    std::fs::File::create(&disk).expect("create the disk file");
+    let proof = work.join("proof");
+    let actions = format!(
+        "          - name: stream-image
+            image: quay.io/tinkerbell-actions/image2disk:v1.0.0
+            timeout: 60
+            environment:
+              IMG_URL: http://10.99.0.1:8080/assets/image.raw.gz
+              DEST_DISK: {disk}
+              COMPRESSED: true
+{}",
+        shell_action(
+            "run-command",
+            30,
+            &format!("echo ran-by-cexec > {}", proof.display())
+        ),
+        disk = disk.display(),
+    );
+    let (lab, _daemon, data) = setup("wf-ok", &actions);
+    std::fs::create_dir_all(data.join("assets")).expect("assets");
+    let mut gzip = flate2::write::GzEncoder::new(
+        std::fs::File::create(data.join("assets/image.raw.gz")).expect("image"),
+        flate2::Compression::fast(),
+    );
+    gzip.write_all(&image).expect("compress");
+    gzip.finish().expect("compress");
+
+    let pending = wisp_ok(&lab.server, &["get", "workflows", "-n", "lab"]);
+    assert!(
+        pending
+            .lines()
+            .any(|l| l.contains("wf-a") && l.contains("PENDING") && l.contains("1/2")),
+        "{pending}"
+    );
+    let worker = run_worker(&lab);
+    assert!(worker.status.success(), "{}", output_text(&worker));
+
+    assert_eq!(
+        std::fs::read(&disk).expect("the disk"),
+        image,
+        "image2disk wrote the image"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&proof).expect("cexec's file"),
+        "ran-by-cexec\n"
+    );
+    let workflow = workflow_json(&lab, "wf-a");
+    assert_eq!(workflow["status"]["state"], "SUCCESS", "{workflow:#}");
+    for action in workflow["status"]["actions"].as_array().expect("actions") {
+        assert_eq!(action["state"], "SUCCESS", "{action:#}");
+        assert!(action["duration"].is_string(), "{action:#}");
+        assert!(action["startedAt"].is_string(), "{action:#}");
+    }
+    let listed = wisp_ok(&lab.server, &["get", "workflows", "-n", "lab"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("wf-a") && l.contains("SUCCESS") && l.contains("2/2")),
+        "{listed}"
+    );
+    let described = wisp_ok(&lab.server, &["describe", "workflow", "wf-a", "-n", "lab"]);
+    assert!(
+        described.contains("Progress:         action 2 of 2"),
+        "{described}"
+    );
+    assert!(
+        described.lines().any(|l| l.contains("stream-image")
+            && l.contains("SUCCESS")
+            && l.contains("wrote 3145728 bytes")),
+        "{described}"
+    );
+    let watched = wisp(&lab.server, &["watch", "workflow", "wf-a", "-n", "lab"]);
+    let watched_text = output_text(&watched);
+    assert!(watched.status.success(), "{watched_text}");
+    assert!(watched_text.contains("[2/2] run-command"), "{watched_text}");
+    assert!(
+        watched_text.contains("workflow wf-a SUCCESS (2 of 2 actions succeeded)"),
+        "{watched_text}"
+    );
+    // Machine B's workflow is untouched, and A has no more work: its next boot leaves.
+    assert_eq!(workflow_json(&lab, "wf-b")["status"]["state"], "PENDING");
+    assert!(next_boot_script(&lab).contains("no pending work"));
+}
+
+#[test]
+fn a_failed_action_fails_the_workflow_with_its_error() {
+    let actions = shell_action("fails", 30, "echo no disk at /dev/sdz >&2; exit 3")
+        + &shell_action("never-runs", 30, "true");
+    let (lab, _daemon, _work) = setup("wf-fail", &actions);
+    assert!(
+        next_boot_script(&lab).contains("kernel "),
+        "pending work boots the OS"
+    );
+    let worker = run_worker(&lab);
+    assert_eq!(worker.status.code(), Some(1), "{}", output_text(&worker));
+    let workflow = workflow_json(&lab, "wf-a");
+    let status = &workflow["status"];
+    assert_eq!(status["state"], "FAILED", "{workflow:#}");
+    assert_eq!(status["actions"][0]["state"], "FAILED");
+    assert!(
+        status["actions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exit status: 3") && m.contains("no disk at /dev/sdz")),
+        "{workflow:#}"
+    );
+    assert!(
+        status["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("fails")),
+        "{workflow:#}"
+    );
+    assert_eq!(status["actions"][1]["state"], "PENDING");
+    // As documented: a finished workflow is no pending work, so the next boot goes to disk.
+    assert!(next_boot_script(&lab).contains("exit 1"));
+    let watched = wisp(&lab.server, &["watch", "workflow", "wf-a", "-n", "lab"]);
+    assert!(!watched.status.success(), "watch exits non-zero on failure");
+}
+
+#[test]
+fn an_action_that_overruns_its_timeout_times_out() {
+    let (lab, _daemon, _work) = setup("wf-slow", &shell_action("too-slow", 1, "sleep 30"));
+    let started = std::time::Instant::now();
+    let worker = run_worker(&lab);
+    assert_eq!(worker.status.code(), Some(1), "{}", output_text(&worker));
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the worker stopped the action"
+    );
+    let workflow = workflow_json(&lab, "wf-a");
+    assert_eq!(workflow["status"]["state"], "TIMEOUT", "{workflow:#}");
+    assert_eq!(workflow["status"]["actions"][0]["state"], "TIMEOUT");
+    assert!(next_boot_script(&lab).contains("exit 1"));
+}
+
+#[test]
+fn the_server_times_out_an_action_whose_worker_went_silent() {
+    let (lab, _daemon, _work) = setup("wf-silent", &shell_action("first", 1, "true"));
+    let action = from_machine_a(&lab, async |mut client| {
+        client
+            .get_action(ask(MAC_A))
+            .await
+            .expect("an action")
+            .into_inner()
+    });
+    assert_eq!(action.workflow_id(), "lab/wf-a");
+    assert_eq!(action.timeout(), 1);
+    // No report comes; the server ends it after the timeout and its grace for the report.
+    eventually_within(
+        "the server times the action out",
+        Duration::from_secs(30),
+        || workflow_json(&lab, "wf-a")["status"]["state"] == "TIMEOUT",
+    );
+    let workflow = workflow_json(&lab, "wf-a");
+    assert!(
+        workflow["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("no report from the worker")),
+        "{workflow:#}"
+    );
+    // A late report changes nothing.
+    let late = from_machine_a(&lab, async |mut client| {
+        client
+            .report_action_status(report("lab/wf-a", MAC_A, StateType::Success))
+            .await
+    });
+    assert_eq!(late.expect_err("refused").code(), Code::FailedPrecondition);
+}
+
+#[test]
+fn workers_get_and_report_only_their_own_machines_actions() {
+    let (lab, daemon, _work) = setup("wf-iso", &shell_action("first", 30, "true"));
+    let token_b = MachineTokens::load_or_create(&daemon.data_dir)
+        .expect("the daemon's key")
+        .token(&MAC_B.parse().expect("MAC"));
+    let codes = from_machine_a(&lab, async |mut client| {
+        let as_b = client.get_action(ask(MAC_B)).await.map(drop);
+        let report_b_as_a = client
+            .report_action_status(report("lab/wf-b", MAC_A, StateType::Running))
+            .await
+            .map(drop);
+        let report_b_as_b = client
+            .report_action_status(report("lab/wf-b", MAC_B, StateType::Running))
+            .await
+            .map(drop);
+        let mut with_b_token = ask(MAC_B);
+        with_b_token.metadata_mut().insert(
+            "authorization",
+            MetadataValue::try_from(format!("Bearer {token_b}")).expect("header"),
+        );
+        let token_of_b = client.get_action(with_b_token).await.map(drop);
+        let own = client.get_action(ask(MAC_A)).await.map(|a| a.into_inner());
+        (as_b, report_b_as_a, report_b_as_b, token_of_b, own)
+    });
+    let code = |result: &Result<(), tonic::Status>| result.as_ref().map_err(|s| s.code()).err();
+    assert_eq!(
+        code(&codes.0),
+        Some(Code::PermissionDenied),
+        "{:?}",
+        codes.0
+    );
+    assert_eq!(
+        code(&codes.1),
+        Some(Code::PermissionDenied),
+        "{:?}",
+        codes.1
+    );
+    assert_eq!(
+        code(&codes.2),
+        Some(Code::PermissionDenied),
+        "{:?}",
+        codes.2
+    );
+    assert_eq!(code(&codes.3), Some(Code::Unauthenticated), "{:?}", codes.3);
+    let own = codes.4.expect("machine A gets its own action");
+    assert_eq!(own.workflow_id(), "lab/wf-a");
+    assert_eq!(own.worker_id(), MAC_A);
+    // Nothing of B's moved.
+    let b = workflow_json(&lab, "wf-b");
+    assert_eq!(b["status"]["state"], "PENDING", "{b:#}");
+    assert_eq!(b["status"]["actions"][0]["state"], "PENDING", "{b:#}");
+}
+
+#[test]
+fn a_daemon_restart_mid_workflow_resumes_it() {
+    let work = TempDir::new("wf-restart-files");
+    let (first, second) = (work.join("first"), work.join("second"));
+    let actions = shell_action(
+        "slow",
+        60,
+        &format!("sleep 4; echo one > {}", first.display()),
+    ) + &shell_action("next", 60, &format!("echo two > {}", second.display()));
+    let (lab, mut daemon, data) = setup("wf-restart", &actions);
+    let mut worker = lab
+        .client
+        .command(worker_binary())
+        .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start wisp-worker");
+    eventually_within("the first action runs", Duration::from_secs(20), || {
+        workflow_json(&lab, "wf-a")["status"]["actions"][0]["state"] == "RUNNING"
+    });
+    daemon.stop(nix::sys::signal::Signal::SIGKILL);
+    std::thread::sleep(Duration::from_secs(1));
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &data.join("data"),
+        &["--assets-dir", data.join("assets").to_str().expect("utf-8")],
+    );
+    let status = worker.wait().expect("the worker ends");
+    assert!(
+        status.success(),
+        "the worker finished the workflow across the restart"
+    );
+    let workflow = workflow_json(&lab, "wf-a");
+    assert_eq!(workflow["status"]["state"], "SUCCESS", "{workflow:#}");
+    assert_eq!(std::fs::read_to_string(&first).expect("first"), "one\n");
+    assert_eq!(std::fs::read_to_string(&second).expect("second"), "two\n");
+}
