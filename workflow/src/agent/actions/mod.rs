@@ -10,6 +10,7 @@ mod writefile;
 
 use std::{
     collections::BTreeMap,
+    os::unix::process::CommandExt,
     process::{Child, Command},
     time::{Duration, Instant},
 };
@@ -107,7 +108,10 @@ impl Context {
 /// Runs a command to its end or to the deadline, when it is killed. Its output goes to the
 /// console; a failure's message carries the exit status and the tail of its error output.
 pub fn run_command(context: &Context, command: &mut Command, what: &str) -> ActionResult<String> {
+    // Its own process group, so that a timeout ends everything it started, not just the
+    // shell at its top.
     let mut child: Child = command
+        .process_group(0)
         .stdout(std::process::Stdio::inherit())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -129,7 +133,8 @@ pub fn run_command(context: &Context, command: &mut Command, what: &str) -> Acti
             break status;
         }
         if context.check_deadline().is_err() {
-            let _ = child.kill();
+            let group = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
             return Err(ActionError::TimedOut);
         }
