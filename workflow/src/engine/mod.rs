@@ -43,9 +43,9 @@ pub enum EngineError {
     NotFound(ResourceKey),
     #[error("workflow {workflow} belongs to hardware {owner}, not to {agent}")]
     NotYours {
-        workflow: ResourceKey,
+        workflow: String,
         owner: String,
-        agent: ResourceKey,
+        agent: String,
     },
     #[error("workflow {workflow}: {error}")]
     Report {
@@ -198,9 +198,9 @@ impl Engine {
             || spec.hardware_ref != agent.hardware.name
         {
             return Err(EngineError::NotYours {
-                workflow: workflow.clone(),
+                workflow: workflow.to_string(),
                 owner: spec.hardware_ref,
-                agent: agent.hardware.clone(),
+                agent: agent.hardware.to_string(),
             });
         }
         let mut runs = self.runs();
