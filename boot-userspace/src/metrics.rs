@@ -32,6 +32,19 @@ pub struct HttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerCallLabels {
+    /// `GetAction` or `ReportActionStatus`.
+    pub method: String,
+    /// The gRPC status code: `Ok`, `NotFound`, `PermissionDenied`, ...
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
 }
@@ -44,6 +57,8 @@ pub struct Metrics {
     pub tftp_requests: Family<TftpLabels, Counter>,
     pub tftp_bytes: Counter,
     pub http_requests: Family<HttpLabels, Counter>,
+    pub worker_calls: Family<WorkerCallLabels, Counter>,
+    pub action_reports: Family<StateLabels, Counter>,
 }
 
 impl Metrics {
@@ -85,6 +100,18 @@ impl Metrics {
             "Boot HTTP requests, by route and status",
             http_requests.clone(),
         );
+        let worker_calls = Family::<WorkerCallLabels, Counter>::default();
+        registry.register(
+            "worker_api_calls",
+            "Worker API (gRPC) calls, by method and status code",
+            worker_calls.clone(),
+        );
+        let action_reports = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "workflow_action_reports",
+            "Action reports accepted from workers, by reported state",
+            action_reports.clone(),
+        );
         registry.register_collector(Box::new(GateCollector(gate)));
         Metrics {
             registry,
@@ -94,6 +121,8 @@ impl Metrics {
             tftp_requests,
             tftp_bytes,
             http_requests,
+            worker_calls,
+            action_reports,
         }
     }
 

@@ -20,6 +20,7 @@ use workflow::{
 use crate::{
     api::routes::AppState,
     identity::{self, MachineTokens, Refusal},
+    metrics::{StateLabels, WorkerCallLabels},
 };
 
 /// Tinkerbell's port for this API.
@@ -148,12 +149,23 @@ fn response(agent: &Agent, assignment: Assignment) -> ActionResponse {
     }
 }
 
-#[tonic::async_trait]
-impl WorkflowService for WorkerApi {
-    async fn get_action(
-        &self,
-        request: Request<ActionRequest>,
-    ) -> Result<Response<ActionResponse>, Status> {
+impl WorkerApi {
+    fn count<T>(&self, method: &str, result: &Result<T, Status>) {
+        let code = match result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        self.state
+            .metrics
+            .worker_calls
+            .get_or_create(&WorkerCallLabels {
+                method: method.into(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+    }
+
+    async fn next_action(&self, request: Request<ActionRequest>) -> Result<ActionResponse, Status> {
         let agent = self.agent(&request, request.get_ref().agent_id())?;
         let for_engine = agent.clone();
         let assignment = self
@@ -171,7 +183,7 @@ impl WorkflowService for WorkerApi {
                     agent = %agent.mac,
                     "action handed out"
                 );
-                Ok(Response::new(response(&agent, assignment)))
+                Ok(response(&agent, assignment))
             }
             None => Err(Status::not_found(format!(
                 "no action for {}: it has no running or pending workflow",
@@ -180,10 +192,7 @@ impl WorkflowService for WorkerApi {
         }
     }
 
-    async fn report_action_status(
-        &self,
-        request: Request<ActionStatusRequest>,
-    ) -> Result<Response<ActionStatusResponse>, Status> {
+    async fn report(&self, request: Request<ActionStatusRequest>) -> Result<State, Status> {
         let body = request.get_ref();
         let agent = self.agent(&request, body.agent_id())?;
         let workflow = workflow_key(body.workflow_id())?;
@@ -222,6 +231,7 @@ impl WorkflowService for WorkerApi {
             "action reported"
         );
         let for_engine = workflow.clone();
+        let reported = report.state;
         self.engine(move |state| {
             let change = state.engine.report(
                 &state.catalog,
@@ -233,6 +243,35 @@ impl WorkflowService for WorkerApi {
             Ok(((), change))
         })
         .await?;
+        Ok(reported)
+    }
+}
+
+#[tonic::async_trait]
+impl WorkflowService for WorkerApi {
+    async fn get_action(
+        &self,
+        request: Request<ActionRequest>,
+    ) -> Result<Response<ActionResponse>, Status> {
+        let result = self.next_action(request).await;
+        self.count("GetAction", &result);
+        result.map(Response::new)
+    }
+
+    async fn report_action_status(
+        &self,
+        request: Request<ActionStatusRequest>,
+    ) -> Result<Response<ActionStatusResponse>, Status> {
+        let result = self.report(request).await;
+        self.count("ReportActionStatus", &result);
+        let state = result?;
+        self.state
+            .metrics
+            .action_reports
+            .get_or_create(&StateLabels {
+                state: state.to_string(),
+            })
+            .inc();
         Ok(Response::new(ActionStatusResponse {}))
     }
 }

@@ -15,8 +15,52 @@ use anyhow::{bail, Context};
 
 use crate::{cpio::Archive, kernel::DebianKernel, modules};
 
-/// Where the installed system looks for what provisioning wrote; it prints each file.
+/// The first line the installed system prints on its console.
 pub const INSTALLED_BANNER: &str = "Wisp test system: booted from disk";
+
+/// What the adapted example's cexec action writes in the chroot, and the line it writes.
+pub const CEXEC_PROOF: (&str, &str) = ("/var/lib/wisp/cexec-proof", "cexec-ran-in-the-chroot");
+/// Where the example's writefile action puts the netplan file.
+pub const NETPLAN: &str = "/etc/netplan/config.yaml";
+/// The files the installed system prints at boot.
+pub const SHOWN_FILES: [&str; 2] = [CEXEC_PROOF.0, NETPLAN];
+
+/// The Tinkerbell example resources (`examples/tinkerbell-demo`) with two changes, so that they
+/// install this image: the Workflow's `hardwareRef` names the Hardware that exists
+/// (`nuc-demo`), and the template streams `image_url` and runs a command that leaves
+/// [`CEXEC_PROOF`]. The end-to-end test and the demo apply these.
+pub fn adapted_tinkerbell_example(example: &Path, image_url: &str) -> anyhow::Result<String> {
+    let read = |name: &str| {
+        std::fs::read_to_string(example.join(name))
+            .with_context(|| format!("reading {}", example.join(name).display()))
+    };
+    let template = read("template.yaml")?
+        .replace(
+            "http://192.168.1.1:8080/focal-server-cloudimg-amd64.raw.gz",
+            image_url,
+        )
+        .replace(
+            "growpart /dev/nvme0n1 1 && resize2fs /dev/nvme0n1p1",
+            &format!(
+                "/bin/busybox mkdir -p /var/lib/wisp && echo {} > {}",
+                CEXEC_PROOF.1, CEXEC_PROOF.0
+            ),
+        );
+    let workflow = read("workflow.yaml")?.replace("hardwareRef: hp-demo", "hardwareRef: nuc-demo");
+    if !template.contains(image_url)
+        || !template.contains(CEXEC_PROOF.0)
+        || !workflow.contains("nuc-demo")
+    {
+        bail!(
+            "{} no longer has the fields the adaptation changes",
+            example.display()
+        );
+    }
+    Ok(format!(
+        "{}\n---\n{template}\n---\n{workflow}",
+        read("hardware.yaml")?
+    ))
+}
 
 const SECTOR: u64 = 512;
 /// The partition starts at 1 MiB, as partitioning tools align it; GRUB's core image lives in
@@ -141,6 +185,25 @@ pub fn build(
     disk.extend_from_slice(&std::fs::read(&partition)?);
     std::fs::write(out, &disk)?;
     std::fs::remove_dir_all(&work)?;
+    Ok(out.to_path_buf())
+}
+
+/// As [`build`], gzip-compressed at `out` (image2disk's `COMPRESSED: true`).
+pub fn build_gzip(
+    out: &Path,
+    kernel: &DebianKernel,
+    busybox: &Path,
+    show: &[&str],
+) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    let raw = build(&out.with_extension("raw"), kernel, busybox, show)?;
+    let mut gzip = flate2::write::GzEncoder::new(
+        std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
+        flate2::Compression::fast(),
+    );
+    gzip.write_all(&std::fs::read(&raw)?)?;
+    gzip.finish()?;
+    std::fs::remove_file(raw)?;
     Ok(out.to_path_buf())
 }
 

@@ -36,22 +36,12 @@ pub fn provisioning_os_assets(assets: &Path) {
 /// Builds the small bootable OS image the end-to-end tests install (see `wisp_images::disk`),
 /// gzip-compressed, at `path`. The installed system prints `show` at boot.
 pub fn installable_image(path: &Path, show: &[&str]) {
-    use std::io::Write;
     static UNPACKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let kernel = {
         let _one_at_a_time = UNPACKING.lock().unwrap_or_else(|p| p.into_inner());
         wisp_images::kernel::debian_kernel(&crate::repo_root().join("target/images-cache"))
             .expect("unpack Debian's kernel")
     };
-    let raw = path.with_extension("raw");
-    wisp_images::disk::build(&raw, &kernel, Path::new("/bin/busybox"), show)
+    wisp_images::disk::build_gzip(path, &kernel, Path::new("/bin/busybox"), show)
         .expect("build the installable image");
-    let mut gzip = flate2::write::GzEncoder::new(
-        std::fs::File::create(path).expect("create the image"),
-        flate2::Compression::fast(),
-    );
-    gzip.write_all(&std::fs::read(&raw).expect("read the raw image"))
-        .expect("compress the image");
-    gzip.finish().expect("finish the image");
-    std::fs::remove_file(raw).expect("remove the raw image");
 }

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use wisp_images::disk::{adapted_tinkerbell_example, CEXEC_PROOF, NETPLAN, SHOWN_FILES};
 use wisp_tests::{
     apply_ok, gate_stats, repo_root, require_root,
     vm::{installable_image, provisioning_os_assets, Firmware, Vm},
@@ -14,31 +15,7 @@ use wisp_tests::{
 };
 
 const MAC: &str = "1c:69:7a:11:22:33";
-const CEXEC_PROOF: &str = "/var/lib/wisp/cexec-proof";
-const NETPLAN: &str = "/etc/netplan/config.yaml";
-
-/// The foundation issue's three resources, with its two changes: `hardwareRef` names
-/// `nuc-demo`, and the image and the command are the test's own.
-fn example_resources() -> String {
-    let example = repo_root().join("examples/tinkerbell-demo");
-    let read = |name: &str| std::fs::read_to_string(example.join(name)).expect("read the example");
-    let template = read("template.yaml")
-        .replace(
-            "http://192.168.1.1:8080/focal-server-cloudimg-amd64.raw.gz",
-            "http://192.168.1.1:8080/assets/wisp-test-os.raw.gz",
-        )
-        .replace(
-            "growpart /dev/nvme0n1 1 && resize2fs /dev/nvme0n1p1",
-            &format!("/bin/busybox mkdir -p /var/lib/wisp && echo cexec-ran-in-the-chroot > {CEXEC_PROOF}"),
-        );
-    let workflow = read("workflow.yaml").replace("hardwareRef: hp-demo", "hardwareRef: nuc-demo");
-    assert!(template.contains("wisp-test-os") && template.contains(CEXEC_PROOF));
-    assert!(workflow.contains("nuc-demo"));
-    format!(
-        "{}\n---\n{template}\n---\n{workflow}",
-        read("hardware.yaml")
-    )
-}
+const IMAGE_URL: &str = "http://192.168.1.1:8080/assets/wisp-test-os.raw.gz";
 
 #[test]
 fn a_blank_nvme_machine_is_provisioned_and_boots_the_installed_system() {
@@ -48,7 +25,7 @@ fn a_blank_nvme_machine_is_provisioned_and_boots_the_installed_system() {
     let work = TempDir::new("e2e");
     let assets = work.join("assets");
     provisioning_os_assets(&assets);
-    installable_image(&assets.join("wisp-test-os.raw.gz"), &[CEXEC_PROOF, NETPLAN]);
+    installable_image(&assets.join("wisp-test-os.raw.gz"), &SHOWN_FILES);
     let disk = work.join("nvme.raw");
     std::fs::File::create(&disk)
         .and_then(|file| file.set_len(256 << 20))
@@ -59,7 +36,11 @@ fn a_blank_nvme_machine_is_provisioned_and_boots_the_installed_system() {
         &work.join("data"),
         &["--assets-dir", assets.to_str().expect("utf-8")],
     );
-    apply_ok(&lab.server, &example_resources());
+    // The foundation issue's three resources, with its two changes (see the function).
+    let resources =
+        adapted_tinkerbell_example(&repo_root().join("examples/tinkerbell-demo"), IMAGE_URL)
+            .expect("the example resources");
+    apply_ok(&lab.server, &resources);
 
     let vm = Vm::start(
         &lab.server.name,
@@ -86,7 +67,7 @@ fn a_blank_nvme_machine_is_provisioned_and_boots_the_installed_system() {
         .unwrap_or_else(|| panic!("the installed system did not boot:\n{console}"));
     let from_disk = &console[booted..];
     assert!(
-        from_disk.contains(&format!("== {CEXEC_PROOF}\ncexec-ran-in-the-chroot")),
+        from_disk.contains(&format!("== {}\n{}", CEXEC_PROOF.0, CEXEC_PROOF.1)),
         "cexec's file:\n{from_disk}"
     );
     assert!(

@@ -7,8 +7,8 @@ use boot_userspace::identity::MachineTokens;
 use serde_json::Value;
 use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
 use wisp_tests::{
-    apply_ok, eventually_within, output_text, require_root, wisp, wisp_ok, worker_binary, Daemon,
-    Lab, TempDir, SERVER_IF,
+    apply_ok, eventually_within, metric, output_text, require_root, wisp, wisp_ok, worker_binary,
+    Daemon, Lab, TempDir, SERVER_IF,
 };
 use workflow::proto::{
     workflow_service_client::WorkflowServiceClient, ActionRequest, ActionStatusRequest, StateType,
@@ -239,6 +239,13 @@ fn the_worker_runs_each_action_and_reports_it() {
         watched_text.contains("workflow wf-a SUCCESS (2 of 2 actions succeeded)"),
         "{watched_text}"
     );
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_workflow_action_reports_total{state=\"SUCCESS\"}"
+        ),
+        Some(2)
+    );
     // Machine B's workflow is untouched, and A has no more work: its next boot leaves.
     assert_eq!(workflow_json(&lab, "wf-b")["status"]["state"], "PENDING");
     assert!(next_boot_script(&lab).contains("no pending work"));
@@ -376,6 +383,13 @@ fn workers_get_and_report_only_their_own_machines_actions() {
     let own = codes.4.expect("machine A gets its own action");
     assert_eq!(own.workflow_id(), "lab/wf-a");
     assert_eq!(own.worker_id(), MAC_A);
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_worker_api_calls_total{method=\"ReportActionStatus\",code=\"PermissionDenied\"}"
+        ),
+        Some(2)
+    );
     // Nothing of B's moved.
     let b = workflow_json(&lab, "wf-b");
     assert_eq!(b["status"]["state"], "PENDING", "{b:#}");

@@ -1,7 +1,10 @@
-//! `cargo xtask demo`: a throwaway lab (a namespace with a bridge), `wisp serve` on the bridge
-//! with the Tinkerbell demo resources, and then the main job: a VM with real firmware netboots
-//! through Wisp (DHCP, iPXE over TFTP, the iPXE script and kernel over HTTP) while a machine
-//! Wisp does not own is dropped by the XDP gate.
+//! `cargo xtask demo`: a throwaway lab (a namespace with a bridge on 192.168.1.1/24, the
+//! network of the Tinkerbell example), `wisp serve` on the bridge, and then the main job: the
+//! Tinkerbell example workflow provisions a VM with real firmware and a blank NVMe disk. It
+//! netboots through Wisp (DHCP, iPXE over TFTP, the iPXE script, kernel and initramfs over
+//! HTTP) into Wisp's provisioning OS, whose worker streams an OS image to the disk, runs a
+//! command in it and writes a file; the VM then reboots into the installed system. Meanwhile a
+//! machine Wisp does not own is dropped by the XDP gate.
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -10,15 +13,19 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use wisp_images::qemu::{Firmware, Vm};
+use wisp_images::{
+    disk,
+    qemu::{Firmware, Vm},
+};
 
 use crate::shell::{run, step};
 
 const LAB: &str = "wisp-demo";
 const STRANGER: &str = "wisp-demo-stranger";
-const VM_MAC: &str = "52:54:00:57:49:50";
+/// The MAC of the Tinkerbell example's Hardware, `nuc-demo`.
+const VM_MAC: &str = "1c:69:7a:11:22:33";
 const STRANGER_MAC: &str = "52:54:00:de:ad:01";
-const GREETING: &str = "Hello from demo-vm: netbooted by Wisp";
+const IMAGE_URL: &str = "http://192.168.1.1:8080/assets/demo-os.raw.gz";
 
 /// Removes the namespaces (and whatever runs in them) when the demo ends, however it ends.
 struct Lab;
@@ -31,7 +38,7 @@ impl Lab {
         run("ip", &["netns", "add", STRANGER])?;
         in_ns(LAB, &["ip", "link", "set", "lo", "up"])?;
         in_ns(LAB, &["ip", "link", "add", "br0", "type", "bridge"])?;
-        in_ns(LAB, &["ip", "addr", "add", "10.77.0.1/24", "dev", "br0"])?;
+        in_ns(LAB, &["ip", "addr", "add", "192.168.1.1/24", "dev", "br0"])?;
         in_ns(LAB, &["ip", "link", "set", "br0", "up"])?;
         in_ns(
             LAB,
@@ -77,27 +84,35 @@ fn in_ns(netns: &str, command: &[&str]) -> anyhow::Result<()> {
     run("ip", &args)
 }
 
-/// Prints the log lines that contain any of `needles` as they are written, until `done` holds
-/// or `limit` passes. Returns whether `done` held.
-fn follow(log: &Path, needles: &[&str], done: impl Fn() -> bool, limit: Duration) -> bool {
+/// Prints the log lines that contain any of `needles` as they are written, from byte `from` of
+/// the log on, until `done` holds or `limit` passes. Returns whether `done` held, and where the
+/// next call should start.
+fn follow(
+    log: &Path,
+    from: usize,
+    needles: &[&str],
+    done: impl Fn() -> bool,
+    limit: Duration,
+) -> (bool, usize) {
     let deadline = Instant::now() + limit;
-    let mut printed = 0;
+    let mut position = from;
     loop {
         let finished = done();
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let lines: Vec<&str> = text
+        // Whole lines only: the last one may still be being written.
+        let end = text.rfind('\n').map_or(position, |at| at + 1).max(position);
+        for line in text[position..end]
             .lines()
             .filter(|line| needles.iter().any(|n| line.contains(n)))
-            .collect();
-        for line in lines.iter().skip(printed) {
+        {
             println!("  {line}");
         }
-        printed = printed.max(lines.len());
+        position = end;
         if finished {
-            return true;
+            return (true, position);
         }
         if Instant::now() > deadline {
-            return false;
+            return (false, position);
         }
         sleep(Duration::from_millis(250));
     }
@@ -120,17 +135,28 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
     let wisp = wisp.to_str().context("the repository path is not UTF-8")?;
     let work = std::env::temp_dir().join("wisp-demo");
     let _ = std::fs::remove_dir_all(&work);
-    std::fs::create_dir_all(&work)?;
+    let assets = work.join("assets");
+    std::fs::create_dir_all(&assets)?;
 
-    step("boot assets: Debian's kernel and a one-line busybox initramfs");
-    wisp_images::hello::write_assets(
-        &work.join("assets"),
-        &root.join("target/images-cache"),
-        GREETING,
+    let os = crate::images::build(root)?;
+    std::fs::copy(&os.vmlinuz, assets.join("vmlinuz"))?;
+    std::fs::copy(&os.initramfs, assets.join("initramfs"))?;
+    step("the OS image to install: ext4 with busybox, Debian's kernel, GRUB");
+    let kernel = wisp_images::kernel::debian_kernel(&root.join("target/images-cache"))?;
+    wisp_images::disk::build_gzip(
+        &assets.join("demo-os.raw.gz"),
+        &kernel,
+        Path::new("/bin/busybox"),
+        &disk::SHOWN_FILES,
+    )?;
+    let resources = work.join("install-demo-os.yaml");
+    std::fs::write(
+        &resources,
+        disk::adapted_tinkerbell_example(&root.join("examples/tinkerbell-demo"), IMAGE_URL)?,
     )?;
 
     step(&format!(
-        "lab: namespace {LAB} with bridge br0 (10.77.0.1/24)"
+        "lab: namespace {LAB} with bridge br0 (192.168.1.1/24)"
     ));
     let _lab = Lab::create()?;
 
@@ -149,7 +175,7 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
         ])
         .arg(work.join("data"))
         .arg("--assets-dir")
-        .arg(work.join("assets"))
+        .arg(&assets)
         .env("NO_COLOR", "1")
         .stderr(std::fs::File::create(&log)?)
         .spawn()
@@ -163,49 +189,88 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
         full.extend(args);
         run("ip", &full)
     };
-    step("resources: the Tinkerbell demo, unchanged, and the lab's VM");
-    cli(&[
-        "apply",
-        "-f",
-        "examples/tinkerbell-demo",
-        "-f",
-        "examples/lab/demo-vm.yaml",
-    ])?;
-    cli(&["get", "hardware"])?;
+    step("resources: the Tinkerbell example, unchanged");
+    cli(&["apply", "-f", "examples/tinkerbell-demo"])?;
+    cli(&["get", "workflows"])?;
+    step("fixed: hardwareRef names nuc-demo, and the template installs the demo image");
+    cli(&["apply", "-f", resources.to_str().context("UTF-8 path")?])?;
     cli(&["get", "workflows"])?;
 
     step(&format!(
-        "a VM (SeaBIOS and its iPXE ROM, MAC {VM_MAC}) netboots through Wisp"
+        "a VM (SeaBIOS and its iPXE ROM, MAC {VM_MAC}, blank NVMe disk) netboots through Wisp"
     ));
+    let disk = work.join("nvme.raw");
+    std::fs::File::create(&disk)?.set_len(256 << 20)?;
     let started = Instant::now();
-    let vm = Vm::start(LAB, "br0", "tap0", VM_MAC, Firmware::Bios, &work, None)?;
+    let vm = Vm::start(
+        LAB,
+        "br0",
+        "tap0",
+        VM_MAC,
+        Firmware::Bios,
+        &work,
+        Some(&disk),
+    )?;
     println!("Wisp's side, as it happens:");
-    let booted = follow(
+    let (provisioning, read) = follow(
         &log,
-        &["DHCP reply", "TFTP read request", "iPXE script served"],
-        || vm.serial_output().contains(GREETING),
+        0,
+        &[
+            "DHCP reply",
+            "TFTP read request",
+            "iPXE script served",
+            "action handed out",
+        ],
+        || std::fs::read_to_string(&log).is_ok_and(|text| text.contains("action handed out")),
+        Duration::from_secs(240),
+    );
+    if !provisioning {
+        bail!(
+            "the VM did not start its workflow within 240 s; its console:\n{}",
+            vm.serial_output()
+        );
+    }
+    step("the worker runs the workflow: wisp watch workflow demo-wf");
+    cli(&["watch", "workflow", "demo-wf", "-n", "tink-system"])?;
+    cli(&["describe", "workflow", "demo-wf", "-n", "tink-system"])?;
+
+    step("the VM reboots: no more work, so iPXE exits to the disk");
+    let (installed, _) = follow(
+        &log,
+        read,
+        &["DHCP reply", "iPXE script served"],
+        || vm.serial_output().contains("== end"),
         Duration::from_secs(180),
     );
-    if !booted {
+    if !installed {
         bail!(
-            "the VM did not boot within 180 s; its console:\n{}",
+            "the installed system did not boot within 180 s; the console:\n{}",
             vm.serial_output()
         );
     }
     println!(
-        "booted in {:.0} s under software emulation. The VM's serial console:",
+        "provisioned and booted from disk in {:.0} s under software emulation. The VM's serial console:",
         started.elapsed().as_secs_f64()
     );
+    let console = vm.serial_output();
     show(
-        &vm.serial_output(),
+        &console,
         &[
-            "Filename:",
-            "undionly.kpxe :",
-            "auto.ipxe",
-            "vmlinuz",
-            GREETING,
+            "Wisp: provisioning",
+            "Wisp provisioning OS",
+            "Wisp: eth0",
+            "Wisp: workflow complete",
+            "no pending work",
         ],
     );
+    if let Some(at) = console.find(disk::INSTALLED_BANNER) {
+        for line in console[at..]
+            .lines()
+            .take_while(|line| !line.contains("reboot: Power down"))
+        {
+            println!("  {}", line.trim_end_matches('\r'));
+        }
+    }
     drop(vm);
 
     step(&format!(

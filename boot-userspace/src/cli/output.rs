@@ -271,7 +271,7 @@ pub fn describe(view: &ResourceView) {
     if let Some(run) = &view.run {
         field(
             "Progress",
-            &format!("action {} ", progress(run)).replace('/', " of "),
+            &format!("action {}", progress(run).replace('/', " of ")),
         );
         if !run.message.is_empty() {
             field("Message", &run.message);
