@@ -7,9 +7,9 @@
 //! cannot report on another machine's workflow.
 use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use workflow::{
-    engine::{Agent, Assignment, Change, EngineError, Report, ReportError, State},
+    engine::{Agent, Assignment, Change, EngineError, Next, Report, ReportError, State},
     proto::{
         workflow_service_server::{WorkflowService, WorkflowServiceServer},
         ActionRequest, ActionResponse, ActionStatusRequest, ActionStatusResponse, StateType,
@@ -22,6 +22,10 @@ use crate::{
     identity::{self, MachineTokens, Refusal},
     metrics::{StateLabels, WorkerCallLabels},
 };
+
+/// The metadata key of a `NOT_FOUND` answer that carries the state of the machine's most
+/// recently finished workflow.
+pub use workflow::agent::WORKFLOW_STATE_KEY;
 
 /// Tinkerbell's port for this API.
 pub const WORKER_API_PORT: u16 = 42113;
@@ -176,19 +180,31 @@ impl WorkerApi {
             })
             .await?;
         match assignment {
-            Some(assignment) => {
+            Next::Run(assignment) => {
                 tracing::info!(
                     workflow = %assignment.workflow,
                     action = assignment.action.name,
                     agent = %agent.mac,
                     "action handed out"
                 );
-                Ok(response(&agent, assignment))
+                Ok(response(&agent, *assignment))
             }
-            None => Err(Status::not_found(format!(
-                "no action for {}: it has no running or pending workflow",
-                agent.mac
-            ))),
+            Next::Idle { last_finished } => {
+                let message = format!(
+                    "no action for {}: it has no running or pending workflow",
+                    agent.mac
+                );
+                // Tinkerbell's protocol has no "done": this tells Wisp's worker how the
+                // workflow it was running ended, so that it reboots only after a success.
+                let mut metadata = tonic::metadata::MetadataMap::new();
+                if let Some(state) = last_finished {
+                    metadata.insert(
+                        WORKFLOW_STATE_KEY,
+                        tonic::metadata::MetadataValue::from_static(state.as_str()),
+                    );
+                }
+                Err(Status::with_metadata(Code::NotFound, message, metadata))
+            }
         }
     }
 

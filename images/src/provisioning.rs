@@ -13,17 +13,32 @@ use anyhow::Context;
 
 use crate::{cpio::Archive, kernel::DebianKernel, modules};
 
-/// NICs, disks and filesystems: virtio (QEMU, clouds), e1000 (QEMU's default NIC, many
-/// servers), NVMe, and ext4 and vfat for the actions that write into the installed system.
+/// NICs, disks and filesystems. Virtual machines: virtio, e1000. Servers: Intel (e1000e,
+/// igb, ixgbe, i40e), Broadcom (tg3, bnxt_en) and Realtek (r8169) NICs; NVMe, AHCI SATA, and the
+/// common SAS/RAID HBAs (megaraid_sas, mpt3sas). Filesystems the actions write into: ext4, xfs
+/// and vfat (EFI system partitions). NICs that need firmware files (some tg3, bnxt_en and r8169
+/// parts) also need Debian's firmware packages, which are not included.
 pub const MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_net",
     "virtio_blk",
+    "virtio_scsi",
     "e1000",
     "e1000e",
+    "igb",
+    "ixgbe",
+    "i40e",
+    "tg3",
+    "bnxt_en",
+    "r8169",
     "nvme",
+    "ahci",
+    "sd_mod",
+    "megaraid_sas",
+    "mpt3sas",
     "crc32c_generic",
     "ext4",
+    "xfs",
     "vfat",
     "nls_cp437",
     "nls_iso8859_1",
@@ -72,6 +87,8 @@ case "$1" in
   bound|renew)
     ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}"
     [ -n "$router" ] && route add default gw "${router%% *}" dev "$interface"
+    : > /etc/resolv.conf
+    for server in $dns; do echo "nameserver $server" >> /etc/resolv.conf; done
     echo "Wisp: $interface is $ip"
     ;;
 esac

@@ -155,53 +155,112 @@ fn report(workflow: &str, agent: &str, state: StateType) -> Request<ActionStatus
     })
 }
 
+/// The image in every format image2disk reads, made by the real tools, and the value of
+/// COMPRESSED each one is streamed with.
+const FORMATS: [(&str, &str); 5] = [
+    ("raw.gz", "true"),
+    ("raw.xz", "true"),
+    ("raw.zst", "true"),
+    ("qcow2", "false"),
+    ("raw", "false"),
+];
+
+fn write_images(image: &[u8], assets: &std::path::Path) {
+    std::fs::create_dir_all(assets).expect("assets");
+    let raw = assets.join("image.raw");
+    std::fs::write(&raw, image).expect("raw image");
+    let mut gzip = flate2::write::GzEncoder::new(
+        std::fs::File::create(assets.join("image.raw.gz")).expect("image"),
+        flate2::Compression::fast(),
+    );
+    gzip.write_all(image).expect("compress");
+    gzip.finish().expect("compress");
+    let raw_path = raw.to_str().expect("utf-8");
+    let zst = format!("{raw_path}.zst");
+    let qcow2 = format!("{}/image.qcow2", assets.display());
+    for (program, args) in [
+        ("xz", vec!["-k", "-T1", raw_path]),
+        ("zstd", vec!["-q", "-k", raw_path, "-o", &zst]),
+        // Small clusters: several L2 tables, and runs of clusters to coalesce.
+        (
+            "qemu-img",
+            vec![
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "qcow2",
+                "-o",
+                "cluster_size=4096",
+                raw_path,
+                &qcow2,
+            ],
+        ),
+    ] {
+        let status = std::process::Command::new(program)
+            .args(&args)
+            .status()
+            .unwrap_or_else(|err| panic!("{program}: {err}"));
+        assert!(status.success(), "{program} {args:?}");
+    }
+}
+
 #[test]
 fn the_worker_runs_each_action_and_reports_it() {
     let work = TempDir::new("wf-image");
-    let image: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let disk = work.join("disk.img");
-    std::fs::File::create(&disk).expect("create the disk file");
+    // Not all of it compresses away, and the zero run in the middle is a hole in the qcow2.
+    let mut image: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    image[1 << 20..2 << 20].fill(0);
+    let disks: Vec<_> = FORMATS
+        .iter()
+        .map(|(extension, _)| work.join(&format!("disk-{extension}.img")))
+        .collect();
+    for disk in &disks {
+        std::fs::File::create(disk).expect("create the disk file");
+    }
     let proof = work.join("proof");
-    let actions = format!(
-        "          - name: stream-image
+    let mut actions = String::new();
+    for ((extension, compressed), disk) in FORMATS.iter().zip(&disks) {
+        actions.push_str(&format!(
+            "          - name: stream-{name}
             image: quay.io/tinkerbell-actions/image2disk:v1.0.0
             timeout: 60
             environment:
-              IMG_URL: http://10.99.0.1:8080/assets/image.raw.gz
+              IMG_URL: http://10.99.0.1:8080/assets/image.{extension}
               DEST_DISK: {disk}
-              COMPRESSED: true
-{}",
-        shell_action(
-            "run-command",
-            30,
-            &format!("echo ran-by-cexec > {}", proof.display())
-        ),
-        disk = disk.display(),
-    );
+              COMPRESSED: {compressed}
+",
+            name = extension.replace('.', "-"),
+            disk = disk.display(),
+        ));
+    }
+    actions.push_str(&shell_action(
+        "run-command",
+        30,
+        &format!("echo ran-by-cexec > {}", proof.display()),
+    ));
     let (lab, _daemon, data) = setup("wf-ok", &actions);
-    std::fs::create_dir_all(data.join("assets")).expect("assets");
-    let mut gzip = flate2::write::GzEncoder::new(
-        std::fs::File::create(data.join("assets/image.raw.gz")).expect("image"),
-        flate2::Compression::fast(),
-    );
-    gzip.write_all(&image).expect("compress");
-    gzip.finish().expect("compress");
+    write_images(&image, &data.join("assets"));
 
     let pending = wisp_ok(&lab.server, &["get", "workflows", "-n", "lab"]);
     assert!(
         pending
             .lines()
-            .any(|l| l.contains("wf-a") && l.contains("PENDING") && l.contains("1/2")),
+            .any(|l| l.contains("wf-a") && l.contains("PENDING") && l.contains("1/6")),
         "{pending}"
     );
     let worker = run_worker(&lab);
     assert!(worker.status.success(), "{}", output_text(&worker));
 
-    assert_eq!(
-        std::fs::read(&disk).expect("the disk"),
-        image,
-        "image2disk wrote the image"
-    );
+    for ((extension, _), disk) in FORMATS.iter().zip(&disks) {
+        let written = std::fs::read(disk).expect("the disk");
+        assert!(
+            written == image,
+            "image2disk wrote the {extension} image wrongly"
+        );
+    }
     assert_eq!(
         std::fs::read_to_string(&proof).expect("cexec's file"),
         "ran-by-cexec\n"
@@ -217,26 +276,28 @@ fn the_worker_runs_each_action_and_reports_it() {
     assert!(
         listed
             .lines()
-            .any(|l| l.contains("wf-a") && l.contains("SUCCESS") && l.contains("2/2")),
+            .any(|l| l.contains("wf-a") && l.contains("SUCCESS") && l.contains("6/6")),
         "{listed}"
     );
     let described = wisp_ok(&lab.server, &["describe", "workflow", "wf-a", "-n", "lab"]);
     assert!(
-        described.contains("Progress:         action 2 of 2"),
+        described.contains("Progress:         action 6 of 6"),
         "{described}"
     );
-    assert!(
-        described.lines().any(|l| l.contains("stream-image")
-            && l.contains("SUCCESS")
-            && l.contains("wrote 3145728 bytes")),
-        "{described}"
-    );
+    for (name, format) in [("stream-raw-xz", "(Xz)"), ("stream-qcow2", "(Qcow2)")] {
+        assert!(
+            described.lines().any(|l| l.contains(name)
+                && l.contains("SUCCESS")
+                && l.contains(&format!("wrote 3145728 bytes {format}"))),
+            "{described}"
+        );
+    }
     let watched = wisp(&lab.server, &["watch", "workflow", "wf-a", "-n", "lab"]);
     let watched_text = output_text(&watched);
     assert!(watched.status.success(), "{watched_text}");
-    assert!(watched_text.contains("[2/2] run-command"), "{watched_text}");
+    assert!(watched_text.contains("[6/6] run-command"), "{watched_text}");
     assert!(
-        watched_text.contains("workflow wf-a SUCCESS (2 of 2 actions succeeded)"),
+        watched_text.contains("workflow wf-a SUCCESS (6 of 6 actions succeeded)"),
         "{watched_text}"
     );
     assert_eq!(
@@ -244,7 +305,7 @@ fn the_worker_runs_each_action_and_reports_it() {
             &lab.server,
             "wisp_workflow_action_reports_total{state=\"SUCCESS\"}"
         ),
-        Some(2)
+        Some(6)
     );
     // Machine B's workflow is untouched, and A has no more work: its next boot leaves.
     assert_eq!(workflow_json(&lab, "wf-b")["status"]["state"], "PENDING");
@@ -434,4 +495,32 @@ fn a_daemon_restart_mid_workflow_resumes_it() {
     assert_eq!(workflow["status"]["state"], "SUCCESS", "{workflow:#}");
     assert_eq!(std::fs::read_to_string(&first).expect("first"), "one\n");
     assert_eq!(std::fs::read_to_string(&second).expect("second"), "two\n");
+}
+
+#[test]
+fn an_image_that_is_not_built_in_fails_clearly_without_a_container_runtime() {
+    let actions = "          - name: custom
+            image: docker.io/library/alpine:3.20
+            timeout: 30
+            command: [\"echo\", \"hi\"]
+";
+    let (lab, _daemon, _work) = setup("wf-oci", actions);
+    // The provisioning OS has no container runtime; an empty PATH stands in for it here.
+    let worker = lab
+        .client
+        .command(worker_binary())
+        .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("run wisp-worker");
+    assert_eq!(worker.status.code(), Some(1), "{}", output_text(&worker));
+    let workflow = workflow_json(&lab, "wf-a");
+    assert_eq!(workflow["status"]["state"], "FAILED", "{workflow:#}");
+    let message = workflow["status"]["actions"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("not a built-in action") && message.contains("docker, podman, ctr"),
+        "{message}"
+    );
 }

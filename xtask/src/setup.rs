@@ -24,11 +24,14 @@ const PACKAGES: &[&str] = &[
     // The end-to-end test builds a bootable disk image: ext4 from a directory, and GRUB.
     "e2fsprogs",
     "grub-pc-bin",
+    // The worker tests compress images with the real tools.
+    "xz-utils",
+    "zstd",
 ];
 
 /// QEMU comes from backports: the machine's qemu-utils is from there, and bookworm's own
-/// qemu-system breaks beside it.
-const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86"];
+/// qemu-system breaks beside it. qemu-img makes the qcow2 image the worker tests stream.
+const BACKPORTS_PACKAGES: &[&str] = &["qemu-system-x86", "qemu-utils"];
 
 pub fn ensure() -> anyhow::Result<()> {
     step("setup");

@@ -16,6 +16,10 @@ use crate::proto::{
 };
 use actions::{ActionError, Outcome};
 
+/// The metadata key of the worker API's `NOT_FOUND` answer that carries the state of the
+/// machine's most recently finished workflow (`SUCCESS`, `FAILED`, `TIMEOUT`).
+pub const WORKFLOW_STATE_KEY: &str = "wisp-workflow-state";
+
 pub struct Config {
     /// `http://<wisp>:42113`.
     pub endpoint: String,
@@ -74,9 +78,9 @@ impl Agent {
         request
     }
 
-    /// Asks for the next action until there is one. `None` once actions have run and none is
-    /// left. Connection errors and server restarts are waited out.
-    fn next_action(&mut self, ran_any: bool) -> anyhow::Result<Option<ActionResponse>> {
+    /// Asks for the next action until there is one, or until the server says how the
+    /// workflow ended. Connection errors and server restarts are waited out.
+    fn next_action(&mut self, ran_any: bool) -> anyhow::Result<Result<ActionResponse, Finished>> {
         loop {
             let request = self.request(ActionRequest {
                 agent_id: Some(self.config.agent_id.clone()),
@@ -84,10 +88,25 @@ impl Agent {
             });
             let mut client = self.client.clone();
             match self.runtime.block_on(client.get_action(request)) {
-                Ok(response) => return Ok(Some(response.into_inner())),
-                Err(status) if status.code() == Code::NotFound && ran_any => return Ok(None),
+                Ok(response) => return Ok(Ok(response.into_inner())),
                 Err(status) if status.code() == Code::NotFound => {
-                    tracing::debug!("no action yet: {}", status.message());
+                    let ended = status
+                        .metadata()
+                        .get(WORKFLOW_STATE_KEY)
+                        .and_then(|value| value.to_str().ok());
+                    match ended {
+                        Some("SUCCESS") => return Ok(Err(Finished::WorkflowDone)),
+                        Some(state) => {
+                            tracing::error!("the workflow ended {state}");
+                            return Ok(Err(Finished::ActionFailed));
+                        }
+                        None if ran_any => {
+                            anyhow::bail!(
+                                "the workflow is gone (deleted or disabled) before it finished"
+                            )
+                        }
+                        None => tracing::debug!("no action yet: {}", status.message()),
+                    }
                 }
                 Err(status)
                     if matches!(
@@ -130,8 +149,9 @@ impl Agent {
                 message: Some(message),
             }),
         };
-        // A report must arrive: retried across a server restart, never dropped.
-        let mut attempt = 0;
+        // A report must arrive: retried, with backoff, for as long as the server is away or
+        // failing; only a refusal ends it.
+        let mut backoff = Duration::from_millis(200);
         loop {
             let mut client = self.client.clone();
             match self
@@ -140,12 +160,19 @@ impl Agent {
             {
                 Ok(_) => return Ok(()),
                 Err(status)
-                    if matches!(status.code(), Code::Unavailable | Code::Unknown)
-                        && attempt < 60 =>
+                    if matches!(
+                        status.code(),
+                        Code::Unavailable
+                            | Code::Unknown
+                            | Code::Internal
+                            | Code::DeadlineExceeded
+                            | Code::ResourceExhausted
+                            | Code::Aborted
+                    ) =>
                 {
-                    attempt += 1;
                     tracing::warn!("reporting {}: {status}; retrying", action.name());
-                    std::thread::sleep(Duration::from_secs(1));
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
                 Err(status) => anyhow::bail!("reporting {}: {}", action.name(), status.message()),
             }
@@ -155,7 +182,11 @@ impl Agent {
     /// Runs the machine's workflow to its end.
     pub fn run(&mut self) -> anyhow::Result<Finished> {
         let mut ran_any = false;
-        while let Some(action) = self.next_action(ran_any)? {
+        loop {
+            let action = match self.next_action(ran_any)? {
+                Ok(action) => action,
+                Err(finished) => return Ok(finished),
+            };
             ran_any = true;
             let started = SystemTime::now();
             tracing::info!(
@@ -171,10 +202,11 @@ impl Agent {
                 .filter_map(|pair| pair.split_once('='))
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect();
+            // No limit for 0, and none for a limit too large to count to.
             let deadline = u64::try_from(action.timeout())
                 .ok()
                 .filter(|&seconds| seconds > 0)
-                .map(|seconds| Instant::now() + Duration::from_secs(seconds));
+                .and_then(|seconds| Instant::now().checked_add(Duration::from_secs(seconds)));
             let context = actions::Context {
                 image: action.image().to_string(),
                 command: action.command.clone(),
@@ -214,6 +246,5 @@ impl Agent {
                 return Ok(finished);
             }
         }
-        Ok(Finished::WorkflowDone)
     }
 }

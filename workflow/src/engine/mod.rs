@@ -56,6 +56,17 @@ pub enum EngineError {
     Store(#[from] StoreError),
 }
 
+/// What a worker should do next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Next {
+    Run(Box<Assignment>),
+    /// Nothing to run. The state of the machine's most recently finished workflow tells a
+    /// worker that has been running actions how its workflow ended.
+    Idle {
+        last_finished: Option<State>,
+    },
+}
+
 /// What a call changed, so that the caller can refresh what depends on it (a finished workflow
 /// is no longer pending work for the boot path).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -119,16 +130,20 @@ impl Engine {
         catalog: &Catalog<S>,
         agent: &Agent,
         now: SystemTime,
-    ) -> Result<(Option<Assignment>, Change), EngineError> {
+    ) -> Result<(Next, Change), EngineError> {
         let mut runs = self.runs();
         let mut change = Change { finished: false };
         let mut candidates = Vec::new();
+        let mut mine_keys = Vec::new();
         for workflow in catalog.store().list(Kind::Workflow)? {
             let spec: WorkflowSpec = workflow
                 .spec()
                 .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
             let mine = workflow.key.namespace == agent.hardware.namespace
                 && spec.hardware_ref == agent.hardware.name;
+            if mine {
+                mine_keys.push(workflow.key.clone());
+            }
             let state = runs.get(&workflow.key).map(|status| status.state);
             if mine && spec.disabled != Some(true) && !state.is_some_and(State::is_final) {
                 candidates.push((state != Some(State::Running), workflow.key, spec));
@@ -155,14 +170,6 @@ impl Engine {
             let Some(current) = status.current() else {
                 continue;
             };
-            // A task may name another machine as its worker; that machine runs it.
-            let worker = &status.actions[current].worker;
-            if worker
-                .parse::<MacAddr>()
-                .is_ok_and(|worker| worker != agent.mac)
-            {
-                continue;
-            }
             status.start_current(now);
             if !catalog.store().put_workflow_status(&key, &status)? {
                 continue;
@@ -173,9 +180,15 @@ impl Engine {
                 action: status.actions[current].clone(),
             };
             runs.insert(key, status);
-            return Ok((Some(assignment), change));
+            return Ok((Next::Run(Box::new(assignment)), change));
         }
-        Ok((None, change))
+        let last_finished = mine_keys
+            .iter()
+            .filter_map(|key| runs.get(key))
+            .filter(|run| run.state.is_final())
+            .max_by_key(|run| run.finished_at)
+            .map(|run| run.state);
+        Ok((Next::Idle { last_finished }, change))
     }
 
     /// Applies a worker's report on an action of its own machine's workflow.
@@ -278,15 +291,214 @@ fn start<S: Store>(
     let Some(hardware) = catalog.store().get(hardware)? else {
         return Ok(None);
     };
-    let template: TemplateSpec = template
-        .spec()
-        .map_err(|err| StoreError::Backend(format!("{template_key}: {err}")))?;
-    let hardware: HardwareSpec = hardware
-        .spec()
-        .map_err(|err| StoreError::Backend(format!("{}: {err}", hardware.key)))?;
+    // A stored object that no longer decodes fails this workflow, not the machine's others.
+    let template: TemplateSpec = match template.spec() {
+        Ok(template) => template,
+        Err(err) => return Ok(Some(Err(format!("{template_key} is unreadable: {err}")))),
+    };
+    let hardware_key = hardware.key.clone();
+    let hardware: HardwareSpec = match hardware.spec() {
+        Ok(hardware) => hardware,
+        Err(err) => return Ok(Some(Err(format!("{hardware_key} is unreadable: {err}")))),
+    };
     let data = template.data.unwrap_or_default();
     let plan = crate::template::render(&data, &spec.hardware_map, &hardware)
         .map_err(|err| format!("template {:?} does not render: {err}", spec.template_ref))
-        .and_then(|rendered| Plan::parse(&rendered).map_err(|err| err.to_string()));
+        .and_then(|rendered| Plan::parse(&rendered).map_err(|err| err.to_string()))
+        .and_then(|plan| own_tasks_only(plan, &hardware_key, &hardware));
     Ok(Some(plan.map(|plan| WorkflowStatus::new(&plan))))
+}
+
+/// A workflow runs on the machine its `hardwareRef` names: a task whose `worker` is the MAC of
+/// another machine could never be run (that machine's worker is never given this workflow),
+/// so it is refused up front rather than left waiting.
+fn own_tasks_only(plan: Plan, key: &ResourceKey, hardware: &HardwareSpec) -> Result<Plan, String> {
+    for task in &plan.tasks {
+        if let Ok(worker) = task.worker.parse::<MacAddr>() {
+            if !hardware.macs().any(|mac| mac == worker) {
+                return Err(format!(
+                    "task {:?} names worker {worker}, which is not a MAC of {key}; a workflow runs \
+                     on the machine its hardwareRef names",
+                    task.name
+                ));
+            }
+        }
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{manifest::Manifest, store::RedbStore};
+
+    const MAC: &str = "02:00:00:00:00:01";
+
+    fn catalog(dir: &std::path::Path, worker: &str) -> Catalog<RedbStore> {
+        let catalog = Catalog::new(RedbStore::open(dir).unwrap());
+        let yaml = format!(
+            "apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata: {{name: m, namespace: ns}}
+spec:
+  interfaces:
+    - dhcp: {{mac: \"{MAC}\"}}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Template
+metadata: {{name: t, namespace: ns}}
+spec:
+  data: |
+    tasks:
+      - name: install
+        worker: \"{worker}\"
+        actions:
+          - {{name: one, image: cexec, timeout: 5}}
+          - {{name: two, image: cexec}}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata: {{name: w, namespace: ns}}
+spec: {{templateRef: t, hardwareRef: m}}
+"
+        );
+        let mut manifest = Manifest::default();
+        manifest.parse("test.yaml", &yaml);
+        assert!(manifest.errors.is_empty(), "{:?}", manifest.errors);
+        catalog.apply(manifest.documents).unwrap();
+        catalog
+    }
+
+    fn agent() -> Agent {
+        Agent {
+            hardware: ResourceKey {
+                kind: Kind::Hardware,
+                namespace: "ns".into(),
+                name: "m".into(),
+            },
+            mac: MAC.parse().unwrap(),
+        }
+    }
+
+    fn workflow() -> ResourceKey {
+        ResourceKey {
+            kind: Kind::Workflow,
+            namespace: "ns".into(),
+            name: "w".into(),
+        }
+    }
+
+    fn next(engine: &Engine, catalog: &Catalog<RedbStore>) -> Next {
+        engine
+            .next_action(catalog, &agent(), SystemTime::now())
+            .unwrap()
+            .0
+    }
+
+    fn success(action: usize) -> Report {
+        Report {
+            action,
+            state: State::Success,
+            message: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_run_survives_a_restart_and_ends_with_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog(dir.path(), MAC);
+        let engine = Engine::load(&catalog).unwrap();
+        let index = |next: Next| match next {
+            Next::Run(assignment) => Some(assignment.index),
+            Next::Idle { .. } => None,
+        };
+        // Asked again before a report, the worker gets the same action.
+        assert_eq!(index(next(&engine, &catalog)), Some(0));
+        let Next::Run(first) = next(&engine, &catalog) else {
+            panic!("an action")
+        };
+        assert_eq!((first.index, first.action.name.as_str()), (0, "one"));
+        engine
+            .report(
+                &catalog,
+                &agent(),
+                &workflow(),
+                &success(0),
+                SystemTime::now(),
+            )
+            .unwrap();
+        // A new engine on the same store: as after a daemon restart.
+        drop(engine);
+        let engine = Engine::load(&catalog).unwrap();
+        let run = engine.status(&workflow()).unwrap();
+        assert_eq!((run.state, run.done()), (State::Running, 1));
+        let Next::Run(second) = next(&engine, &catalog) else {
+            panic!("the second action")
+        };
+        assert_eq!(second.index, 1);
+        let change = engine
+            .report(
+                &catalog,
+                &agent(),
+                &workflow(),
+                &success(1),
+                SystemTime::now(),
+            )
+            .unwrap();
+        assert!(change.finished);
+        assert_eq!(
+            next(&engine, &catalog),
+            Next::Idle {
+                last_finished: Some(State::Success)
+            }
+        );
+        assert!(
+            catalog.bound_hardware().unwrap().is_empty(),
+            "no pending work"
+        );
+    }
+
+    #[test]
+    fn reports_from_another_machine_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog(dir.path(), MAC);
+        let engine = Engine::load(&catalog).unwrap();
+        next(&engine, &catalog);
+        let mut stranger = agent();
+        stranger.hardware.name = "other".into();
+        let err = engine
+            .report(
+                &catalog,
+                &stranger,
+                &workflow(),
+                &success(0),
+                SystemTime::now(),
+            )
+            .unwrap_err();
+        assert!(matches!(err, EngineError::NotYours { .. }), "{err}");
+        assert_eq!(engine.status(&workflow()).unwrap().done(), 0);
+    }
+
+    #[test]
+    fn a_task_for_another_machine_fails_the_workflow_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog(dir.path(), "02:00:00:00:00:99");
+        let engine = Engine::load(&catalog).unwrap();
+        let (next, change) = engine
+            .next_action(&catalog, &agent(), SystemTime::now())
+            .unwrap();
+        assert!(change.finished);
+        assert_eq!(
+            next,
+            Next::Idle {
+                last_finished: Some(State::Failed)
+            }
+        );
+        let run = engine.status(&workflow()).unwrap();
+        assert!(
+            run.message.contains("names worker 02:00:00:00:00:99"),
+            "{}",
+            run.message
+        );
+    }
 }

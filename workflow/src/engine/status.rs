@@ -245,12 +245,13 @@ impl WorkflowStatus {
         let Some(current) = self.current() else {
             return false;
         };
-        let overdue = |since: Option<SystemTime>, limit: u64, grace: Duration| {
-            limit > 0
-                && since.is_some_and(|since| {
-                    now.duration_since(since).unwrap_or_default()
-                        >= Duration::from_secs(limit) + grace
-                })
+        let overdue = |since: Option<SystemTime>, seconds: u64, grace: Duration| {
+            // 0 means no limit; one too large to add up is never reached.
+            let limit = match Duration::from_secs(seconds).checked_add(grace) {
+                Some(limit) if seconds > 0 => limit,
+                _ => return false,
+            };
+            since.is_some_and(|since| now.duration_since(since).unwrap_or_default() >= limit)
         };
         let message = if overdue(self.started_at, self.global_timeout, Duration::ZERO) {
             format!(
@@ -419,6 +420,15 @@ mod tests {
     fn a_pending_workflow_never_times_out_and_statuses_round_trip() {
         let mut status = WorkflowStatus::new(&plan());
         assert!(!status.enforce_timeouts(at(1_000_000)));
+        status.actions[0].timeout = u64::MAX;
+        status.global_timeout = u64::MAX;
+        status.start_current(at(0));
+        assert!(
+            !status.enforce_timeouts(at(1_000_000)),
+            "huge timeouts never pass"
+        );
+        status.actions[0].timeout = 10;
+        status.global_timeout = 100;
         status.start_current(at(0));
         let json = serde_json::to_string(&status).unwrap();
         assert!(json.contains("\"state\":\"RUNNING\""), "{json}");

@@ -15,6 +15,13 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
             RUNTIMES.join(", ")
         )));
     };
+    // A name of its own, so that each action's container can be found and removed.
+    static ACTIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "wisp-{}-{}",
+        std::process::id(),
+        ACTIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     let mut command = Command::new(runtime);
     if runtime == "ctr" {
         run_command(
@@ -33,11 +40,9 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
         for (key, value) in &context.environment {
             command.arg("--env").arg(format!("{key}={value}"));
         }
-        command
-            .arg(&context.image)
-            .arg(format!("wisp-{}", std::process::id()));
+        command.arg(&context.image).arg(&name);
     } else {
-        command.args(["run", "--rm", "--privileged", "--net=host"]);
+        command.args(["run", "--rm", "--privileged", "--net=host", "--name", &name]);
         for volume in &context.volumes {
             command.arg("-v").arg(volume);
         }
@@ -47,12 +52,32 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
         command.arg(&context.image);
     }
     command.args(&context.command);
-    let message = run_command(
+    let result = run_command(
         context,
         &mut command,
         &format!("{runtime} run {}", context.image),
-    )?;
-    Ok(Outcome::Done(message))
+    );
+    if result == Err(super::ActionError::TimedOut) {
+        // Killing the client leaves the container running under the runtime's daemon.
+        remove(runtime, &name);
+    }
+    Ok(Outcome::Done(result?))
+}
+
+fn remove(runtime: &str, name: &str) {
+    let commands: &[&[&str]] = if runtime == "ctr" {
+        &[
+            &["task", "kill", "--signal", "SIGKILL", name],
+            &["container", "rm", name],
+        ]
+    } else {
+        &[&["rm", "--force", name]]
+    };
+    for args in commands {
+        if let Err(err) = Command::new(runtime).args(*args).status() {
+            tracing::warn!("removing the timed-out container {name}: {err}");
+        }
+    }
 }
 
 fn on_path(program: &str) -> bool {

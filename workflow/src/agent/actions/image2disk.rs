@@ -86,9 +86,22 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
             context,
         )?,
         Format::Zstd => {
-            let mut decoder = ruzstd::decoding::StreamingDecoder::new(image)
-                .map_err(|err| fail(format!("{url} is not valid zstd: {err}")))?;
-            stream(&mut decoder, &disk, context)?
+            // A zstd file may hold several frames (pzstd, or files joined with cat); the
+            // decoder reads one, so go on until the input ends.
+            let mut writer = DiskWriter::new(&disk, context);
+            loop {
+                let mut frame = ruzstd::decoding::StreamingDecoder::new(&mut image)
+                    .map_err(|err| fail(format!("{url} is not valid zstd: {err}")))?;
+                io::copy(&mut frame, &mut writer)
+                    .map_err(|err| io_error(err, "streaming the image"))?;
+                let more = image
+                    .fill_buf()
+                    .map_err(|err| fail(format!("reading {url}: {err}")))?;
+                if more.is_empty() {
+                    break;
+                }
+            }
+            writer.finish()?
         }
         Format::Xz => {
             let mut writer = DiskWriter::new(&disk, context);
@@ -110,9 +123,12 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
 }
 
 fn http_agent() -> ureq::Agent {
+    // Per read, not for the whole body: a large image takes as long as it takes, but a
+    // server that stalls for a minute is given up on.
     ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(10)))
-        .timeout_recv_body(Some(Duration::from_secs(60)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_per_read(Some(Duration::from_secs(60)))
         .build()
         .into()
 }
@@ -201,7 +217,9 @@ fn reread_partitions(disk: &File) {
 
 mod qcow2 {
     //! qcow2 (versions 2 and 3) without backing files or encryption: the header, the L1 and
-    //! L2 tables, and standard and deflate-compressed clusters.
+    //! L2 tables, and standard and deflate-compressed clusters. Clusters the image does not
+    //! hold (unallocated, or marked zero) read as zeros, so they are zeroed on the disk too:
+    //! a used disk must not keep stale signatures where the image has none.
     use std::{fs::File, io::Read, os::unix::fs::FileExt};
 
     use super::{fail, ActionResult, Context};
@@ -209,8 +227,10 @@ mod qcow2 {
     const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
     const COMPRESSED: u64 = 1 << 62;
     const ZERO: u64 = 1;
-    /// Contiguous clusters are fetched together, up to this many bytes a request.
+    /// Contiguous clusters are fetched (or zeroed) together, up to this many bytes at once.
     const MAX_RUN: u64 = 4 << 20;
+    /// qcow2's own limit on the virtual size.
+    const MAX_SIZE: u64 = 1 << 56;
 
     struct Image<'a> {
         http: &'a ureq::Agent,
@@ -219,10 +239,16 @@ mod qcow2 {
 
     impl Image<'_> {
         fn read(&self, offset: u64, length: u64) -> ActionResult<Vec<u8>> {
+            if length == 0 {
+                return Ok(Vec::new());
+            }
+            let last = offset
+                .checked_add(length - 1)
+                .ok_or_else(|| fail(format!("{}: an offset is out of range", self.url)))?;
             let response = self
                 .http
                 .get(self.url)
-                .header("Range", format!("bytes={offset}-{}", offset + length - 1))
+                .header("Range", format!("bytes={offset}-{last}"))
                 .call()
                 .map_err(|err| fail(format!("fetching {}: {err}", self.url)))?;
             if response.status() != 206 {
@@ -232,7 +258,7 @@ mod qcow2 {
                     response.status()
                 )));
             }
-            let mut bytes = Vec::with_capacity(length as usize);
+            let mut bytes = Vec::new();
             response
                 .into_body()
                 .into_reader()
@@ -254,8 +280,69 @@ mod qcow2 {
         u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
     }
 
-    /// Writes the image's allocated clusters at their places on the disk; returns the virtual
-    /// size. Unallocated and zero clusters are left as the disk has them.
+    /// What a stretch of the disk gets: clusters fetched from the image, or zeros.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Source {
+        Image(u64),
+        Zeros,
+    }
+
+    /// A run of contiguous clusters with contiguous sources, written in one go.
+    struct Run {
+        guest: u64,
+        source: Source,
+        length: u64,
+    }
+
+    struct Writer<'a> {
+        image: Image<'a>,
+        disk: &'a File,
+        context: &'a Context,
+        run: Option<Run>,
+    }
+
+    impl Writer<'_> {
+        fn add(&mut self, guest: u64, source: Source, length: u64) -> ActionResult<()> {
+            if let Some(run) = &mut self.run {
+                let follows = match (run.source, source) {
+                    (Source::Image(start), Source::Image(host)) => start + run.length == host,
+                    (Source::Zeros, Source::Zeros) => true,
+                    _ => false,
+                };
+                if follows && run.guest + run.length == guest && run.length + length <= MAX_RUN {
+                    run.length += length;
+                    return Ok(());
+                }
+            }
+            self.flush()?;
+            self.run = Some(Run {
+                guest,
+                source,
+                length,
+            });
+            Ok(())
+        }
+
+        fn flush(&mut self) -> ActionResult<()> {
+            let Some(run) = self.run.take() else {
+                return Ok(());
+            };
+            self.context.check_deadline()?;
+            let data = match run.source {
+                Source::Image(host) => self.image.read(host, run.length)?,
+                Source::Zeros => vec![0; run.length as usize],
+            };
+            self.write(run.guest, &data)
+        }
+
+        fn write(&self, guest: u64, data: &[u8]) -> ActionResult<()> {
+            self.disk
+                .write_all_at(data, guest)
+                .map_err(|err| fail(format!("writing at {guest}: {err}")))
+        }
+    }
+
+    /// Writes the image onto the disk cluster by cluster; returns the virtual size.
     pub fn write(
         http: &ureq::Agent,
         url: &str,
@@ -280,6 +367,8 @@ mod qcow2 {
                 "{url}: encrypted qcow2 images are not supported"
             )));
         }
+        // Bit 0 (dirty refcounts) does not matter to a reader; the others (corrupt, an external
+        // data file, zstd compression) do.
         if version == 3 && be64(&header, 72) & !1 != 0 {
             return Err(fail(format!(
                 "{url}: the qcow2 image uses incompatible features ({:#x})",
@@ -294,72 +383,69 @@ mod qcow2 {
         }
         let cluster = 1u64 << cluster_bits;
         let size = be64(&header, 24);
-        let l1_entries = u64::from(be32(&header, 36));
-        let l1 = image.read(be64(&header, 40), l1_entries * 8)?;
+        if size > MAX_SIZE {
+            return Err(fail(format!(
+                "{url}: the virtual size {size} is out of range"
+            )));
+        }
         let per_l2 = cluster / 8;
-        // Pending run of contiguous clusters: (guest offset, host offset, length).
-        let mut run: Option<(u64, u64, u64)> = None;
-        let flush = |run: &mut Option<(u64, u64, u64)>| -> ActionResult<()> {
-            if let Some((guest, host, length)) = run.take() {
-                context.check_deadline()?;
-                let data = image.read(host, length)?;
-                disk.write_all_at(&data, guest)
-                    .map_err(|err| fail(format!("writing at {guest}: {err}")))?;
-            }
-            Ok(())
+        // Only the L1 entries that cover the virtual size are read (the header's count is not
+        // trusted to size an allocation).
+        let needed = size.div_ceil(cluster * per_l2);
+        if u64::from(be32(&header, 36)) < needed {
+            return Err(fail(format!(
+                "{url}: the L1 table is too small for the virtual size"
+            )));
+        }
+        let l1 = image.read(be64(&header, 40), needed * 8)?;
+        let mut writer = Writer {
+            image,
+            disk,
+            context,
+            run: None,
         };
-        for l1_index in 0..l1_entries {
+        for l1_index in 0..needed {
+            let first = l1_index * per_l2 * cluster;
+            let covered = (per_l2 * cluster).min(size - first);
             let l2_offset = be64(&l1, l1_index as usize * 8) & OFFSET_MASK;
             if l2_offset == 0 {
+                writer.add(first, Source::Zeros, covered)?;
                 continue;
             }
-            let l2 = image.read(l2_offset, cluster)?;
-            for l2_index in 0..per_l2 {
-                let guest = (l1_index * per_l2 + l2_index) * cluster;
-                if guest >= size {
-                    break;
-                }
+            let l2 = writer.image.read(l2_offset, cluster)?;
+            for l2_index in 0..covered.div_ceil(cluster) {
+                let guest = first + l2_index * cluster;
+                let length = cluster.min(size - guest);
                 let entry = be64(&l2, l2_index as usize * 8);
                 if entry & COMPRESSED != 0 {
-                    flush(&mut run)?;
+                    writer.flush()?;
+                    context.check_deadline()?;
                     let shift = 62 - (cluster_bits - 8);
                     let host = entry & ((1 << shift) - 1);
                     let sectors = ((entry >> shift) & ((1 << (cluster_bits - 8)) - 1)) + 1;
-                    let length = (sectors * 512 - (host & 511)).min(cluster * 2);
-                    let compressed = image.read(host, length)?;
-                    let mut data = Vec::with_capacity(cluster as usize);
+                    let stored = (sectors * 512 - (host & 511)).min(cluster * 2);
+                    let compressed = writer.image.read(host, stored)?;
+                    let mut data = Vec::with_capacity(length as usize);
                     flate2::read::DeflateDecoder::new(compressed.as_slice())
-                        .take(cluster)
+                        .take(length)
                         .read_to_end(&mut data)
                         .map_err(|err| {
                             fail(format!("{url}: a compressed cluster is corrupt: {err}"))
                         })?;
-                    disk.write_all_at(&data, guest)
-                        .map_err(|err| fail(format!("writing at {guest}: {err}")))?;
+                    data.resize(length as usize, 0);
+                    writer.write(guest, &data)?;
                     continue;
                 }
                 let host = entry & OFFSET_MASK;
-                if host == 0 || entry & ZERO != 0 {
-                    flush(&mut run)?;
-                    continue;
-                }
-                let length = cluster.min(size - guest);
-                match &mut run {
-                    Some((run_guest, run_host, run_length))
-                        if *run_guest + *run_length == guest
-                            && *run_host + *run_length == host
-                            && *run_length + length <= MAX_RUN =>
-                    {
-                        *run_length += length;
-                    }
-                    _ => {
-                        flush(&mut run)?;
-                        run = Some((guest, host, length));
-                    }
-                }
+                let source = if host == 0 || entry & ZERO != 0 {
+                    Source::Zeros
+                } else {
+                    Source::Image(host)
+                };
+                writer.add(guest, source, length)?;
             }
         }
-        flush(&mut run)?;
+        writer.flush()?;
         Ok(size)
     }
 }

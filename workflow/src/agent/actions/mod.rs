@@ -9,9 +9,11 @@ mod power;
 mod writefile;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
+    io::{BufRead, BufReader},
     os::unix::process::CommandExt,
     process::{Child, Command},
+    sync::{mpsc, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -105,8 +107,12 @@ impl Context {
     }
 }
 
+/// Lines of a failed command's error output kept for its report.
+const ERROR_TAIL_LINES: usize = 5;
+
 /// Runs a command to its end or to the deadline, when it is killed. Its output goes to the
-/// console; a failure's message carries the exit status and the tail of its error output.
+/// console as it comes; a failure's message carries the exit status and the last lines of its
+/// error output.
 pub fn run_command(context: &Context, command: &mut Command, what: &str) -> ActionResult<String> {
     // Its own process group, so that a timeout ends everything it started, not just the
     // shell at its top.
@@ -116,15 +122,23 @@ pub fn run_command(context: &Context, command: &mut Command, what: &str) -> Acti
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|err| fail(format!("cannot start {what}: {err}")))?;
-    // Error output is read on a thread so that a chatty command cannot block on a full pipe.
-    let stderr = child.stderr.take().map(|mut pipe| {
+    // Error output is read on a thread, so that a chatty command cannot block on a full pipe.
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(ERROR_TAIL_LINES)));
+    let (done, reader_done) = mpsc::channel::<()>();
+    if let Some(pipe) = child.stderr.take() {
+        let tail = Arc::clone(&tail);
         std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
-            eprint!("{text}");
-            text
-        })
-    });
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+                if tail.len() == ERROR_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            let _ = done.send(());
+        });
+    }
     let status = loop {
         if let Some(status) = child
             .try_wait()
@@ -140,20 +154,19 @@ pub fn run_command(context: &Context, command: &mut Command, what: &str) -> Acti
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let errors = stderr
-        .and_then(|thread| thread.join().ok())
-        .unwrap_or_default();
+    // A process it left behind may hold the pipe open: wait for the rest of the output only
+    // briefly.
+    let _ = reader_done.recv_timeout(Duration::from_secs(2));
     if status.success() {
-        Ok(format!("{what} succeeded"))
-    } else {
-        let tail: Vec<&str> = errors.lines().rev().take(5).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        Err(fail(
-            format!("{what} failed ({status}): {}", tail.join(" | "))
-                .trim_end_matches(": ")
-                .to_string(),
-        ))
+        return Ok(format!("{what} succeeded"));
     }
+    let tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+    let errors: Vec<&str> = tail.iter().map(String::as_str).collect();
+    let mut message = format!("{what} failed ({status})");
+    if !errors.is_empty() {
+        message.push_str(&format!(": {}", errors.join(" | ")));
+    }
+    Err(fail(message))
 }
 
 #[cfg(test)]
@@ -220,10 +233,24 @@ mod tests {
             ActionError::Failed("the probe failed (exit status: 3): broken".into())
         );
         let started = Instant::now();
-        let err = run_command(&c, Command::new("sleep").arg("30"), "sleep").unwrap_err();
+        // The shell's child holds the output pipe too; the whole group goes.
+        let err = run_command(
+            &c,
+            Command::new("sh").args(["-c", "sleep 30; true"]),
+            "sleep",
+        )
+        .unwrap_err();
         assert_eq!(err, ActionError::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(10));
         let fresh = context(&[], Some(Duration::from_secs(30)));
         assert!(run_command(&fresh, &mut Command::new("true"), "true").is_ok());
+        // A process left behind with the pipe open does not hold up the result.
+        let started = Instant::now();
+        let left = run_command(
+            &fresh,
+            Command::new("sh").args(["-c", "sleep 20 & exit 0"]),
+            "bg",
+        );
+        assert!(left.is_ok() && started.elapsed() < Duration::from_secs(10));
     }
 }

@@ -1,9 +1,15 @@
 //! `writefile`: writes a file into the installed system.
 //! Environment: DEST_DISK, FS_TYPE, DEST_PATH, CONTENTS, UID, GID, MODE, DIRMODE.
 use std::{
-    fs::Permissions,
-    os::unix::fs::{chown, PermissionsExt},
+    io::Write,
     path::{Component, Path, PathBuf},
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{open, openat2, OFlag, OpenHow, ResolveFlag},
+    sys::stat::{fchmod, mkdirat, Mode},
+    unistd::{fchown, Gid, Uid},
 };
 
 use super::{fail, mount::Mounted, ActionResult, Context, Outcome};
@@ -12,41 +18,92 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
     let device = context.required("DEST_DISK")?;
     let fs_type = context.required("FS_TYPE")?;
     let destination = context.required("DEST_PATH")?;
-    let contents = context.optional("CONTENTS").unwrap_or("");
-    let uid = id(context, "UID")?;
-    let gid = id(context, "GID")?;
-    let dir_mode = mode(context, "DIRMODE", 0o755)?;
-    let mode = mode(context, "MODE", 0o644)?;
-    let relative = relative_path(destination)?;
+    let file = FileSpec {
+        path: relative_path(destination)?,
+        contents: context.optional("CONTENTS").unwrap_or(""),
+        uid: id(context, "UID")?,
+        gid: id(context, "GID")?,
+        mode: mode(context, "MODE", 0o644)?,
+        dir_mode: mode(context, "DIRMODE", 0o755)?,
+    };
     let mounted = Mounted::device(device, fs_type)?;
-    let path = mounted.root.join(&relative);
-    // Create the missing directories one by one, each with DIRMODE and the owner.
-    let mut dir = mounted.root.clone();
-    for component in relative.parent().into_iter().flat_map(Path::components) {
-        dir.push(component);
-        if !dir.exists() {
-            std::fs::create_dir(&dir)
-                .and_then(|()| std::fs::set_permissions(&dir, Permissions::from_mode(dir_mode)))
-                .and_then(|()| chown(&dir, Some(uid), Some(gid)))
-                .map_err(|err| fail(format!("creating {}: {err}", shown(&mounted, &dir))))?;
-        }
-    }
-    std::fs::write(&path, contents)
-        .and_then(|()| std::fs::set_permissions(&path, Permissions::from_mode(mode)))
-        .and_then(|()| chown(&path, Some(uid), Some(gid)))
+    write_into(&mounted.root, &file)
         .map_err(|err| fail(format!("writing {destination} on {device}: {err}")))?;
     nix::unistd::sync();
     Ok(Outcome::Done(format!(
-        "wrote {} bytes to {destination} on {device} (mode {mode:o}, owner {uid}:{gid})",
-        contents.len()
+        "wrote {} bytes to {destination} on {device} (mode {:o}, owner {}:{})",
+        file.contents.len(),
+        file.mode,
+        file.uid,
+        file.gid
     )))
 }
 
-fn shown(mounted: &Mounted, path: &Path) -> String {
-    format!(
-        "/{}",
-        path.strip_prefix(&mounted.root).unwrap_or(path).display()
-    )
+pub struct FileSpec<'a> {
+    /// Relative to the installed system's root.
+    pub path: PathBuf,
+    pub contents: &'a str,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub dir_mode: u32,
+}
+
+/// Writes the file under `root`, creating the missing directories with `dir_mode` and the
+/// owner. Every path is resolved as if `root` were `/` (openat2's RESOLVE_IN_ROOT): the
+/// installed system's absolute symlinks, such as `/etc/localtime`, point into it, never into the
+/// provisioning OS.
+pub fn write_into(root: &Path, file: &FileSpec) -> nix::Result<()> {
+    let root = open(root, OFlag::O_DIRECTORY | OFlag::O_PATH, Mode::empty())?;
+    let in_root = |path: &Path, flags: OFlag, mode: u32| {
+        let path = if path.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            path
+        };
+        openat2(
+            &root,
+            path,
+            OpenHow::new()
+                .flags(flags | OFlag::O_CLOEXEC)
+                .mode(Mode::from_bits_truncate(mode))
+                .resolve(ResolveFlag::RESOLVE_IN_ROOT),
+        )
+    };
+    let owner = (Some(Uid::from_raw(file.uid)), Some(Gid::from_raw(file.gid)));
+    let mut dir = PathBuf::new();
+    for component in file.path.parent().into_iter().flat_map(Path::components) {
+        let parent = dir.clone();
+        dir.push(component);
+        match in_root(&dir, OFlag::O_PATH | OFlag::O_DIRECTORY, 0) {
+            Ok(_) => continue,
+            Err(Errno::ENOENT) => {
+                let parent = in_root(&parent, OFlag::O_PATH | OFlag::O_DIRECTORY, 0)?;
+                mkdirat(
+                    &parent,
+                    component.as_os_str(),
+                    Mode::from_bits_truncate(file.dir_mode),
+                )?;
+                let created = in_root(&dir, OFlag::O_RDONLY | OFlag::O_DIRECTORY, 0)?;
+                // The owner first: chown clears set-id bits that chmod sets.
+                fchown(&created, owner.0, owner.1)?;
+                fchmod(&created, Mode::from_bits_truncate(file.dir_mode))?;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    let written = in_root(
+        &file.path,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+        file.mode,
+    )?;
+    let mut handle = std::fs::File::from(written);
+    handle
+        .write_all(file.contents.as_bytes())
+        .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO)))?;
+    fchown(&handle, owner.0, owner.1)?;
+    fchmod(&handle, Mode::from_bits_truncate(file.mode))?;
+    Ok(())
 }
 
 fn id(context: &Context, name: &str) -> ActionResult<u32> {
@@ -108,6 +165,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("BAD=\"0899\""));
+    }
+
+    #[test]
+    fn absolute_symlinks_resolve_inside_the_installed_system() {
+        let root = std::env::temp_dir().join(format!("wisp-writefile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("real-etc")).unwrap();
+        // As in an installed system: an absolute link, meant relative to its own root.
+        std::os::unix::fs::symlink("/real-etc", root.join("etc")).unwrap();
+        let file = FileSpec {
+            path: PathBuf::from("etc/netplan/config.yaml"),
+            contents: "network: {}\n",
+            uid: 0,
+            gid: 0,
+            mode: 0o640,
+            dir_mode: 0o750,
+        };
+        write_into(&root, &file).unwrap();
+        let written = root.join("real-etc/netplan/config.yaml");
+        assert_eq!(std::fs::read_to_string(&written).unwrap(), "network: {}\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&written), 0o640);
+        assert_eq!(mode(&root.join("real-etc/netplan")), 0o750);
+        assert!(
+            !Path::new("/real-etc").exists(),
+            "nothing was written outside the root"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
