@@ -508,9 +508,10 @@ fn an_image_that_is_not_built_in_fails_clearly_without_a_container_runtime() {
     // The provisioning OS has no container runtime; an empty PATH stands in for it here.
     let worker = lab
         .client
-        .command(worker_binary())
+        .command("env")
+        .arg("PATH=/nonexistent")
+        .arg(worker_binary())
         .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
-        .env("PATH", "/nonexistent")
         .output()
         .expect("run wisp-worker");
     assert_eq!(worker.status.code(), Some(1), "{}", output_text(&worker));
