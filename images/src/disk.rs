@@ -1,11 +1,13 @@
-//! A small OS image to install: a whole-disk image with an MBR partition table and one ext4
-//! partition holding busybox, Debian's kernel, a tiny initrd and GRUB's configuration, with
-//! GRUB in the MBR and the gap after it. Booted from an NVMe disk, it mounts its root, prints the
-//! files that provisioning wrote, and powers off. The end-to-end test and the demo install it.
+//! A small OS image to install: a whole-disk image with an MBR partition table, an ext4 root
+//! (partition 1) holding busybox, Debian's kernel and a tiny initrd, and an EFI system
+//! partition (partition 2). It boots under BIOS (GRUB in the MBR and the gap after it) and
+//! under UEFI (GRUB as `EFI/BOOT/BOOTX64.EFI`). Booted from an NVMe disk, it mounts its root,
+//! prints the files that provisioning wrote, and powers off. The end-to-end tests and the demo
+//! install it.
 //!
 //! Built without mounting anything (no loop devices, no root needed for the build itself):
-//! `mkfs.ext4 -d` fills the filesystem from a directory, `grub-mkimage` makes the core image,
-//! and the MBR is written here.
+//! `mkfs.ext4 -d` fills the root from a directory, `mkfs.vfat` and mtools make the EFI system
+//! partition, `grub-mkimage` makes both GRUB images, and the MBR is written here.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -66,8 +68,12 @@ const SECTOR: u64 = 512;
 /// The partition starts at 1 MiB, as partitioning tools align it; GRUB's core image lives in
 /// the gap before it.
 const PARTITION_START: u64 = 2048;
-const DISK_BYTES: u64 = 64 << 20;
-const GRUB_DIR: &str = "/usr/lib/grub/i386-pc";
+const ROOT_BYTES: u64 = 56 << 20;
+const ESP_BYTES: u64 = 8 << 20;
+const GRUB_BIOS_DIR: &str = "/usr/lib/grub/i386-pc";
+/// What GRUB needs, beyond its kernel, to load Linux from the ext4 root, for both firmwares;
+/// its embedded configuration does the rest, so no modules or grub.cfg live on the disk.
+const GRUB_MODULES: &[&str] = &["part_msdos", "ext2", "linux", "boot"];
 
 /// The root's init: prints the files provisioning left, then powers off.
 fn installed_init(files: &[&str]) -> String {
@@ -137,13 +143,12 @@ pub fn build(
     std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz"))?;
     std::fs::write(root.join("boot/initrd"), initrd(kernel, &busybox_bytes)?)?;
 
-    let partition_bytes = DISK_BYTES - PARTITION_START * SECTOR;
     let partition = work.join("root.ext4");
     run(Command::new("mkfs.ext4")
         .args(["-q", "-F", "-L", "wisp-root", "-E", "root_owner=0:0", "-d"])
         .arg(&root)
         .arg(&partition)
-        .arg(format!("{}k", partition_bytes / 1024)))?;
+        .arg(format!("{}k", ROOT_BYTES / 1024)))?;
 
     // GRUB's core image runs this embedded configuration itself: no grub.cfg or modules on disk.
     let early = work.join("early.cfg");
@@ -153,13 +158,17 @@ pub fn build(
          initrd (hd0,msdos1)/boot/initrd\n\
          boot\n",
     )?;
+    let grub = |format: &str, output: &Path, extra: &str| {
+        run(Command::new("grub-mkimage")
+            .args(["-O", format, "-p", "(hd0,msdos1)/boot/grub", "-c"])
+            .arg(&early)
+            .arg("-o")
+            .arg(output)
+            .arg(extra)
+            .args(GRUB_MODULES))
+    };
     let core = work.join("core.img");
-    run(Command::new("grub-mkimage")
-        .args(["-O", "i386-pc", "-p", "(hd0,msdos1)/boot/grub", "-c"])
-        .arg(&early)
-        .arg("-o")
-        .arg(&core)
-        .args(["biosdisk", "part_msdos", "ext2", "linux", "boot"]))?;
+    grub("i386-pc", &core, "biosdisk")?;
     let core = std::fs::read(&core)?;
     if core.len() as u64 > (PARTITION_START - 1) * SECTOR {
         bail!(
@@ -167,25 +176,59 @@ pub fn build(
             core.len()
         );
     }
-    let boot = std::fs::read(Path::new(GRUB_DIR).join("boot.img"))?;
+    let boot = std::fs::read(Path::new(GRUB_BIOS_DIR).join("boot.img"))?;
+
+    // The EFI system partition: FAT with GRUB at the removable-media path firmware looks for.
+    let grub_efi = work.join("BOOTX64.EFI");
+    grub("x86_64-efi", &grub_efi, "fat")?;
+    let esp = work.join("esp.vfat");
+    run(Command::new("mkfs.vfat")
+        .args(["-n", "WISP-ESP", "-C"])
+        .arg(&esp)
+        .arg((ESP_BYTES / 1024).to_string()))?;
+    let image = format!("{}", esp.display());
+    run(Command::new("mmd").args(["-i", &image, "::/EFI", "::/EFI/BOOT"]))?;
+    run(Command::new("mcopy")
+        .args(["-i", &image])
+        .arg(&grub_efi)
+        .arg("::/EFI/BOOT/BOOTX64.EFI"))?;
 
     let mut disk = vec![0u8; (PARTITION_START * SECTOR) as usize];
     // boot.img's code, then the partition table; boot.img loads the core from sector 1.
     disk[..440].copy_from_slice(&boot[..440]);
-    let entry = &mut disk[446..462];
-    entry[0] = 0x80; // active
-    entry[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]); // CHS: use LBA
-    entry[4] = 0x83; // Linux
-    entry[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
-    entry[8..12].copy_from_slice(&(PARTITION_START as u32).to_le_bytes());
-    entry[12..16].copy_from_slice(&((partition_bytes / SECTOR) as u32).to_le_bytes());
+    let root_sectors = ROOT_BYTES / SECTOR;
+    partition_entry(
+        &mut disk[446..462],
+        true,
+        0x83,
+        PARTITION_START,
+        root_sectors,
+    );
+    partition_entry(
+        &mut disk[462..478],
+        false,
+        0xef,
+        PARTITION_START + root_sectors,
+        ESP_BYTES / SECTOR,
+    );
     disk[510] = 0x55;
     disk[511] = 0xaa;
     disk[SECTOR as usize..SECTOR as usize + core.len()].copy_from_slice(&core);
     disk.extend_from_slice(&std::fs::read(&partition)?);
+    disk.extend_from_slice(&std::fs::read(&esp)?);
     std::fs::write(out, &disk)?;
     std::fs::remove_dir_all(&work)?;
     Ok(out.to_path_buf())
+}
+
+/// An MBR partition entry addressed by LBA only (the CHS fields say so).
+fn partition_entry(entry: &mut [u8], active: bool, kind: u8, start: u64, sectors: u64) {
+    entry[0] = if active { 0x80 } else { 0 };
+    entry[1..4].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    entry[4] = kind;
+    entry[5..8].copy_from_slice(&[0xfe, 0xff, 0xff]);
+    entry[8..12].copy_from_slice(&(start as u32).to_le_bytes());
+    entry[12..16].copy_from_slice(&(sectors as u32).to_le_bytes());
 }
 
 /// As [`build`], gzip-compressed at `out` (image2disk's `COMPRESSED: true`).

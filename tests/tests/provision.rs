@@ -18,11 +18,24 @@ const MAC: &str = "1c:69:7a:11:22:33";
 const IMAGE_URL: &str = "http://192.168.1.1:8080/assets/wisp-test-os.raw.gz";
 
 #[test]
-fn a_blank_nvme_machine_is_provisioned_and_boots_the_installed_system() {
+fn a_blank_nvme_bios_machine_is_provisioned_and_boots_the_installed_system() {
+    provision(Firmware::Bios);
+}
+
+#[test]
+fn a_blank_nvme_uefi_machine_is_provisioned_and_boots_the_installed_system() {
+    provision(Firmware::Uefi);
+}
+
+fn provision(firmware: Firmware) {
     require_root();
+    let purpose = match firmware {
+        Firmware::Bios => "e2e-bios",
+        Firmware::Uefi => "e2e-uefi",
+    };
     // The example resources live on 192.168.1.0/24 with Wisp at 192.168.1.1.
-    let lab = Lab::bridged_at("e2e", "192.168.1.1/24");
-    let work = TempDir::new("e2e");
+    let lab = Lab::bridged_at(purpose, "192.168.1.1/24");
+    let work = TempDir::new(purpose);
     let assets = work.join("assets");
     provisioning_os_assets(&assets);
     installable_image(&assets.join("wisp-test-os.raw.gz"), &SHOWN_FILES);
@@ -47,7 +60,7 @@ fn a_blank_nvme_machine_is_provisioned_and_boots_the_installed_system() {
         BRIDGE_IF,
         "tap0",
         MAC,
-        Firmware::Bios,
+        firmware,
         &work.0,
         Some(&disk),
     )

@@ -21,9 +21,13 @@ const PACKAGES: &[&str] = &[
     "kea-admin",
     "dnsmasq-base",
     "tshark",
-    // The end-to-end test builds a bootable disk image: ext4 from a directory, and GRUB.
+    // The end-to-end tests build a disk image that boots under BIOS and UEFI: ext4 from a
+    // directory, a FAT EFI system partition, and GRUB for both firmwares.
     "e2fsprogs",
+    "dosfstools",
+    "mtools",
     "grub-pc-bin",
+    "grub-efi-amd64-bin",
     // The worker tests compress images with the real tools.
     "xz-utils",
     "zstd",
