@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | images | test | demo`.
+//! Project tasks: `cargo xtask setup | images | test | demo | bench`.
+mod bench;
 mod demo;
 mod images;
 mod setup;
@@ -26,6 +27,13 @@ enum Task {
     Test,
     /// Set up, build, and show Wisp at work in a throwaway network-namespace lab.
     Demo,
+    /// Measure Wisp against Kea, dnsmasq and the other peers, and write
+    /// docs/benchmarks/README.md.
+    Bench {
+        /// Every scenario at small scale: a smoke test that writes no report.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,6 +46,11 @@ fn main() -> anyhow::Result<()> {
             images::build(&root).map(drop)
         }
         Task::Test => test(),
+        Task::Bench { quick } => {
+            shell::require_root("the benchmarks create network namespaces")?;
+            setup::ensure()?;
+            bench::run_benchmarks(&root, quick)
+        }
         Task::Demo => {
             shell::require_root("the demo creates network namespaces and attaches an XDP program")?;
             setup::ensure()?;

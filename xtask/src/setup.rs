@@ -31,6 +31,11 @@ const PACKAGES: &[&str] = &[
     // The worker tests compress images with the real tools.
     "xz-utils",
     "zstd",
+    // The peers `cargo xtask bench` measures Wisp against.
+    "kea-dhcp4-server",
+    "tftpd-hpa",
+    "nginx-light",
+    "wrk",
 ];
 
 /// QEMU comes from backports: the machine's qemu-utils is from there, and bookworm's own

@@ -1,0 +1,358 @@
+//! DHCP DORA: perfdhcp (Debian's kea-admin) against Wisp, Kea (memfile) and dnsmasq, each with
+//! the same reservations. Reported: the highest rate of full exchanges with no drops, and the
+//! latency of each request/reply pair (DISCOVER-OFFER and REQUEST-ACK pooled) at half that rate.
+//!
+//! perfdhcp acts as a relay agent, unicasting to the server with its own address as giaddr, as
+//! the relays of a rack do; the clients' MACs are 02:00:00:00:HH:LL (`-b mac=… -R hosts`).
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context};
+
+use super::{
+    lab::{Lab, Server, CLIENT, CLIENT_IF, SERVER, SERVER_IF, SERVER_IP},
+    report::{quantile, Table},
+    Settings,
+};
+
+/// The reserved hosts: MAC 02:00:00:00:HH:LL holds 10.88.(4+HH).LL.
+fn hosts(count: u32) -> impl Iterator<Item = (String, String)> {
+    (0..count).map(|index| {
+        let (high, low) = (index >> 8, index & 0xff);
+        (
+            format!("02:00:00:00:{high:02x}:{low:02x}"),
+            format!("10.88.{}.{low}", 4 + high),
+        )
+    })
+}
+
+/// One perfdhcp run at a fixed rate.
+struct Probe {
+    /// Completed 4-way exchanges (ACKs received).
+    acks: u64,
+    drops: u64,
+    /// Milliseconds, one per answered request.
+    delays: Vec<f64>,
+}
+
+impl Probe {
+    /// Exchanges per second over the probe's sending time (perfdhcp's own rate also counts
+    /// the wait for the last replies).
+    fn rate(&self, seconds: u32) -> f64 {
+        self.acks as f64 / f64::from(seconds)
+    }
+
+    /// No drops, and (nearly) every exchange asked for completed.
+    fn clean(&self, asked: u32, seconds: u32) -> bool {
+        self.drops == 0 && self.rate(seconds) >= 0.9 * f64::from(asked)
+    }
+}
+
+fn probe(lab: &Lab, hosts: u32, rate: u32, seconds: u32) -> anyhow::Result<Probe> {
+    let output = lab.exec(
+        CLIENT,
+        "perfdhcp",
+        &[
+            "-4",
+            "-l",
+            CLIENT_IF,
+            "-r",
+            &rate.to_string(),
+            "-R",
+            &hosts.to_string(),
+            "-b",
+            "mac=02:00:00:00:00:00",
+            "-p",
+            &seconds.to_string(),
+            "-d",
+            "2",
+            // Wait for the last replies before counting drops.
+            "-W",
+            "1000000",
+            "-x",
+            "t",
+            SERVER_IP,
+        ],
+    )?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    parse(&text).with_context(|| {
+        format!(
+            "perfdhcp at {rate}/s printed no report: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn parse(text: &str) -> Option<Probe> {
+    let number = |line: &str, prefix: &str| -> Option<f64> {
+        line.strip_prefix(prefix)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let mut probe = Probe {
+        acks: 0,
+        drops: 0,
+        delays: Vec::new(),
+    };
+    let mut saw_report = false;
+    let mut section = "";
+    for line in text.lines() {
+        if let Some(name) = line.strip_prefix("***Statistics for: ") {
+            section = name.trim_end_matches('*');
+            saw_report = true;
+        } else if let Some(drops) = number(line, "drops: ") {
+            probe.drops += drops as u64;
+        } else if let Some(received) = number(line, "received packets: ") {
+            if section == "REQUEST-ACK" {
+                probe.acks = received as u64;
+            }
+        } else if let Some(times) = line.strip_prefix("sent / received: ") {
+            let mut parts = times.split(" / ").map(|t| t.trim().parse::<f64>());
+            if let (Some(Ok(sent)), Some(Ok(received))) = (parts.next(), parts.next()) {
+                probe.delays.push((received - sent) * 1000.0);
+            }
+        }
+    }
+    saw_report.then_some(probe)
+}
+
+/// The highest clean rate: doubling from `start`, then bisecting between the last clean rate and
+/// the first that dropped.
+fn max_clean_rate(lab: &Lab, settings: &Settings) -> anyhow::Result<f64> {
+    let (hosts, seconds) = (settings.dhcp_hosts, settings.probe_seconds);
+    let mut best: Option<(u32, f64)> = None;
+    let mut failed: Option<u32> = None;
+    let mut rate = settings.dhcp_start_rate;
+    while rate <= settings.dhcp_max_rate {
+        let result = probe(lab, hosts, rate, seconds)?;
+        println!(
+            "    {rate}/s: {:.0}/s achieved, {} drops",
+            result.rate(seconds),
+            result.drops
+        );
+        if result.clean(rate, seconds) {
+            best = Some((rate, result.rate(seconds)));
+            rate *= 2;
+        } else {
+            failed = Some(rate);
+            break;
+        }
+    }
+    let Some((mut low, mut achieved)) = best else {
+        bail!("no clean run even at {}/s", settings.dhcp_start_rate);
+    };
+    if let Some(mut high) = failed {
+        for _ in 0..settings.bisect_steps {
+            let middle = (low + high) / 2;
+            if middle <= low {
+                break;
+            }
+            let result = probe(lab, hosts, middle, seconds)?;
+            println!(
+                "    {middle}/s: {:.0}/s achieved, {} drops",
+                result.rate(seconds),
+                result.drops
+            );
+            if result.clean(middle, seconds) {
+                (low, achieved) = (middle, result.rate(seconds));
+            } else {
+                high = middle;
+            }
+        }
+    }
+    Ok(achieved)
+}
+
+fn listening_on_67(lab: &Lab) -> bool {
+    lab.exec(SERVER, "ss", &["-Hlun", "sport", "=", ":67"])
+        .is_ok_and(|output| !output.stdout.is_empty())
+}
+
+fn start_wisp(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Server> {
+    let data = work.join("wisp-data");
+    let _ = std::fs::remove_dir_all(&data);
+    let mut command = lab.command(SERVER, &settings.wisp);
+    command
+        .args([
+            "serve",
+            "--interface",
+            SERVER_IF,
+            "--xdp-mode",
+            "native",
+            "--data-dir",
+        ])
+        .arg(&data)
+        // Per-packet logs at info level would measure the terminal, not the server.
+        .env("RUST_LOG", "warn");
+    let server = Server::start("Wisp", command, &work.join("wisp.log"), || {
+        lab.exec(SERVER, "curl", &["-sf", "http://127.0.0.1:7480/healthz"])
+            .is_ok_and(|output| output.status.success())
+    })?;
+    let mut yaml = String::new();
+    for (index, (mac, address)) in hosts(settings.dhcp_hosts).enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {{name: node-{index}, namespace: bench}}\nspec:\n  interfaces:\n    - dhcp: {{mac: \"{mac}\", lease_time: 3600, ip: {{address: {address}, netmask: 255.255.0.0}}}}\n"
+        ));
+    }
+    let manifest = work.join("hosts.yaml");
+    std::fs::write(&manifest, yaml)?;
+    let wisp = settings.wisp.to_str().context("UTF-8 path")?;
+    lab.exec_ok(
+        SERVER,
+        wisp,
+        &["apply", "-f", manifest.to_str().context("UTF-8 path")?],
+    )?;
+    Ok(server)
+}
+
+fn start_kea(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Server> {
+    let reservations: Vec<serde_json::Value> = hosts(settings.dhcp_hosts)
+        .map(|(mac, address)| serde_json::json!({"hw-address": mac, "ip-address": address}))
+        .collect();
+    let leases = work.join("kea-leases4.csv");
+    let _ = std::fs::remove_file(&leases);
+    let config = serde_json::json!({
+        "Dhcp4": {
+            "interfaces-config": {"interfaces": [SERVER_IF], "dhcp-socket-type": "udp"},
+            "lease-database": {"type": "memfile", "persist": true, "name": leases, "lfc-interval": 0},
+            "valid-lifetime": 3600,
+            "host-reservation-identifiers": ["hw-address"],
+            "subnet4": [{"id": 1, "subnet": "10.88.0.0/16", "reservations": reservations}],
+            "loggers": [{"name": "kea-dhcp4", "severity": "WARN",
+                         "output_options": [{"output": work.join("kea.log")}]}]
+        }
+    });
+    let path = work.join("kea-dhcp4.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
+    let mut command = lab.command(SERVER, "kea-dhcp4");
+    // Its pid and lock files go to the work directory, not /run/kea.
+    command
+        .arg("-c")
+        .arg(&path)
+        .env("KEA_PIDFILE_DIR", work)
+        .env("KEA_LOCKFILE_DIR", work);
+    Server::start("Kea", command, &work.join("kea.out"), || {
+        listening_on_67(lab)
+    })
+}
+
+fn start_dnsmasq(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Server> {
+    let hosts_file = work.join("dnsmasq-hosts");
+    let lines: Vec<String> = hosts(settings.dhcp_hosts)
+        .map(|(mac, address)| format!("{mac},{address}"))
+        .collect();
+    std::fs::write(&hosts_file, lines.join("\n") + "\n")?;
+    let leases = work.join("dnsmasq.leases");
+    let _ = std::fs::remove_file(&leases);
+    let mut command = lab.command(SERVER, "dnsmasq");
+    command
+        .args([
+            "--keep-in-foreground",
+            "--port=0",
+            "--interface",
+            SERVER_IF,
+            "--bind-interfaces",
+            "--dhcp-range=10.88.0.0,static,255.255.0.0",
+            "--dhcp-authoritative",
+            "--quiet-dhcp",
+            "--no-resolv",
+            "--no-hosts",
+            "--dhcp-lease-max=100000",
+        ])
+        .arg(format!("--dhcp-hostsfile={}", hosts_file.display()))
+        .arg(format!("--dhcp-leasefile={}", leases.display()));
+    Server::start("dnsmasq", command, &work.join("dnsmasq.log"), || {
+        listening_on_67(lab)
+    })
+}
+
+type Start = fn(&Lab, &Path, &Settings) -> anyhow::Result<Server>;
+
+pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table> {
+    let mut table = Table::new(
+        "DHCP DORA",
+        &format!(
+            "perfdhcp, {} reserved hosts, relayed. The rate is the highest of 4-way exchanges \
+             per second with no drops ({} s probes); the latency is per request/reply pair at \
+             half that rate.",
+            settings.dhcp_hosts, settings.probe_seconds
+        ),
+        &["leases/s", "p50 ms", "p99 ms"],
+    );
+    table.ratio_of = Some(("leases/s".into(), true));
+    let servers: [(&str, Start); 3] = [
+        ("Wisp", start_wisp),
+        ("Kea", start_kea),
+        ("dnsmasq", start_dnsmasq),
+    ];
+    let case = format!("{} hosts", settings.dhcp_hosts);
+    for (name, start) in servers {
+        println!("  {name}");
+        let server = start(lab, work, settings)?;
+        for _ in 0..settings.runs {
+            let rate = max_clean_rate(lab, settings)?;
+            table.record(&case, name, "leases/s", rate);
+            let half = ((rate / 2.0) as u32).max(1);
+            let at_half = probe(lab, settings.dhcp_hosts, half, settings.probe_seconds)?;
+            if let (Some(p50), Some(p99)) = (
+                quantile(&at_half.delays, 0.5),
+                quantile(&at_half.delays, 0.99),
+            ) {
+                table.record(&case, name, "p50 ms", p50);
+                table.record(&case, name, "p99 ms", p99);
+            }
+        }
+        drop(server);
+    }
+    Ok(table)
+}
+
+/// The versions of the peers, for the report.
+pub fn versions() -> Vec<(String, String)> {
+    let first_line = |program: &str, args: &[&str]| {
+        Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| {
+                let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                    + &String::from_utf8_lossy(&o.stderr);
+                text.lines().next().unwrap_or("").trim().to_string()
+            })
+            .unwrap_or_else(|| "not found".into())
+    };
+    vec![
+        ("perfdhcp".into(), first_line("perfdhcp", &["-v"])),
+        ("Kea".into(), first_line("kea-dhcp4", &["-v"])),
+        ("dnsmasq".into(), first_line("dnsmasq", &["--version"])),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_perfdhcp_reports() {
+        let report = "Rate: 99.6386 4-way exchanges/second, expected rate: 100\n\
+            ***Statistics for: DISCOVER-OFFER***\nsent packets: 299\nreceived packets: 299\n\
+            drops: 0\ndrops ratio: 0 %\n***Statistics for: REQUEST-ACK***\nsent packets: 299\n\
+            received packets: 298\ndrops: 1\n\
+            sent / received: 000002.610531 / 000002.611991\n";
+        let probe = parse(report).unwrap();
+        assert_eq!((probe.drops, probe.acks), (1, 298));
+        assert!((probe.rate(3) - 298.0 / 3.0).abs() < 1e-9);
+        assert_eq!(probe.delays.len(), 1);
+        assert!((probe.delays[0] - 1.46).abs() < 1e-6);
+        assert!(!probe.clean(99, 3), "a drop is not clean");
+        assert!(parse("no report").is_none());
+    }
+
+    #[test]
+    fn hosts_match_perfdhcps_macs() {
+        let all: Vec<_> = hosts(300).collect();
+        assert_eq!(all[0], ("02:00:00:00:00:00".into(), "10.88.4.0".into()));
+        assert_eq!(all[257], ("02:00:00:00:01:01".into(), "10.88.5.1".into()));
+    }
+}
