@@ -4,12 +4,12 @@
 //!
 //! perfdhcp acts as a relay agent, unicasting to the server with its own address as giaddr, as
 //! the relays of a rack do; the clients' MACs are 02:00:00:00:HH:LL (`-b mac=… -R hosts`).
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 
 use super::{
-    lab::{Lab, Server, CLIENT, CLIENT_IF, SERVER, SERVER_IF, SERVER_IP},
+    lab::{self, Lab, Server, CLIENT, CLIENT_IF, SERVER, SERVER_IF, SERVER_IP},
     report::{quantile, Table},
     Settings,
 };
@@ -170,25 +170,13 @@ fn listening_on_67(lab: &Lab) -> bool {
 }
 
 fn start_wisp(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Server> {
-    let data = work.join("wisp-data");
-    let _ = std::fs::remove_dir_all(&data);
-    let mut command = lab.command(SERVER, &settings.wisp);
-    command
-        .args([
-            "serve",
-            "--interface",
-            SERVER_IF,
-            "--xdp-mode",
-            "native",
-            "--data-dir",
-        ])
-        .arg(&data)
-        // Per-packet logs at info level would measure the terminal, not the server.
-        .env("RUST_LOG", "warn");
-    let server = Server::start("Wisp", command, &work.join("wisp.log"), || {
-        lab.exec(SERVER, "curl", &["-sf", "http://127.0.0.1:7480/healthz"])
-            .is_ok_and(|output| output.status.success())
-    })?;
+    let server = lab::start_wisp(
+        lab,
+        &settings.wisp,
+        &work.join("wisp-data"),
+        &["--xdp-mode", "native"],
+        &work.join("wisp.log"),
+    )?;
     let mut yaml = String::new();
     for (index, (mac, address)) in hosts(settings.dhcp_hosts).enumerate() {
         yaml.push_str(&format!(
@@ -306,27 +294,6 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
         drop(server);
     }
     Ok(table)
-}
-
-/// The versions of the peers, for the report.
-pub fn versions() -> Vec<(String, String)> {
-    let first_line = |program: &str, args: &[&str]| {
-        Command::new(program)
-            .args(args)
-            .output()
-            .ok()
-            .map(|o| {
-                let text = String::from_utf8_lossy(&o.stdout).into_owned()
-                    + &String::from_utf8_lossy(&o.stderr);
-                text.lines().next().unwrap_or("").trim().to_string()
-            })
-            .unwrap_or_else(|| "not found".into())
-    };
-    vec![
-        ("perfdhcp".into(), first_line("perfdhcp", &["-v"])),
-        ("Kea".into(), first_line("kea-dhcp4", &["-v"])),
-        ("dnsmasq".into(), first_line("dnsmasq", &["--version"])),
-    ]
 }
 
 #[cfg(test)]

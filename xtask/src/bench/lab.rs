@@ -144,3 +144,25 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// `wisp serve` on the server side with `args`, ready when its API answers. Per-packet logs at
+/// info level would measure the log, not the server, so it logs warnings only.
+pub fn start_wisp(
+    lab: &Lab,
+    wisp: &Path,
+    data: &Path,
+    args: &[&str],
+    log: &Path,
+) -> anyhow::Result<Server> {
+    let _ = std::fs::remove_dir_all(data);
+    let mut command = lab.command(SERVER, wisp);
+    command
+        .args(["serve", "--interface", SERVER_IF, "--data-dir"])
+        .arg(data)
+        .args(args)
+        .env("RUST_LOG", "warn");
+    Server::start("Wisp", command, log, || {
+        lab.exec(SERVER, "curl", &["-sf", "http://127.0.0.1:7480/healthz"])
+            .is_ok_and(|output| output.status.success())
+    })
+}

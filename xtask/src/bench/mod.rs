@@ -7,6 +7,7 @@
 mod dhcp;
 mod lab;
 mod report;
+mod tftp;
 
 use std::path::{Path, PathBuf};
 
@@ -23,6 +24,8 @@ pub struct Settings {
     pub dhcp_start_rate: u32,
     pub dhcp_max_rate: u32,
     pub bisect_steps: u32,
+    pub tftp_large_bytes: u32,
+    pub tftp_clients: Vec<usize>,
 }
 
 impl Settings {
@@ -35,6 +38,8 @@ impl Settings {
             dhcp_start_rate: 1_000,
             dhcp_max_rate: 128_000,
             bisect_steps: 3,
+            tftp_large_bytes: 16 << 20,
+            tftp_clients: vec![1, 50, 200],
         }
     }
 
@@ -47,6 +52,8 @@ impl Settings {
             dhcp_start_rate: 200,
             dhcp_max_rate: 400,
             bisect_steps: 0,
+            tftp_large_bytes: 1 << 20,
+            tftp_clients: vec![1, 10],
         }
     }
 }
@@ -66,7 +73,9 @@ pub fn run_benchmarks(root: &Path, quick: bool) -> anyhow::Result<()> {
     let lab = lab::Lab::create()?;
 
     step("bench: DHCP DORA (perfdhcp against Wisp, Kea and dnsmasq)");
-    let tables = vec![dhcp::run(&lab, &work, &settings)?];
+    let mut tables = vec![dhcp::run(&lab, &work, &settings)?];
+    step("bench: TFTP (atftp against Wisp and tftpd-hpa)");
+    tables.push(tftp::run(&lab, &work, &settings)?);
     drop(lab);
 
     let mut problems = Vec::new();
@@ -91,6 +100,29 @@ pub fn run_benchmarks(root: &Path, quick: bool) -> anyhow::Result<()> {
     std::fs::write(&path, document(&tables, &settings))?;
     println!("results written to {}", path.display());
     Ok(())
+}
+
+/// The peers and load generators, with how each tells its version.
+const PEERS: [(&str, &str, &[&str]); 5] = [
+    ("Kea", "kea-dhcp4", &["-v"]),
+    ("dnsmasq", "dnsmasq", &["--version"]),
+    ("perfdhcp", "perfdhcp", &["-v"]),
+    ("tftpd-hpa", "in.tftpd", &["-V"]),
+    ("atftp", "atftp", &["-V"]),
+];
+
+/// The first line a program prints about its version.
+fn version_of(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr);
+            text.lines().next().map(|line| line.trim().to_string())
+        })
+        .unwrap_or_else(|| "not found".into())
 }
 
 fn document(tables: &[report::Table], settings: &Settings) -> String {
@@ -121,8 +153,8 @@ fn document(tables: &[report::Table], settings: &Settings) -> String {
         memory.split_whitespace().collect::<Vec<_>>().join(" "),
         settings.runs
     ));
-    for (name, version) in dhcp::versions() {
-        text.push_str(&format!("- {name}: {version}\n"));
+    for (name, program, args) in PEERS {
+        text.push_str(&format!("- {name}: {}\n", version_of(program, args)));
     }
     text.push_str("\n## Results\n\n");
     for table in tables {

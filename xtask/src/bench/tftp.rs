@@ -1,0 +1,152 @@
+//! TFTP: N concurrent atftp fetches (blksize 1468, windowsize 8) of `snponly.efi` and of a
+//! large file, from Wisp and from tftpd-hpa. Reported: the time until the last fetch ends, and
+//! the throughput of all of them together.
+//!
+//! Wisp's TFTP serves the iPXE binaries only (it is not a general file server), so the large
+//! file is served under the name `ipxe.efi`; its bytes are random, which is all a transfer
+//! cares about.
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+
+use super::{
+    lab::{self, Lab, Server, CLIENT, SERVER, SERVER_IP},
+    report::Table,
+    Settings,
+};
+
+fn listening_on_69(lab: &Lab) -> bool {
+    lab.exec(SERVER, "ss", &["-Hlun", "sport", "=", ":69"])
+        .is_ok_and(|output| !output.stdout.is_empty())
+}
+
+/// Fetches `file` with `clients` concurrent atftp processes; returns how long the last took.
+fn fetch_all(
+    lab: &Lab,
+    out: &Path,
+    file: &str,
+    size: u64,
+    clients: usize,
+) -> anyhow::Result<Duration> {
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out)?;
+    let started = Instant::now();
+    let mut children = Vec::with_capacity(clients);
+    for index in 0..clients {
+        let local = out.join(index.to_string());
+        let child = lab
+            .command(CLIENT, "atftp")
+            .args([
+                "--option",
+                "blksize 1468",
+                "--option",
+                "windowsize 8",
+                "-g",
+                "-r",
+                file,
+            ])
+            .arg("-l")
+            .arg(&local)
+            .args([SERVER_IP, "69"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting atftp")?;
+        children.push((child, local));
+    }
+    let mut failed = 0;
+    for (mut child, local) in children {
+        let ok = child.wait()?.success()
+            && std::fs::metadata(&local).is_ok_and(|meta| meta.len() == size);
+        failed += usize::from(!ok);
+    }
+    let elapsed = started.elapsed();
+    if failed > 0 {
+        bail!("{failed} of {clients} fetches of {file} failed");
+    }
+    Ok(elapsed)
+}
+
+pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table> {
+    let root = work.join("tftp-root");
+    std::fs::create_dir_all(&root)?;
+    std::fs::copy("/usr/lib/ipxe/snponly.efi", root.join("snponly.efi"))
+        .context("Debian's ipxe package provides snponly.efi")?;
+    let large: Vec<u8> = (0..settings.tftp_large_bytes)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(root.join("ipxe.efi"), &large)?;
+    let files = [
+        (
+            "snponly.efi",
+            std::fs::metadata(root.join("snponly.efi"))?.len(),
+        ),
+        ("ipxe.efi", large.len() as u64),
+    ];
+    let mut table = Table::new(
+        "TFTP",
+        &format!(
+            "N concurrent atftp fetches, blksize 1468 and windowsize 8: `snponly.efi` ({} KiB) \
+             and a {} MiB file. Time until the last fetch ends; throughput of all together.",
+            files[0].1 / 1024,
+            settings.tftp_large_bytes >> 20
+        ),
+        &["seconds", "MiB/s"],
+    );
+    table.ratio_of = Some(("MiB/s".into(), true));
+    let root_arg = root.to_str().context("UTF-8 path")?;
+    let servers: [(&str, Box<dyn Fn() -> anyhow::Result<Server>>); 2] = [
+        (
+            "Wisp",
+            Box::new(|| {
+                lab::start_wisp(
+                    lab,
+                    &settings.wisp,
+                    &work.join("wisp-tftp-data"),
+                    &["--ipxe-dir", root_arg],
+                    &work.join("wisp-tftp.log"),
+                )
+            }),
+        ),
+        (
+            "tftpd-hpa",
+            Box::new(|| {
+                let mut command = lab.command(SERVER, "in.tftpd");
+                command.args([
+                    "--listen",
+                    "--foreground",
+                    "--address",
+                    "10.88.0.1:69",
+                    "--secure",
+                    root_arg,
+                ]);
+                Server::start("tftpd-hpa", command, &work.join("tftpd.log"), || {
+                    listening_on_69(lab)
+                })
+            }),
+        ),
+    ];
+    for (name, start) in &servers {
+        println!("  {name}");
+        let _server = start()?;
+        for (file, size) in files {
+            for &clients in &settings.tftp_clients {
+                let case = format!("{file} × {clients}");
+                for _ in 0..settings.runs {
+                    let elapsed = fetch_all(lab, &work.join("tftp-out"), file, size, clients)?;
+                    let seconds = elapsed.as_secs_f64();
+                    let mib = (size as f64 * clients as f64) / f64::from(1 << 20);
+                    println!("    {case}: {seconds:.2} s");
+                    table.record(&case, name, "seconds", seconds);
+                    table.record(&case, name, "MiB/s", mib / seconds);
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(work.join("tftp-out"));
+    Ok(table)
+}
