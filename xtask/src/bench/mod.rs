@@ -5,6 +5,7 @@
 //! `--quick` runs every scenario at small scale, as the test command's smoke test: it checks
 //! only that each scenario ran and produced numbers.
 mod dhcp;
+mod http;
 mod lab;
 mod report;
 mod tftp;
@@ -26,6 +27,9 @@ pub struct Settings {
     pub bisect_steps: u32,
     pub tftp_large_bytes: u32,
     pub tftp_clients: Vec<usize>,
+    pub http_file_bytes: u32,
+    pub http_connections: Vec<usize>,
+    pub http_seconds: u32,
 }
 
 impl Settings {
@@ -40,6 +44,9 @@ impl Settings {
             bisect_steps: 3,
             tftp_large_bytes: 16 << 20,
             tftp_clients: vec![1, 50, 200],
+            http_file_bytes: 64 << 20,
+            http_connections: vec![1, 100, 500],
+            http_seconds: 10,
         }
     }
 
@@ -54,6 +61,9 @@ impl Settings {
             bisect_steps: 0,
             tftp_large_bytes: 1 << 20,
             tftp_clients: vec![1, 10],
+            http_file_bytes: 4 << 20,
+            http_connections: vec![1, 20],
+            http_seconds: 2,
         }
     }
 }
@@ -76,6 +86,8 @@ pub fn run_benchmarks(root: &Path, quick: bool) -> anyhow::Result<()> {
     let mut tables = vec![dhcp::run(&lab, &work, &settings)?];
     step("bench: TFTP (atftp against Wisp and tftpd-hpa)");
     tables.push(tftp::run(&lab, &work, &settings)?);
+    step("bench: HTTP (wrk against Wisp and nginx)");
+    tables.push(http::run(&lab, &work, &settings)?);
     drop(lab);
 
     let mut problems = Vec::new();
@@ -103,12 +115,14 @@ pub fn run_benchmarks(root: &Path, quick: bool) -> anyhow::Result<()> {
 }
 
 /// The peers and load generators, with how each tells its version.
-const PEERS: [(&str, &str, &[&str]); 5] = [
+const PEERS: [(&str, &str, &[&str]); 7] = [
     ("Kea", "kea-dhcp4", &["-v"]),
     ("dnsmasq", "dnsmasq", &["--version"]),
     ("perfdhcp", "perfdhcp", &["-v"]),
     ("tftpd-hpa", "in.tftpd", &["-V"]),
     ("atftp", "atftp", &["-V"]),
+    ("nginx", "nginx", &["-v"]),
+    ("wrk", "wrk", &["-v"]),
 ];
 
 /// The first line a program prints about its version.

@@ -1,0 +1,167 @@
+//! HTTP: wrk fetching a large initramfs-sized file at several concurrencies, from Wisp's boot
+//! HTTP server and from nginx (sendfile on, access log off). Reported: throughput, the p99
+//! request latency, and the peak memory of the server's processes.
+use std::path::Path;
+
+use anyhow::{bail, Context};
+
+use super::{
+    lab::{self, Lab, Server, CLIENT, SERVER},
+    report::Table,
+    Settings,
+};
+
+const URL: &str = "http://10.88.0.1:8080/assets/initramfs.bin";
+
+/// wrk's figures: throughput in MiB/s and the p99 latency in milliseconds.
+fn parse(text: &str) -> Option<(f64, f64)> {
+    let scaled = |value: &str, units: &[(&str, f64)]| -> Option<f64> {
+        units.iter().find_map(|(suffix, factor)| {
+            value
+                .strip_suffix(suffix)
+                .and_then(|number| number.parse::<f64>().ok())
+                .map(|number| number * factor)
+        })
+    };
+    let mut throughput = None;
+    let mut p99 = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(value) = line.strip_prefix("Transfer/sec:") {
+            throughput = scaled(
+                value.trim(),
+                &[
+                    ("GB", 1024.0),
+                    ("MB", 1.0),
+                    ("KB", 1.0 / 1024.0),
+                    ("B", 1.0 / 1048576.0),
+                ],
+            );
+        } else if let Some(value) = line.strip_prefix("99%") {
+            p99 = scaled(
+                value.trim(),
+                &[("us", 0.001), ("ms", 1.0), ("s", 1000.0), ("m", 60_000.0)],
+            );
+        }
+    }
+    Some((throughput?, p99?))
+}
+
+/// The peak resident memory (VmHWM) of every process in the server namespace, in MiB.
+fn peak_memory() -> anyhow::Result<f64> {
+    let output = std::process::Command::new("ip")
+        .args(["netns", "pids", SERVER])
+        .output()?;
+    let pids = String::from_utf8_lossy(&output.stdout);
+    let mut kib = 0u64;
+    for pid in pids.split_whitespace() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        kib += status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(kib as f64 / 1024.0)
+}
+
+fn start_nginx(lab: &Lab, work: &Path, root: &Path) -> anyhow::Result<Server> {
+    let temp = work.join("nginx-temp");
+    std::fs::create_dir_all(&temp)?;
+    let config = format!(
+        "daemon off;\nworker_processes auto;\npid {work}/nginx.pid;\nerror_log {work}/nginx-error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  sendfile on;\n  tcp_nopush on;\n  access_log off;\n\
+           client_body_temp_path {temp};\n  proxy_temp_path {temp};\n  fastcgi_temp_path {temp};\n\
+           uwsgi_temp_path {temp};\n  scgi_temp_path {temp};\n\
+           server {{\n    listen 10.88.0.1:8080;\n    location /assets/ {{ alias {root}/; }}\n  }}\n}}\n",
+        work = work.display(),
+        temp = temp.display(),
+        root = root.display(),
+    );
+    let path = work.join("nginx.conf");
+    std::fs::write(&path, config)?;
+    let mut command = lab.command(SERVER, "nginx");
+    command.arg("-c").arg(&path);
+    Server::start("nginx", command, &work.join("nginx.log"), || {
+        lab.exec(SERVER, "curl", &["-sfI", URL])
+            .is_ok_and(|output| output.status.success())
+    })
+}
+
+pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table> {
+    let root = work.join("http-root");
+    std::fs::create_dir_all(&root)?;
+    let file: Vec<u8> = (0..settings.http_file_bytes)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
+    std::fs::write(root.join("initramfs.bin"), &file)?;
+    let mut table = Table::new(
+        "HTTP",
+        &format!(
+            "wrk ({} s, up to 2 threads) fetching a {} MiB file at each concurrency. Throughput, p99 \
+             request latency, and the peak resident memory of the server's processes.",
+            settings.http_seconds,
+            settings.http_file_bytes >> 20
+        ),
+        &["MiB/s", "p99 ms", "peak MiB"],
+    );
+    table.ratio_of = Some(("MiB/s".into(), true));
+    let root_arg = root.to_str().context("UTF-8 path")?.to_string();
+    for name in ["Wisp", "nginx"] {
+        println!("  {name}");
+        let _server = match name {
+            "Wisp" => lab::start_wisp(
+                lab,
+                &settings.wisp,
+                &work.join("wisp-http-data"),
+                &["--assets-dir", &root_arg],
+                &work.join("wisp-http.log"),
+            )?,
+            _ => start_nginx(lab, work, &root)?,
+        };
+        for &connections in &settings.http_connections {
+            let case = format!("{connections} connections");
+            for _ in 0..settings.runs {
+                let output = lab.exec_ok(
+                    CLIENT,
+                    "wrk",
+                    &[
+                        "-t",
+                        &connections.min(2).to_string(),
+                        "-c",
+                        &connections.to_string(),
+                        "-d",
+                        &format!("{}s", settings.http_seconds),
+                        "--latency",
+                        URL,
+                    ],
+                )?;
+                let Some((throughput, p99)) = parse(&output) else {
+                    bail!("wrk printed no figures:\n{output}");
+                };
+                println!("    {case}: {throughput:.0} MiB/s, p99 {p99:.1} ms");
+                table.record(&case, name, "MiB/s", throughput);
+                table.record(&case, name, "p99 ms", p99);
+                table.record(&case, name, "peak MiB", peak_memory()?);
+            }
+        }
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_reports() {
+        let report = "  Latency Distribution\n     50%  10.00ms\n     99%    1.20s\n\
+            Requests/sec:     12.34\nTransfer/sec:      1.50GB\n";
+        assert_eq!(parse(report), Some((1536.0, 1200.0)));
+        assert_eq!(
+            parse("Transfer/sec: 512.00KB\n 99% 250.00us\n"),
+            Some((0.5, 0.25))
+        );
+        assert_eq!(parse("nothing"), None);
+    }
+}
