@@ -23,7 +23,8 @@ enum Task {
     /// Build the provisioning OS (kernel, initramfs with busybox and wisp-worker) into
     /// target/provisioning-os.
     Images,
-    /// Set up, then run every check: fmt, clippy, unit and privileged integration tests.
+    /// Set up, then run every check: fmt, clippy, unit and privileged integration tests, and
+    /// the benchmarks' smoke test (`bench --quick`).
     Test,
     /// Set up, build, and show Wisp at work in a throwaway network-namespace lab.
     Demo,
@@ -89,5 +90,7 @@ fn test() -> anyhow::Result<()> {
     shell::run("cargo", &["build", "--workspace", "--bins"])?;
     images::build(&repo_root())?;
     shell::step("cargo test (unit and privileged integration tests)");
-    shell::run("cargo", &["test", "--workspace", "--no-fail-fast"])
+    shell::run("cargo", &["test", "--workspace", "--no-fail-fast"])?;
+    // The benchmarks at small scale: each scenario must run and produce numbers.
+    bench::run_benchmarks(&repo_root(), true)
 }

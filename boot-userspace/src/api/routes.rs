@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use axum::{
-    extract::{Path, Query, State},
+    extract::{DefaultBodyLimit, Path, Query, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -57,11 +57,18 @@ impl AppState {
     }
 }
 
+/// The largest manifest `wisp apply` may send: room for tens of thousands of Hardware.
+const APPLY_BODY_LIMIT: usize = 256 << 20;
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
-        .route("/v1/apply", post(apply))
+        // A rack's Hardware in one manifest is megabytes of YAML; the API is loopback-only.
+        .route(
+            "/v1/apply",
+            post(apply).layer(DefaultBodyLimit::max(APPLY_BODY_LIMIT)),
+        )
         .route("/v1/gate", get(gate_stats))
         .route("/v1/leases", get(leases))
         .route("/v1/{kind}", get(list))

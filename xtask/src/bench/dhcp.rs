@@ -117,47 +117,53 @@ fn parse(text: &str) -> Option<Probe> {
     saw_report.then_some(probe)
 }
 
-/// The highest clean rate: doubling from `start`, then bisecting between the last clean rate and
-/// the first that dropped.
+/// The highest clean rate: from `start`, doubling while clean (or halving until clean), then
+/// bisecting between the last clean rate and the first that dropped.
 fn max_clean_rate(lab: &Lab, settings: &Settings) -> anyhow::Result<f64> {
+    const LOWEST: u32 = 25;
     let (hosts, seconds) = (settings.dhcp_hosts, settings.probe_seconds);
-    let mut best: Option<(u32, f64)> = None;
-    let mut failed: Option<u32> = None;
-    let mut rate = settings.dhcp_start_rate;
-    while rate <= settings.dhcp_max_rate {
+    let try_rate = |rate: u32| -> anyhow::Result<Option<f64>> {
         let result = probe(lab, hosts, rate, seconds)?;
         println!(
             "    {rate}/s: {:.0}/s achieved, {} drops",
             result.rate(seconds),
             result.drops
         );
-        if result.clean(rate, seconds) {
-            best = Some((rate, result.rate(seconds)));
-            rate *= 2;
-        } else {
-            failed = Some(rate);
-            break;
+        Ok(result.clean(rate, seconds).then(|| result.rate(seconds)))
+    };
+    let mut best: Option<(u32, f64)> = None;
+    let mut failed: Option<u32> = None;
+    let mut rate = settings.dhcp_start_rate;
+    loop {
+        match try_rate(rate)? {
+            Some(achieved) => {
+                best = Some((rate, achieved));
+                if failed.is_some() || rate * 2 > settings.dhcp_max_rate {
+                    break;
+                }
+                rate *= 2;
+            }
+            None => {
+                failed = Some(rate);
+                if best.is_some() || rate / 2 < LOWEST {
+                    break;
+                }
+                rate /= 2;
+            }
         }
     }
     let Some((mut low, mut achieved)) = best else {
-        bail!("no clean run even at {}/s", settings.dhcp_start_rate);
+        bail!("no clean run even at {LOWEST}/s");
     };
-    if let Some(mut high) = failed {
+    if let Some(mut high) = failed.filter(|&high| high > low) {
         for _ in 0..settings.bisect_steps {
             let middle = (low + high) / 2;
             if middle <= low {
                 break;
             }
-            let result = probe(lab, hosts, middle, seconds)?;
-            println!(
-                "    {middle}/s: {:.0}/s achieved, {} drops",
-                result.rate(seconds),
-                result.drops
-            );
-            if result.clean(middle, seconds) {
-                (low, achieved) = (middle, result.rate(seconds));
-            } else {
-                high = middle;
+            match try_rate(middle)? {
+                Some(rate) => (low, achieved) = (middle, rate),
+                None => high = middle,
             }
         }
     }

@@ -133,6 +133,10 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                         "-d",
                         &format!("{}s", settings.http_seconds),
                         "--latency",
+                        // A 64 MiB response shared by hundreds of connections takes seconds:
+                        // wrk's 2 s default would drop exactly the slow ones from the latencies.
+                        "--timeout",
+                        "60s",
                         URL,
                     ],
                 )?;

@@ -37,7 +37,7 @@ impl Settings {
         Settings {
             wisp: root.join("target/release/wisp"),
             runs: 3,
-            probe_seconds: 5,
+            probe_seconds: 3,
             dhcp_hosts: 10_000,
             dhcp_start_rate: 1_000,
             dhcp_max_rate: 128_000,
@@ -158,7 +158,8 @@ fn document(tables: &[report::Table], settings: &Settings) -> String {
     let mut text = String::from(
         "# Benchmarks\n\nMade by `cargo xtask bench` (see `xtask/src/bench/`): every server runs in \
          turn in the same network-namespace lab (a veth pair), on the same inputs, in the same \
-         run. Numbers are medians over the runs; ratios compare Wisp with each peer.\n\n",
+         run. Numbers are medians over the runs; ratios compare Wisp with each peer. What the \
+         numbers showed, and what was changed because of them, is in [findings.md](findings.md).\n\n",
     );
     text.push_str(&format!(
         "## Machine\n\n- CPU: {cpu} ({cores} cores)\n- Kernel: {}\n- {}\n- Runs per \

@@ -37,8 +37,8 @@ pub struct Table {
     pub title: String,
     pub description: String,
     pub columns: Vec<String>,
-    /// (case, server) → column → samples.
-    pub rows: BTreeMap<(String, String), BTreeMap<String, Samples>>,
+    /// (case, server) → column → samples, in the order they were first recorded.
+    pub rows: Vec<((String, String), BTreeMap<String, Samples>)>,
     /// The column whose ratio to Wisp's is reported, and whether higher is better.
     pub ratio_of: Option<(String, bool)>,
 }
@@ -49,15 +49,33 @@ impl Table {
             title: title.into(),
             description: description.into(),
             columns: columns.iter().map(|c| c.to_string()).collect(),
-            rows: BTreeMap::new(),
+            rows: Vec::new(),
             ratio_of: None,
         }
     }
 
-    pub fn record(&mut self, case: &str, server: &str, column: &str, value: f64) {
+    fn row(&self, case: &str, server: &str) -> Option<&BTreeMap<String, Samples>> {
         self.rows
-            .entry((case.into(), server.into()))
-            .or_default()
+            .iter()
+            .find(|((c, s), _)| c == case && s == server)
+            .map(|(_, columns)| columns)
+    }
+
+    pub fn record(&mut self, case: &str, server: &str, column: &str, value: f64) {
+        let index = match self
+            .rows
+            .iter()
+            .position(|((c, s), _)| c == case && s == server)
+        {
+            Some(index) => index,
+            None => {
+                self.rows
+                    .push(((case.into(), server.into()), BTreeMap::new()));
+                self.rows.len() - 1
+            }
+        };
+        self.rows[index]
+            .1
             .entry(column.into())
             .or_default()
             .0
@@ -88,7 +106,17 @@ impl Table {
         }
         text.push_str(&format!("| {} |\n", header.join(" | ")));
         text.push_str(&format!("|{}\n", "---|".repeat(header.len())));
-        for ((case, server), columns) in &self.rows {
+        // Grouped by case, in the order cases and servers were first measured.
+        let mut cases: Vec<&String> = Vec::new();
+        for ((case, _), _) in &self.rows {
+            if !cases.contains(&case) {
+                cases.push(case);
+            }
+        }
+        let ordered = cases
+            .into_iter()
+            .flat_map(|case| self.rows.iter().filter(move |((c, _), _)| c == case));
+        for ((case, server), columns) in ordered {
             let mut cells = vec![case.clone(), server.clone()];
             for column in &self.columns {
                 cells.push(
@@ -100,8 +128,7 @@ impl Table {
             }
             if let Some((column, higher_is_better)) = &self.ratio_of {
                 let wisp = self
-                    .rows
-                    .get(&(case.clone(), "Wisp".to_string()))
+                    .row(case, "Wisp")
                     .and_then(|row| row.get(column))
                     .and_then(Samples::median);
                 let this = columns.get(column).and_then(Samples::median);

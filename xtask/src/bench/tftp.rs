@@ -99,22 +99,17 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
     );
     table.ratio_of = Some(("MiB/s".into(), true));
     let root_arg = root.to_str().context("UTF-8 path")?;
-    let servers: [(&str, Box<dyn Fn() -> anyhow::Result<Server>>); 2] = [
-        (
-            "Wisp",
-            Box::new(|| {
-                lab::start_wisp(
-                    lab,
-                    &settings.wisp,
-                    &work.join("wisp-tftp-data"),
-                    &["--ipxe-dir", root_arg],
-                    &work.join("wisp-tftp.log"),
-                )
-            }),
-        ),
-        (
-            "tftpd-hpa",
-            Box::new(|| {
+    for name in ["Wisp", "tftpd-hpa"] {
+        println!("  {name}");
+        let _server = match name {
+            "Wisp" => lab::start_wisp(
+                lab,
+                &settings.wisp,
+                &work.join("wisp-tftp-data"),
+                &["--ipxe-dir", root_arg],
+                &work.join("wisp-tftp.log"),
+            )?,
+            _ => {
                 let mut command = lab.command(SERVER, "in.tftpd");
                 command.args([
                     "--listen",
@@ -126,13 +121,9 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                 ]);
                 Server::start("tftpd-hpa", command, &work.join("tftpd.log"), || {
                     listening_on_69(lab)
-                })
-            }),
-        ),
-    ];
-    for (name, start) in &servers {
-        println!("  {name}");
-        let _server = start()?;
+                })?
+            }
+        };
         for (file, size) in files {
             for &clients in &settings.tftp_clients {
                 let case = format!("{file} × {clients}");
