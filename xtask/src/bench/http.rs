@@ -13,7 +13,8 @@ use super::{
 
 const URL: &str = "http://10.88.0.1:8080/assets/initramfs.bin";
 
-/// wrk's figures: throughput in MiB/s and the p99 latency in milliseconds.
+/// wrk's figures: throughput in MiB/s and the p99 latency in milliseconds. The latency is NaN
+/// (shown as "-") when no request completed within the run, for wrk then prints zeros.
 fn parse(text: &str) -> Option<(f64, f64)> {
     let scaled = |value: &str, units: &[(&str, f64)]| -> Option<f64> {
         units.iter().find_map(|(suffix, factor)| {
@@ -25,7 +26,11 @@ fn parse(text: &str) -> Option<(f64, f64)> {
     };
     let mut throughput = None;
     let mut p99 = None;
+    let mut completed = None;
     for line in text.lines().map(str::trim) {
+        if let Some((count, _)) = line.split_once(" requests in ") {
+            completed = count.trim().parse::<u64>().ok();
+        }
         if let Some(value) = line.strip_prefix("Transfer/sec:") {
             throughput = scaled(
                 value.trim(),
@@ -43,7 +48,8 @@ fn parse(text: &str) -> Option<(f64, f64)> {
             );
         }
     }
-    Some((throughput?, p99?))
+    let p99 = if completed == Some(0) { f64::NAN } else { p99? };
+    Some((throughput?, p99))
 }
 
 /// The peak resident memory (VmHWM) of every process in the server namespace, in MiB.
@@ -167,5 +173,9 @@ mod tests {
             Some((0.5, 0.25))
         );
         assert_eq!(parse("nothing"), None);
+        let (_, none) =
+            parse("  0 requests in 10.00s, 11.00GB read\n 99% 0.00us\nTransfer/sec: 1.10GB\n")
+                .unwrap();
+        assert!(none.is_nan(), "no completed request, no latency");
     }
 }

@@ -46,7 +46,9 @@ impl Settings {
             tftp_clients: vec![1, 50, 200],
             http_file_bytes: 64 << 20,
             http_connections: vec![1, 100, 500],
-            http_seconds: 10,
+            // 500 connections sharing ~1 GiB/s need ~30 s for every one of them to finish a
+            // 64 MiB response; a shorter run has no completed request to time.
+            http_seconds: 40,
         }
     }
 
@@ -97,11 +99,15 @@ pub fn run_benchmarks(root: &Path, quick: bool) -> anyhow::Result<()> {
         }
         print!("\n{}", table.markdown());
     }
-    if !problems.is_empty() {
+    // The smoke test insists on numbers; a full run reports what is missing and goes on.
+    if quick && !problems.is_empty() {
         bail!(
             "some scenarios produced no numbers: {}",
             problems.join("; ")
         );
+    }
+    for problem in &problems {
+        eprintln!("warning: {problem}");
     }
     if quick {
         println!("bench --quick: every scenario ran and produced numbers");
