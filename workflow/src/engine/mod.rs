@@ -254,7 +254,12 @@ impl Engine {
         let mut runs = self.runs();
         let mut ended = 0;
         let mut gone = Vec::new();
-        for (key, status) in runs.iter_mut() {
+        // Checked every second over every run: only running ones can time out, and only
+        // they are copied.
+        for (key, status) in runs
+            .iter_mut()
+            .filter(|(_, status)| status.state == State::Running)
+        {
             let mut changed = status.clone();
             if changed.enforce_timeouts(now) {
                 if catalog.store().put_workflow_status(key, &changed)? {
