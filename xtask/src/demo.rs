@@ -57,17 +57,7 @@ impl Lab {
     }
 
     fn remove() {
-        for netns in [LAB, STRANGER] {
-            if let Ok(output) = Command::new("ip").args(["netns", "pids", netns]).output() {
-                for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-TERM", pid]).status();
-                }
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", netns])
-                .stderr(Stdio::null())
-                .status();
-        }
+        crate::shell::remove_netns(&[LAB, STRANGER], "TERM");
     }
 }
 

@@ -31,6 +31,24 @@ pub fn output(program: &str, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Deletes network namespaces, first killing what runs in them with `signal` (`TERM`, `KILL`).
+/// Missing namespaces are fine: this also clears what an interrupted run left behind.
+pub fn remove_netns(names: &[&str], signal: &str) {
+    for netns in names {
+        if let Ok(output) = Command::new("ip").args(["netns", "pids", netns]).output() {
+            for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
+                let _ = Command::new("kill")
+                    .args([&format!("-{signal}"), pid])
+                    .status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", netns])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 pub fn require_root(why: &str) -> anyhow::Result<()> {
     match output("id", &["-u"]) {
         Some(uid) if uid.trim() == "0" => Ok(()),

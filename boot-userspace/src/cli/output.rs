@@ -107,26 +107,19 @@ pub fn resources(kind: Kind, views: &[ResourceView], format: Format, single: boo
                     views.iter().map(|v| key_row(v, wide)).collect(),
                 ),
                 Kind::Workflow => (
-                    if wide {
-                        vec![
+                    {
+                        let mut header = vec![
                             "NAMESPACE",
                             "NAME",
                             "TEMPLATE",
                             "HARDWARE",
                             "STATE",
                             "PROGRESS",
-                            "CURRENT",
-                            "VERSION",
-                        ]
-                    } else {
-                        vec![
-                            "NAMESPACE",
-                            "NAME",
-                            "TEMPLATE",
-                            "HARDWARE",
-                            "STATE",
-                            "PROGRESS",
-                        ]
+                        ];
+                        if wide {
+                            header.extend(["CURRENT", "VERSION"]);
+                        }
+                        header
                     },
                     views.iter().map(|v| workflow_row(v, wide)).collect(),
                 ),

@@ -170,11 +170,6 @@ fn max_clean_rate(lab: &Lab, settings: &Settings) -> anyhow::Result<f64> {
     Ok(achieved)
 }
 
-fn listening_on_67(lab: &Lab) -> bool {
-    lab.exec(SERVER, "ss", &["-Hlun", "sport", "=", ":67"])
-        .is_ok_and(|output| !output.stdout.is_empty())
-}
-
 fn start_wisp(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Server> {
     let server = lab::start_wisp(
         lab,
@@ -227,7 +222,7 @@ fn start_kea(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Serv
         .env("KEA_PIDFILE_DIR", work)
         .env("KEA_LOCKFILE_DIR", work);
     Server::start("Kea", command, &work.join("kea.out"), || {
-        listening_on_67(lab)
+        lab.listening_udp(67)
     })
 }
 
@@ -257,7 +252,7 @@ fn start_dnsmasq(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<
         .arg(format!("--dhcp-hostsfile={}", hosts_file.display()))
         .arg(format!("--dhcp-leasefile={}", leases.display()));
     Server::start("dnsmasq", command, &work.join("dnsmasq.log"), || {
-        listening_on_67(lab)
+        lab.listening_udp(67)
     })
 }
 

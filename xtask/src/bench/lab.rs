@@ -3,7 +3,7 @@
 //! 10.88.0.2/16) where the load generators run. Removed on drop, with what runs in it.
 use std::{
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Output},
     time::{Duration, Instant},
 };
 
@@ -57,17 +57,13 @@ impl Lab {
     }
 
     fn remove() {
-        for netns in [SERVER, CLIENT] {
-            if let Ok(output) = Command::new("ip").args(["netns", "pids", netns]).output() {
-                for pid in String::from_utf8_lossy(&output.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-KILL", pid]).status();
-                }
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", netns])
-                .stderr(Stdio::null())
-                .status();
-        }
+        crate::shell::remove_netns(&[SERVER, CLIENT], "KILL");
+    }
+
+    /// Whether something on the server side listens on UDP `port`.
+    pub fn listening_udp(&self, port: u16) -> bool {
+        self.exec(SERVER, "ss", &["-Hlun", "sport", "=", &format!(":{port}")])
+            .is_ok_and(|output| !output.stdout.is_empty())
     }
 
     pub fn command(&self, netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {

@@ -19,11 +19,6 @@ use super::{
     Settings,
 };
 
-fn listening_on_69(lab: &Lab) -> bool {
-    lab.exec(SERVER, "ss", &["-Hlun", "sport", "=", ":69"])
-        .is_ok_and(|output| !output.stdout.is_empty())
-}
-
 /// Fetches `file` with `clients` concurrent atftp processes; returns how long the last took.
 fn fetch_all(
     lab: &Lab,
@@ -120,7 +115,7 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                     root_arg,
                 ]);
                 Server::start("tftpd-hpa", command, &work.join("tftpd.log"), || {
-                    listening_on_69(lab)
+                    lab.listening_udp(69)
                 })?
             }
         };
