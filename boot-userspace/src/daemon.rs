@@ -67,6 +67,12 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             config.interface
         )
     })?;
+    // Every booting machine holds connections (HTTP, the worker API): a rack needs more than
+    // the usual soft limit of 1024 descriptors.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(err) => tracing::warn!("could not raise the open files limit: {err}"),
+    }
     let store = RedbStore::open(&config.data_dir)?;
     let policy = if config.discovery {
         UnknownPolicy::Pass
@@ -89,6 +95,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         reservations: Arc::clone(&reservations),
         metrics: Arc::clone(&metrics),
         hardware_sync: Mutex::new(()),
+        coalesced_syncs: Default::default(),
     });
     let owned = state
         .sync_hardware()
@@ -193,22 +200,17 @@ async fn enforce_timeouts(state: Arc<AppState>) {
     let mut ticks = tokio::time::interval(TIMEOUT_CHECK_PERIOD);
     loop {
         ticks.tick().await;
-        let state = Arc::clone(&state);
-        let checked = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let ended = state
-                .engine
-                .enforce_timeouts(&state.catalog, std::time::SystemTime::now())?;
-            if ended > 0 {
-                tracing::warn!(workflows = ended, "workflows timed out");
-                state.sync_hardware()?;
-            }
-            Ok(())
-        })
-        .await;
-        match checked {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => tracing::error!("enforcing workflow timeouts failed: {err:#}"),
-            Err(err) => tracing::error!("the timeout task failed: {err}"),
+        let ended = state.engine.enforce_timeouts(std::time::SystemTime::now());
+        if ended.value == 0 {
+            continue;
+        }
+        tracing::warn!(workflows = ended.value, "workflows timed out");
+        let synced = match ended.durable.wait().await {
+            Ok(_) => state.sync_hardware_coalesced().await,
+            Err(err) => Err(err.into()),
+        };
+        if let Err(err) = synced {
+            tracing::error!("enforcing workflow timeouts failed: {err:#}");
         }
     }
 }

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
 use tonic::{Code, Request, Response, Status};
 use workflow::{
-    engine::{Agent, Assignment, Change, EngineError, Next, Report, ReportError, State},
+    engine::{Agent, Assignment, Decision, EngineError, Next, Report, ReportError, State},
     proto::{
         workflow_service_server::{WorkflowService, WorkflowServiceServer},
         ActionRequest, ActionResponse, ActionStatusRequest, ActionStatusResponse, StateType,
@@ -82,26 +82,32 @@ impl WorkerApi {
         })
     }
 
-    /// Runs an engine call off the async threads (it reads and writes the store), and brings
-    /// the boot path up to date when a workflow finished: it is no longer pending work.
+    /// Runs an engine call off the async threads (it may read the store), and answers once its
+    /// changes are durable. A finished workflow is no longer pending work, so the boot path is
+    /// brought up to date before the worker hears of it (and reboots).
     async fn engine<T: Send + 'static>(
         &self,
-        call: impl FnOnce(&AppState) -> Result<(T, Change), EngineError> + Send + 'static,
+        call: impl FnOnce(&AppState) -> Result<Decision<T>, EngineError> + Send + 'static,
     ) -> Result<T, Status> {
         let state = Arc::clone(&self.state);
-        let (value, _) = tokio::task::spawn_blocking(move || {
-            let outcome = call(&state)?;
-            if outcome.1.finished {
-                if let Err(err) = state.sync_hardware() {
-                    tracing::error!("syncing Hardware after a workflow finished: {err:#}");
-                }
+        let decision = tokio::task::spawn_blocking(move || call(&state))
+            .await
+            .map_err(|err| Status::internal(err.to_string()))?
+            .map_err(engine_status)?;
+        let stored = decision
+            .durable
+            .wait()
+            .await
+            .map_err(|err| engine_status(err.into()))?;
+        if !stored {
+            return Err(Status::not_found("the workflow was deleted meanwhile"));
+        }
+        if decision.change.finished {
+            if let Err(err) = self.state.sync_hardware_coalesced().await {
+                tracing::error!("syncing Hardware after a workflow finished: {err:#}");
             }
-            Ok(outcome)
-        })
-        .await
-        .map_err(|err| Status::internal(err.to_string()))?
-        .map_err(engine_status)?;
-        Ok(value)
+        }
+        Ok(decision.value)
     }
 }
 
@@ -249,14 +255,13 @@ impl WorkerApi {
         let for_engine = workflow.clone();
         let reported = report.state;
         self.engine(move |state| {
-            let change = state.engine.report(
+            state.engine.report(
                 &state.catalog,
                 &agent,
                 &for_engine,
                 &report,
                 SystemTime::now(),
-            )?;
-            Ok(((), change))
+            )
         })
         .await?;
         Ok(reported)

@@ -34,6 +34,23 @@ enum Task {
         /// Every scenario at small scale: a smoke test that writes no report.
         #[arg(long)]
         quick: bool,
+        /// Only these scenarios (repeatable); the report is written only when all run.
+        #[arg(long, value_enum)]
+        only: Vec<bench::Scenario>,
+    },
+    /// The flood benchmark's generator of DISCOVERs from unknown MACs (run by `bench`).
+    #[command(hide = true)]
+    BenchFlood {
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        seconds: f64,
+    },
+    /// The workflow benchmark's simulated machines (run by `bench` inside its lab).
+    #[command(hide = true)]
+    BenchWorkers {
+        #[arg(long)]
+        machines: u32,
     },
 }
 
@@ -47,11 +64,13 @@ fn main() -> anyhow::Result<()> {
             images::build(&root).map(drop)
         }
         Task::Test => test(),
-        Task::Bench { quick } => {
+        Task::Bench { quick, only } => {
             shell::require_root("the benchmarks create network namespaces")?;
             setup::ensure()?;
-            bench::run_benchmarks(&root, quick)
+            bench::run_benchmarks(&root, quick, &only)
         }
+        Task::BenchWorkers { machines } => bench::simulate_workers(machines),
+        Task::BenchFlood { rate, seconds } => bench::generate_flood(rate, seconds),
         Task::Demo => {
             shell::require_root("the demo creates network namespaces and attaches an XDP program")?;
             setup::ensure()?;
@@ -92,5 +111,5 @@ fn test() -> anyhow::Result<()> {
     shell::step("cargo test (unit and privileged integration tests)");
     shell::run("cargo", &["test", "--workspace", "--no-fail-fast"])?;
     // The benchmarks at small scale: each scenario must run and produce numbers.
-    bench::run_benchmarks(&repo_root(), true)
+    bench::run_benchmarks(&repo_root(), true, &[])
 }

@@ -1,6 +1,9 @@
 //! The API handlers. Writes go through the catalog (validation, one owner per MAC, one
 //! transaction), then the gate's allowlist is brought in line before the reply.
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
+};
 
 use axum::{
     extract::{DefaultBodyLimit, Path, Query, State},
@@ -34,6 +37,16 @@ pub struct AppState {
     /// Serialises Hardware syncs, so that an older snapshot of the store never overwrites a
     /// newer one in the gate or the DHCP server.
     pub hardware_sync: Mutex<()>,
+    pub coalesced_syncs: CoalescedSyncs,
+}
+
+/// Hardware syncs asked for together share one run: a sync that starts after a request covers
+/// it, so a rack of workflows finishing at once costs a few syncs, not one each.
+#[derive(Default)]
+pub struct CoalescedSyncs {
+    turn: tokio::sync::Mutex<()>,
+    requested: AtomicU64,
+    covered: AtomicU64,
 }
 
 impl AppState {
@@ -54,6 +67,22 @@ impl AppState {
         let machines = reservations.len();
         self.reservations.replace(reservations);
         Ok(machines)
+    }
+
+    /// [`AppState::sync_hardware`], shared with the callers waiting at the same time; returns
+    /// once a sync that started after this call has finished.
+    pub async fn sync_hardware_coalesced(self: &Arc<Self>) -> anyhow::Result<()> {
+        let syncs = &self.coalesced_syncs;
+        let ticket = syncs.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = syncs.turn.lock().await;
+        if syncs.covered.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let covering = syncs.requested.load(Ordering::SeqCst);
+        let state = Arc::clone(self);
+        tokio::task::spawn_blocking(move || state.sync_hardware()).await??;
+        syncs.covered.store(covering, Ordering::SeqCst);
+        Ok(())
     }
 }
 

@@ -3,10 +3,9 @@
 //! its lease is durable.
 use std::{future::Future, sync::Arc};
 
-use tokio::sync::{mpsc, oneshot};
 use workflow::{
     resource::MacAddr,
-    store::{Lease, LeaseStore},
+    store::{GroupCommit, Lease, LeaseStore},
 };
 
 /// At most this many leases share one transaction.
@@ -19,98 +18,64 @@ enum Change {
     Remove(MacAddr),
 }
 
-type Pending = (Change, oneshot::Sender<Result<(), String>>);
-
 #[derive(Clone)]
 pub struct LeaseWriter {
-    queue: mpsc::UnboundedSender<Pending>,
+    writer: GroupCommit<Change, ()>,
 }
 
 impl LeaseWriter {
     /// Starts the writer thread; it ends when the last `LeaseWriter` is dropped.
     pub fn start(store: Arc<dyn LeaseStore>) -> LeaseWriter {
-        let (queue, mut pending) = mpsc::unbounded_channel::<Pending>();
-        std::thread::Builder::new()
-            .name("lease-writer".into())
-            .spawn(move || {
-                while let Some(first) = pending.blocking_recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match pending.try_recv() {
-                            Ok(next) => batch.push(next),
-                            Err(_) => break,
-                        }
+        let writer = GroupCommit::start("lease-writer", MAX_BATCH, move |batch| {
+            // Consecutive records share one transaction; a removal is applied in its place in
+            // the order, after the records queued before it.
+            let mut outcomes = Vec::with_capacity(batch.len());
+            let mut records = Vec::new();
+            for change in batch {
+                match change {
+                    Change::Record(lease) => records.push(lease),
+                    Change::Remove(mac) => {
+                        let flushed = flush(&*store, &mut records, &mut outcomes);
+                        outcomes.push(flushed.and_then(|()| {
+                            store
+                                .remove_lease(&mac)
+                                .map(drop)
+                                .map_err(|e| e.to_string())
+                        }));
                     }
-                    // Consecutive records share one transaction; a removal is applied in its
-                    // place in the order, after the records queued before it.
-                    let mut records = Vec::new();
-                    let mut waiting = Vec::new();
-                    for (change, done) in batch {
-                        match change {
-                            Change::Record(lease) => {
-                                records.push(lease);
-                                waiting.push(done);
-                            }
-                            Change::Remove(mac) => {
-                                let flushed = flush(&*store, &mut records, &mut waiting);
-                                let removed = flushed.and_then(|()| {
-                                    store
-                                        .remove_lease(&mac)
-                                        .map(drop)
-                                        .map_err(|e| e.to_string())
-                                });
-                                let _ = done.send(removed);
-                            }
-                        }
-                    }
-                    let _ = flush(&*store, &mut records, &mut waiting);
                 }
-            })
-            .expect("spawning the lease writer thread");
-        LeaseWriter { queue }
+            }
+            let _ = flush(&*store, &mut records, &mut outcomes);
+            outcomes
+        });
+        LeaseWriter { writer }
     }
 
     /// Queues the lease now, and returns a future that completes once it is durable. Queueing
     /// at the call, not at the first poll, is what keeps changes in the order the DHCP server
     /// decided them.
     pub fn record(&self, lease: Lease) -> impl Future<Output = Result<(), String>> + use<> {
-        self.submit(Change::Record(lease))
+        self.writer.submit(Change::Record(lease))
     }
 
     /// Queues the removal now; the future completes once the lease is gone from the store.
     pub fn remove(&self, mac: MacAddr) -> impl Future<Output = Result<(), String>> + use<> {
-        self.submit(Change::Remove(mac))
-    }
-
-    fn submit(&self, change: Change) -> impl Future<Output = Result<(), String>> + use<> {
-        let (done, applied) = oneshot::channel();
-        let queued = self
-            .queue
-            .send((change, done))
-            .map_err(|_| "the lease writer has stopped".to_string());
-        async move {
-            queued?;
-            applied
-                .await
-                .map_err(|_| "the lease writer has stopped".to_string())?
-        }
+        self.writer.submit(Change::Remove(mac))
     }
 }
 
-/// Writes the pending records in one transaction and tells each writer how it went.
+/// Writes the pending records in one transaction, with an outcome for each.
 fn flush(
     store: &dyn LeaseStore,
     records: &mut Vec<Lease>,
-    waiting: &mut Vec<oneshot::Sender<Result<(), String>>>,
+    outcomes: &mut Vec<Result<(), String>>,
 ) -> Result<(), String> {
     if records.is_empty() {
         return Ok(());
     }
     let result = store.record_leases(records).map_err(|err| err.to_string());
+    outcomes.extend(std::iter::repeat_n(result.clone(), records.len()));
     records.clear();
-    for done in waiting.drain(..) {
-        let _ = done.send(result.clone());
-    }
     result
 }
 

@@ -6,6 +6,8 @@ pub mod status;
 
 use std::{
     collections::HashMap,
+    future::Future,
+    pin::Pin,
     sync::{Mutex, MutexGuard},
     time::SystemTime,
 };
@@ -17,7 +19,7 @@ pub use self::{
 use crate::{
     catalog::Catalog,
     resource::{HardwareSpec, Kind, MacAddr, ResourceKey, TemplateSpec, WorkflowSpec},
-    store::{Store, StoreError},
+    store::{GroupCommit, Store, StoreError},
 };
 
 /// A worker, as the transport has identified it: the Hardware it runs on (proven by its
@@ -74,29 +76,145 @@ pub struct Change {
     pub finished: bool,
 }
 
+/// What an engine call decided and changed, with the store writes it queued: the decision may
+/// be acted on (answered) only once they are durable.
+#[must_use = "a decision is acted on only once its writes are durable"]
+pub struct Decision<T> {
+    pub value: T,
+    pub change: Change,
+    pub durable: Durable,
+}
+
+/// Queued writes of workflow runs.
+#[must_use = "wait for the writes before answering"]
+#[derive(Default)]
+pub struct Durable(Vec<QueuedWrite>);
+
+/// A write queued to the store: whether it was stored, once it is durable.
+type QueuedWrite = Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
+
+impl Durable {
+    /// Waits until the writes are durable. False when a workflow was deleted meanwhile, so
+    /// that its run was not stored.
+    pub async fn wait(self) -> Result<bool, StoreError> {
+        let mut all_stored = true;
+        for write in self.0 {
+            all_stored &= write.await.map_err(StoreError::Backend)?;
+        }
+        Ok(all_stored)
+    }
+}
+
+/// At most this many run changes share one transaction.
+const MAX_BATCH: usize = 1024;
+
 pub struct Engine {
-    /// Every workflow's run, as stored. The lock also serialises changes, so each one is read,
-    /// changed and stored as a unit.
-    runs: Mutex<HashMap<ResourceKey, WorkflowStatus>>,
+    /// The lock serialises changes, so each is read, changed and queued for writing as a unit,
+    /// and writes reach the store in the order the changes were made.
+    state: Mutex<EngineState>,
+    writer: GroupCommit<(ResourceKey, WorkflowStatus), bool>,
+}
+
+struct EngineState {
+    /// Every workflow's run, as stored (or queued to be).
+    runs: HashMap<ResourceKey, WorkflowStatus>,
+    workflows: WorkflowIndex,
+}
+
+/// The workflows and which machine each is for, derived from the store at `revision`, so that
+/// a worker's call looks up its own workflows instead of reading them all.
+#[derive(Default)]
+struct WorkflowIndex {
+    revision: Option<u64>,
+    specs: HashMap<ResourceKey, WorkflowSpec>,
+    by_hardware: HashMap<ResourceKey, Vec<ResourceKey>>,
+}
+
+impl WorkflowIndex {
+    /// Derives the index again when the resources have changed since it was made.
+    fn refresh<S: Store>(&mut self, catalog: &Catalog<S>) -> Result<(), StoreError> {
+        let revision = catalog.store().revision()?;
+        if self.revision == Some(revision) {
+            return Ok(());
+        }
+        let mut index = WorkflowIndex {
+            revision: Some(revision),
+            ..WorkflowIndex::default()
+        };
+        for workflow in catalog.store().list(Kind::Workflow)? {
+            let spec: WorkflowSpec = workflow
+                .spec()
+                .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
+            let hardware = ResourceKey {
+                kind: Kind::Hardware,
+                namespace: workflow.key.namespace.clone(),
+                name: spec.hardware_ref.clone(),
+            };
+            index
+                .by_hardware
+                .entry(hardware)
+                .or_default()
+                .push(workflow.key.clone());
+            index.specs.insert(workflow.key, spec);
+        }
+        *self = index;
+        Ok(())
+    }
+
+    fn of(&self, hardware: &ResourceKey) -> impl Iterator<Item = (&ResourceKey, &WorkflowSpec)> {
+        self.by_hardware
+            .get(hardware)
+            .into_iter()
+            .flatten()
+            .filter_map(|key| Some((key, self.specs.get(key)?)))
+    }
 }
 
 impl Engine {
-    /// Loads the stored runs: running workflows carry on, with their timeouts measured from
-    /// the stored start times.
-    pub fn load<S: Store>(catalog: &Catalog<S>) -> Result<Engine, StoreError> {
+    /// Loads the stored runs, and starts the writer that stores their changes: running
+    /// workflows carry on, with their timeouts measured from the stored start times.
+    pub fn load<S: Store + Clone + 'static>(catalog: &Catalog<S>) -> Result<Engine, StoreError> {
+        let store = catalog.store().clone();
+        let writer =
+            GroupCommit::start(
+                "workflow-writer",
+                MAX_BATCH,
+                move |runs: Vec<_>| match store.put_workflow_statuses(&runs) {
+                    Ok(stored) => stored.into_iter().map(Ok).collect(),
+                    Err(err) => vec![Err(err.to_string()); runs.len()],
+                },
+            );
         Ok(Engine {
-            runs: Mutex::new(catalog.store().workflow_statuses()?.into_iter().collect()),
+            state: Mutex::new(EngineState {
+                runs: catalog.store().workflow_statuses()?.into_iter().collect(),
+                workflows: WorkflowIndex::default(),
+            }),
+            writer,
         })
     }
 
-    fn runs(&self) -> MutexGuard<'_, HashMap<ResourceKey, WorkflowStatus>> {
-        self.runs
+    fn state(&self) -> MutexGuard<'_, EngineState> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Queues a run's change for the store; the in-memory run changes with it.
+    fn write(
+        &self,
+        runs: &mut HashMap<ResourceKey, WorkflowStatus>,
+        durable: &mut Durable,
+        key: &ResourceKey,
+        status: WorkflowStatus,
+    ) {
+        durable
+            .0
+            .push(Box::pin(self.writer.submit((key.clone(), status.clone()))));
+        runs.insert(key.clone(), status);
+    }
+
     pub fn status(&self, key: &ResourceKey) -> Option<WorkflowStatus> {
-        self.runs().get(key).cloned()
+        self.state().runs.get(key).cloned()
     }
 
     /// A workflow's run; for one that has not started, what its run will be (every action
@@ -120,33 +238,29 @@ impl Engine {
 
     /// Drops the run of a deleted workflow (the store drops it with the workflow).
     pub fn forget(&self, key: &ResourceKey) {
-        self.runs().remove(key);
+        self.state().runs.remove(key);
     }
 
     /// The next action for a worker: the current action of its machine's workflow, a running
-    /// one before a pending one. `None` when it has nothing to do.
+    /// one before a pending one; `Idle` when it has nothing to do.
     pub fn next_action<S: Store>(
         &self,
         catalog: &Catalog<S>,
         agent: &Agent,
         now: SystemTime,
-    ) -> Result<(Next, Change), EngineError> {
-        let mut runs = self.runs();
+    ) -> Result<Decision<Next>, EngineError> {
+        let mut state = self.state();
+        let EngineState { runs, workflows } = &mut *state;
+        workflows.refresh(catalog)?;
         let mut change = Change { finished: false };
+        let mut durable = Durable::default();
         let mut candidates = Vec::new();
-        let mut mine_keys = Vec::new();
-        for workflow in catalog.store().list(Kind::Workflow)? {
-            let spec: WorkflowSpec = workflow
-                .spec()
-                .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
-            let mine = workflow.key.namespace == agent.hardware.namespace
-                && spec.hardware_ref == agent.hardware.name;
-            if mine {
-                mine_keys.push(workflow.key.clone());
-            }
-            let state = runs.get(&workflow.key).map(|status| status.state);
-            if mine && spec.disabled != Some(true) && !state.is_some_and(State::is_final) {
-                candidates.push((state != Some(State::Running), workflow.key, spec));
+        let mut mine = Vec::new();
+        for (key, spec) in workflows.of(&agent.hardware) {
+            mine.push(key.clone());
+            let state = runs.get(key).map(|status| status.state);
+            if spec.disabled != Some(true) && !state.is_some_and(State::is_final) {
+                candidates.push((state != Some(State::Running), key.clone(), spec.clone()));
             }
         }
         candidates.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
@@ -157,10 +271,8 @@ impl Engine {
                     Some(Ok(status)) => status,
                     Some(Err(message)) => {
                         let failed = WorkflowStatus::failed_to_start(message, now);
-                        if catalog.store().put_workflow_status(&key, &failed)? {
-                            runs.insert(key, failed);
-                            change.finished = true;
-                        }
+                        self.write(runs, &mut durable, &key, failed);
+                        change.finished = true;
                         continue;
                     }
                     // Its template is missing: the workflow is blocked, not started.
@@ -171,24 +283,29 @@ impl Engine {
                 continue;
             };
             status.start_current(now);
-            if !catalog.store().put_workflow_status(&key, &status)? {
-                continue;
-            }
             let assignment = Assignment {
                 workflow: key.clone(),
                 index: current,
                 action: status.actions[current].clone(),
             };
-            runs.insert(key, status);
-            return Ok((Next::Run(Box::new(assignment)), change));
+            self.write(runs, &mut durable, &key, status);
+            return Ok(Decision {
+                value: Next::Run(Box::new(assignment)),
+                change,
+                durable,
+            });
         }
-        let last_finished = mine_keys
+        let last_finished = mine
             .iter()
             .filter_map(|key| runs.get(key))
             .filter(|run| run.state.is_final())
             .max_by_key(|run| run.finished_at)
             .map(|run| run.state);
-        Ok((Next::Idle { last_finished }, change))
+        Ok(Decision {
+            value: Next::Idle { last_finished },
+            change,
+            durable,
+        })
     }
 
     /// Applies a worker's report on an action of its own machine's workflow.
@@ -199,24 +316,23 @@ impl Engine {
         workflow: &ResourceKey,
         report: &Report,
         now: SystemTime,
-    ) -> Result<Change, EngineError> {
-        let stored = catalog
-            .store()
-            .get(workflow)?
+    ) -> Result<Decision<()>, EngineError> {
+        let mut state = self.state();
+        let EngineState { runs, workflows } = &mut *state;
+        workflows.refresh(catalog)?;
+        let spec = workflows
+            .specs
+            .get(workflow)
             .ok_or_else(|| EngineError::NotFound(workflow.clone()))?;
-        let spec: WorkflowSpec = stored
-            .spec()
-            .map_err(|err| StoreError::Backend(format!("{workflow}: {err}")))?;
         if workflow.namespace != agent.hardware.namespace
             || spec.hardware_ref != agent.hardware.name
         {
             return Err(EngineError::NotYours {
                 workflow: workflow.to_string(),
-                owner: spec.hardware_ref,
+                owner: spec.hardware_ref.clone(),
                 agent: agent.hardware.to_string(),
             });
         }
-        let mut runs = self.runs();
         let mut status = runs
             .get(workflow)
             .cloned()
@@ -234,46 +350,48 @@ impl Engine {
                 workflow: workflow.clone(),
                 error,
             })?;
-        if status != before {
-            if !catalog.store().put_workflow_status(workflow, &status)? {
-                return Err(EngineError::NotFound(workflow.clone()));
-            }
-            runs.insert(workflow.clone(), status.clone());
-        }
-        Ok(Change {
+        let change = Change {
             finished: status.state.is_final() && !before.state.is_final(),
+        };
+        let mut durable = Durable::default();
+        if status != before {
+            self.write(runs, &mut durable, workflow, status);
+        }
+        Ok(Decision {
+            value: (),
+            change,
+            durable,
         })
     }
 
-    /// Ends the workflows whose timeouts have passed; returns how many it ended.
-    pub fn enforce_timeouts<S: Store>(
-        &self,
-        catalog: &Catalog<S>,
-        now: SystemTime,
-    ) -> Result<usize, StoreError> {
-        let mut runs = self.runs();
-        let mut ended = 0;
-        let mut gone = Vec::new();
+    /// Ends the workflows whose timeouts have passed; the value is how many it ended.
+    pub fn enforce_timeouts(&self, now: SystemTime) -> Decision<usize> {
+        let mut state = self.state();
+        let mut durable = Durable::default();
         // Checked every second over every run: only running ones can time out, and only
         // they are copied.
-        for (key, status) in runs
-            .iter_mut()
+        let ended: Vec<(ResourceKey, WorkflowStatus)> = state
+            .runs
+            .iter()
             .filter(|(_, status)| status.state == State::Running)
-        {
-            let mut changed = status.clone();
-            if changed.enforce_timeouts(now) {
-                if catalog.store().put_workflow_status(key, &changed)? {
-                    *status = changed;
-                    ended += 1;
-                } else {
-                    gone.push(key.clone());
-                }
-            }
+            .filter_map(|(key, status)| {
+                let mut changed = status.clone();
+                changed
+                    .enforce_timeouts(now)
+                    .then(|| (key.clone(), changed))
+            })
+            .collect();
+        let count = ended.len();
+        for (key, status) in ended {
+            self.write(&mut state.runs, &mut durable, &key, status);
         }
-        for key in gone {
-            runs.remove(&key);
+        Decision {
+            value: count,
+            change: Change {
+                finished: count > 0,
+            },
+            durable,
         }
-        Ok(ended)
     }
 }
 
@@ -393,11 +511,24 @@ spec: {{templateRef: t, hardwareRef: m}}
         }
     }
 
-    fn next(engine: &Engine, catalog: &Catalog<RedbStore>) -> Next {
-        engine
-            .next_action(catalog, &agent(), SystemTime::now())
+    /// The decision, once its writes are durable.
+    fn durable<T>(decision: Decision<T>) -> (T, Change) {
+        let stored = tokio::runtime::Builder::new_current_thread()
+            .build()
             .unwrap()
-            .0
+            .block_on(decision.durable.wait())
+            .unwrap();
+        assert!(stored, "the workflow exists, so its run is stored");
+        (decision.value, decision.change)
+    }
+
+    fn next(engine: &Engine, catalog: &Catalog<RedbStore>) -> Next {
+        durable(
+            engine
+                .next_action(catalog, &agent(), SystemTime::now())
+                .unwrap(),
+        )
+        .0
     }
 
     fn success(action: usize) -> Report {
@@ -423,15 +554,17 @@ spec: {{templateRef: t, hardwareRef: m}}
             panic!("an action")
         };
         assert_eq!((first.index, first.action.name.as_str()), (0, "one"));
-        engine
-            .report(
-                &catalog,
-                &agent(),
-                &workflow(),
-                &success(0),
-                SystemTime::now(),
-            )
-            .unwrap();
+        durable(
+            engine
+                .report(
+                    &catalog,
+                    &agent(),
+                    &workflow(),
+                    &success(0),
+                    SystemTime::now(),
+                )
+                .unwrap(),
+        );
         // A new engine on the same store: as after a daemon restart.
         drop(engine);
         let engine = Engine::load(&catalog).unwrap();
@@ -441,15 +574,17 @@ spec: {{templateRef: t, hardwareRef: m}}
             panic!("the second action")
         };
         assert_eq!(second.index, 1);
-        let change = engine
-            .report(
-                &catalog,
-                &agent(),
-                &workflow(),
-                &success(1),
-                SystemTime::now(),
-            )
-            .unwrap();
+        let ((), change) = durable(
+            engine
+                .report(
+                    &catalog,
+                    &agent(),
+                    &workflow(),
+                    &success(1),
+                    SystemTime::now(),
+                )
+                .unwrap(),
+        );
         assert!(change.finished);
         assert_eq!(
             next(&engine, &catalog),
@@ -464,6 +599,40 @@ spec: {{templateRef: t, hardwareRef: m}}
     }
 
     #[test]
+    fn workflows_applied_or_deleted_after_loading_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog(dir.path(), MAC);
+        catalog.delete(&workflow()).unwrap();
+        let engine = Engine::load(&catalog).unwrap();
+        assert_eq!(
+            next(&engine, &catalog),
+            Next::Idle {
+                last_finished: None
+            }
+        );
+        // Applied again while the engine runs: its machine is handed the first action.
+        let mut manifest = Manifest::default();
+        manifest.parse(
+            "again.yaml",
+            "apiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: w, namespace: ns}\n\
+             spec: {templateRef: t, hardwareRef: m}\n",
+        );
+        catalog.apply(manifest.documents).unwrap();
+        let Next::Run(first) = next(&engine, &catalog) else {
+            panic!("the re-applied workflow's first action")
+        };
+        assert_eq!(first.index, 0);
+        catalog.delete(&workflow()).unwrap();
+        engine.forget(&workflow());
+        assert_eq!(
+            next(&engine, &catalog),
+            Next::Idle {
+                last_finished: None
+            }
+        );
+    }
+
+    #[test]
     fn reports_from_another_machine_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = catalog(dir.path(), MAC);
@@ -471,15 +640,15 @@ spec: {{templateRef: t, hardwareRef: m}}
         next(&engine, &catalog);
         let mut stranger = agent();
         stranger.hardware.name = "other".into();
-        let err = engine
-            .report(
-                &catalog,
-                &stranger,
-                &workflow(),
-                &success(0),
-                SystemTime::now(),
-            )
-            .unwrap_err();
+        let Err(err) = engine.report(
+            &catalog,
+            &stranger,
+            &workflow(),
+            &success(0),
+            SystemTime::now(),
+        ) else {
+            panic!("a report from another machine is refused")
+        };
         assert!(matches!(err, EngineError::NotYours { .. }), "{err}");
         assert_eq!(engine.status(&workflow()).unwrap().done(), 0);
     }
@@ -489,9 +658,11 @@ spec: {{templateRef: t, hardwareRef: m}}
         let dir = tempfile::tempdir().unwrap();
         let catalog = catalog(dir.path(), "02:00:00:00:00:99");
         let engine = Engine::load(&catalog).unwrap();
-        let (next, change) = engine
-            .next_action(&catalog, &agent(), SystemTime::now())
-            .unwrap();
+        let (next, change) = durable(
+            engine
+                .next_action(&catalog, &agent(), SystemTime::now())
+                .unwrap(),
+        );
         assert!(change.finished);
         assert_eq!(
             next,

@@ -1,11 +1,12 @@
 //! Resource storage, behind a trait so that a distributed backend (etcd) can sit beside the
 //! embedded one.
+mod group_commit;
 mod redb;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use self::redb::RedbStore;
+pub use self::{group_commit::GroupCommit, redb::RedbStore};
 use crate::{
     engine::WorkflowStatus,
     resource::{Kind, MacAddr, Resource, ResourceKey},
@@ -57,12 +58,15 @@ pub trait Store: Send + Sync {
     fn list(&self, kind: Kind) -> Result<Vec<Resource>, StoreError>;
     /// Removes a resource (and a workflow's run) and returns what it was.
     fn delete(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError>;
-    /// Records a workflow's run. Returns false, writing nothing, when the workflow is gone.
-    fn put_workflow_status(
+    /// Advances with every change to the resources (an apply that changed something, a
+    /// delete), so that what is derived from them knows when to be derived again.
+    fn revision(&self) -> Result<u64, StoreError>;
+    /// Records workflows' runs in one transaction, in order. For each, whether it was stored:
+    /// false, writing nothing, when its workflow is gone.
+    fn put_workflow_statuses(
         &self,
-        key: &ResourceKey,
-        status: &WorkflowStatus,
-    ) -> Result<bool, StoreError>;
+        runs: &[(ResourceKey, WorkflowStatus)],
+    ) -> Result<Vec<bool>, StoreError>;
     fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, WorkflowStatus)>, StoreError>;
 }
 

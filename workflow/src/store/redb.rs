@@ -204,6 +204,14 @@ impl Store for RedbStore {
                 .map_err(backend)?
                 .remove(storage_key(key).as_str())
                 .map_err(backend)?;
+            if removed.is_some() {
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                let revision = meta
+                    .get(REVISION)
+                    .map_err(backend)?
+                    .map_or(0, |v| v.value());
+                meta.insert(REVISION, revision + 1).map_err(backend)?;
+            }
             removed
                 .map(|bytes| decode_record(key.clone(), bytes.value()))
                 .transpose()?
@@ -212,30 +220,41 @@ impl Store for RedbStore {
         Ok(removed)
     }
 
-    fn put_workflow_status(
+    fn revision(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        Ok(meta
+            .get(REVISION)
+            .map_err(backend)?
+            .map_or(0, |v| v.value()))
+    }
+
+    fn put_workflow_statuses(
         &self,
-        key: &ResourceKey,
-        status: &WorkflowStatus,
-    ) -> Result<bool, StoreError> {
-        let storage_key = storage_key(key);
+        runs: &[(ResourceKey, WorkflowStatus)],
+    ) -> Result<Vec<bool>, StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
+        let mut stored = Vec::with_capacity(runs.len());
         {
             let resources = txn.open_table(RESOURCES).map_err(backend)?;
-            if resources
-                .get(storage_key.as_str())
-                .map_err(backend)?
-                .is_none()
-            {
-                return Ok(false);
+            let mut statuses = txn.open_table(WORKFLOW_STATUS).map_err(backend)?;
+            for (key, status) in runs {
+                let storage_key = storage_key(key);
+                let exists = resources
+                    .get(storage_key.as_str())
+                    .map_err(backend)?
+                    .is_some();
+                if exists {
+                    let bytes = serde_json::to_vec(status).map_err(backend)?;
+                    statuses
+                        .insert(storage_key.as_str(), bytes.as_slice())
+                        .map_err(backend)?;
+                }
+                stored.push(exists);
             }
-            let bytes = serde_json::to_vec(status).map_err(backend)?;
-            txn.open_table(WORKFLOW_STATUS)
-                .map_err(backend)?
-                .insert(storage_key.as_str(), bytes.as_slice())
-                .map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
-        Ok(true)
+        Ok(stored)
     }
 
     fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, WorkflowStatus)>, StoreError> {

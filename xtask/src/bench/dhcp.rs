@@ -15,7 +15,7 @@ use super::{
 };
 
 /// The reserved hosts: MAC 02:00:00:00:HH:LL holds 10.88.(4+HH).LL.
-fn hosts(count: u32) -> impl Iterator<Item = (String, String)> {
+pub(super) fn hosts(count: u32) -> impl Iterator<Item = (String, String)> {
     (0..count).map(|index| {
         let (high, low) = (index >> 8, index & 0xff);
         (
@@ -26,12 +26,12 @@ fn hosts(count: u32) -> impl Iterator<Item = (String, String)> {
 }
 
 /// One perfdhcp run at a fixed rate.
-struct Probe {
+pub(super) struct Probe {
     /// Completed 4-way exchanges (ACKs received).
     acks: u64,
-    drops: u64,
+    pub drops: u64,
     /// Milliseconds, one per answered request.
-    delays: Vec<f64>,
+    pub delays: Vec<f64>,
 }
 
 impl Probe {
@@ -47,7 +47,7 @@ impl Probe {
     }
 }
 
-fn probe(lab: &Lab, hosts: u32, rate: u32, seconds: u32) -> anyhow::Result<Probe> {
+pub(super) fn probe(lab: &Lab, hosts: u32, rate: u32, seconds: u32) -> anyhow::Result<Probe> {
     let output = lab.exec(
         CLIENT,
         "perfdhcp",
@@ -170,12 +170,18 @@ fn max_clean_rate(lab: &Lab, settings: &Settings) -> anyhow::Result<f64> {
     Ok(achieved)
 }
 
-fn start_wisp(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Server> {
+/// Wisp with the reserved hosts, its gate in `xdp_mode`.
+pub(super) fn start_wisp(
+    lab: &Lab,
+    work: &Path,
+    settings: &Settings,
+    xdp_mode: &str,
+) -> anyhow::Result<Server> {
     let server = lab::start_wisp(
         lab,
         &settings.wisp,
         &work.join("wisp-data"),
-        &["--xdp-mode", "native"],
+        &["--xdp-mode", xdp_mode],
         &work.join("wisp.log"),
     )?;
     let mut yaml = String::new();
@@ -271,7 +277,9 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
     );
     table.ratio_of = Some(("leases/s".into(), true));
     let servers: [(&str, Start); 3] = [
-        ("Wisp", start_wisp),
+        ("Wisp", |lab, work, settings| {
+            start_wisp(lab, work, settings, "native")
+        }),
         ("Kea", start_kea),
         ("dnsmasq", start_dnsmasq),
     ];

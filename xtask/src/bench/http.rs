@@ -52,24 +52,6 @@ fn parse(text: &str) -> Option<(f64, f64)> {
     Some((throughput?, p99))
 }
 
-/// The peak resident memory (VmHWM) of every process in the server namespace, in MiB.
-fn peak_memory() -> anyhow::Result<f64> {
-    let output = std::process::Command::new("ip")
-        .args(["netns", "pids", SERVER])
-        .output()?;
-    let pids = String::from_utf8_lossy(&output.stdout);
-    let mut kib = 0u64;
-    for pid in pids.split_whitespace() {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        kib += status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
-    Ok(kib as f64 / 1024.0)
-}
-
 fn start_nginx(lab: &Lab, work: &Path, root: &Path) -> anyhow::Result<Server> {
     let temp = work.join("nginx-temp");
     std::fs::create_dir_all(&temp)?;
@@ -152,7 +134,7 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                 println!("    {case}: {throughput:.0} MiB/s, p99 {p99:.1} ms");
                 table.record(&case, name, "MiB/s", throughput);
                 table.record(&case, name, "p99 ms", p99);
-                table.record(&case, name, "peak MiB", peak_memory()?);
+                table.record(&case, name, "peak MiB", lab::peak_memory_mib()?);
             }
         }
     }

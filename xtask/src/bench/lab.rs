@@ -92,6 +92,89 @@ impl Lab {
     }
 }
 
+/// Addresses of simulated machines on the client side, removed on drop.
+pub struct MachineAddresses<'a> {
+    lab: &'a Lab,
+    addresses: Vec<String>,
+    routes: Vec<String>,
+}
+
+impl Lab {
+    /// Puts `addresses` (inside 10.88.0.0/16) on the client side, so that simulated machines
+    /// can call from their reserved addresses. The server reaches them through the client's
+    /// own address, so thousands of machines cost it one neighbour entry, not thousands.
+    pub fn machine_addresses(
+        &self,
+        addresses: impl Iterator<Item = String>,
+    ) -> anyhow::Result<MachineAddresses<'_>> {
+        let addresses: Vec<String> = addresses.collect();
+        let mut routes: Vec<String> = addresses
+            .iter()
+            .filter_map(|address| address.rsplit_once('.'))
+            .map(|(network, _)| format!("{network}.0/24"))
+            .collect();
+        routes.dedup();
+        let guard = MachineAddresses {
+            lab: self,
+            addresses,
+            routes,
+        };
+        self.batch(
+            CLIENT,
+            guard
+                .addresses
+                .iter()
+                .map(|address| format!("addr add {address}/32 dev {CLIENT_IF}")),
+        )?;
+        self.batch(
+            SERVER,
+            guard
+                .routes
+                .iter()
+                .map(|route| format!("route add {route} via 10.88.0.2 dev {SERVER_IF}")),
+        )?;
+        Ok(guard)
+    }
+
+    /// Runs `ip` commands in one `ip -batch`.
+    fn batch(&self, netns: &str, commands: impl Iterator<Item = String>) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args(["-n", netns, "-force", "-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("ip's stdin")?;
+        for command in commands {
+            writeln!(stdin, "{command}")?;
+        }
+        drop(stdin);
+        let output = child.wait_with_output()?;
+        if !output.status.success() {
+            bail!(
+                "ip -batch in {netns}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MachineAddresses<'_> {
+    fn drop(&mut self) {
+        let _ = self.lab.batch(
+            SERVER,
+            self.routes.iter().map(|route| format!("route del {route}")),
+        );
+        let _ = self.lab.batch(
+            CLIENT,
+            self.addresses
+                .iter()
+                .map(|address| format!("addr del {address}/32 dev {CLIENT_IF}")),
+        );
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         Lab::remove();
@@ -134,6 +217,13 @@ impl Server {
     }
 }
 
+impl Server {
+    pub fn pid(&self) -> u32 {
+        // `ip netns exec` execs the server in its own process.
+        self.child.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -161,4 +251,38 @@ pub fn start_wisp(
         lab.exec(SERVER, "curl", &["-sf", "http://127.0.0.1:7480/healthz"])
             .is_ok_and(|output| output.status.success())
     })
+}
+
+/// The pids of every process in the server namespace.
+fn server_pids() -> anyhow::Result<Vec<String>> {
+    let output = std::process::Command::new("ip")
+        .args(["netns", "pids", SERVER])
+        .output()?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect())
+}
+
+/// Starts measuring peak memory afresh (the kernel's VmHWM reset), so that a setup step such
+/// as a large apply is not counted in what follows.
+pub fn reset_peak_memory() -> anyhow::Result<()> {
+    for pid in server_pids()? {
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
+    }
+    Ok(())
+}
+
+/// The peak resident memory (VmHWM) of every process in the server namespace, in MiB.
+pub fn peak_memory_mib() -> anyhow::Result<f64> {
+    let mut kib = 0u64;
+    for pid in server_pids()? {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        kib += status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(kib as f64 / 1024.0)
 }

@@ -5,16 +5,23 @@
 //! `--quick` runs every scenario at small scale, as the test command's smoke test: it checks
 //! only that each scenario ran and produced numbers.
 mod dhcp;
+mod flood;
 mod http;
 mod lab;
 mod report;
 mod tftp;
+mod workflows;
+
+pub use flood::generate as generate_flood;
+pub use workflows::simulate as simulate_workers;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 
 use crate::shell::{output, run, step};
+
+type Run = fn(&lab::Lab, &Path, &Settings) -> anyhow::Result<report::Table>;
 
 /// Sizes and repetitions.
 pub struct Settings {
@@ -30,6 +37,11 @@ pub struct Settings {
     pub http_file_bytes: u32,
     pub http_connections: Vec<usize>,
     pub http_seconds: u32,
+    pub workflow_machines: Vec<u32>,
+    /// Foreign-MAC flood rates per second (0: none; [`flood::UNPACED`]: as fast as possible).
+    pub flood_rates: Vec<u32>,
+    /// The known hosts' exchanges per second during the flood.
+    pub flood_known_rate: u32,
 }
 
 impl Settings {
@@ -49,6 +61,9 @@ impl Settings {
             // 500 connections sharing ~1 GiB/s need ~30 s for every one of them to finish a
             // 64 MiB response; a shorter run has no completed request to time.
             http_seconds: 40,
+            workflow_machines: vec![1_000, 10_000],
+            flood_rates: vec![0, 10_000, 30_000, 100_000, flood::UNPACED],
+            flood_known_rate: 500,
         }
     }
 
@@ -66,11 +81,26 @@ impl Settings {
             http_file_bytes: 4 << 20,
             http_connections: vec![1, 20],
             http_seconds: 2,
+            workflow_machines: vec![50],
+            flood_rates: vec![0, 2_000],
+            flood_known_rate: 100,
         }
     }
 }
 
-pub fn run_benchmarks(root: &Path, quick: bool) -> anyhow::Result<()> {
+/// The scenarios, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    Dhcp,
+    Flood,
+    Tftp,
+    Http,
+    Workflows,
+}
+
+/// Runs the scenarios in `only` (every one when empty). The report is written only by a full
+/// run of every scenario.
+pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Result<()> {
     let settings = if quick {
         run("cargo", &["build", "--bins"])?;
         Settings::quick(root)
@@ -84,12 +114,36 @@ pub fn run_benchmarks(root: &Path, quick: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     let lab = lab::Lab::create()?;
 
-    step("bench: DHCP DORA (perfdhcp against Wisp, Kea and dnsmasq)");
-    let mut tables = vec![dhcp::run(&lab, &work, &settings)?];
-    step("bench: TFTP (atftp against Wisp and tftpd-hpa)");
-    tables.push(tftp::run(&lab, &work, &settings)?);
-    step("bench: HTTP (wrk against Wisp and nginx)");
-    tables.push(http::run(&lab, &work, &settings)?);
+    let mut tables = Vec::new();
+    for scenario in [
+        Scenario::Dhcp,
+        Scenario::Flood,
+        Scenario::Tftp,
+        Scenario::Http,
+        Scenario::Workflows,
+    ] {
+        if !only.is_empty() && !only.contains(&scenario) {
+            continue;
+        }
+        let (title, run): (&str, Run) = match scenario {
+            Scenario::Dhcp => (
+                "DHCP DORA (perfdhcp against Wisp, Kea and dnsmasq)",
+                dhcp::run,
+            ),
+            Scenario::Flood => (
+                "foreign-MAC flood (Wisp with and without its XDP gate)",
+                flood::run,
+            ),
+            Scenario::Tftp => ("TFTP (atftp against Wisp and tftpd-hpa)", tftp::run),
+            Scenario::Http => ("HTTP (wrk against Wisp and nginx)", http::run),
+            Scenario::Workflows => (
+                "workflows (simulated workers against the gRPC worker API)",
+                workflows::run,
+            ),
+        };
+        step(&format!("bench: {title}"));
+        tables.push(run(&lab, &work, &settings)?);
+    }
     drop(lab);
 
     let mut problems = Vec::new();
@@ -111,6 +165,10 @@ pub fn run_benchmarks(root: &Path, quick: bool) -> anyhow::Result<()> {
     }
     if quick {
         println!("bench --quick: every scenario ran and produced numbers");
+        return Ok(());
+    }
+    if !only.is_empty() {
+        println!("not written to docs/benchmarks: the report needs every scenario");
         return Ok(());
     }
     let path = root.join("docs/benchmarks/README.md");

@@ -1,0 +1,192 @@
+//! Foreign-MAC flood: DISCOVERs from random unknown MACs at rising rates, while perfdhcp keeps
+//! serving the known hosts at a steady rate; Wisp with its XDP gate, then with `--xdp-mode off`.
+//! Reported: the CPU time the Wisp process used per second of flood, and the known hosts' p99.
+//!
+//! With the gate, unknown MACs are dropped in the kernel before any socket sees them: their
+//! cost falls on the softirq of whoever sent them, not on Wisp. Without it, every one of them
+//! is received, parsed and refused in userspace.
+use std::{
+    net::UdpSocket,
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+
+use super::{
+    dhcp,
+    lab::{Lab, CLIENT},
+    report::{quantile, Table},
+    Settings,
+};
+
+/// A flood rate that means "as fast as the generator can send".
+pub const UNPACED: u32 = u32::MAX;
+
+fn label(rate: u32) -> String {
+    match rate {
+        0 => "no flood".into(),
+        UNPACED => "flood at full speed".into(),
+        rate => format!("flood at {rate}/s"),
+    }
+}
+
+/// The process's CPU time (user and system) so far, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("a /proc stat line")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / per_second)
+}
+
+pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table> {
+    let mut table = Table::new(
+        "Foreign-MAC flood",
+        &format!(
+            "A generator sends relayed DISCOVERs from random unknown MACs while perfdhcp runs \
+             {} exchanges/s for the known hosts ({} s per step). The flood rate is what the \
+             generator achieved; Wisp's CPU is its process's user and system time per second; \
+             the p99 is the known hosts' request/reply latency.",
+            settings.flood_known_rate, settings.probe_seconds
+        ),
+        &["flood pkt/s", "Wisp CPU %", "known p99 ms", "known drops"],
+    );
+    table.ratio_of = Some(("Wisp CPU %".into(), false));
+    let xtask = settings.wisp.with_file_name("xtask");
+    let xtask = xtask.to_str().context("UTF-8 path")?;
+    for (server, mode) in [("Wisp", "native"), ("Wisp, --xdp-mode off", "off")] {
+        println!("  {server}");
+        let wisp = dhcp::start_wisp(lab, work, settings, mode)?;
+        for _ in 0..settings.runs {
+            for &rate in &settings.flood_rates {
+                let generator = (rate > 0)
+                    .then(|| {
+                        lab.command(CLIENT, xtask)
+                            .args(["bench-flood", "--rate", &rate.to_string()])
+                            .args(["--seconds", &(settings.probe_seconds + 1).to_string()])
+                            .stdout(Stdio::piped())
+                            .spawn()
+                    })
+                    .transpose()?;
+                // Measured while the flood is at its rate.
+                std::thread::sleep(Duration::from_millis(300));
+                let (cpu_before, started) = (cpu_seconds(wisp.pid())?, Instant::now());
+                let known = dhcp::probe(
+                    lab,
+                    settings.dhcp_hosts,
+                    settings.flood_known_rate,
+                    settings.probe_seconds,
+                )?;
+                let cpu = (cpu_seconds(wisp.pid())? - cpu_before) / started.elapsed().as_secs_f64();
+                let achieved = match generator {
+                    Some(generator) => {
+                        let output = generator.wait_with_output()?;
+                        String::from_utf8_lossy(&output.stdout)
+                            .trim()
+                            .parse::<f64>()
+                            .with_context(|| format!("the flood generator at {rate}/s failed"))?
+                    }
+                    None => 0.0,
+                };
+                let p99 = quantile(&known.delays, 0.99).unwrap_or(f64::NAN);
+                let case = label(rate);
+                println!(
+                    "    {case}: {achieved:.0} pkt/s, Wisp CPU {:.1} %, known p99 {p99:.2} ms, {} drops",
+                    cpu * 100.0,
+                    known.drops
+                );
+                table.record(&case, server, "flood pkt/s", achieved);
+                table.record(&case, server, "Wisp CPU %", cpu * 100.0);
+                table.record(&case, server, "known p99 ms", p99);
+                table.record(&case, server, "known drops", known.drops as f64);
+            }
+        }
+        drop(wisp);
+    }
+    Ok(table)
+}
+
+/// `cargo xtask bench-flood`: sends relayed DISCOVERs from random locally administered MACs
+/// (never one of the known hosts' 02:00:00:… MACs) to the server for `seconds`, at `rate` per
+/// second or unpaced, and prints the rate it achieved.
+pub fn generate(rate: u32, seconds: f64) -> anyhow::Result<()> {
+    let socket = UdpSocket::bind("10.88.0.2:0").context("binding the flood socket")?;
+    socket.connect((super::lab::SERVER_IP, 67))?;
+    let mut packet = discover_template();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let started = Instant::now();
+    let duration = Duration::from_secs_f64(seconds);
+    let mut sent: u64 = 0;
+    while started.elapsed() < duration {
+        let due = if rate == UNPACED {
+            sent + 64
+        } else {
+            (started.elapsed().as_secs_f64() * f64::from(rate)) as u64
+        };
+        if sent >= due {
+            std::thread::sleep(Duration::from_micros(200));
+            continue;
+        }
+        while sent < due {
+            // xorshift64: a fresh MAC and transaction id for every packet.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes = state.to_le_bytes();
+            packet[4..8].copy_from_slice(&bytes[0..4]);
+            packet[29..34].copy_from_slice(&bytes[3..8]);
+            // A full socket buffer is the machine's limit, not an error.
+            if socket.send(&packet).is_err() {
+                std::thread::yield_now();
+            }
+            sent += 1;
+        }
+    }
+    println!("{}", sent as f64 / started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A relayed DHCPDISCOVER (giaddr 10.88.0.2, one hop) from MAC 0a:…, padded to BOOTP's 300
+/// bytes; the transaction id (bytes 4..8) and the MAC's last five bytes (29..34) vary.
+fn discover_template() -> [u8; 300] {
+    let mut packet = [0u8; 300];
+    packet[0] = 1; // BOOTREQUEST
+    packet[1] = 1; // Ethernet
+    packet[2] = 6;
+    packet[3] = 1; // hops
+    packet[24..28].copy_from_slice(&[10, 88, 0, 2]); // giaddr
+    packet[28] = 0x0a; // a locally administered MAC, unlike any known host's
+    packet[236..240].copy_from_slice(&[99, 130, 83, 99]); // the magic cookie
+    packet[240..243].copy_from_slice(&[53, 1, 1]); // DHCPDISCOVER
+    packet[243] = 255;
+    packet
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flood_is_well_formed_dhcp_from_unknown_macs() {
+        let packet = discover_template();
+        use dhcproto::Decodable as _;
+        let message = dhcproto::v4::Message::decode(&mut dhcproto::Decoder::new(&packet))
+            .expect("a DHCP message");
+        assert_eq!(
+            message.opts().msg_type(),
+            Some(dhcproto::v4::MessageType::Discover)
+        );
+        assert_eq!(message.giaddr(), std::net::Ipv4Addr::new(10, 88, 0, 2));
+        assert_eq!(message.chaddr()[0], 0x0a, "never a known host's 02:… MAC");
+    }
+}

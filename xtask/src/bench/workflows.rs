@@ -1,0 +1,284 @@
+//! Workflows: a rack's worth of simulated machines, all at once, each running a five-action
+//! workflow against Wisp's real gRPC worker API. Reported: the time until every workflow has
+//! succeeded, actions per second, and Wisp's peak memory. No peer: Tinkerbell is not on this
+//! machine, so the numbers stand alone.
+//!
+//! The simulated workers run in the client namespace (`cargo xtask bench-workers`, started by
+//! this scenario). Each one fetches its iPXE script, as a booting machine does, for the token
+//! the provisioning OS would find on its kernel command line, then opens its own HTTP/2
+//! connection and does what `wisp-worker` does over the wire: GetAction, a RUNNING report and a
+//! SUCCESS report per action, until the server answers NOT_FOUND. Actions take no time, so the
+//! server is what is measured.
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::Path,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpSocket, TcpStream};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::Endpoint,
+    Code, Request,
+};
+use workflow::proto::{
+    workflow_service_client::WorkflowServiceClient, ActionRequest, ActionResponse,
+    ActionStatusRequest, StateType,
+};
+
+use super::{
+    dhcp::hosts,
+    lab::{self, Lab, CLIENT, SERVER, SERVER_IP},
+    report::Table,
+    Settings,
+};
+
+const ACTIONS: usize = 5;
+const SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+
+fn manifest(count: u32) -> String {
+    let steps: String = (1..=ACTIONS)
+        .map(|step| format!("          - {{name: step-{step}, image: bench/step, timeout: 600}}\n"))
+        .collect();
+    let mut yaml = format!(
+        "apiVersion: tinkerbell.org/v1alpha1\nkind: Template\nmetadata: {{name: five-steps, namespace: bench}}\n\
+         spec:\n  data: |\n    version: \"0.1\"\n    name: five-steps\n    global_timeout: 3600\n    tasks:\n\
+         \x20     - name: provision\n        worker: \"{{{{.device_1}}}}\"\n        actions:\n{steps}"
+    );
+    for (index, (mac, address)) in hosts(count).enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {{name: node-{index}, namespace: bench}}\n\
+             spec:\n  interfaces:\n    - dhcp: {{mac: \"{mac}\", ip: {{address: {address}, netmask: 255.255.0.0}}}}\n\
+             \x20     netboot: {{allowPXE: true, allowWorkflow: true}}\n\
+             ---\napiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {{name: wf-{index}, namespace: bench}}\n\
+             spec: {{templateRef: five-steps, hardwareRef: node-{index}, hardwareMap: {{device_1: \"{mac}\"}}}}\n"
+        ));
+    }
+    yaml
+}
+
+/// What `cargo xtask bench-workers` prints, as one JSON line.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Outcome {
+    seconds: f64,
+    actions: u64,
+    failed_workers: u64,
+}
+
+pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table> {
+    let mut table = Table::new(
+        "Workflows",
+        &format!(
+            "Simulated machines, all started at once, each running a {ACTIONS}-action workflow \
+             over its own gRPC connection (GetAction, then RUNNING and SUCCESS reports per \
+             action). The time until every workflow succeeded, actions per second, and Wisp's \
+             peak resident memory while they ran."
+        ),
+        &["seconds", "actions/s", "peak MiB"],
+    );
+    let wisp = settings.wisp.to_str().context("UTF-8 path")?;
+    // Built beside `wisp` by the same `cargo build` (this process's own binary may have been
+    // replaced by that build).
+    let xtask = settings.wisp.with_file_name("xtask");
+    for &count in &settings.workflow_machines {
+        let case = format!("{count} machines");
+        let _addresses = lab.machine_addresses(hosts(count).map(|(_, address)| address))?;
+        let manifest_path = work.join(format!("workflows-{count}.yaml"));
+        std::fs::write(&manifest_path, manifest(count))?;
+        for _ in 0..settings.runs {
+            let _server = lab::start_wisp(
+                lab,
+                &settings.wisp,
+                &work.join("wisp-workflow-data"),
+                &["--xdp-mode", "off"],
+                &work.join("wisp-workflows.log"),
+            )?;
+            lab.exec_ok(
+                SERVER,
+                wisp,
+                &["apply", "-f", manifest_path.to_str().context("UTF-8 path")?],
+            )?;
+            lab::reset_peak_memory()?;
+            let output = lab.exec_ok(
+                CLIENT,
+                xtask.to_str().context("UTF-8 path")?,
+                &["bench-workers", "--machines", &count.to_string()],
+            )?;
+            let outcome: Outcome = output
+                .lines()
+                .last()
+                .and_then(|line| serde_json::from_str(line).ok())
+                .with_context(|| format!("the simulated workers printed no outcome: {output}"))?;
+            if outcome.failed_workers > 0 || outcome.actions != u64::from(count) * ACTIONS as u64 {
+                bail!(
+                    "{} of {count} simulated workers failed, {} actions ran",
+                    outcome.failed_workers,
+                    outcome.actions
+                );
+            }
+            let rate = outcome.actions as f64 / outcome.seconds;
+            println!("    {case}: {:.1} s, {rate:.0} actions/s", outcome.seconds);
+            table.record(&case, "Wisp", "seconds", outcome.seconds);
+            table.record(&case, "Wisp", "actions/s", rate);
+            table.record(&case, "Wisp", "peak MiB", lab::peak_memory_mib()?);
+        }
+    }
+    Ok(table)
+}
+
+/// `cargo xtask bench-workers`: the simulated machines, run inside the client namespace, each
+/// from its reserved address (which the scenario has put there).
+pub fn simulate(machines: u32) -> anyhow::Result<()> {
+    // Ten thousand connections need more than the usual soft limit of 1024 descriptors.
+    rlimit::increase_nofile_limit(u64::MAX)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let machines: Vec<(String, Ipv4Addr)> = hosts(machines)
+        .map(|(mac, address)| Ok((mac, address.parse()?)))
+        .collect::<anyhow::Result<_>>()?;
+    // Booting is not measured: every machine has its script (and token) before the clock starts.
+    let tokens = runtime.block_on(async {
+        let mut tokens = Vec::with_capacity(machines.len());
+        for (mac, address) in &machines {
+            tokens.push(token_of(mac, *address).await?);
+        }
+        anyhow::Ok(tokens)
+    })?;
+    let actions = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let failed = runtime.block_on(async {
+        let workers: Vec<_> = machines
+            .into_iter()
+            .zip(tokens)
+            .map(|((mac, address), token)| {
+                let actions = Arc::clone(&actions);
+                tokio::spawn(async move { simulated_worker(&mac, address, &token, &actions).await })
+            })
+            .collect();
+        let mut failed = 0;
+        for worker in workers {
+            if let Err(err) = worker.await? {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("simulated worker: {err:#}");
+                }
+            }
+        }
+        anyhow::Ok(failed)
+    })?;
+    let outcome = Outcome {
+        seconds: started.elapsed().as_secs_f64(),
+        actions: actions.load(Ordering::Relaxed),
+        failed_workers: failed,
+    };
+    println!("{}", serde_json::to_string(&outcome)?);
+    Ok(())
+}
+
+/// A connection to the server from a machine's own address.
+async fn connect_from(address: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((address, 0)))?;
+    socket
+        .connect(SocketAddr::from((SERVER_ADDRESS, port)))
+        .await
+}
+
+/// The machine's token, from the kernel command line its iPXE script boots (the script has
+/// one only for a request from the machine's reserved address).
+async fn token_of(mac: &str, address: Ipv4Addr) -> anyhow::Result<String> {
+    let connection = TokioIo::new(connect_from(address, 8080).await?);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(connection).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::get(format!("/ipxe/{mac}/auto.ipxe"))
+        .header(hyper::header::HOST, SERVER_IP)
+        .body(Empty::<Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let script = response.into_body().collect().await?.to_bytes();
+    let script = String::from_utf8_lossy(&script);
+    if !status.is_success() {
+        bail!("the script for {mac}: {status}: {script}");
+    }
+    script
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("wisp.token="))
+        .map(str::to_string)
+        .with_context(|| format!("no wisp.token= in the script for {mac}:\n{script}"))
+}
+
+async fn simulated_worker(
+    mac: &str,
+    address: Ipv4Addr,
+    token: &str,
+    actions: &AtomicU64,
+) -> anyhow::Result<()> {
+    let channel = Endpoint::from_shared(format!("http://{SERVER_IP}:42113"))?
+        .connect_timeout(Duration::from_secs(60))
+        .connect_with_connector(tower::service_fn(move |_| async move {
+            connect_from(address, 42113).await.map(TokioIo::new)
+        }))
+        .await
+        .with_context(|| format!("{mac}: connecting from {address}"))?;
+    let mut client = WorkflowServiceClient::new(channel);
+    let bearer = MetadataValue::try_from(format!("Bearer {token}"))?;
+    fn request<T>(bearer: &MetadataValue<Ascii>, body: T) -> Request<T> {
+        let mut request = Request::new(body);
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.clone());
+        request
+    }
+    loop {
+        let action = match client
+            .get_action(request(
+                &bearer,
+                ActionRequest {
+                    agent_id: Some(mac.to_string()),
+                    agent_attributes: None,
+                },
+            ))
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == Code::NotFound => {
+                let state = status.metadata().get("wisp-workflow-state");
+                if state.and_then(|v| v.to_str().ok()) == Some("SUCCESS") {
+                    return Ok(());
+                }
+                bail!("{mac}: no action, and no successful workflow: {status:?}");
+            }
+            Err(status) => bail!("{mac}: GetAction: {status}"),
+        };
+        for state in [StateType::Running, StateType::Success] {
+            client
+                .report_action_status(request(&bearer, report(mac, &action, state)))
+                .await
+                .with_context(|| format!("{mac}: reporting {}", action.name()))?;
+        }
+        actions.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn report(mac: &str, action: &ActionResponse, state: StateType) -> ActionStatusRequest {
+    let now = SystemTime::now();
+    ActionStatusRequest {
+        workflow_id: action.workflow_id.clone(),
+        agent_id: Some(mac.to_string()),
+        task_id: action.task_id.clone(),
+        action_id: action.action_id.clone(),
+        action_name: action.name.clone(),
+        action_state: Some(state as i32),
+        execution_start: Some(now.into()),
+        execution_stop: (state != StateType::Running).then(|| now.into()),
+        execution_duration: Some("0s".into()),
+        message: None,
+    }
+}
