@@ -36,6 +36,8 @@ const PACKAGES: &[&str] = &[
     "tftpd-hpa",
     "nginx-light",
     "wrk",
+    // The font of the benchmark plots.
+    "fonts-dejavu-core",
 ];
 
 /// QEMU comes from backports: the machine's qemu-utils is from there, and bookworm's own

@@ -2,6 +2,7 @@
 //! (`srv`, 10.88.0.1/16) where each server under test runs in turn, and the client side (`cli`,
 //! 10.88.0.2/16) where the load generators run. Removed on drop, with what runs in it.
 use std::{
+    os::unix::process::CommandExt,
     path::Path,
     process::{Child, Command, Output},
     time::{Duration, Instant},
@@ -181,7 +182,7 @@ impl Drop for Lab {
     }
 }
 
-/// A server under test, killed (with its process group) on drop.
+/// A server under test, killed with its process group on drop.
 pub struct Server {
     child: Child,
 }
@@ -194,7 +195,9 @@ impl Server {
         log: &Path,
         ready: impl Fn() -> bool,
     ) -> anyhow::Result<Server> {
+        // Its own process group, so that what it forks (nginx's workers) goes with it.
         let mut child = command
+            .process_group(0)
             .stdout(std::fs::File::create(log)?)
             .stderr(std::fs::File::create(log.with_extension("err"))?)
             .spawn()
@@ -226,7 +229,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Ok(group) = i32::try_from(self.child.id()) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
         let _ = self.child.wait();
     }
 }

@@ -8,6 +8,7 @@ mod dhcp;
 mod flood;
 mod http;
 mod lab;
+mod plot;
 mod report;
 mod tftp;
 mod workflows;
@@ -163,19 +164,101 @@ pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Re
     for problem in &problems {
         eprintln!("warning: {problem}");
     }
+    // The report and its plots go to docs/ only from a full run of every scenario.
+    let partial = quick || !only.is_empty();
+    let directory = if partial {
+        work.join("plots")
+    } else {
+        root.join("docs/benchmarks")
+    };
+    std::fs::create_dir_all(&directory)?;
+    let plots = tables
+        .iter()
+        .map(|table| plots(table, &directory))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     if quick {
-        println!("bench --quick: every scenario ran and produced numbers");
+        println!("bench --quick: every scenario ran and produced numbers and plots");
         return Ok(());
     }
     if !only.is_empty() {
-        println!("not written to docs/benchmarks: the report needs every scenario");
+        println!(
+            "plots in {}; not written to docs/benchmarks: the report needs every scenario",
+            directory.display()
+        );
         return Ok(());
     }
-    let path = root.join("docs/benchmarks/README.md");
-    std::fs::create_dir_all(path.parent().context("a parent")?)?;
-    std::fs::write(&path, document(&tables, &settings))?;
+    let path = directory.join("README.md");
+    std::fs::write(&path, document(&tables, &plots, &settings))?;
     println!("results written to {}", path.display());
     Ok(())
+}
+
+/// Draws `table`'s plots into `directory`; returns their file names.
+fn plots(table: &report::Table, directory: &Path) -> anyhow::Result<Vec<String>> {
+    use plot::Across;
+    let every = |_: &str| true;
+    let mut drawn = Vec::new();
+    let mut draw = |name: &str, result: anyhow::Result<()>| -> anyhow::Result<()> {
+        result.with_context(|| format!("drawing {name}"))?;
+        drawn.push(name.to_string());
+        Ok(())
+    };
+    let path = |name: &str| directory.join(name);
+    match table.title.as_str() {
+        "DHCP DORA" => draw("dhcp.png", plot::bars(table, "leases/s", &path("dhcp.png")))?,
+        "Foreign-MAC flood" => {
+            for (name, column) in [
+                ("flood-cpu.png", "Wisp CPU %"),
+                ("flood-p99.png", "known p99 ms"),
+            ] {
+                let across = Across::Column("flood pkt/s");
+                let result = plot::lines(
+                    table,
+                    across,
+                    "flood (packets/s)",
+                    column,
+                    every,
+                    &path(name),
+                );
+                draw(name, result)?;
+            }
+        }
+        "TFTP" => draw(
+            "tftp.png",
+            plot::lines(
+                table,
+                Across::CaseNumber,
+                "concurrent fetches of the large file",
+                "MiB/s",
+                |case| case.starts_with("ipxe.efi"),
+                &path("tftp.png"),
+            ),
+        )?,
+        "HTTP" => draw(
+            "http.png",
+            plot::lines(
+                table,
+                Across::CaseNumber,
+                "concurrent connections",
+                "MiB/s",
+                every,
+                &path("http.png"),
+            ),
+        )?,
+        "Workflows" => draw(
+            "workflows.png",
+            plot::lines(
+                table,
+                Across::CaseNumber,
+                "machines",
+                "actions/s",
+                every,
+                &path("workflows.png"),
+            ),
+        )?,
+        _ => {}
+    }
+    Ok(drawn)
 }
 
 /// The peers and load generators, with how each tells its version.
@@ -203,7 +286,7 @@ fn version_of(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "not found".into())
 }
 
-fn document(tables: &[report::Table], settings: &Settings) -> String {
+fn document(tables: &[report::Table], plots: &[Vec<String>], settings: &Settings) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -236,8 +319,11 @@ fn document(tables: &[report::Table], settings: &Settings) -> String {
         text.push_str(&format!("- {name}: {}\n", version_of(program, args)));
     }
     text.push_str("\n## Results\n\n");
-    for table in tables {
+    for (table, plots) in tables.iter().zip(plots) {
         text.push_str(&table.markdown());
+        for plot in plots {
+            text.push_str(&format!("![{}]({plot})\n\n", table.title));
+        }
     }
     text
 }
