@@ -161,7 +161,7 @@ impl DhcpServer {
         port: u16,
     ) -> Option<(v4::Message, Outcome)> {
         let message = v4::Message::decode(&mut Decoder::new(payload)).ok()?;
-        self.count_received(&type_name(message.opts().msg_type()));
+        self.count_received(type_name(message.opts().msg_type()));
         let reservations = self.reservations.current();
         let mac = handler::client_mac(&message);
         let context = Context {
@@ -309,7 +309,7 @@ impl DhcpServer {
                 self.metrics
                     .dhcp_replies
                     .get_or_create(&DhcpLabels {
-                        message_type: reply_type,
+                        message_type: reply_type.into(),
                     })
                     .inc();
                 if let Some((mac, xid)) = handoff {
@@ -350,6 +350,19 @@ fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {
 }
 
 /// The metric label of a DHCP message type: `discover`, `offer`, ... (`bootp` without one).
-fn type_name(message_type: Option<v4::MessageType>) -> String {
-    message_type.map_or("bootp".to_string(), |t| format!("{t:?}").to_lowercase())
+/// The metric label of a message type: a constant, as this runs for every packet.
+fn type_name(message_type: Option<v4::MessageType>) -> &'static str {
+    use v4::MessageType::*;
+    match message_type {
+        None => "bootp",
+        Some(Discover) => "discover",
+        Some(Offer) => "offer",
+        Some(Request) => "request",
+        Some(Decline) => "decline",
+        Some(Ack) => "ack",
+        Some(Nak) => "nak",
+        Some(Release) => "release",
+        Some(Inform) => "inform",
+        Some(_) => "other",
+    }
 }

@@ -47,7 +47,10 @@ impl BootHttp {
 
     pub async fn serve(self) -> anyhow::Result<()> {
         let address = SocketAddr::from((self.server, self.port));
-        let assets = ServeDir::new(&self.assets_dir);
+        // Files are read in chunks on the blocking pool: 128 KiB chunks (ServeDir's default is
+        // 64 KiB) halve the hops per byte, for about three chunks of memory per transfer, however
+        // large the file (docs/benchmarks/findings.md).
+        let assets = ServeDir::new(&self.assets_dir).with_buf_chunk_size(128 << 10);
         let boot = Arc::new(self);
         let metadata = metadata::router(Arc::new(Metadata {
             state: Arc::clone(&boot.state),

@@ -32,23 +32,6 @@ fn label(rate: u32) -> String {
     }
 }
 
-/// The process's CPU time (user and system) so far, in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("a /proc stat line")?
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / per_second)
-}
-
 pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table> {
     let mut table = Table::new(
         "Foreign-MAC flood",
@@ -80,14 +63,14 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                     .transpose()?;
                 // Measured while the flood is at its rate.
                 std::thread::sleep(Duration::from_millis(300));
-                let (cpu_before, started) = (cpu_seconds(wisp.pid())?, Instant::now());
+                let (cpu_before, started) = (wisp.cpu_seconds()?, Instant::now());
                 let known = dhcp::probe(
                     lab,
                     settings.dhcp_hosts,
                     settings.flood_known_rate,
                     settings.probe_seconds,
                 )?;
-                let cpu = (cpu_seconds(wisp.pid())? - cpu_before) / started.elapsed().as_secs_f64();
+                let cpu = (wisp.cpu_seconds()? - cpu_before) / started.elapsed().as_secs_f64();
                 let achieved = match generator {
                     Some(generator) => {
                         let output = generator.wait_with_output()?;

@@ -221,9 +221,22 @@ impl Server {
 }
 
 impl Server {
-    pub fn pid(&self) -> u32 {
-        // `ip netns exec` execs the server in its own process.
-        self.child.id()
+    /// The server's CPU time (user and system, all its threads) so far, in seconds. `ip netns
+    /// exec` execs the server, so the child is the server itself.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .context("a /proc stat line")?
+            .1
+            .split_whitespace()
+            .collect();
+        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(ticks / per_second)
     }
 }
 
