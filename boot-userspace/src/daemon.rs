@@ -200,14 +200,29 @@ async fn enforce_timeouts(state: Arc<AppState>) {
     let mut ticks = tokio::time::interval(TIMEOUT_CHECK_PERIOD);
     loop {
         ticks.tick().await;
-        let ended = state.engine.enforce_timeouts(std::time::SystemTime::now());
-        if ended.value == 0 {
-            continue;
-        }
+        // The engine's lock may be held by a call that reads the store: not on a runtime thread.
+        let checking = Arc::clone(&state);
+        let ended = match tokio::task::spawn_blocking(move || {
+            checking
+                .engine
+                .enforce_timeouts(std::time::SystemTime::now())
+        })
+        .await
+        {
+            Ok(ended) if ended.value > 0 => ended,
+            Ok(_) => continue,
+            Err(err) => {
+                tracing::error!("the timeout check failed: {err}");
+                continue;
+            }
+        };
         tracing::warn!(workflows = ended.value, "workflows timed out");
         let synced = match ended.durable.wait().await {
             Ok(_) => state.sync_hardware_coalesced().await,
-            Err(err) => Err(err.into()),
+            Err(err) => {
+                state.reload_runs().await;
+                Err(err.into())
+            }
         };
         if let Err(err) = synced {
             tracing::error!("enforcing workflow timeouts failed: {err:#}");

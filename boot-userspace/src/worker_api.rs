@@ -94,11 +94,14 @@ impl WorkerApi {
             .await
             .map_err(|err| Status::internal(err.to_string()))?
             .map_err(engine_status)?;
-        let stored = decision
-            .durable
-            .wait()
-            .await
-            .map_err(|err| engine_status(err.into()))?;
+        let stored = match decision.durable.wait().await {
+            Ok(stored) => stored,
+            Err(err) => {
+                tracing::error!("storing a workflow change failed: {err}");
+                self.state.reload_runs().await;
+                return Err(engine_status(err.into()));
+            }
+        };
         if !stored {
             return Err(Status::not_found("the workflow was deleted meanwhile"));
         }

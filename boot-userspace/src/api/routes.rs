@@ -69,6 +69,16 @@ impl AppState {
         Ok(machines)
     }
 
+    /// Puts the engine's runs back in line with the store after a commit failed.
+    pub async fn reload_runs(self: &Arc<Self>) {
+        let state = Arc::clone(self);
+        let reloaded =
+            tokio::task::spawn_blocking(move || state.engine.reload(&state.catalog)).await;
+        if !matches!(reloaded, Ok(Ok(()))) {
+            tracing::error!("the workflow runs could not be reloaded from the store");
+        }
+    }
+
     /// [`AppState::sync_hardware`], shared with the callers waiting at the same time; returns
     /// once a sync that started after this call has finished.
     pub async fn sync_hardware_coalesced(self: &Arc<Self>) -> anyhow::Result<()> {

@@ -85,23 +85,33 @@ pub struct Decision<T> {
     pub durable: Durable,
 }
 
-/// Queued writes of workflow runs.
+/// The writes an engine call queued. The writer commits in queue order, so once they are
+/// durable so is every change made before the call, and the call may be answered. A call that
+/// changed nothing queues a barrier: its answer may rest on a change still on its way.
 #[must_use = "wait for the writes before answering"]
 #[derive(Default)]
-pub struct Durable(Vec<QueuedWrite>);
+pub struct Durable {
+    /// Each write, with whether the answer rests on it being stored (its workflow still
+    /// existing).
+    writes: Vec<(QueuedWrite, bool)>,
+}
 
 /// A write queued to the store: whether it was stored, once it is durable.
 type QueuedWrite = Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
 
+/// What the writer is given: a run to store, or `None`, a barrier that stores nothing.
+type Queued = Option<(ResourceKey, WorkflowStatus)>;
+
 impl Durable {
-    /// Waits until the writes are durable. False when a workflow was deleted meanwhile, so
-    /// that its run was not stored.
+    /// Waits until the writes are durable. False when the workflow the answer is about was
+    /// deleted meanwhile, so that its run was not stored.
     pub async fn wait(self) -> Result<bool, StoreError> {
-        let mut all_stored = true;
-        for write in self.0 {
-            all_stored &= write.await.map_err(StoreError::Backend)?;
+        let mut answer_stands = true;
+        for (write, answer_rests_on_it) in self.writes {
+            let stored = write.await.map_err(StoreError::Backend)?;
+            answer_stands &= stored || !answer_rests_on_it;
         }
-        Ok(all_stored)
+        Ok(answer_stands)
     }
 }
 
@@ -112,7 +122,7 @@ pub struct Engine {
     /// The lock serialises changes, so each is read, changed and queued for writing as a unit,
     /// and writes reach the store in the order the changes were made.
     state: Mutex<EngineState>,
-    writer: GroupCommit<(ResourceKey, WorkflowStatus), bool>,
+    writer: GroupCommit<Queued, bool>,
 }
 
 struct EngineState {
@@ -175,15 +185,20 @@ impl Engine {
     /// workflows carry on, with their timeouts measured from the stored start times.
     pub fn load<S: Store + Clone + 'static>(catalog: &Catalog<S>) -> Result<Engine, StoreError> {
         let store = catalog.store().clone();
-        let writer =
-            GroupCommit::start(
-                "workflow-writer",
-                MAX_BATCH,
-                move |runs: Vec<_>| match store.put_workflow_statuses(&runs) {
-                    Ok(stored) => stored.into_iter().map(Ok).collect(),
-                    Err(err) => vec![Err(err.to_string()); runs.len()],
-                },
-            );
+        let writer = GroupCommit::start("workflow-writer", MAX_BATCH, move |batch: Vec<Queued>| {
+            let barriers: Vec<bool> = batch.iter().map(Option::is_none).collect();
+            let runs: Vec<_> = batch.into_iter().flatten().collect();
+            match store.put_workflow_statuses(&runs) {
+                Ok(stored) => {
+                    let mut stored = stored.into_iter();
+                    barriers
+                        .into_iter()
+                        .map(|barrier| Ok(barrier || stored.next().unwrap_or(false)))
+                        .collect()
+                }
+                Err(err) => vec![Err(err.to_string()); barriers.len()],
+            }
+        });
         Ok(Engine {
             state: Mutex::new(EngineState {
                 runs: catalog.store().workflow_statuses()?.into_iter().collect(),
@@ -199,18 +214,37 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a run's change for the store; the in-memory run changes with it.
+    /// Queues a run's change for the store; the in-memory run changes with it. If a commit
+    /// fails, [`Engine::reload`] puts memory back in line with the store.
     fn write(
         &self,
         runs: &mut HashMap<ResourceKey, WorkflowStatus>,
         durable: &mut Durable,
         key: &ResourceKey,
         status: WorkflowStatus,
+        answer_rests_on_it: bool,
     ) {
-        durable
-            .0
-            .push(Box::pin(self.writer.submit((key.clone(), status.clone()))));
+        let queued = self.writer.submit(Some((key.clone(), status.clone())));
+        durable.writes.push((Box::pin(queued), answer_rests_on_it));
         runs.insert(key.clone(), status);
+    }
+
+    /// For a call that queued nothing: its answer waits for the changes queued before it.
+    fn barrier(&self, mut durable: Durable) -> Durable {
+        if durable.writes.is_empty() {
+            durable
+                .writes
+                .push((Box::pin(self.writer.submit(None)), false));
+        }
+        durable
+    }
+
+    /// Takes the runs from the store again, after a commit failed: memory must not keep a
+    /// change the store does not have.
+    pub fn reload<S: Store>(&self, catalog: &Catalog<S>) -> Result<(), StoreError> {
+        let runs = catalog.store().workflow_statuses()?.into_iter().collect();
+        self.state().runs = runs;
+        Ok(())
     }
 
     pub fn status(&self, key: &ResourceKey) -> Option<WorkflowStatus> {
@@ -271,7 +305,7 @@ impl Engine {
                     Some(Ok(status)) => status,
                     Some(Err(message)) => {
                         let failed = WorkflowStatus::failed_to_start(message, now);
-                        self.write(runs, &mut durable, &key, failed);
+                        self.write(runs, &mut durable, &key, failed, false);
                         change.finished = true;
                         continue;
                     }
@@ -288,7 +322,7 @@ impl Engine {
                 index: current,
                 action: status.actions[current].clone(),
             };
-            self.write(runs, &mut durable, &key, status);
+            self.write(runs, &mut durable, &key, status, true);
             return Ok(Decision {
                 value: Next::Run(Box::new(assignment)),
                 change,
@@ -304,7 +338,7 @@ impl Engine {
         Ok(Decision {
             value: Next::Idle { last_finished },
             change,
-            durable,
+            durable: self.barrier(durable),
         })
     }
 
@@ -355,12 +389,12 @@ impl Engine {
         };
         let mut durable = Durable::default();
         if status != before {
-            self.write(runs, &mut durable, workflow, status);
+            self.write(runs, &mut durable, workflow, status, true);
         }
         Ok(Decision {
             value: (),
             change,
-            durable,
+            durable: self.barrier(durable),
         })
     }
 
@@ -383,7 +417,7 @@ impl Engine {
             .collect();
         let count = ended.len();
         for (key, status) in ended {
-            self.write(&mut state.runs, &mut durable, &key, status);
+            self.write(&mut state.runs, &mut durable, &key, status, false);
         }
         Decision {
             value: count,

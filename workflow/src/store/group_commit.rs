@@ -83,15 +83,21 @@ mod tests {
     async fn changes_queued_together_share_a_commit_in_order() {
         let commits = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&commits);
-        // The first commit holds the writer long enough for the rest to queue behind it.
+        let (entered, first_commit_started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        // The first commit is held until the rest have queued behind it.
         let writer = GroupCommit::start("test-writer", 100, move |batch: Vec<u32>| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            if seen.lock().unwrap().is_empty() {
+                entered.send(()).unwrap();
+                released.recv().unwrap();
+            }
             seen.lock().unwrap().push(batch.clone());
             batch.into_iter().map(|n| Ok(n * 10)).collect()
         });
         let first = writer.submit(1);
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        first_commit_started.recv().unwrap();
         let rest: Vec<_> = (2..=5).map(|n| writer.submit(n)).collect();
+        release.send(()).unwrap();
         assert_eq!(first.await, Ok(10));
         for (n, outcome) in (2..=5).zip(rest) {
             assert_eq!(outcome.await, Ok(n * 10));

@@ -38,8 +38,9 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
         &format!(
             "A generator sends relayed DISCOVERs from random unknown MACs while perfdhcp runs \
              {} exchanges/s for the known hosts ({} s per step). The flood rate is what the \
-             generator achieved; Wisp's CPU is its process's user and system time per second; \
-             the p99 is the known hosts' request/reply latency.",
+             generator achieved; Wisp's CPU is its process's user and system time per second, \
+             measured inside the probe while the flood runs; the p99 is the known hosts' \
+             request/reply latency.",
             settings.flood_known_rate, settings.probe_seconds
         ),
         &["flood pkt/s", "Wisp CPU %", "known p99 ms", "known drops"],
@@ -52,33 +53,34 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
         let wisp = dhcp::start_wisp(lab, work, settings, mode)?;
         for _ in 0..settings.runs {
             for &rate in &settings.flood_rates {
+                // The flood outlasts perfdhcp (its start, its probe, its wait for late replies),
+                // so that the CPU window, inside perfdhcp's probe, is all under flood.
                 let generator = (rate > 0)
-                    .then(|| {
-                        lab.command(CLIENT, xtask)
-                            .args(["bench-flood", "--rate", &rate.to_string()])
-                            .args(["--seconds", &(settings.probe_seconds + 1).to_string()])
-                            .stdout(Stdio::piped())
-                            .spawn()
-                    })
+                    .then(|| Generator::start(lab, xtask, rate, settings.probe_seconds + 3))
                     .transpose()?;
-                // Measured while the flood is at its rate.
                 std::thread::sleep(Duration::from_millis(300));
-                let (cpu_before, started) = (wisp.cpu_seconds()?, Instant::now());
-                let known = dhcp::probe(
-                    lab,
-                    settings.dhcp_hosts,
-                    settings.flood_known_rate,
-                    settings.probe_seconds,
-                )?;
-                let cpu = (wisp.cpu_seconds()? - cpu_before) / started.elapsed().as_secs_f64();
+                let (known, cpu) = std::thread::scope(|scope| -> anyhow::Result<_> {
+                    let known = scope.spawn(|| {
+                        dhcp::probe(
+                            lab,
+                            settings.dhcp_hosts,
+                            settings.flood_known_rate,
+                            settings.probe_seconds,
+                        )
+                    });
+                    std::thread::sleep(Duration::from_millis(500));
+                    let (before, started) = (wisp.cpu_seconds()?, Instant::now());
+                    std::thread::sleep(Duration::from_secs(
+                        u64::from(settings.probe_seconds).saturating_sub(1).max(1),
+                    ));
+                    let cpu = (wisp.cpu_seconds()? - before) / started.elapsed().as_secs_f64();
+                    let known = known
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("the perfdhcp thread panicked"))??;
+                    Ok((known, cpu))
+                })?;
                 let achieved = match generator {
-                    Some(generator) => {
-                        let output = generator.wait_with_output()?;
-                        String::from_utf8_lossy(&output.stdout)
-                            .trim()
-                            .parse::<f64>()
-                            .with_context(|| format!("the flood generator at {rate}/s failed"))?
-                    }
+                    Some(generator) => generator.finish()?,
                     None => 0.0,
                 };
                 let p99 = quantile(&known.delays, 0.99).unwrap_or(f64::NAN);
@@ -97,6 +99,44 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
         drop(wisp);
     }
     Ok(table)
+}
+
+/// The flood generator, run in the client namespace; killed on drop if it has not finished.
+struct Generator(Option<std::process::Child>);
+
+impl Generator {
+    fn start(lab: &Lab, xtask: &str, rate: u32, seconds: u32) -> anyhow::Result<Generator> {
+        let child = lab
+            .command(CLIENT, xtask)
+            .args(["bench-flood", "--rate", &rate.to_string()])
+            .args(["--seconds", &seconds.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting the flood generator")?;
+        Ok(Generator(Some(child)))
+    }
+
+    /// Waits for the end of the flood; the rate it achieved.
+    fn finish(mut self) -> anyhow::Result<f64> {
+        let output = self
+            .0
+            .take()
+            .context("a running generator")?
+            .wait_with_output()?;
+        String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse::<f64>()
+            .context("the flood generator printed no rate")
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// `cargo xtask bench-flood`: sends relayed DISCOVERs from random locally administered MACs
@@ -128,11 +168,12 @@ pub fn generate(rate: u32, seconds: f64) -> anyhow::Result<()> {
             let bytes = state.to_le_bytes();
             packet[4..8].copy_from_slice(&bytes[0..4]);
             packet[29..34].copy_from_slice(&bytes[3..8]);
-            // A full socket buffer is the machine's limit, not an error.
-            if socket.send(&packet).is_err() {
+            // A full socket buffer is the machine's limit: counted only when sent.
+            if socket.send(&packet).is_ok() {
+                sent += 1;
+            } else {
                 std::thread::yield_now();
             }
-            sent += 1;
         }
     }
     println!("{}", sent as f64 / started.elapsed().as_secs_f64());

@@ -196,27 +196,28 @@ impl Server {
         ready: impl Fn() -> bool,
     ) -> anyhow::Result<Server> {
         // Its own process group, so that what it forks (nginx's workers) goes with it.
-        let mut child = command
+        let child = command
             .process_group(0)
             .stdout(std::fs::File::create(log)?)
             .stderr(std::fs::File::create(log.with_extension("err"))?)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
+        // From here on, an early return kills it (and its group) on drop.
+        let mut server = Server { child };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready() {
-            if let Some(status) = child.try_wait()? {
+            if let Some(status) = server.child.try_wait()? {
                 bail!(
                     "{name} exited with {status}: {}",
                     std::fs::read_to_string(log.with_extension("err")).unwrap_or_default()
                 );
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
                 bail!("{name} did not become ready within 30 s");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        Ok(Server { child })
+        Ok(server)
     }
 }
 
@@ -287,7 +288,8 @@ fn server_pids() -> anyhow::Result<Vec<String>> {
 /// as a large apply is not counted in what follows.
 pub fn reset_peak_memory() -> anyhow::Result<()> {
     for pid in server_pids()? {
-        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")?;
+        // A process that has just exited has nothing to reset.
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
     }
     Ok(())
 }

@@ -116,6 +116,7 @@ pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Re
     let lab = lab::Lab::create()?;
 
     let mut tables = Vec::new();
+    let mut failures = Vec::new();
     for scenario in [
         Scenario::Dhcp,
         Scenario::Flood,
@@ -143,11 +144,19 @@ pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Re
             ),
         };
         step(&format!("bench: {title}"));
-        tables.push(run(&lab, &work, &settings)?);
+        // A full run keeps the other scenarios' numbers when one fails, and reports it.
+        match run(&lab, &work, &settings) {
+            Ok(table) => tables.push(table),
+            Err(err) if !quick => {
+                eprintln!("warning: {title} failed: {err:#}");
+                failures.push(format!("{title}: {err:#}"));
+            }
+            Err(err) => return Err(err),
+        }
     }
     drop(lab);
 
-    let mut problems = Vec::new();
+    let mut problems = failures.clone();
     for table in &tables {
         if let Err(problem) = table.complete() {
             problems.push(problem);
@@ -172,10 +181,18 @@ pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Re
         root.join("docs/benchmarks")
     };
     std::fs::create_dir_all(&directory)?;
-    let plots = tables
-        .iter()
-        .map(|table| plots(table, &directory))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    // The smoke test insists on plots too; a full run keeps its numbers when a plot fails.
+    let mut plot_files = Vec::new();
+    for table in &tables {
+        match plots(table, &directory) {
+            Ok(files) => plot_files.push(files),
+            Err(err) if !quick => {
+                eprintln!("warning: {err:#}");
+                plot_files.push(Vec::new());
+            }
+            Err(err) => return Err(err),
+        }
+    }
     if quick {
         println!("bench --quick: every scenario ran and produced numbers and plots");
         return Ok(());
@@ -188,7 +205,7 @@ pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Re
         return Ok(());
     }
     let path = directory.join("README.md");
-    std::fs::write(&path, document(&tables, &plots, &settings))?;
+    std::fs::write(&path, document(&tables, &plot_files, &failures, &settings))?;
     println!("results written to {}", path.display());
     Ok(())
 }
@@ -286,7 +303,12 @@ fn version_of(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|| "not found".into())
 }
 
-fn document(tables: &[report::Table], plots: &[Vec<String>], settings: &Settings) -> String {
+fn document(
+    tables: &[report::Table],
+    plots: &[Vec<String>],
+    failures: &[String],
+    settings: &Settings,
+) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -323,6 +345,12 @@ fn document(tables: &[report::Table], plots: &[Vec<String>], settings: &Settings
         text.push_str(&table.markdown());
         for plot in plots {
             text.push_str(&format!("![{}]({plot})\n\n", table.title));
+        }
+    }
+    if !failures.is_empty() {
+        text.push_str("## Scenarios that failed in this run\n\n");
+        for failure in failures {
+            text.push_str(&format!("- {}\n", failure.replace('\n', " ")));
         }
     }
     text

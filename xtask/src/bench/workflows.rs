@@ -43,6 +43,8 @@ use super::{
 
 const ACTIONS: usize = 5;
 const SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
+/// How long one simulated machine may take for its whole workflow.
+const WORKER_DEADLINE: Duration = Duration::from_secs(600);
 
 fn manifest(count: u32) -> String {
     let steps: String = (1..=ACTIONS)
@@ -70,6 +72,8 @@ fn manifest(count: u32) -> String {
 struct Outcome {
     seconds: f64,
     actions: u64,
+    /// Calls retried after a transient failure.
+    retries: u64,
     failed_workers: u64,
 }
 
@@ -79,10 +83,11 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
         &format!(
             "Simulated machines, all started at once, each running a {ACTIONS}-action workflow \
              over its own gRPC connection (GetAction, then RUNNING and SUCCESS reports per \
-             action). The time until every workflow succeeded, actions per second, and Wisp's \
-             peak resident memory while they ran."
+             action; transient failures retried, as `wisp-worker` does, and counted). The time until \
+             every workflow succeeded, actions per second, and Wisp's peak resident memory while \
+             they ran."
         ),
-        &["seconds", "actions/s", "peak MiB"],
+        &["seconds", "actions/s", "retried calls", "peak MiB"],
     );
     let wisp = settings.wisp.to_str().context("UTF-8 path")?;
     // Built beside `wisp` by the same `cargo build` (this process's own binary may have been
@@ -107,27 +112,36 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                 &["apply", "-f", manifest_path.to_str().context("UTF-8 path")?],
             )?;
             lab::reset_peak_memory()?;
-            let output = lab.exec_ok(
+            let output = lab.exec(
                 CLIENT,
                 xtask.to_str().context("UTF-8 path")?,
                 &["bench-workers", "--machines", &count.to_string()],
             )?;
-            let outcome: Outcome = output
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+            );
+            let outcome: Outcome = stdout
                 .lines()
                 .last()
                 .and_then(|line| serde_json::from_str(line).ok())
-                .with_context(|| format!("the simulated workers printed no outcome: {output}"))?;
+                .with_context(|| format!("the simulated workers printed no outcome: {stderr}"))?;
             if outcome.failed_workers > 0 || outcome.actions != u64::from(count) * ACTIONS as u64 {
                 bail!(
-                    "{} of {count} simulated workers failed, {} actions ran",
+                    "{} of {count} simulated workers failed, {} actions ran; the first \
+                     failures:\n{stderr}",
                     outcome.failed_workers,
                     outcome.actions
                 );
             }
             let rate = outcome.actions as f64 / outcome.seconds;
-            println!("    {case}: {:.1} s, {rate:.0} actions/s", outcome.seconds);
+            println!(
+                "    {case}: {:.1} s, {rate:.0} actions/s, {} retried calls",
+                outcome.seconds, outcome.retries
+            );
             table.record(&case, "Wisp", "seconds", outcome.seconds);
             table.record(&case, "Wisp", "actions/s", rate);
+            table.record(&case, "Wisp", "retried calls", outcome.retries as f64);
             table.record(&case, "Wisp", "peak MiB", lab::peak_memory_mib()?);
         }
     }
@@ -151,15 +165,23 @@ pub fn simulate(machines: u32) -> anyhow::Result<()> {
         }
         anyhow::Ok(tokens)
     })?;
-    let actions = Arc::new(AtomicU64::new(0));
+    let counts = Arc::new(Counts::default());
     let started = Instant::now();
     let failed = runtime.block_on(async {
         let workers: Vec<_> = machines
             .into_iter()
             .zip(tokens)
             .map(|((mac, address), token)| {
-                let actions = Arc::clone(&actions);
-                tokio::spawn(async move { simulated_worker(&mac, address, &token, &actions).await })
+                let counts = Arc::clone(&counts);
+                tokio::spawn(async move {
+                    let worker = simulated_worker(&mac, address, &token, &counts);
+                    // A stuck call fails the run instead of hanging it.
+                    tokio::time::timeout(WORKER_DEADLINE, worker)
+                        .await
+                        .map_err(|_| {
+                            anyhow::anyhow!("{mac}: not done within {WORKER_DEADLINE:?}")
+                        })?
+                })
             })
             .collect();
         let mut failed = 0;
@@ -175,7 +197,8 @@ pub fn simulate(machines: u32) -> anyhow::Result<()> {
     })?;
     let outcome = Outcome {
         seconds: started.elapsed().as_secs_f64(),
-        actions: actions.load(Ordering::Relaxed),
+        actions: counts.actions.load(Ordering::Relaxed),
+        retries: counts.retries.load(Ordering::Relaxed),
         failed_workers: failed,
     };
     println!("{}", serde_json::to_string(&outcome)?);
@@ -214,39 +237,78 @@ async fn token_of(mac: &str, address: Ipv4Addr) -> anyhow::Result<String> {
         .with_context(|| format!("no wisp.token= in the script for {mac}:\n{script}"))
 }
 
+/// What the simulated machines count.
+#[derive(Default)]
+struct Counts {
+    actions: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// Whether a failed call is worth retrying, as `wisp-worker` retries it.
+fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+    )
+}
+
+/// Calls until the call succeeds or fails for good; transient failures are retried after a
+/// pause, and counted.
+async fn with_retries<T, F, Call>(counts: &Counts, mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Call,
+    Call: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    loop {
+        match call().await {
+            Err(status) if transient(status.code()) => {
+                counts.retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+fn request<T>(bearer: &MetadataValue<Ascii>, body: T) -> Request<T> {
+    let mut request = Request::new(body);
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    request
+}
+
 async fn simulated_worker(
     mac: &str,
     address: Ipv4Addr,
     token: &str,
-    actions: &AtomicU64,
+    counts: &Counts,
 ) -> anyhow::Result<()> {
+    // Lazy, as in `wisp-worker`: a failed connection shows as UNAVAILABLE, which is retried.
     let channel = Endpoint::from_shared(format!("http://{SERVER_IP}:42113"))?
         .connect_timeout(Duration::from_secs(60))
-        .connect_with_connector(tower::service_fn(move |_| async move {
+        .connect_with_connector_lazy(tower::service_fn(move |_| async move {
             connect_from(address, 42113).await.map(TokioIo::new)
-        }))
-        .await
-        .with_context(|| format!("{mac}: connecting from {address}"))?;
-    let mut client = WorkflowServiceClient::new(channel);
+        }));
+    let client = WorkflowServiceClient::new(channel);
     let bearer = MetadataValue::try_from(format!("Bearer {token}"))?;
-    fn request<T>(bearer: &MetadataValue<Ascii>, body: T) -> Request<T> {
-        let mut request = Request::new(body);
-        request
-            .metadata_mut()
-            .insert("authorization", bearer.clone());
-        request
-    }
     loop {
-        let action = match client
-            .get_action(request(
-                &bearer,
-                ActionRequest {
-                    agent_id: Some(mac.to_string()),
-                    agent_attributes: None,
-                },
-            ))
-            .await
-        {
+        let asked = with_retries(counts, || {
+            let mut client = client.clone();
+            let body = ActionRequest {
+                agent_id: Some(mac.to_string()),
+                agent_attributes: None,
+            };
+            let request = request(&bearer, body);
+            async move { client.get_action(request).await }
+        })
+        .await;
+        let action = match asked {
             Ok(response) => response.into_inner(),
             Err(status) if status.code() == Code::NotFound => {
                 let state = status.metadata().get("wisp-workflow-state");
@@ -258,12 +320,15 @@ async fn simulated_worker(
             Err(status) => bail!("{mac}: GetAction: {status}"),
         };
         for state in [StateType::Running, StateType::Success] {
-            client
-                .report_action_status(request(&bearer, report(mac, &action, state)))
-                .await
-                .with_context(|| format!("{mac}: reporting {}", action.name()))?;
+            with_retries(counts, || {
+                let mut client = client.clone();
+                let request = request(&bearer, report(mac, &action, state));
+                async move { client.report_action_status(request).await }
+            })
+            .await
+            .with_context(|| format!("{mac}: reporting {}", action.name()))?;
         }
-        actions.fetch_add(1, Ordering::Relaxed);
+        counts.actions.fetch_add(1, Ordering::Relaxed);
     }
 }
 
