@@ -50,6 +50,20 @@ pub struct Agent {
     client: WorkflowServiceClient<Channel>,
 }
 
+/// Whether a failed call is worth retrying: the server is away, restarting or overloaded,
+/// rather than refusing the call.
+pub fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Internal
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Aborted
+    )
+}
+
 impl Agent {
     pub fn connect(config: Config) -> anyhow::Result<Agent> {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -159,17 +173,7 @@ impl Agent {
                 .block_on(client.report_action_status(self.request(body.clone())))
             {
                 Ok(_) => return Ok(()),
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        Code::Unavailable
-                            | Code::Unknown
-                            | Code::Internal
-                            | Code::DeadlineExceeded
-                            | Code::ResourceExhausted
-                            | Code::Aborted
-                    ) =>
-                {
+                Err(status) if transient(status.code()) => {
                     tracing::warn!("reporting {}: {status}; retrying", action.name());
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -244,21 +244,8 @@ struct Counts {
     retries: AtomicU64,
 }
 
-/// Whether a failed call is worth retrying, as `wisp-worker` retries it.
-fn transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::Unknown
-            | Code::Internal
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Aborted
-    )
-}
-
-/// Calls until the call succeeds or fails for good; transient failures are retried after a
-/// pause, and counted.
+/// Calls until the call succeeds or fails for good; transient failures (as `wisp-worker` judges
+/// them) are retried after a pause, and counted.
 async fn with_retries<T, F, Call>(counts: &Counts, mut call: F) -> Result<T, tonic::Status>
 where
     F: FnMut() -> Call,
@@ -266,7 +253,7 @@ where
 {
     loop {
         match call().await {
-            Err(status) if transient(status.code()) => {
+            Err(status) if workflow::agent::transient(status.code()) => {
                 counts.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
