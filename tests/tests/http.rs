@@ -165,6 +165,63 @@ fn scripts_refusals_and_assets_with_head_and_range() {
     assert_eq!(status, 206);
     assert!(part == image[1000..2000], "the range's bytes differ");
 
+    // Plain fetches are sent with sendfile; what that fast path declines goes, with its
+    // connection, to the router. One connection: a range, a script, then an asset again.
+    let asset = "http://10.99.0.1:8080/assets/disk.img";
+    let reused = lab.client.exec_ok(
+        "curl",
+        &[
+            "-s",
+            "-w",
+            "%{http_code}:%{num_connects} ",
+            "-o",
+            "/dev/null",
+            "-r",
+            "0-99",
+            asset,
+            "--next",
+            "-s",
+            "-w",
+            "%{http_code}:%{num_connects} ",
+            "-o",
+            "/dev/null",
+            "http://10.99.0.1:8080/ipxe/1c:69:7a:00:00:02/auto.ipxe",
+            "--next",
+            "-s",
+            "-w",
+            "%{http_code}:%{num_connects} ",
+            "-o",
+            "/dev/null",
+            asset,
+        ],
+    );
+    assert_eq!(
+        reused.trim(),
+        "206:1 200:0 200:0",
+        "one connection throughout"
+    );
+    std::fs::write(work.join("secret"), "not an asset").expect("write a file beside the assets");
+    let escape = lab.client.exec_ok(
+        "curl",
+        &[
+            "-s",
+            "--path-as-is",
+            "-w",
+            " %{http_code}",
+            "http://10.99.0.1:8080/assets/../secret",
+        ],
+    );
+    assert!(!escape.contains("not an asset"), "{escape}");
+    assert!(escape.ends_with(" 404"), "{escape}");
+    let (status, _) = fetch(&lab, "/assets/missing.img", &[]);
+    assert_eq!(status, 404);
+    let (status, _) = fetch(
+        &lab,
+        "/assets/disk.img",
+        &["-H", "Range: bytes=2000000-3000000"],
+    );
+    assert_eq!(status, 416, "a range past the end");
+
     // The iPXE binaries, for UEFI HTTP boot.
     let (status, efi) = fetch(&lab, "/ipxe/snponly.efi", &[]);
     assert_eq!(status, 200);
@@ -181,6 +238,13 @@ fn scripts_refusals_and_assets_with_head_and_range() {
         metric(
             &lab.server,
             "wisp_http_requests_total{route=\"/assets\",status=\"206\"}"
+        ),
+        Some(2)
+    );
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_http_requests_total{route=\"/assets\",status=\"416\"}"
         ),
         Some(1)
     );

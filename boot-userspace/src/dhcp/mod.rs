@@ -349,8 +349,8 @@ fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {
     Ok(UdpSocket::from_std(socket.into())?)
 }
 
-/// The metric label of a DHCP message type: `discover`, `offer`, ... (`bootp` without one).
-/// The metric label of a message type: a constant, as this runs for every packet.
+/// The metric label of a DHCP message type (`bootp` without one): a constant, as this runs for
+/// every packet.
 fn type_name(message_type: Option<v4::MessageType>) -> &'static str {
     use v4::MessageType::*;
     match message_type {

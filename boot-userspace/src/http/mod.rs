@@ -2,6 +2,7 @@
 //! for UEFI HTTP boot, and the boot assets (kernel, initramfs, images) with HEAD and Range.
 //! It is separate from the API, which stays on loopback: machines on the boot network must not
 //! be able to change resources.
+pub mod assets;
 pub mod script;
 
 use std::{
@@ -26,9 +27,11 @@ use crate::{
     api::routes::AppState,
     identity::MachineTokens,
     metadata::{self, Metadata},
-    metrics::HttpLabels,
+    metrics::{HttpLabels, Metrics},
     tftp::BootFiles,
 };
+use assets::AssetListener;
+use axum::serve::ListenerExt as _;
 use script::ScriptContext;
 
 pub struct BootHttp {
@@ -47,9 +50,9 @@ impl BootHttp {
 
     pub async fn serve(self) -> anyhow::Result<()> {
         let address = SocketAddr::from((self.server, self.port));
-        // Files are read in chunks on the blocking pool: 128 KiB chunks (ServeDir's default is
-        // 64 KiB) halve the hops per byte, for about three chunks of memory per transfer, however
-        // large the file (docs/benchmarks/findings.md).
+        // Plain asset fetches are sent by the listener's sendfile fast path; ServeDir answers
+        // the rest (conditionals, several ranges, errors), reading 128 KiB chunks on the
+        // blocking pool (its default is 64 KiB).
         let assets = ServeDir::new(&self.assets_dir).with_buf_chunk_size(128 << 10);
         let boot = Arc::new(self);
         let metadata = metadata::router(Arc::new(Metadata {
@@ -70,9 +73,16 @@ impl BootHttp {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("binding boot HTTP to {address}"))?;
-        tracing::info!(%address, assets = %boot.assets_dir.display(), "boot HTTP listening");
-        axum::serve(
+        let listener = AssetListener::start(
             listener,
+            boot.assets_dir.clone(),
+            Arc::clone(&boot.state.metrics),
+        )?;
+        tracing::info!(%address, assets = %boot.assets_dir.display(), "boot HTTP listening");
+        // tap_io does nothing to the connections: it is how axum gives a custom listener's
+        // peer address to the `ConnectInfo<SocketAddr>` extractor.
+        axum::serve(
+            listener.tap_io(|_| {}),
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .await
@@ -167,14 +177,14 @@ async fn count_requests(
         None => "unmatched".to_string(),
     };
     let response = next.run(request).await;
-    let labels = HttpLabels {
-        route,
-        status: response.status().as_u16().to_string(),
-    };
-    boot.state
-        .metrics
-        .http_requests
-        .get_or_create(&labels)
-        .inc();
+    count_request(&boot.state.metrics, &route, response.status().as_u16());
     response
+}
+
+fn count_request(metrics: &Metrics, route: &str, status: u16) {
+    let labels = HttpLabels {
+        route: route.to_string(),
+        status: status.to_string(),
+    };
+    metrics.http_requests.get_or_create(&labels).inc();
 }

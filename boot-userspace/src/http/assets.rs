@@ -1,0 +1,446 @@
+//! The boot HTTP listener, with a fast path for the boot assets: a GET or HEAD of a file under
+//! `/assets/` is answered with sendfile(2), from the page cache straight into the socket, as
+//! nginx does. A rack's machines fetch the same large initramfs at once; copying it through
+//! userspace buffers costs a copy per byte and buffers per connection (docs/benchmarks).
+//!
+//! Every other request, and anything the fast path does not fully understand (conditionals,
+//! multiple ranges, unsatisfiable ranges, HTTP/1.0, HTTP/2, bodies, odd paths, missing files),
+//! goes with its connection to the axum router, whose `ServeDir` gives the complete answer. So
+//! the fast path only has to be right for the common case, and declines the rest.
+use std::{
+    io::{self, Cursor},
+    net::SocketAddr,
+    os::fd::AsFd,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _, Chain, Interest, Join},
+    net::{
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+        TcpListener, TcpStream,
+    },
+    sync::mpsc,
+};
+
+use crate::metrics::Metrics;
+
+/// A request head larger than this is not an asset fetch; the router answers it.
+const MAX_HEAD: usize = 16 << 10;
+/// How long a connection may sit without sending a complete request head.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a transfer may wait for the client to take more bytes, as nginx's `send_timeout`.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections handed to the router but not yet taken by it.
+const HANDOVER_QUEUE: usize = 1024;
+
+/// A connection as the router gets it: the bytes already read from it come first.
+pub type RouterIo = Join<Chain<Cursor<Vec<u8>>, OwnedReadHalf>, OwnedWriteHalf>;
+
+/// The listener axum serves: it yields the connections the fast path hands over.
+pub struct AssetListener {
+    handed_over: mpsc::Receiver<(RouterIo, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl AssetListener {
+    /// Starts accepting on `listener`; assets are served from `assets_dir`.
+    pub fn start(
+        listener: TcpListener,
+        assets_dir: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (handover, handed_over) = mpsc::channel(HANDOVER_QUEUE);
+        let assets = Arc::new(Assets {
+            dir: assets_dir,
+            metrics,
+            handover,
+        });
+        tokio::spawn(accept_loop(listener, assets));
+        Ok(Self { handed_over, local })
+    }
+}
+
+impl axum::serve::Listener for AssetListener {
+    type Io = RouterIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.handed_over.recv().await {
+            Some(connection) => connection,
+            // The accept loop never ends while the listener lives.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+struct Assets {
+    dir: PathBuf,
+    metrics: Arc<Metrics>,
+    handover: mpsc::Sender<(RouterIo, SocketAddr)>,
+}
+
+async fn accept_loop(listener: TcpListener, assets: Arc<Assets>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(Arc::clone(&assets).connection(stream, peer));
+            }
+            // Out of file descriptors, most likely: wait for connections to close rather than
+            // spin (hyper and axum do the same).
+            Err(err) if !is_connection_error(&err) => {
+                tracing::error!("boot HTTP cannot accept a connection: {err}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn is_connection_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+impl Assets {
+    /// Serves asset requests on the connection until it closes or asks for something else.
+    async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let mut buffer = Vec::with_capacity(4096);
+        loop {
+            match tokio::time::timeout(IDLE_TIMEOUT, read_head(&mut stream, &mut buffer)).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) | Err(_) => return,
+                Ok(Err(err)) => {
+                    return tracing::debug!(%peer, "boot HTTP connection failed: {err}");
+                }
+            }
+            let Some((request, head_length)) = parse(&buffer) else {
+                return self.hand_over(stream, buffer, peer).await;
+            };
+            let Some(file) = self.open(&request) else {
+                return self.hand_over(stream, buffer, peer).await;
+            };
+            let response = match respond(&request, &file) {
+                Some(response) => response,
+                None => return self.hand_over(stream, buffer, peer).await,
+            };
+            buffer.drain(..head_length);
+            self.count(response.status);
+            if let Err(err) = send(&mut stream, &response, &file.file).await {
+                return tracing::debug!(%peer, path = %request.path, "asset transfer ended: {err}");
+            }
+            if !request.keep_alive {
+                return;
+            }
+        }
+    }
+
+    async fn hand_over(&self, stream: TcpStream, read: Vec<u8>, peer: SocketAddr) {
+        let (reader, writer) = stream.into_split();
+        let io = tokio::io::join(Cursor::new(read).chain(reader), writer);
+        // Fails only when the server is shutting down, which closes the connection anyway.
+        let _ = self.handover.send((io, peer)).await;
+    }
+
+    /// The requested file, if it is a regular file inside the assets directory.
+    fn open(&self, request: &AssetRequest) -> Option<OpenFile> {
+        let path = self.dir.join(&request.relative);
+        let file = std::fs::File::open(&path).ok()?;
+        let metadata = file.metadata().ok()?;
+        metadata.is_file().then(|| OpenFile {
+            content_type: mime_guess::from_path(&path)
+                .first_raw()
+                .unwrap_or("application/octet-stream"),
+            length: metadata.len(),
+            modified: metadata.modified().ok(),
+            file,
+        })
+    }
+
+    fn count(&self, status: u16) {
+        crate::http::count_request(&self.metrics, "/assets", status);
+    }
+}
+
+/// Reads until the buffer holds a complete request head; false when the peer closed first.
+async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<bool> {
+    loop {
+        if buffer.windows(4).any(|w| w == b"\r\n\r\n") || buffer.len() >= MAX_HEAD {
+            return Ok(true);
+        }
+        if stream.read_buf(buffer).await? == 0 {
+            return Ok(false);
+        }
+    }
+}
+
+/// An asset request the fast path can answer in full.
+#[derive(Debug, PartialEq)]
+struct AssetRequest {
+    /// The URL path, for logs.
+    path: String,
+    /// The decoded path below `/assets/`.
+    relative: PathBuf,
+    head_only: bool,
+    range: Option<String>,
+    keep_alive: bool,
+}
+
+/// Parses a request head; None for anything the router should answer.
+fn parse(buffer: &[u8]) -> Option<(AssetRequest, usize)> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    let httparse::Status::Complete(head_length) = request.parse(buffer).ok()? else {
+        return None;
+    };
+    let head_only = match request.method? {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return None,
+    };
+    // HTTP/1.0's keep-alive rules differ; the router handles that rarer client.
+    if request.version? != 1 {
+        return None;
+    }
+    let path = request.path?;
+    let relative = asset_path(path.split('?').next()?)?;
+    let mut range = None;
+    let mut keep_alive = true;
+    for header in request.headers.iter() {
+        let value = std::str::from_utf8(header.value).ok()?;
+        let name = header.name.to_ascii_lowercase();
+        match name.as_str() {
+            "range" => range = Some(value.to_string()),
+            "connection" => {
+                let value = value.to_ascii_lowercase();
+                if value.contains("upgrade") {
+                    return None;
+                }
+                keep_alive = !value.contains("close");
+            }
+            "content-length" if value.trim() != "0" => return None,
+            "transfer-encoding" | "expect" => return None,
+            conditional if conditional.starts_with("if-") => return None,
+            _ => {}
+        }
+    }
+    let request = AssetRequest {
+        path: path.to_string(),
+        relative,
+        head_only,
+        range,
+        keep_alive,
+    };
+    Some((request, head_length))
+}
+
+/// The decoded path of an asset below the assets directory; None unless every segment is a
+/// plain name, so that no path can leave the directory.
+fn asset_path(url_path: &str) -> Option<PathBuf> {
+    let encoded = url_path.strip_prefix("/assets/")?;
+    let decoded = percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .ok()?;
+    let mut relative = PathBuf::new();
+    for segment in decoded.split('/') {
+        let plain = !matches!(segment, "" | "." | "..") && !segment.contains(['\\', '\0']);
+        if !plain {
+            return None;
+        }
+        relative.push(segment);
+    }
+    Some(relative)
+}
+
+struct OpenFile {
+    file: std::fs::File,
+    length: u64,
+    modified: Option<SystemTime>,
+    content_type: &'static str,
+}
+
+/// What to send: the head, and which bytes of the file follow it.
+struct Response {
+    status: u16,
+    head: String,
+    offset: u64,
+    body_length: u64,
+}
+
+/// The response to an asset request; None when the router must answer (several ranges, or a
+/// range the file cannot satisfy, which ServeDir answers with 416).
+fn respond(request: &AssetRequest, file: &OpenFile) -> Option<Response> {
+    let (status, offset, body_length, content_range) = match &request.range {
+        None => (200, 0, file.length, None),
+        Some(range) => {
+            let ranges = http_range_header::parse_range_header(range)
+                .ok()?
+                .validate(file.length)
+                .ok()?;
+            let [range] = ranges.as_slice() else {
+                return None;
+            };
+            let (start, end) = (*range.start(), *range.end());
+            let content_range = format!("bytes {start}-{end}/{}", file.length);
+            (206, start, end - start + 1, Some(content_range))
+        }
+    };
+    let mut head = format!(
+        "HTTP/1.1 {}\r\ncontent-type: {}\r\naccept-ranges: bytes\r\ncontent-length: {body_length}\r\ndate: {}\r\n",
+        if status == 200 { "200 OK" } else { "206 Partial Content" },
+        file.content_type,
+        httpdate::fmt_http_date(SystemTime::now()),
+    );
+    if let Some(modified) = file.modified {
+        head += &format!("last-modified: {}\r\n", httpdate::fmt_http_date(modified));
+    }
+    if let Some(content_range) = content_range {
+        head += &format!("content-range: {content_range}\r\n");
+    }
+    if !request.keep_alive {
+        head += "connection: close\r\n";
+    }
+    head += "\r\n";
+    Some(Response {
+        status,
+        head,
+        offset,
+        body_length: if request.head_only { 0 } else { body_length },
+    })
+}
+
+/// Writes the head, then the body with sendfile(2).
+async fn send(stream: &mut TcpStream, response: &Response, file: &std::fs::File) -> io::Result<()> {
+    stream.write_all(response.head.as_bytes()).await?;
+    let mut offset = i64::try_from(response.offset).map_err(io::Error::other)?;
+    let mut remaining = response.body_length;
+    while remaining > 0 {
+        // sendfile moves at most about 2 GiB per call.
+        let count = remaining.min(1 << 30) as usize;
+        let sent = tokio::time::timeout(
+            SEND_TIMEOUT,
+            stream.async_io(Interest::WRITABLE, || {
+                nix::sys::sendfile::sendfile64(
+                    stream.as_fd(),
+                    file.as_fd(),
+                    Some(&mut offset),
+                    count,
+                )
+                .map_err(io::Error::from)
+            }),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))??;
+        if sent == 0 {
+            // The file shrank after its length was sent: the promised length cannot be kept,
+            // so the connection is closed, and the client sees a short body.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the file was truncated during the transfer",
+            ));
+        }
+        remaining -= sent as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(head: &str) -> Option<AssetRequest> {
+        parse(head.as_bytes()).map(|(request, length)| {
+            assert_eq!(length, head.len());
+            request
+        })
+    }
+
+    #[test]
+    fn plain_gets_and_heads_of_assets_take_the_fast_path() {
+        let get = request("GET /assets/boot/vmlinuz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(get.relative, PathBuf::from("boot/vmlinuz"));
+        assert!(!get.head_only && get.keep_alive && get.range.is_none());
+        let head = request(
+            "HEAD /assets/a%20b?x=1 HTTP/1.1\r\nConnection: close\r\nRange: bytes=0-9\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(head.relative, PathBuf::from("a b"));
+        assert!(head.head_only && !head.keep_alive);
+        assert_eq!(head.range.as_deref(), Some("bytes=0-9"));
+    }
+
+    #[test]
+    fn everything_else_goes_to_the_router() {
+        for head in [
+            "GET /ipxe/snponly.efi HTTP/1.1\r\n\r\n",
+            "POST /assets/x HTTP/1.1\r\nContent-Length: 1\r\n\r\n",
+            "GET /assets/x HTTP/1.0\r\n\r\n",
+            "GET /assets/../etc/passwd HTTP/1.1\r\n\r\n",
+            "GET /assets/%2e%2e/etc/passwd HTTP/1.1\r\n\r\n",
+            "GET /assets/a//b HTTP/1.1\r\n\r\n",
+            "GET /assets/ HTTP/1.1\r\n\r\n",
+            "GET /assets/x HTTP/1.1\r\nIf-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n",
+            "GET /assets/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /assets/x HTTP/1.1\r\nConnection: Upgrade\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET /assets/x HTTP/1.1\r\n",
+        ] {
+            assert_eq!(request(head), None, "{head:?}");
+        }
+    }
+
+    fn file(length: u64) -> OpenFile {
+        OpenFile {
+            file: std::fs::File::open("/dev/null").unwrap(),
+            length,
+            modified: None,
+            content_type: "application/octet-stream",
+        }
+    }
+
+    #[test]
+    fn ranges_are_answered_with_206_and_only_their_bytes() {
+        let mut asset =
+            request("GET /assets/x HTTP/1.1\r\nRange: bytes=1000-1999\r\n\r\n").unwrap();
+        let response = respond(&asset, &file(1 << 20)).unwrap();
+        assert_eq!(
+            (response.status, response.offset, response.body_length),
+            (206, 1000, 1000)
+        );
+        assert!(response
+            .head
+            .contains("content-range: bytes 1000-1999/1048576\r\n"));
+        assert!(response.head.contains("content-length: 1000\r\n"));
+
+        asset.range = Some("bytes=-10".into());
+        let response = respond(&asset, &file(100)).unwrap();
+        assert_eq!((response.offset, response.body_length), (90, 10));
+
+        // Several ranges, or none the file can satisfy: the router's ServeDir answers.
+        for range in ["bytes=0-1,5-6", "bytes=200-300", "lines=1-2"] {
+            asset.range = Some(range.into());
+            assert!(respond(&asset, &file(100)).is_none(), "{range}");
+        }
+    }
+
+    #[test]
+    fn heads_promise_the_length_but_send_no_body() {
+        let head = request("HEAD /assets/x HTTP/1.1\r\n\r\n").unwrap();
+        let response = respond(&head, &file(4096)).unwrap();
+        assert_eq!((response.status, response.body_length), (200, 0));
+        assert!(response.head.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(response.head.contains("content-length: 4096\r\n"));
+        assert!(response.head.ends_with("\r\n\r\n"));
+    }
+}
