@@ -10,7 +10,11 @@ use std::{
 use anyhow::Context;
 use boot_ebpf::UnknownPolicy;
 use tokio::signal::unix::{signal, SignalKind};
-use workflow::{catalog::Catalog, engine::Engine, store::RedbStore};
+use workflow::{
+    catalog::Catalog,
+    engine::Engine,
+    store::{LeaseJournal, RedbStore},
+};
 
 use crate::{
     api::{
@@ -74,6 +78,16 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         Err(err) => tracing::warn!("could not raise the open files limit: {err}"),
     }
     let store = RedbStore::open(&config.data_dir)?;
+    let leases = Arc::new(LeaseJournal::open(&config.data_dir)?);
+    let moved = store
+        .move_leases_to(&*leases)
+        .context("moving leases from wisp.redb to the lease journal")?;
+    if moved > 0 {
+        tracing::info!(
+            leases = moved,
+            "leases moved from wisp.redb to the lease journal"
+        );
+    }
     let policy = if config.discovery {
         UnknownPolicy::Pass
     } else {
@@ -94,6 +108,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         gate: Arc::clone(&gate),
         reservations: Arc::clone(&reservations),
         metrics: Arc::clone(&metrics),
+        leases: Arc::clone(&leases),
         hardware_sync: Mutex::new(()),
         coalesced_syncs: Default::default(),
     });
@@ -118,7 +133,7 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         reservations,
         gate: Arc::clone(&gate),
         metrics: Arc::clone(&metrics),
-        leases: Arc::new(store),
+        leases,
         handoffs: Default::default(),
         declined: Default::default(),
     };

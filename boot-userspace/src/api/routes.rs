@@ -18,7 +18,7 @@ use workflow::{
     engine::Engine,
     manifest::Manifest,
     resource::{Kind, Resource, ResourceKey, WorkflowSpec},
-    store::{Lease, LeaseStore, RedbStore, Store, StoreError},
+    store::{Lease, LeaseJournal, LeaseStore, RedbStore, Store, StoreError},
 };
 
 use super::{ApplyRequest, ApplyResponse, DeleteResponse, ErrorBody, ResourceView};
@@ -34,6 +34,7 @@ pub struct AppState {
     pub gate: Arc<Gate>,
     pub reservations: Arc<SharedReservations>,
     pub metrics: Arc<Metrics>,
+    pub leases: Arc<LeaseJournal>,
     /// Serialises Hardware syncs, so that an older snapshot of the store never overwrites a
     /// newer one in the gate or the DHCP server.
     pub hardware_sync: Mutex<()>,
@@ -356,7 +357,7 @@ fn view(state: &AppState, resource: Resource) -> Result<ResourceView, ApiError> 
 }
 
 async fn leases(State(state): State<Arc<AppState>>) -> ApiResult<Vec<Lease>> {
-    let leases = blocking(&state, |state| Ok(state.catalog.store().leases()?)).await?;
+    let leases = blocking(&state, |state| Ok(state.leases.leases()?)).await?;
     Ok(Json(leases))
 }
 

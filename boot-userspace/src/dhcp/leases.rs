@@ -81,15 +81,15 @@ fn flush(
 
 #[cfg(test)]
 mod tests {
-    use workflow::store::RedbStore;
+    use workflow::store::LeaseJournal;
 
     use super::*;
 
     #[tokio::test]
     async fn changes_apply_in_the_order_they_were_queued() {
         let dir = std::env::temp_dir().join(format!("wisp-leases-test-{}", std::process::id()));
-        let store = RedbStore::open(&dir).unwrap();
-        let writer = LeaseWriter::start(Arc::new(store.clone()));
+        let store = Arc::new(LeaseJournal::open(&dir).unwrap());
+        let writer = LeaseWriter::start(Arc::clone(&store) as Arc<dyn LeaseStore>);
         let mac: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
         let lease = |expires_unix| Lease {
             mac,

@@ -1,12 +1,13 @@
 //! Resource storage, behind a trait so that a distributed backend (etcd) can sit beside the
 //! embedded one.
 mod group_commit;
+mod lease_journal;
 mod redb;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use self::{group_commit::GroupCommit, redb::RedbStore};
+pub use self::{group_commit::GroupCommit, lease_journal::LeaseJournal, redb::RedbStore};
 use crate::{
     engine::WorkflowStatus,
     resource::{Kind, MacAddr, Resource, ResourceKey},

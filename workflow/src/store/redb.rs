@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{Applied, Lease, LeaseStore, Outcome, Store, StoreError, Write};
 use crate::{
     engine::WorkflowStatus,
-    resource::{Kind, MacAddr, Resource, ResourceKey},
+    resource::{Kind, Resource, ResourceKey},
 };
 
 /// `Kind/namespace/name` → JSON of [`Record`]. Names cannot hold '/', so a kind's records form
@@ -17,7 +17,8 @@ const RESOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("resources"
 /// `revision` → the last resource version handed out.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REVISION: &str = "revision";
-/// MAC (`1c:69:7a:11:22:33`) → JSON of [`Lease`].
+/// MAC (`1c:69:7a:11:22:33`) → JSON of [`Lease`]: where earlier versions kept leases, read
+/// once to move them to the [`super::LeaseJournal`].
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// `Workflow/namespace/name` → JSON of [`WorkflowStatus`]: the run, kept apart from the spec so
 /// that progress never bumps the resourceVersion a user applies against.
@@ -48,7 +49,6 @@ impl RedbStore {
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(RESOURCES).map_err(backend)?;
         txn.open_table(META).map_err(backend)?;
-        txn.open_table(LEASES).map_err(backend)?;
         txn.open_table(WORKFLOW_STATUS).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(RedbStore {
@@ -274,43 +274,28 @@ impl Store for RedbStore {
     }
 }
 
-impl LeaseStore for RedbStore {
-    fn record_leases(&self, leases: &[Lease]) -> Result<(), StoreError> {
+impl RedbStore {
+    /// Moves the leases that earlier versions kept in this database to `journal`. They are
+    /// durable there before they are deleted here, so a crash in between only repeats the move.
+    /// Returns how many moved.
+    pub fn move_leases_to(&self, journal: &dyn LeaseStore) -> Result<usize, StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
-        {
-            let mut table = txn.open_table(LEASES).map_err(backend)?;
-            for lease in leases {
-                let bytes = serde_json::to_vec(lease).map_err(backend)?;
-                table
-                    .insert(lease.mac.to_string().as_str(), bytes.as_slice())
-                    .map_err(backend)?;
+        let leases = {
+            let table = txn.open_table(LEASES).map_err(backend)?;
+            let mut leases: Vec<Lease> = Vec::new();
+            for entry in table.iter().map_err(backend)? {
+                let (_, bytes) = entry.map_err(backend)?;
+                leases.push(serde_json::from_slice(bytes.value()).map_err(backend)?);
             }
-        }
-        txn.commit().map_err(backend)
-    }
-
-    fn remove_lease(&self, mac: &MacAddr) -> Result<Option<Lease>, StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
-        let removed = {
-            let mut table = txn.open_table(LEASES).map_err(backend)?;
-            let removed = table.remove(mac.to_string().as_str()).map_err(backend)?;
-            removed
-                .map(|bytes| serde_json::from_slice(bytes.value()).map_err(backend))
-                .transpose()?
+            leases
         };
-        txn.commit().map_err(backend)?;
-        Ok(removed)
-    }
-
-    fn leases(&self) -> Result<Vec<Lease>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(LEASES).map_err(backend)?;
-        let mut leases = Vec::new();
-        for entry in table.iter().map_err(backend)? {
-            let (_, bytes) = entry.map_err(backend)?;
-            leases.push(serde_json::from_slice(bytes.value()).map_err(backend)?);
+        if leases.is_empty() {
+            return Ok(0);
         }
-        Ok(leases)
+        journal.record_leases(&leases)?;
+        txn.delete_table(LEASES).map_err(backend)?;
+        txn.commit().map_err(backend)?;
+        Ok(leases.len())
     }
 }
 
@@ -319,6 +304,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::store::LeaseJournal;
 
     fn key(name: &str) -> ResourceKey {
         ResourceKey {
@@ -364,24 +350,29 @@ mod tests {
     }
 
     #[test]
-    fn leases_are_recorded_renewed_listed_and_removed() {
+    fn leases_kept_by_earlier_versions_move_to_the_journal_once() {
         let dir = tempfile::tempdir().unwrap();
-        let mac: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
-        let lease = |expires_unix| Lease {
-            mac,
+        let lease = Lease {
+            mac: "1c:69:7a:11:22:33".parse().unwrap(),
             address: [10, 0, 0, 8].into(),
-            expires_unix,
+            expires_unix: 100,
             hostname: None,
         };
-        {
-            let store = RedbStore::open(dir.path()).unwrap();
-            store.record_leases(&[lease(100)]).unwrap();
-            store.record_leases(&[lease(200)]).unwrap();
-        }
         let store = RedbStore::open(dir.path()).unwrap();
-        assert_eq!(store.leases().unwrap(), [lease(200)]);
-        assert_eq!(store.remove_lease(&mac).unwrap(), Some(lease(200)));
-        assert!(store.leases().unwrap().is_empty());
+        let txn = store.db.begin_write().unwrap();
+        txn.open_table(LEASES)
+            .unwrap()
+            .insert(
+                "1c:69:7a:11:22:33",
+                serde_json::to_vec(&lease).unwrap().as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+
+        let journal = LeaseJournal::open(&dir.path().join("journal")).unwrap();
+        assert_eq!(store.move_leases_to(&journal).unwrap(), 1);
+        assert_eq!(journal.leases().unwrap(), [lease]);
+        assert_eq!(store.move_leases_to(&journal).unwrap(), 0, "moved once");
     }
 
     #[test]

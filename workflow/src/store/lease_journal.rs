@@ -1,0 +1,301 @@
+//! Durable DHCP leases as an append-only journal, the way ISC dhcpd and Kea's memfile keep
+//! theirs, but fsync'd before the ACK. A rack renewing at once makes thousands of small lease
+//! changes a second; appending a line per change and syncing once per group commit costs a
+//! fraction of a B-tree transaction, which rewrites pages and allocator state on every commit
+//! (docs/benchmarks/findings.md).
+//!
+//! Each line is `<crc32 in hex> <JSON entry>`. A crash can leave a torn last line, which is cut
+//! off at the next start; a complete line that fails its checksum is skipped and reported. When
+//! the journal holds many more entries than live leases, it is rewritten with only the live
+//! ones, into a new file that replaces it atomically.
+use std::{
+    collections::BTreeMap,
+    fs::{File, OpenOptions},
+    io::{Read as _, Write as _},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Lease, LeaseStore, StoreError};
+use crate::resource::MacAddr;
+
+const FILE_NAME: &str = "leases.journal";
+/// Compaction waits until the dead entries outnumber the live leases by this much, so that a
+/// busy server rewrites the file rarely.
+const COMPACTION_SLACK: usize = 100_000;
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Entry {
+    Lease(Lease),
+    Released(MacAddr),
+}
+
+pub struct LeaseJournal {
+    state: Mutex<Journal>,
+}
+
+struct Journal {
+    path: PathBuf,
+    file: File,
+    live: BTreeMap<MacAddr, Lease>,
+    /// Entries in the file, live or not.
+    entries: usize,
+}
+
+fn io_error<'a>(path: &'a Path, doing: &'a str) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |err| StoreError::Backend(format!("cannot {doing} {}: {err}", path.display()))
+}
+
+impl LeaseJournal {
+    /// Opens (or creates) the journal in `data_dir` and replays it.
+    pub fn open(data_dir: &Path) -> Result<LeaseJournal, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(io_error(data_dir, "create"))?;
+        let path = data_dir.join(FILE_NAME);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io_error(&path, "open"))?;
+        let mut text = Vec::new();
+        file.read_to_end(&mut text)
+            .map_err(io_error(&path, "read"))?;
+        let replayed = replay(&text);
+        for line in &replayed.corrupt_lines {
+            tracing::warn!(journal = %path.display(), line, "lease journal entry fails its checksum; skipped");
+        }
+        if replayed.complete_length < text.len() {
+            tracing::warn!(journal = %path.display(), bytes = text.len() - replayed.complete_length, "lease journal ends in a torn entry (a crash mid-write); cut off");
+            file.set_len(replayed.complete_length as u64)
+                .map_err(io_error(&path, "truncate"))?;
+        }
+        let mut journal = Journal {
+            path,
+            file,
+            live: replayed.live,
+            entries: replayed.entries,
+        };
+        journal.compact_if_mostly_dead()?;
+        sync_directory(data_dir)?;
+        Ok(LeaseJournal {
+            state: Mutex::new(journal),
+        })
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+struct Replayed {
+    live: BTreeMap<MacAddr, Lease>,
+    entries: usize,
+    /// Bytes up to the end of the last complete line.
+    complete_length: usize,
+    /// 1-based numbers of complete lines that failed their checksum or did not parse.
+    corrupt_lines: Vec<usize>,
+}
+
+fn replay(text: &[u8]) -> Replayed {
+    let mut replayed = Replayed {
+        live: BTreeMap::new(),
+        entries: 0,
+        complete_length: 0,
+        corrupt_lines: Vec::new(),
+    };
+    for (index, line) in text.split_inclusive(|&b| b == b'\n').enumerate() {
+        let Some(line) = line.strip_suffix(b"\n") else {
+            break;
+        };
+        replayed.complete_length += line.len() + 1;
+        replayed.entries += 1;
+        match decode(line) {
+            Some(Entry::Lease(lease)) => {
+                replayed.live.insert(lease.mac, lease);
+            }
+            Some(Entry::Released(mac)) => {
+                replayed.live.remove(&mac);
+            }
+            None => replayed.corrupt_lines.push(index + 1),
+        }
+    }
+    replayed
+}
+
+fn encode(entry: &Entry, out: &mut Vec<u8>) {
+    let json = serde_json::to_vec(entry).expect("a lease always serializes");
+    out.extend_from_slice(format!("{:08x} ", crc32fast::hash(&json)).as_bytes());
+    out.extend_from_slice(&json);
+    out.push(b'\n');
+}
+
+fn decode(line: &[u8]) -> Option<Entry> {
+    let (crc, json) = line.split_at_checked(9)?;
+    let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?.trim_end(), 16).ok()?;
+    (crc32fast::hash(json) == crc)
+        .then(|| serde_json::from_slice(json).ok())
+        .flatten()
+}
+
+fn sync_directory(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir, "sync"))
+}
+
+impl Journal {
+    /// Appends the entries and makes them durable: one write and one fdatasync.
+    fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        let mut bytes = Vec::with_capacity(entries.len() * 128);
+        for entry in entries {
+            encode(entry, &mut bytes);
+        }
+        self.file
+            .write_all(&bytes)
+            .and_then(|()| self.file.sync_data())
+            .map_err(io_error(&self.path, "append to"))?;
+        self.entries += entries.len();
+        Ok(())
+    }
+
+    fn compact_if_mostly_dead(&mut self) -> Result<(), StoreError> {
+        if self.entries <= self.live.len() * 2 + COMPACTION_SLACK {
+            return Ok(());
+        }
+        let fresh = self.path.with_extension("journal.new");
+        let mut bytes = Vec::with_capacity(self.live.len() * 128);
+        for lease in self.live.values() {
+            encode(&Entry::Lease(lease.clone()), &mut bytes);
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(&fresh)
+            .map_err(io_error(&fresh, "create"))?;
+        file.set_len(0)
+            .and_then(|()| file.write_all(&bytes))
+            .and_then(|()| file.sync_all())
+            .map_err(io_error(&fresh, "write"))?;
+        std::fs::rename(&fresh, &self.path).map_err(io_error(&self.path, "replace"))?;
+        if let Some(dir) = self.path.parent() {
+            sync_directory(dir)?;
+        }
+        tracing::info!(journal = %self.path.display(), from = self.entries, to = self.live.len(), "lease journal compacted");
+        self.file = file;
+        self.entries = self.live.len();
+        Ok(())
+    }
+}
+
+impl LeaseStore for LeaseJournal {
+    fn record_leases(&self, leases: &[Lease]) -> Result<(), StoreError> {
+        let mut journal = self.journal();
+        let entries: Vec<Entry> = leases.iter().cloned().map(Entry::Lease).collect();
+        journal.append(&entries)?;
+        for lease in leases {
+            journal.live.insert(lease.mac, lease.clone());
+        }
+        journal.compact_if_mostly_dead()
+    }
+
+    fn remove_lease(&self, mac: &MacAddr) -> Result<Option<Lease>, StoreError> {
+        let mut journal = self.journal();
+        if !journal.live.contains_key(mac) {
+            return Ok(None);
+        }
+        journal.append(&[Entry::Released(*mac)])?;
+        Ok(journal.live.remove(mac))
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        Ok(self.journal().live.values().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(last: u8, expires_unix: u64) -> Lease {
+        Lease {
+            mac: format!("1c:69:7a:00:00:{last:02x}").parse().unwrap(),
+            address: [10, 0, 0, last].into(),
+            expires_unix,
+            hostname: Some(format!("node-{last}")),
+        }
+    }
+
+    #[test]
+    fn leases_survive_reopening_with_renewals_and_releases_applied_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = LeaseJournal::open(dir.path()).unwrap();
+            journal
+                .record_leases(&[lease(1, 100), lease(2, 100)])
+                .unwrap();
+            journal.record_leases(&[lease(1, 200)]).unwrap();
+            assert_eq!(
+                journal.remove_lease(&lease(2, 0).mac).unwrap(),
+                Some(lease(2, 100))
+            );
+            assert_eq!(journal.remove_lease(&lease(3, 0).mac).unwrap(), None);
+        }
+        let journal = LeaseJournal::open(dir.path()).unwrap();
+        assert_eq!(journal.leases().unwrap(), [lease(1, 200)]);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_off_and_a_corrupt_line_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let journal = LeaseJournal::open(dir.path()).unwrap();
+            journal
+                .record_leases(&[lease(1, 100), lease(2, 100), lease(3, 100)])
+                .unwrap();
+        }
+        let path = dir.path().join(FILE_NAME);
+        let mut text = std::fs::read(&path).unwrap();
+        // Flip a digit of the second line's address, then tear a fourth line mid-write.
+        let second = text.iter().position(|&b| b == b'\n').unwrap() + 1;
+        let digit = second
+            + text[second..]
+                .windows(8)
+                .position(|w| w == b"10.0.0.2")
+                .unwrap()
+            + 7;
+        text[digit] = b'9';
+        text.extend_from_slice(b"0badc0de {\"lease\":{\"mac\":");
+        std::fs::write(&path, &text).unwrap();
+
+        let journal = LeaseJournal::open(dir.path()).unwrap();
+        assert_eq!(journal.leases().unwrap(), [lease(1, 100), lease(3, 100)]);
+        journal.record_leases(&[lease(4, 100)]).unwrap();
+        drop(journal);
+        // The torn bytes are gone, so the entry appended after them is read back.
+        let journal = LeaseJournal::open(dir.path()).unwrap();
+        assert_eq!(
+            journal.leases().unwrap(),
+            [lease(1, 100), lease(3, 100), lease(4, 100)]
+        );
+    }
+
+    #[test]
+    fn a_journal_of_mostly_dead_entries_is_rewritten_with_the_live_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = LeaseJournal::open(dir.path()).unwrap();
+        let last = COMPACTION_SLACK as u64 + 10;
+        let renewals: Vec<Lease> = (0..=last).map(|t| lease(1, t)).collect();
+        journal.record_leases(&renewals).unwrap();
+        journal.record_leases(&[lease(2, 7)]).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        assert_eq!(text.lines().count(), 2, "only the two live leases remain");
+        drop(journal);
+        let journal = LeaseJournal::open(dir.path()).unwrap();
+        assert_eq!(journal.leases().unwrap(), [lease(1, last), lease(2, 7)]);
+    }
+}
