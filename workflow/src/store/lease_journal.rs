@@ -8,10 +8,16 @@
 //! off at the next start; a complete line that fails its checksum is skipped and reported. When
 //! the journal holds many more entries than live leases, it is rewritten with only the live
 //! ones, into a new file that replaces it atomically.
+//!
+//! The file is grown ahead of its entries in zero-filled steps, as databases do with their
+//! write-ahead logs: an append then writes into space the file already has, so its fdatasync
+//! flushes the data alone, not the inode's new size as well (on ext4 with a journal, that would
+//! be a journal commit per group commit). The entries end at the first zero byte.
 use std::{
     collections::BTreeMap,
     fs::{File, OpenOptions},
-    io::{Read as _, Write as _},
+    io::Read as _,
+    os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -25,6 +31,8 @@ const FILE_NAME: &str = "leases.journal";
 /// Compaction waits until the dead entries outnumber the live leases by this much, so that a
 /// busy server rewrites the file rarely.
 const COMPACTION_SLACK: usize = 100_000;
+/// The file grows by whole steps of this many zero bytes.
+const GROWTH_STEP: u64 = 1 << 20;
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,6 +48,10 @@ pub struct LeaseJournal {
 struct Journal {
     path: PathBuf,
     file: File,
+    /// Where the next entry goes: the end of the last complete one.
+    end: u64,
+    /// The file's length, zero bytes from `end` on.
+    capacity: u64,
     live: BTreeMap<MacAddr, Lease>,
     /// Entries in the file, live or not.
     entries: usize,
@@ -56,8 +68,9 @@ impl LeaseJournal {
         let path = data_dir.join(FILE_NAME);
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(&path)
             .map_err(io_error(&path, "open"))?;
         let mut text = Vec::new();
@@ -67,14 +80,18 @@ impl LeaseJournal {
         for line in &replayed.corrupt_lines {
             tracing::warn!(journal = %path.display(), line, "lease journal entry fails its checksum; skipped");
         }
-        if replayed.complete_length < text.len() {
-            tracing::warn!(journal = %path.display(), bytes = text.len() - replayed.complete_length, "lease journal ends in a torn entry (a crash mid-write); cut off");
-            file.set_len(replayed.complete_length as u64)
-                .map_err(io_error(&path, "truncate"))?;
+        let end = replayed.complete_length;
+        if let Some(last) = text[end..].iter().rposition(|&b| b != 0) {
+            tracing::warn!(journal = %path.display(), bytes = last + 1, "lease journal ends in a torn entry (a crash mid-write); cut off");
+            file.write_all_at(&vec![0; last + 1], end as u64)
+                .and_then(|()| file.sync_data())
+                .map_err(io_error(&path, "cut the torn entry off"))?;
         }
         let mut journal = Journal {
             path,
             file,
+            end: end as u64,
+            capacity: text.len() as u64,
             live: replayed.live,
             entries: replayed.entries,
         };
@@ -107,7 +124,11 @@ fn replay(text: &[u8]) -> Replayed {
         corrupt_lines: Vec::new(),
     };
     for (index, line) in text.split_inclusive(|&b| b == b'\n').enumerate() {
-        let Some(line) = line.strip_suffix(b"\n") else {
+        // The entries end at the zeros the file was grown with, or at a line a crash tore.
+        let Some(line) = line
+            .strip_suffix(b"\n")
+            .filter(|line| line.first() != Some(&0))
+        else {
             break;
         };
         replayed.complete_length += line.len() + 1;
@@ -153,10 +174,16 @@ impl Journal {
         for entry in entries {
             encode(entry, &mut bytes);
         }
+        let end = self.end + bytes.len() as u64;
+        if end > self.capacity {
+            self.capacity =
+                grow(&self.file, self.capacity, end).map_err(io_error(&self.path, "grow"))?;
+        }
         self.file
-            .write_all(&bytes)
+            .write_all_at(&bytes, self.end)
             .and_then(|()| self.file.sync_data())
             .map_err(io_error(&self.path, "append to"))?;
+        self.end = end;
         self.entries += entries.len();
         Ok(())
     }
@@ -170,16 +197,17 @@ impl Journal {
         for lease in self.live.values() {
             encode(&Entry::Lease(lease.clone()), &mut bytes);
         }
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
-            .truncate(false)
+            .truncate(true)
             .open(&fresh)
             .map_err(io_error(&fresh, "create"))?;
-        file.set_len(0)
-            .and_then(|()| file.write_all(&bytes))
-            .and_then(|()| file.sync_all())
+        let end = bytes.len() as u64;
+        let capacity = file
+            .write_all_at(&bytes, 0)
+            .and_then(|()| grow(&file, end, end))
             .map_err(io_error(&fresh, "write"))?;
         std::fs::rename(&fresh, &self.path).map_err(io_error(&self.path, "replace"))?;
         if let Some(dir) = self.path.parent() {
@@ -187,9 +215,19 @@ impl Journal {
         }
         tracing::info!(journal = %self.path.display(), from = self.entries, to = self.live.len(), "lease journal compacted");
         self.file = file;
+        (self.end, self.capacity) = (end, capacity);
         self.entries = self.live.len();
         Ok(())
     }
+}
+
+/// Extends the file with zeros, from `length` to a whole step past `needed`, and syncs it whole
+/// (its size changed). Returns the new length.
+fn grow(file: &File, length: u64, needed: u64) -> std::io::Result<u64> {
+    let grown = (needed / GROWTH_STEP + 1) * GROWTH_STEP;
+    file.write_all_at(&vec![0; (grown - length) as usize], length)?;
+    file.sync_all()?;
+    Ok(grown)
 }
 
 impl LeaseStore for LeaseJournal {
@@ -269,7 +307,9 @@ mod tests {
                 .unwrap()
             + 7;
         text[digit] = b'9';
-        text.extend_from_slice(b"0badc0de {\"lease\":{\"mac\":");
+        let end = text.iter().position(|&b| b == 0).unwrap();
+        let torn = b"0badc0de {\"lease\":{\"mac\":";
+        text[end..end + torn.len()].copy_from_slice(torn);
         std::fs::write(&path, &text).unwrap();
 
         let journal = LeaseJournal::open(dir.path()).unwrap();
@@ -292,8 +332,14 @@ mod tests {
         let renewals: Vec<Lease> = (0..=last).map(|t| lease(1, t)).collect();
         journal.record_leases(&renewals).unwrap();
         journal.record_leases(&[lease(2, 7)]).unwrap();
-        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
-        assert_eq!(text.lines().count(), 2, "only the two live leases remain");
+        let text = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        let lines = text.iter().filter(|&&b| b == b'\n').count();
+        assert_eq!(lines, 2, "only the two live leases remain");
+        assert_eq!(
+            text.len() as u64,
+            GROWTH_STEP,
+            "the rewritten file is grown too"
+        );
         drop(journal);
         let journal = LeaseJournal::open(dir.path()).unwrap();
         assert_eq!(journal.leases().unwrap(), [lease(1, last), lease(2, 7)]);
