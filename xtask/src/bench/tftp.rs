@@ -34,7 +34,7 @@ fn fetch_all(
     for index in 0..clients {
         let local = out.join(index.to_string());
         let child = lab
-            .command(CLIENT, "atftp")
+            .direct_command(CLIENT, "atftp")?
             .args([
                 "--option",
                 "blksize 1468",
