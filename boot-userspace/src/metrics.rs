@@ -20,7 +20,7 @@ pub struct DhcpLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TftpLabels {
-    /// `served`, `not_found` or `denied`.
+    /// `served`, `not_found`, `denied` (paths, writes) or `malformed`.
     pub outcome: String,
 }
 
@@ -85,7 +85,7 @@ impl Metrics {
         let tftp_requests = Family::<TftpLabels, Counter>::default();
         registry.register(
             "tftp_requests",
-            "TFTP read requests, by outcome",
+            "TFTP requests, by outcome",
             tftp_requests.clone(),
         );
         let tftp_bytes = Counter::default();

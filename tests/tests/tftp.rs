@@ -129,7 +129,7 @@ fn tftp_hpa_fetches_and_is_refused_traversal_absolute_paths_and_writes() {
     );
     assert_eq!(
         metric(&lab.server, "wisp_tftp_requests_total{outcome=\"denied\"}"),
-        Some(3)
+        Some(4)
     );
     assert_eq!(
         metric(
@@ -219,5 +219,71 @@ fn an_unacknowledged_oack_is_retransmitted_then_the_transfer_times_out() {
         &last[..2],
         b"\x00\x05",
         "the transfer ends with a TFTP ERROR: {last:02x?}"
+    );
+}
+
+#[test]
+fn a_window_restarts_after_the_last_block_acknowledged_and_malformed_requests_are_counted() {
+    require_root();
+    let (lab, _data, _daemon) = start();
+    let original = expected("snponly.efi");
+    let (oack, windows) = lab.client.within(|| {
+        let socket = UdpSocket::bind(("10.99.0.2", 0)).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(4)))
+            .expect("timeout");
+        // Not a request (an ERROR to port 69): counted and dropped, with no answer.
+        socket
+            .send_to(b"\x00\x05\x00\x00nonsense\x00", (SERVER_IP, 69))
+            .expect("send garbage");
+        socket
+            .send_to(
+                b"\x00\x01snponly.efi\x00octet\x00blksize\x00512\x00windowsize\x004\x00",
+                (SERVER_IP, 69),
+            )
+            .expect("send RRQ");
+        let mut buffer = [0u8; 1600];
+        let (length, transfer) = socket.recv_from(&mut buffer).expect("an OACK");
+        let oack = buffer[..length].to_vec();
+        socket
+            .send_to(b"\x00\x04\x00\x00", transfer)
+            .expect("ACK 0");
+        let mut window = |socket: &UdpSocket| -> Vec<(u16, Vec<u8>)> {
+            (0..4)
+                .map(|_| {
+                    let (length, _) = socket.recv_from(&mut buffer).expect("a DATA block");
+                    assert_eq!(&buffer[..2], b"\x00\x03", "{:02x?}", &buffer[..4]);
+                    let block = u16::from_be_bytes([buffer[2], buffer[3]]);
+                    (block, buffer[4..length].to_vec())
+                })
+                .collect()
+        };
+        let first = window(&socket);
+        // As if block 3 was lost: the client acknowledges block 2, the last it has in order.
+        socket
+            .send_to(b"\x00\x04\x00\x02", transfer)
+            .expect("ACK 2");
+        let second = window(&socket);
+        (oack, [first, second])
+    });
+    assert_eq!(oack, b"\x00\x06blksize\x00512\x00windowsize\x004\x00");
+    let numbers: Vec<Vec<u16>> = windows
+        .iter()
+        .map(|window| window.iter().map(|(block, _)| *block).collect())
+        .collect();
+    assert_eq!(numbers, [vec![1, 2, 3, 4], vec![3, 4, 5, 6]]);
+    for (block, data) in windows.iter().flatten() {
+        let start = (usize::from(*block) - 1) * 512;
+        assert!(
+            data[..] == original[start..start + 512],
+            "block {block} holds the wrong bytes"
+        );
+    }
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_tftp_requests_total{outcome=\"malformed\"}"
+        ),
+        Some(1)
     );
 }

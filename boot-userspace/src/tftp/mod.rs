@@ -1,30 +1,40 @@
-//! The TFTP server: read-only, and it serves only the iPXE binaries, from memory.
+//! The TFTP server: read-only, and it serves only the iPXE binaries, from memory. Layers:
+//! [`packet`] is the wire format, [`transfer`] sends one file to one client, and this module
+//! receives requests and decides what may be read: a flat set of boot files, loaded once, so
+//! that a rack booting at once never waits on the disk.
 //!
-//! The protocol (RFC 1350 with the option extension, blksize, timeout/tsize and windowsize:
-//! RFC 2347, 2348, 2349, 7440) is async-tftp's. This module decides what may be read: a flat
-//! set of boot files, loaded once, so that a rack booting at once never waits on the disk.
+//! It is Wisp's own rather than a crate's because of speed: a window of blocks goes out as one
+//! GSO send (see [`transfer`]).
+pub mod packet;
+pub mod transfer;
+
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     path::{Component, Path},
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    time::Duration,
 };
 
 use anyhow::Context as _;
-use async_tftp::{packet, server::Handler};
-use futures_lite::{io::Cursor, AsyncRead};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use self::{
+    packet::{ErrorCode, Options, Request, DEFAULT_BLOCK_SIZE},
+    transfer::Transfer,
+};
 use crate::metrics::{Metrics, TftpLabels};
 
 /// The TFTP server port.
 pub const TFTP_PORT: u16 = 69;
 /// A client that stops answering is dropped after this many resends of the same packet, so a
-/// machine that died mid-transfer does not hold a transfer for minutes (async-tftp's default
-/// is 100).
+/// machine that died mid-transfer does not hold a transfer for minutes.
 pub const MAX_RETRANSMISSIONS: u32 = 5;
+/// How long to wait for an acknowledgement without a timeout option.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest window taken: a bigger one would put a burst of that many datagrams on the wire
+/// for a single ACK.
+const MAX_WINDOW: u16 = 64;
 
 /// The iPXE binaries, by the file name clients ask for.
 pub struct BootFiles {
@@ -72,85 +82,15 @@ impl BootFiles {
     }
 
     /// The file a TFTP client asked for, or the TFTP error it gets.
-    fn lookup(&self, requested: &Path) -> Result<Arc<[u8]>, packet::Error> {
+    fn lookup(&self, requested: &str) -> Result<Arc<[u8]>, ErrorCode> {
         // Boot files live in a flat namespace: an absolute path or any directory component
         // (`..` above all) is refused outright rather than resolved.
-        let mut components = requested.components();
+        let mut components = Path::new(requested).components();
         let (Some(Component::Normal(name)), None) = (components.next(), components.next()) else {
-            return Err(packet::Error::PermissionDenied);
+            return Err(ErrorCode::AccessViolation);
         };
-        let name = name.to_str().ok_or(packet::Error::FileNotFound)?;
-        self.files
-            .get(name)
-            .cloned()
-            .ok_or(packet::Error::FileNotFound)
-    }
-}
-
-struct BootFileHandler {
-    files: Arc<BootFiles>,
-    metrics: Arc<Metrics>,
-}
-
-impl Handler for BootFileHandler {
-    type Reader = CountingReader;
-    type Writer = futures_lite::io::Sink;
-
-    async fn read_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-    ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
-        let result = self.files.lookup(path);
-        let outcome = match &result {
-            Ok(_) => "served",
-            Err(packet::Error::PermissionDenied) => "denied",
-            Err(_) => "not_found",
-        };
-        tracing::info!(%client, file = %path.display(), outcome, "TFTP read request");
-        self.metrics
-            .tftp_requests
-            .get_or_create(&TftpLabels {
-                outcome: outcome.into(),
-            })
-            .inc();
-        let bytes = result?;
-        let size = bytes.len() as u64;
-        let reader = CountingReader {
-            inner: Cursor::new(bytes),
-            metrics: Arc::clone(&self.metrics),
-        };
-        Ok((reader, Some(size)))
-    }
-
-    async fn write_req_open(
-        &mut self,
-        client: &SocketAddr,
-        path: &Path,
-        _size: Option<u64>,
-    ) -> Result<Self::Writer, packet::Error> {
-        tracing::warn!(%client, file = %path.display(), "TFTP write request refused: the server is read-only");
-        Err(packet::Error::IllegalOperation)
-    }
-}
-
-/// Counts the bytes handed to the protocol engine, for `wisp_tftp_bytes_total`.
-struct CountingReader {
-    inner: Cursor<Arc<[u8]>>,
-    metrics: Arc<Metrics>,
-}
-
-impl AsyncRead for CountingReader {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(read)) = &poll {
-            self.metrics.tftp_bytes.inc_by(*read as u64);
-        }
-        poll
+        let name = name.to_str().ok_or(ErrorCode::FileNotFound)?;
+        self.files.get(name).cloned().ok_or(ErrorCode::FileNotFound)
     }
 }
 
@@ -161,18 +101,112 @@ pub async fn serve(
     files: Arc<BootFiles>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
-    let interface = interface.as_str();
-    let socket = bind(interface, address)?;
-    let handler = BootFileHandler { files, metrics };
-    let server = async_tftp::server::TftpServerBuilder::with_handler(handler)
-        .max_send_retries(MAX_RETRANSMISSIONS)
-        .std_socket(socket)
-        .context("setting up the TFTP socket")?
-        .build()
-        .await
-        .context("starting the TFTP server")?;
+    let socket = tokio::net::UdpSocket::from_std(bind(&interface, address)?)?;
     tracing::info!(interface, %address, port = TFTP_PORT, "TFTP server listening");
-    server.serve().await.context("TFTP server")
+    let mut buffer = vec![0u8; 65_535];
+    loop {
+        let (length, client) = socket
+            .recv_from(&mut buffer)
+            .await
+            .context("receiving TFTP")?;
+        let count = |outcome: &str| {
+            metrics
+                .tftp_requests
+                .get_or_create(&TftpLabels {
+                    outcome: outcome.into(),
+                })
+                .inc()
+        };
+        let (filename, options) = match packet::parse_request(&buffer[..length]) {
+            Ok(Request::Read { filename, options }) => (filename, options),
+            Ok(Request::Write { filename }) => {
+                tracing::warn!(%client, file = filename, "TFTP write request refused: the server is read-only");
+                count("denied");
+                let refusal = packet::error(ErrorCode::IllegalOperation, "the server is read-only");
+                let _ = socket.send_to(&refusal, client).await;
+                continue;
+            }
+            Err(malformed) => {
+                tracing::debug!(%client, "malformed TFTP request dropped: {malformed}");
+                count("malformed");
+                continue;
+            }
+        };
+        let file = match files.lookup(&filename) {
+            Ok(file) => file,
+            Err(code) => {
+                let (outcome, message) = match code {
+                    ErrorCode::AccessViolation => ("denied", "only boot file names, without paths"),
+                    _ => ("not_found", "no such boot file"),
+                };
+                tracing::info!(%client, file = filename, outcome, "TFTP read request");
+                count(outcome);
+                let _ = socket.send_to(&packet::error(code, message), client).await;
+                continue;
+            }
+        };
+        tracing::info!(%client, file = filename, outcome = "served", "TFTP read request");
+        count("served");
+        match start_transfer(address, client, file, options, Arc::clone(&metrics)) {
+            Ok(()) => {}
+            Err(err) => {
+                tracing::warn!(%client, file = filename, "cannot start a TFTP transfer: {err}")
+            }
+        }
+    }
+}
+
+/// Takes the options the client asked for (RFC 2347) and sends the file from a new socket.
+fn start_transfer(
+    address: Ipv4Addr,
+    client: SocketAddr,
+    file: Arc<[u8]>,
+    options: Options,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.bind(&SocketAddr::from((address, 0)).into())?;
+    socket.connect(&client.into())?;
+    socket.set_nonblocking(true)?;
+    let socket = tokio::net::UdpSocket::from_std(UdpSocket::from(socket))?;
+
+    let mut taken = Vec::new();
+    let block_size = options.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+    if let Some(size) = options.block_size {
+        taken.push(("blksize", u64::from(size)));
+    }
+    if let Some(seconds) = options.timeout_seconds {
+        taken.push(("timeout", u64::from(seconds)));
+    }
+    if options.transfer_size {
+        taken.push(("tsize", file.len() as u64));
+    }
+    let window = options.window_size.map_or(1, |w| w.min(MAX_WINDOW));
+    if options.window_size.is_some() {
+        taken.push(("windowsize", u64::from(window)));
+    }
+    let oack = (!taken.is_empty()).then(|| packet::oack(&taken));
+    let transfer = Transfer {
+        socket,
+        file,
+        block_size: usize::from(block_size),
+        window: usize::from(window),
+        timeout: options
+            .timeout_seconds
+            .map_or(DEFAULT_TIMEOUT, |s| Duration::from_secs(s.into())),
+        max_retransmissions: MAX_RETRANSMISSIONS,
+    };
+    tokio::spawn(async move {
+        let bytes = metrics.tftp_bytes.clone();
+        let progress = |newly| {
+            bytes.inc_by(newly);
+        };
+        match transfer.run(oack, progress).await {
+            Ok(()) => tracing::debug!(%client, "TFTP transfer complete"),
+            Err(err) => tracing::info!(%client, "TFTP transfer failed: {err}"),
+        }
+    });
+    Ok(())
 }
 
 /// Binding to the interface's own address makes each transfer's socket use it too, so replies
@@ -186,6 +220,7 @@ fn bind(interface: &str, address: Ipv4Addr) -> anyhow::Result<UdpSocket> {
     socket
         .bind(&SocketAddr::from((address, TFTP_PORT)).into())
         .with_context(|| format!("binding {address}:{TFTP_PORT}"))?;
+    socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
@@ -201,13 +236,10 @@ mod tests {
 
     #[test]
     fn serves_only_known_flat_names() {
-        assert_eq!(
-            &*files().lookup(Path::new("undionly.kpxe")).unwrap(),
-            b"ipxe"
-        );
+        assert_eq!(&*files().lookup("undionly.kpxe").unwrap(), b"ipxe");
         assert!(matches!(
-            files().lookup(Path::new("ipxe.efi")),
-            Err(packet::Error::FileNotFound)
+            files().lookup("ipxe.efi"),
+            Err(ErrorCode::FileNotFound)
         ));
     }
 
@@ -222,10 +254,7 @@ mod tests {
             "..",
         ] {
             assert!(
-                matches!(
-                    files().lookup(Path::new(path)),
-                    Err(packet::Error::PermissionDenied)
-                ),
+                matches!(files().lookup(path), Err(ErrorCode::AccessViolation)),
                 "{path}"
             );
         }
