@@ -20,7 +20,7 @@ pub struct DhcpLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TftpLabels {
-    /// `served`, `not_found`, `denied` (paths, writes) or `malformed`.
+    /// `served`, `not_found`, `denied` (paths, writes), `busy` or `malformed`.
     pub outcome: String,
 }
 

@@ -91,6 +91,8 @@ async fn accept_loop(listener: TcpListener, assets: Arc<Assets>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // As nginx's tcp_nodelay: a response's last segment is not held back.
+                let _ = stream.set_nodelay(true);
                 tokio::spawn(Arc::clone(&assets).connection(stream, peer));
             }
             // Out of file descriptors, most likely: wait for connections to close rather than
@@ -173,10 +175,16 @@ impl Assets {
     }
 }
 
-/// Reads until the buffer holds a complete request head; false when the peer closed first.
+/// Reads until the buffer holds a complete request head, or something httparse rejects (which
+/// the router then answers); false when the peer closed first.
 async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<bool> {
     loop {
-        if buffer.windows(4).any(|w| w == b"\r\n\r\n") || buffer.len() >= MAX_HEAD {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let partial = matches!(
+            httparse::Request::new(&mut headers).parse(buffer),
+            Ok(httparse::Status::Partial)
+        );
+        if !partial || buffer.len() >= MAX_HEAD {
             return Ok(true);
         }
         if stream.read_buf(buffer).await? == 0 {
@@ -221,13 +229,16 @@ fn parse(buffer: &[u8]) -> Option<(AssetRequest, usize)> {
         let value = std::str::from_utf8(header.value).ok()?;
         let name = header.name.to_ascii_lowercase();
         match name.as_str() {
+            // Two Range headers have no defined meaning; the router decides.
+            "range" if range.is_some() => return None,
             "range" => range = Some(value.to_string()),
             "connection" => {
-                let value = value.to_ascii_lowercase();
-                if value.contains("upgrade") {
-                    return None;
+                for token in value.split(',').map(str::trim) {
+                    if token.eq_ignore_ascii_case("upgrade") {
+                        return None;
+                    }
+                    keep_alive &= !token.eq_ignore_ascii_case("close");
                 }
-                keep_alive = !value.contains("close");
             }
             "content-length" if value.trim() != "0" => return None,
             "transfer-encoding" | "expect" => return None,
@@ -292,6 +303,10 @@ fn respond(request: &AssetRequest, file: &OpenFile) -> Option<Response> {
                 return None;
             };
             let (start, end) = (*range.start(), *range.end());
+            // An empty file has no byte to satisfy a range with: the router answers 416.
+            if start >= file.length || end >= file.length {
+                return None;
+            }
             let content_range = format!("bytes {start}-{end}/{}", file.length);
             (206, start, end - start + 1, Some(content_range))
         }
@@ -322,7 +337,9 @@ fn respond(request: &AssetRequest, file: &OpenFile) -> Option<Response> {
 
 /// Writes the head, then the body with sendfile(2).
 async fn send(stream: &mut TcpStream, response: &Response, file: &std::fs::File) -> io::Result<()> {
-    stream.write_all(response.head.as_bytes()).await?;
+    tokio::time::timeout(SEND_TIMEOUT, stream.write_all(response.head.as_bytes()))
+        .await
+        .map_err(|_| stalled())??;
     let mut offset = i64::try_from(response.offset).map_err(io::Error::other)?;
     let mut remaining = response.body_length;
     while remaining > 0 {
@@ -341,7 +358,7 @@ async fn send(stream: &mut TcpStream, response: &Response, file: &std::fs::File)
             }),
         )
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))??;
+        .map_err(|_| stalled())??;
         if sent == 0 {
             // The file shrank after its length was sent: the promised length cannot be kept,
             // so the connection is closed, and the client sees a short body.
@@ -353,6 +370,10 @@ async fn send(stream: &mut TcpStream, response: &Response, file: &std::fs::File)
         remaining -= sent as u64;
     }
     Ok(())
+}
+
+fn stalled() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")
 }
 
 #[cfg(test)]
@@ -392,7 +413,8 @@ mod tests {
             "GET /assets/ HTTP/1.1\r\n\r\n",
             "GET /assets/x HTTP/1.1\r\nIf-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n",
             "GET /assets/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET /assets/x HTTP/1.1\r\nConnection: Upgrade\r\n\r\n",
+            "GET /assets/x HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+            "GET /assets/x HTTP/1.1\r\nRange: bytes=0-1\r\nRange: bytes=2-3\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "GET /assets/x HTTP/1.1\r\n",
         ] {
@@ -432,6 +454,11 @@ mod tests {
             asset.range = Some(range.into());
             assert!(respond(&asset, &file(100)).is_none(), "{range}");
         }
+        asset.range = Some("bytes=0-".into());
+        assert!(
+            respond(&asset, &file(0)).is_none(),
+            "an empty file has no bytes to range over"
+        );
     }
 
     #[test]

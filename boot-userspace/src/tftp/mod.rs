@@ -28,10 +28,18 @@ use crate::metrics::{Metrics, TftpLabels};
 /// The TFTP server port.
 pub const TFTP_PORT: u16 = 69;
 /// A client that stops answering is dropped after this many resends of the same packet, so a
-/// machine that died mid-transfer does not hold a transfer for minutes.
+/// machine that died mid-transfer holds its transfer for at most a minute (with the longest
+/// timeout taken).
 pub const MAX_RETRANSMISSIONS: u32 = 5;
 /// How long to wait for an acknowledgement without a timeout option.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest timeout option taken; a longer one is not acknowledged, and the default applies.
+const MAX_TIMEOUT_SECONDS: u8 = 10;
+/// Transfers at once. Each has a socket and up to a window of blocks in memory; a flood of
+/// requests (their source can be forged) gets an ERROR beyond this, not unbounded resources.
+const MAX_TRANSFERS: usize = 4096;
+/// IPv4 and UDP headers and the DATA header: a block is at most the path MTU less these.
+const BLOCK_OVERHEAD: u16 = 20 + 8 + 4;
 /// The largest window taken: a bigger one would put a burst of that many datagrams on the wire
 /// for a single ACK.
 const MAX_WINDOW: u16 = 64;
@@ -85,6 +93,9 @@ impl BootFiles {
     fn lookup(&self, requested: &str) -> Result<Arc<[u8]>, ErrorCode> {
         // Boot files live in a flat namespace: an absolute path or any directory component
         // (`..` above all) is refused outright rather than resolved.
+        if requested.ends_with('/') {
+            return Err(ErrorCode::AccessViolation);
+        }
         let mut components = Path::new(requested).components();
         let (Some(Component::Normal(name)), None) = (components.next(), components.next()) else {
             return Err(ErrorCode::AccessViolation);
@@ -103,6 +114,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let socket = tokio::net::UdpSocket::from_std(bind(&interface, address)?)?;
     tracing::info!(interface, %address, port = TFTP_PORT, "TFTP server listening");
+    let transfers = Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFERS));
     let mut buffer = vec![0u8; 65_535];
     loop {
         let (length, client) = socket
@@ -145,10 +157,18 @@ pub async fn serve(
                 continue;
             }
         };
-        tracing::info!(%client, file = filename, outcome = "served", "TFTP read request");
-        count("served");
-        match start_transfer(address, client, file, options, Arc::clone(&metrics)) {
-            Ok(()) => {}
+        let Ok(slot) = Arc::clone(&transfers).try_acquire_owned() else {
+            tracing::warn!(%client, file = filename, "TFTP read request refused: {MAX_TRANSFERS} transfers already running");
+            count("busy");
+            let busy = packet::error(ErrorCode::NotDefined, "too many transfers; try again");
+            let _ = socket.send_to(&busy, client).await;
+            continue;
+        };
+        match start_transfer(address, client, file, options, Arc::clone(&metrics), slot) {
+            Ok(()) => {
+                tracing::info!(%client, file = filename, outcome = "served", "TFTP read request");
+                count("served");
+            }
             Err(err) => {
                 tracing::warn!(%client, file = filename, "cannot start a TFTP transfer: {err}")
             }
@@ -163,6 +183,7 @@ fn start_transfer(
     file: Arc<[u8]>,
     options: Options,
     metrics: Arc<Metrics>,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> std::io::Result<()> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind(&SocketAddr::from((address, 0)).into())?;
@@ -171,11 +192,25 @@ fn start_transfer(
     let socket = tokio::net::UdpSocket::from_std(UdpSocket::from(socket))?;
 
     let mut taken = Vec::new();
-    let block_size = options.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
-    if let Some(size) = options.block_size {
+    // A block larger than the path MTU allows would go out as IP fragments, which are lost
+    // together and reassembled by the client's firmware, if at all. RFC 2348 lets the server
+    // answer with a smaller block size.
+    let path_mtu = nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::IpMtu)
+        .ok()
+        .and_then(|mtu| u16::try_from(mtu).ok())
+        .filter(|&mtu| mtu > BLOCK_OVERHEAD + 8);
+    let block_size = options.block_size.map(|size| match path_mtu {
+        Some(mtu) => size.min(mtu - BLOCK_OVERHEAD),
+        None => size,
+    });
+    if let Some(size) = block_size {
         taken.push(("blksize", u64::from(size)));
     }
-    if let Some(seconds) = options.timeout_seconds {
+    let block_size = block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+    let timeout_seconds = options
+        .timeout_seconds
+        .filter(|&seconds| seconds <= MAX_TIMEOUT_SECONDS);
+    if let Some(seconds) = timeout_seconds {
         taken.push(("timeout", u64::from(seconds)));
     }
     if options.transfer_size {
@@ -191,12 +226,11 @@ fn start_transfer(
         file,
         block_size: usize::from(block_size),
         window: usize::from(window),
-        timeout: options
-            .timeout_seconds
-            .map_or(DEFAULT_TIMEOUT, |s| Duration::from_secs(s.into())),
+        timeout: timeout_seconds.map_or(DEFAULT_TIMEOUT, |s| Duration::from_secs(s.into())),
         max_retransmissions: MAX_RETRANSMISSIONS,
     };
     tokio::spawn(async move {
+        let _slot = slot;
         let bytes = metrics.tftp_bytes.clone();
         let progress = |newly| {
             bytes.inc_by(newly);
@@ -252,6 +286,7 @@ mod tests {
             "a/../undionly.kpxe",
             "boot/undionly.kpxe",
             "..",
+            "undionly.kpxe/",
         ] {
             assert!(
                 matches!(files().lookup(path), Err(ErrorCode::AccessViolation)),

@@ -55,7 +55,7 @@ pub enum Malformed {
     Short,
     #[error("opcode {0} is not a request")]
     NotARequest(u16),
-    #[error("the {0} is not NUL-terminated text")]
+    #[error("the {0} is not NUL-terminated UTF-8 text")]
     Unterminated(&'static str),
     #[error("transfer mode {0:?} is not octet or netascii")]
     Mode(String),

@@ -1,14 +1,22 @@
 //! One read transfer, on its own socket connected to the client (a new TID, RFC 1350): the
 //! OACK if options were taken, then the file in windows of blocks (RFC 7440).
 //!
-//! Each window goes out with as few sends as the kernel allows: with UDP GSO (`UDP_SEGMENT`)
-//! one send carries up to 64 blocks, which the kernel cuts into datagrams of one block each.
-//! The per-datagram send path (a system call, a route lookup, a socket buffer) was most of the
-//! server's CPU per transfer (docs/benchmarks/findings.md). Where GSO is refused (a block
-//! larger than the path MTU allows, a device without checksum offload), blocks go one by one.
-use std::{io, ops::RangeInclusive, sync::Arc, time::Duration};
+//! Each window goes out with as few sends as the kernel allows: with UDP GSO (a `UDP_SEGMENT`
+//! control message on the send) one send carries up to 64 blocks, or 64 KiB, which the kernel
+//! cuts into datagrams of one block each. The per-datagram send path (a system call, a route
+//! lookup, a socket buffer) was most of the server's CPU per transfer
+//! (docs/benchmarks/findings.md). Where GSO is refused (a device without checksum offload, an
+//! older kernel), blocks go one by one.
+use std::{
+    io::{self, IoSlice},
+    ops::RangeInclusive,
+    os::fd::AsRawFd as _,
+    sync::Arc,
+    time::Duration,
+};
 
-use tokio::net::UdpSocket;
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use tokio::{io::Interest, net::UdpSocket};
 
 use super::packet::{self, Reply, DATA_HEADER};
 
@@ -131,6 +139,7 @@ enum Packets<'a> {
 
 /// Builds windows of DATA packets and sends them, with GSO while the kernel takes it.
 struct Sender {
+    /// Allocated at the first window, not before the client has answered.
     buffer: Vec<u8>,
     segment: usize,
     gso: bool,
@@ -138,17 +147,10 @@ struct Sender {
 
 impl Sender {
     fn new(transfer: &Transfer) -> Sender {
-        let segment = DATA_HEADER + transfer.block_size;
-        let gso = nix::sys::socket::setsockopt(
-            &transfer.socket,
-            nix::sys::socket::sockopt::UdpGsoSegment,
-            &(segment as libc::c_int),
-        )
-        .is_ok();
         Sender {
-            buffer: Vec::with_capacity(segment * transfer.window),
-            segment,
-            gso,
+            buffer: Vec::new(),
+            segment: DATA_HEADER + transfer.block_size,
+            gso: true,
         }
     }
 
@@ -166,40 +168,42 @@ impl Sender {
             self.buffer.extend_from_slice(&transfer.file[start..end]);
         }
         if self.gso {
-            let per_send = (MAX_GSO_BYTES / self.segment).clamp(1, MAX_GSO_SEGMENTS);
-            match send_all(
-                &transfer.socket,
-                self.buffer.chunks(self.segment * per_send),
-            )
-            .await
-            {
+            match self.send_segmented(&transfer.socket).await {
                 Ok(()) => return Ok(()),
                 Err(err) if gso_refused(&err) => {
                     tracing::debug!(peer = ?transfer.socket.peer_addr().ok(), "UDP GSO refused ({err}); sending blocks one by one");
                     self.gso = false;
-                    // Zero turns GSO off for the socket, so each send below is one datagram.
-                    nix::sys::socket::setsockopt(
-                        &transfer.socket,
-                        nix::sys::socket::sockopt::UdpGsoSegment,
-                        &0,
-                    )
-                    .map_err(io::Error::from)?;
                 }
                 Err(err) => return Err(err),
             }
         }
-        send_all(&transfer.socket, self.buffer.chunks(self.segment)).await
+        for datagram in self.buffer.chunks(self.segment) {
+            transfer.socket.send(datagram).await?;
+        }
+        Ok(())
     }
-}
 
-async fn send_all<'a>(
-    socket: &UdpSocket,
-    datagrams: impl Iterator<Item = &'a [u8]>,
-) -> io::Result<()> {
-    for datagram in datagrams {
-        socket.send(datagram).await?;
+    /// Sends the window in as few sends as GSO allows. Every segment is one block, and only
+    /// the file's last block, at the very end, may be shorter, as GSO requires.
+    async fn send_segmented(&self, socket: &UdpSocket) -> io::Result<()> {
+        let per_send = (MAX_GSO_BYTES / self.segment).clamp(1, MAX_GSO_SEGMENTS);
+        let segment = u16::try_from(self.segment).map_err(io::Error::other)?;
+        for chunk in self.buffer.chunks(self.segment * per_send) {
+            socket
+                .async_io(Interest::WRITABLE, || {
+                    sendmsg::<()>(
+                        socket.as_raw_fd(),
+                        &[IoSlice::new(chunk)],
+                        &[ControlMessage::UdpGsoSegments(&segment)],
+                        MsgFlags::empty(),
+                        None,
+                    )
+                    .map_err(io::Error::from)
+                })
+                .await?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The errors with which the kernel refuses a GSO send it cannot segment.

@@ -55,6 +55,11 @@ struct Journal {
     live: BTreeMap<MacAddr, Lease>,
     /// Entries in the file, live or not.
     entries: usize,
+    /// Set when a write may have reached the file only in part, or a rename may not be
+    /// durable: from then on nothing more is written, because what follows could be lost or
+    /// replayed wrongly. A restart replays the file and starts clean (as PostgreSQL does after
+    /// a failed fsync).
+    failed: Option<String>,
 }
 
 fn io_error<'a>(path: &'a Path, doing: &'a str) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
@@ -94,6 +99,7 @@ impl LeaseJournal {
             capacity: text.len() as u64,
             live: replayed.live,
             entries: replayed.entries,
+            failed: None,
         };
         journal.compact_if_mostly_dead()?;
         sync_directory(data_dir)?;
@@ -170,6 +176,12 @@ fn sync_directory(dir: &Path) -> Result<(), StoreError> {
 impl Journal {
     /// Appends the entries and makes them durable: one write and one fdatasync.
     fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
+        if let Some(failure) = &self.failed {
+            return Err(StoreError::Backend(format!(
+                "the lease journal {} takes no more writes after an earlier failure ({failure}); restart Wisp",
+                self.path.display()
+            )));
+        }
         let mut bytes = Vec::with_capacity(entries.len() * 128);
         for entry in entries {
             encode(entry, &mut bytes);
@@ -179,10 +191,15 @@ impl Journal {
             self.capacity =
                 grow(&self.file, self.capacity, end).map_err(io_error(&self.path, "grow"))?;
         }
-        self.file
+        if let Err(err) = self
+            .file
             .write_all_at(&bytes, self.end)
             .and_then(|()| self.file.sync_data())
-            .map_err(io_error(&self.path, "append to"))?;
+        {
+            let err = io_error(&self.path, "append to")(err);
+            self.failed = Some(err.to_string());
+            return Err(err);
+        }
         self.end = end;
         self.entries += entries.len();
         Ok(())
@@ -205,18 +222,29 @@ impl Journal {
             .open(&fresh)
             .map_err(io_error(&fresh, "create"))?;
         let end = bytes.len() as u64;
-        let capacity = file
+        let written = file
             .write_all_at(&bytes, 0)
             .and_then(|()| grow(&file, end, end))
-            .map_err(io_error(&fresh, "write"))?;
-        std::fs::rename(&fresh, &self.path).map_err(io_error(&self.path, "replace"))?;
-        if let Some(dir) = self.path.parent() {
-            sync_directory(dir)?;
-        }
+            .and_then(|capacity| std::fs::rename(&fresh, &self.path).map(|()| capacity));
+        let capacity = match written {
+            Ok(capacity) => capacity,
+            // The old journal is untouched, and stays in use.
+            Err(err) => {
+                let _ = std::fs::remove_file(&fresh);
+                return Err(io_error(&fresh, "write")(err));
+            }
+        };
         tracing::info!(journal = %self.path.display(), from = self.entries, to = self.live.len(), "lease journal compacted");
+        // Appends go to the new file from now on, whatever happens below.
         self.file = file;
         (self.end, self.capacity) = (end, capacity);
         self.entries = self.live.len();
+        if let Some(dir) = self.path.parent() {
+            if let Err(err) = sync_directory(dir) {
+                self.failed = Some(err.to_string());
+                return Err(err);
+            }
+        }
         Ok(())
     }
 }
@@ -238,7 +266,11 @@ impl LeaseStore for LeaseJournal {
         for lease in leases {
             journal.live.insert(lease.mac, lease.clone());
         }
-        journal.compact_if_mostly_dead()
+        // The leases are durable whatever compaction does.
+        if let Err(err) = journal.compact_if_mostly_dead() {
+            tracing::error!("cannot compact the lease journal: {err}");
+        }
+        Ok(())
     }
 
     fn remove_lease(&self, mac: &MacAddr) -> Result<Option<Lease>, StoreError> {
