@@ -102,7 +102,7 @@ fn assert_chainload(lab: &Lab, daemon: &Daemon, binary: &str) {
     );
     let fetched = line_of(
         &log,
-        &["TFTP read request", &format!("file={binary}"), "served"],
+        &["TFTP read request", &format!("file=\"{binary}\""), "served"],
     );
     let scripted = line_of(&log, &["DHCP reply", "reply=Some(Ack)", "auto.ipxe"]);
     let served = line_of(&log, &["iPXE script served", "pending_work=true"]);

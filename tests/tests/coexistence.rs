@@ -223,7 +223,7 @@ fn proxy_boot(firmware: Firmware) {
     );
     let log = daemon.log();
     assert!(
-        log.contains(&format!("file={binary} outcome=\"served\""))
+        log.contains(&format!("file=\"{binary}\" outcome=\"served\""))
             && log.contains("iPXE script served"),
         "{log}"
     );

@@ -21,7 +21,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use self::{
     packet::{ErrorCode, Options, Request, DEFAULT_BLOCK_SIZE},
-    transfer::Transfer,
+    transfer::{Failed, Transfer},
 };
 use crate::metrics::{Metrics, TftpLabels};
 
@@ -129,6 +129,8 @@ pub async fn serve(
                 })
                 .inc()
         };
+        // File names come from the network. Logged as string fields, they are quoted and
+        // escaped, so that no name can forge a log line.
         let (filename, options) = match packet::parse_request(&buffer[..length]) {
             Ok(Request::Read { filename, options }) => (filename, options),
             Ok(Request::Write { filename }) => {
@@ -237,6 +239,10 @@ fn start_transfer(
         };
         match transfer.run(oack, progress).await {
             Ok(()) => tracing::debug!(%client, "TFTP transfer complete"),
+            // UEFI firmware reads a file's size this way: it takes the OACK, then aborts.
+            Err(Failed::ClientError(message)) => {
+                tracing::info!(%client, "TFTP transfer ended by the client: {message:?}")
+            }
             Err(err) => tracing::info!(%client, "TFTP transfer failed: {err}"),
         }
     });
