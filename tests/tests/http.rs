@@ -168,33 +168,28 @@ fn scripts_refusals_and_assets_with_head_and_range() {
     // Plain fetches are sent with sendfile; what that fast path declines goes, with its
     // connection, to the router. One connection: a range, a script, then an asset again.
     let asset = "http://10.99.0.1:8080/assets/disk.img";
-    let reused = lab.client.exec_ok(
-        "curl",
-        &[
+    let script = "http://10.99.0.1:8080/ipxe/1c:69:7a:00:00:02/auto.ipxe";
+    let mut args = Vec::new();
+    for (index, (url, range)) in [(asset, Some("0-99")), (script, None), (asset, None)]
+        .into_iter()
+        .enumerate()
+    {
+        if index > 0 {
+            args.push("--next");
+        }
+        args.extend([
             "-s",
             "-w",
             "%{http_code}:%{num_connects} ",
             "-o",
             "/dev/null",
-            "-r",
-            "0-99",
-            asset,
-            "--next",
-            "-s",
-            "-w",
-            "%{http_code}:%{num_connects} ",
-            "-o",
-            "/dev/null",
-            "http://10.99.0.1:8080/ipxe/1c:69:7a:00:00:02/auto.ipxe",
-            "--next",
-            "-s",
-            "-w",
-            "%{http_code}:%{num_connects} ",
-            "-o",
-            "/dev/null",
-            asset,
-        ],
-    );
+        ]);
+        if let Some(range) = range {
+            args.extend(["-r", range]);
+        }
+        args.push(url);
+    }
+    let reused = lab.client.exec_ok("curl", &args);
     assert_eq!(
         reused.trim(),
         "206:1 200:0 200:0",
