@@ -120,15 +120,14 @@ impl Assets {
     async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let mut buffer = Vec::with_capacity(4096);
         loop {
-            match tokio::time::timeout(IDLE_TIMEOUT, read_head(&mut stream, &mut buffer)).await {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) | Err(_) => return,
+            let head = tokio::time::timeout(IDLE_TIMEOUT, read_head(&mut stream, &mut buffer));
+            let (request, head_length) = match head.await {
+                Ok(Ok(Some(Head::Asset(request, head_length)))) => (request, head_length),
+                Ok(Ok(Some(_))) => return self.hand_over(stream, buffer, peer).await,
+                Ok(Ok(None)) | Err(_) => return,
                 Ok(Err(err)) => {
                     return tracing::debug!(%peer, "boot HTTP connection failed: {err}");
                 }
-            }
-            let Some((request, head_length)) = parse(&buffer) else {
-                return self.hand_over(stream, buffer, peer).await;
             };
             let Some(file) = self.open(&request) else {
                 return self.hand_over(stream, buffer, peer).await;
@@ -175,22 +174,29 @@ impl Assets {
     }
 }
 
-/// Reads until the buffer holds a complete request head, or something httparse rejects (which
-/// the router then answers); false when the peer closed first.
-async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<bool> {
+/// Reads until the buffer holds a whole request head, or what the router must answer; None when
+/// the peer closed first.
+async fn read_head(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<Option<Head>> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let partial = matches!(
-            httparse::Request::new(&mut headers).parse(buffer),
-            Ok(httparse::Status::Partial)
-        );
-        if !partial || buffer.len() >= MAX_HEAD {
-            return Ok(true);
+        match parse(buffer) {
+            Head::Incomplete if buffer.len() >= MAX_HEAD => return Ok(Some(Head::Router)),
+            Head::Incomplete => {}
+            head => return Ok(Some(head)),
         }
         if stream.read_buf(buffer).await? == 0 {
-            return Ok(false);
+            return Ok(None);
         }
     }
+}
+
+/// What the bytes read so far on a connection hold.
+#[derive(Debug, PartialEq)]
+enum Head {
+    Incomplete,
+    /// An asset request the fast path answers, and the length of its head.
+    Asset(AssetRequest, usize),
+    /// Anything else: the router answers it (or rejects it).
+    Router,
 }
 
 /// An asset request the fast path can answer in full.
@@ -205,13 +211,21 @@ struct AssetRequest {
     keep_alive: bool,
 }
 
-/// Parses a request head; None for anything the router should answer.
-fn parse(buffer: &[u8]) -> Option<(AssetRequest, usize)> {
+fn parse(buffer: &[u8]) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut headers);
-    let httparse::Status::Complete(head_length) = request.parse(buffer).ok()? else {
-        return None;
-    };
+    match request.parse(buffer) {
+        Ok(httparse::Status::Partial) => Head::Incomplete,
+        Ok(httparse::Status::Complete(head_length)) => match asset_request(&request) {
+            Some(asset) => Head::Asset(asset, head_length),
+            None => Head::Router,
+        },
+        Err(_) => Head::Router,
+    }
+}
+
+/// The asset request in a complete head; None for anything the router should answer.
+fn asset_request(request: &httparse::Request<'_, '_>) -> Option<AssetRequest> {
     let head_only = match request.method? {
         "GET" => false,
         "HEAD" => true,
@@ -246,14 +260,13 @@ fn parse(buffer: &[u8]) -> Option<(AssetRequest, usize)> {
             _ => {}
         }
     }
-    let request = AssetRequest {
+    Some(AssetRequest {
         path: path.to_string(),
         relative,
         head_only,
         range,
         keep_alive,
-    };
-    Some((request, head_length))
+    })
 }
 
 /// The decoded path of an asset below the assets directory; None unless every segment is a
@@ -381,10 +394,13 @@ mod tests {
     use super::*;
 
     fn request(head: &str) -> Option<AssetRequest> {
-        parse(head.as_bytes()).map(|(request, length)| {
-            assert_eq!(length, head.len());
-            request
-        })
+        match parse(head.as_bytes()) {
+            Head::Asset(request, length) => {
+                assert_eq!(length, head.len());
+                Some(request)
+            }
+            _ => None,
+        }
     }
 
     #[test]
