@@ -3,13 +3,16 @@
 //! is the DHCP view of Hardware, [`leases`] makes ACKed leases durable; this module receives,
 //! persists and sends.
 pub mod boot;
+pub mod datagrams;
 pub mod handler;
 pub mod leases;
 pub mod reservation;
 
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr},
+    future::Future,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    pin::Pin,
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -23,6 +26,7 @@ use workflow::{resource::MacAddr, store::LeaseStore};
 
 use self::{
     boot::BootConfig,
+    datagrams::Receiver,
     handler::{Context, Destination, Mode, Outcome, Reply, Request},
     leases::LeaseWriter,
     reservation::Reservations,
@@ -126,30 +130,59 @@ impl DhcpServer {
         port: u16,
         writer: LeaseWriter,
     ) -> anyhow::Result<()> {
-        let mut buffer = vec![0u8; 65_535];
+        let mut receiver = Receiver::default();
         loop {
-            let (length, source) = socket
-                .recv_from(&mut buffer)
-                .await
-                .context("receiving DHCP")?;
-            let payload = &buffer[..length];
-            if !self.gate.admit(payload) {
-                continue;
+            receiver.receive(&socket).await.context("receiving DHCP")?;
+            let mut replies = Replies::default();
+            for (payload, datagram) in receiver.datagrams() {
+                if datagram.truncated {
+                    tracing::debug!(source = %datagram.source, "oversized DHCP datagram dropped");
+                    self.count_received("malformed");
+                    continue;
+                }
+                if !self.gate.admit(payload) {
+                    continue;
+                }
+                // Bad input never takes the server down: dhcproto asserts on some malformed
+                // options, so decoding and deciding run under catch_unwind, and a panic there
+                // is counted and dropped like any other malformed packet.
+                // AssertUnwindSafe: deciding only reads shared state (and bumps counters), so
+                // a panic part-way leaves nothing inconsistent behind.
+                let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.decide(payload, datagram.source, port)
+                }));
+                let Ok(Some((message, outcome))) = decided else {
+                    tracing::debug!(source = %datagram.source, "malformed DHCP message dropped");
+                    self.count_received("malformed");
+                    continue;
+                };
+                self.act(
+                    message,
+                    outcome,
+                    datagram.source,
+                    &socket,
+                    &writer,
+                    &mut replies,
+                );
             }
-            // Bad input never takes the server down: dhcproto asserts on some malformed
-            // options, so decoding and deciding run under catch_unwind, and a panic there is
-            // counted and dropped like any other malformed packet.
-            // AssertUnwindSafe: deciding only reads shared state (and bumps counters), so a
-            // panic part-way leaves nothing inconsistent behind.
-            let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.decide(payload, source, port)
-            }));
-            let Ok(Some((message, outcome))) = decided else {
-                tracing::debug!(%source, "malformed DHCP message dropped");
-                self.count_received("malformed");
-                continue;
-            };
-            self.act(message, outcome, source, &socket, &writer).await;
+            self.send(&socket, replies.now).await;
+            if !replies.after_lease.is_empty() {
+                // The ACKs wait for their leases to be durable without holding up the loop;
+                // the leases were queued in decision order, and share one group commit.
+                let (server, socket) = (Arc::clone(&self), Arc::clone(&socket));
+                tokio::spawn(async move {
+                    let mut durable = Vec::with_capacity(replies.after_lease.len());
+                    for (stored, reply) in replies.after_lease {
+                        match stored.await {
+                            Ok(()) => durable.push(reply),
+                            Err(err) => {
+                                tracing::error!(client = %reply.client, "lease not stored, ACK withheld: {err}")
+                            }
+                        }
+                    }
+                    server.send(&socket, durable).await;
+                });
+            }
         }
     }
 
@@ -186,13 +219,14 @@ impl DhcpServer {
         Some((message, outcome))
     }
 
-    async fn act(
-        self: &Arc<Self>,
+    fn act(
+        &self,
         message: v4::Message,
         outcome: Outcome,
         source: SocketAddr,
-        socket: &Arc<UdpSocket>,
+        socket: &UdpSocket,
         writer: &LeaseWriter,
+        replies: &mut Replies,
     ) {
         let mac = handler::client_mac(&message);
         let client = mac.map(|m| m.to_string()).unwrap_or_default();
@@ -203,22 +237,16 @@ impl DhcpServer {
                 let handoff = mac
                     .filter(|_| reply.handoff)
                     .map(|mac| (mac, message.xid()));
-                match reply.lease.clone() {
-                    // The ACK waits for its lease to be durable, without holding up the loop.
-                    Some(lease) => {
-                        // Queued here, in decision order; only the wait is spawned.
-                        let durable = writer.record(lease);
-                        let (server, socket) = (Arc::clone(self), Arc::clone(socket));
-                        tokio::spawn(async move {
-                            match durable.await {
-                                Ok(()) => server.send(&socket, *reply, handoff).await,
-                                Err(err) => {
-                                    tracing::error!(client, "lease not stored, ACK withheld: {err}")
-                                }
-                            }
-                        });
-                    }
-                    None => self.send(socket, *reply, handoff).await,
+                let lease = reply.lease.clone();
+                let Some(outgoing) = self.prepare(socket, *reply, client, handoff) else {
+                    return;
+                };
+                match lease {
+                    // Queued here, in decision order; the ACK goes once the lease is durable.
+                    Some(lease) => replies
+                        .after_lease
+                        .push((Box::pin(writer.record(lease)), outgoing)),
+                    None => replies.now.push(outgoing),
                 }
             }
             Outcome::Release(mac) => {
@@ -272,8 +300,14 @@ impl DhcpServer {
         });
     }
 
-    /// Sends a reply; `handoff` is recorded once an iPXE binary has actually been handed out.
-    async fn send(&self, socket: &UdpSocket, reply: Reply, handoff: Option<(MacAddr, u32)>) {
+    /// Encodes a reply and works out where it goes; None (and logged) when it cannot be encoded.
+    fn prepare(
+        &self,
+        socket: &UdpSocket,
+        reply: Reply,
+        client: String,
+        handoff: Option<(MacAddr, u32)>,
+    ) -> Option<Outgoing> {
         // Encoding runs under catch_unwind like decoding: a reply that cannot be encoded is
         // dropped, not a reason to stop serving.
         let encoded = std::panic::catch_unwind(|| {
@@ -285,40 +319,98 @@ impl DhcpServer {
         });
         let bytes = match encoded {
             Ok(Ok(bytes)) => bytes,
-            Ok(Err(err)) => return tracing::error!("cannot encode a DHCP reply: {err}"),
-            Err(_) => return tracing::error!("encoding a DHCP reply panicked; reply dropped"),
+            Ok(Err(err)) => {
+                tracing::error!(client, "cannot encode a DHCP reply: {err}");
+                return None;
+            }
+            Err(_) => {
+                tracing::error!(client, "encoding a DHCP reply panicked; reply dropped");
+                return None;
+            }
         };
-        let target: SocketAddr = match reply.destination {
-            Destination::Relay(relay) => (relay, DHCP_SERVER_PORT).into(),
-            Destination::Client(address) => (address, CLIENT_PORT).into(),
-            Destination::Broadcast => (Ipv4Addr::BROADCAST, CLIENT_PORT).into(),
-            Destination::Source(source) => source,
+        let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT);
+        let target = match reply.destination {
+            Destination::Relay(relay) => SocketAddrV4::new(relay, DHCP_SERVER_PORT),
+            Destination::Client(address) => SocketAddrV4::new(address, CLIENT_PORT),
+            Destination::Broadcast => broadcast,
+            Destination::Source(SocketAddr::V4(source)) => source,
+            Destination::Source(SocketAddr::V6(source)) => {
+                tracing::error!(client, %source, "a DHCP reply cannot go to an IPv6 source");
+                return None;
+            }
             Destination::Unicast { address, mac } => {
                 match crate::net::add_arp_entry(socket, &self.interface, address, mac.0) {
-                    Ok(()) => (address, CLIENT_PORT).into(),
+                    Ok(()) => SocketAddrV4::new(address, CLIENT_PORT),
                     Err(err) => {
-                        tracing::debug!(client = %mac, "cannot add an ARP entry ({err}); broadcasting instead");
-                        (Ipv4Addr::BROADCAST, CLIENT_PORT).into()
+                        tracing::debug!(
+                            client,
+                            "cannot add an ARP entry ({err}); broadcasting instead"
+                        );
+                        broadcast
                     }
                 }
             }
         };
-        let reply_type = type_name(reply.message.opts().msg_type());
-        match socket.send_to(&bytes, target).await {
-            Ok(_) => {
-                self.metrics
-                    .dhcp_replies
-                    .get_or_create(&DhcpLabels {
-                        message_type: reply_type.into(),
-                    })
-                    .inc();
-                if let Some((mac, xid)) = handoff {
-                    self.record_handoff(mac, xid);
+        Some(Outgoing {
+            bytes,
+            target,
+            reply_type: type_name(reply.message.opts().msg_type()),
+            client,
+            handoff,
+        })
+    }
+
+    /// Sends replies in one batch; a handoff is recorded once its iPXE binary has actually been
+    /// handed out.
+    async fn send(&self, socket: &UdpSocket, replies: Vec<Outgoing>) {
+        if replies.is_empty() {
+            return;
+        }
+        let datagrams: Vec<_> = replies
+            .iter()
+            .map(|reply| (reply.bytes.as_slice(), reply.target))
+            .collect();
+        let outcomes = datagrams::send_all(socket, &datagrams).await;
+        for (reply, outcome) in replies.iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => {
+                    self.metrics
+                        .dhcp_replies
+                        .get_or_create(&DhcpLabels {
+                            message_type: reply.reply_type.into(),
+                        })
+                        .inc();
+                    if let Some((mac, xid)) = reply.handoff {
+                        self.record_handoff(mac, xid);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(client = reply.client, target = %reply.target, "cannot send a DHCP reply: {err}")
                 }
             }
-            Err(err) => tracing::warn!(%target, "cannot send a DHCP reply: {err}"),
         }
     }
+}
+
+/// An encoded reply and what to record once it is sent.
+struct Outgoing {
+    bytes: Vec<u8>,
+    target: SocketAddrV4,
+    reply_type: &'static str,
+    client: String,
+    handoff: Option<(MacAddr, u32)>,
+}
+
+/// A lease on its way to the journal: resolves once it is durable.
+type LeaseStored = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// The replies to one received batch.
+#[derive(Default)]
+struct Replies {
+    /// Sent as soon as the batch is decided.
+    now: Vec<Outgoing>,
+    /// ACKs, each sent once its lease is durable.
+    after_lease: Vec<(LeaseStored, Outgoing)>,
 }
 
 fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {

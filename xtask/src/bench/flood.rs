@@ -66,6 +66,7 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                             settings.dhcp_hosts,
                             settings.flood_known_rate,
                             settings.probe_seconds,
+                            dhcp::Latency::Measured,
                         )
                     });
                     std::thread::sleep(Duration::from_millis(500));
