@@ -136,34 +136,55 @@ fn parse(text: &str) -> Option<Probe> {
     saw_report.then_some(probe)
 }
 
+/// Why a probe was not clean.
+#[derive(Clone, Copy, PartialEq)]
+enum Shortfall {
+    /// Exchanges were lost: the server's limit.
+    Drops,
+    /// Nothing was lost, but perfdhcp sent fewer than asked: the generator's limit.
+    Generator,
+}
+
+/// The highest clean rate, and whether the first rate above it fell short at the generator.
+struct TopRate {
+    achieved: f64,
+    generator_bound: bool,
+}
+
 /// The highest clean rate: from `start`, doubling while clean (or halving until clean), then
-/// bisecting between the last clean rate and the first that dropped.
-fn max_clean_rate(lab: &Lab, settings: &Settings) -> anyhow::Result<f64> {
+/// bisecting between the last clean rate and the first that fell short.
+fn max_clean_rate(lab: &Lab, settings: &Settings) -> anyhow::Result<TopRate> {
     const LOWEST: u32 = 25;
     let (hosts, seconds) = (settings.dhcp_hosts, settings.probe_seconds);
-    let try_rate = |rate: u32| -> anyhow::Result<Option<f64>> {
+    let try_rate = |rate: u32| -> anyhow::Result<Result<f64, Shortfall>> {
         let result = probe(lab, hosts, rate, seconds, Latency::Skipped)?;
         println!(
             "    {rate}/s: {:.0}/s achieved, {} drops",
             result.rate(seconds),
             result.drops
         );
-        Ok(result.clean(rate, seconds).then(|| result.rate(seconds)))
+        Ok(if result.clean(rate, seconds) {
+            Ok(result.rate(seconds))
+        } else if result.drops == 0 {
+            Err(Shortfall::Generator)
+        } else {
+            Err(Shortfall::Drops)
+        })
     };
     let mut best: Option<(u32, f64)> = None;
-    let mut failed: Option<u32> = None;
+    let mut failed: Option<(u32, Shortfall)> = None;
     let mut rate = settings.dhcp_start_rate;
     loop {
         match try_rate(rate)? {
-            Some(achieved) => {
+            Ok(achieved) => {
                 best = Some((rate, achieved));
                 if failed.is_some() || rate * 2 > settings.dhcp_max_rate {
                     break;
                 }
                 rate *= 2;
             }
-            None => {
-                failed = Some(rate);
+            Err(shortfall) => {
+                failed = Some((rate, shortfall));
                 if best.is_some() || rate / 2 < LOWEST {
                     break;
                 }
@@ -174,19 +195,23 @@ fn max_clean_rate(lab: &Lab, settings: &Settings) -> anyhow::Result<f64> {
     let Some((mut low, mut achieved)) = best else {
         bail!("no clean run even at {LOWEST}/s");
     };
-    if let Some(mut high) = failed.filter(|&high| high > low) {
+    if let Some((mut high, _)) = failed.filter(|&(high, _)| high > low) {
         for _ in 0..settings.bisect_steps {
             let middle = (low + high) / 2;
             if middle <= low {
                 break;
             }
             match try_rate(middle)? {
-                Some(rate) => (low, achieved) = (middle, rate),
-                None => high = middle,
+                Ok(rate) => (low, achieved) = (middle, rate),
+                Err(shortfall) => (high, failed) = (middle, Some((middle, shortfall))),
             }
         }
     }
-    Ok(achieved)
+    Ok(TopRate {
+        achieved,
+        generator_bound: failed
+            .is_some_and(|(high, shortfall)| high > low && shortfall == Shortfall::Generator),
+    })
 }
 
 /// Wisp with the reserved hosts, its gate in `xdp_mode`.
@@ -308,8 +333,11 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
     for (name, start) in servers {
         println!("  {name}");
         let server = start(lab, work, settings)?;
+        let mut generator_bound_runs = 0;
         for _ in 0..settings.runs {
-            let rate = max_clean_rate(lab, settings)?;
+            let top = max_clean_rate(lab, settings)?;
+            let rate = top.achieved;
+            generator_bound_runs += usize::from(top.generator_bound);
             table.record(&case, name, "leases/s", rate);
             let half = ((rate / 2.0) as u32).max(1);
             let cpu_before = server.cpu_seconds()?;
@@ -331,6 +359,13 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                 table.record(&case, name, "p50 ms", p50);
                 table.record(&case, name, "p99 ms", p99);
             }
+        }
+        if generator_bound_runs > 0 {
+            table.description.push_str(&format!(
+                " In {generator_bound_runs} of {} runs, {name}'s top rate is the generator's: \
+                 above it perfdhcp sent fewer exchanges than asked, and none was dropped.",
+                settings.runs
+            ));
         }
         drop(server);
     }

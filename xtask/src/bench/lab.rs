@@ -16,7 +16,17 @@ pub const SERVER_IF: &str = "srv";
 pub const CLIENT_IF: &str = "cli";
 pub const SERVER_IP: &str = "10.88.0.1";
 
-pub struct Lab;
+/// The system's default socket receive buffer while the lab exists. perfdhcp cannot set its
+/// own, and with the kernel's default (208 KiB) its socket overflowed when a server's replies
+/// came in bursts: those were perfdhcp's own drops, counted against the server. The setting is
+/// system-wide (these namespaces share it), so the lab puts the old value back when it goes.
+const RECEIVE_BUFFER_DEFAULT: u64 = 4 << 20;
+const RMEM_DEFAULT: &str = "/proc/sys/net/core/rmem_default";
+
+pub struct Lab {
+    /// The default receive buffer before the lab raised it.
+    previous_receive_buffer: Option<String>,
+}
 
 impl Lab {
     pub fn create() -> anyhow::Result<Lab> {
@@ -24,7 +34,9 @@ impl Lab {
         for netns in [SERVER, CLIENT] {
             crate::shell::run("ip", &["netns", "add", netns])?;
         }
-        let lab = Lab;
+        let lab = Lab {
+            previous_receive_buffer: raise_receive_buffer(),
+        };
         for netns in [SERVER, CLIENT] {
             lab.exec_ok(netns, "ip", &["link", "set", "lo", "up"])?;
             // iPXE-style IPv6 chatter would only add noise.
@@ -207,6 +219,27 @@ impl Drop for MachineAddresses<'_> {
 impl Drop for Lab {
     fn drop(&mut self) {
         Lab::remove();
+        if let Some(previous) = &self.previous_receive_buffer {
+            if let Err(err) = std::fs::write(RMEM_DEFAULT, previous) {
+                println!("warning: cannot put net.core.rmem_default back to {previous} ({err})");
+            }
+        }
+    }
+}
+
+/// Raises the default receive buffer to [`RECEIVE_BUFFER_DEFAULT`]; returns the old value when
+/// it changed it.
+fn raise_receive_buffer() -> Option<String> {
+    let previous = std::fs::read_to_string(RMEM_DEFAULT).ok()?;
+    if previous.trim().parse::<u64>().ok()? >= RECEIVE_BUFFER_DEFAULT {
+        return None;
+    }
+    match std::fs::write(RMEM_DEFAULT, RECEIVE_BUFFER_DEFAULT.to_string()) {
+        Ok(()) => Some(previous),
+        Err(err) => {
+            println!("warning: cannot raise net.core.rmem_default ({err}); perfdhcp may drop replies itself");
+            None
+        }
     }
 }
 
