@@ -3,24 +3,25 @@
 //! one wakeup, not several per packet. Nothing waits for a batch to fill: under light load a
 //! batch is the one datagram that arrived.
 use std::{
-    io::{self, IoSlice, IoSliceMut},
+    io::{self, IoSliceMut},
     net::{SocketAddr, SocketAddrV4},
     os::fd::AsRawFd as _,
 };
 
-use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrIn};
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrIn, SockaddrLike as _};
 use tokio::{io::Interest, net::UdpSocket};
 
 /// Datagrams taken or sent per system call.
 const BATCH: usize = 64;
-/// Room for any DHCP message: clients keep to the 576 bytes every host must accept, or to the
-/// size they announce in option 57, which is below the MTU. A longer datagram is cut, and
-/// reported as truncated.
+/// Room for any DHCP message a client sends: at most an Ethernet frame's payload, as clients
+/// cannot rely on IP reassembly before they have an address. A longer datagram is cut, and
+/// reported as truncated (the server counts it as malformed).
 const MAX_DATAGRAM: usize = 4096;
 
-/// One received datagram: its length in the receiver's buffer, and where it came from.
+/// One received datagram: where it is in the receiver's buffers, and where it came from.
 #[derive(Clone, Copy, Debug)]
 pub struct Received {
+    buffer: usize,
     pub length: usize,
     pub source: SocketAddr,
     /// Longer than the buffer; only its first bytes were kept.
@@ -49,8 +50,8 @@ impl Receiver {
         socket
             .async_io(Interest::READABLE, || {
                 received.clear();
-                // The headers hold pointers into `slices`, so they are made for each call
-                // (two small allocations per batch) rather than kept across awaits.
+                // Made for each call (a few small allocations per batch): nix's headers hold raw
+                // pointers, which cannot be kept across the awaits of a spawned task.
                 let mut headers = MultiHeaders::<SockaddrIn>::preallocate(BATCH, None);
                 let mut slices: Vec<[IoSliceMut; 1]> = buffers
                     .iter_mut()
@@ -63,8 +64,9 @@ impl Receiver {
                     MsgFlags::MSG_DONTWAIT,
                     None,
                 )?;
-                received.extend(messages.filter_map(|message| {
+                received.extend(messages.enumerate().filter_map(|(buffer, message)| {
                     Some(Received {
+                        buffer,
                         length: message.bytes,
                         source: message.address?.into(),
                         truncated: message.flags.contains(MsgFlags::MSG_TRUNC),
@@ -79,8 +81,7 @@ impl Receiver {
     pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], Received)> {
         self.received
             .iter()
-            .zip(&self.buffers)
-            .map(|(received, buffer)| (&buffer[..received.length], *received))
+            .map(|received| (&self.buffers[received.buffer][..received.length], *received))
     }
 }
 
@@ -94,26 +95,7 @@ pub async fn send_all(
     while outcomes.len() < datagrams.len() {
         let pending = &datagrams[outcomes.len()..datagrams.len().min(outcomes.len() + BATCH)];
         let sent = socket
-            .async_io(Interest::WRITABLE, || {
-                let mut headers = MultiHeaders::<SockaddrIn>::preallocate(pending.len(), None);
-                let slices: Vec<[IoSlice; 1]> = pending
-                    .iter()
-                    .map(|(bytes, _)| [IoSlice::new(bytes)])
-                    .collect();
-                let targets: Vec<Option<SockaddrIn>> = pending
-                    .iter()
-                    .map(|(_, target)| Some((*target).into()))
-                    .collect();
-                let sent = sendmmsg(
-                    socket.as_raw_fd(),
-                    &mut headers,
-                    &slices,
-                    targets,
-                    [],
-                    MsgFlags::MSG_DONTWAIT,
-                )?;
-                Ok(sent.count())
-            })
+            .async_io(Interest::WRITABLE, || send_batch(socket, pending))
             .await;
         match sent {
             Ok(count) => outcomes.extend((0..count).map(|_| Ok(()))),
@@ -123,6 +105,53 @@ pub async fn send_all(
         }
     }
     outcomes
+}
+
+/// One sendmmsg of `datagrams`: how many went. Called directly through libc, as nix's wrapper
+/// reports the count only through an iterator that reads addresses sendmmsg never writes.
+fn send_batch(socket: &UdpSocket, datagrams: &[(&[u8], SocketAddrV4)]) -> io::Result<usize> {
+    let targets: Vec<SockaddrIn> = datagrams
+        .iter()
+        .map(|(_, target)| (*target).into())
+        .collect();
+    let mut buffers: Vec<libc::iovec> = datagrams
+        .iter()
+        .map(|(bytes, _)| libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = targets
+        .iter()
+        .zip(&mut buffers)
+        .map(|(target, buffer)| {
+            // SAFETY: mmsghdr is plain data, for which all zeroes is a valid (empty) value.
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_name = target.as_ptr().cast_mut().cast();
+            header.msg_hdr.msg_namelen = target.len();
+            header.msg_hdr.msg_iov = buffer;
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        })
+        .collect();
+    let count = u32::try_from(headers.len()).unwrap_or(u32::MAX);
+    // SAFETY: every header points at an address in `targets` and an iovec in `buffers`, which
+    // point at the caller's bytes; all of them outlive the call, and count is at most the number
+    // of headers.
+    let sent = unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            headers.as_mut_ptr(),
+            count,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    match usize::try_from(sent) {
+        Err(_) => Err(io::Error::last_os_error()),
+        // The kernel sends at least one, or fails; a zero would otherwise never end the loop.
+        Ok(0) => Err(io::Error::other("sendmmsg sent nothing")),
+        Ok(sent) => Ok(sent),
+    }
 }
 
 #[cfg(test)]
@@ -178,6 +207,30 @@ mod tests {
         assert_eq!(got, expected);
         receiver.receive(&second).await.unwrap();
         assert_eq!(receiver.datagrams().next().unwrap().0, [2; 300]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_datagram_fails_alone() {
+        let (sender, _) = bound().await;
+        let (socket, address) = bound().await;
+        // The kernel refuses UDP to port 0, so the middle datagram cannot go.
+        let refused = SocketAddrV4::new(*address.ip(), 0);
+        let datagrams: [(&[u8], SocketAddrV4); 3] = [
+            (b"first", address),
+            (b"refused", refused),
+            (b"third", address),
+        ];
+        let outcomes = send_all(&sender, &datagrams).await;
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(outcomes[1].is_err(), "sending to port 0 must fail");
+
+        let mut receiver = Receiver::default();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            receiver.receive(&socket).await.unwrap();
+            got.extend(receiver.datagrams().map(|(bytes, _)| bytes.to_vec()));
+        }
+        assert_eq!(got, [b"first".to_vec(), b"third".to_vec()]);
     }
 
     #[tokio::test]

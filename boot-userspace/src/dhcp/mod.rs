@@ -135,12 +135,12 @@ impl DhcpServer {
             receiver.receive(&socket).await.context("receiving DHCP")?;
             let mut replies = Replies::default();
             for (payload, datagram) in receiver.datagrams() {
+                if !self.gate.admit(payload) {
+                    continue;
+                }
                 if datagram.truncated {
                     tracing::debug!(source = %datagram.source, "oversized DHCP datagram dropped");
                     self.count_received("malformed");
-                    continue;
-                }
-                if !self.gate.admit(payload) {
                     continue;
                 }
                 // Bad input never takes the server down: dhcproto asserts on some malformed
@@ -167,8 +167,10 @@ impl DhcpServer {
             }
             self.send(&socket, replies.now).await;
             if !replies.after_lease.is_empty() {
-                // The ACKs wait for their leases to be durable without holding up the loop;
-                // the leases were queued in decision order, and share one group commit.
+                // The ACKs wait for their leases to be durable without holding up the loop. The
+                // leases were queued together, in decision order, so they nearly always share
+                // one group commit; when the writer cuts a batch in two, its first ACKs wait for
+                // the second commit too.
                 let (server, socket) = (Arc::clone(&self), Arc::clone(&socket));
                 tokio::spawn(async move {
                     let mut durable = Vec::with_capacity(replies.after_lease.len());

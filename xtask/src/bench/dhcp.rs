@@ -315,8 +315,9 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
             "perfdhcp, {} reserved hosts, relayed. The rate is the highest of 4-way exchanges \
              per second with no drops ({} s probes); the latency is per request/reply pair at \
              half that rate, and so is the server's CPU time (user and system, every thread) per \
-             lease. perfdhcp shares the machine's cores with the server, so the rate is partly \
-             the generator's limit; the CPU per lease is not.",
+             lease. perfdhcp (single-threaded, with a 4 MiB receive buffer, as every socket in \
+             the lab) shares the machine's cores with the server, so the rate is partly the \
+             generator's limit; the CPU per lease is not.",
             settings.dhcp_hosts, settings.probe_seconds
         ),
         &["leases/s", "p50 ms", "p99 ms", "CPU µs/lease"],

@@ -36,8 +36,8 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
     let mut table = Table::new(
         "Foreign-MAC flood",
         &format!(
-            "A generator sends relayed DISCOVERs from random unknown MACs while perfdhcp runs \
-             {} exchanges/s for the known hosts ({} s per step). The flood rate is what the \
+            "A generator sends relayed DISCOVERs from random unknown MACs while perfdhcp \
+             (single-threaded) runs {} exchanges/s for the known hosts ({} s per step). The flood rate is what the \
              generator achieved; Wisp's CPU is its process's user and system time per second, \
              measured inside the probe while the flood runs; the p99 is the known hosts' \
              request/reply latency.",

@@ -19,24 +19,25 @@ pub const SERVER_IP: &str = "10.88.0.1";
 /// The system's default socket receive buffer while the lab exists. perfdhcp cannot set its
 /// own, and with the kernel's default (208 KiB) its socket overflowed when a server's replies
 /// came in bursts: those were perfdhcp's own drops, counted against the server. The setting is
-/// system-wide (these namespaces share it), so the lab puts the old value back when it goes.
+/// system-wide, so every server and client in the lab gets it alike (Wisp sets 4 MiB on its
+/// DHCP sockets anyway), and the lab puts the old value back when it goes.
 const RECEIVE_BUFFER_DEFAULT: u64 = 4 << 20;
 const RMEM_DEFAULT: &str = "/proc/sys/net/core/rmem_default";
+/// The value before the lab raised it, kept on disk until it is put back, so that a run killed
+/// before its cleanup is mended by the next.
+const RMEM_DEFAULT_SAVED: &str = "/run/wisp-bench.rmem_default";
 
-pub struct Lab {
-    /// The default receive buffer before the lab raised it.
-    previous_receive_buffer: Option<String>,
-}
+pub struct Lab;
 
 impl Lab {
     pub fn create() -> anyhow::Result<Lab> {
         Lab::remove();
+        // From here on, a failure drops the lab, which removes what was made.
+        let lab = Lab;
         for netns in [SERVER, CLIENT] {
             crate::shell::run("ip", &["netns", "add", netns])?;
         }
-        let lab = Lab {
-            previous_receive_buffer: raise_receive_buffer(),
-        };
+        raise_receive_buffer();
         for netns in [SERVER, CLIENT] {
             lab.exec_ok(netns, "ip", &["link", "set", "lo", "up"])?;
             // iPXE-style IPv6 chatter would only add noise.
@@ -219,27 +220,47 @@ impl Drop for MachineAddresses<'_> {
 impl Drop for Lab {
     fn drop(&mut self) {
         Lab::remove();
-        if let Some(previous) = &self.previous_receive_buffer {
-            if let Err(err) = std::fs::write(RMEM_DEFAULT, previous) {
-                println!("warning: cannot put net.core.rmem_default back to {previous} ({err})");
-            }
-        }
+        restore_receive_buffer();
     }
 }
 
-/// Raises the default receive buffer to [`RECEIVE_BUFFER_DEFAULT`]; returns the old value when
-/// it changed it.
-fn raise_receive_buffer() -> Option<String> {
-    let previous = std::fs::read_to_string(RMEM_DEFAULT).ok()?;
-    if previous.trim().parse::<u64>().ok()? >= RECEIVE_BUFFER_DEFAULT {
-        return None;
+/// Raises the default receive buffer to [`RECEIVE_BUFFER_DEFAULT`], first putting back a value
+/// an interrupted run left saved.
+fn raise_receive_buffer() {
+    restore_receive_buffer();
+    let Some(previous) = std::fs::read_to_string(RMEM_DEFAULT).ok() else {
+        return;
+    };
+    if previous
+        .trim()
+        .parse::<u64>()
+        .is_ok_and(|value| value >= RECEIVE_BUFFER_DEFAULT)
+    {
+        return;
     }
-    match std::fs::write(RMEM_DEFAULT, RECEIVE_BUFFER_DEFAULT.to_string()) {
-        Ok(()) => Some(previous),
-        Err(err) => {
-            println!("warning: cannot raise net.core.rmem_default ({err}); perfdhcp may drop replies itself");
-            None
+    let raised = std::fs::write(RMEM_DEFAULT_SAVED, &previous)
+        .and_then(|()| std::fs::write(RMEM_DEFAULT, RECEIVE_BUFFER_DEFAULT.to_string()));
+    if let Err(err) = raised {
+        println!(
+            "warning: cannot raise net.core.rmem_default ({err}); perfdhcp may drop replies itself"
+        );
+        let _ = std::fs::remove_file(RMEM_DEFAULT_SAVED);
+    }
+}
+
+/// Puts back the default receive buffer saved by [`raise_receive_buffer`], if any.
+fn restore_receive_buffer() {
+    let Ok(previous) = std::fs::read_to_string(RMEM_DEFAULT_SAVED) else {
+        return;
+    };
+    match std::fs::write(RMEM_DEFAULT, previous.trim()) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(RMEM_DEFAULT_SAVED);
         }
+        Err(err) => println!(
+            "warning: cannot put net.core.rmem_default back to {} ({err})",
+            previous.trim()
+        ),
     }
 }
 
