@@ -1,7 +1,7 @@
 //! The DHCP server: sockets on ports 67 and 4011 bound to the served interface, behind the
 //! gate. Layers: [`handler`] decides (pure), [`boot`] picks the boot program, [`reservation`]
-//! is the DHCP view of Hardware, [`leases`] makes ACKed leases durable; this module receives,
-//! persists and sends.
+//! is the DHCP view of Hardware, [`leases`] makes ACKed leases durable, [`datagrams`] moves
+//! datagrams in batches; this module receives, persists and sends.
 pub mod boot;
 pub mod datagrams;
 pub mod handler;
