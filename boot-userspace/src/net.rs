@@ -1,5 +1,5 @@
-//! Facts about the served interface.
-use std::net::Ipv4Addr;
+//! Facts about the served interface, and listening on it.
+use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::Context;
 
@@ -15,6 +15,24 @@ pub fn interface_ipv4(interface: &str) -> anyhow::Result<Ipv4Addr> {
                 "interface {interface:?} has no IPv4 address; Wisp serves the boot network on one"
             )
         })
+}
+
+/// Room for this many connections waiting to be accepted; the kernel caps it at
+/// `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener for the machines of a rack. The standard library listens with a backlog of 128
+/// (tokio with 1024): with thousands of machines connecting at once, the queue overflowed, and
+/// the kernel dropped connections that their machines took as established.
+pub fn listen_tcp(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std and tokio do: a restarted daemon can bind again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Adds a complete ARP entry for `address` on `interface`, so that a reply can be unicast to a
@@ -53,5 +71,29 @@ pub fn add_arp_entry(
     match unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSARP, &request) } {
         0 => Ok(()),
         _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_listener_queues_a_racks_worth_of_connections() {
+        let listener = listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let output = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .unwrap();
+        // For a listening socket, ss's Send-Q column is the backlog it was given.
+        let line = String::from_utf8(output.stdout).unwrap();
+        let backlog: u32 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(backlog, LISTEN_BACKLOG.min(somaxconn), "{line}");
     }
 }

@@ -7,6 +7,7 @@
 //! cannot report on another machine's workflow.
 use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
+use anyhow::Context as _;
 use tonic::{Code, Request, Response, Status};
 use workflow::{
     engine::{Agent, Assignment, Decision, EngineError, Next, Report, ReportError, State},
@@ -38,9 +39,13 @@ pub struct WorkerApi {
 impl WorkerApi {
     pub async fn serve(self, address: SocketAddr) -> anyhow::Result<()> {
         tracing::info!("worker API (gRPC) listening on {address}");
+        let listener = crate::net::listen_tcp(address)
+            .with_context(|| format!("binding the worker API to {address}"))?;
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .add_service(WorkflowServiceServer::new(self))
-            .serve(address)
+            .serve_with_incoming(incoming)
             .await?;
         Ok(())
     }

@@ -70,8 +70,7 @@ impl BootHttp {
                 Arc::clone(&boot),
                 count_requests,
             ));
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
+        let listener = crate::net::listen_tcp(address)
             .with_context(|| format!("binding boot HTTP to {address}"))?;
         let listener = AssetListener::start(
             listener,

@@ -50,12 +50,13 @@ pub struct Agent {
     client: WorkflowServiceClient<Channel>,
 }
 
-/// Whether a failed call is worth retrying: the server is away, restarting or overloaded,
-/// rather than refusing the call.
+/// Whether a failed call is worth retrying: the server is away, restarting or overloaded, or
+/// the connection closed under the call (tonic's CANCELLED), rather than refusing the call.
 pub fn transient(code: Code) -> bool {
     matches!(
         code,
         Code::Unavailable
+            | Code::Cancelled
             | Code::Unknown
             | Code::Internal
             | Code::DeadlineExceeded
@@ -249,6 +250,28 @@ impl Agent {
             if let Some(finished) = finished {
                 return Ok(finished);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_connection_is_retried_and_a_refusal_is_not() {
+        // hyper's "connection closed" reaches the caller as CANCELLED: a server restart or a
+        // dropped connection must not end an install.
+        for code in [Code::Cancelled, Code::Unavailable, Code::DeadlineExceeded] {
+            assert!(transient(code), "{code:?}");
+        }
+        for code in [
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::InvalidArgument,
+            Code::NotFound,
+        ] {
+            assert!(!transient(code), "{code:?}");
         }
     }
 }
