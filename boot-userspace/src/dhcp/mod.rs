@@ -234,12 +234,12 @@ impl DhcpServer {
         let client = mac.map(|m| m.to_string()).unwrap_or_default();
         let request = type_name(message.opts().msg_type());
         match outcome {
-            Outcome::Reply(reply) => {
+            Outcome::Reply(mut reply) => {
                 tracing::info!(client, %source, request, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
                 let handoff = mac
                     .filter(|_| reply.handoff)
                     .map(|mac| (mac, message.xid()));
-                let lease = reply.lease.clone();
+                let lease = reply.lease.take();
                 let Some(outgoing) = self.prepare(socket, *reply, client, handoff) else {
                     return;
                 };
