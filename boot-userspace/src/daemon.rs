@@ -1,84 +1,88 @@
-//! `wisp serve`: opens the store, attaches the gate, and serves the DHCP receive path and the
-//! API until SIGINT or SIGTERM, then detaches the gate.
+//! `wisp serve`: opens the stores, attaches the gate, loads the machine table, and serves the
+//! boot network and the API until SIGINT or SIGTERM, then detaches the gate. Each step is one
+//! function below, in the order [`serve`] calls them.
 use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{Arc, Mutex},
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context;
 use boot_ebpf::UnknownPolicy;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    task::JoinSet,
+};
 use workflow::{
     catalog::Catalog,
     engine::Engine,
-    store::{LeaseJournal, RedbStore},
+    store::{LeaseJournal, LeaseStore, RedbStore},
 };
 
 use crate::{
-    api::{
-        routes::{router, AppState},
-        DEFAULT_LISTEN,
-    },
-    dhcp::{boot::BootConfig, handler::Mode, DhcpServer, SharedReservations},
-    gate::{Gate, RequestedMode},
+    api::routes::router,
+    boot_files::BootFiles,
+    config::Settings,
+    dhcp::{boot::BootConfig, DhcpConfig, DhcpServer},
+    gate::Gate,
     http::BootHttp,
     identity::MachineTokens,
     metrics::Metrics,
     net,
-    tftp::{self, BootFiles},
-    worker_api::{WorkerApi, WORKER_API_PORT},
+    state::AppState,
+    tftp::{self, TftpConfig},
+    worker_api::WorkerApi,
 };
 
-/// `wisp serve`'s options.
-#[derive(Debug, clap::Args)]
-pub struct ServeConfig {
-    /// The interface the machines boot on; the XDP gate attaches here.
-    #[arg(long, short)]
-    pub interface: String,
-    #[arg(long, default_value = "/var/lib/wisp")]
-    pub data_dir: PathBuf,
-    /// Address of the HTTP API (and /metrics).
-    #[arg(long, default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
-    #[arg(long, value_enum, default_value = "auto")]
-    pub xdp_mode: RequestedMode,
-    /// Pass DHCP from unknown MACs to userspace instead of dropping it (they are recorded
-    /// either way).
-    #[arg(long)]
-    pub discovery: bool,
-    /// Where the iPXE binaries are (Debian's `ipxe` package puts them here).
-    #[arg(long, default_value = "/usr/lib/ipxe")]
-    pub ipxe_dir: PathBuf,
-    /// `reservation`: hand out each machine's reserved address. `proxy`: another server hands
-    /// out addresses; answer netbooting clients with boot information only.
-    #[arg(long, value_enum, default_value = "reservation")]
-    pub dhcp_mode: Mode,
-    /// Boot assets (kernel, initramfs, images), served at http://<interface address>:8080/assets/.
-    /// Defaults to <data-dir>/assets.
-    #[arg(long)]
-    pub assets_dir: Option<PathBuf>,
+pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let address = served_address(&settings.interface)?;
+    raise_open_files_limit();
+    let (store, leases) = open_stores(&settings)?;
+    let boot_files = Arc::new(BootFiles::load(&settings.ipxe_dir)?);
+    tracing::info!(files = ?boot_files.names().collect::<Vec<_>>(), "iPXE binaries loaded from {}", settings.ipxe_dir.display());
+    let gate = Arc::new(start_gate(&settings)?);
+    let state = load_state(&settings, store, leases, Arc::clone(&gate))?;
+    let tokens = Arc::new(MachineTokens::load_or_create(&settings.data_dir)?);
+
+    let mut services = spawn_boot_services(&settings, address, &state, boot_files, tokens);
+    let mut background = spawn_background_tasks(&settings, &state);
+    let api = serve_api(&settings, Arc::clone(&state));
+    let outcome = tokio::select! {
+        result = api => result,
+        Some(result) = services.join_next() => result.context("boot-network service").and_then(|r| r),
+    };
+
+    services.shutdown().await;
+    background.abort_all();
+    if gate.detach() {
+        tracing::info!(interface = settings.interface, "gate detached");
+    }
+    outcome?;
+    tracing::info!("shut down cleanly");
+    Ok(())
 }
 
-/// The boot HTTP server's port on the served interface (iPXE scripts, kernels, images).
-pub const BOOT_HTTP_PORT: u16 = 8080;
+/// The served interface's IPv4 address, which every boot-network service listens on.
+fn served_address(interface: &str) -> anyhow::Result<Ipv4Addr> {
+    nix::net::if_::if_nametoindex(interface)
+        .map_err(|_| anyhow::anyhow!("interface {interface:?} does not exist (see `ip link`)"))?;
+    net::interface_ipv4(interface)
+}
 
-pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    nix::net::if_::if_nametoindex(config.interface.as_str()).map_err(|_| {
-        anyhow::anyhow!(
-            "interface {:?} does not exist (see `ip link`)",
-            config.interface
-        )
-    })?;
-    // Every booting machine holds connections (HTTP, the worker API): a rack needs more than
-    // the usual soft limit of 1024 descriptors.
+/// Every booting machine holds connections (HTTP, the worker API): a rack needs more than the
+/// usual soft limit of 1024 descriptors.
+fn raise_open_files_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open files limit"),
         Err(err) => tracing::warn!("could not raise the open files limit: {err}"),
     }
-    let store = RedbStore::open(&config.data_dir)?;
-    let leases = Arc::new(LeaseJournal::open(&config.data_dir)?);
+}
+
+/// The resource store and the lease journal, with leases that earlier versions kept in the
+/// resource store moved to the journal once.
+fn open_stores(settings: &Settings) -> anyhow::Result<(RedbStore, Arc<LeaseJournal>)> {
+    let store = RedbStore::open(&settings.data_dir)?;
+    let leases = Arc::new(LeaseJournal::open(&settings.data_dir)?);
     let moved = store
         .move_leases_to(&*leases)
         .context("moving leases from wisp.redb to the lease journal")?;
@@ -88,112 +92,123 @@ pub async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             "leases moved from wisp.redb to the lease journal"
         );
     }
-    let policy = if config.discovery {
+    Ok((store, leases))
+}
+
+fn start_gate(settings: &Settings) -> anyhow::Result<Gate> {
+    let policy = if settings.discovery {
         UnknownPolicy::Pass
     } else {
         UnknownPolicy::Drop
     };
-    let address = net::interface_ipv4(&config.interface)?;
-    let boot_files = Arc::new(BootFiles::load(&config.ipxe_dir)?);
-    tracing::info!(files = ?boot_files.names().collect::<Vec<_>>(), "iPXE binaries loaded from {}", config.ipxe_dir.display());
+    Gate::start(&settings.interface, settings.xdp_mode, policy)
+}
 
-    let gate = Arc::new(Gate::start(&config.interface, config.xdp_mode, policy)?);
+/// The shared state, with the workflow runs and the machine table loaded from the store (and
+/// the gate's allowlist made to match it).
+fn load_state(
+    settings: &Settings,
+    store: RedbStore,
+    leases: Arc<LeaseJournal>,
+    gate: Arc<Gate>,
+) -> anyhow::Result<Arc<AppState>> {
+    let catalog = Arc::new(Catalog::new(Arc::new(store)));
+    let engine = Engine::load(catalog).context("loading workflow runs from the store")?;
     let metrics = Arc::new(Metrics::new(Arc::clone(&gate)));
-    let reservations = Arc::new(SharedReservations::default());
-    let catalog = Catalog::new(store.clone());
-    let engine = Engine::load(&catalog).context("loading workflow runs from the store")?;
-    let state = Arc::new(AppState {
-        catalog,
-        engine,
-        gate: Arc::clone(&gate),
-        reservations: Arc::clone(&reservations),
-        metrics: Arc::clone(&metrics),
-        leases: Arc::clone(&leases),
-        hardware_sync: Mutex::new(()),
-        coalesced_syncs: Default::default(),
-    });
-    let owned = state
+    let state = Arc::new(AppState::new(engine, gate, metrics, leases));
+    let machines = state
         .sync_hardware()
         .context("loading Hardware from the store")?;
     tracing::info!(
-        machines = owned,
+        machines,
         "Hardware loaded from {}",
-        config.data_dir.display()
+        settings.data_dir.display()
     );
-
-    // The boot-network services; the first to fail stops the daemon.
-    let dhcp = DhcpServer {
-        interface: config.interface.clone(),
-        mode: config.dhcp_mode,
-        boot: BootConfig {
-            server: address,
-            http_base: format!("http://{address}:{BOOT_HTTP_PORT}"),
-            binaries: boot_files.names().map(str::to_string).collect(),
-        },
-        reservations,
-        gate: Arc::clone(&gate),
-        metrics: Arc::clone(&metrics),
-        leases,
-        handoffs: Default::default(),
-        declined: Default::default(),
-    };
-    let tokens = Arc::new(MachineTokens::load_or_create(&config.data_dir)?);
-    let mut services = tokio::task::JoinSet::new();
-    services.spawn(dhcp.serve());
-    let worker_api = WorkerApi {
-        state: Arc::clone(&state),
-        tokens: Arc::clone(&tokens),
-    };
-    services.spawn(worker_api.serve(SocketAddr::from((address, WORKER_API_PORT))));
-    let boot_http = BootHttp {
-        state: Arc::clone(&state),
-        tokens,
-        boot_files: Arc::clone(&boot_files),
-        server: address,
-        port: BOOT_HTTP_PORT,
-        assets_dir: config
-            .assets_dir
-            .clone()
-            .unwrap_or_else(|| config.data_dir.join("assets")),
-    };
-    services.spawn(boot_http.serve());
-    services.spawn(tftp::serve(
-        config.interface.clone(),
-        address,
-        boot_files,
-        Arc::clone(&metrics),
-    ));
-
-    let reconcile_task = tokio::spawn(reconcile_hardware(Arc::clone(&state)));
-    let timeouts_task = tokio::spawn(enforce_timeouts(Arc::clone(&state)));
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the API to {}", config.listen))?;
-    tracing::info!("API listening on http://{}", config.listen);
-    let api =
-        axum::serve(listener, router(Arc::clone(&state))).with_graceful_shutdown(shutdown_signal());
-
-    let outcome = tokio::select! {
-        result = api => result.context("API server"),
-        Some(result) = services.join_next() => result.context("boot-network service").and_then(|r| r),
-    };
-    services.shutdown().await;
-    reconcile_task.abort();
-    timeouts_task.abort();
-    if gate.detach() {
-        tracing::info!(interface = config.interface, "gate detached");
-    }
-    outcome?;
-    tracing::info!("shut down cleanly");
-    Ok(())
+    Ok(state)
 }
 
-/// How often the allowlist is checked against the store, to repair a sync that failed.
-const RECONCILE_PERIOD: Duration = Duration::from_secs(30);
+/// DHCP, TFTP, boot HTTP and the worker API on the served interface; the first to fail stops
+/// the daemon.
+fn spawn_boot_services(
+    settings: &Settings,
+    address: Ipv4Addr,
+    state: &Arc<AppState>,
+    boot_files: Arc<BootFiles>,
+    tokens: Arc<MachineTokens>,
+) -> JoinSet<anyhow::Result<()>> {
+    let mut services = JoinSet::new();
+    let dhcp = DhcpServer::new(
+        DhcpConfig {
+            interface: settings.interface.clone(),
+            mode: settings.dhcp_mode,
+            boot: BootConfig {
+                server: address,
+                http_base: format!("http://{address}:{}", settings.boot_http_port),
+                binaries: boot_files.names().map(str::to_string).collect(),
+            },
+            chainload_window: settings.chainload_window.0,
+        },
+        Arc::clone(&state.machines),
+        Arc::clone(&state.gate),
+        Arc::clone(&state.metrics),
+        Arc::clone(&state.leases) as Arc<dyn LeaseStore>,
+    );
+    services.spawn(dhcp.serve());
+    let worker_api = WorkerApi {
+        state: Arc::clone(state),
+        tokens: Arc::clone(&tokens),
+    };
+    services.spawn(worker_api.serve(SocketAddr::from((address, settings.worker_api_port))));
+    services.spawn(
+        BootHttp {
+            state: Arc::clone(state),
+            tokens,
+            boot_files: Arc::clone(&boot_files),
+            server: address,
+            port: settings.boot_http_port,
+            worker_api_port: settings.worker_api_port,
+            assets_dir: settings.assets_dir.clone(),
+        }
+        .serve(),
+    );
+    services.spawn(tftp::serve(
+        TftpConfig {
+            interface: settings.interface.clone(),
+            address,
+            max_transfers: settings.tftp_max_transfers,
+            timeout: settings.tftp_timeout.0,
+        },
+        boot_files,
+        Arc::clone(&state.metrics),
+    ));
+    services
+}
 
-async fn reconcile_hardware(state: Arc<AppState>) {
-    let mut ticks = tokio::time::interval(RECONCILE_PERIOD);
+/// The periodic work: repairing the allowlist, and ending workflows whose timeouts passed.
+fn spawn_background_tasks(settings: &Settings, state: &Arc<AppState>) -> JoinSet<()> {
+    let mut tasks = JoinSet::new();
+    tasks.spawn(reconcile_hardware(
+        Arc::clone(state),
+        settings.reconcile_interval.0,
+    ));
+    tasks.spawn(enforce_timeouts(Arc::clone(state)));
+    tasks
+}
+
+/// The CLI's API, until SIGINT or SIGTERM.
+async fn serve_api(settings: &Settings, state: Arc<AppState>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding the API to {}", settings.listen))?;
+    tracing::info!("API listening on http://{}", settings.listen);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("API server")
+}
+
+async fn reconcile_hardware(state: Arc<AppState>, period: Duration) {
+    let mut ticks = tokio::time::interval(period);
     ticks.tick().await; // the first tick is immediate, and start-up has just synced
     loop {
         ticks.tick().await;

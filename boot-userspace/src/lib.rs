@@ -1,5 +1,9 @@
 //! The Wisp appliance. One layer a module:
 //!
+//! - [`state`]: what every service shares: the engine and its catalog, the machine table, the
+//!   gate, the leases and the metrics;
+//! - [`machines`]: the machine table, the boot path's one view of the Hardware;
+//! - [`boot_files`]: the iPXE binaries, loaded once, for TFTP, boot HTTP and DHCP;
 //! - [`gate`]: the XDP DHCP gate (loader, allowlist sync, counters) and its userspace fallback;
 //! - [`dhcp`]: the DHCP receive path on ports 67 and 4011, behind the gate;
 //! - [`tftp`]: the read-only TFTP server for the iPXE binaries;
@@ -9,15 +13,20 @@
 //! - [`identity`]: which machine is calling, by address and token;
 //! - [`api`]: the HTTP/JSON API the `wisp` CLI talks to, and its wire types;
 //! - [`metrics`]: Prometheus metrics;
+//! - [`config`]: `wisp serve`'s settings, from flags, `WISP_*` variables and a TOML file;
 //! - [`daemon`]: `wisp serve`, which wires them together.
 pub mod api;
+pub mod boot_files;
+pub mod config;
 pub mod daemon;
 pub mod dhcp;
 pub mod gate;
 pub mod http;
 pub mod identity;
+pub mod machines;
 pub mod metadata;
 pub mod metrics;
 pub mod net;
+pub mod state;
 pub mod tftp;
 pub mod worker_api;

@@ -3,7 +3,7 @@ mod cli;
 
 use std::process::ExitCode;
 
-use boot_userspace::{api::DEFAULT_SERVER, daemon};
+use boot_userspace::{api::DEFAULT_SERVER, config::ServeArgs, daemon};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,7 +28,7 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// Run the appliance on an interface.
-    Serve(daemon::ServeConfig),
+    Serve(ServeArgs),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -36,13 +36,22 @@ enum Command {
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Command::Serve(config) => {
+        Command::Serve(args) => {
+            let print = args.print_config;
+            let settings = match args.settings() {
+                Ok(settings) => settings,
+                Err(err) => return fail(&format!("{err:#}")),
+            };
+            if print {
+                print!("{}", settings.to_toml());
+                return ExitCode::SUCCESS;
+            }
             init_logging();
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(err) => return fail(&format!("cannot start the runtime: {err}")),
             };
-            match runtime.block_on(daemon::serve(config)) {
+            match runtime.block_on(daemon::serve(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => fail(&format!("{err:#}")),
             }

@@ -9,27 +9,22 @@ use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
 use anyhow::Context as _;
 use tonic::{Code, Request, Response, Status};
+use wisp_proto::{
+    workflow_service_server::{WorkflowService, WorkflowServiceServer},
+    ActionRequest, ActionResponse, ActionStatusRequest, ActionStatusResponse, StateType,
+    WORKFLOW_STATE_KEY,
+};
 use workflow::{
-    engine::{Agent, Assignment, Decision, EngineError, Next, Report, ReportError, State},
-    proto::{
-        workflow_service_server::{WorkflowService, WorkflowServiceServer},
-        ActionRequest, ActionResponse, ActionStatusRequest, ActionStatusResponse, StateType,
-    },
+    engine::{Assignment, Decision, EngineError, Next, WorkerIdentity},
     resource::{Kind, MacAddr, ResourceKey},
+    run::{Report, ReportError, State},
 };
 
 use crate::{
-    api::routes::AppState,
     identity::{self, MachineTokens, Refusal},
     metrics::{StateLabels, WorkerCallLabels},
+    state::AppState,
 };
-
-/// The metadata key of a `NOT_FOUND` answer that carries the state of the machine's most
-/// recently finished workflow.
-pub use workflow::agent::WORKFLOW_STATE_KEY;
-
-/// Tinkerbell's port for this API.
-pub const WORKER_API_PORT: u16 = 42113;
 
 pub struct WorkerApi {
     pub state: Arc<AppState>,
@@ -51,7 +46,7 @@ impl WorkerApi {
     }
 
     /// The machine calling, and the MAC it names itself by, which must be one of its own.
-    fn agent<T>(&self, request: &Request<T>, agent_id: &str) -> Result<Agent, Status> {
+    fn worker<T>(&self, request: &Request<T>, agent_id: &str) -> Result<WorkerIdentity, Status> {
         let source = request
             .remote_addr()
             .ok_or_else(|| Status::internal("the caller's address is unknown"))?;
@@ -60,28 +55,29 @@ impl WorkerApi {
             .get("authorization")
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "));
-        let reservations = self.state.reservations.current();
-        let caller = identity::identify(&reservations, &self.tokens, source.ip(), token).map_err(
-            |refusal| match refusal {
-                Refusal::Unknown(_) => Status::permission_denied(refusal.to_string()),
-                Refusal::InvalidToken | Refusal::TokenMismatch => {
-                    Status::unauthenticated(refusal.to_string())
+        let machines = self.state.machines.current();
+        let caller =
+            identity::identify(&machines, &self.tokens, source.ip(), token).map_err(|refusal| {
+                match refusal {
+                    Refusal::Unknown(_) => Status::permission_denied(refusal.to_string()),
+                    Refusal::InvalidToken | Refusal::TokenMismatch => {
+                        Status::unauthenticated(refusal.to_string())
+                    }
                 }
-            },
-        )?;
+            })?;
         let mac: MacAddr = agent_id.parse().map_err(|err| {
             Status::invalid_argument(format!("agent_id {agent_id:?} is not a MAC address: {err}"))
         })?;
-        if reservations
+        if machines
             .get(&mac)
-            .is_none_or(|reservation| reservation.hardware != caller.hardware)
+            .is_none_or(|machine| machine.hardware != caller.hardware)
         {
             return Err(Status::permission_denied(format!(
                 "agent {mac} is not a MAC of {}, the machine calling",
                 caller.hardware
             )));
         }
-        Ok(Agent {
+        Ok(WorkerIdentity {
             hardware: caller.hardware.clone(),
             mac,
         })
@@ -129,7 +125,7 @@ fn engine_status(err: EngineError) -> Status {
             ..
         } => Status::invalid_argument(message),
         EngineError::Report { .. } => Status::failed_precondition(message),
-        EngineError::Store(_) => Status::internal(message),
+        EngineError::Store(_) | EngineError::Commit(_) => Status::internal(message),
     }
 }
 
@@ -146,7 +142,7 @@ fn workflow_key(id: &str) -> Result<ResourceKey, Status> {
     }
 }
 
-fn response(agent: &Agent, assignment: Assignment) -> ActionResponse {
+fn response(worker: &WorkerIdentity, assignment: Assignment) -> ActionResponse {
     let Assignment {
         workflow,
         index,
@@ -155,7 +151,7 @@ fn response(agent: &Agent, assignment: Assignment) -> ActionResponse {
     ActionResponse {
         workflow_id: Some(format!("{}/{}", workflow.namespace, workflow.name)),
         task_id: Some(action.task),
-        worker_id: Some(agent.mac.to_string()),
+        worker_id: Some(worker.mac.to_string()),
         action_id: Some(index.to_string()),
         name: Some(action.name),
         image: Some(action.image),
@@ -184,29 +180,25 @@ impl WorkerApi {
     }
 
     async fn next_action(&self, request: Request<ActionRequest>) -> Result<ActionResponse, Status> {
-        let agent = self.agent(&request, request.get_ref().agent_id())?;
-        let for_engine = agent.clone();
+        let worker = self.worker(&request, request.get_ref().agent_id())?;
+        let for_engine = worker.clone();
         let assignment = self
-            .engine(move |state| {
-                state
-                    .engine
-                    .next_action(&state.catalog, &for_engine, SystemTime::now())
-            })
+            .engine(move |state| state.engine.next_action(&for_engine, SystemTime::now()))
             .await?;
         match assignment {
             Next::Run(assignment) => {
                 tracing::info!(
                     workflow = %assignment.workflow,
                     action = assignment.action.name,
-                    agent = %agent.mac,
+                    worker = %worker.mac,
                     "action handed out"
                 );
-                Ok(response(&agent, *assignment))
+                Ok(response(&worker, *assignment))
             }
             Next::Idle { last_finished } => {
                 let message = format!(
                     "no action for {}: it has no running or pending workflow",
-                    agent.mac
+                    worker.mac
                 );
                 // Tinkerbell's protocol has no "done": this tells Wisp's worker how the
                 // workflow it was running ended, so that it reboots only after a success.
@@ -224,7 +216,7 @@ impl WorkerApi {
 
     async fn report(&self, request: Request<ActionStatusRequest>) -> Result<State, Status> {
         let body = request.get_ref();
-        let agent = self.agent(&request, body.agent_id())?;
+        let worker = self.worker(&request, body.agent_id())?;
         let workflow = workflow_key(body.workflow_id())?;
         let action: usize = body.action_id().parse().map_err(|_| {
             Status::invalid_argument(format!(
@@ -263,13 +255,9 @@ impl WorkerApi {
         let for_engine = workflow.clone();
         let reported = report.state;
         self.engine(move |state| {
-            state.engine.report(
-                &state.catalog,
-                &agent,
-                &for_engine,
-                &report,
-                SystemTime::now(),
-            )
+            state
+                .engine
+                .report(&worker, &for_engine, &report, SystemTime::now())
         })
         .await?;
         Ok(reported)

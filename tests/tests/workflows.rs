@@ -6,12 +6,12 @@ use std::{io::Write, time::Duration};
 use boot_userspace::identity::MachineTokens;
 use serde_json::Value;
 use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
+use wisp_proto::{
+    workflow_service_client::WorkflowServiceClient, ActionRequest, ActionStatusRequest, StateType,
+};
 use wisp_tests::{
     apply_ok, eventually_within, metric, output_text, require_root, wisp, wisp_ok, worker_binary,
     Daemon, Lab, TempDir, SERVER_IF,
-};
-use workflow::proto::{
-    workflow_service_client::WorkflowServiceClient, ActionRequest, ActionStatusRequest, StateType,
 };
 
 const MAC_A: &str = "02:00:00:00:00:0a";

@@ -2,7 +2,7 @@
 //! Workflow's references resolve.
 use std::{
     collections::{BTreeMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
 };
 
 use serde::{Deserialize, Serialize};
@@ -23,22 +23,23 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
-pub struct Catalog<S> {
-    store: S,
+/// The resources, over whichever [`Store`] backend the appliance was started with.
+pub struct Catalog {
+    store: Arc<dyn Store>,
     /// Serialises writers, so that the cross-resource checks see what they commit against.
     writer: Mutex<()>,
 }
 
-impl<S: Store> Catalog<S> {
-    pub fn new(store: S) -> Self {
+impl Catalog {
+    pub fn new(store: Arc<dyn Store>) -> Self {
         Catalog {
             store,
             writer: Mutex::new(()),
         }
     }
 
-    pub fn store(&self) -> &S {
-        &self.store
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
     }
 
     /// Applies validated documents in one transaction: all of them, or none.
@@ -152,10 +153,10 @@ impl<S: Store> Catalog<S> {
         let data = template["spec"]["data"].as_str().unwrap_or_default();
         let hardware: HardwareSpec =
             serde_json::from_value(hardware["spec"].clone()).map_err(|err| {
-                StoreError::Backend(format!(
-                    "Hardware {namespace}/{}: {err}",
-                    workflow.hardware_ref
-                ))
+                StoreError::decode(
+                    format_args!("Hardware {namespace}/{}", workflow.hardware_ref),
+                    err,
+                )
             })?;
         Ok(
             crate::template::render(data, &workflow.hardware_map, &hardware)
@@ -186,7 +187,7 @@ impl<S: Store> Catalog<S> {
             .map(|hardware| {
                 let spec: HardwareSpec = hardware
                     .spec()
-                    .map_err(|err| StoreError::Backend(format!("{}: {err}", hardware.key)))?;
+                    .map_err(|err| StoreError::decode(&hardware.key, err))?;
                 Ok((hardware.key, spec))
             })
             .collect()
@@ -221,7 +222,7 @@ impl<S: Store> Catalog<S> {
             }
             let spec: WorkflowSpec = workflow
                 .spec()
-                .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
+                .map_err(|err| StoreError::decode(&workflow.key, err))?;
             if spec.disabled == Some(true) {
                 continue;
             }
@@ -247,7 +248,7 @@ impl<S: Store> Catalog<S> {
     pub fn binding(&self, workflow: &Resource) -> Result<Binding, StoreError> {
         let spec: WorkflowSpec = workflow
             .spec()
-            .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
+            .map_err(|err| StoreError::decode(&workflow.key, err))?;
         let namespace = &workflow.key.namespace;
         let reference = |kind: Kind, name: &str| -> Result<Reference, StoreError> {
             let key = ResourceKey {

@@ -7,17 +7,12 @@
 //! - [`store`]: the crash-safe store behind a trait (redb embedded; etcd can follow).
 //! - [`catalog`]: the rules that span resources (one owner per MAC, workflow bindings);
 //! - [`template`]: rendering Tinkerbell's Go templates for a machine.
-//! - [`agent`]: the worker agent of the provisioning OS (`wisp-worker`) and its native actions.
-//! - [`engine`]: the workflow state machine: which action runs next, reports, timeouts.
-pub mod agent;
+//! - [`run`]: a workflow's run: its plan and each action's status, as pure data and rules.
+//! - [`engine`]: the workflow engine: which action runs next, reports, timeouts.
 pub mod catalog;
 pub mod engine;
 pub mod manifest;
-/// Tinkerbell's worker API (`proto.WorkflowService`), generated from `proto/`.
-pub mod proto {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("proto");
-}
 pub mod resource;
+pub mod run;
 pub mod store;
 pub mod template;

@@ -23,7 +23,7 @@ pub fn build(root: &Path) -> anyhow::Result<ProvisioningOs> {
             "build",
             "--release",
             "--package",
-            "workflow",
+            "wisp-worker",
             "--bin",
             "wisp-worker",
             "--target",

@@ -4,7 +4,7 @@ pub mod routes;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use workflow::{catalog::Binding, engine::WorkflowStatus, resource::ResourceKey, store::Applied};
+use workflow::{catalog::Binding, resource::ResourceKey, run::WorkflowStatus, store::Applied};
 
 /// The address the daemon listens on and the CLI talks to unless told otherwise.
 macro_rules! default_api_address {

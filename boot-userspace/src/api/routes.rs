@@ -1,9 +1,6 @@
 //! The API handlers. Writes go through the catalog (validation, one owner per MAC, one
 //! transaction), then the gate's allowlist is brought in line before the reply.
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, Mutex,
-};
+use std::sync::Arc;
 
 use axum::{
     extract::{DefaultBodyLimit, Path, Query, State},
@@ -14,88 +11,14 @@ use axum::{
 };
 use serde::Deserialize;
 use workflow::{
-    catalog::{ApplyError, Catalog},
-    engine::Engine,
+    catalog::ApplyError,
     manifest::Manifest,
     resource::{Kind, Resource, ResourceKey, WorkflowSpec},
-    store::{Lease, LeaseJournal, LeaseStore, RedbStore, Store, StoreError},
+    store::{Lease, StoreError},
 };
 
 use super::{ApplyRequest, ApplyResponse, DeleteResponse, ErrorBody, ResourceView};
-use crate::{
-    dhcp::{reservation::Reservations, SharedReservations},
-    gate::Gate,
-    metrics::Metrics,
-};
-
-pub struct AppState {
-    pub catalog: Catalog<RedbStore>,
-    pub engine: Engine,
-    pub gate: Arc<Gate>,
-    pub reservations: Arc<SharedReservations>,
-    pub metrics: Arc<Metrics>,
-    pub leases: Arc<LeaseJournal>,
-    /// Serialises Hardware syncs, so that an older snapshot of the store never overwrites a
-    /// newer one in the gate or the DHCP server.
-    pub hardware_sync: Mutex<()>,
-    pub coalesced_syncs: CoalescedSyncs,
-}
-
-/// Hardware syncs asked for together share one run: a sync that starts after a request covers
-/// it, so a rack of workflows finishing at once costs a few syncs, not one each.
-#[derive(Default)]
-pub struct CoalescedSyncs {
-    turn: tokio::sync::Mutex<()>,
-    requested: AtomicU64,
-    covered: AtomicU64,
-}
-
-impl AppState {
-    /// Makes the gate's allowlist and the DHCP reservations (with which machines have
-    /// workflows) exactly what the store says. Blocking (store reads, BPF syscalls): call it from a blocking thread.
-    pub fn sync_hardware(&self) -> anyhow::Result<usize> {
-        let _sync = self
-            .hardware_sync
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let hardware = self.catalog.hardware()?;
-        let bound = self.catalog.bound_hardware()?;
-        let reservations =
-            Reservations::build(hardware.iter().map(|(key, spec)| (key, spec)), &bound);
-
-        let macs = reservations.macs().copied().collect();
-        self.gate.sync_allowlist(&macs)?;
-        let machines = reservations.len();
-        self.reservations.replace(reservations);
-        Ok(machines)
-    }
-
-    /// Puts the engine's runs back in line with the store after a commit failed.
-    pub async fn reload_runs(self: &Arc<Self>) {
-        let state = Arc::clone(self);
-        let reloaded =
-            tokio::task::spawn_blocking(move || state.engine.reload(&state.catalog)).await;
-        if !matches!(reloaded, Ok(Ok(()))) {
-            tracing::error!("the workflow runs could not be reloaded from the store");
-        }
-    }
-
-    /// [`AppState::sync_hardware`], shared with the callers waiting at the same time; returns
-    /// once a sync that started after this call has finished.
-    pub async fn sync_hardware_coalesced(self: &Arc<Self>) -> anyhow::Result<()> {
-        let syncs = &self.coalesced_syncs;
-        let ticket = syncs.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        let _turn = syncs.turn.lock().await;
-        if syncs.covered.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
-        }
-        let covering = syncs.requested.load(Ordering::SeqCst);
-        let state = Arc::clone(self);
-        tokio::task::spawn_blocking(move || state.sync_hardware()).await??;
-        syncs.covered.store(covering, Ordering::SeqCst);
-        Ok(())
-    }
-}
+use crate::state::AppState;
 
 /// The largest manifest `wisp apply` may send: room for tens of thousands of Hardware.
 const APPLY_BODY_LIMIT: usize = 256 << 20;
@@ -159,7 +82,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "Conflict", err.to_string())
             }
-            StoreError::Backend(_) => ApiError::internal(err),
+            StoreError::Backend { .. } | StoreError::Decode { .. } => ApiError::internal(err),
         }
     }
 }
@@ -216,7 +139,7 @@ async fn apply(
     }
     let (applied, sync_warning) = blocking(&state, move |state| {
         let applied = state
-            .catalog
+            .catalog()
             .apply(manifest.documents)
             .map_err(|err| match err {
                 ApplyError::Invalid(problems) => {
@@ -266,7 +189,7 @@ async fn list(
 ) -> ApiResult<Vec<ResourceView>> {
     let kind = parse_kind(&kind)?;
     let views = blocking(&state, move |state| {
-        let resources = state.catalog.store().list(kind)?;
+        let resources = state.catalog().store().list(kind)?;
         resources
             .into_iter()
             .filter(|r| {
@@ -297,7 +220,7 @@ fn resource_key(Path((kind, namespace, name)): KeyPath) -> Result<ResourceKey, A
 async fn get_one(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<ResourceView> {
     let key = resource_key(path)?;
     let found = blocking(&state, move |state| {
-        match state.catalog.store().get(&key)? {
+        match state.catalog().store().get(&key)? {
             Some(resource) => view(state, resource),
             None => Err(ApiError::not_found(&key)),
         }
@@ -309,7 +232,7 @@ async fn get_one(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult
 async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<DeleteResponse> {
     let key = resource_key(path)?;
     let (removed, sync_warning) =
-        blocking(&state, move |state| match state.catalog.delete(&key)? {
+        blocking(&state, move |state| match state.catalog().delete(&key)? {
             Some(removed) => {
                 state.engine.forget(&removed.key);
                 let warning = hardware_sync_warning(state);
@@ -340,10 +263,8 @@ fn view(state: &AppState, resource: Resource) -> Result<ResourceView, ApiError> 
     let (binding, run) = match resource.key.kind {
         Kind::Workflow => {
             let spec: WorkflowSpec = resource.spec().map_err(ApiError::internal)?;
-            let run = state
-                .engine
-                .run_or_preview(&state.catalog, &resource.key, &spec)?;
-            (Some(state.catalog.binding(&resource)?), run)
+            let run = state.engine.run_or_preview(&resource.key, &spec)?;
+            (Some(state.catalog().binding(&resource)?), run)
         }
         _ => (None, None),
     };

@@ -15,7 +15,7 @@ use boot_userspace::{
 use clap::{Subcommand, ValueEnum};
 use workflow::{
     resource::Kind,
-    store::{Lease, Outcome},
+    store::{ApplyOutcome, Lease},
 };
 
 use client::{CliError, CliResult, Client};
@@ -228,9 +228,9 @@ fn apply(client: &Client, paths: &[PathBuf]) -> CliResult<()> {
     }
     for applied in &response.applied {
         let verb = match applied.outcome {
-            Outcome::Created => "created",
-            Outcome::Configured => "configured",
-            Outcome::Unchanged => "unchanged",
+            ApplyOutcome::Created => "created",
+            ApplyOutcome::Configured => "configured",
+            ApplyOutcome::Unchanged => "unchanged",
         };
         println!(
             "{}/{} {verb}",

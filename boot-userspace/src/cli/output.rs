@@ -2,8 +2,8 @@
 use boot_userspace::{api::ResourceView, gate::GateStats};
 use serde_json::{json, Value};
 use workflow::{
-    engine::{ActionStatus, State, WorkflowStatus},
     resource::Kind,
+    run::{ActionStatus, State, WorkflowStatus},
 };
 
 use super::Format;

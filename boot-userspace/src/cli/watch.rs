@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use workflow::{
-    engine::{State, WorkflowStatus},
     resource::Kind,
+    run::{State, WorkflowStatus},
 };
 
 use super::{

@@ -5,7 +5,7 @@ use std::{future::Future, sync::Arc};
 
 use workflow::{
     resource::MacAddr,
-    store::{GroupCommit, Lease, LeaseStore},
+    store::{CommitError, GroupCommit, Lease, LeaseStore, StoreError},
 };
 
 /// At most this many leases share one transaction.
@@ -26,40 +26,38 @@ pub struct LeaseWriter {
 impl LeaseWriter {
     /// Starts the writer thread; it ends when the last `LeaseWriter` is dropped.
     pub fn start(store: Arc<dyn LeaseStore>) -> LeaseWriter {
-        let writer = GroupCommit::start("lease-writer", MAX_BATCH, move |batch| {
-            // Consecutive records share one transaction; a removal is applied in its place in
-            // the order, after the records queued before it.
-            let mut outcomes = Vec::with_capacity(batch.len());
-            let mut records = Vec::new();
-            for change in batch {
-                match change {
-                    Change::Record(lease) => records.push(lease),
-                    Change::Remove(mac) => {
-                        let flushed = flush(&*store, &mut records, &mut outcomes);
-                        outcomes.push(flushed.and_then(|()| {
-                            store
-                                .remove_lease(&mac)
-                                .map(drop)
-                                .map_err(|e| e.to_string())
-                        }));
+        let writer =
+            GroupCommit::start("lease writer", MAX_BATCH, move |batch| {
+                // Consecutive records share one transaction; a removal is applied in its place in
+                // the order, after the records queued before it.
+                let mut outcomes = Vec::with_capacity(batch.len());
+                let mut records = Vec::new();
+                for change in batch {
+                    match change {
+                        Change::Record(lease) => records.push(lease),
+                        Change::Remove(mac) => {
+                            let flushed = flush(&*store, &mut records, &mut outcomes);
+                            outcomes.push(flushed.and_then(|()| {
+                                store.remove_lease(&mac).map(drop).map_err(Arc::new)
+                            }));
+                        }
                     }
                 }
-            }
-            let _ = flush(&*store, &mut records, &mut outcomes);
-            outcomes
-        });
+                let _ = flush(&*store, &mut records, &mut outcomes);
+                outcomes
+            });
         LeaseWriter { writer }
     }
 
     /// Queues the lease now, and returns a future that completes once it is durable. Queueing
     /// at the call, not at the first poll, is what keeps changes in the order the DHCP server
     /// decided them.
-    pub fn record(&self, lease: Lease) -> impl Future<Output = Result<(), String>> + use<> {
+    pub fn record(&self, lease: Lease) -> impl Future<Output = Result<(), CommitError>> + use<> {
         self.writer.submit(Change::Record(lease))
     }
 
     /// Queues the removal now; the future completes once the lease is gone from the store.
-    pub fn remove(&self, mac: MacAddr) -> impl Future<Output = Result<(), String>> + use<> {
+    pub fn remove(&self, mac: MacAddr) -> impl Future<Output = Result<(), CommitError>> + use<> {
         self.writer.submit(Change::Remove(mac))
     }
 }
@@ -68,12 +66,12 @@ impl LeaseWriter {
 fn flush(
     store: &dyn LeaseStore,
     records: &mut Vec<Lease>,
-    outcomes: &mut Vec<Result<(), String>>,
-) -> Result<(), String> {
+    outcomes: &mut Vec<Result<(), Arc<StoreError>>>,
+) -> Result<(), Arc<StoreError>> {
     if records.is_empty() {
         return Ok(());
     }
-    let result = store.record_leases(records).map_err(|err| err.to_string());
+    let result = store.record_leases(records).map_err(Arc::new);
     outcomes.extend(std::iter::repeat_n(result.clone(), records.len()));
     records.clear();
     result
@@ -100,7 +98,8 @@ mod tests {
         // Queued together, as an ACK's lease and the RELEASE right behind it: the lease must not
         // come back after the removal.
         let (recorded, removed) = tokio::join!(writer.record(lease(100)), writer.remove(mac));
-        assert_eq!((recorded, removed), (Ok(()), Ok(())));
+        recorded.unwrap();
+        removed.unwrap();
         assert!(store.leases().unwrap().is_empty());
         writer.record(lease(200)).await.unwrap();
         assert_eq!(store.leases().unwrap(), [lease(200)]);

@@ -1,94 +1,108 @@
 //! The DHCP server: sockets on ports 67 and 4011 bound to the served interface, behind the
-//! gate. Layers: [`handler`] decides (pure), [`boot`] picks the boot program, [`reservation`]
-//! is the DHCP view of Hardware, [`leases`] makes ACKed leases durable, [`datagrams`] moves
-//! datagrams in batches; this module receives, persists and sends.
+//! gate. Layers: [`handler`] decides (pure), [`boot`] picks the boot program, [`leases`] makes
+//! ACKed leases durable, [`datagrams`] moves datagrams in batches; this module receives,
+//! persists and sends. Machines come from the machine table ([`crate::machines`]).
 pub mod boot;
 pub mod datagrams;
 pub mod handler;
 pub mod leases;
-pub mod reservation;
 
 use std::{
     collections::HashMap,
     future::Future,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     pin::Pin,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
-use boot_ebpf::{DHCP_SERVER_PORT, PXE_BOOT_SERVER_PORT};
+use boot_ebpf::DHCP_SERVER_PORT;
 use dhcproto::{v4, Decodable, Decoder, Encodable, Encoder};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
-use workflow::{resource::MacAddr, store::LeaseStore};
+use workflow::{
+    resource::MacAddr,
+    store::{CommitError, LeaseStore},
+};
 
 use self::{
     boot::BootConfig,
     datagrams::Receiver,
-    handler::{Context, Destination, Mode, Outcome, Reply, Request},
+    handler::{Destination, Facts, Mode, Outcome, Port, Reply, Request},
     leases::LeaseWriter,
-    reservation::Reservations,
 };
 use crate::{
     gate::Gate,
-    metrics::{DhcpLabels, Metrics},
+    machines::Machines,
+    metrics::{DhcpLabels, Metrics, ReasonLabels},
 };
 
 const CLIENT_PORT: u16 = 68;
 /// Receive buffer of the DHCP sockets: room for a few thousand requests in a burst.
 const RECEIVE_BUFFER: usize = 4 << 20;
 
-/// The reservations the DHCP server answers from, swapped whole when Hardware changes.
-#[derive(Default)]
-pub struct SharedReservations(RwLock<Arc<Reservations>>);
-
-impl SharedReservations {
-    pub fn replace(&self, reservations: Reservations) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(reservations);
-    }
-
-    pub fn current(&self) -> Arc<Reservations> {
-        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
-    }
-}
-
-/// How long after handing a MAC an iPXE binary its iPXE counts as chainloaded by Wisp.
-const CHAINLOAD_WINDOW: Duration = Duration::from_secs(300);
+/// How long after handing a MAC an iPXE binary its iPXE counts as chainloaded by Wisp, unless
+/// configured otherwise.
+pub const DEFAULT_CHAINLOAD_WINDOW: Duration = Duration::from_secs(300);
 /// How long a declined reservation is not offered (RFC 2131 3.1 wants a pause, not a loop).
 const DECLINE_HOLD_OFF: Duration = Duration::from_secs(60);
 /// Above this many remembered handoffs, expired ones are swept out on insert.
 const HANDOFF_SWEEP_THRESHOLD: usize = 4096;
 
-pub struct DhcpServer {
+/// What the DHCP server is given; everything else it keeps to itself.
+pub struct DhcpConfig {
+    /// The served interface, which the sockets are bound to.
     pub interface: String,
     pub mode: Mode,
     pub boot: BootConfig,
-    pub reservations: Arc<SharedReservations>,
-    pub gate: Arc<Gate>,
-    pub metrics: Arc<Metrics>,
-    pub leases: Arc<dyn LeaseStore>,
+    pub chainload_window: Duration,
+}
+
+pub struct DhcpServer {
+    config: DhcpConfig,
+    machines: Arc<Machines>,
+    gate: Arc<Gate>,
+    metrics: Arc<Metrics>,
+    leases: Arc<dyn LeaseStore>,
     /// When each MAC was last handed an iPXE binary, and in which DHCP transaction (xid).
-    pub handoffs: Mutex<HashMap<MacAddr, Handoff>>,
+    handoffs: Mutex<HashMap<MacAddr, Handoff>>,
     /// When each MAC last declined its reserved address.
-    pub declined: Mutex<HashMap<MacAddr, Instant>>,
+    declined: Mutex<HashMap<MacAddr, Instant>>,
 }
 
 /// An iPXE binary handed to a client. Retransmissions of the same transaction keep its xid and
 /// must get the same answer; the chainloaded iPXE starts a transaction of its own.
 #[derive(Clone, Copy, Debug)]
-pub struct Handoff {
+struct Handoff {
     xid: u32,
     at: Instant,
 }
 
 impl DhcpServer {
+    pub fn new(
+        config: DhcpConfig,
+        machines: Arc<Machines>,
+        gate: Arc<Gate>,
+        metrics: Arc<Metrics>,
+        leases: Arc<dyn LeaseStore>,
+    ) -> DhcpServer {
+        DhcpServer {
+            config,
+            machines,
+            gate,
+            metrics,
+            leases,
+            handoffs: Mutex::default(),
+            declined: Mutex::default(),
+        }
+    }
+
     fn chainloaded(&self, mac: &MacAddr, xid: u32) -> bool {
         let handoffs = self.handoffs.lock().unwrap_or_else(|p| p.into_inner());
-        handoffs
-            .get(mac)
-            .is_some_and(|handoff| handoff.xid != xid && handoff.at.elapsed() < CHAINLOAD_WINDOW)
+        handoffs.get(mac).is_some_and(|handoff| {
+            handoff.xid != xid && handoff.at.elapsed() < self.config.chainload_window
+        })
     }
 
     fn record_handoff(&self, mac: MacAddr, xid: u32) {
@@ -97,7 +111,8 @@ impl DhcpServer {
         // on every insert: after a sweep, at least the threshold's worth of new entries must
         // arrive before the next.
         if handoffs.len() >= HANDOFF_SWEEP_THRESHOLD && handoffs.len().is_power_of_two() {
-            handoffs.retain(|_, handoff| handoff.at.elapsed() < CHAINLOAD_WINDOW);
+            let window = self.config.chainload_window;
+            handoffs.retain(|_, handoff| handoff.at.elapsed() < window);
         }
         handoffs.insert(
             mac,
@@ -113,9 +128,10 @@ impl DhcpServer {
         let server = Arc::new(self);
         let writer = LeaseWriter::start(Arc::clone(&server.leases));
         let mut tasks = tokio::task::JoinSet::new();
-        for port in [DHCP_SERVER_PORT, PXE_BOOT_SERVER_PORT] {
-            let socket = Arc::new(bind(&server.interface, port)?);
-            tracing::info!(interface = server.interface, port, mode = ?server.mode, "DHCP listening");
+        for port in Port::ALL {
+            let interface = &server.config.interface;
+            let socket = Arc::new(bind(interface, port.number())?);
+            tracing::info!(interface, port = port.number(), mode = ?server.config.mode, "DHCP listening");
             tasks.spawn(Arc::clone(&server).receive_loop(socket, port, writer.clone()));
         }
         while let Some(result) = tasks.join_next().await {
@@ -127,7 +143,7 @@ impl DhcpServer {
     async fn receive_loop(
         self: Arc<Self>,
         socket: Arc<UdpSocket>,
-        port: u16,
+        port: Port,
         writer: LeaseWriter,
     ) -> anyhow::Result<()> {
         let mut receiver = Receiver::default();
@@ -193,18 +209,18 @@ impl DhcpServer {
         &self,
         payload: &[u8],
         source: SocketAddr,
-        port: u16,
+        port: Port,
     ) -> Option<(v4::Message, Outcome)> {
         let message = v4::Message::decode(&mut Decoder::new(payload)).ok()?;
         self.count_received(type_name(message.opts().msg_type()));
-        let reservations = self.reservations.current();
+        let machines = self.machines.current();
         let mac = handler::client_mac(&message);
-        let context = Context {
-            mode: self.mode,
-            boot: &self.boot,
-            reservation: mac
-                .and_then(|mac| reservations.get(&mac))
-                .map(|r| r.as_ref()),
+        let facts = Facts {
+            mode: self.config.mode,
+            boot: &self.config.boot,
+            machine: mac
+                .and_then(|mac| machines.get(&mac))
+                .map(|machine| machine.as_ref()),
             now: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -217,7 +233,7 @@ impl DhcpServer {
             source,
             port,
         };
-        let outcome = handler::handle(&request, &context);
+        let outcome = handler::handle(&request, &facts);
         Some((message, outcome))
     }
 
@@ -264,11 +280,11 @@ impl DhcpServer {
                 self.forget_lease(writer, mac);
             }
             Outcome::Ignore(reason) => {
-                tracing::debug!(client, %source, request, reason, "DHCP request ignored");
+                tracing::debug!(client, %source, request, %reason, "DHCP request ignored");
                 self.metrics
                     .dhcp_ignored
-                    .get_or_create(&crate::metrics::ReasonLabels {
-                        reason: reason.into(),
+                    .get_or_create(&ReasonLabels {
+                        reason: reason.label(),
                     })
                     .inc();
             }
@@ -341,7 +357,7 @@ impl DhcpServer {
                 return None;
             }
             Destination::Unicast { address, mac } => {
-                match crate::net::add_arp_entry(socket, &self.interface, address, mac.0) {
+                match crate::net::add_arp_entry(socket, &self.config.interface, address, mac.0) {
                     Ok(()) => SocketAddrV4::new(address, CLIENT_PORT),
                     Err(err) => {
                         tracing::debug!(
@@ -404,7 +420,7 @@ struct Outgoing {
 }
 
 /// A lease on its way to the journal: resolves once it is durable.
-type LeaseStored = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type LeaseStored = Pin<Box<dyn Future<Output = Result<(), CommitError>> + Send>>;
 
 /// The replies to one received batch.
 #[derive(Default)]

@@ -14,7 +14,8 @@ pub use soft::SoftGate;
 pub use xdp::{XdpGate, XdpMode};
 
 /// What `--xdp-mode` asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RequestedMode {
     /// Native (driver) mode, falling back to generic (skb) mode, then to the userspace gate.
     Auto,

@@ -24,11 +24,11 @@ use tower_http::services::ServeDir;
 use workflow::resource::MacAddr;
 
 use crate::{
-    api::routes::AppState,
+    boot_files::BootFiles,
     identity::MachineTokens,
     metadata::{self, Metadata},
     metrics::{HttpLabels, Metrics},
-    tftp::BootFiles,
+    state::AppState,
 };
 use assets::AssetListener;
 use axum::serve::ListenerExt as _;
@@ -40,6 +40,8 @@ pub struct BootHttp {
     pub boot_files: Arc<BootFiles>,
     pub server: Ipv4Addr,
     pub port: u16,
+    /// The worker API's port, which the script gives the provisioning OS.
+    pub worker_api_port: u16,
     pub assets_dir: PathBuf,
 }
 
@@ -106,25 +108,26 @@ async fn machine_script(
     let Ok(mac) = mac.parse::<MacAddr>() else {
         return not_found(format!("{mac:?} is not a MAC address"));
     };
-    let reservations = boot.state.reservations.current();
-    let Some(reservation) = reservations.get(&mac).cloned() else {
+    let machines = boot.state.machines.current();
+    let Some(machine) = machines.get(&mac).cloned() else {
         return not_found(format!("no Hardware owns {mac}"));
     };
-    if !reservation.allow_pxe {
+    if !machine.allow_pxe {
         return not_found(format!(
             "netboot.allowPXE is false for {mac} ({})",
-            reservation.hardware
+            machine.hardware
         ));
     }
-    let pending_work = reservation.allow_workflow && reservation.workflow_bound;
+    let pending_work = machine.pending_work();
     let assets_base = boot.assets_base();
     // The metadata token goes only to the machine itself: a request from its reserved address.
     // Anyone on the boot network may ask for a script, and MACs are no secret.
     let from_machine =
-        matches!(source.ip(), std::net::IpAddr::V4(ip) if reservation.address == Some(ip));
+        matches!(source.ip(), std::net::IpAddr::V4(ip) if machine.address == Some(ip));
     let token = from_machine.then(|| boot.tokens.token(&mac));
     let context = ScriptContext {
         server: boot.server,
+        worker_api_port: boot.worker_api_port,
         assets_base: &assets_base,
         pending_work,
         token: token.as_deref(),
@@ -132,7 +135,7 @@ async fn machine_script(
     tracing::info!(client = %mac, pending_work, "iPXE script served");
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        script::script(&reservation, &context),
+        script::script(&machine, &context),
     )
         .into_response()
 }

@@ -1,12 +1,14 @@
 //! The per-machine iPXE script.
 use std::net::Ipv4Addr;
 
-use crate::{dhcp::reservation::Reservation, worker_api::WORKER_API_PORT};
+use crate::machines::Machine;
 
-/// What the script needs besides the reservation.
+/// What the script needs besides the machine.
 pub struct ScriptContext<'a> {
     /// Wisp's address on the boot network, for the worker to call back.
     pub server: Ipv4Addr,
+    /// The worker API's port there.
+    pub worker_api_port: u16,
     /// Where boot assets are served unless the Hardware's `osie.baseURL` says otherwise.
     pub assets_base: &'a str,
     /// A workflow waits for this machine.
@@ -23,11 +25,11 @@ pub const DEFAULT_INITRD: &str = "initramfs";
 /// The script for a machine whose netboot Wisp allows. `netboot.ipxe.contents` wins; then a
 /// machine with no pending work exits to the next boot device; otherwise it boots the
 /// provisioning OS.
-pub fn script(reservation: &Reservation, context: &ScriptContext) -> String {
-    if let Some(contents) = &reservation.ipxe_script {
+pub fn script(machine: &Machine, context: &ScriptContext) -> String {
+    if let Some(contents) = &machine.ipxe_script {
         return contents.clone();
     }
-    let mac = reservation.mac;
+    let mac = machine.mac;
     if !context.pending_work {
         // `exit 1` rather than `exit`: on success OVMF opens its setup menu, on failure both
         // firmwares fall through to the next boot entry, the disk.
@@ -35,7 +37,7 @@ pub fn script(reservation: &Reservation, context: &ScriptContext) -> String {
             "#!ipxe\necho Wisp: no pending work for {mac}; booting the next device\nexit 1\n"
         );
     }
-    let osie = &reservation.osie;
+    let osie = &machine.osie;
     let base = osie
         .base_url
         .as_deref()
@@ -52,7 +54,7 @@ pub fn script(reservation: &Reservation, context: &ScriptContext) -> String {
         .as_deref()
         .filter(|i| !i.is_empty())
         .unwrap_or(DEFAULT_INITRD);
-    let hardware = &reservation.hardware;
+    let hardware = &machine.hardware;
     let mut cmdline = vec![
         // EFI kernels find their initramfs by the name iPXE registered it under.
         "initrd=initrd".to_string(),
@@ -62,7 +64,10 @@ pub fn script(reservation: &Reservation, context: &ScriptContext) -> String {
         format!("wisp.mac={mac}"),
         format!("wisp.hardware={}/{}", hardware.namespace, hardware.name),
         // What Tinkerbell's HookOS reads, so that it can be booted from Wisp too.
-        format!("grpc_authority={}:{WORKER_API_PORT}", context.server),
+        format!(
+            "grpc_authority={}:{}",
+            context.server, context.worker_api_port
+        ),
         "tinkerbell_tls=false".into(),
         format!("worker_id={mac}"),
         format!("hw_addr={mac}"),
@@ -71,7 +76,7 @@ pub fn script(reservation: &Reservation, context: &ScriptContext) -> String {
     cmdline.extend(osie.kernel_params.iter().flatten().cloned());
     format!(
         "#!ipxe\necho Wisp: provisioning {name} ({mac})\nkernel {base}/{kernel} {cmdline}\ninitrd --name initrd {base}/{initrd}\nboot\n",
-        name = reservation.hostname.as_deref().unwrap_or(&hardware.name),
+        name = machine.hostname.as_deref().unwrap_or(&hardware.name),
         cmdline = cmdline.join(" "),
     )
 }
@@ -82,8 +87,8 @@ mod tests {
 
     use super::*;
 
-    fn reservation() -> Reservation {
-        Reservation {
+    fn machine() -> Machine {
+        Machine {
             hardware: ResourceKey {
                 kind: Kind::Hardware,
                 namespace: "lab".into(),
@@ -110,6 +115,7 @@ mod tests {
     fn context(pending_work: bool) -> ScriptContext<'static> {
         ScriptContext {
             server: [10, 0, 0, 1].into(),
+            worker_api_port: 42113,
             assets_base: "http://10.0.0.1:8080/assets",
             pending_work,
             token: Some("1c697a112233-00"),
@@ -118,7 +124,7 @@ mod tests {
 
     #[test]
     fn boots_the_provisioning_os_with_identity_and_efi_initrd_name() {
-        let text = script(&reservation(), &context(true));
+        let text = script(&machine(), &context(true));
         assert!(text.starts_with("#!ipxe\n"));
         assert!(text.contains("kernel http://10.0.0.1:8080/assets/vmlinuz initrd=initrd "));
         assert!(
@@ -130,14 +136,14 @@ mod tests {
 
     #[test]
     fn osie_overrides_the_defaults() {
-        let mut reservation = reservation();
-        reservation.osie = Osie {
+        let mut machine = machine();
+        machine.osie = Osie {
             base_url: Some("http://mirror/osie/".into()),
             kernel: Some("k".into()),
             initrd: Some("i".into()),
             kernel_params: Some(vec!["quiet".into()]),
         };
-        let text = script(&reservation, &context(true));
+        let text = script(&machine, &context(true));
         assert!(
             text.contains("kernel http://mirror/osie/k initrd=initrd"),
             "{text}"
@@ -151,8 +157,8 @@ mod tests {
 
     #[test]
     fn no_pending_work_exits_and_contents_win() {
-        assert!(script(&reservation(), &context(false)).contains("\nexit 1\n"));
-        let mut custom = reservation();
+        assert!(script(&machine(), &context(false)).contains("\nexit 1\n"));
+        let mut custom = machine();
         custom.ipxe_script = Some("#!ipxe\nshell\n".into());
         assert_eq!(script(&custom, &context(true)), "#!ipxe\nshell\n");
     }

@@ -8,7 +8,7 @@ use std::{net::IpAddr, sync::Arc};
 
 pub use token::MachineTokens;
 
-use crate::dhcp::reservation::{Reservation, Reservations};
+use crate::machines::{Machine, MachineTable};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
@@ -23,27 +23,27 @@ pub enum Refusal {
 /// Identifies the caller by token and by source address. When both name a machine they must
 /// name the same Hardware (any of its interfaces).
 pub fn identify(
-    reservations: &Reservations,
+    machines: &MachineTable,
     tokens: &MachineTokens,
     source: IpAddr,
     token: Option<&str>,
-) -> Result<Arc<Reservation>, Refusal> {
+) -> Result<Arc<Machine>, Refusal> {
     let by_token = match token {
         Some(token) => Some(tokens.verify(token).ok_or(Refusal::InvalidToken)?),
         None => None,
     };
-    let by_token = by_token.and_then(|mac| reservations.get(&mac));
+    let by_token = by_token.and_then(|mac| machines.get(&mac));
     let by_address = match source {
-        IpAddr::V4(source) => reservations.by_address(source),
+        IpAddr::V4(source) => machines.by_address(source),
         IpAddr::V6(source) => source
             .to_ipv4_mapped()
-            .and_then(|source| reservations.by_address(source)),
+            .and_then(|source| machines.by_address(source)),
     };
     match (by_token, by_address) {
         (Some(token), Some(address)) if token.hardware != address.hardware => {
             Err(Refusal::TokenMismatch)
         }
-        (Some(reservation), _) | (None, Some(reservation)) => Ok(Arc::clone(reservation)),
+        (Some(machine), _) | (None, Some(machine)) => Ok(Arc::clone(machine)),
         (None, None) => Err(Refusal::Unknown(source)),
     }
 }

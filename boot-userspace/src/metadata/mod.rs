@@ -15,12 +15,12 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::Value;
-use workflow::{resource::HardwareSpec, store::Store};
+use workflow::resource::HardwareSpec;
 
 use crate::{
-    api::routes::AppState,
-    dhcp::reservation::Reservation,
     identity::{self, MachineTokens, Refusal},
+    machines::Machine,
+    state::AppState,
 };
 
 /// The EC2 API version Hegel answers under.
@@ -56,7 +56,7 @@ struct TokenQuery {
 
 /// Who is asking, and their Hardware.
 struct Caller {
-    reservation: Arc<Reservation>,
+    machine: Arc<Machine>,
     spec: HardwareSpec,
 }
 
@@ -88,8 +88,8 @@ impl Metadata {
                     .and_then(|value| value.to_str().ok())
             })
             .or(query.token.as_deref());
-        let reservation = identity::identify(
-            &self.state.reservations.current(),
+        let machine = identity::identify(
+            &self.state.machines.current(),
             &self.tokens,
             source.ip(),
             presented,
@@ -102,21 +102,21 @@ impl Metadata {
             refuse(status, refusal.to_string())
         })?;
         let state = Arc::clone(&self.state);
-        let key = reservation.hardware.clone();
-        let stored = tokio::task::spawn_blocking(move || state.catalog.store().get(&key))
+        let key = machine.hardware.clone();
+        let stored = tokio::task::spawn_blocking(move || state.catalog().store().get(&key))
             .await
             .map_err(|err| refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
             .map_err(|err| refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
             .ok_or_else(|| {
                 refuse(
                     StatusCode::NOT_FOUND,
-                    format!("{} is gone", reservation.hardware),
+                    format!("{} is gone", machine.hardware),
                 )
             })?;
         let spec = stored
             .spec()
             .map_err(|err| refuse(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
-        Ok(Caller { reservation, spec })
+        Ok(Caller { machine, spec })
     }
 }
 
@@ -187,13 +187,13 @@ fn meta_data_value(caller: &Caller, key: &str) -> Option<String> {
             .and_then(Value::as_str)
             .map(str::to_string)
     };
-    let reservation = &caller.reservation;
-    let hostname = || instance_field("hostname").or_else(|| reservation.hostname.clone());
+    let machine = &caller.machine;
+    let hostname = || instance_field("hostname").or_else(|| machine.hostname.clone());
     match key {
         "hostname" | "local-hostname" => hostname(),
-        "instance-id" => instance_field("id").or_else(|| Some(reservation.hardware.name.clone())),
-        "local-ipv4" => reservation.address.map(|a| a.to_string()),
-        "mac" => Some(reservation.mac.to_string()),
+        "instance-id" => instance_field("id").or_else(|| Some(machine.hardware.name.clone())),
+        "local-ipv4" => machine.address.map(|a| a.to_string()),
+        "mac" => Some(machine.mac.to_string()),
         _ => None,
     }
 }

@@ -9,7 +9,6 @@ pub mod packet;
 pub mod transfer;
 
 use std::{
-    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     path::{Component, Path},
     sync::Arc,
@@ -23,7 +22,10 @@ use self::{
     packet::{ErrorCode, Options, Request, DEFAULT_BLOCK_SIZE},
     transfer::{Failed, Transfer},
 };
-use crate::metrics::{Metrics, TftpLabels};
+use crate::{
+    boot_files::BootFiles,
+    metrics::{Metrics, TftpLabels},
+};
 
 /// The TFTP server port.
 pub const TFTP_PORT: u16 = 69;
@@ -31,90 +33,59 @@ pub const TFTP_PORT: u16 = 69;
 /// machine that died mid-transfer holds its transfer for at most a minute (with the longest
 /// timeout taken).
 pub const MAX_RETRANSMISSIONS: u32 = 5;
-/// How long to wait for an acknowledgement without a timeout option.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long to wait for an acknowledgement without a timeout option, unless configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest timeout option taken; a longer one is not acknowledged, and the default applies.
 const MAX_TIMEOUT_SECONDS: u8 = 10;
-/// Transfers at once. Each has a socket and up to a window of blocks in memory; a flood of
-/// requests (their source can be forged) gets an ERROR beyond this, not unbounded resources.
-const MAX_TRANSFERS: usize = 4096;
+/// Transfers at once, unless configured. Each has a socket and up to a window of blocks in
+/// memory; a flood of requests (their source can be forged) gets an ERROR beyond this, not
+/// unbounded resources.
+pub const DEFAULT_MAX_TRANSFERS: usize = 4096;
+
+/// Where the TFTP server listens, and its limits.
+pub struct TftpConfig {
+    pub interface: String,
+    pub address: Ipv4Addr,
+    pub max_transfers: usize,
+    /// How long to wait for an acknowledgement when the client asks for no timeout.
+    pub timeout: Duration,
+}
 /// IPv4 and UDP headers and the DATA header: a block is at most the path MTU less these.
 const BLOCK_OVERHEAD: u16 = 20 + 8 + 4;
 /// The largest window taken: a bigger one would put a burst of that many datagrams on the wire
 /// for a single ACK.
 const MAX_WINDOW: u16 = 64;
 
-/// The iPXE binaries, by the file name clients ask for.
-pub struct BootFiles {
-    files: BTreeMap<String, Arc<[u8]>>,
+/// The file a TFTP client asked for, or the TFTP error it gets.
+fn lookup(files: &BootFiles, requested: &str) -> Result<Arc<[u8]>, ErrorCode> {
+    // Boot files live in a flat namespace: an absolute path or any directory component
+    // (`..` above all) is refused outright rather than resolved.
+    if requested.ends_with('/') {
+        return Err(ErrorCode::AccessViolation);
+    }
+    let mut components = Path::new(requested).components();
+    let (Some(Component::Normal(name)), None) = (components.next(), components.next()) else {
+        return Err(ErrorCode::AccessViolation);
+    };
+    let name = name.to_str().ok_or(ErrorCode::FileNotFound)?;
+    files.get(name).cloned().ok_or(ErrorCode::FileNotFound)
 }
 
-/// The iPXE builds Wisp serves, as Debian's `ipxe` package names them.
-pub const IPXE_BINARIES: &[&str] = &[
-    "undionly.kpxe",
-    "ipxe.efi",
-    "snponly.efi",
-    "ipxe-arm64.efi",
-    "snponly-arm64.efi",
-];
-
-impl BootFiles {
-    /// Loads whichever of [`IPXE_BINARIES`] exist in `dir`. None existing is an error: the
-    /// appliance could boot nothing.
-    pub fn load(dir: &Path) -> anyhow::Result<BootFiles> {
-        let mut files = BTreeMap::new();
-        for name in IPXE_BINARIES {
-            let path = dir.join(name);
-            match std::fs::read(&path) {
-                Ok(bytes) => {
-                    files.insert(name.to_string(), Arc::from(bytes));
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
-            }
-        }
-        anyhow::ensure!(
-            !files.is_empty(),
-            "no iPXE binaries in {} (install Debian's `ipxe` package, or pass --ipxe-dir)",
-            dir.display()
-        );
-        Ok(BootFiles { files })
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.files.keys().map(String::as_str)
-    }
-
-    pub fn get(&self, name: &str) -> Option<&Arc<[u8]>> {
-        self.files.get(name)
-    }
-
-    /// The file a TFTP client asked for, or the TFTP error it gets.
-    fn lookup(&self, requested: &str) -> Result<Arc<[u8]>, ErrorCode> {
-        // Boot files live in a flat namespace: an absolute path or any directory component
-        // (`..` above all) is refused outright rather than resolved.
-        if requested.ends_with('/') {
-            return Err(ErrorCode::AccessViolation);
-        }
-        let mut components = Path::new(requested).components();
-        let (Some(Component::Normal(name)), None) = (components.next(), components.next()) else {
-            return Err(ErrorCode::AccessViolation);
-        };
-        let name = name.to_str().ok_or(ErrorCode::FileNotFound)?;
-        self.files.get(name).cloned().ok_or(ErrorCode::FileNotFound)
-    }
-}
-
-/// Serves the boot files on `address`:69 of `interface` until the future is dropped.
+/// Serves the boot files on the configured address, port 69, until the future is dropped.
 pub async fn serve(
-    interface: String,
-    address: Ipv4Addr,
+    config: TftpConfig,
     files: Arc<BootFiles>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
+    let TftpConfig {
+        interface,
+        address,
+        max_transfers,
+        timeout,
+    } = config;
     let socket = tokio::net::UdpSocket::from_std(bind(&interface, address)?)?;
     tracing::info!(interface, %address, port = TFTP_PORT, "TFTP server listening");
-    let transfers = Arc::new(tokio::sync::Semaphore::new(MAX_TRANSFERS));
+    let transfers = Arc::new(tokio::sync::Semaphore::new(max_transfers));
     let mut buffer = vec![0u8; 65_535];
     loop {
         let (length, client) = socket
@@ -146,7 +117,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let file = match files.lookup(&filename) {
+        let file = match lookup(&files, &filename) {
             Ok(file) => file,
             Err(code) => {
                 let (outcome, message) = match code {
@@ -160,13 +131,18 @@ pub async fn serve(
             }
         };
         let Ok(slot) = Arc::clone(&transfers).try_acquire_owned() else {
-            tracing::warn!(%client, file = filename, "TFTP read request refused: {MAX_TRANSFERS} transfers already running");
+            tracing::warn!(%client, file = filename, "TFTP read request refused: {max_transfers} transfers already running");
             count("busy");
             let busy = packet::error(ErrorCode::NotDefined, "too many transfers; try again");
             let _ = socket.send_to(&busy, client).await;
             continue;
         };
-        match start_transfer(address, client, file, options, Arc::clone(&metrics), slot) {
+        let to = Peer {
+            address,
+            client,
+            timeout,
+        };
+        match start_transfer(to, file, options, Arc::clone(&metrics), slot) {
             Ok(()) => {
                 tracing::info!(%client, file = filename, outcome = "served", "TFTP read request");
                 count("served");
@@ -178,10 +154,21 @@ pub async fn serve(
     }
 }
 
-/// Takes the options the client asked for (RFC 2347) and sends the file from a new socket.
-fn start_transfer(
+/// One transfer's ends: the server's address, the client, and the timeout when the client
+/// asks for none.
+struct Peer {
     address: Ipv4Addr,
     client: SocketAddr,
+    timeout: Duration,
+}
+
+/// Takes the options the client asked for (RFC 2347) and sends the file from a new socket.
+fn start_transfer(
+    Peer {
+        address,
+        client,
+        timeout,
+    }: Peer,
     file: Arc<[u8]>,
     options: Options,
     metrics: Arc<Metrics>,
@@ -228,7 +215,7 @@ fn start_transfer(
         file,
         block_size: usize::from(block_size),
         window: usize::from(window),
-        timeout: timeout_seconds.map_or(DEFAULT_TIMEOUT, |s| Duration::from_secs(s.into())),
+        timeout: timeout_seconds.map_or(timeout, |s| Duration::from_secs(s.into())),
         max_retransmissions: MAX_RETRANSMISSIONS,
     };
     tokio::spawn(async move {
@@ -269,16 +256,14 @@ mod tests {
     use super::*;
 
     fn files() -> BootFiles {
-        BootFiles {
-            files: [("undionly.kpxe".to_string(), Arc::from(&b"ipxe"[..]))].into(),
-        }
+        BootFiles::from_named([("undionly.kpxe".to_string(), Arc::from(&b"ipxe"[..]))])
     }
 
     #[test]
     fn serves_only_known_flat_names() {
-        assert_eq!(&*files().lookup("undionly.kpxe").unwrap(), b"ipxe");
+        assert_eq!(&*lookup(&files(), "undionly.kpxe").unwrap(), b"ipxe");
         assert!(matches!(
-            files().lookup("ipxe.efi"),
+            lookup(&files(), "ipxe.efi"),
             Err(ErrorCode::FileNotFound)
         ));
     }
@@ -295,7 +280,7 @@ mod tests {
             "undionly.kpxe/",
         ] {
             assert!(
-                matches!(files().lookup(path), Err(ErrorCode::AccessViolation)),
+                matches!(lookup(&files(), path), Err(ErrorCode::AccessViolation)),
                 "{path}"
             );
         }

@@ -1,31 +1,25 @@
 //! The workflow engine: which action a machine's worker runs next, what its reports do to the
 //! workflow, and the timeouts the server enforces. Every change is durable before it is
 //! acknowledged, so a restart resumes each workflow where it was.
-pub mod plan;
-pub mod status;
-
 use std::{
     collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::SystemTime,
 };
 
-pub use self::{
-    plan::Plan,
-    status::{ActionStatus, Report, ReportError, State, WorkflowStatus},
-};
 use crate::{
     catalog::Catalog,
     resource::{HardwareSpec, Kind, MacAddr, ResourceKey, TemplateSpec, WorkflowSpec},
-    store::{GroupCommit, Store, StoreError},
+    run::{ActionStatus, Plan, Report, ReportError, State, WorkflowStatus},
+    store::{CommitError, GroupCommit, StoreError},
 };
 
 /// A worker, as the transport has identified it: the Hardware it runs on (proven by its
 /// address or token) and the MAC it calls itself by.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Agent {
+pub struct WorkerIdentity {
     pub hardware: ResourceKey,
     pub mac: MacAddr,
 }
@@ -43,11 +37,11 @@ pub struct Assignment {
 pub enum EngineError {
     #[error("workflow {0} not found")]
     NotFound(ResourceKey),
-    #[error("workflow {workflow} belongs to hardware {owner}, not to {agent}")]
+    #[error("workflow {workflow} belongs to hardware {owner}, not to {worker}")]
     NotYours {
         workflow: String,
         owner: String,
-        agent: String,
+        worker: String,
     },
     #[error("workflow {workflow}: {error}")]
     Report {
@@ -56,6 +50,8 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
 }
 
 /// What a worker should do next.
@@ -97,7 +93,7 @@ pub struct Durable {
 }
 
 /// A write queued to the store: whether it was stored, once it is durable.
-type QueuedWrite = Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>;
+type QueuedWrite = Pin<Box<dyn Future<Output = Result<bool, CommitError>> + Send>>;
 
 /// What the writer is given: a run to store, or `None`, a barrier that stores nothing.
 type Queued = Option<(ResourceKey, WorkflowStatus)>;
@@ -105,10 +101,10 @@ type Queued = Option<(ResourceKey, WorkflowStatus)>;
 impl Durable {
     /// Waits until the writes are durable. False when the workflow the answer is about was
     /// deleted meanwhile, so that its run was not stored.
-    pub async fn wait(self) -> Result<bool, StoreError> {
+    pub async fn wait(self) -> Result<bool, CommitError> {
         let mut answer_stands = true;
         for (write, answer_rests_on_it) in self.writes {
-            let stored = write.await.map_err(StoreError::Backend)?;
+            let stored = write.await?;
             answer_stands &= stored || !answer_rests_on_it;
         }
         Ok(answer_stands)
@@ -119,6 +115,7 @@ impl Durable {
 const MAX_BATCH: usize = 1024;
 
 pub struct Engine {
+    catalog: Arc<Catalog>,
     /// The lock serialises changes, so each is read, changed and queued for writing as a unit,
     /// and writes reach the store in the order the changes were made.
     state: Mutex<EngineState>,
@@ -142,7 +139,7 @@ struct WorkflowIndex {
 
 impl WorkflowIndex {
     /// Derives the index again when the resources have changed since it was made.
-    fn refresh<S: Store>(&mut self, catalog: &Catalog<S>) -> Result<(), StoreError> {
+    fn refresh(&mut self, catalog: &Catalog) -> Result<(), StoreError> {
         let revision = catalog.store().revision()?;
         if self.revision == Some(revision) {
             return Ok(());
@@ -154,7 +151,7 @@ impl WorkflowIndex {
         for workflow in catalog.store().list(Kind::Workflow)? {
             let spec: WorkflowSpec = workflow
                 .spec()
-                .map_err(|err| StoreError::Backend(format!("{}: {err}", workflow.key)))?;
+                .map_err(|err| StoreError::decode(&workflow.key, err))?;
             let hardware = ResourceKey {
                 kind: Kind::Hardware,
                 namespace: workflow.key.namespace.clone(),
@@ -183,12 +180,12 @@ impl WorkflowIndex {
 impl Engine {
     /// Loads the stored runs, and starts the writer that stores their changes: running
     /// workflows carry on, with their timeouts measured from the stored start times.
-    pub fn load<S: Store + Clone + 'static>(catalog: &Catalog<S>) -> Result<Engine, StoreError> {
-        let store = catalog.store().clone();
-        let writer = GroupCommit::start("workflow-writer", MAX_BATCH, move |batch: Vec<Queued>| {
+    pub fn load(catalog: Arc<Catalog>) -> Result<Engine, StoreError> {
+        let writing = Arc::clone(&catalog);
+        let writer = GroupCommit::start("workflow writer", MAX_BATCH, move |batch: Vec<Queued>| {
             let barriers: Vec<bool> = batch.iter().map(Option::is_none).collect();
             let runs: Vec<_> = batch.into_iter().flatten().collect();
-            match store.put_workflow_statuses(&runs) {
+            match writing.store().put_workflow_statuses(&runs) {
                 Ok(stored) => {
                     let mut stored = stored.into_iter();
                     barriers
@@ -196,7 +193,7 @@ impl Engine {
                         .map(|barrier| Ok(barrier || stored.next().unwrap_or(false)))
                         .collect()
                 }
-                Err(err) => vec![Err(err.to_string()); barriers.len()],
+                Err(err) => vec![Err(Arc::new(err)); barriers.len()],
             }
         });
         Ok(Engine {
@@ -204,8 +201,14 @@ impl Engine {
                 runs: catalog.store().workflow_statuses()?.into_iter().collect(),
                 workflows: WorkflowIndex::default(),
             }),
+            catalog,
             writer,
         })
+    }
+
+    /// The resources the engine reads its workflows, templates and hardware from.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 
     fn state(&self) -> MutexGuard<'_, EngineState> {
@@ -241,8 +244,13 @@ impl Engine {
 
     /// Takes the runs from the store again, after a commit failed: memory must not keep a
     /// change the store does not have.
-    pub fn reload<S: Store>(&self, catalog: &Catalog<S>) -> Result<(), StoreError> {
-        let runs = catalog.store().workflow_statuses()?.into_iter().collect();
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let runs = self
+            .catalog
+            .store()
+            .workflow_statuses()?
+            .into_iter()
+            .collect();
         self.state().runs = runs;
         Ok(())
     }
@@ -253,9 +261,8 @@ impl Engine {
 
     /// A workflow's run; for one that has not started, what its run will be (every action
     /// pending), or `None` while it cannot start (its template or hardware is missing).
-    pub fn run_or_preview<S: Store>(
+    pub fn run_or_preview(
         &self,
-        catalog: &Catalog<S>,
         key: &ResourceKey,
         spec: &WorkflowSpec,
     ) -> Result<Option<WorkflowStatus>, StoreError> {
@@ -267,7 +274,10 @@ impl Engine {
             namespace: key.namespace.clone(),
             name: spec.hardware_ref.clone(),
         };
-        Ok(start(catalog, key, spec, &hardware)?.and_then(Result::ok))
+        Ok(match start(&self.catalog, key, spec, &hardware)? {
+            Start::Ready(run) => Some(run),
+            Start::Blocked | Start::Refused(_) => None,
+        })
     }
 
     /// Drops the run of a deleted workflow (the store drops it with the workflow).
@@ -277,20 +287,19 @@ impl Engine {
 
     /// The next action for a worker: the current action of its machine's workflow, a running
     /// one before a pending one; `Idle` when it has nothing to do.
-    pub fn next_action<S: Store>(
+    pub fn next_action(
         &self,
-        catalog: &Catalog<S>,
-        agent: &Agent,
+        worker: &WorkerIdentity,
         now: SystemTime,
     ) -> Result<Decision<Next>, EngineError> {
         let mut state = self.state();
         let EngineState { runs, workflows } = &mut *state;
-        workflows.refresh(catalog)?;
+        workflows.refresh(&self.catalog)?;
         let mut change = Change { finished: false };
         let mut durable = Durable::default();
         let mut candidates = Vec::new();
         let mut mine = Vec::new();
-        for (key, spec) in workflows.of(&agent.hardware) {
+        for (key, spec) in workflows.of(&worker.hardware) {
             mine.push(key.clone());
             let state = runs.get(key).map(|status| status.state);
             if spec.disabled != Some(true) && !state.is_some_and(State::is_final) {
@@ -301,16 +310,15 @@ impl Engine {
         for (_, key, spec) in candidates {
             let mut status = match runs.get(&key) {
                 Some(status) => status.clone(),
-                None => match start(catalog, &key, &spec, &agent.hardware)? {
-                    Some(Ok(status)) => status,
-                    Some(Err(message)) => {
+                None => match start(&self.catalog, &key, &spec, &worker.hardware)? {
+                    Start::Ready(status) => status,
+                    Start::Refused(message) => {
                         let failed = WorkflowStatus::failed_to_start(message, now);
                         self.write(runs, &mut durable, &key, failed, false);
                         change.finished = true;
                         continue;
                     }
-                    // Its template is missing: the workflow is blocked, not started.
-                    None => continue,
+                    Start::Blocked => continue,
                 },
             };
             let Some(current) = status.current() else {
@@ -343,28 +351,27 @@ impl Engine {
     }
 
     /// Applies a worker's report on an action of its own machine's workflow.
-    pub fn report<S: Store>(
+    pub fn report(
         &self,
-        catalog: &Catalog<S>,
-        agent: &Agent,
+        worker: &WorkerIdentity,
         workflow: &ResourceKey,
         report: &Report,
         now: SystemTime,
     ) -> Result<Decision<()>, EngineError> {
         let mut state = self.state();
         let EngineState { runs, workflows } = &mut *state;
-        workflows.refresh(catalog)?;
+        workflows.refresh(&self.catalog)?;
         let spec = workflows
             .specs
             .get(workflow)
             .ok_or_else(|| EngineError::NotFound(workflow.clone()))?;
-        if workflow.namespace != agent.hardware.namespace
-            || spec.hardware_ref != agent.hardware.name
+        if workflow.namespace != worker.hardware.namespace
+            || spec.hardware_ref != worker.hardware.name
         {
             return Err(EngineError::NotYours {
                 workflow: workflow.to_string(),
                 owner: spec.hardware_ref.clone(),
-                agent: agent.hardware.to_string(),
+                worker: worker.hardware.to_string(),
             });
         }
         let mut status = runs
@@ -429,41 +436,62 @@ impl Engine {
     }
 }
 
-/// Renders a workflow for its machine. `None` when its template does not exist (yet);
-/// `Some(Err)` when it cannot run as it stands, with the reason.
-fn start<S: Store>(
-    catalog: &Catalog<S>,
+/// Whether a workflow that has no run yet can start.
+#[derive(Debug)]
+enum Start {
+    /// Its template or hardware does not exist (yet): it waits, and is not started.
+    Blocked,
+    /// It cannot run as it stands; it fails at once, with the reason.
+    Refused(String),
+    /// Rendered for its machine: its run, every action pending.
+    Ready(WorkflowStatus),
+}
+
+/// Renders a workflow for its machine.
+fn start(
+    catalog: &Catalog,
     key: &ResourceKey,
     spec: &WorkflowSpec,
     hardware: &ResourceKey,
-) -> Result<Option<Result<WorkflowStatus, String>>, StoreError> {
+) -> Result<Start, StoreError> {
     let template_key = ResourceKey {
         kind: Kind::Template,
         namespace: key.namespace.clone(),
         name: spec.template_ref.clone(),
     };
     let Some(template) = catalog.store().get(&template_key)? else {
-        return Ok(None);
+        return Ok(Start::Blocked);
     };
     let Some(hardware) = catalog.store().get(hardware)? else {
-        return Ok(None);
+        return Ok(Start::Blocked);
     };
     // A stored object that no longer decodes fails this workflow, not the machine's others.
     let template: TemplateSpec = match template.spec() {
         Ok(template) => template,
-        Err(err) => return Ok(Some(Err(format!("{template_key} is unreadable: {err}")))),
+        Err(err) => {
+            return Ok(Start::Refused(format!(
+                "{template_key} is unreadable: {err}"
+            )))
+        }
     };
     let hardware_key = hardware.key.clone();
     let hardware: HardwareSpec = match hardware.spec() {
         Ok(hardware) => hardware,
-        Err(err) => return Ok(Some(Err(format!("{hardware_key} is unreadable: {err}")))),
+        Err(err) => {
+            return Ok(Start::Refused(format!(
+                "{hardware_key} is unreadable: {err}"
+            )))
+        }
     };
     let data = template.data.unwrap_or_default();
     let plan = crate::template::render(&data, &spec.hardware_map, &hardware)
         .map_err(|err| format!("template {:?} does not render: {err}", spec.template_ref))
         .and_then(|rendered| Plan::parse(&rendered).map_err(|err| err.to_string()))
         .and_then(|plan| own_tasks_only(plan, &hardware_key, &hardware));
-    Ok(Some(plan.map(|plan| WorkflowStatus::new(&plan))))
+    Ok(match plan {
+        Ok(plan) => Start::Ready(WorkflowStatus::new(&plan)),
+        Err(reason) => Start::Refused(reason),
+    })
 }
 
 /// A workflow runs on the machine its `hardwareRef` names: a task whose `worker` is the MAC of
@@ -491,8 +519,8 @@ mod tests {
 
     const MAC: &str = "02:00:00:00:00:01";
 
-    fn catalog(dir: &std::path::Path, worker: &str) -> Catalog<RedbStore> {
-        let catalog = Catalog::new(RedbStore::open(dir).unwrap());
+    fn catalog(dir: &std::path::Path, worker: &str) -> Arc<Catalog> {
+        let catalog = Arc::new(Catalog::new(Arc::new(RedbStore::open(dir).unwrap())));
         let yaml = format!(
             "apiVersion: tinkerbell.org/v1alpha1
 kind: Hardware
@@ -526,8 +554,8 @@ spec: {{templateRef: t, hardwareRef: m}}
         catalog
     }
 
-    fn agent() -> Agent {
-        Agent {
+    fn worker() -> WorkerIdentity {
+        WorkerIdentity {
             hardware: ResourceKey {
                 kind: Kind::Hardware,
                 namespace: "ns".into(),
@@ -556,13 +584,8 @@ spec: {{templateRef: t, hardwareRef: m}}
         (decision.value, decision.change)
     }
 
-    fn next(engine: &Engine, catalog: &Catalog<RedbStore>) -> Next {
-        durable(
-            engine
-                .next_action(catalog, &agent(), SystemTime::now())
-                .unwrap(),
-        )
-        .0
+    fn next(engine: &Engine) -> Next {
+        durable(engine.next_action(&worker(), SystemTime::now()).unwrap()).0
     }
 
     fn success(action: usize) -> Report {
@@ -577,51 +600,39 @@ spec: {{templateRef: t, hardwareRef: m}}
     fn a_run_survives_a_restart_and_ends_with_its_state() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = catalog(dir.path(), MAC);
-        let engine = Engine::load(&catalog).unwrap();
+        let engine = Engine::load(Arc::clone(&catalog)).unwrap();
         let index = |next: Next| match next {
             Next::Run(assignment) => Some(assignment.index),
             Next::Idle { .. } => None,
         };
         // Asked again before a report, the worker gets the same action.
-        assert_eq!(index(next(&engine, &catalog)), Some(0));
-        let Next::Run(first) = next(&engine, &catalog) else {
+        assert_eq!(index(next(&engine)), Some(0));
+        let Next::Run(first) = next(&engine) else {
             panic!("an action")
         };
         assert_eq!((first.index, first.action.name.as_str()), (0, "one"));
         durable(
             engine
-                .report(
-                    &catalog,
-                    &agent(),
-                    &workflow(),
-                    &success(0),
-                    SystemTime::now(),
-                )
+                .report(&worker(), &workflow(), &success(0), SystemTime::now())
                 .unwrap(),
         );
         // A new engine on the same store: as after a daemon restart.
         drop(engine);
-        let engine = Engine::load(&catalog).unwrap();
+        let engine = Engine::load(Arc::clone(&catalog)).unwrap();
         let run = engine.status(&workflow()).unwrap();
         assert_eq!((run.state, run.done()), (State::Running, 1));
-        let Next::Run(second) = next(&engine, &catalog) else {
+        let Next::Run(second) = next(&engine) else {
             panic!("the second action")
         };
         assert_eq!(second.index, 1);
         let ((), change) = durable(
             engine
-                .report(
-                    &catalog,
-                    &agent(),
-                    &workflow(),
-                    &success(1),
-                    SystemTime::now(),
-                )
+                .report(&worker(), &workflow(), &success(1), SystemTime::now())
                 .unwrap(),
         );
         assert!(change.finished);
         assert_eq!(
-            next(&engine, &catalog),
+            next(&engine),
             Next::Idle {
                 last_finished: Some(State::Success)
             }
@@ -637,9 +648,9 @@ spec: {{templateRef: t, hardwareRef: m}}
         let dir = tempfile::tempdir().unwrap();
         let catalog = catalog(dir.path(), MAC);
         catalog.delete(&workflow()).unwrap();
-        let engine = Engine::load(&catalog).unwrap();
+        let engine = Engine::load(Arc::clone(&catalog)).unwrap();
         assert_eq!(
-            next(&engine, &catalog),
+            next(&engine),
             Next::Idle {
                 last_finished: None
             }
@@ -652,14 +663,14 @@ spec: {{templateRef: t, hardwareRef: m}}
              spec: {templateRef: t, hardwareRef: m}\n",
         );
         catalog.apply(manifest.documents).unwrap();
-        let Next::Run(first) = next(&engine, &catalog) else {
+        let Next::Run(first) = next(&engine) else {
             panic!("the re-applied workflow's first action")
         };
         assert_eq!(first.index, 0);
         catalog.delete(&workflow()).unwrap();
         engine.forget(&workflow());
         assert_eq!(
-            next(&engine, &catalog),
+            next(&engine),
             Next::Idle {
                 last_finished: None
             }
@@ -670,17 +681,11 @@ spec: {{templateRef: t, hardwareRef: m}}
     fn reports_from_another_machine_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = catalog(dir.path(), MAC);
-        let engine = Engine::load(&catalog).unwrap();
-        next(&engine, &catalog);
-        let mut stranger = agent();
+        let engine = Engine::load(Arc::clone(&catalog)).unwrap();
+        next(&engine);
+        let mut stranger = worker();
         stranger.hardware.name = "other".into();
-        let Err(err) = engine.report(
-            &catalog,
-            &stranger,
-            &workflow(),
-            &success(0),
-            SystemTime::now(),
-        ) else {
+        let Err(err) = engine.report(&stranger, &workflow(), &success(0), SystemTime::now()) else {
             panic!("a report from another machine is refused")
         };
         assert!(matches!(err, EngineError::NotYours { .. }), "{err}");
@@ -691,12 +696,8 @@ spec: {{templateRef: t, hardwareRef: m}}
     fn a_task_for_another_machine_fails_the_workflow_at_start() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = catalog(dir.path(), "02:00:00:00:00:99");
-        let engine = Engine::load(&catalog).unwrap();
-        let (next, change) = durable(
-            engine
-                .next_action(&catalog, &agent(), SystemTime::now())
-                .unwrap(),
-        );
+        let engine = Engine::load(Arc::clone(&catalog)).unwrap();
+        let (next, change) = durable(engine.next_action(&worker(), SystemTime::now()).unwrap());
         assert!(change.finished);
         assert_eq!(
             next,

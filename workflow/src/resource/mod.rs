@@ -114,6 +114,8 @@ impl fmt::Display for FieldError {
     }
 }
 
+impl std::error::Error for FieldError {}
+
 impl FieldError {
     fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         FieldError {

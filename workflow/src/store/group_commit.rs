@@ -1,19 +1,35 @@
 //! Group commit: changes that arrive together share one transaction and one fsync, so a rack of
 //! machines acting at once is not limited by the disk's sync rate. Each caller hears how its own
 //! change went only once it is durable, and changes are written in the order they were queued.
-use std::future::Future;
+use std::{future::Future, sync::Arc};
 
 use tokio::sync::{mpsc, oneshot};
 
-type Pending<C, R> = (C, oneshot::Sender<Result<R, String>>);
+use super::StoreError;
+
+/// Why a queued change was not made durable.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The commit that carried it failed; every change of that commit shares the one error.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error("the {0} has stopped")]
+    Stopped(&'static str),
+    #[error("the {count}-change commit returned too few outcomes")]
+    Incomplete { count: usize },
+}
+
+type Pending<C, R> = (C, oneshot::Sender<Result<R, CommitError>>);
 
 pub struct GroupCommit<C, R> {
+    name: &'static str,
     queue: mpsc::UnboundedSender<Pending<C, R>>,
 }
 
 impl<C, R> Clone for GroupCommit<C, R> {
     fn clone(&self) -> Self {
         GroupCommit {
+            name: self.name,
             queue: self.queue.clone(),
         }
     }
@@ -23,9 +39,9 @@ impl<C: Send + 'static, R: Send + 'static> GroupCommit<C, R> {
     /// Starts the writer thread, which ends when the last handle is dropped. `commit` writes up
     /// to `max_batch` changes, in order, and returns one outcome per change.
     pub fn start(
-        name: &str,
+        name: &'static str,
         max_batch: usize,
-        mut commit: impl FnMut(Vec<C>) -> Vec<Result<R, String>> + Send + 'static,
+        mut commit: impl FnMut(Vec<C>) -> Vec<Result<R, Arc<StoreError>>> + Send + 'static,
     ) -> GroupCommit<C, R> {
         let (queue, mut pending) = mpsc::unbounded_channel::<Pending<C, R>>();
         std::thread::Builder::new()
@@ -43,32 +59,30 @@ impl<C: Send + 'static, R: Send + 'static> GroupCommit<C, R> {
                     let count = changes.len();
                     let mut outcomes = commit(changes).into_iter();
                     for done in waiting {
-                        let outcome = outcomes.next().unwrap_or_else(|| {
-                            Err(format!(
-                                "the {count}-change commit returned too few outcomes"
-                            ))
-                        });
+                        let outcome = match outcomes.next() {
+                            Some(outcome) => outcome.map_err(CommitError::Store),
+                            None => Err(CommitError::Incomplete { count }),
+                        };
                         let _ = done.send(outcome);
                     }
                 }
             })
             .expect("spawning a group-commit writer thread");
-        GroupCommit { queue }
+        GroupCommit { name, queue }
     }
 
     /// Queues the change now, and returns a future that completes once it is durable. Queueing
     /// at the call, not at the first poll, keeps changes in the order their callers made them.
-    pub fn submit(&self, change: C) -> impl Future<Output = Result<R, String>> + Send + use<C, R> {
+    pub fn submit(
+        &self,
+        change: C,
+    ) -> impl Future<Output = Result<R, CommitError>> + Send + use<C, R> {
         let (done, applied) = oneshot::channel();
-        let queued = self
-            .queue
-            .send((change, done))
-            .map_err(|_| "the store writer has stopped".to_string());
+        let stopped = CommitError::Stopped(self.name);
+        let queued = self.queue.send((change, done)).map_err(|_| stopped.clone());
         async move {
             queued?;
-            applied
-                .await
-                .map_err(|_| "the store writer has stopped".to_string())?
+            applied.await.map_err(|_| stopped)?
         }
     }
 }
@@ -98,10 +112,42 @@ mod tests {
         first_commit_started.recv().unwrap();
         let rest: Vec<_> = (2..=5).map(|n| writer.submit(n)).collect();
         release.send(()).unwrap();
-        assert_eq!(first.await, Ok(10));
+        assert_eq!(first.await.unwrap(), 10);
         for (n, outcome) in (2..=5).zip(rest) {
-            assert_eq!(outcome.await, Ok(n * 10));
+            assert_eq!(outcome.await.unwrap(), n * 10);
         }
         assert_eq!(*commits.lock().unwrap(), [vec![1], vec![2, 3, 4, 5]]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_fails_each_of_its_changes_with_one_shared_error() {
+        let (entered, first_commit_started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let writer = GroupCommit::start("test-writer", 100, move |batch: Vec<u32>| {
+            if batch == [0] {
+                entered.send(()).unwrap();
+                released.recv().unwrap();
+                return vec![Ok(0)];
+            }
+            let failed = Arc::new(StoreError::Backend {
+                store: "test",
+                source: "disk full".into(),
+            });
+            vec![Err(failed); batch.len()]
+        });
+        let first = writer.submit(0);
+        first_commit_started.recv().unwrap();
+        let rest: Vec<_> = (1..=3).map(|n| writer.submit(n)).collect();
+        release.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), 0);
+        let mut errors = Vec::new();
+        for outcome in rest {
+            match outcome.await {
+                Err(CommitError::Store(err)) => errors.push(err),
+                other => panic!("expected the commit's error, got {other:?}"),
+            }
+        }
+        assert_eq!(errors[0].to_string(), "store (test): disk full");
+        assert!(errors.iter().all(|err| Arc::ptr_eq(err, &errors[0])));
     }
 }

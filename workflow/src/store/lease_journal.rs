@@ -62,8 +62,15 @@ struct Journal {
     failed: Option<String>,
 }
 
+fn journal_error(message: String) -> StoreError {
+    StoreError::Backend {
+        store: "lease journal",
+        source: message.into(),
+    }
+}
+
 fn io_error<'a>(path: &'a Path, doing: &'a str) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |err| StoreError::Backend(format!("cannot {doing} {}: {err}", path.display()))
+    move |err| journal_error(format!("cannot {doing} {}: {err}", path.display()))
 }
 
 impl LeaseJournal {
@@ -177,7 +184,7 @@ impl Journal {
     /// Appends the entries and makes them durable: one write and one fdatasync.
     fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
         if let Some(failure) = &self.failed {
-            return Err(StoreError::Backend(format!(
+            return Err(journal_error(format!(
                 "the lease journal {} takes no more writes after an earlier failure ({failure}); restart Wisp",
                 self.path.display()
             )));

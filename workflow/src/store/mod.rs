@@ -7,10 +7,14 @@ mod redb;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use self::{group_commit::GroupCommit, lease_journal::LeaseJournal, redb::RedbStore};
+pub use self::{
+    group_commit::{CommitError, GroupCommit},
+    lease_journal::LeaseJournal,
+    redb::RedbStore,
+};
 use crate::{
-    engine::WorkflowStatus,
     resource::{Kind, MacAddr, Resource, ResourceKey},
+    run::WorkflowStatus,
 };
 
 /// One object to write. With `expected_version` set, the write succeeds only if the stored
@@ -24,7 +28,7 @@ pub struct Write {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub enum ApplyOutcome {
     Created,
     Configured,
     Unchanged,
@@ -34,8 +38,11 @@ pub enum Outcome {
 pub struct Applied {
     pub key: ResourceKey,
     pub version: u64,
-    pub outcome: Outcome,
+    pub outcome: ApplyOutcome,
 }
+
+/// The error a backend passes up, boxed so that each backend keeps its own error types.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -45,8 +52,30 @@ pub enum StoreError {
         expected: u64,
         actual: String,
     },
-    #[error("store: {0}")]
-    Backend(String),
+    /// The store itself failed (I/O, a transaction); nothing of the call was written.
+    #[error("store ({store}): {source}")]
+    Backend {
+        /// Which store: `redb`, `lease journal`.
+        store: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// A stored object no longer decodes as its kind: written by another version, or damaged.
+    #[error("store: {key} is stored but does not decode: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+impl StoreError {
+    pub fn decode(key: impl std::fmt::Display, source: impl Into<BoxError>) -> StoreError {
+        StoreError::Decode {
+            key: key.to_string(),
+            source: source.into(),
+        }
+    }
 }
 
 /// A transactional store of resources. Every method is atomic, and a method that returned

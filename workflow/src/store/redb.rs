@@ -5,10 +5,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Applied, Lease, LeaseStore, Outcome, Store, StoreError, Write};
+use super::{Applied, ApplyOutcome, BoxError, Lease, LeaseStore, Store, StoreError, Write};
 use crate::{
-    engine::WorkflowStatus,
     resource::{Kind, Resource, ResourceKey},
+    run::WorkflowStatus,
 };
 
 /// `Kind/namespace/name` → JSON of [`Record`]. Names cannot hold '/', so a kind's records form
@@ -40,12 +40,11 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) `wisp.redb` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|err| {
-            StoreError::Backend(format!("cannot create {}: {err}", data_dir.display()))
-        })?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|err| backend(format!("cannot create {}: {err}", data_dir.display())))?;
         let path = data_dir.join("wisp.redb");
         let db = Database::create(&path)
-            .map_err(|err| StoreError::Backend(format!("cannot open {}: {err}", path.display())))?;
+            .map_err(|err| backend(format!("cannot open {}: {err}", path.display())))?;
         let txn = db.begin_write().map_err(backend)?;
         txn.open_table(RESOURCES).map_err(backend)?;
         txn.open_table(META).map_err(backend)?;
@@ -57,8 +56,11 @@ impl RedbStore {
     }
 }
 
-fn backend(err: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(err.to_string())
+fn backend(err: impl Into<BoxError>) -> StoreError {
+    StoreError::Backend {
+        store: "redb",
+        source: err.into(),
+    }
 }
 
 fn storage_key(key: &ResourceKey) -> String {
@@ -76,8 +78,7 @@ fn decode_record(key: ResourceKey, bytes: &[u8]) -> Result<Resource, StoreError>
     let Record {
         version,
         mut object,
-    } = serde_json::from_slice(bytes)
-        .map_err(|err| StoreError::Backend(format!("{key} is corrupt: {err}")))?;
+    } = serde_json::from_slice(bytes).map_err(|err| StoreError::decode(&key, err))?;
     if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
         metadata.insert("resourceVersion".into(), Value::String(version.to_string()));
     }
@@ -137,12 +138,12 @@ impl Store for RedbStore {
                         applied.push(Applied {
                             key: write.key,
                             version: current.version,
-                            outcome: Outcome::Unchanged,
+                            outcome: ApplyOutcome::Unchanged,
                         });
                         continue;
                     }
-                    Some(_) => Outcome::Configured,
-                    None => Outcome::Created,
+                    Some(_) => ApplyOutcome::Configured,
+                    None => ApplyOutcome::Created,
                 };
                 revision += 1;
                 let bytes = serde_json::to_vec(&Record {
@@ -186,7 +187,7 @@ impl Store for RedbStore {
         {
             let (key, bytes) = entry.map_err(backend)?;
             let key = parse_storage_key(key.value())
-                .ok_or_else(|| StoreError::Backend(format!("unreadable key {:?}", key.value())))?;
+                .ok_or_else(|| backend(format!("unreadable key {:?}", key.value())))?;
             listed.push(decode_record(key, bytes.value())?);
         }
         Ok(listed)
@@ -264,10 +265,9 @@ impl Store for RedbStore {
         for entry in table.iter().map_err(backend)? {
             let (key, bytes) = entry.map_err(backend)?;
             let key = parse_storage_key(key.value())
-                .ok_or_else(|| StoreError::Backend(format!("unreadable key {:?}", key.value())))?;
-            let status = serde_json::from_slice(bytes.value()).map_err(|err| {
-                StoreError::Backend(format!("the status of {key} is corrupt: {err}"))
-            })?;
+                .ok_or_else(|| backend(format!("unreadable key {:?}", key.value())))?;
+            let status = serde_json::from_slice(bytes.value())
+                .map_err(|err| StoreError::decode(format_args!("the status of {key}"), err))?;
             statuses.push((key, status));
         }
         Ok(statuses)
@@ -327,11 +327,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(dir.path()).unwrap();
         let first = store.apply(vec![write("a", json!(1), None)]).unwrap();
-        assert_eq!(first[0].outcome, Outcome::Created);
+        assert_eq!(first[0].outcome, ApplyOutcome::Created);
         let again = store.apply(vec![write("a", json!(1), None)]).unwrap();
         assert_eq!(
             (again[0].outcome, again[0].version),
-            (Outcome::Unchanged, first[0].version)
+            (ApplyOutcome::Unchanged, first[0].version)
         );
         let stale = store.apply(vec![write("a", json!(2), Some(first[0].version + 7))]);
         assert!(
@@ -341,7 +341,7 @@ mod tests {
         let updated = store
             .apply(vec![write("a", json!(2), Some(first[0].version))])
             .unwrap();
-        assert_eq!(updated[0].outcome, Outcome::Configured);
+        assert_eq!(updated[0].outcome, ApplyOutcome::Configured);
         let got = store.get(&key("a")).unwrap().unwrap();
         assert_eq!(
             got.object["metadata"]["resourceVersion"],

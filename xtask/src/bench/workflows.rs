@@ -29,7 +29,7 @@ use tonic::{
     transport::Endpoint,
     Code, Request,
 };
-use workflow::proto::{
+use wisp_proto::{
     workflow_service_client::WorkflowServiceClient, ActionRequest, ActionResponse,
     ActionStatusRequest, StateType,
 };
@@ -253,7 +253,7 @@ where
 {
     loop {
         match call().await {
-            Err(status) if workflow::agent::transient(status.code()) => {
+            Err(status) if wisp_proto::transient(status.code()) => {
                 counts.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -3,21 +3,21 @@
 //! kexec's environment: BLOCK_DEVICE, FS_TYPE, KERNEL_PATH, INITRD_PATH, CMD_LINE.
 use std::{ffi::CString, fs::File, os::fd::AsRawFd};
 
-use super::{fail, mount::Mounted, ActionResult, Context, Outcome};
+use super::{fail, mount::Mounted, ActionResult, Invocation, Succeeded};
 
 /// Loads the installed system's kernel with kexec_file_load; [`restart`] starts it.
-pub fn load_kexec(context: &Context) -> ActionResult<Outcome> {
-    let device = context.required("BLOCK_DEVICE")?;
-    let fs_type = context.required("FS_TYPE")?;
-    let kernel_path = context.required("KERNEL_PATH")?;
-    let command_line = context.optional("CMD_LINE").unwrap_or("");
+pub fn load_kexec(invocation: &Invocation) -> ActionResult<Succeeded> {
+    let device = invocation.required("BLOCK_DEVICE")?;
+    let fs_type = invocation.required("FS_TYPE")?;
+    let kernel_path = invocation.required("KERNEL_PATH")?;
+    let command_line = invocation.optional("CMD_LINE").unwrap_or("");
     let mounted = Mounted::device(device, fs_type)?;
     let open = |path: &str| {
         File::open(mounted.root.join(path.trim_start_matches('/')))
             .map_err(|err| fail(format!("opening {path} on {device}: {err}")))
     };
     let kernel = open(kernel_path)?;
-    let initrd = context.optional("INITRD_PATH").map(open).transpose()?;
+    let initrd = invocation.optional("INITRD_PATH").map(open).transpose()?;
     let command_line = CString::new(command_line).map_err(|_| fail("CMD_LINE holds a NUL byte"))?;
     const KEXEC_FILE_NO_INITRAMFS: libc::c_ulong = 4;
     // SAFETY: the descriptors and the NUL-terminated command line outlive the call.
@@ -41,7 +41,7 @@ pub fn load_kexec(context: &Context) -> ActionResult<Outcome> {
             std::io::Error::last_os_error()
         )));
     }
-    Ok(Outcome::Kexec)
+    Ok(Succeeded::Kexec)
 }
 
 /// Restarts the machine, into the kexec-loaded kernel when there is one. Only returns on

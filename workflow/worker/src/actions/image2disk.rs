@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{fail, ActionError, ActionResult, Context, Outcome};
+use super::{fail, ActionError, ActionResult, Invocation, Succeeded};
 
 const WRITE_BUFFER: usize = 4 << 20;
 
@@ -49,10 +49,10 @@ impl Format {
     }
 }
 
-pub fn run(context: &Context) -> ActionResult<Outcome> {
-    let url = context.required("IMG_URL")?;
-    let destination = context.required("DEST_DISK")?;
-    let compressed = context.flag("COMPRESSED")?;
+pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
+    let url = invocation.required("IMG_URL")?;
+    let destination = invocation.required("DEST_DISK")?;
+    let compressed = invocation.flag("COMPRESSED")?;
     let disk = OpenOptions::new()
         .write(true)
         .open(destination)
@@ -72,23 +72,23 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
     let written = match format {
         Format::Qcow2 => {
             drop(image);
-            qcow2::write(&http, url, &disk, context)?
+            qcow2::write(&http, url, &disk, invocation)?
         }
         Format::Bzip2 => {
             return Err(fail(format!(
                 "{url} is bzip2, which image2disk does not decompress; use gzip, xz or zstd"
             )))
         }
-        Format::Raw => stream(&mut image, &disk, context)?,
+        Format::Raw => stream(&mut image, &disk, invocation)?,
         Format::Gzip => stream(
             &mut flate2::read::MultiGzDecoder::new(image),
             &disk,
-            context,
+            invocation,
         )?,
         Format::Zstd => {
             // A zstd file may hold several frames (pzstd, or files joined with cat); the
             // decoder reads one, so go on until the input ends.
-            let mut writer = DiskWriter::new(&disk, context);
+            let mut writer = DiskWriter::new(&disk, invocation);
             loop {
                 let mut frame = ruzstd::decoding::StreamingDecoder::new(&mut image)
                     .map_err(|err| fail(format!("{url} is not valid zstd: {err}")))?;
@@ -104,7 +104,7 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
             writer.finish()?
         }
         Format::Xz => {
-            let mut writer = DiskWriter::new(&disk, context);
+            let mut writer = DiskWriter::new(&disk, invocation);
             lzma_rs::xz_decompress(&mut image, &mut writer).map_err(|err| match err {
                 lzma_rs::error::Error::IoError(err) => io_error(err, "writing the image"),
                 other => fail(format!("{url} is not valid xz: {other}")),
@@ -116,7 +116,7 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
         .map_err(|err| fail(format!("flushing {destination}: {err}")))?;
     reread_partitions(&disk);
     let seconds = started.elapsed().as_secs_f64().max(0.001);
-    Ok(Outcome::Done(format!(
+    Ok(Succeeded::Done(format!(
         "wrote {written} bytes ({format:?}) to {destination} in {seconds:.1} s ({:.1} MiB/s)",
         written as f64 / seconds / f64::from(1 << 20)
     )))
@@ -151,16 +151,16 @@ struct DiskWriter<'a> {
     disk: &'a File,
     buffer: Vec<u8>,
     offset: u64,
-    context: &'a Context,
+    invocation: &'a Invocation,
 }
 
 impl<'a> DiskWriter<'a> {
-    fn new(disk: &'a File, context: &'a Context) -> DiskWriter<'a> {
+    fn new(disk: &'a File, invocation: &'a Invocation) -> DiskWriter<'a> {
         DiskWriter {
             disk,
             buffer: Vec::with_capacity(WRITE_BUFFER),
             offset: 0,
-            context,
+            invocation,
         }
     }
 
@@ -183,7 +183,7 @@ impl Write for DiskWriter<'_> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.context.check_deadline().is_err() {
+        if self.invocation.check_deadline().is_err() {
             return Err(timed_out());
         }
         self.disk.write_all_at(&self.buffer, self.offset)?;
@@ -193,8 +193,8 @@ impl Write for DiskWriter<'_> {
     }
 }
 
-fn stream(image: &mut impl Read, disk: &File, context: &Context) -> ActionResult<u64> {
-    let mut writer = DiskWriter::new(disk, context);
+fn stream(image: &mut impl Read, disk: &File, invocation: &Invocation) -> ActionResult<u64> {
+    let mut writer = DiskWriter::new(disk, invocation);
     io::copy(image, &mut writer).map_err(|err| io_error(err, "streaming the image"))?;
     writer.finish()
 }
@@ -222,7 +222,7 @@ mod qcow2 {
     //! a used disk must not keep stale signatures where the image has none.
     use std::{fs::File, io::Read, os::unix::fs::FileExt};
 
-    use super::{fail, ActionResult, Context};
+    use super::{fail, ActionResult, Invocation};
 
     const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
     const COMPRESSED: u64 = 1 << 62;
@@ -297,7 +297,7 @@ mod qcow2 {
     struct Writer<'a> {
         image: Image<'a>,
         disk: &'a File,
-        context: &'a Context,
+        invocation: &'a Invocation,
         run: Option<Run>,
     }
 
@@ -327,7 +327,7 @@ mod qcow2 {
             let Some(run) = self.run.take() else {
                 return Ok(());
             };
-            self.context.check_deadline()?;
+            self.invocation.check_deadline()?;
             let data = match run.source {
                 Source::Image(host) => self.image.read(host, run.length)?,
                 Source::Zeros => vec![0; run.length as usize],
@@ -347,7 +347,7 @@ mod qcow2 {
         http: &ureq::Agent,
         url: &str,
         disk: &File,
-        context: &Context,
+        invocation: &Invocation,
     ) -> ActionResult<u64> {
         let image = Image { http, url };
         let header = image.read(0, 104)?;
@@ -401,7 +401,7 @@ mod qcow2 {
         let mut writer = Writer {
             image,
             disk,
-            context,
+            invocation,
             run: None,
         };
         for l1_index in 0..needed {
@@ -419,7 +419,7 @@ mod qcow2 {
                 let entry = be64(&l2, l2_index as usize * 8);
                 if entry & COMPRESSED != 0 {
                     writer.flush()?;
-                    context.check_deadline()?;
+                    invocation.check_deadline()?;
                     let shift = 62 - (cluster_bits - 8);
                     let host = entry & ((1 << shift) - 1);
                     let sectors = ((entry >> shift) & ((1 << (cluster_bits - 8)) - 1)) + 1;

@@ -2,16 +2,16 @@
 //! action: docker or podman (`run --rm --privileged`), or containerd's `ctr`.
 use std::process::Command;
 
-use super::{fail, run_command, ActionResult, Context, Outcome};
+use super::{fail, run_command, ActionResult, Invocation, Succeeded};
 
 const RUNTIMES: [&str; 3] = ["docker", "podman", "ctr"];
 
-pub fn run(context: &Context) -> ActionResult<Outcome> {
+pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
     let Some(runtime) = RUNTIMES.into_iter().find(|runtime| on_path(runtime)) else {
         return Err(fail(format!(
             "{:?} is not a built-in action (image2disk, cexec, writefile, kexec, reboot), and no \
              container runtime ({}) is installed to run it",
-            context.image,
+            invocation.image,
             RUNTIMES.join(", ")
         )));
     };
@@ -25,43 +25,43 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
     let mut command = Command::new(runtime);
     if runtime == "ctr" {
         run_command(
-            context,
-            Command::new("ctr").args(["image", "pull", &context.image]),
-            &format!("ctr image pull {}", context.image),
+            invocation,
+            Command::new("ctr").args(["image", "pull", &invocation.image]),
+            &format!("ctr image pull {}", invocation.image),
         )?;
         command.args(["run", "--rm", "--privileged", "--net-host"]);
-        for volume in &context.volumes {
+        for volume in &invocation.volumes {
             let (source, target) = volume.split_once(':').unwrap_or((volume, volume));
             let target = target.split(':').next().unwrap_or(target);
             command.arg("--mount").arg(format!(
                 "type=bind,src={source},dst={target},options=rbind:rw"
             ));
         }
-        for (key, value) in &context.environment {
+        for (key, value) in &invocation.environment {
             command.arg("--env").arg(format!("{key}={value}"));
         }
-        command.arg(&context.image).arg(&name);
+        command.arg(&invocation.image).arg(&name);
     } else {
         command.args(["run", "--rm", "--privileged", "--net=host", "--name", &name]);
-        for volume in &context.volumes {
+        for volume in &invocation.volumes {
             command.arg("-v").arg(volume);
         }
-        for (key, value) in &context.environment {
+        for (key, value) in &invocation.environment {
             command.arg("-e").arg(format!("{key}={value}"));
         }
-        command.arg(&context.image);
+        command.arg(&invocation.image);
     }
-    command.args(&context.command);
+    command.args(&invocation.command);
     let result = run_command(
-        context,
+        invocation,
         &mut command,
-        &format!("{runtime} run {}", context.image),
+        &format!("{runtime} run {}", invocation.image),
     );
     if result == Err(super::ActionError::TimedOut) {
         // Killing the client leaves the container running under the runtime's daemon.
         remove(runtime, &name);
     }
-    Ok(Outcome::Done(result?))
+    Ok(Succeeded::Done(result?))
 }
 
 fn remove(runtime: &str, name: &str) {

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use clap::Parser;
-use workflow::agent::{actions, Agent, Config, Finished};
+use wisp_worker::{actions, Agent, Config, Finished};
 
-/// Runs this machine's workflow from Wisp. Without options, reads `wisp.server`, `wisp.mac`
-/// and `wisp.token` from the kernel command line, as Wisp's iPXE script sets them.
+/// Runs this machine's workflow from Wisp. Without options, reads `grpc_authority` (or
+/// `wisp.server`), `wisp.mac` and `wisp.token` from the kernel command line, as Wisp's iPXE
+/// script sets them.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -46,7 +47,11 @@ fn main() -> std::process::ExitCode {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let from_cmdline = |name: &str| kernel_parameter(&cmdline, name);
     let (Some(server), Some(agent_id)) = (
-        args.server.or_else(|| from_cmdline("wisp.server")),
+        // `grpc_authority` (Tinkerbell's parameter, which Wisp's script sets too) carries the
+        // worker API's port; `wisp.server` alone means the default port.
+        args.server
+            .or_else(|| from_cmdline("grpc_authority"))
+            .or_else(|| from_cmdline("wisp.server")),
         args.agent_id.or_else(|| from_cmdline("wisp.mac")),
     ) else {
         eprintln!(

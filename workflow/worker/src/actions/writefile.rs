@@ -12,25 +12,25 @@ use nix::{
     unistd::{fchown, Gid, Uid},
 };
 
-use super::{fail, mount::Mounted, ActionResult, Context, Outcome};
+use super::{fail, mount::Mounted, ActionResult, Invocation, Succeeded};
 
-pub fn run(context: &Context) -> ActionResult<Outcome> {
-    let device = context.required("DEST_DISK")?;
-    let fs_type = context.required("FS_TYPE")?;
-    let destination = context.required("DEST_PATH")?;
+pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
+    let device = invocation.required("DEST_DISK")?;
+    let fs_type = invocation.required("FS_TYPE")?;
+    let destination = invocation.required("DEST_PATH")?;
     let file = FileSpec {
         path: relative_path(destination)?,
-        contents: context.optional("CONTENTS").unwrap_or(""),
-        uid: id(context, "UID")?,
-        gid: id(context, "GID")?,
-        mode: mode(context, "MODE", 0o644)?,
-        dir_mode: mode(context, "DIRMODE", 0o755)?,
+        contents: invocation.optional("CONTENTS").unwrap_or(""),
+        uid: id(invocation, "UID")?,
+        gid: id(invocation, "GID")?,
+        mode: mode(invocation, "MODE", 0o644)?,
+        dir_mode: mode(invocation, "DIRMODE", 0o755)?,
     };
     let mounted = Mounted::device(device, fs_type)?;
     write_into(&mounted.root, &file)
         .map_err(|err| fail(format!("writing {destination} on {device}: {err}")))?;
     nix::unistd::sync();
-    Ok(Outcome::Done(format!(
+    Ok(Succeeded::Done(format!(
         "wrote {} bytes to {destination} on {device} (mode {:o}, owner {}:{})",
         file.contents.len(),
         file.mode,
@@ -106,8 +106,8 @@ pub fn write_into(root: &Path, file: &FileSpec) -> nix::Result<()> {
     Ok(())
 }
 
-fn id(context: &Context, name: &str) -> ActionResult<u32> {
-    context.optional(name).map_or(Ok(0), |text| {
+fn id(invocation: &Invocation, name: &str) -> ActionResult<u32> {
+    invocation.optional(name).map_or(Ok(0), |text| {
         text.parse()
             .map_err(|_| fail(format!("{name}={text:?} is not a numeric id")))
     })
@@ -115,8 +115,8 @@ fn id(context: &Context, name: &str) -> ActionResult<u32> {
 
 /// Modes are octal, written with or without the leading 0 (`0644`, `644`), as
 /// Tinkerbell's writefile parses them.
-pub fn mode(context: &Context, name: &str, default: u32) -> ActionResult<u32> {
-    context.optional(name).map_or(Ok(default), |text| {
+pub fn mode(invocation: &Invocation, name: &str, default: u32) -> ActionResult<u32> {
+    invocation.optional(name).map_or(Ok(default), |text| {
         u32::from_str_radix(text.trim_start_matches("0o"), 8)
             .ok()
             .filter(|&mode| mode <= 0o7777)
@@ -141,8 +141,8 @@ mod tests {
 
     use super::*;
 
-    fn context(pairs: &[(&str, &str)]) -> Context {
-        Context {
+    fn invocation(pairs: &[(&str, &str)]) -> Invocation {
+        Invocation {
             image: "writefile".into(),
             command: Vec::new(),
             volumes: Vec::new(),
@@ -157,7 +157,7 @@ mod tests {
     #[test]
     fn modes_are_octal_as_yaml_wrote_them() {
         // `MODE: 0644` in a template reaches the worker as the text "0644".
-        let c = context(&[("MODE", "0644"), ("DIRMODE", "755"), ("BAD", "0899")]);
+        let c = invocation(&[("MODE", "0644"), ("DIRMODE", "755"), ("BAD", "0899")]);
         assert_eq!(mode(&c, "MODE", 0), Ok(0o644));
         assert_eq!(mode(&c, "DIRMODE", 0), Ok(0o755));
         assert_eq!(mode(&c, "UNSET", 0o600), Ok(0o600));

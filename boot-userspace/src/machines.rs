@@ -1,8 +1,11 @@
-//! The DHCP view of Hardware: one reservation per interface with a `dhcp` block.
+//! The machine table: one [`Machine`] per interface of a Hardware that has a `dhcp` block,
+//! derived from the store whenever resources change. Everything on the boot path reads
+//! machines here and nowhere else: the gate's allowlist, DHCP, the iPXE script, identity
+//! (metadata and the worker API). The store is never read on that path.
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
-    sync::Arc,
+    sync::{Arc, RwLock},
 };
 
 use workflow::resource::{hardware::Osie, HardwareSpec, MacAddr, ResourceKey};
@@ -10,8 +13,9 @@ use workflow::resource::{hardware::Osie, HardwareSpec, MacAddr, ResourceKey};
 /// Lease time when the Hardware names none (Tinkerbell's default too).
 pub const DEFAULT_LEASE_SECS: u32 = 86_400;
 
+/// A machine as the boot path sees it: its DHCP reservation and how it netboots.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Reservation {
+pub struct Machine {
     pub hardware: ResourceKey,
     pub mac: MacAddr,
     pub address: Option<Ipv4Addr>,
@@ -34,8 +38,14 @@ pub struct Reservation {
     pub osie: Osie,
 }
 
-impl Reservation {
-    /// Whether `address` is on the same subnet as this reservation.
+impl Machine {
+    /// Whether the machine has work waiting: a Workflow names it and its Hardware allows
+    /// workflows. Its iPXE script then boots the provisioning OS, not its disk.
+    pub fn pending_work(&self) -> bool {
+        self.allow_workflow && self.workflow_bound
+    }
+
+    /// Whether `address` is on the same subnet as this machine's reserved address.
     pub fn same_subnet(&self, address: Ipv4Addr) -> bool {
         match (self.address, self.netmask) {
             (Some(own), Some(mask)) => {
@@ -46,25 +56,26 @@ impl Reservation {
     }
 }
 
-/// All reservations by MAC (and by reserved address), rebuilt whenever Hardware changes.
+/// Every machine by MAC (and by reserved address): one snapshot, rebuilt whole whenever
+/// resources change.
 #[derive(Clone, Debug, Default)]
-pub struct Reservations {
-    by_mac: HashMap<MacAddr, Arc<Reservation>>,
-    by_address: HashMap<Ipv4Addr, Arc<Reservation>>,
+pub struct MachineTable {
+    by_mac: HashMap<MacAddr, Arc<Machine>>,
+    by_address: HashMap<Ipv4Addr, Arc<Machine>>,
 }
 
-impl Reservations {
+impl MachineTable {
     /// `bound` holds the Hardware that some Workflow names.
     pub fn build<'a>(
         hardware: impl IntoIterator<Item = (&'a ResourceKey, &'a HardwareSpec)>,
         bound: &HashSet<ResourceKey>,
-    ) -> Reservations {
+    ) -> MachineTable {
         let mut by_mac = HashMap::new();
         for (key, spec) in hardware {
             for (index, dhcp) in spec.dhcp_interfaces() {
                 let netboot = spec.interfaces[index].netboot.clone().unwrap_or_default();
                 let ip = dhcp.ip.as_ref();
-                let reservation = Reservation {
+                let machine = Machine {
                     hardware: key.clone(),
                     mac: dhcp.mac,
                     address: ip.map(|ip| ip.address),
@@ -93,22 +104,22 @@ impl Reservations {
                         .filter(|c| !c.is_empty()),
                     osie: netboot.osie.clone().unwrap_or_default(),
                 };
-                by_mac.insert(dhcp.mac, Arc::new(reservation));
+                by_mac.insert(dhcp.mac, Arc::new(machine));
             }
         }
         let by_address = by_mac
             .values()
-            .filter_map(|r| Some((r.address?, Arc::clone(r))))
+            .filter_map(|machine| Some((machine.address?, Arc::clone(machine))))
             .collect();
-        Reservations { by_mac, by_address }
+        MachineTable { by_mac, by_address }
     }
 
-    pub fn get(&self, mac: &MacAddr) -> Option<&Arc<Reservation>> {
+    pub fn get(&self, mac: &MacAddr) -> Option<&Arc<Machine>> {
         self.by_mac.get(mac)
     }
 
     /// The machine that `address` is reserved for.
-    pub fn by_address(&self, address: Ipv4Addr) -> Option<&Arc<Reservation>> {
+    pub fn by_address(&self, address: Ipv4Addr) -> Option<&Arc<Machine>> {
         self.by_address.get(&address)
     }
 
@@ -122,5 +133,20 @@ impl Reservations {
 
     pub fn macs(&self) -> impl Iterator<Item = &MacAddr> {
         self.by_mac.keys()
+    }
+}
+
+/// The current machine table, shared by every service and swapped whole: a reader keeps the
+/// snapshot it took for as long as it needs it, and never waits for a rebuild.
+#[derive(Default)]
+pub struct Machines(RwLock<Arc<MachineTable>>);
+
+impl Machines {
+    pub fn replace(&self, table: MachineTable) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+
+    pub fn current(&self) -> Arc<MachineTable> {
+        Arc::clone(&self.0.read().unwrap_or_else(|p| p.into_inner()))
     }
 }

@@ -1,4 +1,4 @@
-//! The worker agent that runs in the provisioning OS: it asks Wisp's worker API for its
+//! `wisp-worker`, the worker agent that runs in the provisioning OS: it asks Wisp's worker API for its
 //! machine's next action, runs it with its environment and timeout, and reports each one:
 //! running, then success, failure (with the error) or timeout.
 pub mod actions;
@@ -10,15 +10,11 @@ use std::{
 
 use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
 
-use crate::proto::{
-    workflow_service_client::WorkflowServiceClient, ActionMessage, ActionRequest, ActionResponse,
-    ActionStatusRequest, StateType,
+use actions::{ActionError, Succeeded};
+use wisp_proto::{
+    transient, workflow_service_client::WorkflowServiceClient, ActionMessage, ActionRequest,
+    ActionResponse, ActionStatusRequest, StateType, WORKFLOW_STATE_KEY,
 };
-use actions::{ActionError, Outcome};
-
-/// The metadata key of the worker API's `NOT_FOUND` answer that carries the state of the
-/// machine's most recently finished workflow (`SUCCESS`, `FAILED`, `TIMEOUT`).
-pub const WORKFLOW_STATE_KEY: &str = "wisp-workflow-state";
 
 pub struct Config {
     /// `http://<wisp>:42113`.
@@ -48,21 +44,6 @@ pub struct Agent {
     config: Config,
     runtime: tokio::runtime::Runtime,
     client: WorkflowServiceClient<Channel>,
-}
-
-/// Whether a failed call is worth retrying: the server is away, restarting or overloaded, or
-/// the connection closed under the call (tonic's CANCELLED), rather than refusing the call.
-pub fn transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::Internal
-            | Code::DeadlineExceeded
-            | Code::ResourceExhausted
-            | Code::Aborted
-    )
 }
 
 impl Agent {
@@ -212,21 +193,21 @@ impl Agent {
                 .ok()
                 .filter(|&seconds| seconds > 0)
                 .and_then(|seconds| Instant::now().checked_add(Duration::from_secs(seconds)));
-            let context = actions::Context {
+            let invocation = actions::Invocation {
                 image: action.image().to_string(),
                 command: action.command.clone(),
                 volumes: action.volumes.clone(),
                 environment,
                 deadline,
             };
-            let (state, message, finished) = match actions::run(&context) {
-                Ok(Outcome::Done(message)) => (StateType::Success, message, None),
-                Ok(Outcome::Reboot) => (
+            let (state, message, finished) = match actions::run(&invocation) {
+                Ok(Succeeded::Done(message)) => (StateType::Success, message, None),
+                Ok(Succeeded::Reboot) => (
                     StateType::Success,
                     "rebooting".into(),
                     Some(Finished::Reboot),
                 ),
-                Ok(Outcome::Kexec) => (
+                Ok(Succeeded::Kexec) => (
                     StateType::Success,
                     "kexec into the installed kernel".into(),
                     Some(Finished::Kexec),
@@ -250,28 +231,6 @@ impl Agent {
             if let Some(finished) = finished {
                 return Ok(finished);
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_closed_connection_is_retried_and_a_refusal_is_not() {
-        // hyper's "connection closed" reaches the caller as CANCELLED: a server restart or a
-        // dropped connection must not end an install.
-        for code in [Code::Cancelled, Code::Unavailable, Code::DeadlineExceeded] {
-            assert!(transient(code), "{code:?}");
-        }
-        for code in [
-            Code::PermissionDenied,
-            Code::Unauthenticated,
-            Code::InvalidArgument,
-            Code::NotFound,
-        ] {
-            assert!(!transient(code), "{code:?}");
         }
     }
 }

@@ -2,13 +2,13 @@
 //! Environment: BLOCK_DEVICE, FS_TYPE, CHROOT, DEFAULT_INTERPRETER, CMD_LINE.
 use std::{os::unix::process::CommandExt, process::Command};
 
-use super::{fail, mount::Mounted, run_command, ActionResult, Context, Outcome};
+use super::{fail, mount::Mounted, run_command, ActionResult, Invocation, Succeeded};
 
-pub fn run(context: &Context) -> ActionResult<Outcome> {
-    let command_line = context.required("CMD_LINE")?;
+pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
+    let command_line = invocation.required("CMD_LINE")?;
     // `DEFAULT_INTERPRETER: "/bin/sh -c"` runs CMD_LINE as one argument of the interpreter;
     // without one, CMD_LINE is split on whitespace into a program and its arguments.
-    let argv: Vec<String> = match context.optional("DEFAULT_INTERPRETER") {
+    let argv: Vec<String> = match invocation.optional("DEFAULT_INTERPRETER") {
         Some(interpreter) => interpreter
             .split_whitespace()
             .map(str::to_string)
@@ -24,9 +24,9 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
         .ok_or_else(|| fail("CMD_LINE is empty"))?;
     let mut command = Command::new(program);
     command.args(arguments);
-    let _mounted = if context.flag("CHROOT")? {
-        let device = context.required("BLOCK_DEVICE")?;
-        let fs_type = context.required("FS_TYPE")?;
+    let _mounted = if invocation.flag("CHROOT")? {
+        let device = invocation.required("BLOCK_DEVICE")?;
+        let fs_type = invocation.required("FS_TYPE")?;
         let mut mounted = Mounted::device(device, fs_type)?;
         mounted.bind_system()?;
         let root = mounted.root.clone();
@@ -42,6 +42,6 @@ pub fn run(context: &Context) -> ActionResult<Outcome> {
     } else {
         None
     };
-    let message = run_command(context, &mut command, &format!("{command_line:?}"))?;
-    Ok(Outcome::Done(message))
+    let message = run_command(invocation, &mut command, &format!("{command_line:?}"))?;
+    Ok(Succeeded::Done(message))
 }

@@ -20,7 +20,8 @@ use std::{
 pub use image2disk::Format;
 pub use power::restart;
 
-pub struct Context {
+/// One action to run, as the worker API handed it out, with the time it must end by.
+pub struct Invocation {
     pub image: String,
     pub command: Vec<String>,
     pub volumes: Vec<String>,
@@ -28,9 +29,10 @@ pub struct Context {
     pub deadline: Option<Instant>,
 }
 
+/// How an action that succeeded ends: with a message for its report, or by asking the agent
+/// to restart the machine once the success is reported.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Done, with a message for the report.
+pub enum Succeeded {
     Done(String),
     Reboot,
     Kexec,
@@ -57,18 +59,18 @@ pub fn builtin_name(image: &str) -> &str {
     last.split(':').next().unwrap_or(last)
 }
 
-pub fn run(context: &Context) -> ActionResult<Outcome> {
-    match builtin_name(&context.image) {
-        "image2disk" => image2disk::run(context),
-        "cexec" => cexec::run(context),
-        "writefile" => writefile::run(context),
-        "reboot" => Ok(Outcome::Reboot),
-        "kexec" => power::load_kexec(context),
-        _ => container::run(context),
+pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
+    match builtin_name(&invocation.image) {
+        "image2disk" => image2disk::run(invocation),
+        "cexec" => cexec::run(invocation),
+        "writefile" => writefile::run(invocation),
+        "reboot" => Ok(Succeeded::Reboot),
+        "kexec" => power::load_kexec(invocation),
+        _ => container::run(invocation),
     }
 }
 
-impl Context {
+impl Invocation {
     /// A variable the action needs.
     pub fn required(&self, name: &str) -> ActionResult<&str> {
         self.environment
@@ -113,7 +115,11 @@ const ERROR_TAIL_LINES: usize = 5;
 /// Runs a command to its end or to the deadline, when it is killed. Its output goes to the
 /// console as it comes; a failure's message carries the exit status and the last lines of its
 /// error output.
-pub fn run_command(context: &Context, command: &mut Command, what: &str) -> ActionResult<String> {
+pub fn run_command(
+    invocation: &Invocation,
+    command: &mut Command,
+    what: &str,
+) -> ActionResult<String> {
     // Its own process group, so that a timeout ends everything it started, not just the
     // shell at its top.
     let mut child: Child = command
@@ -146,7 +152,7 @@ pub fn run_command(context: &Context, command: &mut Command, what: &str) -> Acti
         {
             break status;
         }
-        if context.check_deadline().is_err() {
+        if invocation.check_deadline().is_err() {
             let group = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
@@ -173,8 +179,8 @@ pub fn run_command(context: &Context, command: &mut Command, what: &str) -> Acti
 mod tests {
     use super::*;
 
-    fn context(pairs: &[(&str, &str)], timeout: Option<Duration>) -> Context {
-        Context {
+    fn invocation(pairs: &[(&str, &str)], timeout: Option<Duration>) -> Invocation {
+        Invocation {
             image: "cexec".into(),
             command: Vec::new(),
             volumes: Vec::new(),
@@ -203,7 +209,7 @@ mod tests {
 
     #[test]
     fn flags_read_as_tinkerbell_reads_them() {
-        let c = context(
+        let c = invocation(
             &[("A", "true"), ("B", "y"), ("C", "0"), ("D", "maybe")],
             None,
         );
@@ -221,7 +227,7 @@ mod tests {
 
     #[test]
     fn commands_report_failure_and_are_killed_at_the_deadline() {
-        let c = context(&[], Some(Duration::from_millis(300)));
+        let c = invocation(&[], Some(Duration::from_millis(300)));
         let err = run_command(
             &c,
             Command::new("sh").args(["-c", "echo broken >&2; exit 3"]),
@@ -242,7 +248,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(err, ActionError::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(10));
-        let fresh = context(&[], Some(Duration::from_secs(30)));
+        let fresh = invocation(&[], Some(Duration::from_secs(30)));
         assert!(run_command(&fresh, &mut Command::new("true"), "true").is_ok());
         // A process left behind with the pipe open does not hold up the result.
         let started = Instant::now();

@@ -1,0 +1,243 @@
+//! `wisp serve`'s configuration: every setting from a flag, a `WISP_*` environment variable, an
+//! optional TOML file (`--config`) or its default, in that order of precedence. The file
+//! refuses keys it does not know, naming them, and `--print-config` shows what is in force.
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::{api::DEFAULT_LISTEN, dhcp::handler::Mode, gate::RequestedMode};
+
+/// A span of time written as people write it (`300s`, `5m`, `1h 30m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Interval(pub Duration);
+
+impl FromStr for Interval {
+    type Err = humantime::DurationError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(text).map(Interval)
+    }
+}
+
+impl TryFrom<String> for Interval {
+    type Error = humantime::DurationError;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl From<Interval> for String {
+    fn from(interval: Interval) -> String {
+        interval.to_string()
+    }
+}
+
+impl fmt::Display for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+/// Declares each setting once: its type, its default, and its flag's options. From the list
+/// come [`Given`] (what one source says, every setting optional), [`Settings`] (what is in
+/// force) and the merge between them, so that a new setting is one line here.
+macro_rules! settings {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $ty:ty = $default:expr, env $env:literal $(, $arg:ident $(= $value:expr)?)*;
+    )*) => {
+        /// The settings one source gives (the flags and environment, or the file).
+        #[derive(Debug, Default, clap::Args, Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct Given {
+            $(
+                $(#[doc = $doc])*
+                #[arg(long, env = $env $(, $arg $(= $value)?)*)]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        /// The settings in force.
+        #[derive(Clone, Debug, Serialize)]
+        #[serde(rename_all = "kebab-case")]
+        pub struct Settings {
+            $($(#[doc = $doc])* pub $field: $ty,)*
+        }
+
+        impl Given {
+            /// What this source gives, and what `lower` gives where this one is silent.
+            fn over(self, lower: Given) -> Given {
+                Given { $($field: self.$field.or(lower.$field),)* }
+            }
+
+            fn or_defaults(self) -> Settings {
+                Settings { $($field: self.$field.unwrap_or_else(|| $default),)* }
+            }
+        }
+    };
+}
+
+settings! {
+    /// The interface the machines boot on; the XDP gate attaches here.
+    interface: String = String::new(), env "WISP_INTERFACE", short;
+    /// Where resources, runs, leases and tokens are kept.
+    data_dir: PathBuf = PathBuf::from("/var/lib/wisp"), env "WISP_DATA_DIR";
+    /// Address of the HTTP API (and /metrics).
+    listen: SocketAddr = DEFAULT_LISTEN.parse().expect("a valid default"), env "WISP_LISTEN";
+    /// `auto`, `native`, `skb` or `off` (the userspace gate).
+    xdp_mode: RequestedMode = RequestedMode::Auto, env "WISP_XDP_MODE", value_enum;
+    /// Pass DHCP from unknown MACs to userspace instead of dropping it (they are recorded
+    /// either way).
+    discovery: bool = false, env "WISP_DISCOVERY", num_args = 0..=1, default_missing_value = "true";
+    /// Where the iPXE binaries are (Debian's `ipxe` package puts them here).
+    ipxe_dir: PathBuf = PathBuf::from("/usr/lib/ipxe"), env "WISP_IPXE_DIR";
+    /// `reservation`: hand out each machine's reserved address. `proxy`: another server hands
+    /// out addresses; answer netbooting clients with boot information only.
+    dhcp_mode: Mode = Mode::Reservation, env "WISP_DHCP_MODE", value_enum;
+    /// Boot assets (kernel, initramfs, images), served at http://<interface address>:<boot HTTP
+    /// port>/assets/. Empty means <data-dir>/assets.
+    assets_dir: PathBuf = PathBuf::new(), env "WISP_ASSETS_DIR";
+    /// The boot HTTP server's port on the served interface (iPXE scripts, assets, metadata).
+    boot_http_port: u16 = 8080, env "WISP_BOOT_HTTP_PORT";
+    /// The worker API's port on the served interface (Tinkerbell's is 42113).
+    worker_api_port: u16 = 42113, env "WISP_WORKER_API_PORT";
+    /// How long after Wisp hands a machine an iPXE binary its iPXE's DHCP counts as the
+    /// chainload, and gets the script.
+    chainload_window: Interval = Interval(crate::dhcp::DEFAULT_CHAINLOAD_WINDOW), env "WISP_CHAINLOAD_WINDOW";
+    /// TFTP transfers at once; a request beyond them gets an error (the client retries).
+    tftp_max_transfers: usize = crate::tftp::DEFAULT_MAX_TRANSFERS, env "WISP_TFTP_MAX_TRANSFERS";
+    /// How long TFTP waits for an acknowledgement when the client asks for no timeout.
+    tftp_timeout: Interval = Interval(crate::tftp::DEFAULT_TIMEOUT), env "WISP_TFTP_TIMEOUT";
+    /// How often the gate's allowlist and the machine table are checked against the store, to
+    /// repair a sync that failed.
+    reconcile_interval: Interval = Interval(Duration::from_secs(30)), env "WISP_RECONCILE_INTERVAL";
+}
+
+/// `wisp serve`'s command line.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// A TOML file of settings (keys as the flags, without `--`); flags and `WISP_*`
+    /// variables override it.
+    #[arg(long, env = "WISP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print the settings in force, as TOML, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    #[command(flatten)]
+    pub given: Given,
+}
+
+impl ServeArgs {
+    /// The settings in force: the flags and environment, then the file, then the defaults.
+    pub fn settings(self) -> anyhow::Result<Settings> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => Given::default(),
+        };
+        let mut settings = self.given.over(file).or_defaults();
+        anyhow::ensure!(
+            !settings.interface.is_empty(),
+            "no interface to serve: pass --interface, set WISP_INTERFACE, or set `interface` in \
+             the configuration file"
+        );
+        if settings.assets_dir.as_os_str().is_empty() {
+            settings.assets_dir = settings.data_dir.join("assets");
+        }
+        Ok(settings)
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Given> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the configuration file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("in the configuration file {}", path.display()))
+}
+
+impl Settings {
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("every setting is a TOML value")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn settings(args: &[&str]) -> anyhow::Result<Settings> {
+        let mut argv = vec!["wisp"];
+        argv.extend(args);
+        Command::try_parse_from(argv)?.serve.settings()
+    }
+
+    fn file(contents: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, contents.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let config = file("interface = \"br0\"\nboot-http-port = 8081\nworker-api-port = 9000\n");
+        let path = config.path().to_str().unwrap();
+        let settings =
+            settings(&["--config", path, "--boot-http-port", "8082", "--discovery"]).unwrap();
+        assert_eq!(settings.interface, "br0", "from the file");
+        assert_eq!(settings.boot_http_port, 8082, "the flag wins over the file");
+        assert_eq!(settings.worker_api_port, 9000, "from the file");
+        assert!(settings.discovery);
+        assert_eq!(
+            settings.chainload_window,
+            Interval(Duration::from_secs(300))
+        );
+        assert_eq!(settings.assets_dir, PathBuf::from("/var/lib/wisp/assets"));
+    }
+
+    #[test]
+    fn the_file_refuses_unknown_keys_by_name_and_bad_values_by_key() {
+        let config = file("interface = \"br0\"\nboot-port = 8081\n");
+        let err = settings(&["--config", config.path().to_str().unwrap()]).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(message.contains("unknown field `boot-port`"), "{message}");
+        assert!(
+            message.contains(&config.path().display().to_string()),
+            "{message}"
+        );
+
+        let config = file("interface = \"br0\"\ntftp-timeout = \"soon\"\n");
+        let message = format!(
+            "{:#}",
+            settings(&["--config", config.path().to_str().unwrap()]).unwrap_err()
+        );
+        assert!(message.contains("tftp-timeout"), "{message}");
+    }
+
+    #[test]
+    fn an_interface_is_required_and_printed_settings_read_back() {
+        let err = settings(&[]).unwrap_err();
+        assert!(err.to_string().contains("no interface to serve"), "{err}");
+        let printed = settings(&["-i", "br0", "--chainload-window", "2m"])
+            .unwrap()
+            .to_toml();
+        assert!(printed.contains("chainload-window = \"2m\""), "{printed}");
+        let again = file(&printed);
+        let read_back = settings(&["--config", again.path().to_str().unwrap()]).unwrap();
+        assert_eq!(read_back.to_toml(), printed);
+    }
+}

@@ -1,0 +1,468 @@
+//! The decisions, case by case.
+use dhcproto::v4::{Architecture, DhcpOption, Flags, MessageType, OptionCode, UnknownOption};
+use workflow::resource::{hardware::Osie, Kind, ResourceKey};
+
+use super::*;
+
+const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const RESERVED: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 8);
+const MAC: [u8; 6] = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
+
+fn machine(allow_pxe: bool) -> Machine {
+    Machine {
+        hardware: ResourceKey {
+            kind: Kind::Hardware,
+            namespace: "lab".into(),
+            name: "nuc".into(),
+        },
+        mac: MacAddr(MAC),
+        address: Some(RESERVED),
+        netmask: Some([255, 255, 255, 0].into()),
+        gateway: Some([10, 0, 0, 254].into()),
+        name_servers: vec![[1, 1, 1, 1].into()],
+        time_servers: vec![],
+        hostname: Some("nuc".into()),
+        domain: None,
+        lease_secs: 800,
+        allow_pxe,
+        allow_workflow: true,
+        workflow_bound: true,
+        ipxe_url: None,
+        ipxe_script: None,
+        osie: Osie::default(),
+    }
+}
+
+fn boot() -> BootConfig {
+    BootConfig {
+        server: SERVER,
+        http_base: "http://10.0.0.1:8080".into(),
+        binaries: vec!["undionly.kpxe".into(), "snponly.efi".into()],
+    }
+}
+
+fn message(message_type: MessageType, configure: impl FnOnce(&mut Message)) -> Message {
+    let mut message = Message::default();
+    message.set_chaddr(&MAC).set_xid(7);
+    message
+        .opts_mut()
+        .insert(DhcpOption::MessageType(message_type));
+    configure(&mut message);
+    message
+}
+
+fn pxe(message: &mut Message) {
+    message.opts_mut().insert(DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+    ));
+    message
+        .opts_mut()
+        .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(0)));
+}
+
+/// One request's case: the mode, the port and the facts around it.
+struct Case {
+    mode: Mode,
+    port: Port,
+    machine: Machine,
+    chainloaded: bool,
+    declined: bool,
+}
+
+impl Case {
+    /// Reservation mode, on port 67, for a machine without `allowPXE`.
+    fn reservation() -> Case {
+        Case {
+            mode: Mode::Reservation,
+            port: Port::Dhcp,
+            machine: machine(false),
+            chainloaded: false,
+            declined: false,
+        }
+    }
+
+    /// proxyDHCP mode, on port 67, for a machine without `allowPXE`.
+    fn proxy() -> Case {
+        Case {
+            mode: Mode::Proxy,
+            ..Case::reservation()
+        }
+    }
+
+    fn on(self, port: Port) -> Case {
+        Case { port, ..self }
+    }
+
+    fn allow_pxe(self) -> Case {
+        self.machine(machine(true))
+    }
+
+    fn machine(self, machine: Machine) -> Case {
+        Case { machine, ..self }
+    }
+
+    /// Wisp handed this MAC an iPXE binary moments ago.
+    fn chainloaded(self) -> Case {
+        Case {
+            chainloaded: true,
+            ..self
+        }
+    }
+
+    /// The client declined its reserved address moments ago.
+    fn declined(self) -> Case {
+        Case {
+            declined: true,
+            ..self
+        }
+    }
+
+    fn run(&self, message: &Message) -> Outcome {
+        let boot = boot();
+        let facts = Facts {
+            mode: self.mode,
+            boot: &boot,
+            machine: Some(&self.machine),
+            now: 1000,
+            chainloaded: self.chainloaded,
+            declined: self.declined,
+        };
+        let payload = encode(message);
+        let request = Request {
+            message,
+            payload: &payload,
+            source: "10.0.0.99:68".parse().unwrap(),
+            port: self.port,
+        };
+        handle(&request, &facts)
+    }
+}
+
+fn encode(message: &Message) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    dhcproto::Encodable::encode(message, &mut dhcproto::Encoder::new(&mut bytes)).unwrap();
+    bytes
+}
+
+fn reply(outcome: Outcome) -> Reply {
+    match outcome {
+        Outcome::Reply(reply) => *reply,
+        other => panic!("expected a reply, got {other:?}"),
+    }
+}
+
+fn option(reply: &Reply, code: OptionCode) -> Option<&DhcpOption> {
+    reply.message.opts().get(code)
+}
+
+#[test]
+fn discover_gets_the_reservation_with_lease_times() {
+    let offer = reply(Case::reservation().run(&message(MessageType::Discover, |_| {})));
+    assert_eq!(offer.message.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(offer.message.yiaddr(), RESERVED);
+    assert_eq!(
+        option(&offer, OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(SERVER))
+    );
+    assert_eq!(
+        option(&offer, OptionCode::AddressLeaseTime),
+        Some(&DhcpOption::AddressLeaseTime(800))
+    );
+    assert_eq!(
+        option(&offer, OptionCode::Renewal),
+        Some(&DhcpOption::Renewal(400))
+    );
+    assert_eq!(
+        option(&offer, OptionCode::Rebinding),
+        Some(&DhcpOption::Rebinding(700))
+    );
+    assert_eq!(
+        option(&offer, OptionCode::Router),
+        Some(&DhcpOption::Router(vec![[10, 0, 0, 254].into()]))
+    );
+    assert!(offer.lease.is_none(), "an OFFER records no lease");
+    // No broadcast bit and no address yet: unicast to the offered address (RFC 2131 4.1).
+    assert_eq!(
+        offer.destination,
+        Destination::Unicast {
+            address: RESERVED,
+            mac: MacAddr(MAC)
+        }
+    );
+    let broadcast = message(MessageType::Discover, |m| {
+        m.set_flags(Flags::default().set_broadcast());
+    });
+    assert_eq!(
+        reply(Case::reservation().run(&broadcast)).destination,
+        Destination::Broadcast
+    );
+}
+
+#[test]
+fn request_states_follow_rfc_2131() {
+    let selecting = message(MessageType::Request, |m| {
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        m.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(RESERVED));
+    });
+    let ack = reply(Case::reservation().run(&selecting));
+    assert_eq!(ack.message.opts().msg_type(), Some(MessageType::Ack));
+    let lease = ack.lease.expect("an ACK records its lease");
+    assert_eq!((lease.address, lease.expires_unix), (RESERVED, 1800));
+
+    let elsewhere = message(MessageType::Request, |m| {
+        m.opts_mut()
+            .insert(DhcpOption::ServerIdentifier([10, 0, 0, 2].into()));
+        m.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(RESERVED));
+    });
+    assert!(matches!(
+        Case::reservation().run(&elsewhere),
+        Outcome::Ignore(_)
+    ));
+
+    let init_reboot_wrong = message(MessageType::Request, |m| {
+        m.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress([10, 0, 0, 9].into()));
+    });
+    let nak = reply(Case::reservation().run(&init_reboot_wrong));
+    assert_eq!(nak.message.opts().msg_type(), Some(MessageType::Nak));
+    assert_eq!(nak.destination, Destination::Broadcast);
+
+    let renewing = message(MessageType::Request, |m| {
+        m.set_ciaddr(RESERVED);
+    });
+    let renewed = reply(Case::reservation().run(&renewing));
+    assert_eq!(renewed.message.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(
+        renewed.destination,
+        Destination::Client(RESERVED),
+        "a renewing client is unicast at ciaddr"
+    );
+}
+
+#[test]
+fn release_decline_and_inform() {
+    assert!(matches!(
+        Case::reservation().run(&message(MessageType::Release, |_| {})),
+        Outcome::Release(_)
+    ));
+    let decline = message(MessageType::Decline, |m| {
+        m.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(RESERVED));
+    });
+    assert!(matches!(
+        Case::reservation().run(&decline),
+        Outcome::Decline {
+            address: RESERVED,
+            ..
+        }
+    ));
+    let inform = message(MessageType::Inform, |m| {
+        m.set_ciaddr(RESERVED);
+    });
+    let ack = reply(Case::reservation().run(&inform));
+    assert_eq!(ack.message.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert!(
+        option(&ack, OptionCode::AddressLeaseTime).is_none(),
+        "INFORM gets no lease"
+    );
+    assert_eq!(ack.destination, Destination::Client(RESERVED));
+}
+
+#[test]
+fn boot_information_only_for_allowed_netbooting_clients() {
+    let firmware = message(MessageType::Discover, pxe);
+    assert!(
+        reply(Case::reservation().run(&firmware))
+            .message
+            .fname()
+            .is_none(),
+        "allowPXE false"
+    );
+    let offer = reply(Case::reservation().allow_pxe().run(&firmware));
+    assert_eq!(offer.message.fname_str().unwrap().unwrap(), "undionly.kpxe");
+    assert_eq!(offer.message.siaddr(), SERVER);
+    assert!(offer.handoff);
+    assert!(
+        option(&offer, OptionCode::ClassIdentifier).is_none(),
+        "a plain offer, as OVMF needs"
+    );
+    let ipxe = message(MessageType::Discover, |m| {
+        pxe(m);
+        m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    });
+    let script = reply(Case::reservation().allow_pxe().chainloaded().run(&ipxe));
+    assert_eq!(
+        script.message.fname_str().unwrap().unwrap(),
+        "http://10.0.0.1:8080/ipxe/1c:69:7a:11:22:33/auto.ipxe"
+    );
+    assert_eq!(
+        option(&script, OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
+    assert!(!script.handoff);
+}
+
+#[test]
+fn proxy_mode_gives_boot_information_and_no_address() {
+    let firmware = message(MessageType::Discover, pxe);
+    let offer = reply(Case::proxy().allow_pxe().run(&firmware));
+    assert_eq!(offer.message.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    assert!(option(&offer, OptionCode::AddressLeaseTime).is_none());
+    assert_eq!(
+        option(&offer, OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
+    assert_eq!(
+        option(&offer, OptionCode::VendorExtensions),
+        Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255]))
+    );
+    assert!(
+        matches!(
+            Case::proxy()
+                .allow_pxe()
+                .run(&message(MessageType::Discover, |_| {})),
+            Outcome::Ignore(_)
+        ),
+        "not a PXE client"
+    );
+    assert!(
+        matches!(Case::proxy().run(&firmware), Outcome::Ignore(_)),
+        "allowPXE false"
+    );
+    let boot_server = message(MessageType::Request, |m| {
+        pxe(m);
+        m.opts_mut()
+            .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(7)));
+    });
+    let ack = reply(
+        Case::proxy()
+            .on(Port::PxeBootServer)
+            .allow_pxe()
+            .run(&boot_server),
+    );
+    assert_eq!(ack.message.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(ack.message.fname_str().unwrap().unwrap(), "snponly.efi");
+    assert_eq!(
+        ack.destination,
+        Destination::Source("10.0.0.99:68".parse().unwrap())
+    );
+}
+
+#[test]
+fn options_61_and_82_are_echoed_byte_for_byte() {
+    // Sub-options out of order (2 before 1): a parse and re-encode would sort them.
+    let relay_info = vec![2, 3, b'r', b'i', b'd', 1, 2, b'p', b'7'];
+    let discover = message(MessageType::Discover, |m| {
+        m.set_giaddr([10, 0, 0, 2]);
+        m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(82),
+            relay_info.clone(),
+        )));
+        m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(61),
+            vec![1, 0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33],
+        )));
+    });
+    assert_eq!(
+        raw_option(&encode(&discover), 82),
+        Some(relay_info.as_slice())
+    );
+    let offer = reply(Case::reservation().run(&discover));
+    let sent = encode(&offer.message);
+    assert_eq!(raw_option(&sent, 82), Some(relay_info.as_slice()));
+    assert_eq!(
+        raw_option(&sent, 61),
+        Some([1, 0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33].as_slice())
+    );
+    assert_eq!(offer.destination, Destination::Relay([10, 0, 0, 2].into()));
+    assert_eq!(
+        raw_option(&[0u8; 100], 82),
+        None,
+        "a truncated message has no options"
+    );
+}
+
+#[test]
+fn overrides_long_urls_and_http_boot() {
+    let ipxe = message(MessageType::Discover, |m| {
+        pxe(m);
+        m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+    });
+    let mut custom = machine(true);
+    custom.ipxe_url = Some("http://scripts.example/boot.ipxe".into());
+    let offer = reply(
+        Case::reservation()
+            .machine(custom.clone())
+            .chainloaded()
+            .run(&ipxe),
+    );
+    assert_eq!(
+        offer.message.fname_str().unwrap().unwrap(),
+        "http://scripts.example/boot.ipxe"
+    );
+    // A URL longer than the 128-byte `file` field goes in option 67 alone, without panicking.
+    let long = format!("http://scripts.example/{}", "x".repeat(200));
+    custom.ipxe_url = Some(long.clone());
+    let offer = reply(
+        Case::reservation()
+            .machine(custom.clone())
+            .chainloaded()
+            .run(&ipxe),
+    );
+    assert!(offer.message.fname().is_none());
+    assert_eq!(
+        option(&offer, OptionCode::BootfileName),
+        Some(&DhcpOption::BootfileName(long.into_bytes()))
+    );
+    // UEFI HTTP boot: option 60 HTTPClient and an HTTP URL.
+    let http_boot = message(MessageType::Discover, |m| {
+        m.opts_mut().insert(DhcpOption::ClassIdentifier(
+            b"HTTPClient:Arch:00016:UNDI:003001".to_vec(),
+        ));
+        m.opts_mut()
+            .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(16)));
+    });
+    let offer = reply(Case::reservation().allow_pxe().run(&http_boot));
+    assert_eq!(
+        option(&offer, OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+    );
+    assert_eq!(
+        offer.message.fname_str().unwrap().unwrap(),
+        "http://10.0.0.1:8080/ipxe/snponly.efi"
+    );
+}
+
+#[test]
+fn declines_ports_and_inform_without_ciaddr() {
+    let other = message(MessageType::Decline, |m| {
+        m.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress([10, 0, 0, 99].into()));
+    });
+    assert!(
+        matches!(Case::reservation().run(&other), Outcome::Ignore(_)),
+        "not its reservation"
+    );
+    let discover = message(MessageType::Discover, |_| {});
+    assert!(
+        matches!(
+            Case::reservation().declined().run(&discover),
+            Outcome::Ignore(_)
+        ),
+        "declined recently"
+    );
+    assert!(
+        matches!(
+            Case::reservation().on(Port::PxeBootServer).run(&discover),
+            Outcome::Ignore(_)
+        ),
+        "4011 is proxy mode's"
+    );
+    let inform = message(MessageType::Inform, |_| {});
+    assert_eq!(
+        reply(Case::reservation().run(&inform)).destination,
+        Destination::Broadcast
+    );
+}

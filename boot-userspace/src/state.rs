@@ -1,0 +1,106 @@
+//! The appliance's shared state: the workflow engine (and through it the catalog of
+//! resources), the machine table, the gate, the leases and the metrics. Every service holds
+//! one `Arc<AppState>`; only [`AppState::sync_hardware`] changes the machine table and the
+//! gate's allowlist, together, from what the store says.
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc, Mutex,
+};
+
+use workflow::{catalog::Catalog, engine::Engine, store::LeaseStore};
+
+use crate::{
+    gate::Gate,
+    machines::{MachineTable, Machines},
+    metrics::Metrics,
+};
+
+/// What every service of the appliance shares.
+pub struct AppState {
+    /// The workflow engine, which owns the catalog of resources.
+    pub engine: Engine,
+    pub gate: Arc<Gate>,
+    pub machines: Arc<Machines>,
+    pub metrics: Arc<Metrics>,
+    pub leases: Arc<dyn LeaseStore>,
+    /// Serialises Hardware syncs, so that an older snapshot of the store never overwrites a
+    /// newer one in the gate or the DHCP server.
+    hardware_sync: Mutex<()>,
+    coalesced_syncs: CoalescedSyncs,
+}
+
+/// Hardware syncs asked for together share one run: a sync that starts after a request covers
+/// it, so a rack of workflows finishing at once costs a few syncs, not one each.
+#[derive(Default)]
+struct CoalescedSyncs {
+    turn: tokio::sync::Mutex<()>,
+    requested: AtomicU64,
+    covered: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(
+        engine: Engine,
+        gate: Arc<Gate>,
+        metrics: Arc<Metrics>,
+        leases: Arc<dyn LeaseStore>,
+    ) -> AppState {
+        AppState {
+            engine,
+            gate,
+            machines: Arc::default(),
+            metrics,
+            leases,
+            hardware_sync: Mutex::new(()),
+            coalesced_syncs: CoalescedSyncs::default(),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        self.engine.catalog()
+    }
+
+    /// Makes the machine table (with which machines have workflows) and the gate's allowlist
+    /// exactly what the store says; returns how many machines there are. Blocking (store
+    /// reads, BPF syscalls): call it from a blocking thread.
+    pub fn sync_hardware(&self) -> anyhow::Result<usize> {
+        let _sync = self
+            .hardware_sync
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let hardware = self.catalog().hardware()?;
+        let bound = self.catalog().bound_hardware()?;
+        let table = MachineTable::build(hardware.iter().map(|(key, spec)| (key, spec)), &bound);
+
+        let macs = table.macs().copied().collect();
+        self.gate.sync_allowlist(&macs)?;
+        let machines = table.len();
+        self.machines.replace(table);
+        Ok(machines)
+    }
+
+    /// Puts the engine's runs back in line with the store after a commit failed.
+    pub async fn reload_runs(self: &Arc<Self>) {
+        let state = Arc::clone(self);
+        let reloaded = tokio::task::spawn_blocking(move || state.engine.reload()).await;
+        if !matches!(reloaded, Ok(Ok(()))) {
+            tracing::error!("the workflow runs could not be reloaded from the store");
+        }
+    }
+
+    /// [`AppState::sync_hardware`], shared with the callers waiting at the same time; returns
+    /// once a sync that started after this call has finished.
+    pub async fn sync_hardware_coalesced(self: &Arc<Self>) -> anyhow::Result<()> {
+        let syncs = &self.coalesced_syncs;
+        let ticket = syncs.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = syncs.turn.lock().await;
+        if syncs.covered.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let covering = syncs.requested.load(Ordering::SeqCst);
+        let state = Arc::clone(self);
+        tokio::task::spawn_blocking(move || state.sync_hardware()).await??;
+        syncs.covered.store(covering, Ordering::SeqCst);
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+//! A workflow's run: the plan its template renders to, and the status of each action as the
+//! worker reports it. Pure data and the rules of the state machine, over a clock passed in;
+//! below the store, which persists runs, and the engine, which drives them.
+pub mod plan;
+pub mod status;
+
+pub use self::{
+    plan::Plan,
+    status::{ActionStatus, Report, ReportError, State, WorkflowStatus},
+};
