@@ -25,7 +25,7 @@ use crate::{
     config::Settings,
     dhcp::{boot::BootConfig, DhcpConfig, DhcpServer},
     gate::Gate,
-    http::BootHttp,
+    http::{BootHttp, BootHttpConfig},
     identity::MachineTokens,
     metrics::Metrics,
     net,
@@ -159,18 +159,18 @@ fn spawn_boot_services(
         tokens: Arc::clone(&tokens),
     };
     services.spawn(worker_api.serve(SocketAddr::from((address, settings.worker_api_port))));
-    services.spawn(
-        BootHttp {
-            state: Arc::clone(state),
-            tokens,
-            boot_files: Arc::clone(&boot_files),
+    let boot_http = BootHttp::new(
+        BootHttpConfig {
             server: address,
             port: settings.boot_http_port,
             worker_api_port: settings.worker_api_port,
             assets_dir: settings.assets_dir.clone(),
-        }
-        .serve(),
+        },
+        Arc::clone(state),
+        tokens,
+        Arc::clone(&boot_files),
     );
+    services.spawn(boot_http.serve());
     services.spawn(tftp::serve(
         TftpConfig {
             interface: settings.interface.clone(),

@@ -64,65 +64,34 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(gate: Arc<Gate>) -> Self {
         let mut registry = Registry::with_prefix("wisp");
-        let dhcp_received = Family::<DhcpLabels, Counter>::default();
-        registry.register(
-            "dhcp_received",
-            "DHCP messages that passed the gate and reached the DHCP server, by type",
-            dhcp_received.clone(),
-        );
-        let dhcp_replies = Family::<DhcpLabels, Counter>::default();
-        registry.register(
-            "dhcp_replies",
-            "DHCP replies sent, by type (offer, ack, nak)",
-            dhcp_replies.clone(),
-        );
-        let dhcp_ignored = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "dhcp_ignored",
-            "DHCP requests that got no reply, by reason",
-            dhcp_ignored.clone(),
-        );
-        let tftp_requests = Family::<TftpLabels, Counter>::default();
-        registry.register(
-            "tftp_requests",
-            "TFTP requests, by outcome",
-            tftp_requests.clone(),
-        );
-        let tftp_bytes = Counter::default();
-        registry.register(
-            "tftp_bytes",
-            "Bytes of boot files handed to TFTP transfers",
-            tftp_bytes.clone(),
-        );
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "Boot HTTP requests, by route and status",
-            http_requests.clone(),
-        );
-        let worker_calls = Family::<WorkerCallLabels, Counter>::default();
-        registry.register(
-            "worker_api_calls",
-            "Worker API (gRPC) calls, by method and status code",
-            worker_calls.clone(),
-        );
-        let action_reports = Family::<StateLabels, Counter>::default();
-        registry.register(
-            "workflow_action_reports",
-            "Action reports accepted from workers, by reported state",
-            action_reports.clone(),
-        );
+        let mut metric = Registering(&mut registry);
+        let metrics = Metrics {
+            dhcp_received: metric.add(
+                "dhcp_received",
+                "DHCP messages that passed the gate and reached the DHCP server, by type",
+            ),
+            dhcp_replies: metric.add(
+                "dhcp_replies",
+                "DHCP replies sent, by type (offer, ack, nak)",
+            ),
+            dhcp_ignored: metric.add("dhcp_ignored", "DHCP requests that got no reply, by reason"),
+            tftp_requests: metric.add("tftp_requests", "TFTP requests, by outcome"),
+            tftp_bytes: metric.add("tftp_bytes", "Bytes of boot files handed to TFTP transfers"),
+            http_requests: metric.add("http_requests", "Boot HTTP requests, by route and status"),
+            worker_calls: metric.add(
+                "worker_api_calls",
+                "Worker API (gRPC) calls, by method and status code",
+            ),
+            action_reports: metric.add(
+                "workflow_action_reports",
+                "Action reports accepted from workers, by reported state",
+            ),
+            registry: Registry::default(),
+        };
         registry.register_collector(Box::new(GateCollector(gate)));
         Metrics {
             registry,
-            dhcp_received,
-            dhcp_replies,
-            dhcp_ignored,
-            tftp_requests,
-            tftp_bytes,
-            http_requests,
-            worker_calls,
-            action_reports,
+            ..metrics
         }
     }
 
@@ -130,6 +99,21 @@ impl Metrics {
         let mut text = String::new();
         encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+/// Registers each metric as it is made, so that its name and help stand beside its field.
+struct Registering<'a>(&'a mut Registry);
+
+impl Registering<'_> {
+    fn add<M: Default + Clone + prometheus_client::registry::Metric>(
+        &mut self,
+        name: &str,
+        help: &str,
+    ) -> M {
+        let metric = M::default();
+        self.0.register(name, help, metric.clone());
+        metric
     }
 }
 

@@ -164,8 +164,14 @@ fn response(worker: &WorkerIdentity, assignment: Assignment) -> ActionResponse {
 }
 
 impl WorkerApi {
-    fn count<T>(&self, method: &str, result: &Result<T, Status>) {
-        let code = match result {
+    /// Awaits a call's answer and counts it by method and status code.
+    async fn counted<T>(
+        &self,
+        method: &str,
+        call: impl std::future::Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let result = call.await;
+        let code = match &result {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
         };
@@ -177,6 +183,7 @@ impl WorkerApi {
                 code: format!("{code:?}"),
             })
             .inc();
+        result
     }
 
     async fn next_action(&self, request: Request<ActionRequest>) -> Result<ActionResponse, Status> {
@@ -270,18 +277,18 @@ impl WorkflowService for WorkerApi {
         &self,
         request: Request<ActionRequest>,
     ) -> Result<Response<ActionResponse>, Status> {
-        let result = self.next_action(request).await;
-        self.count("GetAction", &result);
-        result.map(Response::new)
+        self.counted("GetAction", self.next_action(request))
+            .await
+            .map(Response::new)
     }
 
     async fn report_action_status(
         &self,
         request: Request<ActionStatusRequest>,
     ) -> Result<Response<ActionStatusResponse>, Status> {
-        let result = self.report(request).await;
-        self.count("ReportActionStatus", &result);
-        let state = result?;
+        let state = self
+            .counted("ReportActionStatus", self.report(request))
+            .await?;
         self.state
             .metrics
             .action_reports

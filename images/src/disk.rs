@@ -118,30 +118,27 @@ fn initrd(kernel: &DebianKernel, busybox: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(archive.finish()?)
 }
 
-/// Builds the raw disk image at `out` and returns its path. `show` are the files the
+/// The raw disk image, built in `work` (removed afterwards). `show` are the files the
 /// installed system prints at boot.
-pub fn build(
-    out: &Path,
+fn raw_image(
+    work: &Path,
     kernel: &DebianKernel,
-    busybox: &Path,
+    busybox_bytes: &[u8],
     show: &[&str],
-) -> anyhow::Result<PathBuf> {
-    let work = out.with_extension("d");
-    let _ = std::fs::remove_dir_all(&work);
+) -> anyhow::Result<Vec<u8>> {
+    let _ = std::fs::remove_dir_all(work);
     let root = work.join("root");
     for dir in [
         "bin", "sbin", "boot", "dev", "proc", "sys", "etc", "root", "tmp", "var/lib",
     ] {
         std::fs::create_dir_all(root.join(dir))?;
     }
-    let busybox_bytes =
-        std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
-    std::fs::write(root.join("bin/busybox"), &busybox_bytes)?;
+    std::fs::write(root.join("bin/busybox"), busybox_bytes)?;
     std::fs::set_permissions(root.join("bin/busybox"), executable())?;
     std::os::unix::fs::symlink("busybox", root.join("bin/sh"))?;
     write_executable(&root.join("sbin/init"), &installed_init(show))?;
     std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz"))?;
-    std::fs::write(root.join("boot/initrd"), initrd(kernel, &busybox_bytes)?)?;
+    std::fs::write(root.join("boot/initrd"), initrd(kernel, busybox_bytes)?)?;
 
     let partition = work.join("root.ext4");
     run(Command::new("mkfs.ext4")
@@ -216,9 +213,8 @@ pub fn build(
     disk[SECTOR as usize..SECTOR as usize + core.len()].copy_from_slice(&core);
     disk.extend_from_slice(&std::fs::read(&partition)?);
     disk.extend_from_slice(&std::fs::read(&esp)?);
-    std::fs::write(out, &disk)?;
-    std::fs::remove_dir_all(&work)?;
-    Ok(out.to_path_buf())
+    std::fs::remove_dir_all(work)?;
+    Ok(disk)
 }
 
 /// An MBR partition entry addressed by LBA only (the CHS fields say so).
@@ -231,7 +227,8 @@ fn partition_entry(entry: &mut [u8], active: bool, kind: u8, start: u64, sectors
     entry[12..16].copy_from_slice(&(sectors as u32).to_le_bytes());
 }
 
-/// As [`build`], gzip-compressed at `out` (image2disk's `COMPRESSED: true`).
+/// Builds the disk image, gzip-compressed at `out` (image2disk's `COMPRESSED: true`), and
+/// returns its path. `show` are the files the installed system prints at boot.
 pub fn build_gzip(
     out: &Path,
     kernel: &DebianKernel,
@@ -239,14 +236,15 @@ pub fn build_gzip(
     show: &[&str],
 ) -> anyhow::Result<PathBuf> {
     use std::io::Write;
-    let raw = build(&out.with_extension("raw"), kernel, busybox, show)?;
+    let busybox =
+        std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
+    let disk = raw_image(&out.with_extension("d"), kernel, &busybox, show)?;
     let mut gzip = flate2::write::GzEncoder::new(
         std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
         flate2::Compression::fast(),
     );
-    gzip.write_all(&std::fs::read(&raw)?)?;
+    gzip.write_all(&disk)?;
     gzip.finish()?;
-    std::fs::remove_file(raw)?;
     Ok(out.to_path_buf())
 }
 

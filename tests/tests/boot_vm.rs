@@ -142,14 +142,14 @@ fn assert_chainload(lab: &Lab, daemon: &Daemon, binary: &str) {
 
 #[test]
 fn bios_vm_netboots_through_wisp() {
-    require_root();
+    require_root!();
     let (lab, daemon, _vm, _work) = netboot(Firmware::Bios);
     assert_chainload(&lab, &daemon, "undionly.kpxe");
 }
 
 #[test]
 fn uefi_vm_netboots_through_wisp() {
-    require_root();
+    require_root!();
     let (lab, daemon, _vm, _work) = netboot(Firmware::Uefi);
     assert_chainload(&lab, &daemon, "snponly.efi");
 }

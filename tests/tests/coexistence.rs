@@ -78,7 +78,7 @@ fn start_dnsmasq(lab: &Lab, work: &TempDir) -> Dnsmasq {
 
 #[test]
 fn a_machine_wisp_does_not_own_gets_its_lease_from_dnsmasq_only() {
-    require_root();
+    require_root!();
     let lab = Lab::bridged("coex");
     let work = TempDir::new("coex");
     let _daemon = Daemon::start(&lab.server, BRIDGE_IF, &work.join("data"), &[]);
@@ -249,12 +249,12 @@ fn proxy_boot(firmware: Firmware) {
 
 #[test]
 fn in_proxy_mode_an_owned_bios_vm_takes_its_address_from_dnsmasq_and_boots_from_wisp() {
-    require_root();
+    require_root!();
     proxy_boot(Firmware::Bios);
 }
 
 #[test]
 fn in_proxy_mode_an_owned_uefi_vm_uses_the_port_4011_boot_server() {
-    require_root();
+    require_root!();
     proxy_boot(Firmware::Uefi);
 }

@@ -67,7 +67,7 @@ fn leases(lab: &Lab) -> BTreeMap<String, String> {
 
 #[test]
 fn perfdhcp_completes_dora_for_1000_reserved_macs_with_their_addresses() {
-    require_root();
+    require_root!();
     let lab = Lab::new("perf");
     let work = TempDir::new("perf");
     let data_dir = work.join("data");
@@ -196,7 +196,7 @@ fn relay_exchange(lab: &Lab, payload: &[u8]) -> Option<v4::Message> {
 
 #[test]
 fn relayed_requests_get_unicast_replies_with_option_82_echoed() {
-    require_root();
+    require_root!();
     let (lab, _work, _daemon) = start("relay");
     let on_subnet = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
     let off_subnet = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x44];
@@ -305,7 +305,7 @@ fn relayed_requests_get_unicast_replies_with_option_82_echoed() {
 
 #[test]
 fn a_malformed_message_from_a_known_mac_is_counted_and_the_server_keeps_serving() {
-    require_root();
+    require_root!();
     let (lab, _work, daemon) = start("malformed");
     let yaml = hardware_yaml("known", "1c:69:7a:11:22:33", "10.99.0.60");
     apply_ok(&lab.server, &yaml);
@@ -357,7 +357,7 @@ fn a_malformed_message_from_a_known_mac_is_counted_and_the_server_keeps_serving(
 
 #[test]
 fn a_client_without_the_broadcast_bit_gets_its_lease_by_unicast() {
-    require_root();
+    require_root!();
     let (lab, _work, _daemon) = start("unicast");
     let yaml = hardware_yaml("plain", "1c:69:7a:00:00:77", "10.99.0.77");
     apply_ok(&lab.server, &yaml);

@@ -160,7 +160,7 @@ fn macs(first_byte: u8, count: u8) -> Vec<[u8; 6]> {
 
 #[test]
 fn xdp_program_matches_the_reference_classifier() {
-    require_root();
+    require_root!();
     let known = macs(0x1c, 8);
     let unknown = macs(0x02, 16);
     for policy in [UnknownPolicy::Drop, UnknownPolicy::Pass] {
@@ -242,7 +242,7 @@ fn xdp_program_matches_the_reference_classifier() {
 
 #[test]
 fn relayed_discover_is_judged_by_chaddr_not_ethernet_source() {
-    require_root();
+    require_root!();
     let client = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
     let relay_mac = [0x02, 0xee, 0, 0, 0, 1];
     let frame = Framing {

@@ -142,25 +142,25 @@ fn scenario(mode: &str, stop_with: Signal) {
 
 #[test]
 fn native_xdp_gate_filters_dhcp_by_chaddr() {
-    require_root();
+    require_root!();
     scenario("native", Signal::SIGTERM);
 }
 
 #[test]
 fn generic_xdp_gate_filters_dhcp_by_chaddr() {
-    require_root();
+    require_root!();
     scenario("skb", Signal::SIGINT);
 }
 
 #[test]
 fn userspace_gate_has_the_same_semantics() {
-    require_root();
+    require_root!();
     scenario("off", Signal::SIGTERM);
 }
 
 #[test]
 fn auto_mode_falls_back_to_skb_on_a_bridge_and_says_so() {
-    require_root();
+    require_root!();
     let lab = Lab::bridged("auto");
     let data = TempDir::new("auto");
     let daemon = Daemon::start(&lab.server, BRIDGE_IF, &data.join("data"), &[]);
@@ -190,7 +190,7 @@ fn auto_mode_falls_back_to_skb_on_a_bridge_and_says_so() {
 
 #[test]
 fn a_killed_daemon_leaves_no_attachment_behind() {
-    require_root();
+    require_root!();
     let lab = Lab::new("crash");
     let data = TempDir::new("crash");
     let mut daemon = Daemon::start(
@@ -222,7 +222,7 @@ fn a_killed_daemon_leaves_no_attachment_behind() {
 
 #[test]
 fn discovery_mode_passes_unknown_macs_and_records_them() {
-    require_root();
+    require_root!();
     let lab = Lab::new("disc");
     let data = TempDir::new("disc");
     let _daemon = Daemon::start(

@@ -80,7 +80,7 @@ fn fetch(lab: &Lab, path: &str, extra: &[&str]) -> (u16, Vec<u8>) {
 
 #[test]
 fn scripts_refusals_and_assets_with_head_and_range() {
-    require_root();
+    require_root!();
     let lab = Lab::new("http");
     let work = TempDir::new("http");
     let assets = work.join("assets");

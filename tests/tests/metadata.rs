@@ -98,7 +98,7 @@ fn token_of(lab: &Lab, mac: &str, address: &str) -> String {
 
 #[test]
 fn each_machine_reads_its_own_metadata_and_no_other() {
-    require_root();
+    require_root!();
     let lab = Lab::new("meta");
     let work = TempDir::new("meta");
     let _daemon = Daemon::start(

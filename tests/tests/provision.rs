@@ -19,16 +19,17 @@ const IMAGE_URL: &str = "http://192.168.1.1:8080/assets/wisp-test-os.raw.gz";
 
 #[test]
 fn a_blank_nvme_bios_machine_is_provisioned_and_boots_the_installed_system() {
+    require_root!();
     provision(Firmware::Bios);
 }
 
 #[test]
 fn a_blank_nvme_uefi_machine_is_provisioned_and_boots_the_installed_system() {
+    require_root!();
     provision(Firmware::Uefi);
 }
 
 fn provision(firmware: Firmware) {
-    require_root();
     let purpose = match firmware {
         Firmware::Bios => "e2e-bios",
         Firmware::Uefi => "e2e-uefi",

@@ -33,7 +33,7 @@ fn hardware_names(lab: &Lab) -> Vec<String> {
 
 #[test]
 fn tinkerbell_demo_applies_unchanged_and_the_missing_hardware_is_reported() {
-    require_root();
+    require_root!();
     let lab = Lab::new("res");
     let data = TempDir::new("res");
     let _daemon = Daemon::start(
@@ -145,7 +145,7 @@ fn tinkerbell_demo_applies_unchanged_and_the_missing_hardware_is_reported() {
 
 #[test]
 fn broken_manifests_get_precise_errors_and_change_nothing() {
-    require_root();
+    require_root!();
     let lab = Lab::new("bad");
     let data = TempDir::new("bad");
     let _daemon = Daemon::start(
@@ -207,7 +207,7 @@ fn broken_manifests_get_precise_errors_and_change_nothing() {
 
 #[test]
 fn acknowledged_applies_survive_kill_9() {
-    require_root();
+    require_root!();
     let lab = Lab::new("kill");
     let data = TempDir::new("kill");
     let data_dir = data.join("data");
@@ -277,7 +277,7 @@ fn acknowledged_applies_survive_kill_9() {
 
 #[test]
 fn the_demo_as_one_stream_and_stale_resource_versions() {
-    require_root();
+    require_root!();
     let lab = Lab::new("conflict");
     let data = TempDir::new("conflict");
     let _daemon = Daemon::start(

@@ -27,7 +27,7 @@ fn expected(name: &str) -> Vec<u8> {
 
 #[test]
 fn atftp_negotiates_blksize_tsize_and_windowsize_and_gets_identical_bytes() {
-    require_root();
+    require_root!();
     let (lab, data, _daemon) = start();
     let local = data.join("undionly.kpxe");
     let server = SERVER_IP.to_string();
@@ -87,7 +87,7 @@ fn atftp_negotiates_blksize_tsize_and_windowsize_and_gets_identical_bytes() {
 
 #[test]
 fn tftp_hpa_fetches_and_is_refused_traversal_absolute_paths_and_writes() {
-    require_root();
+    require_root!();
     let (lab, data, _daemon) = start();
     let server = SERVER_IP.to_string();
     let local = data.join("snponly.efi");
@@ -142,7 +142,7 @@ fn tftp_hpa_fetches_and_is_refused_traversal_absolute_paths_and_writes() {
 
 #[test]
 fn many_concurrent_transfers_all_complete_intact() {
-    require_root();
+    require_root!();
     let (lab, data, _daemon) = start();
     let server = SERVER_IP.to_string();
     let clients: Vec<(std::path::PathBuf, std::process::Child)> = (0..24)
@@ -181,7 +181,7 @@ fn many_concurrent_transfers_all_complete_intact() {
 
 #[test]
 fn an_unacknowledged_oack_is_retransmitted_then_the_transfer_times_out() {
-    require_root();
+    require_root!();
     let (lab, _data, _daemon) = start();
     let (oacks, last) = lab.client.within(|| {
         let socket = UdpSocket::bind(("10.99.0.2", 0)).expect("bind");
@@ -224,7 +224,7 @@ fn an_unacknowledged_oack_is_retransmitted_then_the_transfer_times_out() {
 
 #[test]
 fn windows_restart_after_a_partial_ack_blocks_fit_the_mtu_and_malformed_requests_count() {
-    require_root();
+    require_root!();
     let (lab, _data, _daemon) = start();
     let original = expected("snponly.efi");
     let (oack, windows) = lab.client.within(|| {

@@ -74,7 +74,6 @@ fn shell_action(name: &str, timeout: u64, command: &str) -> String {
 }
 
 fn setup(purpose: &str, actions: &str) -> (Lab, Daemon, TempDir) {
-    require_root();
     let lab = Lab::new(purpose);
     let work = TempDir::new(purpose);
     let daemon = Daemon::start(
@@ -207,6 +206,7 @@ fn write_images(image: &[u8], assets: &std::path::Path) {
 
 #[test]
 fn the_worker_runs_each_action_and_reports_it() {
+    require_root!();
     let work = TempDir::new("wf-image");
     // Not all of it compresses away, and the zero run in the middle is a hole in the qcow2.
     let mut image: Vec<u8> = (0..3u32 << 20)
@@ -314,6 +314,7 @@ fn the_worker_runs_each_action_and_reports_it() {
 
 #[test]
 fn a_failed_action_fails_the_workflow_with_its_error() {
+    require_root!();
     let actions = shell_action("fails", 30, "echo no disk at /dev/sdz >&2; exit 3")
         + &shell_action("never-runs", 30, "true");
     let (lab, _daemon, _work) = setup("wf-fail", &actions);
@@ -348,6 +349,7 @@ fn a_failed_action_fails_the_workflow_with_its_error() {
 
 #[test]
 fn an_action_that_overruns_its_timeout_times_out() {
+    require_root!();
     let (lab, _daemon, _work) = setup("wf-slow", &shell_action("too-slow", 1, "sleep 30"));
     let started = std::time::Instant::now();
     let worker = run_worker(&lab);
@@ -364,6 +366,7 @@ fn an_action_that_overruns_its_timeout_times_out() {
 
 #[test]
 fn the_server_times_out_an_action_whose_worker_went_silent() {
+    require_root!();
     let (lab, _daemon, _work) = setup("wf-silent", &shell_action("first", 1, "true"));
     let action = from_machine_a(&lab, async |mut client| {
         client
@@ -398,6 +401,7 @@ fn the_server_times_out_an_action_whose_worker_went_silent() {
 
 #[test]
 fn workers_get_and_report_only_their_own_machines_actions() {
+    require_root!();
     let (lab, daemon, _work) = setup("wf-iso", &shell_action("first", 30, "true"));
     let token_b = MachineTokens::load_or_create(&daemon.data_dir)
         .expect("the daemon's key")
@@ -459,6 +463,7 @@ fn workers_get_and_report_only_their_own_machines_actions() {
 
 #[test]
 fn a_daemon_restart_mid_workflow_resumes_it() {
+    require_root!();
     let work = TempDir::new("wf-restart-files");
     let (first, second) = (work.join("first"), work.join("second"));
     let actions = shell_action(
@@ -499,6 +504,7 @@ fn a_daemon_restart_mid_workflow_resumes_it() {
 
 #[test]
 fn an_image_that_is_not_built_in_fails_clearly_without_a_container_runtime() {
+    require_root!();
     let actions = "          - name: custom
             image: docker.io/library/alpine:3.20
             timeout: 30

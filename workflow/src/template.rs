@@ -142,27 +142,23 @@ mod tests {
     use super::*;
     use crate::manifest::Manifest;
 
-    fn demo() -> (String, HardwareSpec) {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/tinkerbell-demo/template.yaml"
-        ))
-        .unwrap();
+    /// The `spec` of the one document in an example file of the Tinkerbell demo.
+    fn example_spec(file: &str) -> serde_json::Value {
+        let path = format!(
+            "{}/../examples/tinkerbell-demo/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         let mut manifest = Manifest::default();
-        manifest.parse("template.yaml", &text);
-        let data = manifest.documents[0].1.object["spec"]["data"]
+        manifest.parse(file, &std::fs::read_to_string(path).unwrap());
+        manifest.documents[0].1.object["spec"].clone()
+    }
+
+    fn demo() -> (String, HardwareSpec) {
+        let data = example_spec("template.yaml")["data"]
             .as_str()
             .unwrap()
             .to_string();
-        let hardware = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/tinkerbell-demo/hardware.yaml"
-        ))
-        .unwrap();
-        let mut manifest = Manifest::default();
-        manifest.parse("hardware.yaml", &hardware);
-        let spec: HardwareSpec =
-            serde_json::from_value(manifest.documents[0].1.object["spec"].clone()).unwrap();
+        let spec: HardwareSpec = serde_json::from_value(example_spec("hardware.yaml")).unwrap();
         (data, spec)
     }
 

@@ -8,8 +8,14 @@ pub fn step(title: &str) {
 }
 
 pub fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_with_env(program, args, &[])
+}
+
+/// [`run`], with these environment variables added.
+pub fn run_with_env(program: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     let status = Command::new(program)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("cannot run {program}"))?;
     if !status.success() {

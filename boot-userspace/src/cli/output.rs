@@ -233,7 +233,7 @@ pub fn progress(run: &WorkflowStatus) -> String {
 
 /// Seconds with one decimal: actions take from milliseconds to hours.
 pub fn duration(action: &ActionStatus) -> String {
-    match (action.duration, action.started_at) {
+    match (action.duration, action.span.started_at) {
         (Some(duration), _) => format!("{:.1}s", duration.as_secs_f64()),
         (None, Some(started)) => format!(
             "{:.1}s (running)",

@@ -218,17 +218,8 @@ mod tests {
 
     const ALL: &[&str] = &["undionly.kpxe", "ipxe.efi", "snponly.efi"];
 
+    /// What a client asking this gets, when Wisp has (or has not) just chainloaded it.
     fn target(
-        arch: Option<u16>,
-        vendor: &[u8],
-        user_class: Option<&[u8]>,
-        ipxe_175: bool,
-        binaries: &[&str],
-    ) -> Option<BootTarget> {
-        target_after(false, arch, vendor, user_class, ipxe_175, binaries)
-    }
-
-    fn target_after(
         chainloaded: bool,
         arch: Option<u16>,
         vendor: &[u8],
@@ -252,12 +243,13 @@ mod tests {
     fn firmware_gets_the_ipxe_binary_for_its_architecture() {
         let pxe = b"PXEClient:Arch:00000:UNDI:002001";
         assert_eq!(
-            target(Some(0), pxe, None, false, ALL),
+            target(false, Some(0), pxe, None, false, ALL),
             tftp("undionly.kpxe")
         );
         for efi in [6, 7, 9] {
             assert_eq!(
                 target(
+                    false,
                     Some(efi),
                     b"PXEClient:Arch:00007:UNDI:003016",
                     None,
@@ -268,17 +260,24 @@ mod tests {
             );
         }
         assert_eq!(
-            target(Some(7), b"PXEClient", None, false, &["ipxe.efi"]),
+            target(false, Some(7), b"PXEClient", None, false, &["ipxe.efi"]),
             tftp("ipxe.efi"),
             "ipxe.efi is the fallback"
         );
         assert_eq!(
-            target(Some(11), b"PXEClient", None, false, ALL),
+            target(false, Some(11), b"PXEClient", None, false, ALL),
             None,
             "no arm64 binary installed"
         );
         assert_eq!(
-            target(Some(11), b"PXEClient", None, false, &["snponly-arm64.efi"]),
+            target(
+                false,
+                Some(11),
+                b"PXEClient",
+                None,
+                false,
+                &["snponly-arm64.efi"]
+            ),
             tftp("snponly-arm64.efi")
         );
     }
@@ -287,6 +286,7 @@ mod tests {
     fn uefi_http_boot_gets_an_http_url() {
         assert_eq!(
             target(
+                false,
                 Some(16),
                 b"HTTPClient:Arch:00016:UNDI:003016",
                 None,
@@ -305,7 +305,7 @@ mod tests {
             url: "http://10.0.0.1:8080/ipxe/m/auto.ipxe".into(),
         });
         let rom = |chainloaded| {
-            target_after(
+            target(
                 chainloaded,
                 Some(0),
                 b"PXEClient:Arch:00000:UNDI:002001",
@@ -318,22 +318,19 @@ mod tests {
         assert_eq!(rom(false), tftp("undionly.kpxe"));
         assert_eq!(rom(true), script);
         // The same for UEFI, with 175 alone or an RFC 3004 length-prefixed user class.
+        assert_eq!(target(true, Some(7), b"PXEClient", None, true, ALL), script);
         assert_eq!(
-            target_after(true, Some(7), b"PXEClient", None, true, ALL),
-            script
-        );
-        assert_eq!(
-            target_after(true, Some(7), b"PXEClient", Some(b"\x04iPXE"), false, ALL),
+            target(true, Some(7), b"PXEClient", Some(b"\x04iPXE"), false, ALL),
             script
         );
         // Firmware never gets the script, even just after a handoff.
         assert_eq!(
-            target_after(true, Some(7), b"PXEClient", None, false, ALL),
+            target(true, Some(7), b"PXEClient", None, false, ALL),
             tftp("snponly.efi")
         );
         // An iPXE client with no binary for its architecture runs its script.
         assert_eq!(
-            target_after(false, Some(11), b"PXEClient", Some(b"iPXE"), false, ALL),
+            target(false, Some(11), b"PXEClient", Some(b"iPXE"), false, ALL),
             script
         );
     }

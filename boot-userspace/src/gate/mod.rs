@@ -62,7 +62,8 @@ pub struct GateStats {
     pub unknown_macs: Vec<UnknownMac>,
 }
 
-enum Engine {
+/// What enforces the gate: the XDP program in the kernel, or the userspace classifier.
+enum Enforcer {
     Xdp(Box<XdpGate>, XdpMode),
     Soft(SoftGate),
     /// After shutdown: admits nothing.
@@ -72,7 +73,7 @@ enum Engine {
 pub struct Gate {
     interface: String,
     policy: UnknownPolicy,
-    engine: Mutex<Engine>,
+    enforcer: Mutex<Enforcer>,
 }
 
 impl Gate {
@@ -97,7 +98,7 @@ impl Gate {
                     return Ok(Gate::new(
                         interface,
                         policy,
-                        Engine::Xdp(Box::new(gate), mode),
+                        Enforcer::Xdp(Box::new(gate), mode),
                     ));
                 }
                 Err(err) => {
@@ -120,20 +121,20 @@ impl Gate {
         Ok(Gate::new(
             interface,
             policy,
-            Engine::Soft(SoftGate::new(policy, reason)),
+            Enforcer::Soft(SoftGate::new(policy, reason)),
         ))
     }
 
-    fn new(interface: &str, policy: UnknownPolicy, engine: Engine) -> Gate {
+    fn new(interface: &str, policy: UnknownPolicy, enforcer: Enforcer) -> Gate {
         Gate {
             interface: interface.to_string(),
             policy,
-            engine: Mutex::new(engine),
+            enforcer: Mutex::new(enforcer),
         }
     }
 
-    fn engine(&self) -> std::sync::MutexGuard<'_, Engine> {
-        self.engine
+    fn enforcer(&self) -> std::sync::MutexGuard<'_, Enforcer> {
+        self.enforcer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -141,42 +142,42 @@ impl Gate {
     /// Makes the allowlist exactly `macs`, changing only the entries that differ.
     pub fn sync_allowlist(&self, macs: &BTreeSet<MacAddr>) -> anyhow::Result<()> {
         let wanted: BTreeSet<[u8; 6]> = macs.iter().map(|mac| mac.0).collect();
-        match &mut *self.engine() {
-            Engine::Xdp(gate, _) => gate.sync_allowlist(&wanted),
-            Engine::Soft(gate) => {
+        match &mut *self.enforcer() {
+            Enforcer::Xdp(gate, _) => gate.sync_allowlist(&wanted),
+            Enforcer::Soft(gate) => {
                 gate.sync_allowlist(wanted);
                 Ok(())
             }
-            Engine::Detached => Ok(()),
+            Enforcer::Detached => Ok(()),
         }
     }
 
     /// Detaches the XDP program now, rather than whenever the last reference goes away.
     pub fn detach(&self) -> bool {
-        let engine = std::mem::replace(&mut *self.engine(), Engine::Detached);
-        matches!(engine, Engine::Xdp(..))
+        let enforcer = std::mem::replace(&mut *self.enforcer(), Enforcer::Detached);
+        matches!(enforcer, Enforcer::Xdp(..))
     }
 
     /// Whether a datagram that reached the DHCP socket may be handled. Under XDP the kernel has
     /// already decided, and only passed packets arrive here.
     pub fn admit(&self, payload: &[u8]) -> bool {
-        match &*self.engine() {
-            Engine::Xdp(..) => true,
-            Engine::Soft(gate) => gate.admit(payload),
-            Engine::Detached => false,
+        match &*self.enforcer() {
+            Enforcer::Xdp(..) => true,
+            Enforcer::Soft(gate) => gate.admit(payload),
+            Enforcer::Detached => false,
         }
     }
 
     pub fn stats(&self) -> anyhow::Result<GateStats> {
-        let engine = self.engine();
-        let (mode, counters, unknown, allowlist_size) = match &*engine {
-            Engine::Xdp(gate, mode) => (
+        let enforcer = self.enforcer();
+        let (mode, counters, unknown, allowlist_size) = match &*enforcer {
+            Enforcer::Xdp(gate, mode) => (
                 ActiveMode::Xdp { mode: *mode },
                 gate.counters()?,
                 gate.unknown_macs()?,
                 gate.allowlist_len()?,
             ),
-            Engine::Soft(gate) => (
+            Enforcer::Soft(gate) => (
                 ActiveMode::Userspace {
                     reason: gate.reason().to_string(),
                 },
@@ -184,7 +185,7 @@ impl Gate {
                 gate.unknown_macs(),
                 gate.allowlist_len(),
             ),
-            Engine::Detached => anyhow::bail!("the gate is detached"),
+            Enforcer::Detached => anyhow::bail!("the gate is detached"),
         };
         let now = monotonic_ns();
         let mut unknown_macs: Vec<(u64, UnknownMac)> = unknown

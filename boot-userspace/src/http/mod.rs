@@ -34,10 +34,9 @@ use assets::AssetListener;
 use axum::serve::ListenerExt as _;
 use script::ScriptContext;
 
-pub struct BootHttp {
-    pub state: Arc<AppState>,
-    pub tokens: Arc<MachineTokens>,
-    pub boot_files: Arc<BootFiles>,
+/// Where the boot HTTP server listens and what it serves from.
+pub struct BootHttpConfig {
+    /// Wisp's address on the boot network.
     pub server: Ipv4Addr,
     pub port: u16,
     /// The worker API's port, which the script gives the provisioning OS.
@@ -45,17 +44,38 @@ pub struct BootHttp {
     pub assets_dir: PathBuf,
 }
 
+pub struct BootHttp {
+    config: BootHttpConfig,
+    state: Arc<AppState>,
+    tokens: Arc<MachineTokens>,
+    boot_files: Arc<BootFiles>,
+}
+
 impl BootHttp {
+    pub fn new(
+        config: BootHttpConfig,
+        state: Arc<AppState>,
+        tokens: Arc<MachineTokens>,
+        boot_files: Arc<BootFiles>,
+    ) -> BootHttp {
+        BootHttp {
+            config,
+            state,
+            tokens,
+            boot_files,
+        }
+    }
+
     fn assets_base(&self) -> String {
-        format!("http://{}:{}/assets", self.server, self.port)
+        format!("http://{}:{}/assets", self.config.server, self.config.port)
     }
 
     pub async fn serve(self) -> anyhow::Result<()> {
-        let address = SocketAddr::from((self.server, self.port));
+        let address = SocketAddr::from((self.config.server, self.config.port));
         // Plain asset fetches are sent by the listener's sendfile fast path; ServeDir answers
         // the rest (conditionals, several ranges, errors), reading 128 KiB chunks on the
         // blocking pool (its default is 64 KiB).
-        let assets = ServeDir::new(&self.assets_dir).with_buf_chunk_size(128 << 10);
+        let assets = ServeDir::new(&self.config.assets_dir).with_buf_chunk_size(128 << 10);
         let boot = Arc::new(self);
         let metadata = metadata::router(Arc::new(Metadata {
             state: Arc::clone(&boot.state),
@@ -76,10 +96,10 @@ impl BootHttp {
             .with_context(|| format!("binding boot HTTP to {address}"))?;
         let listener = AssetListener::start(
             listener,
-            boot.assets_dir.clone(),
+            boot.config.assets_dir.clone(),
             Arc::clone(&boot.state.metrics),
         )?;
-        tracing::info!(%address, assets = %boot.assets_dir.display(), "boot HTTP listening");
+        tracing::info!(%address, assets = %boot.config.assets_dir.display(), "boot HTTP listening");
         // tap_io does nothing to the connections: it is how axum gives a custom listener's
         // peer address to the `ConnectInfo<SocketAddr>` extractor.
         axum::serve(
@@ -126,8 +146,8 @@ async fn machine_script(
         matches!(source.ip(), std::net::IpAddr::V4(ip) if machine.address == Some(ip));
     let token = from_machine.then(|| boot.tokens.token(&mac));
     let context = ScriptContext {
-        server: boot.server,
-        worker_api_port: boot.worker_api_port,
+        server: boot.config.server,
+        worker_api_port: boot.config.worker_api_port,
         assets_base: &assets_base,
         pending_work,
         token: token.as_deref(),

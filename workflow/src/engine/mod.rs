@@ -341,7 +341,7 @@ impl Engine {
             .iter()
             .filter_map(|key| runs.get(key))
             .filter(|run| run.state.is_final())
-            .max_by_key(|run| run.finished_at)
+            .max_by_key(|run| run.span.finished_at)
             .map(|run| run.state);
         Ok(Decision {
             value: Next::Idle { last_finished },
@@ -466,22 +466,19 @@ fn start(
         return Ok(Start::Blocked);
     };
     // A stored object that no longer decodes fails this workflow, not the machine's others.
-    let template: TemplateSpec = match template.spec() {
-        Ok(template) => template,
-        Err(err) => {
-            return Ok(Start::Refused(format!(
-                "{template_key} is unreadable: {err}"
-            )))
-        }
-    };
     let hardware_key = hardware.key.clone();
-    let hardware: HardwareSpec = match hardware.spec() {
-        Ok(hardware) => hardware,
-        Err(err) => {
-            return Ok(Start::Refused(format!(
-                "{hardware_key} is unreadable: {err}"
-            )))
-        }
+    let decoded = template
+        .spec::<TemplateSpec>()
+        .map_err(|err| format!("{template_key} is unreadable: {err}"))
+        .and_then(|template| {
+            let hardware = hardware
+                .spec::<HardwareSpec>()
+                .map_err(|err| format!("{hardware_key} is unreadable: {err}"))?;
+            Ok((template, hardware))
+        });
+    let (template, hardware) = match decoded {
+        Ok(decoded) => decoded,
+        Err(reason) => return Ok(Start::Refused(reason)),
     };
     let data = template.data.unwrap_or_default();
     let plan = crate::template::render(&data, &spec.hardware_map, &hardware)

@@ -7,13 +7,11 @@ use serde_json::Value;
 use super::{addr, MacAddr};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct HardwareSpec {
-    #[serde(default)]
     pub interfaces: Vec<Interface>,
     /// Free-form: served as-is by the metadata service.
     pub metadata: Option<Value>,
-    #[serde(default)]
     pub disks: Vec<Disk>,
     pub user_data: Option<String>,
     pub vendor_data: Option<String>,
@@ -28,11 +26,10 @@ pub struct HardwareSpec {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(default, rename_all = "camelCase")]
 pub struct Interface {
     pub dhcp: Option<Dhcp>,
     pub netboot: Option<Netboot>,
-    #[serde(default)]
     pub disable_dhcp: bool,
     pub isoboot: Option<Value>,
 }

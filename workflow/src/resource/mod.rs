@@ -101,20 +101,13 @@ impl Resource {
 }
 
 /// A problem with one field of a document.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{path}: {message}")]
 pub struct FieldError {
     /// Dotted path with indices, such as `spec.interfaces[0].dhcp.mac`.
     pub path: String,
     pub message: String,
 }
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-impl std::error::Error for FieldError {}
 
 impl FieldError {
     fn new(path: impl Into<String>, message: impl Into<String>) -> Self {

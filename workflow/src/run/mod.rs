@@ -6,5 +6,5 @@ pub mod status;
 
 pub use self::{
     plan::Plan,
-    status::{ActionStatus, Report, ReportError, State, WorkflowStatus},
+    status::{ActionStatus, Report, ReportError, Span, State, WorkflowStatus},
 };

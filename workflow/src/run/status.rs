@@ -43,11 +43,10 @@ impl std::fmt::Display for State {
 /// declares the timeout itself: the worker enforces the timeout first and says so.
 pub const REPORT_GRACE: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// When a workflow or an action started and finished; each is unset until it happens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct WorkflowStatus {
-    pub state: State,
-    pub global_timeout: u64,
+pub struct Span {
     #[serde(
         default,
         with = "humantime_serde",
@@ -60,6 +59,15 @@ pub struct WorkflowStatus {
         skip_serializing_if = "Option::is_none"
     )]
     pub finished_at: Option<SystemTime>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkflowStatus {
+    pub state: State,
+    pub global_timeout: u64,
+    #[serde(flatten)]
+    pub span: Span,
     /// Why the workflow ended, when it did not succeed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
@@ -83,18 +91,8 @@ pub struct ActionStatus {
     pub environment: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pid: String,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub started_at: Option<SystemTime>,
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub finished_at: Option<SystemTime>,
+    #[serde(flatten)]
+    pub span: Span,
     #[serde(
         default,
         with = "humantime_serde",
@@ -129,8 +127,7 @@ impl WorkflowStatus {
         WorkflowStatus {
             state: State::Pending,
             global_timeout: plan.global_timeout,
-            started_at: None,
-            finished_at: None,
+            span: Span::default(),
             message: String::new(),
             actions: plan
                 .actions()
@@ -150,8 +147,7 @@ impl WorkflowStatus {
                         .collect(),
                     environment: plan::environment(task, action),
                     pid: action.pid.clone(),
-                    started_at: None,
-                    finished_at: None,
+                    span: Span::default(),
                     duration: None,
                     message: String::new(),
                 })
@@ -164,8 +160,10 @@ impl WorkflowStatus {
         WorkflowStatus {
             state: State::Failed,
             global_timeout: 0,
-            started_at: None,
-            finished_at: Some(now),
+            span: Span {
+                started_at: None,
+                finished_at: Some(now),
+            },
             message,
             actions: Vec::new(),
         }
@@ -194,10 +192,10 @@ impl WorkflowStatus {
     pub fn start_current(&mut self, now: SystemTime) -> Option<usize> {
         let current = self.current()?;
         self.state = State::Running;
-        self.started_at.get_or_insert(now);
+        self.span.started_at.get_or_insert(now);
         let action = &mut self.actions[current];
         action.state = State::Running;
-        action.started_at = Some(now);
+        action.span.started_at = Some(now);
         Some(current)
     }
 
@@ -222,10 +220,10 @@ impl WorkflowStatus {
         match report.state {
             State::Running => {
                 self.state = State::Running;
-                self.started_at.get_or_insert(now);
+                self.span.started_at.get_or_insert(now);
                 let action = &mut self.actions[report.action];
                 action.state = State::Running;
-                action.started_at.get_or_insert(now);
+                action.span.started_at.get_or_insert(now);
                 action.message.clone_from(&report.message);
             }
             State::Success | State::Failed | State::Timeout => {
@@ -253,7 +251,7 @@ impl WorkflowStatus {
             };
             since.is_some_and(|since| now.duration_since(since).unwrap_or_default() >= limit)
         };
-        let message = if overdue(self.started_at, self.global_timeout, Duration::ZERO) {
+        let message = if overdue(self.span.started_at, self.global_timeout, Duration::ZERO) {
             format!(
                 "the workflow's global_timeout of {} s has passed",
                 self.global_timeout
@@ -261,7 +259,7 @@ impl WorkflowStatus {
         } else {
             let action = &self.actions[current];
             if action.state != State::Running
-                || !overdue(action.started_at, action.timeout, REPORT_GRACE)
+                || !overdue(action.span.started_at, action.timeout, REPORT_GRACE)
             {
                 return false;
             }
@@ -277,8 +275,8 @@ impl WorkflowStatus {
     fn finish_action(&mut self, index: usize, state: State, message: String, now: SystemTime) {
         let action = &mut self.actions[index];
         action.state = state;
-        let started = *action.started_at.get_or_insert(now);
-        action.finished_at = Some(now);
+        let started = *action.span.started_at.get_or_insert(now);
+        action.span.finished_at = Some(now);
         action.duration = Some(now.duration_since(started).unwrap_or_default());
         action.message = message;
         let summary = format!("action {:?}: {}", action.name, action.message);
@@ -289,7 +287,7 @@ impl WorkflowStatus {
             other => other,
         };
         if self.state.is_final() {
-            self.finished_at = Some(now);
+            self.span.finished_at = Some(now);
             if state != State::Success {
                 self.message = summary;
             }
@@ -300,6 +298,11 @@ impl WorkflowStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The workflow's message says `expected`.
+    fn assert_message(status: &WorkflowStatus, expected: &str) {
+        assert!(status.message.contains(expected), "{}", status.message);
+    }
 
     fn plan() -> Plan {
         Plan::parse(
@@ -333,7 +336,7 @@ mod tests {
         assert_eq!(status.start_current(at(5)), Some(1));
         status.apply(&report(1, State::Success), at(6)).unwrap();
         assert_eq!(status.state, State::Success);
-        assert_eq!(status.finished_at, Some(at(6)));
+        assert_eq!(status.span.finished_at, Some(at(6)));
         assert_eq!(status.current(), None);
         assert_eq!(status.start_current(at(7)), None);
         // The retried last report is harmless; anything else is refused.
@@ -356,11 +359,7 @@ mod tests {
         status.apply(&failed, at(2)).unwrap();
         assert_eq!(status.state, State::Failed);
         assert_eq!(status.actions[1].state, State::Pending);
-        assert!(
-            status.message.contains("no such disk"),
-            "{}",
-            status.message
-        );
+        assert_message(&status, "no such disk");
     }
 
     #[test]
@@ -390,11 +389,7 @@ mod tests {
         assert!(status.enforce_timeouts(at(20)));
         assert_eq!(status.state, State::Timeout);
         assert_eq!(status.actions[0].state, State::Timeout);
-        assert!(
-            status.message.contains("timeout of 10 s"),
-            "{}",
-            status.message
-        );
+        assert_message(&status, "timeout of 10 s");
     }
 
     #[test]
@@ -409,11 +404,7 @@ mod tests {
             (status.state, status.actions[1].state),
             (State::Timeout, State::Timeout)
         );
-        assert!(
-            status.message.contains("global_timeout of 100 s"),
-            "{}",
-            status.message
-        );
+        assert_message(&status, "global_timeout of 100 s");
     }
 
     #[test]

@@ -221,13 +221,7 @@ pub(super) fn start_wisp(
     settings: &Settings,
     xdp_mode: &str,
 ) -> anyhow::Result<Server> {
-    let server = lab::start_wisp(
-        lab,
-        &settings.wisp,
-        &work.join("wisp-data"),
-        &["--xdp-mode", xdp_mode],
-        &work.join("wisp.log"),
-    )?;
+    let server = lab::start_wisp(lab, &settings.wisp, work, "dhcp", &["--xdp-mode", xdp_mode])?;
     let mut yaml = String::new();
     for (index, (mac, address)) in hosts(settings.dhcp_hosts).enumerate() {
         yaml.push_str(&format!(

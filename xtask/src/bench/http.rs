@@ -101,9 +101,9 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
             "Wisp" => lab::start_wisp(
                 lab,
                 &settings.wisp,
-                &work.join("wisp-http-data"),
+                work,
+                "http",
                 &["--assets-dir", &root_arg],
-                &work.join("wisp-http.log"),
             )?,
             _ => start_nginx(lab, work, &root)?,
         };

@@ -333,23 +333,26 @@ impl Drop for Server {
     }
 }
 
-/// `wisp serve` on the server side with `args`, ready when its API answers. Per-packet logs at
-/// info level would measure the log, not the server, so it logs warnings only.
+/// `wisp serve` on the server side with `args`, ready when its API answers, with a fresh data
+/// directory and a log named after the scenario in `work`. Per-packet logs at info level would
+/// measure the log, not the server, so it logs warnings only.
 pub fn start_wisp(
     lab: &Lab,
     wisp: &Path,
-    data: &Path,
+    work: &Path,
+    scenario: &str,
     args: &[&str],
-    log: &Path,
 ) -> anyhow::Result<Server> {
-    let _ = std::fs::remove_dir_all(data);
+    let data = work.join(format!("wisp-{scenario}-data"));
+    let _ = std::fs::remove_dir_all(&data);
     let mut command = lab.command(SERVER, wisp);
     command
         .args(["serve", "--interface", SERVER_IF, "--data-dir"])
-        .arg(data)
+        .arg(&data)
         .args(args)
         .env("RUST_LOG", "warn");
-    Server::start("Wisp", command, log, || {
+    let log = work.join(format!("wisp-{scenario}.log"));
+    Server::start("Wisp", command, &log, || {
         lab.exec(SERVER, "curl", &["-sf", "http://127.0.0.1:7480/healthz"])
             .is_ok_and(|output| output.status.success())
     })

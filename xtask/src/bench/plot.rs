@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use plotters::{
+    coord::Shift,
     prelude::*,
     style::{register_font, FontStyle},
 };
@@ -85,14 +86,8 @@ pub fn lines(
     let all = series.iter().flat_map(|(_, points)| points);
     let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max) * 1.05;
     let y_max = all.map(|p| p.1).fold(1.0, f64::max) * 1.15;
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: {column}", table.title), ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(72)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+    let root = canvas(path)?;
+    let mut chart = titled(&root, table, column, 48).build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
     chart
         .configure_mesh()
         .x_desc(x_label)
@@ -122,6 +117,29 @@ pub fn lines(
     Ok(())
 }
 
+/// A white picture of the plots' size, drawn into `path` when presented.
+fn canvas(path: &Path) -> anyhow::Result<DrawingArea<BitMapBackend<'_>, Shift>> {
+    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(root)
+}
+
+/// A chart titled with the table and the column, its x labels `x_labels` pixels high.
+fn titled<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    table: &Table,
+    column: &str,
+    x_labels: u32,
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut chart = ChartBuilder::on(root);
+    chart
+        .caption(format!("{}: {column}", table.title), ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(x_labels)
+        .y_label_area_size(72);
+    chart
+}
+
 /// `column` for each server as bars, in the table's first case.
 pub fn bars(table: &Table, column: &str, path: &Path) -> anyhow::Result<()> {
     load_font()?;
@@ -132,13 +150,8 @@ pub fn bars(table: &Table, column: &str, path: &Path) -> anyhow::Result<()> {
         .collect();
     let y_max = values.iter().map(|v| v.1).fold(1.0, f64::max) * 1.15;
     let names: Vec<String> = values.iter().map(|v| v.0.to_string()).collect();
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{}: {column}", table.title), ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(40)
-        .y_label_area_size(72)
+    let root = canvas(path)?;
+    let mut chart = titled(&root, table, column, 40)
         .build_cartesian_2d((0..values.len()).into_segmented(), 0.0..y_max)?;
     chart
         .configure_mesh()

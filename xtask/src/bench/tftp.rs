@@ -97,13 +97,9 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
     for name in ["Wisp", "tftpd-hpa"] {
         println!("  {name}");
         let _server = match name {
-            "Wisp" => lab::start_wisp(
-                lab,
-                &settings.wisp,
-                &work.join("wisp-tftp-data"),
-                &["--ipxe-dir", root_arg],
-                &work.join("wisp-tftp.log"),
-            )?,
+            "Wisp" => {
+                lab::start_wisp(lab, &settings.wisp, work, "tftp", &["--ipxe-dir", root_arg])?
+            }
             _ => {
                 let mut command = lab.command(SERVER, "in.tftpd");
                 command.args([

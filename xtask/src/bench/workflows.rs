@@ -102,9 +102,9 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
             let _server = lab::start_wisp(
                 lab,
                 &settings.wisp,
-                &work.join("wisp-workflow-data"),
+                work,
+                "workflows",
                 &["--xdp-mode", "off"],
-                &work.join("wisp-workflows.log"),
             )?;
             lab.exec_ok(
                 SERVER,
