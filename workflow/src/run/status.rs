@@ -299,9 +299,17 @@ impl WorkflowStatus {
 mod tests {
     use super::*;
 
-    /// The workflow's message says `expected`.
-    fn assert_message(status: &WorkflowStatus, expected: &str) {
-        assert!(status.message.contains(expected), "{}", status.message);
+    /// A run of [`plan`] whose first action started at 0.
+    fn started() -> WorkflowStatus {
+        let mut status = WorkflowStatus::new(&plan());
+        status.start_current(at(0));
+        status
+    }
+
+    /// The workflow ended in `state`, and its message says why.
+    fn assert_ended(status: &WorkflowStatus, state: State, why: &str) {
+        assert_eq!(status.state, state);
+        assert!(status.message.contains(why), "{}", status.message);
     }
 
     fn plan() -> Plan {
@@ -349,23 +357,20 @@ mod tests {
 
     #[test]
     fn a_failed_action_fails_the_workflow_with_its_message() {
-        let mut status = WorkflowStatus::new(&plan());
-        status.start_current(at(0));
+        let mut status = started();
         let failed = Report {
             action: 0,
             state: State::Failed,
             message: "exit status 3: no such disk".into(),
         };
         status.apply(&failed, at(2)).unwrap();
-        assert_eq!(status.state, State::Failed);
+        assert_ended(&status, State::Failed, "no such disk");
         assert_eq!(status.actions[1].state, State::Pending);
-        assert_message(&status, "no such disk");
     }
 
     #[test]
     fn reports_must_name_the_current_action() {
-        let mut status = WorkflowStatus::new(&plan());
-        status.start_current(at(0));
+        let mut status = started();
         assert_eq!(
             status.apply(&report(1, State::Success), at(1)),
             Err(ReportError::NotCurrent {
@@ -382,29 +387,23 @@ mod tests {
 
     #[test]
     fn the_server_times_out_a_silent_action_after_the_grace() {
-        let mut status = WorkflowStatus::new(&plan());
-        status.start_current(at(0));
+        let mut status = started();
         assert!(!status.enforce_timeouts(at(10)));
         assert!(!status.enforce_timeouts(at(19)));
         assert!(status.enforce_timeouts(at(20)));
-        assert_eq!(status.state, State::Timeout);
+        assert_ended(&status, State::Timeout, "timeout of 10 s");
         assert_eq!(status.actions[0].state, State::Timeout);
-        assert_message(&status, "timeout of 10 s");
     }
 
     #[test]
     fn the_global_timeout_ends_a_workflow_whose_actions_have_none() {
-        let mut status = WorkflowStatus::new(&plan());
-        status.start_current(at(0));
+        let mut status = started();
         status.apply(&report(0, State::Success), at(5)).unwrap();
         status.start_current(at(6));
         assert!(!status.enforce_timeouts(at(99)));
         assert!(status.enforce_timeouts(at(100)));
-        assert_eq!(
-            (status.state, status.actions[1].state),
-            (State::Timeout, State::Timeout)
-        );
-        assert_message(&status, "global_timeout of 100 s");
+        assert_ended(&status, State::Timeout, "global_timeout of 100 s");
+        assert_eq!(status.actions[1].state, State::Timeout);
     }
 
     #[test]
