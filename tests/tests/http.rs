@@ -100,6 +100,18 @@ fn scripts_refusals_and_assets_with_head_and_range() {
     );
     apply_ok(&lab.server, MACHINES);
 
+    // Statistics are the API's: from the boot network, collecting them (a walk over the gate's
+    // maps) is nobody's to ask for.
+    let (status, _) = fetch(&lab, "/metrics", &[]);
+    assert_eq!(status, 404, "/metrics is not served on the boot network");
+    let api_metrics = lab
+        .server
+        .exec_ok("curl", &["-sf", "http://127.0.0.1:7480/metrics"]);
+    assert!(
+        api_metrics.contains("wisp_gate_allowlist_size"),
+        "the API still serves them"
+    );
+
     let (status, script) = fetch(&lab, "/ipxe/1c:69:7a:00:00:01/auto.ipxe", &[]);
     let script = String::from_utf8(script).expect("text");
     assert_eq!(status, 200, "{script}");

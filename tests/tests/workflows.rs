@@ -400,6 +400,35 @@ fn the_server_times_out_an_action_whose_worker_went_silent() {
 }
 
 #[test]
+fn a_worker_that_keeps_asking_without_reporting_still_times_out() {
+    require_root!();
+    let (lab, _daemon, _work) = setup("wf-poller", &shell_action("first", 1, "true"));
+    // Asking again hands out the same running action; it must not restart the action's clock,
+    // or a worker stuck in a loop of asks would hold its machine forever.
+    let ended = from_machine_a(&lab, async |mut client| {
+        for _ in 0..60 {
+            match client.get_action(ask(MAC_A)).await {
+                Ok(action) => assert_eq!(action.into_inner().action_id(), "0"),
+                Err(status) => {
+                    let state = status
+                        .metadata()
+                        .get(wisp_proto::WORKFLOW_STATE_KEY)
+                        .cloned();
+                    return Some((status.code(), state));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        None
+    });
+    assert_eq!(
+        ended,
+        Some((Code::NotFound, Some(MetadataValue::from_static("TIMEOUT")))),
+        "the action timed out within 30 s of asks"
+    );
+}
+
+#[test]
 fn workers_get_and_report_only_their_own_machines_actions() {
     require_root!();
     let (lab, daemon, _work) = setup("wf-iso", &shell_action("first", 30, "true"));

@@ -4,7 +4,14 @@
 mod soft;
 pub mod xdp;
 
-use std::{collections::BTreeSet, fmt, sync::Mutex};
+use std::{
+    collections::BTreeSet,
+    fmt,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+};
 
 use boot_ebpf::{Counter, UnknownMacStat, UnknownPolicy};
 use serde::{Deserialize, Serialize};
@@ -65,7 +72,7 @@ pub struct GateStats {
 /// What enforces the gate: the XDP program in the kernel, or the userspace classifier.
 enum Enforcer {
     Xdp(Box<XdpGate>, XdpMode),
-    Soft(SoftGate),
+    Soft(Arc<SoftGate>),
     /// After shutdown: admits nothing.
     Detached,
 }
@@ -73,7 +80,12 @@ enum Enforcer {
 pub struct Gate {
     interface: String,
     policy: UnknownPolicy,
+    /// For syncs, statistics and detaching. Admission never takes it: reading statistics walks
+    /// the maps (a syscall per key), and DHCP must not wait for that.
     enforcer: Mutex<Enforcer>,
+    /// The userspace classifier, when it is the gate; admission asks it directly.
+    soft: Option<Arc<SoftGate>>,
+    detached: AtomicBool,
 }
 
 impl Gate {
@@ -121,15 +133,21 @@ impl Gate {
         Ok(Gate::new(
             interface,
             policy,
-            Enforcer::Soft(SoftGate::new(policy, reason)),
+            Enforcer::Soft(Arc::new(SoftGate::new(policy, reason))),
         ))
     }
 
     fn new(interface: &str, policy: UnknownPolicy, enforcer: Enforcer) -> Gate {
+        let soft = match &enforcer {
+            Enforcer::Soft(gate) => Some(Arc::clone(gate)),
+            _ => None,
+        };
         Gate {
             interface: interface.to_string(),
             policy,
             enforcer: Mutex::new(enforcer),
+            soft,
+            detached: AtomicBool::new(false),
         }
     }
 
@@ -154,17 +172,20 @@ impl Gate {
 
     /// Detaches the XDP program now, rather than whenever the last reference goes away.
     pub fn detach(&self) -> bool {
+        self.detached.store(true, Ordering::SeqCst);
         let enforcer = std::mem::replace(&mut *self.enforcer(), Enforcer::Detached);
         matches!(enforcer, Enforcer::Xdp(..))
     }
 
     /// Whether a datagram that reached the DHCP socket may be handled. Under XDP the kernel has
-    /// already decided, and only passed packets arrive here.
+    /// already decided, and only passed packets arrive here. Takes no lock of the gate's own.
     pub fn admit(&self, payload: &[u8]) -> bool {
-        match &*self.enforcer() {
-            Enforcer::Xdp(..) => true,
-            Enforcer::Soft(gate) => gate.admit(payload),
-            Enforcer::Detached => false,
+        if self.detached.load(Ordering::Relaxed) {
+            return false;
+        }
+        match &self.soft {
+            Some(gate) => gate.admit(payload),
+            None => true,
         }
     }
 
@@ -230,4 +251,52 @@ pub(crate) fn monotonic_ns() -> u64 {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");
     now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use boot_ebpf::wire::{BOOTP_CHADDR_OFFSET, BOOTP_HEADER_LEN};
+
+    use super::*;
+
+    const MAC: [u8; 6] = [0x1c, 0x69, 0x7a, 0, 0, 1];
+
+    fn bootp_from(mac: [u8; 6]) -> Vec<u8> {
+        let mut payload = vec![0u8; BOOTP_HEADER_LEN];
+        payload[..3].copy_from_slice(&[1, 1, 6]); // BOOTREQUEST, Ethernet, 6-byte address
+        payload[BOOTP_CHADDR_OFFSET..BOOTP_CHADDR_OFFSET + 6].copy_from_slice(&mac);
+        payload
+    }
+
+    #[test]
+    fn admission_does_not_wait_while_statistics_or_a_sync_hold_the_gate() {
+        let soft = SoftGate::new(UnknownPolicy::Drop, "test".into());
+        let gate = Arc::new(Gate::new(
+            "test0",
+            UnknownPolicy::Drop,
+            Enforcer::Soft(Arc::new(soft)),
+        ));
+        gate.sync_allowlist(&[MacAddr(MAC)].into()).unwrap();
+        // As a scrape walking the maps, or the periodic allowlist sync, would hold it.
+        let held = gate.enforcer();
+        let (verdicts, admitted) = std::sync::mpsc::channel();
+        let admitting = Arc::clone(&gate);
+        std::thread::spawn(move || {
+            let known = admitting.admit(&bootp_from(MAC));
+            let unknown = admitting.admit(&bootp_from([2, 0, 0, 0, 0, 9]));
+            verdicts.send((known, unknown)).unwrap();
+        });
+        let verdicts = admitted
+            .recv_timeout(Duration::from_secs(5))
+            .expect("admission waited for the gate's lock");
+        assert_eq!(verdicts, (true, false));
+        drop(held);
+        assert!(!gate.detach(), "a userspace gate has no XDP to detach");
+        assert!(
+            !gate.admit(&bootp_from(MAC)),
+            "a detached gate admits nothing"
+        );
+    }
 }

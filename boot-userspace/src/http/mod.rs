@@ -84,7 +84,6 @@ impl BootHttp {
         let router = Router::new()
             .route("/ipxe/{mac}/auto.ipxe", get(machine_script))
             .route("/ipxe/{file}", get(boot_binary))
-            .route("/metrics", get(metrics))
             .nest_service("/assets", assets)
             .with_state(Arc::clone(&boot))
             .merge(metadata)
@@ -169,20 +168,6 @@ async fn boot_binary(State(boot): State<Arc<BootHttp>>, Path(file): Path<String>
             ([(header::CONTENT_TYPE, "application/efi")], body).into_response()
         }
         None => not_found(format!("no iPXE binary named {file:?}")),
-    }
-}
-
-async fn metrics(State(boot): State<Arc<BootHttp>>) -> Response {
-    match boot.state.metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
     }
 }
 

@@ -195,7 +195,9 @@ impl WorkflowStatus {
         self.span.started_at.get_or_insert(now);
         let action = &mut self.actions[current];
         action.state = State::Running;
-        action.span.started_at = Some(now);
+        // Handing the running action out again (a worker asking twice, or after a restart)
+        // keeps its start: its timeout runs from when it first started.
+        action.span.started_at.get_or_insert(now);
         Some(current)
     }
 
@@ -383,6 +385,14 @@ mod tests {
             Err(ReportError::BadState(State::Pending))
         );
         assert_eq!(status.done(), 0);
+    }
+
+    #[test]
+    fn handing_the_action_out_again_keeps_its_start() {
+        let mut status = started();
+        assert_eq!(status.start_current(at(8)), Some(0));
+        assert_eq!(status.actions[0].span.started_at, Some(at(0)));
+        assert!(status.enforce_timeouts(at(20)), "10 s and the grace, from 0");
     }
 
     #[test]
