@@ -149,6 +149,12 @@ impl ServeArgs {
             "no interface to serve: pass --interface, set WISP_INTERFACE, or set `interface` in \
              the configuration file"
         );
+        anyhow::ensure!(
+            settings.listen.ip().is_loopback(),
+            "listen = {}: the API changes what every machine runs and has no authentication of \
+             its own, so it listens on a loopback address only",
+            settings.listen
+        );
         if settings.assets_dir.as_os_str().is_empty() {
             settings.assets_dir = settings.data_dir.join("assets");
         }

@@ -124,6 +124,9 @@ fn load_state(
         "Hardware loaded from {}",
         settings.data_dir.display()
     );
+    for conflict in state.lease_conflicts()? {
+        tracing::warn!("{conflict}");
+    }
     Ok(state)
 }
 

@@ -2,12 +2,19 @@
 //! resources), the machine table, the gate, the leases and the metrics. Every service holds
 //! one `Arc<AppState>`; only [`AppState::sync_hardware`] changes the machine table and the
 //! gate's allowlist, together, from what the store says.
-use std::sync::{
-    atomic::{AtomicU64, Ordering},
-    Arc, Mutex,
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use workflow::{catalog::Catalog, engine::Engine, store::LeaseStore};
+use workflow::{
+    catalog::Catalog,
+    engine::Engine,
+    store::{LeaseStore, StoreError},
+};
 
 use crate::{
     gate::Gate,
@@ -77,6 +84,33 @@ impl AppState {
         let machines = table.len();
         self.machines.replace(table);
         Ok(machines)
+    }
+
+    /// The reserved addresses that another MAC still holds on an unexpired lease, each said as
+    /// a sentence: the machine gets no address until that lease ends or is released.
+    pub fn lease_conflicts(&self) -> Result<Vec<String>, StoreError> {
+        let machines = self.machines.current();
+        let now = SystemTime::now();
+        let now_unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut conflicts = Vec::new();
+        for lease in self.leases.leases()? {
+            let Some(machine) = machines.by_address(lease.address) else {
+                continue;
+            };
+            if machine.mac != lease.mac && lease.expires_unix > now_unix {
+                let until = UNIX_EPOCH + Duration::from_secs(lease.expires_unix);
+                conflicts.push(format!(
+                    "{address}, reserved for {hardware} ({mac}), is leased to {holder} until \
+                     {until}: {hardware} gets no address until that lease ends or is released",
+                    address = lease.address,
+                    hardware = machine.hardware,
+                    mac = machine.mac,
+                    holder = lease.mac,
+                    until = humantime::format_rfc3339_seconds(until),
+                ));
+            }
+        }
+        Ok(conflicts)
     }
 
     /// Puts the engine's runs back in line with the store after a commit failed.

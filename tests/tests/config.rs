@@ -108,6 +108,17 @@ fn unknown_keys_and_bad_values_are_refused_by_name() {
         "{text}"
     );
 
+    let refused = serve(
+        &["--print-config", "-i", "br0", "--listen", "0.0.0.0:7480"],
+        &[],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        output_text(&refused).contains("listens on a loopback address only"),
+        "{}",
+        output_text(&refused)
+    );
+
     let refused = serve(&["--print-config"], &[]);
     assert!(!refused.status.success());
     assert!(

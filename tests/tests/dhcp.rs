@@ -397,3 +397,65 @@ fn a_client_without_the_broadcast_bit_gets_its_lease_by_unicast() {
         "the server added the client's ARP entry: {neighbour:?}"
     );
 }
+
+/// busybox udhcpc on the client side, with the client's MAC set to `mac`: whether it got
+/// `address`, and what it said.
+fn udhcpc(lab: &Lab, mac: &str, address: &str) -> (bool, String) {
+    lab.client
+        .exec_ok("ip", &["link", "set", CLIENT_IF, "address", mac]);
+    let output = lab.client.exec(
+        "busybox",
+        &[
+            "udhcpc",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "2",
+            "-T",
+            "1",
+            "-i",
+            CLIENT_IF,
+            "-s",
+            "/bin/true",
+        ],
+    );
+    let said = output_text(&output);
+    let leased = output.status.success() && said.contains(&format!("lease of {address} obtained"));
+    (leased, said)
+}
+
+#[test]
+fn an_address_leased_to_another_mac_waits_for_that_lease_to_end() {
+    require_root!();
+    let (lab, _work, _daemon) = start("held");
+    apply_ok(
+        &lab.server,
+        &hardware_yaml("first", "1c:69:7a:00:00:81", "10.99.0.81"),
+    );
+    let (leased, said) = udhcpc(&lab, "1c:69:7a:00:00:81", "10.99.0.81");
+    assert!(leased, "{said}");
+    // The first machine's Hardware goes; its lease (a day) does not. The address moves to a
+    // second machine.
+    wisp_ok(&lab.server, &["delete", "hardware", "first", "-n", "lab"]);
+    let applied = wisp_tests::apply_yaml(
+        &lab.server,
+        &hardware_yaml("second", "1c:69:7a:00:00:82", "10.99.0.81"),
+    );
+    let said = output_text(&applied);
+    assert!(applied.status.success(), "{said}");
+    assert!(
+        said.contains("10.99.0.81, reserved for lab/second (1c:69:7a:00:00:82), is leased to 1c:69:7a:00:00:81 until"),
+        "the apply says why the second machine will wait: {said}"
+    );
+    let (leased, said) = udhcpc(&lab, "1c:69:7a:00:00:82", "10.99.0.81");
+    assert!(!leased, "two MACs were given 10.99.0.81: {said}");
+    assert!(
+        metric(
+            &lab.server,
+            "wisp_dhcp_ignored_total{reason=\"address_leased_to_another\"}"
+        )
+        .is_some_and(|count| count >= 1),
+        "the refusal is counted"
+    );
+}

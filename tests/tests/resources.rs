@@ -212,6 +212,35 @@ fn acknowledged_applies_survive_kill_9() {
     let data = TempDir::new("kill");
     let data_dir = data.join("data");
     let mut daemon = Daemon::start(&lab.server, SERVER_IF, &data_dir, &["--xdp-mode", "off"]);
+    // What the daemon keeps (resources, leases, the key that signs every token) is its own.
+    for (path, expected) in [
+        (data_dir.clone(), 0o700),
+        (data_dir.join("wisp.redb"), 0o600),
+        (data_dir.join("leases.journal"), 0o600),
+        (data_dir.join("metadata.key"), 0o600),
+    ] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path)
+                .expect("the daemon created it")
+                .permissions(),
+        ) & 0o777;
+        assert_eq!(mode, expected, "{}: {mode:o}", path.display());
+    }
+    // A page in a local browser reaching the API through a rebound name of its own.
+    let rebound = lab.server.exec_ok(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: evil.example:7480",
+            "http://127.0.0.1:7480/v1/hardware",
+        ],
+    );
+    assert_eq!(rebound, "403", "a request for another host is refused");
     let acknowledged = Mutex::new(Vec::new());
     let killed = AtomicBool::new(false);
     std::thread::scope(|scope| {

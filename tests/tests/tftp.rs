@@ -289,3 +289,67 @@ fn windows_restart_after_a_partial_ack_blocks_fit_the_mtu_and_malformed_requests
         Some(1)
     );
 }
+
+#[test]
+fn a_file_past_65535_blocks_arrives_whole_as_the_block_number_rolls_over() {
+    require_root!();
+    let lab = Lab::new("tftp-big");
+    let data = TempDir::new("tftp-big");
+    // 200 MiB: 143,000 blocks of 1,468 bytes (two roll-overs of the 16-bit block number) and
+    // 409,600 of tftp-hpa's 512 (six). Served as if it were an iPXE binary.
+    let ipxe_dir = data.join("ipxe");
+    std::fs::create_dir_all(&ipxe_dir).expect("the iPXE directory");
+    let big: Vec<u8> = (0..200u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(ipxe_dir.join("ipxe.efi"), &big).expect("write the file");
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &data.join("data"),
+        &[
+            "--xdp-mode",
+            "native",
+            "--ipxe-dir",
+            ipxe_dir.to_str().expect("utf-8"),
+        ],
+    );
+    let server = SERVER_IP.to_string();
+    let fetched = |client: &str, args: &[&str], local: &std::path::Path| {
+        let output = lab.client.exec(client, args);
+        assert!(
+            output.status.success(),
+            "{client}: {}",
+            output_text(&output)
+        );
+        let got = std::fs::read(local).expect("fetched");
+        assert_eq!(got.len(), big.len(), "{client}: the length differs");
+        assert!(got == big, "{client}: the bytes differ");
+        std::fs::remove_file(local).expect("remove the copy");
+    };
+    let local = data.join("by-atftp");
+    let local_arg = local.to_str().expect("utf-8");
+    fetched(
+        "atftp",
+        &[
+            "--option",
+            "blksize 1468",
+            "--option",
+            "windowsize 16",
+            "-g",
+            "-r",
+            "ipxe.efi",
+            "-l",
+            local_arg,
+            &server,
+        ],
+        &local,
+    );
+    let local = data.join("by-tftp-hpa");
+    let local_arg = local.to_str().expect("utf-8");
+    fetched(
+        "tftp",
+        &[&server, "-m", "binary", "-c", "get", "ipxe.efi", local_arg],
+        &local,
+    );
+}

@@ -36,7 +36,49 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/leases", get(leases))
         .route("/v1/{kind}", get(list))
         .route("/v1/{kind}/{namespace}/{name}", get(get_one).delete(delete))
+        .layer(axum::middleware::from_fn(loopback_host_only))
         .with_state(state)
+}
+
+/// Refuses a request whose `Host` is not a loopback name or address. A web page that a local
+/// browser opens can reach loopback through a name of its own that resolves there (DNS
+/// rebinding); its requests then carry that name, and are refused here.
+async fn loopback_host_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .map(host_name);
+    match host {
+        Some(name) if is_loopback_name(name) => next.run(request).await,
+        _ => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "the API answers requests addressed to a loopback host, not {:?}",
+                host.unwrap_or("(no Host)")
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// The host of a `Host` header, without its port (`[::1]:7480` → `::1`).
+fn host_name(host: &str) -> &str {
+    match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(bracketed),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    }
+}
+
+fn is_loopback_name(name: &str) -> bool {
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 pub struct ApiError(StatusCode, ErrorBody);
@@ -150,7 +192,7 @@ async fn apply(
         // Every kind feeds the boot state (Hardware the gate and DHCP; Workflows and Templates
         // which machines have pending work). Synced in the same blocking task as the commit, so
         // that a client hanging up cannot leave the gate behind the store.
-        Ok((applied, hardware_sync_warning(state)))
+        Ok((applied, sync_after_write(state)))
     })
     .await?;
     warnings.extend(sync_warning);
@@ -235,8 +277,8 @@ async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<
         blocking(&state, move |state| match state.catalog().delete(&key)? {
             Some(removed) => {
                 state.engine.forget(&removed.key);
-                let warning = hardware_sync_warning(state);
-                Ok((removed, warning))
+                let warnings = sync_after_write(state);
+                Ok((removed, warnings))
             }
             None => Err(ApiError::not_found(&key)),
         })
@@ -245,18 +287,26 @@ async fn delete(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<
     Ok(Json(DeleteResponse {
         key: removed.key,
         version: removed.version,
-        warnings: sync_warning.into_iter().collect(),
+        warnings: sync_warning,
     }))
 }
 
-/// Syncs the gate's allowlist and the DHCP reservations after a write; a failure is reported,
-/// and the daemon's periodic reconcile retries it.
-fn hardware_sync_warning(state: &AppState) -> Option<String> {
-    let err = state.sync_hardware().err()?;
-    let warning =
-        format!("stored, but the gate and the DHCP server could not be updated yet: {err:#}");
-    tracing::error!("{warning}");
-    Some(warning)
+/// Syncs the machine table and the gate's allowlist after a write, and says what the write
+/// leaves waiting: a failed sync (the daemon's periodic reconcile retries it), or a reserved
+/// address that another MAC still holds.
+fn sync_after_write(state: &AppState) -> Vec<String> {
+    if let Err(err) = state.sync_hardware() {
+        let warning =
+            format!("stored, but the gate and the DHCP server could not be updated yet: {err:#}");
+        tracing::error!("{warning}");
+        return vec![warning];
+    }
+    match state.lease_conflicts() {
+        Ok(conflicts) => conflicts,
+        Err(err) => vec![format!(
+            "stored, but the leases could not be checked: {err}"
+        )],
+    }
 }
 
 fn view(state: &AppState, resource: Resource) -> Result<ResourceView, ApiError> {
@@ -296,4 +346,30 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Result<Response, ApiErro
         text,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_pass() {
+        for host in [
+            "127.0.0.1:7480",
+            "localhost:7480",
+            "[::1]:7480",
+            "127.0.0.2",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_name(host_name(host)), "{host}");
+        }
+        for host in [
+            "evil.example:7480",
+            "10.0.0.1:7480",
+            "[fe80::1]:7480",
+            "localhost.evil.example",
+        ] {
+            assert!(!is_loopback_name(host_name(host)), "{host}");
+        }
+    }
 }

@@ -10,6 +10,10 @@ use workflow::{
 
 /// At most this many leases share one transaction.
 const MAX_BATCH: usize = 1024;
+/// At most this many lease changes wait for the disk. Spoofed REQUESTs for a known MAC, sent
+/// faster than fdatasync, would otherwise grow memory without bound; beyond this the ACK is
+/// not sent, and a real client retries.
+const QUEUE_LIMIT: usize = 1 << 16;
 
 /// A change to the lease table. Both kinds share one queue, so they apply in arrival order: a
 /// RELEASE right after an ACK cannot be overtaken by that ACK's lease.
@@ -27,7 +31,7 @@ impl LeaseWriter {
     /// Starts the writer thread; it ends when the last `LeaseWriter` is dropped.
     pub fn start(store: Arc<dyn LeaseStore>) -> LeaseWriter {
         let writer =
-            GroupCommit::start("lease writer", MAX_BATCH, move |batch| {
+            GroupCommit::start("lease writer", MAX_BATCH, QUEUE_LIMIT, move |batch| {
                 // Consecutive records share one transaction; a removal is applied in its place in
                 // the order, after the records queued before it.
                 let mut outcomes = Vec::with_capacity(batch.len());

@@ -69,6 +69,17 @@ pub struct DhcpServer {
     handoffs: Mutex<HashMap<MacAddr, Handoff>>,
     /// When each MAC last declined its reserved address.
     declined: Mutex<HashMap<MacAddr, Instant>>,
+    /// Which MAC holds each leased address, and until when: loaded from the lease store at
+    /// start and kept with every ACK, RELEASE and DECLINE, so that an address is never handed
+    /// to a second MAC while the first one's lease runs.
+    holders: Mutex<HashMap<Ipv4Addr, Holder>>,
+}
+
+/// The MAC that holds an address, until the Unix time its lease expires.
+#[derive(Clone, Copy, Debug)]
+struct Holder {
+    mac: MacAddr,
+    expires_unix: u64,
 }
 
 /// An iPXE binary handed to a client. Retransmissions of the same transaction keep its xid and
@@ -95,7 +106,26 @@ impl DhcpServer {
             leases,
             handoffs: Mutex::default(),
             declined: Mutex::default(),
+            holders: Mutex::default(),
         }
+    }
+
+    /// Another MAC than `mac` holds `address`, and its lease has not expired.
+    fn held_by_another(&self, address: Ipv4Addr, mac: MacAddr, now_unix: u64) -> bool {
+        let holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        holders
+            .get(&address)
+            .is_some_and(|holder| holder.mac != mac && holder.expires_unix > now_unix)
+    }
+
+    fn hold(&self, address: Ipv4Addr, mac: MacAddr, expires_unix: u64) {
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        holders.insert(address, Holder { mac, expires_unix });
+    }
+
+    fn let_go(&self, mac: MacAddr) {
+        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
+        holders.retain(|_, holder| holder.mac != mac);
     }
 
     fn chainloaded(&self, mac: &MacAddr, xid: u32) -> bool {
@@ -125,6 +155,9 @@ impl DhcpServer {
 
     /// Binds both ports and serves until the future is dropped.
     pub async fn serve(self) -> anyhow::Result<()> {
+        for lease in self.leases.leases().context("loading the leases")? {
+            self.hold(lease.address, lease.mac, lease.expires_unix);
+        }
         let server = Arc::new(self);
         let writer = LeaseWriter::start(Arc::clone(&server.leases));
         let mut tasks = tokio::task::JoinSet::new();
@@ -193,6 +226,18 @@ impl DhcpServer {
                     for (stored, reply) in replies.after_lease {
                         match stored.await {
                             Ok(()) => durable.push(reply),
+                            // A full queue is a flood (or a disk that has stopped): counted,
+                            // and logged at debug, or the flood would set the log's volume.
+                            Err(err @ CommitError::Full(..)) => {
+                                tracing::debug!(client = %reply.client, "ACK withheld: {err}");
+                                server
+                                    .metrics
+                                    .dhcp_ignored
+                                    .get_or_create(&ReasonLabels {
+                                        reason: "lease_queue_full",
+                                    })
+                                    .inc();
+                            }
                             Err(err) => {
                                 tracing::error!(client = %reply.client, "lease not stored, ACK withheld: {err}")
                             }
@@ -215,17 +260,22 @@ impl DhcpServer {
         self.count_received(type_name(message.opts().msg_type()));
         let machines = self.machines.current();
         let mac = handler::client_mac(&message);
+        let machine = mac.and_then(|mac| machines.get(&mac));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let facts = Facts {
             mode: self.config.mode,
             boot: &self.config.boot,
-            machine: mac
-                .and_then(|mac| machines.get(&mac))
-                .map(|machine| machine.as_ref()),
-            now: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            machine: machine.map(|machine| machine.as_ref()),
+            now,
             chainloaded: mac.is_some_and(|mac| self.chainloaded(&mac, message.xid())),
             declined: mac.is_some_and(|mac| self.recently_declined(&mac)),
+            address_held_by_another: machine.is_some_and(|machine| {
+                machine
+                    .address
+                    .is_some_and(|address| self.held_by_another(address, machine.mac, now))
+            }),
         };
         let request = Request {
             message: &message,
@@ -256,6 +306,9 @@ impl DhcpServer {
                     .filter(|_| reply.handoff)
                     .map(|mac| (mac, message.xid()));
                 let lease = reply.lease.take();
+                if let Some(lease) = &lease {
+                    self.hold(lease.address, lease.mac, lease.expires_unix);
+                }
                 let Some(outgoing) = self.prepare(socket, *reply, client, handoff) else {
                     return;
                 };
@@ -269,6 +322,7 @@ impl DhcpServer {
             }
             Outcome::Release(mac) => {
                 tracing::info!(client, "DHCP release");
+                self.let_go(mac);
                 self.forget_lease(writer, mac);
             }
             Outcome::Decline { mac, address } => {
@@ -277,6 +331,7 @@ impl DhcpServer {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(mac, Instant::now());
+                self.let_go(mac);
                 self.forget_lease(writer, mac);
             }
             Outcome::Ignore(reason) => {

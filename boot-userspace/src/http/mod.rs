@@ -127,16 +127,25 @@ async fn machine_script(
     let Ok(mac) = mac.parse::<MacAddr>() else {
         return not_found(format!("{mac:?} is not a MAC address"));
     };
+    // One answer whether no Hardware owns the MAC or its netboot is off: anyone on the boot
+    // network may ask, and the answer must not tell them which MACs Wisp owns. The log says
+    // which.
     let machines = boot.state.machines.current();
-    let Some(machine) = machines.get(&mac).cloned() else {
-        return not_found(format!("no Hardware owns {mac}"));
+    let Some(machine) = machines
+        .get(&mac)
+        .filter(|machine| machine.allow_pxe)
+        .cloned()
+    else {
+        match machines.get(&mac) {
+            Some(machine) => {
+                tracing::info!(client = %mac, %source, hardware = %machine.hardware, "no iPXE script: netboot.allowPXE is false")
+            }
+            None => {
+                tracing::info!(client = %mac, %source, "no iPXE script: no Hardware owns this MAC")
+            }
+        }
+        return not_found(format!("no iPXE script for {mac}"));
     };
-    if !machine.allow_pxe {
-        return not_found(format!(
-            "netboot.allowPXE is false for {mac} ({})",
-            machine.hardware
-        ));
-    }
     let pending_work = machine.pending_work();
     let assets_base = boot.assets_base();
     // The metadata token goes only to the machine itself: a request from its reserved address.

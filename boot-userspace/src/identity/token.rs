@@ -1,6 +1,6 @@
 //! Per-machine tokens: `<mac without colons>-<HMAC-SHA256 of the MAC, 16 bytes, hex>`, under a
 //! key kept in the data directory.
-use std::{fmt::Write as _, io::Write as _, os::unix::fs::OpenOptionsExt, path::Path};
+use std::{fmt::Write as _, io::Write as _, path::Path};
 
 use anyhow::Context;
 use hmac::{Hmac, KeyInit, Mac};
@@ -30,17 +30,21 @@ impl MachineTokens {
                 // Written aside and renamed into place, so a crash never leaves a short key.
                 let key: [u8; 32] = rand::random();
                 let partial = data_dir.join(format!("{KEY_FILE}.new"));
-                let mut file = std::fs::OpenOptions::new()
+                let mut file = workflow::store::private::file_options()
                     .write(true)
                     .create(true)
                     .truncate(true)
-                    .mode(0o600)
                     .open(&partial)
                     .with_context(|| format!("creating {}", partial.display()))?;
                 file.write_all(&key)?;
                 file.sync_all()?;
                 std::fs::rename(&partial, &path)
                     .with_context(|| format!("creating {}", path.display()))?;
+                // The rename is durable only once the directory is: without this, a power loss
+                // could bring back no key, and a new one would refuse every token handed out.
+                std::fs::File::open(data_dir)
+                    .and_then(|dir| dir.sync_all())
+                    .with_context(|| format!("syncing {}", data_dir.display()))?;
                 Ok(MachineTokens { key })
             }
             Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),

@@ -113,6 +113,10 @@ impl Durable {
 
 /// At most this many run changes share one transaction.
 const MAX_BATCH: usize = 1024;
+/// At most this many run changes wait for the disk; a worker's call beyond them fails, and the
+/// worker retries. Far more than a rack's machines make at once: reached only when the disk
+/// has stopped keeping up.
+const QUEUE_LIMIT: usize = 1 << 20;
 
 pub struct Engine {
     catalog: Arc<Catalog>,
@@ -182,20 +186,25 @@ impl Engine {
     /// workflows carry on, with their timeouts measured from the stored start times.
     pub fn load(catalog: Arc<Catalog>) -> Result<Engine, StoreError> {
         let writing = Arc::clone(&catalog);
-        let writer = GroupCommit::start("workflow writer", MAX_BATCH, move |batch: Vec<Queued>| {
-            let barriers: Vec<bool> = batch.iter().map(Option::is_none).collect();
-            let runs: Vec<_> = batch.into_iter().flatten().collect();
-            match writing.store().put_workflow_statuses(&runs) {
-                Ok(stored) => {
-                    let mut stored = stored.into_iter();
-                    barriers
-                        .into_iter()
-                        .map(|barrier| Ok(barrier || stored.next().unwrap_or(false)))
-                        .collect()
+        let writer = GroupCommit::start(
+            "workflow writer",
+            MAX_BATCH,
+            QUEUE_LIMIT,
+            move |batch: Vec<Queued>| {
+                let barriers: Vec<bool> = batch.iter().map(Option::is_none).collect();
+                let runs: Vec<_> = batch.into_iter().flatten().collect();
+                match writing.store().put_workflow_statuses(&runs) {
+                    Ok(stored) => {
+                        let mut stored = stored.into_iter();
+                        barriers
+                            .into_iter()
+                            .map(|barrier| Ok(barrier || stored.next().unwrap_or(false)))
+                            .collect()
+                    }
+                    Err(err) => vec![Err(Arc::new(err)); barriers.len()],
                 }
-                Err(err) => vec![Err(Arc::new(err)); barriers.len()],
-            }
-        });
+            },
+        );
         Ok(Engine {
             state: Mutex::new(EngineState {
                 runs: catalog.store().workflow_statuses()?.into_iter().collect(),

@@ -392,7 +392,10 @@ mod tests {
         let mut status = started();
         assert_eq!(status.start_current(at(8)), Some(0));
         assert_eq!(status.actions[0].span.started_at, Some(at(0)));
-        assert!(status.enforce_timeouts(at(20)), "10 s and the grace, from 0");
+        assert!(
+            status.enforce_timeouts(at(20)),
+            "10 s and the grace, from 0"
+        );
     }
 
     #[test]

@@ -15,6 +15,10 @@ pub enum CommitError {
     Store(Arc<StoreError>),
     #[error("the {0} has stopped")]
     Stopped(&'static str),
+    /// As many changes as the queue holds are waiting for the disk: this one is refused at
+    /// once rather than held in memory without bound.
+    #[error("the {0} is full: {1} changes are waiting for the disk")]
+    Full(&'static str, usize),
     #[error("the {count}-change commit returned too few outcomes")]
     Incomplete { count: usize },
 }
@@ -23,7 +27,8 @@ type Pending<C, R> = (C, oneshot::Sender<Result<R, CommitError>>);
 
 pub struct GroupCommit<C, R> {
     name: &'static str,
-    queue: mpsc::UnboundedSender<Pending<C, R>>,
+    queue: mpsc::Sender<Pending<C, R>>,
+    limit: usize,
 }
 
 impl<C, R> Clone for GroupCommit<C, R> {
@@ -31,19 +36,22 @@ impl<C, R> Clone for GroupCommit<C, R> {
         GroupCommit {
             name: self.name,
             queue: self.queue.clone(),
+            limit: self.limit,
         }
     }
 }
 
 impl<C: Send + 'static, R: Send + 'static> GroupCommit<C, R> {
     /// Starts the writer thread, which ends when the last handle is dropped. `commit` writes up
-    /// to `max_batch` changes, in order, and returns one outcome per change.
+    /// to `max_batch` changes, in order, and returns one outcome per change. At most `limit`
+    /// changes wait at once; more are refused with [`CommitError::Full`].
     pub fn start(
         name: &'static str,
         max_batch: usize,
+        limit: usize,
         mut commit: impl FnMut(Vec<C>) -> Vec<Result<R, Arc<StoreError>>> + Send + 'static,
     ) -> GroupCommit<C, R> {
-        let (queue, mut pending) = mpsc::unbounded_channel::<Pending<C, R>>();
+        let (queue, mut pending) = mpsc::channel::<Pending<C, R>>(limit);
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
@@ -68,7 +76,7 @@ impl<C: Send + 'static, R: Send + 'static> GroupCommit<C, R> {
                 }
             })
             .expect("spawning a group-commit writer thread");
-        GroupCommit { name, queue }
+        GroupCommit { name, queue, limit }
     }
 
     /// Queues the change now, and returns a future that completes once it is durable. Queueing
@@ -79,7 +87,13 @@ impl<C: Send + 'static, R: Send + 'static> GroupCommit<C, R> {
     ) -> impl Future<Output = Result<R, CommitError>> + Send + use<C, R> {
         let (done, applied) = oneshot::channel();
         let stopped = CommitError::Stopped(self.name);
-        let queued = self.queue.send((change, done)).map_err(|_| stopped.clone());
+        let queued = self
+            .queue
+            .try_send((change, done))
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => CommitError::Full(self.name, self.limit),
+                mpsc::error::TrySendError::Closed(_) => stopped.clone(),
+            });
         async move {
             queued?;
             applied.await.map_err(|_| stopped)?
@@ -100,7 +114,7 @@ mod tests {
         let (entered, first_commit_started) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
         // The first commit is held until the rest have queued behind it.
-        let writer = GroupCommit::start("test-writer", 100, move |batch: Vec<u32>| {
+        let writer = GroupCommit::start("test-writer", 100, 100, move |batch: Vec<u32>| {
             if seen.lock().unwrap().is_empty() {
                 entered.send(()).unwrap();
                 released.recv().unwrap();
@@ -123,7 +137,7 @@ mod tests {
     async fn a_failed_commit_fails_each_of_its_changes_with_one_shared_error() {
         let (entered, first_commit_started) = std::sync::mpsc::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();
-        let writer = GroupCommit::start("test-writer", 100, move |batch: Vec<u32>| {
+        let writer = GroupCommit::start("test-writer", 100, 100, move |batch: Vec<u32>| {
             if batch == [0] {
                 entered.send(()).unwrap();
                 released.recv().unwrap();
@@ -149,5 +163,40 @@ mod tests {
         }
         assert_eq!(errors[0].to_string(), "store (test): disk full");
         assert!(errors.iter().all(|err| Arc::ptr_eq(err, &errors[0])));
+    }
+
+    #[tokio::test]
+    async fn beyond_its_limit_a_change_is_refused_at_once() {
+        let (entered, first_commit_started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let writer = GroupCommit::start("test-writer", 100, 2, move |batch: Vec<u32>| {
+            if batch == [0] {
+                entered.send(()).unwrap();
+                released.recv().unwrap();
+            }
+            batch.into_iter().map(Ok).collect()
+        });
+        let first = writer.submit(0);
+        first_commit_started.recv().unwrap();
+        // The writer holds the first; two more fill the queue, and the next is refused.
+        let (second, third) = (writer.submit(1), writer.submit(2));
+        match writer.submit(3).await {
+            Err(CommitError::Full("test-writer", 2)) => {}
+            other => panic!("expected the queue to be full, got {other:?}"),
+        }
+        release.send(()).unwrap();
+        assert_eq!(
+            (
+                first.await.unwrap(),
+                second.await.unwrap(),
+                third.await.unwrap()
+            ),
+            (0, 1, 2)
+        );
+        assert_eq!(
+            writer.submit(4).await.unwrap(),
+            4,
+            "room again once written"
+        );
     }
 }

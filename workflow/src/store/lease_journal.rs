@@ -15,7 +15,7 @@
 //! be a journal commit per group commit). The entries end at the first zero byte.
 use std::{
     collections::BTreeMap,
-    fs::{File, OpenOptions},
+    fs::File,
     io::Read as _,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
@@ -76,9 +76,9 @@ fn io_error<'a>(path: &'a Path, doing: &'a str) -> impl FnOnce(std::io::Error) -
 impl LeaseJournal {
     /// Opens (or creates) the journal in `data_dir` and replays it.
     pub fn open(data_dir: &Path) -> Result<LeaseJournal, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(io_error(data_dir, "create"))?;
+        super::private::create_dir(data_dir).map_err(io_error(data_dir, "create"))?;
         let path = data_dir.join(FILE_NAME);
-        let mut file = OpenOptions::new()
+        let mut file = super::private::file_options()
             .read(true)
             .write(true)
             .create(true)
@@ -221,7 +221,7 @@ impl Journal {
         for lease in self.live.values() {
             encode(&Entry::Lease(lease.clone()), &mut bytes);
         }
-        let file = OpenOptions::new()
+        let file = super::private::file_options()
             .read(true)
             .write(true)
             .create(true)

@@ -2,6 +2,7 @@
 //! embedded one.
 mod group_commit;
 mod lease_journal;
+pub mod private;
 mod redb;
 
 use serde::{Deserialize, Serialize};

@@ -40,9 +40,17 @@ pub struct RedbStore {
 impl RedbStore {
     /// Opens (or creates) `wisp.redb` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir)
+        super::private::create_dir(data_dir)
             .map_err(|err| backend(format!("cannot create {}: {err}", data_dir.display())))?;
         let path = data_dir.join("wisp.redb");
+        // Created here, for its owner alone, before redb opens it.
+        super::private::file_options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|err| backend(format!("cannot create {}: {err}", path.display())))?;
         let db = Database::create(&path)
             .map_err(|err| backend(format!("cannot open {}: {err}", path.display())))?;
         let txn = db.begin_write().map_err(backend)?;

@@ -106,7 +106,10 @@ pub enum IgnoreReason {
     WrongPort,
     NoReservedAddress,
     DeclinedRecently,
+    AddressLeasedToAnother,
     NotOnRelaySubnet,
+    RelayIsNotTheSender,
+    NotTheReservedAddress,
     OtherServerChosen,
     SelectingWithoutAddress,
     RequestWithoutAddress,
@@ -131,7 +134,10 @@ impl IgnoreReason {
             WrongPort => "wrong_port",
             NoReservedAddress => "no_reserved_address",
             DeclinedRecently => "declined_recently",
+            AddressLeasedToAnother => "address_leased_to_another",
             NotOnRelaySubnet => "not_on_relay_subnet",
+            RelayIsNotTheSender => "relay_is_not_the_sender",
+            NotTheReservedAddress => "not_the_reserved_address",
             OtherServerChosen => "other_server_chosen",
             SelectingWithoutAddress => "selecting_without_address",
             RequestWithoutAddress => "request_without_address",
@@ -157,7 +163,12 @@ impl fmt::Display for IgnoreReason {
             WrongPort => "reservation mode answers on port 67 only",
             NoReservedAddress => "the Hardware reserves no address for this MAC",
             DeclinedRecently => "the client declined its reserved address recently",
+            AddressLeasedToAnother => {
+                "another MAC holds the reserved address on a lease that has not expired"
+            }
             NotOnRelaySubnet => "the reserved address is not on the relay's subnet",
+            RelayIsNotTheSender => "a relayed request that does not come from its relay (giaddr)",
+            NotTheReservedAddress => "ciaddr is not the machine's reserved address",
             OtherServerChosen => "the client chose another server",
             SelectingWithoutAddress => "SELECTING request without a requested address",
             RequestWithoutAddress => "REQUEST names no address",
@@ -194,6 +205,9 @@ pub struct Facts<'a> {
     pub chainloaded: bool,
     /// The client declined its reserved address moments ago: the address is in use.
     pub declined: bool,
+    /// Another MAC holds the machine's reserved address on a lease that has not expired (its
+    /// Hardware was deleted, or the address moved to this machine).
+    pub address_held_by_another: bool,
 }
 
 /// The client's MAC, when the request is Ethernet with a 6-byte hardware address.

@@ -21,6 +21,12 @@ pub(super) fn handle(
     message_type: MessageType,
 ) -> Outcome {
     let message = request.message;
+    let relay = message.giaddr();
+    if !relay.is_unspecified() && request.source.ip() != relay {
+        // With no reserved subnet to check giaddr against, a relayed request must come from
+        // the relay it names: the reply goes there, and giaddr is the sender's to choose.
+        return Outcome::Ignore(IgnoreReason::RelayIsNotTheSender);
+    }
     let client = ClientKind::of(message);
     if !client.netbooting() {
         return Outcome::Ignore(IgnoreReason::NotPxeClient);

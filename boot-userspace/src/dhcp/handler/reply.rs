@@ -12,11 +12,13 @@ use crate::{
 };
 
 /// RFC 2131 4.1: relay first, then a configured client, then the broadcast bit, then unicast
-/// to the address being assigned.
+/// to the address being assigned. ciaddr counts only when it is that address: anyone can fill
+/// in ciaddr, and a reply unicast to whatever it says would be aimed at a host of the sender's
+/// choosing.
 pub(super) fn destination(message: &Message, yiaddr: Ipv4Addr, mac: MacAddr) -> Destination {
     if !message.giaddr().is_unspecified() {
         Destination::Relay(message.giaddr())
-    } else if !message.ciaddr().is_unspecified() {
+    } else if !message.ciaddr().is_unspecified() && message.ciaddr() == yiaddr {
         Destination::Client(message.ciaddr())
     } else if message.flags().broadcast() {
         Destination::Broadcast

@@ -39,6 +39,13 @@ pub(super) fn handle(
         // client loops DISCOVER/DECLINE while the conflict lasts.
         return Outcome::Ignore(IgnoreReason::DeclinedRecently);
     }
+    if facts.address_held_by_another
+        && matches!(message_type, MessageType::Discover | MessageType::Request)
+    {
+        // Two machines on one address is the failure DHCP exists to prevent: the address
+        // waits until the other MAC's lease ends or is released.
+        return Outcome::Ignore(IgnoreReason::AddressLeasedToAnother);
+    }
     let relay = request.message.giaddr();
     // A relayed request comes from the relay's subnet; a reservation elsewhere is not for it.
     if !relay.is_unspecified() && !machine.same_subnet(relay) {
@@ -136,6 +143,11 @@ fn on_release(client: &Client) -> Outcome {
 /// The client has an address already: configuration only, no lease (RFC 2131 3.4).
 fn on_inform(client: &Client) -> Outcome {
     let message = client.request.message;
+    let ciaddr = message.ciaddr();
+    if !ciaddr.is_unspecified() && ciaddr != client.address {
+        // The ACK goes to ciaddr: only the machine's own address is one to send it to.
+        return Outcome::Ignore(IgnoreReason::NotTheReservedAddress);
+    }
     let mut ack = lease_reply(
         client.request,
         client.facts,

@@ -67,6 +67,7 @@ struct Case {
     machine: Machine,
     chainloaded: bool,
     declined: bool,
+    address_held_by_another: bool,
 }
 
 impl Case {
@@ -78,6 +79,7 @@ impl Case {
             machine: machine(false),
             chainloaded: false,
             declined: false,
+            address_held_by_another: false,
         }
     }
 
@@ -117,6 +119,14 @@ impl Case {
         }
     }
 
+    /// Another MAC holds the reserved address on a lease that has not expired.
+    fn held_by_another(self) -> Case {
+        Case {
+            address_held_by_another: true,
+            ..self
+        }
+    }
+
     fn run(&self, message: &Message) -> Outcome {
         let boot = boot();
         let facts = Facts {
@@ -126,6 +136,7 @@ impl Case {
             now: 1000,
             chainloaded: self.chainloaded,
             declined: self.declined,
+            address_held_by_another: self.address_held_by_another,
         };
         let payload = encode(message);
         let request = Request {
@@ -458,6 +469,18 @@ fn declines_ports_and_inform_without_ciaddr() {
         IgnoreReason::DeclinedRecently
     );
     assert_eq!(
+        ignored(Case::reservation().held_by_another().run(&discover)),
+        IgnoreReason::AddressLeasedToAnother
+    );
+    let release = message(MessageType::Release, |_| {});
+    assert!(
+        matches!(
+            Case::reservation().held_by_another().run(&release),
+            Outcome::Release(_)
+        ),
+        "a RELEASE is still taken"
+    );
+    assert_eq!(
         ignored(Case::reservation().on(Port::PxeBootServer).run(&discover)),
         IgnoreReason::WrongPort,
         "4011 is proxy mode's"
@@ -466,5 +489,54 @@ fn declines_ports_and_inform_without_ciaddr() {
     assert_eq!(
         reply(Case::reservation().run(&inform)).destination,
         Destination::Broadcast
+    );
+}
+
+#[test]
+fn replies_are_not_steered_by_what_the_sender_fills_in() {
+    let elsewhere: Ipv4Addr = [10, 0, 0, 200].into();
+    // ciaddr is the sender's to write: a reply goes there only when it is the machine's own.
+    let discover = message(MessageType::Discover, |m| {
+        m.set_ciaddr(elsewhere);
+    });
+    assert_eq!(
+        reply(Case::reservation().run(&discover)).destination,
+        Destination::Unicast {
+            address: RESERVED,
+            mac: MacAddr(MAC)
+        }
+    );
+    let selecting = message(MessageType::Request, |m| {
+        m.set_ciaddr(elsewhere);
+        m.opts_mut().insert(DhcpOption::ServerIdentifier(SERVER));
+        m.opts_mut()
+            .insert(DhcpOption::RequestedIpAddress(RESERVED));
+    });
+    assert_ne!(
+        reply(Case::reservation().run(&selecting)).destination,
+        Destination::Client(elsewhere)
+    );
+    let inform = message(MessageType::Inform, |m| {
+        m.set_ciaddr(elsewhere);
+    });
+    assert_eq!(
+        ignored(Case::reservation().run(&inform)),
+        IgnoreReason::NotTheReservedAddress
+    );
+    // In proxy mode there is no reserved subnet to check giaddr against: the relay must be the
+    // sender (requests in these cases come from 10.0.0.99).
+    let relayed_from = |relay: [u8; 4]| {
+        message(MessageType::Discover, |m| {
+            pxe(m);
+            m.set_giaddr(relay);
+        })
+    };
+    assert_eq!(
+        ignored(Case::proxy().allow_pxe().run(&relayed_from([10, 0, 0, 2]))),
+        IgnoreReason::RelayIsNotTheSender
+    );
+    assert_eq!(
+        reply(Case::proxy().allow_pxe().run(&relayed_from([10, 0, 0, 99]))).destination,
+        Destination::Relay([10, 0, 0, 99].into())
     );
 }
