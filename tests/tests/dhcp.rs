@@ -445,7 +445,7 @@ fn an_address_leased_to_another_mac_waits_for_that_lease_to_end() {
     let said = output_text(&applied);
     assert!(applied.status.success(), "{said}");
     assert!(
-        said.contains("10.99.0.81, reserved for lab/second (1c:69:7a:00:00:82), is leased to 1c:69:7a:00:00:81 until"),
+        said.contains("10.99.0.81, reserved for Hardware lab/second (1c:69:7a:00:00:82), is leased to 1c:69:7a:00:00:81 until"),
         "the apply says why the second machine will wait: {said}"
     );
     let (leased, said) = udhcpc(&lab, "1c:69:7a:00:00:82", "10.99.0.81");
