@@ -5,7 +5,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use wisp_tests::{metric, output_text, require_root, Daemon, Lab, TempDir, SERVER_IF, SERVER_IP};
+use wisp_tests::{
+    metric, output_text, require_root, Daemon, Lab, TempDir, CLIENT_IF, SERVER_IF, SERVER_IP,
+};
 
 const IPXE_DIR: &str = "/usr/lib/ipxe";
 
@@ -208,7 +210,9 @@ fn an_unacknowledged_oack_is_retransmitted_then_the_transfer_times_out() {
         }
         (oacks, last)
     });
-    assert_eq!(oacks.len(), 6, "the OACK and 5 retransmissions: {oacks:?}");
+    // Before a first ACK the client's address may be forged: two resends at most, so a forged
+    // request is not amplified at whoever it names.
+    assert_eq!(oacks.len(), 3, "the OACK and 2 retransmissions: {oacks:?}");
     for gap in oacks.windows(2).map(|pair| pair[1] - pair[0]) {
         assert!(
             gap >= Duration::from_millis(500) && gap <= Duration::from_secs(4),
@@ -351,5 +355,76 @@ fn a_file_past_65535_blocks_arrives_whole_as_the_block_number_rolls_over() {
         "tftp",
         &[&server, "-m", "binary", "-c", "get", "ipxe.efi", local_arg],
         &local,
+    );
+}
+
+#[test]
+fn one_address_cannot_hold_every_slot_nor_ask_for_tiny_blocks() {
+    require_root!();
+    let (lab, _data, _daemon) = start();
+    lab.client
+        .exec_ok("ip", &["addr", "add", "10.99.0.3/24", "dev", CLIENT_IF]);
+    let (answers, tiny) = lab.client.within(|| {
+        // 33 requests from one address, never acknowledged: 32 transfers start (each holds a
+        // slot until it gives up), the 33rd is refused.
+        let sockets: Vec<UdpSocket> = (0..33)
+            .map(|_| {
+                let socket = UdpSocket::bind(("10.99.0.2", 0)).expect("bind");
+                socket
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                socket
+                    .send_to(
+                        b"\x00\x01undionly.kpxe\x00octet\x00timeout\x005\x00",
+                        (SERVER_IP, 69),
+                    )
+                    .expect("send RRQ");
+                socket
+            })
+            .collect();
+        let mut buffer = [0u8; 1600];
+        let answers: Vec<Vec<u8>> = sockets
+            .iter()
+            .map(|socket| {
+                let (length, _) = socket.recv_from(&mut buffer).expect("an answer");
+                buffer[..length].to_vec()
+            })
+            .collect();
+        drop(sockets);
+        // Eight-byte blocks would make one transfer last for days: not acknowledged.
+        let socket = UdpSocket::bind(("10.99.0.3", 0)).expect("bind a second address");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        socket
+            .send_to(
+                b"\x00\x01undionly.kpxe\x00octet\x00blksize\x008\x00tsize\x000\x00",
+                (SERVER_IP, 69),
+            )
+            .expect("send RRQ");
+        let (length, _) = socket.recv_from(&mut buffer).expect("an OACK");
+        (answers, buffer[..length].to_vec())
+    });
+    let oacks = answers
+        .iter()
+        .filter(|answer| answer[..2] == *b"\x00\x06")
+        .count();
+    let refusals: Vec<String> = answers
+        .iter()
+        .filter(|answer| answer[..2] == *b"\x00\x05")
+        .map(|answer| String::from_utf8_lossy(&answer[4..]).into_owned())
+        .collect();
+    assert_eq!(oacks, 32, "{refusals:?}");
+    assert_eq!(refusals.len(), 1);
+    assert!(
+        refusals[0].contains("too many transfers from your address"),
+        "{refusals:?}"
+    );
+    assert_eq!(&tiny[..2], b"\x00\x06", "an OACK");
+    let options = String::from_utf8_lossy(&tiny[2..]).to_string();
+    assert!(options.contains("tsize"), "{options:?}");
+    assert!(
+        !options.contains("blksize"),
+        "blksize 8 was acknowledged: {options:?}"
     );
 }

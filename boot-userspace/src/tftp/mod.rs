@@ -9,9 +9,10 @@ pub mod packet;
 pub mod transfer;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     path::{Component, Path},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -33,6 +34,21 @@ pub const TFTP_PORT: u16 = 69;
 /// machine that died mid-transfer holds its transfer for at most a minute (with the longest
 /// timeout taken).
 pub const MAX_RETRANSMISSIONS: u32 = 5;
+/// Before a client's first acknowledgement, its source address is unconfirmed (it may be
+/// forged): the first packet is resent at most this many times, so a forged request costs a
+/// slot for a few seconds and is not amplified into six packets at a victim.
+pub const FIRST_CONTACT_RETRANSMISSIONS: u32 = 2;
+/// A smaller `blksize` is not acknowledged (512 applies): eight-byte blocks would turn one
+/// slot into days of a transfer.
+const MIN_BLOCK_SIZE: u16 = 512;
+/// Transfers from one address at once: one host cannot hold every slot. Room for a rack's
+/// worth of firmware behind one NAT, or a test's burst.
+pub const MAX_TRANSFERS_PER_CLIENT: usize = 32;
+/// Every transfer ends by this long, plus a second for each [`MIN_RATE`] bytes of its file: a
+/// client that acknowledges just before each timeout cannot hold a slot for long.
+const DEADLINE_BASE: Duration = Duration::from_secs(30);
+/// The slowest a transfer may go, on average, before its deadline ends it (bytes a second).
+const MIN_RATE: u64 = 32 << 10;
 /// How long to wait for an acknowledgement without a timeout option, unless configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest timeout option taken; a longer one is not acknowledged, and the default applies.
@@ -86,6 +102,7 @@ pub async fn serve(
     let socket = tokio::net::UdpSocket::from_std(bind(&interface, address)?)?;
     tracing::info!(interface, %address, port = TFTP_PORT, "TFTP server listening");
     let transfers = Arc::new(tokio::sync::Semaphore::new(max_transfers));
+    let per_client = PerClient::default();
     let mut buffer = vec![0u8; 65_535];
     loop {
         let (length, client) = socket
@@ -130,12 +147,26 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&transfers).try_acquire_owned() else {
+        let Some(client_slot) = per_client.take(client.ip()) else {
+            tracing::debug!(%client, file = filename, "TFTP read request refused: {MAX_TRANSFERS_PER_CLIENT} transfers already running for this address");
+            count("busy");
+            let busy = packet::error(
+                ErrorCode::NotDefined,
+                "too many transfers from your address; try again",
+            );
+            let _ = socket.send_to(&busy, client).await;
+            continue;
+        };
+        let Ok(global) = Arc::clone(&transfers).try_acquire_owned() else {
             tracing::warn!(%client, file = filename, "TFTP read request refused: {max_transfers} transfers already running");
             count("busy");
             let busy = packet::error(ErrorCode::NotDefined, "too many transfers; try again");
             let _ = socket.send_to(&busy, client).await;
             continue;
+        };
+        let slot = Slot {
+            _global: global,
+            _client: client_slot,
         };
         let to = Peer {
             address,
@@ -149,6 +180,50 @@ pub async fn serve(
             }
             Err(err) => {
                 tracing::warn!(%client, file = filename, "cannot start a TFTP transfer: {err}")
+            }
+        }
+    }
+}
+
+/// What a running transfer holds: one of the server's slots, and one of its client's.
+struct Slot {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    _client: ClientSlot,
+}
+
+/// How many transfers each client address runs.
+#[derive(Clone, Default)]
+struct PerClient(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl PerClient {
+    /// One more transfer for `client`, unless it runs as many as it may.
+    fn take(&self, client: IpAddr) -> Option<ClientSlot> {
+        let mut running = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = running.entry(client).or_default();
+        if *count >= MAX_TRANSFERS_PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            running: self.clone(),
+            client,
+        })
+    }
+}
+
+/// A client's transfer; given back when dropped.
+struct ClientSlot {
+    running: PerClient,
+    client: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut running = self.running.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = running.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                running.remove(&self.client);
             }
         }
     }
@@ -172,7 +247,7 @@ fn start_transfer(
     file: Arc<[u8]>,
     options: Options,
     metrics: Arc<Metrics>,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    slot: Slot,
 ) -> std::io::Result<()> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     socket.bind(&SocketAddr::from((address, 0)).into())?;
@@ -188,10 +263,13 @@ fn start_transfer(
         .ok()
         .and_then(|mtu| u16::try_from(mtu).ok())
         .filter(|&mtu| mtu > BLOCK_OVERHEAD + 8);
-    let block_size = options.block_size.map(|size| match path_mtu {
-        Some(mtu) => size.min(mtu - BLOCK_OVERHEAD),
-        None => size,
-    });
+    let block_size = options
+        .block_size
+        .filter(|&size| size >= MIN_BLOCK_SIZE)
+        .map(|size| match path_mtu {
+            Some(mtu) => size.min(mtu - BLOCK_OVERHEAD),
+            None => size,
+        });
     if let Some(size) = block_size {
         taken.push(("blksize", u64::from(size)));
     }
@@ -210,6 +288,9 @@ fn start_transfer(
         taken.push(("windowsize", u64::from(window)));
     }
     let oack = (!taken.is_empty()).then(|| packet::oack(&taken));
+    let deadline = tokio::time::Instant::now()
+        + DEADLINE_BASE
+        + Duration::from_secs(file.len() as u64 / MIN_RATE);
     let transfer = Transfer {
         socket,
         file,
@@ -217,6 +298,8 @@ fn start_transfer(
         window: usize::from(window),
         timeout: timeout_seconds.map_or(timeout, |s| Duration::from_secs(s.into())),
         max_retransmissions: MAX_RETRANSMISSIONS,
+        first_contact_retransmissions: FIRST_CONTACT_RETRANSMISSIONS,
+        deadline,
     };
     tokio::spawn(async move {
         let _slot = slot;

@@ -32,6 +32,11 @@ pub struct Transfer {
     pub timeout: Duration,
     /// Sends of the same packet after the first, before the client is given up on.
     pub max_retransmissions: u32,
+    /// The same, before the client's first acknowledgement: until then its address may be
+    /// forged, and every resend goes to whoever it names.
+    pub first_contact_retransmissions: u32,
+    /// The whole transfer ends by then, however the client paces its acknowledgements.
+    pub deadline: tokio::time::Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +45,8 @@ pub enum Failed {
     Unanswered(u32),
     #[error("the client ended the transfer: {0:?}")]
     ClientError(String),
+    #[error("the transfer did not finish by its deadline")]
+    Deadline,
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -53,8 +60,10 @@ impl Transfer {
         oack: Option<Vec<u8>>,
         on_progress: impl FnMut(u64),
     ) -> Result<(), Failed> {
-        let result = self.send_file(oack, on_progress).await;
-        if let Err(err @ (Failed::Unanswered(_) | Failed::Io(_))) = &result {
+        let result = tokio::time::timeout_at(self.deadline, self.send_file(oack, on_progress))
+            .await
+            .unwrap_or(Err(Failed::Deadline));
+        if let Err(err @ (Failed::Unanswered(_) | Failed::Io(_) | Failed::Deadline)) = &result {
             let message = packet::error(packet::ErrorCode::NotDefined, &err.to_string());
             let _ = self.socket.send(&message).await;
         }
@@ -67,9 +76,11 @@ impl Transfer {
         mut on_progress: impl FnMut(u64),
     ) -> Result<(), Failed> {
         let mut sender = Sender::new(self);
+        let confirmed_by_oack = oack.is_some();
         if let Some(oack) = oack {
             // The client accepts the options with ACK 0 (RFC 2347).
-            self.deliver(&mut sender, Packets::Oack(&oack), 0..=0)
+            let resends = self.first_contact_retransmissions;
+            self.deliver(&mut sender, Packets::Oack(&oack), 0..=0, resends)
                 .await?;
         }
         // The last block is shorter than the block size; empty when the size divides the file.
@@ -77,8 +88,18 @@ impl Transfer {
         let mut acked = 0;
         while acked < blocks {
             let window = acked + 1..=(acked + self.window as u64).min(blocks);
+            let resends = if acked == 0 && !confirmed_by_oack {
+                self.first_contact_retransmissions
+            } else {
+                self.max_retransmissions
+            };
             let newly_acked = self
-                .deliver(&mut sender, Packets::Blocks(window.clone()), window)
+                .deliver(
+                    &mut sender,
+                    Packets::Blocks(window.clone()),
+                    window,
+                    resends,
+                )
                 .await?;
             let bytes = |blocks: u64| (blocks * self.block_size as u64).min(self.file.len() as u64);
             on_progress(bytes(newly_acked) - bytes(acked));
@@ -88,14 +109,16 @@ impl Transfer {
     }
 
     /// Sends the packets until the client acknowledges one of `expected` (block numbers as
-    /// counted from the start, before they wrap at 16 bits); returns which.
+    /// counted from the start, before they wrap at 16 bits), resending at most `resends`
+    /// times; returns which.
     async fn deliver(
         &self,
         sender: &mut Sender,
         packets: Packets<'_>,
         expected: RangeInclusive<u64>,
+        resends: u32,
     ) -> Result<u64, Failed> {
-        for _ in 0..=self.max_retransmissions {
+        for _ in 0..=resends {
             match &packets {
                 Packets::Oack(oack) => {
                     self.socket.send(oack).await?;
@@ -108,7 +131,7 @@ impl Transfer {
                 return acknowledged;
             }
         }
-        Err(Failed::Unanswered(self.max_retransmissions))
+        Err(Failed::Unanswered(resends))
     }
 
     /// Waits for an ACK of a block in `expected`. Older ACKs are duplicates and are ignored:
@@ -212,4 +235,68 @@ fn gso_refused(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::EINVAL | libc::EIO | libc::EOPNOTSUPP | libc::EMSGSIZE)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A transfer to a client on loopback that never acknowledges anything.
+    async fn to_a_silent_client(
+        timeout: Duration,
+        deadline: Duration,
+    ) -> (Transfer, std::net::UdpSocket) {
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        socket.connect(client.local_addr().unwrap()).await.unwrap();
+        let transfer = Transfer {
+            socket,
+            file: Arc::from(vec![7u8; 4096]),
+            block_size: 512,
+            window: 1,
+            timeout,
+            max_retransmissions: 5,
+            first_contact_retransmissions: 2,
+            deadline: tokio::time::Instant::now() + deadline,
+        };
+        (transfer, client)
+    }
+
+    /// The opcodes of what the client received, until nothing more comes.
+    fn received(client: &std::net::UdpSocket) -> Vec<u8> {
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut opcodes = Vec::new();
+        let mut buffer = [0u8; 600];
+        while let Ok(length) = client.recv(&mut buffer) {
+            assert!(length >= 2);
+            opcodes.push(buffer[1]);
+        }
+        opcodes
+    }
+
+    #[tokio::test]
+    async fn a_client_never_heard_from_gets_the_first_packet_three_times_at_most() {
+        let (transfer, client) =
+            to_a_silent_client(Duration::from_millis(50), Duration::from_secs(30)).await;
+        let outcome = transfer.run(None, |_| {}).await;
+        assert!(matches!(outcome, Err(Failed::Unanswered(2))), "{outcome:?}");
+        // Three sends of block 1, then the ERROR.
+        assert_eq!(received(&client), [3, 3, 3, 5]);
+    }
+
+    #[tokio::test]
+    async fn a_transfer_ends_at_its_deadline_whatever_its_timeouts() {
+        let (transfer, client) =
+            to_a_silent_client(Duration::from_secs(10), Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let outcome = transfer.run(None, |_| {}).await;
+        assert!(matches!(outcome, Err(Failed::Deadline)), "{outcome:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "ended by the deadline, not a timeout"
+        );
+        assert_eq!(received(&client), [3, 5], "block 1, then the ERROR");
+    }
 }
