@@ -158,6 +158,17 @@ impl ServeArgs {
         if settings.assets_dir.as_os_str().is_empty() {
             settings.assets_dir = settings.data_dir.join("assets");
         }
+        let (assets, data) = (
+            std::path::absolute(&settings.assets_dir)?,
+            std::path::absolute(&settings.data_dir)?,
+        );
+        anyhow::ensure!(
+            !data.starts_with(&assets),
+            "assets-dir {} holds the data directory {}: boot HTTP would publish the key that \
+             signs every machine's token",
+            assets.display(),
+            data.display()
+        );
         Ok(settings)
     }
 }

@@ -129,6 +129,23 @@ fn engine_status(err: EngineError) -> Status {
     }
 }
 
+/// The most of a report's message that is kept: it is stored with the run, returned by every
+/// `get`, and logged, and a worker decides its length.
+const MAX_REPORT_MESSAGE: usize = 4096;
+
+/// `message`, cut to [`MAX_REPORT_MESSAGE`] bytes (on a character boundary) with a note that
+/// it was.
+fn capped(message: &str) -> String {
+    if message.len() <= MAX_REPORT_MESSAGE {
+        return message.to_string();
+    }
+    let mut end = MAX_REPORT_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … ({} bytes cut)", &message[..end], message.len() - end)
+}
+
 fn workflow_key(id: &str) -> Result<ResourceKey, Status> {
     match id.split_once('/') {
         Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(ResourceKey {
@@ -249,7 +266,7 @@ impl WorkerApi {
             message: body
                 .message
                 .as_ref()
-                .map(|message| message.message().to_string())
+                .map(|message| capped(message.message()))
                 .unwrap_or_default(),
         };
         tracing::info!(
@@ -297,5 +314,23 @@ impl WorkflowService for WorkerApi {
             })
             .inc();
         Ok(Response::new(ActionStatusResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_messages_are_capped_on_a_character_boundary() {
+        assert_eq!(capped("exit status 2"), "exit status 2");
+        let long = "é".repeat(5000); // two bytes each
+        let cut = capped(&long);
+        assert!(cut.starts_with(&"é".repeat(2048)), "whole characters kept");
+        assert!(
+            cut.ends_with(" … (5904 bytes cut)"),
+            "{}",
+            &cut[cut.len() - 30..]
+        );
     }
 }

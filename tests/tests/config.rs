@@ -119,6 +119,25 @@ fn unknown_keys_and_bad_values_are_refused_by_name() {
         output_text(&refused)
     );
 
+    let refused = serve(
+        &[
+            "--print-config",
+            "-i",
+            "br0",
+            "--data-dir",
+            "/srv/wisp/data",
+            "--assets-dir",
+            "/srv/wisp",
+        ],
+        &[],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        output_text(&refused).contains("holds the data directory"),
+        "an assets directory around the data directory would publish the token key: {}",
+        output_text(&refused)
+    );
+
     let refused = serve(&["--print-config"], &[]);
     assert!(!refused.status.success());
     assert!(

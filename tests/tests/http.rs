@@ -158,6 +158,20 @@ fn scripts_refusals_and_assets_with_head_and_range() {
         "no pending work once the workflow is gone"
     );
 
+    // A symlink out of the assets directory (here to the token key) is not followed, whichever
+    // path answers the request; one that stays inside is.
+    std::os::unix::fs::symlink(work.join("data/metadata.key"), assets.join("leak"))
+        .expect("symlink out");
+    std::os::unix::fs::symlink("disk.img", assets.join("inside")).expect("symlink inside");
+    assert_eq!(fetch(&lab, "/assets/leak", &[]).0, 404, "the fast path");
+    assert_eq!(
+        fetch(&lab, "/assets/leak", &["-H", "If-None-Match: \"x\""]).0,
+        404,
+        "the router's ServeDir"
+    );
+    let (status, inside) = fetch(&lab, "/assets/inside", &[]);
+    assert_eq!((status, inside.len()), (200, image.len()));
+
     // Assets: whole, HEAD, and a byte range.
     let (status, whole) = fetch(&lab, "/assets/disk.img", &[]);
     assert_eq!((status, whole.len()), (200, image.len()));

@@ -7,7 +7,8 @@ use boot_userspace::identity::MachineTokens;
 use serde_json::Value;
 use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
 use wisp_proto::{
-    workflow_service_client::WorkflowServiceClient, ActionRequest, ActionStatusRequest, StateType,
+    workflow_service_client::WorkflowServiceClient, ActionMessage, ActionRequest,
+    ActionStatusRequest, StateType,
 };
 use wisp_tests::{
     apply_ok, eventually_within, metric, output_text, require_root, wisp, wisp_ok, worker_binary,
@@ -425,6 +426,34 @@ fn a_worker_that_keeps_asking_without_reporting_still_times_out() {
         ended,
         Some((Code::NotFound, Some(MetadataValue::from_static("TIMEOUT")))),
         "the action timed out within 30 s of asks"
+    );
+}
+
+#[test]
+fn a_reported_message_is_capped_before_it_is_stored() {
+    require_root!();
+    let (lab, _daemon, _work) = setup("wf-huge", &shell_action("first", 30, "true"));
+    let huge = "x".repeat(1 << 20);
+    from_machine_a(&lab, async |mut client| {
+        client.get_action(ask(MAC_A)).await.expect("an action");
+        let mut failed = report("lab/wf-a", MAC_A, StateType::Failed);
+        failed.get_mut().message = Some(ActionMessage {
+            message: Some(huge.clone()),
+        });
+        client
+            .report_action_status(failed)
+            .await
+            .expect("the report is taken");
+    });
+    let workflow = workflow_json(&lab, "wf-a");
+    let message = workflow["status"]["actions"][0]["message"]
+        .as_str()
+        .expect("a message");
+    assert!(
+        message.len() < 4200 && message.ends_with(&format!("({} bytes cut)", (1 << 20) - 4096)),
+        "{} bytes stored, ending {:?}",
+        message.len(),
+        &message[message.len().saturating_sub(40)..]
     );
 }
 

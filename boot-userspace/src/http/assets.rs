@@ -11,9 +11,15 @@ use std::{
     io::{self, Cursor},
     net::SocketAddr,
     os::fd::AsFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
+};
+
+use nix::{
+    errno::Errno,
+    fcntl::{open, openat2, OFlag, OpenHow, ResolveFlag},
+    sys::stat::Mode,
 };
 
 use tokio::{
@@ -156,11 +162,10 @@ impl Assets {
 
     /// The requested file, if it is a regular file inside the assets directory.
     fn open(&self, request: &AssetRequest) -> Option<OpenFile> {
-        let path = self.dir.join(&request.relative);
-        let file = std::fs::File::open(&path).ok()?;
+        let file = open_beneath(&self.dir, &request.relative).ok()?;
         let metadata = file.metadata().ok()?;
         metadata.is_file().then(|| OpenFile {
-            content_type: mime_guess::from_path(&path)
+            content_type: mime_guess::from_path(&request.relative)
                 .first_raw()
                 .unwrap_or("application/octet-stream"),
             length: metadata.len(),
@@ -266,6 +271,36 @@ fn asset_request(request: &httparse::Request<'_, '_>) -> Option<AssetRequest> {
         head_only,
         range,
         keep_alive,
+    })
+}
+
+/// Opens `relative` for reading beneath `dir`, resolving symlinks only while they stay inside
+/// it (openat2's RESOLVE_BENEATH): a symlink out of the assets directory, say to the data
+/// directory's token key, fails with EXDEV instead of publishing what it points to.
+fn open_beneath(dir: &Path, relative: &Path) -> nix::Result<std::fs::File> {
+    let dir = open(
+        dir,
+        OFlag::O_DIRECTORY | OFlag::O_PATH | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let file = openat2(
+        &dir,
+        relative,
+        OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS),
+    )?;
+    Ok(std::fs::File::from(file))
+}
+
+/// Whether the asset at `url_path` (`/assets/...`) resolves to somewhere outside `dir`. The
+/// router's `ServeDir` follows symlinks, so the requests it answers are checked here first.
+pub fn resolves_outside(dir: &Path, url_path: &str) -> bool {
+    asset_path(url_path).is_some_and(|relative| {
+        matches!(
+            open_beneath(dir, &relative),
+            Err(Errno::EXDEV | Errno::ELOOP)
+        )
     })
 }
 

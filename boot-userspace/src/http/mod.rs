@@ -89,6 +89,10 @@ impl BootHttp {
             .merge(metadata)
             .layer(middleware::from_fn_with_state(
                 Arc::clone(&boot),
+                assets_beneath_only,
+            ))
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&boot),
                 count_requests,
             ));
         let listener = crate::net::listen_tcp(address)
@@ -178,6 +182,23 @@ async fn boot_binary(State(boot): State<Arc<BootHttp>>, Path(file): Path<String>
         }
         None => not_found(format!("no iPXE binary named {file:?}")),
     }
+}
+
+/// Refuses an asset whose path resolves outside the assets directory (through a symlink), before
+/// `ServeDir`, which would follow it, sees the request.
+async fn assets_beneath_only(
+    State(boot): State<Arc<BootHttp>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if assets::resolves_outside(&boot.config.assets_dir, request.uri().path()) {
+        tracing::warn!(
+            path = request.uri().path(),
+            "asset refused: it resolves outside the assets directory"
+        );
+        return not_found("no such asset".into());
+    }
+    next.run(request).await
 }
 
 /// Counts requests by route (the pattern, not the path, so that MACs do not explode the labels).

@@ -17,11 +17,13 @@ impl Mounted {
         let root = std::env::temp_dir().join(format!("wisp-action-{}", std::process::id()));
         std::fs::create_dir_all(&root)
             .map_err(|err| fail(format!("creating {}: {err}", root.display())))?;
+        // nodev and nosuid: the image is not trusted; a device node in it must not open the
+        // provisioning OS's disks, nor a set-id binary in it gain anything.
         mount(
             Some(device),
             &root,
             Some(fs_type),
-            MsFlags::empty(),
+            MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
             None::<&str>,
         )
         .map_err(|err| fail(format!("mounting {device} ({fs_type}): {err}")))?;
@@ -35,8 +37,16 @@ impl Mounted {
     pub fn bind_system(&mut self) -> ActionResult<()> {
         for dir in ["dev", "proc", "sys"] {
             let target = self.root.join(dir);
-            if !target.is_dir() {
-                continue;
+            // Not followed: in an image with `dev -> /`, binding onto the link would bind over
+            // the provisioning OS's own root.
+            match std::fs::symlink_metadata(&target) {
+                Ok(kind) if kind.is_dir() => {}
+                Ok(kind) if kind.is_symlink() => {
+                    return Err(fail(format!(
+                        "the installed system's /{dir} is a symlink; refusing to bind over it"
+                    )))
+                }
+                _ => continue,
             }
             mount(
                 Some(Path::new("/").join(dir).as_path()),
@@ -60,5 +70,30 @@ impl Drop for Mounted {
             }
         }
         let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_system_directory_that_is_a_symlink_is_not_bound_over() {
+        let root = std::env::temp_dir().join(format!("wisp-mount-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        // An image whose /dev points at the provisioning OS's root.
+        std::os::unix::fs::symlink("/", root.join("dev")).unwrap();
+        let mut mounted = Mounted {
+            root: root.clone(),
+            binds: Vec::new(),
+        };
+        let refused = mounted.bind_system().unwrap_err();
+        assert!(
+            refused.to_string().contains("/dev is a symlink"),
+            "{refused}"
+        );
+        assert!(mounted.binds.is_empty(), "nothing was bound");
+        std::fs::remove_file(root.join("dev")).unwrap();
     }
 }

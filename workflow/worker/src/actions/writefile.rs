@@ -27,8 +27,12 @@ pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
         dir_mode: mode(invocation, "DIRMODE", 0o755)?,
     };
     let mounted = Mounted::device(device, fs_type)?;
-    write_into(&mounted.root, &file)
-        .map_err(|err| fail(format!("writing {destination} on {device}: {err}")))?;
+    write_into(&mounted.root, &file).map_err(|err| match err {
+        Errno::EINVAL | Errno::ENXIO => fail(format!(
+            "writing {destination} on {device}: it exists and is not a regular file"
+        )),
+        err => fail(format!("writing {destination} on {device}: {err}")),
+    })?;
     nix::unistd::sync();
     Ok(Succeeded::Done(format!(
         "wrote {} bytes to {destination} on {device} (mode {:o}, owner {}:{})",
@@ -92,12 +96,24 @@ pub fn write_into(root: &Path, file: &FileSpec) -> nix::Result<()> {
             Err(err) => return Err(err),
         }
     }
+    // Non-blocking, so that a FIFO at DEST_PATH fails at once (ENXIO) instead of holding the
+    // action until its timeout; anything that is not a regular file is refused before a byte
+    // is written.
     let written = in_root(
         &file.path,
-        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NONBLOCK,
         file.mode,
     )?;
     let mut handle = std::fs::File::from(written);
+    let kind = handle
+        .metadata()
+        .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO)))?;
+    if !kind.is_file() {
+        return Err(Errno::EINVAL);
+    }
+    handle
+        .set_len(0)
+        .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO)))?;
     handle
         .write_all(file.contents.as_bytes())
         .map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(libc::EIO)))?;
@@ -165,6 +181,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("BAD=\"0899\""));
+    }
+
+    #[test]
+    fn a_fifo_at_the_destination_fails_at_once_and_nothing_is_written() {
+        let root = std::env::temp_dir().join(format!("wisp-writefile-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        nix::unistd::mkfifo(&root.join("etc/hostname"), Mode::from_bits_truncate(0o644)).unwrap();
+        let (done, outcome) = std::sync::mpsc::channel();
+        let writing = root.clone();
+        std::thread::spawn(move || {
+            let file = FileSpec {
+                path: PathBuf::from("etc/hostname"),
+                contents: "node\n",
+                uid: 0,
+                gid: 0,
+                mode: 0o644,
+                dir_mode: 0o755,
+            };
+            done.send(write_into(&writing, &file)).unwrap();
+        });
+        let outcome = outcome
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("writefile blocked on the FIFO");
+        assert_eq!(outcome, Err(Errno::ENXIO), "no reader: refused at once");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
