@@ -6,12 +6,47 @@ mod generated {
 }
 pub use generated::*;
 
+use std::time::SystemTime;
+
 use tonic::Code;
 
 /// The metadata key of the worker API's `NOT_FOUND` answer that carries the state of the
 /// machine's most recently finished workflow (`SUCCESS`, `FAILED`, `TIMEOUT`). Tinkerbell's
 /// protocol has no "done"; this lets a worker reboot only after a success.
 pub const WORKFLOW_STATE_KEY: &str = "wisp-workflow-state";
+
+impl ActionStatusRequest {
+    /// A worker's report on `action`, which it started at `started`: its state, and the times
+    /// Tinkerbell's agent sends with it.
+    pub fn about(
+        action: &ActionResponse,
+        agent_id: &str,
+        state: StateType,
+        started: SystemTime,
+        message: Option<String>,
+    ) -> ActionStatusRequest {
+        let now = SystemTime::now();
+        ActionStatusRequest {
+            workflow_id: action.workflow_id.clone(),
+            agent_id: Some(agent_id.to_string()),
+            task_id: action.task_id.clone(),
+            action_id: action.action_id.clone(),
+            action_name: action.name.clone(),
+            action_state: Some(state as i32),
+            execution_start: Some(started.into()),
+            execution_stop: (state != StateType::Running).then(|| now.into()),
+            execution_duration: Some(format!(
+                "{:.3}s",
+                now.duration_since(started)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+            )),
+            message: message.map(|message| ActionMessage {
+                message: Some(message),
+            }),
+        }
+    }
+}
 
 /// Whether a failed call is worth retrying: the server is away, restarting or overloaded, or
 /// the connection closed under the call (tonic's CANCELLED), rather than refusing the call.

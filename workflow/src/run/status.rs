@@ -413,8 +413,9 @@ mod tests {
         let mut status = started();
         status.apply(&report(0, State::Success), at(5)).unwrap();
         status.start_current(at(6));
-        assert!(!status.enforce_timeouts(at(99)));
-        assert!(status.enforce_timeouts(at(100)));
+        let ends = |now| status.clone().enforce_timeouts(at(now));
+        assert_eq!((ends(99), ends(100)), (false, true));
+        status.enforce_timeouts(at(100));
         assert_ended(&status, State::Timeout, "global_timeout of 100 s");
         assert_eq!(status.actions[1].state, State::Timeout);
     }

@@ -103,29 +103,51 @@ impl<C: Send + 'static, R: Send + 'static> GroupCommit<C, R> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 
     use super::*;
+
+    /// A writer whose first commit waits until `release` is sent, so that the changes queued
+    /// meanwhile meet behind it; `commit` writes every batch.
+    struct Held {
+        writer: GroupCommit<u32, u32>,
+        first_commit_started: std_mpsc::Receiver<()>,
+        release: std_mpsc::Sender<()>,
+    }
+
+    fn held(
+        limit: usize,
+        mut commit: impl FnMut(Vec<u32>) -> Vec<Result<u32, Arc<StoreError>>> + Send + 'static,
+    ) -> Held {
+        let (entered, first_commit_started) = std_mpsc::channel();
+        let (release, released) = std_mpsc::channel::<()>();
+        let mut first = true;
+        let writer = GroupCommit::start("test-writer", 100, limit, move |batch: Vec<u32>| {
+            if std::mem::take(&mut first) {
+                entered.send(()).unwrap();
+                released.recv().unwrap();
+            }
+            commit(batch)
+        });
+        Held {
+            writer,
+            first_commit_started,
+            release,
+        }
+    }
 
     #[tokio::test]
     async fn changes_queued_together_share_a_commit_in_order() {
         let commits = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&commits);
-        let (entered, first_commit_started) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        // The first commit is held until the rest have queued behind it.
-        let writer = GroupCommit::start("test-writer", 100, 100, move |batch: Vec<u32>| {
-            if seen.lock().unwrap().is_empty() {
-                entered.send(()).unwrap();
-                released.recv().unwrap();
-            }
+        let held = held(100, move |batch| {
             seen.lock().unwrap().push(batch.clone());
             batch.into_iter().map(|n| Ok(n * 10)).collect()
         });
-        let first = writer.submit(1);
-        first_commit_started.recv().unwrap();
-        let rest: Vec<_> = (2..=5).map(|n| writer.submit(n)).collect();
-        release.send(()).unwrap();
+        let first = held.writer.submit(1);
+        held.first_commit_started.recv().unwrap();
+        let rest: Vec<_> = (2..=5).map(|n| held.writer.submit(n)).collect();
+        held.release.send(()).unwrap();
         assert_eq!(first.await.unwrap(), 10);
         for (n, outcome) in (2..=5).zip(rest) {
             assert_eq!(outcome.await.unwrap(), n * 10);
@@ -135,12 +157,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_commit_fails_each_of_its_changes_with_one_shared_error() {
-        let (entered, first_commit_started) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let writer = GroupCommit::start("test-writer", 100, 100, move |batch: Vec<u32>| {
+        let held = held(100, |batch| {
             if batch == [0] {
-                entered.send(()).unwrap();
-                released.recv().unwrap();
                 return vec![Ok(0)];
             }
             let failed = Arc::new(StoreError::Backend {
@@ -149,10 +167,10 @@ mod tests {
             });
             vec![Err(failed); batch.len()]
         });
-        let first = writer.submit(0);
-        first_commit_started.recv().unwrap();
-        let rest: Vec<_> = (1..=3).map(|n| writer.submit(n)).collect();
-        release.send(()).unwrap();
+        let first = held.writer.submit(0);
+        held.first_commit_started.recv().unwrap();
+        let rest: Vec<_> = (1..=3).map(|n| held.writer.submit(n)).collect();
+        held.release.send(()).unwrap();
         assert_eq!(first.await.unwrap(), 0);
         let mut errors = Vec::new();
         for outcome in rest {
@@ -167,24 +185,16 @@ mod tests {
 
     #[tokio::test]
     async fn beyond_its_limit_a_change_is_refused_at_once() {
-        let (entered, first_commit_started) = std::sync::mpsc::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let writer = GroupCommit::start("test-writer", 100, 2, move |batch: Vec<u32>| {
-            if batch == [0] {
-                entered.send(()).unwrap();
-                released.recv().unwrap();
-            }
-            batch.into_iter().map(Ok).collect()
-        });
-        let first = writer.submit(0);
-        first_commit_started.recv().unwrap();
+        let held = held(2, |batch| batch.into_iter().map(Ok).collect());
+        let first = held.writer.submit(0);
+        held.first_commit_started.recv().unwrap();
         // The writer holds the first; two more fill the queue, and the next is refused.
-        let (second, third) = (writer.submit(1), writer.submit(2));
-        match writer.submit(3).await {
+        let (second, third) = (held.writer.submit(1), held.writer.submit(2));
+        match held.writer.submit(3).await {
             Err(CommitError::Full("test-writer", 2)) => {}
             other => panic!("expected the queue to be full, got {other:?}"),
         }
-        release.send(()).unwrap();
+        held.release.send(()).unwrap();
         assert_eq!(
             (
                 first.await.unwrap(),
@@ -194,7 +204,7 @@ mod tests {
             (0, 1, 2)
         );
         assert_eq!(
-            writer.submit(4).await.unwrap(),
+            held.writer.submit(4).await.unwrap(),
             4,
             "room again once written"
         );

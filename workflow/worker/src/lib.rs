@@ -12,8 +12,8 @@ use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
 
 use actions::{ActionError, Succeeded};
 use wisp_proto::{
-    transient, workflow_service_client::WorkflowServiceClient, ActionMessage, ActionRequest,
-    ActionResponse, ActionStatusRequest, StateType, WORKFLOW_STATE_KEY,
+    transient, workflow_service_client::WorkflowServiceClient, ActionRequest, ActionResponse,
+    ActionStatusRequest, StateType, WORKFLOW_STATE_KEY,
 };
 
 pub struct Config {
@@ -125,26 +125,13 @@ impl Agent {
         started: SystemTime,
         message: String,
     ) -> anyhow::Result<()> {
-        let now = SystemTime::now();
-        let body = ActionStatusRequest {
-            workflow_id: action.workflow_id.clone(),
-            agent_id: Some(self.config.agent_id.clone()),
-            task_id: action.task_id.clone(),
-            action_id: action.action_id.clone(),
-            action_name: action.name.clone(),
-            action_state: Some(state as i32),
-            execution_start: Some(started.into()),
-            execution_stop: (state != StateType::Running).then(|| now.into()),
-            execution_duration: Some(format!(
-                "{:.3}s",
-                now.duration_since(started)
-                    .unwrap_or_default()
-                    .as_secs_f64()
-            )),
-            message: Some(ActionMessage {
-                message: Some(message),
-            }),
-        };
+        let body = ActionStatusRequest::about(
+            action,
+            &self.config.agent_id,
+            state,
+            started,
+            Some(message),
+        );
         // A report must arrive: retried, with backoff, for as long as the server is away or
         // failing; only a refusal ends it.
         let mut backoff = Duration::from_millis(200);

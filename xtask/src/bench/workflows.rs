@@ -30,8 +30,7 @@ use tonic::{
     Code, Request,
 };
 use wisp_proto::{
-    workflow_service_client::WorkflowServiceClient, ActionRequest, ActionResponse,
-    ActionStatusRequest, StateType,
+    workflow_service_client::WorkflowServiceClient, ActionRequest, ActionStatusRequest, StateType,
 };
 
 use super::{
@@ -309,28 +308,15 @@ async fn simulated_worker(
         for state in [StateType::Running, StateType::Success] {
             with_retries(counts, || {
                 let mut client = client.clone();
-                let request = request(&bearer, report(mac, &action, state));
+                let request = request(
+                    &bearer,
+                    ActionStatusRequest::about(&action, mac, state, SystemTime::now(), None),
+                );
                 async move { client.report_action_status(request).await }
             })
             .await
             .with_context(|| format!("{mac}: reporting {}", action.name()))?;
         }
         counts.actions.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn report(mac: &str, action: &ActionResponse, state: StateType) -> ActionStatusRequest {
-    let now = SystemTime::now();
-    ActionStatusRequest {
-        workflow_id: action.workflow_id.clone(),
-        agent_id: Some(mac.to_string()),
-        task_id: action.task_id.clone(),
-        action_id: action.action_id.clone(),
-        action_name: action.name.clone(),
-        action_state: Some(state as i32),
-        execution_start: Some(now.into()),
-        execution_stop: (state != StateType::Running).then(|| now.into()),
-        execution_duration: Some("0s".into()),
-        message: None,
     }
 }
