@@ -32,10 +32,15 @@ macro_rules! require_root {
 
 /// Whether the caller runs as root; if not, says so on stderr (past libtest's capture, so the
 /// line is seen) or, under [`NO_SKIPS`], fails.
-pub fn running_as_root(test: &str) -> bool {
+pub fn running_as_root(module: &str) -> bool {
     if nix::unistd::Uid::effective().is_root() {
         return true;
     }
+    // libtest names each test's thread after the test.
+    let test = match std::thread::current().name() {
+        Some(name) => format!("{module}::{name}"),
+        None => module.to_string(),
+    };
     assert!(
         std::env::var_os(NO_SKIPS).is_none(),
         "{test} needs root (network namespaces, XDP), and {NO_SKIPS} forbids skipping it"
