@@ -1,5 +1,9 @@
-//! Facts about the served interface, and listening on it.
-use std::net::{Ipv4Addr, SocketAddr};
+//! Facts about the served interface, listening on it, and how much one address may hold.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context;
 
@@ -95,5 +99,58 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(backlog, LISTEN_BACKLOG.min(somaxconn), "{line}");
+    }
+}
+
+/// How many of something (transfers, connections) each client address holds, up to a cap, so
+/// that one host on the boot network cannot take what a rack shares.
+#[derive(Clone)]
+pub struct PerAddress {
+    held: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    cap: usize,
+}
+
+impl PerAddress {
+    pub fn new(cap: usize) -> PerAddress {
+        PerAddress {
+            held: Arc::default(),
+            cap,
+        }
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// One more for `address`, unless it holds as many as it may; given back when dropped.
+    pub fn take(&self, address: IpAddr) -> Option<AddressSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(address).or_default();
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            limit: self.clone(),
+            address,
+        })
+    }
+}
+
+/// One of an address's slots.
+pub struct AddressSlot {
+    limit: PerAddress,
+    address: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self.limit.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.address);
+            }
+        }
     }
 }

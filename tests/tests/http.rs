@@ -1,6 +1,12 @@
 //! The boot HTTP server through curl, from a client across the veth pair: per-machine scripts,
 //! refusals with reasons, and boot assets with HEAD and Range.
-use wisp_tests::{apply_ok, metric, require_root, Daemon, Lab, TempDir, SERVER_IF};
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use wisp_tests::{apply_ok, eventually, metric, require_root, Daemon, Lab, TempDir, SERVER_IF};
 
 const MACHINES: &str = "apiVersion: tinkerbell.org/v1alpha1
 kind: Hardware
@@ -268,4 +274,69 @@ fn scripts_refusals_and_assets_with_head_and_range() {
         ),
         Some(1)
     );
+}
+
+/// Sends `head` on a new connection from the client side, and returns the response's status
+/// line (empty when the server closed the connection without one).
+fn raw_status(stream: &mut TcpStream, head: &str) -> String {
+    stream.write_all(head.as_bytes()).expect("send the head");
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap_or_default();
+    line.trim_end().to_string()
+}
+
+#[test]
+fn no_host_gets_400_and_one_address_cannot_hold_every_connection() {
+    require_root!();
+    let lab = Lab::new("http-limits");
+    let work = TempDir::new("http-limits");
+    let assets = work.join("assets");
+    std::fs::create_dir_all(&assets).expect("assets dir");
+    std::fs::write(assets.join("disk.img"), b"image").expect("write an asset");
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &work.join("data"),
+        &["--assets-dir", assets.to_str().expect("utf-8")],
+    );
+    apply_ok(&lab.server, MACHINES);
+    lab.client.within(|| {
+        let connect = || {
+            let stream = TcpStream::connect("10.99.0.1:8080").expect("connect");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            stream
+        };
+        // HTTP/1.1 requires Host, on the asset fast path and on the router's paths alike.
+        for path in ["/assets/disk.img", "/ipxe/1c:69:7a:00:00:01/auto.ipxe"] {
+            let status = raw_status(&mut connect(), &format!("GET {path} HTTP/1.1\r\n\r\n"));
+            assert_eq!(status, "HTTP/1.1 400 Bad Request", "{path}");
+        }
+        // 64 idle connections from one address are all it may hold: the 65th is closed at
+        // once, and the ones it holds still work.
+        let mut held: Vec<TcpStream> = (0..64).map(|_| connect()).collect();
+        let mut refused = connect();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            refused.read(&mut byte).expect("the server closes it"),
+            0,
+            "the 65th connection is closed"
+        );
+        let status = raw_status(
+            &mut held[0],
+            "GET /assets/disk.img HTTP/1.1\r\nHost: 10.99.0.1\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        // Closed connections give their slots back.
+        held.clear();
+        eventually("a slot is free again", || {
+            let mut stream = connect();
+            raw_status(
+                &mut stream,
+                "GET /assets/disk.img HTTP/1.1\r\nHost: 10.99.0.1\r\n\r\n",
+            ) == "HTTP/1.1 200 OK"
+        });
+    });
 }

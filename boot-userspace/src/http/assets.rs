@@ -31,7 +31,10 @@ use tokio::{
     sync::mpsc,
 };
 
-use crate::metrics::Metrics;
+use crate::{
+    metrics::Metrics,
+    net::{AddressSlot, PerAddress},
+};
 
 /// A request head larger than this is not an asset fetch; the router answers it.
 const MAX_HEAD: usize = 16 << 10;
@@ -41,9 +44,58 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections handed to the router but not yet taken by it.
 const HANDOVER_QUEUE: usize = 1024;
+/// Boot HTTP connections at once. Each costs a task and a descriptor, and anyone on the boot
+/// network can open them: beyond this a new connection is closed at once.
+const MAX_CONNECTIONS: usize = 16_384;
+/// Connections from one address at once: a machine needs a few; one host cannot take them all.
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 
-/// A connection as the router gets it: the bytes already read from it come first.
-pub type RouterIo = Join<Chain<Cursor<Vec<u8>>, OwnedReadHalf>, OwnedWriteHalf>;
+/// A connection as the router gets it: the bytes already read from it come first, and it holds
+/// its connection slots until it closes.
+pub struct RouterIo {
+    io: Join<Chain<Cursor<Vec<u8>>, OwnedReadHalf>, OwnedWriteHalf>,
+    _slots: Slots,
+}
+
+impl tokio::io::AsyncRead for RouterIo {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for RouterIo {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// What an open connection holds: one of the server's slots and one of its address's.
+struct Slots {
+    _global: tokio::sync::OwnedSemaphorePermit,
+    _address: AddressSlot,
+}
 
 /// The listener axum serves: it yields the connections the fast path hands over.
 pub struct AssetListener {
@@ -94,12 +146,28 @@ struct Assets {
 }
 
 async fn accept_loop(listener: TcpListener, assets: Arc<Assets>) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // Beyond the limits the connection is closed at once (dropped): the client
+                // sees it end, and retries.
+                let Some(address) = per_address.take(peer.ip()) else {
+                    tracing::debug!(%peer, "boot HTTP connection refused: {MAX_CONNECTIONS_PER_ADDRESS} open from this address");
+                    continue;
+                };
+                let Ok(global) = Arc::clone(&connections).try_acquire_owned() else {
+                    tracing::warn!(%peer, "boot HTTP connection refused: {MAX_CONNECTIONS} open");
+                    continue;
+                };
+                let slots = Slots {
+                    _global: global,
+                    _address: address,
+                };
                 // As nginx's tcp_nodelay: a response's last segment is not held back.
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(Arc::clone(&assets).connection(stream, peer));
+                tokio::spawn(Arc::clone(&assets).connection(stream, peer, slots));
             }
             // Out of file descriptors, most likely: wait for connections to close rather than
             // spin (hyper and axum do the same).
@@ -123,24 +191,24 @@ fn is_connection_error(err: &io::Error) -> bool {
 
 impl Assets {
     /// Serves asset requests on the connection until it closes or asks for something else.
-    async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+    async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, slots: Slots) {
         let mut buffer = Vec::with_capacity(4096);
         loop {
             let head = tokio::time::timeout(IDLE_TIMEOUT, read_head(&mut stream, &mut buffer));
             let (request, head_length) = match head.await {
                 Ok(Ok(Some(Head::Asset(request, head_length)))) => (request, head_length),
-                Ok(Ok(Some(_))) => return self.hand_over(stream, buffer, peer).await,
+                Ok(Ok(Some(_))) => return self.hand_over(stream, buffer, peer, slots).await,
                 Ok(Ok(None)) | Err(_) => return,
                 Ok(Err(err)) => {
                     return tracing::debug!(%peer, "boot HTTP connection failed: {err}");
                 }
             };
             let Some(file) = self.open(&request) else {
-                return self.hand_over(stream, buffer, peer).await;
+                return self.hand_over(stream, buffer, peer, slots).await;
             };
             let response = match respond(&request, &file) {
                 Some(response) => response,
-                None => return self.hand_over(stream, buffer, peer).await,
+                None => return self.hand_over(stream, buffer, peer, slots).await,
             };
             buffer.drain(..head_length);
             self.count(response.status);
@@ -153,9 +221,12 @@ impl Assets {
         }
     }
 
-    async fn hand_over(&self, stream: TcpStream, read: Vec<u8>, peer: SocketAddr) {
+    async fn hand_over(&self, stream: TcpStream, read: Vec<u8>, peer: SocketAddr, slots: Slots) {
         let (reader, writer) = stream.into_split();
-        let io = tokio::io::join(Cursor::new(read).chain(reader), writer);
+        let io = RouterIo {
+            io: tokio::io::join(Cursor::new(read).chain(reader), writer),
+            _slots: slots,
+        };
         // Fails only when the server is shutting down, which closes the connection anyway.
         let _ = self.handover.send((io, peer)).await;
     }
@@ -242,6 +313,15 @@ fn asset_request(request: &httparse::Request<'_, '_>) -> Option<AssetRequest> {
     }
     let path = request.path?;
     let relative = asset_path(path.split('?').next()?)?;
+    // HTTP/1.1 requires Host (RFC 9112 3.2): a request without one goes to the router, which
+    // answers 400.
+    if !request
+        .headers
+        .iter()
+        .any(|header| header.name.eq_ignore_ascii_case("host"))
+    {
+        return None;
+    }
     let mut range = None;
     let mut keep_alive = true;
     for header in request.headers.iter() {
@@ -444,7 +524,7 @@ mod tests {
         assert_eq!(get.relative, PathBuf::from("boot/vmlinuz"));
         assert!(!get.head_only && get.keep_alive && get.range.is_none());
         let head = request(
-            "HEAD /assets/a%20b?x=1 HTTP/1.1\r\nConnection: close\r\nRange: bytes=0-9\r\n\r\n",
+            "HEAD /assets/a%20b?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\nRange: bytes=0-9\r\n\r\n",
         )
         .unwrap();
         assert_eq!(head.relative, PathBuf::from("a b"));
@@ -455,19 +535,21 @@ mod tests {
     #[test]
     fn everything_else_goes_to_the_router() {
         for head in [
-            "GET /ipxe/snponly.efi HTTP/1.1\r\n\r\n",
-            "POST /assets/x HTTP/1.1\r\nContent-Length: 1\r\n\r\n",
-            "GET /assets/x HTTP/1.0\r\n\r\n",
-            "GET /assets/../etc/passwd HTTP/1.1\r\n\r\n",
-            "GET /assets/%2e%2e/etc/passwd HTTP/1.1\r\n\r\n",
-            "GET /assets/a//b HTTP/1.1\r\n\r\n",
-            "GET /assets/ HTTP/1.1\r\n\r\n",
-            "GET /assets/x HTTP/1.1\r\nIf-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n",
-            "GET /assets/x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "GET /assets/x HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\n\r\n",
-            "GET /assets/x HTTP/1.1\r\nRange: bytes=0-1\r\nRange: bytes=2-3\r\n\r\n",
+            "GET /ipxe/snponly.efi HTTP/1.1\r\nHost: x\r\n\r\n",
+            "POST /assets/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n",
+            "GET /assets/x HTTP/1.0\r\nHost: x\r\n\r\n",
+            "GET /assets/../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /assets/%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /assets/a//b HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /assets/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /assets/x HTTP/1.1\r\nHost: x\r\nIf-Modified-Since: Wed, 21 Oct 2015 07:28:00 GMT\r\n\r\n",
+            "GET /assets/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /assets/x HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\n\r\n",
+            "GET /assets/x HTTP/1.1\r\nHost: x\r\nRange: bytes=0-1\r\nRange: bytes=2-3\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             "GET /assets/x HTTP/1.1\r\n",
+            // No Host: HTTP/1.1 requires one, and the router answers 400.
+            "GET /assets/x HTTP/1.1\r\n\r\n",
         ] {
             assert_eq!(request(head), None, "{head:?}");
         }
@@ -485,7 +567,7 @@ mod tests {
     #[test]
     fn ranges_are_answered_with_206_and_only_their_bytes() {
         let mut asset =
-            request("GET /assets/x HTTP/1.1\r\nRange: bytes=1000-1999\r\n\r\n").unwrap();
+            request("GET /assets/x HTTP/1.1\r\nHost: x\r\nRange: bytes=1000-1999\r\n\r\n").unwrap();
         let response = respond(&asset, &file(1 << 20)).unwrap();
         assert_eq!(
             (response.status, response.offset, response.body_length),
@@ -514,7 +596,7 @@ mod tests {
 
     #[test]
     fn heads_promise_the_length_but_send_no_body() {
-        let head = request("HEAD /assets/x HTTP/1.1\r\n\r\n").unwrap();
+        let head = request("HEAD /assets/x HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let response = respond(&head, &file(4096)).unwrap();
         assert_eq!((response.status, response.body_length), (200, 0));
         assert!(response.head.starts_with("HTTP/1.1 200 OK\r\n"));

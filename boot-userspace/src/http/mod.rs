@@ -91,6 +91,7 @@ impl BootHttp {
                 Arc::clone(&boot),
                 assets_beneath_only,
             ))
+            .layer(middleware::from_fn(host_required))
             .layer(middleware::from_fn_with_state(
                 Arc::clone(&boot),
                 count_requests,
@@ -182,6 +183,20 @@ async fn boot_binary(State(boot): State<Arc<BootHttp>>, Path(file): Path<String>
         }
         None => not_found(format!("no iPXE binary named {file:?}")),
     }
+}
+
+/// Answers 400 to a request without `Host`, which HTTP/1.1 requires (RFC 9112 3.2) and which
+/// hyper does not enforce.
+async fn host_required(request: Request, next: Next) -> Response {
+    if request.headers().contains_key(header::HOST) || request.uri().authority().is_some() {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "a request needs a Host header\n",
+    )
+        .into_response()
 }
 
 /// Refuses an asset whose path resolves outside the assets directory (through a symlink), before

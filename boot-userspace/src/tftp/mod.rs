@@ -9,10 +9,9 @@ pub mod packet;
 pub mod transfer;
 
 use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
     path::{Component, Path},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -26,6 +25,7 @@ use self::{
 use crate::{
     boot_files::BootFiles,
     metrics::{Metrics, TftpLabels},
+    net::{AddressSlot, PerAddress},
 };
 
 /// The TFTP server port.
@@ -102,7 +102,7 @@ pub async fn serve(
     let socket = tokio::net::UdpSocket::from_std(bind(&interface, address)?)?;
     tracing::info!(interface, %address, port = TFTP_PORT, "TFTP server listening");
     let transfers = Arc::new(tokio::sync::Semaphore::new(max_transfers));
-    let per_client = PerClient::default();
+    let per_client = PerAddress::new(MAX_TRANSFERS_PER_CLIENT);
     let mut buffer = vec![0u8; 65_535];
     loop {
         let (length, client) = socket
@@ -188,45 +188,7 @@ pub async fn serve(
 /// What a running transfer holds: one of the server's slots, and one of its client's.
 struct Slot {
     _global: tokio::sync::OwnedSemaphorePermit,
-    _client: ClientSlot,
-}
-
-/// How many transfers each client address runs.
-#[derive(Clone, Default)]
-struct PerClient(Arc<Mutex<HashMap<IpAddr, usize>>>);
-
-impl PerClient {
-    /// One more transfer for `client`, unless it runs as many as it may.
-    fn take(&self, client: IpAddr) -> Option<ClientSlot> {
-        let mut running = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let count = running.entry(client).or_default();
-        if *count >= MAX_TRANSFERS_PER_CLIENT {
-            return None;
-        }
-        *count += 1;
-        Some(ClientSlot {
-            running: self.clone(),
-            client,
-        })
-    }
-}
-
-/// A client's transfer; given back when dropped.
-struct ClientSlot {
-    running: PerClient,
-    client: IpAddr,
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut running = self.running.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = running.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                running.remove(&self.client);
-            }
-        }
-    }
+    _client: AddressSlot,
 }
 
 /// One transfer's ends: the server's address, the client, and the timeout when the client
