@@ -101,8 +101,13 @@ mod tests {
         assert!(text.contains("hi\n"));
         assert!(text.contains("TRAILER!!!"));
         assert_eq!(raw.len() % 4, 0);
-        // The file's header: mode 100755 and size 3.
-        let header = &text[text.find("070701").unwrap()..];
-        assert!(text.contains(&format!("{:08x}", 0o100755)), "{header}");
+        // The file's own header, the 110 bytes before its name: its mode (the second field,
+        // after the magic and the inode) is 100755 and its size (the seventh) is 3.
+        let name = text.find("bin/hello\0").unwrap();
+        let header = &text[name - 110..name];
+        assert!(header.starts_with("070701"), "{header}");
+        let field = |index: usize| &header[6 + index * 8..6 + (index + 1) * 8];
+        assert_eq!(field(1), format!("{:08x}", 0o100755), "{header}");
+        assert_eq!(field(6), format!("{:08x}", 3), "{header}");
     }
 }

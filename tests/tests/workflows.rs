@@ -541,6 +541,8 @@ fn a_daemon_restart_mid_workflow_resumes_it() {
     eventually_within("the first action runs", Duration::from_secs(20), || {
         workflow_json(&lab, "wf-a")["status"]["actions"][0]["state"] == "RUNNING"
     });
+    let started = workflow_json(&lab, "wf-a")["status"]["actions"][0]["startedAt"].clone();
+    assert!(started.is_string(), "the running action has a start time");
     daemon.stop(nix::sys::signal::Signal::SIGKILL);
     std::thread::sleep(Duration::from_secs(1));
     let _daemon = Daemon::start(
@@ -549,13 +551,28 @@ fn a_daemon_restart_mid_workflow_resumes_it() {
         &data.join("data"),
         &["--assets-dir", data.join("assets").to_str().expect("utf-8")],
     );
-    let status = worker.wait().expect("the worker ends");
+    // Bounded, so that a worker that never ends fails the test instead of hanging the suite.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = worker.try_wait().expect("the worker's status") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = worker.kill();
+            panic!("the worker did not finish within 90 s of the restart");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     assert!(
         status.success(),
         "the worker finished the workflow across the restart"
     );
     let workflow = workflow_json(&lab, "wf-a");
     assert_eq!(workflow["status"]["state"], "SUCCESS", "{workflow:#}");
+    assert_eq!(
+        workflow["status"]["actions"][0]["startedAt"], started,
+        "the action was resumed, not started again: {workflow:#}"
+    );
     assert_eq!(std::fs::read_to_string(&first).expect("first"), "one\n");
     assert_eq!(std::fs::read_to_string(&second).expect("second"), "two\n");
 }
