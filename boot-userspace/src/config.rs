@@ -155,12 +155,26 @@ impl ServeArgs {
              its own, so it listens on a loopback address only",
             settings.listen
         );
+        for (key, interval) in [
+            ("tftp-timeout", settings.tftp_timeout),
+            ("chainload-window", settings.chainload_window),
+            ("reconcile-interval", settings.reconcile_interval),
+        ] {
+            anyhow::ensure!(
+                !interval.0.is_zero(),
+                "{key} = {interval}: it must be longer than 0"
+            );
+        }
+        anyhow::ensure!(
+            settings.tftp_max_transfers > 0,
+            "tftp-max-transfers = 0: TFTP would refuse every machine"
+        );
         if settings.assets_dir.as_os_str().is_empty() {
             settings.assets_dir = settings.data_dir.join("assets");
         }
         let (assets, data) = (
-            std::path::absolute(&settings.assets_dir)?,
-            std::path::absolute(&settings.data_dir)?,
+            resolved(&settings.assets_dir)?,
+            resolved(&settings.data_dir)?,
         );
         anyhow::ensure!(
             !data.starts_with(&assets),
@@ -173,6 +187,37 @@ impl ServeArgs {
     }
 }
 
+/// `path` as the kernel will resolve it: its symlinks followed and `..` taken, for as much of it
+/// as exists, and the rest appended.
+fn resolved(path: &Path) -> anyhow::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match existing.canonicalize() {
+            Ok(real) => {
+                return Ok(rest.iter().rev().fold(real, |mut path, part| {
+                    match part {
+                        std::path::Component::ParentDir => {
+                            path.pop();
+                        }
+                        std::path::Component::Normal(name) => path.push(name),
+                        _ => {}
+                    }
+                    path
+                }))
+            }
+            Err(_) => {
+                let Some(parent) = existing.parent() else {
+                    return Ok(absolute);
+                };
+                rest.extend(existing.components().next_back());
+                existing = parent;
+            }
+        }
+    }
+}
+
 fn read_file(path: &Path) -> anyhow::Result<Given> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the configuration file {}", path.display()))?;
@@ -182,79 +227,5 @@ fn read_file(path: &Path) -> anyhow::Result<Given> {
 impl Settings {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("every setting is a TOML value")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::Parser;
-
-    use super::*;
-
-    #[derive(Parser)]
-    struct Command {
-        #[command(flatten)]
-        serve: ServeArgs,
-    }
-
-    fn settings(args: &[&str]) -> anyhow::Result<Settings> {
-        let mut argv = vec!["wisp"];
-        argv.extend(args);
-        Command::try_parse_from(argv)?.serve.settings()
-    }
-
-    fn file(contents: &str) -> tempfile::NamedTempFile {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        std::io::Write::write_all(&mut file, contents.as_bytes()).unwrap();
-        file
-    }
-
-    #[test]
-    fn flags_override_the_file_which_overrides_the_defaults() {
-        let config = file("interface = \"br0\"\nboot-http-port = 8081\nworker-api-port = 9000\n");
-        let path = config.path().to_str().unwrap();
-        let settings =
-            settings(&["--config", path, "--boot-http-port", "8082", "--discovery"]).unwrap();
-        assert_eq!(settings.interface, "br0", "from the file");
-        assert_eq!(settings.boot_http_port, 8082, "the flag wins over the file");
-        assert_eq!(settings.worker_api_port, 9000, "from the file");
-        assert!(settings.discovery);
-        assert_eq!(
-            settings.chainload_window,
-            Interval(Duration::from_secs(300))
-        );
-        assert_eq!(settings.assets_dir, PathBuf::from("/var/lib/wisp/assets"));
-    }
-
-    #[test]
-    fn the_file_refuses_unknown_keys_by_name_and_bad_values_by_key() {
-        let config = file("interface = \"br0\"\nboot-port = 8081\n");
-        let err = settings(&["--config", config.path().to_str().unwrap()]).unwrap_err();
-        let message = format!("{err:#}");
-        assert!(message.contains("unknown field `boot-port`"), "{message}");
-        assert!(
-            message.contains(&config.path().display().to_string()),
-            "{message}"
-        );
-
-        let config = file("interface = \"br0\"\ntftp-timeout = \"soon\"\n");
-        let message = format!(
-            "{:#}",
-            settings(&["--config", config.path().to_str().unwrap()]).unwrap_err()
-        );
-        assert!(message.contains("tftp-timeout"), "{message}");
-    }
-
-    #[test]
-    fn an_interface_is_required_and_printed_settings_read_back() {
-        let err = settings(&[]).unwrap_err();
-        assert!(err.to_string().contains("no interface to serve"), "{err}");
-        let printed = settings(&["-i", "br0", "--chainload-window", "2m"])
-            .unwrap()
-            .to_toml();
-        assert!(printed.contains("chainload-window = \"2m\""), "{printed}");
-        let again = file(&printed);
-        let read_back = settings(&["--config", again.path().to_str().unwrap()]).unwrap();
-        assert_eq!(read_back.to_toml(), printed);
     }
 }

@@ -146,3 +146,55 @@ fn unknown_keys_and_bad_values_are_refused_by_name() {
         output_text(&refused)
     );
 }
+
+#[test]
+fn printed_settings_read_back_as_a_file() {
+    let printed = serve(
+        &["-i", "br0", "--chainload-window", "2m", "--print-config"],
+        &[],
+    );
+    assert!(printed.status.success(), "{}", output_text(&printed));
+    let text = String::from_utf8_lossy(&printed.stdout).into_owned();
+    assert!(text.contains("chainload-window = \"2m\""), "{text}");
+    let dir = TempDir::new("config-round-trip");
+    let file = dir.0.join("wisp.toml");
+    std::fs::write(&file, &text).expect("write the file");
+    let again = serve(
+        &["--config", file.to_str().expect("UTF-8"), "--print-config"],
+        &[],
+    );
+    assert!(again.status.success(), "{}", output_text(&again));
+    assert_eq!(String::from_utf8_lossy(&again.stdout), text);
+}
+
+#[test]
+fn zero_intervals_and_limits_are_refused() {
+    for (flag, value) in [
+        ("--reconcile-interval", "0s"),
+        ("--tftp-timeout", "0s"),
+        ("--tftp-max-transfers", "0"),
+    ] {
+        let refused = serve(&["-i", "br0", flag, value, "--print-config"], &[]);
+        assert!(!refused.status.success(), "{flag} {value} was taken");
+        let text = output_text(&refused);
+        assert!(text.contains(&flag[2..]), "{flag}: {text}");
+    }
+    // An assets directory that resolves, through `..`, to one holding the data directory.
+    let refused = serve(
+        &[
+            "-i",
+            "br0",
+            "--data-dir",
+            "/srv/wisp/data",
+            "--assets-dir",
+            "/srv/wisp/data/..",
+            "--print-config",
+        ],
+        &[],
+    );
+    assert!(
+        output_text(&refused).contains("holds the data directory"),
+        "{}",
+        output_text(&refused)
+    );
+}

@@ -175,6 +175,19 @@ fn scripts_refusals_and_assets_with_head_and_range() {
         404,
         "the router's ServeDir"
     );
+    // Spellings the fast path declines and ServeDir would fold back to `leak`.
+    for path in [
+        "/assets/leak/",
+        "/assets//leak",
+        "/assets/./leak",
+        "/assets/leak%2F",
+    ] {
+        assert_eq!(
+            fetch(&lab, path, &["--path-as-is"]).0,
+            404,
+            "{path} reached the key"
+        );
+    }
     let (status, inside) = fetch(&lab, "/assets/inside", &[]);
     assert_eq!((status, inside.len()), (200, image.len()));
 

@@ -47,11 +47,18 @@ async fn loopback_host_only(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
+    // HTTP/2 carries the host in the URI's authority, HTTP/1.1 in the Host header.
     let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok())
-        .map(host_name);
+        .uri()
+        .authority()
+        .map(|authority| host_name(authority.host()))
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|host| host.to_str().ok())
+                .map(host_name)
+        });
     match host {
         Some(name) if is_loopback_name(name) => next.run(request).await,
         _ => ApiError::new(

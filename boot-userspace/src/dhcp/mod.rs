@@ -72,7 +72,7 @@ pub struct DhcpServer {
     /// Which MAC holds each leased address, and until when: loaded from the lease store at
     /// start and kept with every ACK, RELEASE and DECLINE, so that an address is never handed
     /// to a second MAC while the first one's lease runs.
-    holders: Mutex<HashMap<Ipv4Addr, Holder>>,
+    holders: Mutex<Holders>,
 }
 
 /// The MAC that holds an address, until the Unix time its lease expires.
@@ -80,6 +80,42 @@ pub struct DhcpServer {
 struct Holder {
     mac: MacAddr,
     expires_unix: u64,
+}
+
+/// Who holds each address, and which address each MAC holds (a MAC has one lease, as in the
+/// journal): both ways, so that every change is a lookup, not a scan.
+#[derive(Default)]
+struct Holders {
+    by_address: HashMap<Ipv4Addr, Holder>,
+    by_mac: HashMap<MacAddr, Ipv4Addr>,
+}
+
+impl Holders {
+    /// Another MAC than `mac` holds `address`, and its lease has not expired.
+    fn held_by_another(&self, address: Ipv4Addr, mac: MacAddr, now_unix: u64) -> bool {
+        self.by_address
+            .get(&address)
+            .is_some_and(|holder| holder.mac != mac && holder.expires_unix > now_unix)
+    }
+
+    /// `mac` holds `address` until `expires_unix`, and nothing else: an address it held before
+    /// is free once it moves.
+    fn hold(&mut self, address: Ipv4Addr, mac: MacAddr, expires_unix: u64) {
+        self.let_go(mac);
+        if let Some(previous) = self
+            .by_address
+            .insert(address, Holder { mac, expires_unix })
+        {
+            self.by_mac.remove(&previous.mac);
+        }
+        self.by_mac.insert(mac, address);
+    }
+
+    fn let_go(&mut self, mac: MacAddr) {
+        if let Some(address) = self.by_mac.remove(&mac) {
+            self.by_address.remove(&address);
+        }
+    }
 }
 
 /// An iPXE binary handed to a client. Retransmissions of the same transaction keep its xid and
@@ -112,20 +148,19 @@ impl DhcpServer {
 
     /// Another MAC than `mac` holds `address`, and its lease has not expired.
     fn held_by_another(&self, address: Ipv4Addr, mac: MacAddr, now_unix: u64) -> bool {
-        let holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
-        holders
-            .get(&address)
-            .is_some_and(|holder| holder.mac != mac && holder.expires_unix > now_unix)
+        self.holders().held_by_another(address, mac, now_unix)
     }
 
     fn hold(&self, address: Ipv4Addr, mac: MacAddr, expires_unix: u64) {
-        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
-        holders.insert(address, Holder { mac, expires_unix });
+        self.holders().hold(address, mac, expires_unix);
     }
 
     fn let_go(&self, mac: MacAddr) {
-        let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
-        holders.retain(|_, holder| holder.mac != mac);
+        self.holders().let_go(mac);
+    }
+
+    fn holders(&self) -> std::sync::MutexGuard<'_, Holders> {
+        self.holders.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn chainloaded(&self, mac: &MacAddr, xid: u32) -> bool {
@@ -529,5 +564,30 @@ fn type_name(message_type: Option<v4::MessageType>) -> &'static str {
         Some(Release) => "release",
         Some(Inform) => "inform",
         Some(_) => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
+    const B: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xb]);
+
+    #[test]
+    fn an_address_is_held_by_one_mac_until_it_expires_moves_or_is_let_go() {
+        let (x, y) = (Ipv4Addr::new(10, 0, 0, 8), Ipv4Addr::new(10, 0, 0, 9));
+        let mut holders = Holders::default();
+        holders.hold(x, A, 100);
+        assert!(holders.held_by_another(x, B, 50));
+        assert!(!holders.held_by_another(x, A, 50), "not from its holder");
+        assert!(!holders.held_by_another(x, B, 100), "expired");
+        // A moves to y: x is free for B at once.
+        holders.hold(y, A, 200);
+        assert!(!holders.held_by_another(x, B, 50));
+        assert!(holders.held_by_another(y, B, 50));
+        holders.let_go(A);
+        assert!(!holders.held_by_another(y, B, 50));
+        assert!(holders.by_address.is_empty() && holders.by_mac.is_empty());
     }
 }

@@ -76,6 +76,18 @@ impl tokio::io::AsyncWrite for RouterIo {
         std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -373,15 +385,19 @@ fn open_beneath(dir: &Path, relative: &Path) -> nix::Result<std::fs::File> {
     Ok(std::fs::File::from(file))
 }
 
-/// Whether the asset at `url_path` (`/assets/...`) resolves to somewhere outside `dir`. The
-/// router's `ServeDir` follows symlinks, so the requests it answers are checked here first.
-pub fn resolves_outside(dir: &Path, url_path: &str) -> bool {
-    asset_path(url_path).is_some_and(|relative| {
-        matches!(
-            open_beneath(dir, &relative),
-            Err(Errno::EXDEV | Errno::ELOOP)
-        )
-    })
+/// Whether the router may answer a request for `url_path` (`/assets/...`): only a plain path
+/// to a file that opens beneath `dir`. The router's `ServeDir` follows symlinks and folds
+/// `//`, `.` and a trailing `/` away, so anything else is refused here, failing closed: a
+/// path `asset_path` does not take, a symlink out, and any error (a kernel without openat2
+/// included) but a missing file, which `ServeDir` answers with its own 404.
+pub fn may_serve(dir: &Path, url_path: &str) -> bool {
+    let Some(relative) = asset_path(url_path) else {
+        return false;
+    };
+    match open_beneath(dir, &relative) {
+        Ok(_) | Err(Errno::ENOENT) => true,
+        Err(_) => false,
+    }
 }
 
 /// The decoded path of an asset below the assets directory; None unless every segment is a

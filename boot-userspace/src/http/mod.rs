@@ -143,10 +143,10 @@ async fn machine_script(
     else {
         match machines.get(&mac) {
             Some(machine) => {
-                tracing::info!(client = %mac, %source, hardware = %machine.hardware, "no iPXE script: netboot.allowPXE is false")
+                tracing::debug!(client = %mac, %source, hardware = %machine.hardware, "no iPXE script: netboot.allowPXE is false")
             }
             None => {
-                tracing::info!(client = %mac, %source, "no iPXE script: no Hardware owns this MAC")
+                tracing::debug!(client = %mac, %source, "no iPXE script: no Hardware owns this MAC")
             }
         }
         return not_found(format!("no iPXE script for {mac}"));
@@ -199,17 +199,18 @@ async fn host_required(request: Request, next: Next) -> Response {
         .into_response()
 }
 
-/// Refuses an asset whose path resolves outside the assets directory (through a symlink), before
-/// `ServeDir`, which would follow it, sees the request.
+/// Refuses an asset request unless it names a file beneath the assets directory (see
+/// [`assets::may_serve`]), before `ServeDir`, which would follow a symlink out, sees it.
 async fn assets_beneath_only(
     State(boot): State<Arc<BootHttp>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if assets::resolves_outside(&boot.config.assets_dir, request.uri().path()) {
-        tracing::warn!(
-            path = request.uri().path(),
-            "asset refused: it resolves outside the assets directory"
+    let path = request.uri().path();
+    if path.starts_with("/assets/") && !assets::may_serve(&boot.config.assets_dir, path) {
+        tracing::debug!(
+            path,
+            "asset refused: not a file beneath the assets directory"
         );
         return not_found("no such asset".into());
     }

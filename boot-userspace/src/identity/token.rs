@@ -21,6 +21,8 @@ impl MachineTokens {
         let path = data_dir.join(KEY_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => {
+                workflow::store::private::restrict(&path, 0o600)
+                    .with_context(|| format!("restricting {}", path.display()))?;
                 let key = bytes
                     .try_into()
                     .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;

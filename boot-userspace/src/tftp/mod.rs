@@ -44,11 +44,14 @@ const MIN_BLOCK_SIZE: u16 = 512;
 /// Transfers from one address at once: one host cannot hold every slot. Room for a rack's
 /// worth of firmware behind one NAT, or a test's burst.
 pub const MAX_TRANSFERS_PER_CLIENT: usize = 32;
-/// Every transfer ends by this long, plus a second for each [`MIN_RATE`] bytes of its file: a
-/// client that acknowledges just before each timeout cannot hold a slot for long.
+/// Every transfer ends by this long, plus [`PER_WINDOW`] for each window of its file: a client
+/// that acknowledges just before each timeout cannot hold a slot for long, and one on a slow,
+/// relayed link still has a round trip of 50 ms per window.
 const DEADLINE_BASE: Duration = Duration::from_secs(30);
-/// The slowest a transfer may go, on average, before its deadline ends it (bytes a second).
-const MIN_RATE: u64 = 32 << 10;
+const PER_WINDOW: Duration = Duration::from_millis(50);
+/// Until a client's first acknowledgement, resends come at most this far apart, whatever
+/// timeout it asked for: a forged request holds its slot for seconds, not half a minute.
+pub const FIRST_CONTACT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long to wait for an acknowledgement without a timeout option, unless configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3);
 /// The longest timeout option taken; a longer one is not acknowledged, and the default applies.
@@ -250,9 +253,8 @@ fn start_transfer(
         taken.push(("windowsize", u64::from(window)));
     }
     let oack = (!taken.is_empty()).then(|| packet::oack(&taken));
-    let deadline = tokio::time::Instant::now()
-        + DEADLINE_BASE
-        + Duration::from_secs(file.len() as u64 / MIN_RATE);
+    let windows = (file.len() / usize::from(block_size) / usize::from(window) + 1) as u32;
+    let deadline = tokio::time::Instant::now() + DEADLINE_BASE + PER_WINDOW * windows;
     let transfer = Transfer {
         socket,
         file,
@@ -261,6 +263,7 @@ fn start_transfer(
         timeout: timeout_seconds.map_or(timeout, |s| Duration::from_secs(s.into())),
         max_retransmissions: MAX_RETRANSMISSIONS,
         first_contact_retransmissions: FIRST_CONTACT_RETRANSMISSIONS,
+        first_contact_timeout: FIRST_CONTACT_TIMEOUT,
         deadline,
     };
     tokio::spawn(async move {

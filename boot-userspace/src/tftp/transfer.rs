@@ -35,6 +35,8 @@ pub struct Transfer {
     /// The same, before the client's first acknowledgement: until then its address may be
     /// forged, and every resend goes to whoever it names.
     pub first_contact_retransmissions: u32,
+    /// The longest wait for that first acknowledgement, whatever `timeout` says.
+    pub first_contact_timeout: Duration,
     /// The whole transfer ends by then, however the client paces its acknowledgements.
     pub deadline: tokio::time::Instant,
 }
@@ -79,8 +81,11 @@ impl Transfer {
         let confirmed_by_oack = oack.is_some();
         if let Some(oack) = oack {
             // The client accepts the options with ACK 0 (RFC 2347).
-            let resends = self.first_contact_retransmissions;
-            self.deliver(&mut sender, Packets::Oack(&oack), 0..=0, resends)
+            let first_contact = (
+                self.first_contact_retransmissions,
+                self.first_contact_timeout,
+            );
+            self.deliver(&mut sender, Packets::Oack(&oack), 0..=0, first_contact)
                 .await?;
         }
         // The last block is shorter than the block size; empty when the size divides the file.
@@ -88,17 +93,20 @@ impl Transfer {
         let mut acked = 0;
         while acked < blocks {
             let window = acked + 1..=(acked + self.window as u64).min(blocks);
-            let resends = if acked == 0 && !confirmed_by_oack {
-                self.first_contact_retransmissions
+            let patience = if acked == 0 && !confirmed_by_oack {
+                (
+                    self.first_contact_retransmissions,
+                    self.first_contact_timeout,
+                )
             } else {
-                self.max_retransmissions
+                (self.max_retransmissions, self.timeout)
             };
             let newly_acked = self
                 .deliver(
                     &mut sender,
                     Packets::Blocks(window.clone()),
                     window,
-                    resends,
+                    patience,
                 )
                 .await?;
             let bytes = |blocks: u64| (blocks * self.block_size as u64).min(self.file.len() as u64);
@@ -110,14 +118,15 @@ impl Transfer {
 
     /// Sends the packets until the client acknowledges one of `expected` (block numbers as
     /// counted from the start, before they wrap at 16 bits), resending at most `resends`
-    /// times; returns which.
+    /// times, each after waiting `wait` (at most the transfer's timeout); returns which.
     async fn deliver(
         &self,
         sender: &mut Sender,
         packets: Packets<'_>,
         expected: RangeInclusive<u64>,
-        resends: u32,
+        (resends, wait): (u32, Duration),
     ) -> Result<u64, Failed> {
+        let wait = wait.min(self.timeout);
         for _ in 0..=resends {
             match &packets {
                 Packets::Oack(oack) => {
@@ -126,7 +135,7 @@ impl Transfer {
                 Packets::Blocks(blocks) => sender.send_blocks(self, blocks.clone()).await?,
             }
             if let Ok(acknowledged) =
-                tokio::time::timeout(self.timeout, self.acknowledgement(&expected)).await
+                tokio::time::timeout(wait, self.acknowledgement(&expected)).await
             {
                 return acknowledged;
             }
@@ -257,6 +266,7 @@ mod tests {
             timeout,
             max_retransmissions: 5,
             first_contact_retransmissions: 2,
+            first_contact_timeout: Duration::from_secs(2),
             deadline: tokio::time::Instant::now() + deadline,
         };
         (transfer, client)

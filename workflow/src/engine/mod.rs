@@ -339,11 +339,15 @@ impl Engine {
                 index: current,
                 action: status.actions[current].clone(),
             };
-            self.write(runs, &mut durable, &key, status, true);
+            // Asked again for a running action, nothing changes: nothing to write, but the
+            // answer still waits for what was queued before it.
+            if runs.get(&key) != Some(&status) {
+                self.write(runs, &mut durable, &key, status, true);
+            }
             return Ok(Decision {
                 value: Next::Run(Box::new(assignment)),
                 change,
-                durable,
+                durable: self.barrier(durable),
             });
         }
         let last_finished = mine

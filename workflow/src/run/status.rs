@@ -188,7 +188,8 @@ impl WorkflowStatus {
     }
 
     /// Hands out the current action. An action already running is handed out again: its worker
-    /// restarted (the machine rebooted, say) and runs it anew, with its timeout counted afresh.
+    /// restarted (the machine rebooted, say) and runs it anew, within what is left of its
+    /// timeout, which runs from its first start.
     pub fn start_current(&mut self, now: SystemTime) -> Option<usize> {
         let current = self.current()?;
         self.state = State::Running;

@@ -85,6 +85,7 @@ impl LeaseJournal {
             .truncate(false)
             .open(&path)
             .map_err(io_error(&path, "open"))?;
+        super::private::restrict(&path, 0o600).map_err(io_error(&path, "restrict"))?;
         let mut text = Vec::new();
         file.read_to_end(&mut text)
             .map_err(io_error(&path, "read"))?;

@@ -51,6 +51,8 @@ impl RedbStore {
             .truncate(false)
             .open(&path)
             .map_err(|err| backend(format!("cannot create {}: {err}", path.display())))?;
+        super::private::restrict(&path, 0o600)
+            .map_err(|err| backend(format!("cannot restrict {}: {err}", path.display())))?;
         let db = Database::create(&path)
             .map_err(|err| backend(format!("cannot open {}: {err}", path.display())))?;
         let txn = db.begin_write().map_err(backend)?;

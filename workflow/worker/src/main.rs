@@ -55,7 +55,7 @@ fn main() -> std::process::ExitCode {
         args.agent_id.or_else(|| from_cmdline("wisp.mac")),
     ) else {
         eprintln!(
-            "wisp-worker: give --server and --agent-id, or boot with wisp.server= and wisp.mac="
+            "wisp-worker: give --server and --agent-id, or boot with grpc_authority= (or wisp.server=) and wisp.mac="
         );
         return std::process::ExitCode::from(2);
     };

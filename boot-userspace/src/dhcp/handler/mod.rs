@@ -108,7 +108,6 @@ pub enum IgnoreReason {
     DeclinedRecently,
     AddressLeasedToAnother,
     NotOnRelaySubnet,
-    RelayIsNotTheSender,
     NotTheReservedAddress,
     OtherServerChosen,
     SelectingWithoutAddress,
@@ -136,7 +135,6 @@ impl IgnoreReason {
             DeclinedRecently => "declined_recently",
             AddressLeasedToAnother => "address_leased_to_another",
             NotOnRelaySubnet => "not_on_relay_subnet",
-            RelayIsNotTheSender => "relay_is_not_the_sender",
             NotTheReservedAddress => "not_the_reserved_address",
             OtherServerChosen => "other_server_chosen",
             SelectingWithoutAddress => "selecting_without_address",
@@ -167,7 +165,6 @@ impl fmt::Display for IgnoreReason {
                 "another MAC holds the reserved address on a lease that has not expired"
             }
             NotOnRelaySubnet => "the reserved address is not on the relay's subnet",
-            RelayIsNotTheSender => "a relayed request that does not come from its relay (giaddr)",
             NotTheReservedAddress => "ciaddr is not the machine's reserved address",
             OtherServerChosen => "the client chose another server",
             SelectingWithoutAddress => "SELECTING request without a requested address",

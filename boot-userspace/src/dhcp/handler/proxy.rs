@@ -22,10 +22,11 @@ pub(super) fn handle(
 ) -> Outcome {
     let message = request.message;
     let relay = message.giaddr();
-    if !relay.is_unspecified() && request.source.ip() != relay {
-        // With no reserved subnet to check giaddr against, a relayed request must come from
-        // the relay it names: the reply goes there, and giaddr is the sender's to choose.
-        return Outcome::Ignore(IgnoreReason::RelayIsNotTheSender);
+    if !relay.is_unspecified() && machine.netmask.is_some() && !machine.same_subnet(relay) {
+        // The reply goes to giaddr, which the sender fills in: where the Hardware gives the
+        // machine's subnet, a relay elsewhere is not the machine's. (Relays send from their
+        // server-facing address, so the sender's address says nothing about giaddr.)
+        return Outcome::Ignore(IgnoreReason::NotOnRelaySubnet);
     }
     let client = ClientKind::of(message);
     if !client.netbooting() {

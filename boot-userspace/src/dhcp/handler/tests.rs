@@ -523,20 +523,21 @@ fn replies_are_not_steered_by_what_the_sender_fills_in() {
         ignored(Case::reservation().run(&inform)),
         IgnoreReason::NotTheReservedAddress
     );
-    // In proxy mode there is no reserved subnet to check giaddr against: the relay must be the
-    // sender (requests in these cases come from 10.0.0.99).
-    let relayed_from = |relay: [u8; 4]| {
+    // In proxy mode too, a relay off the machine's reserved subnet is not its relay. The
+    // sender's address is not the relay's (relays send from their server-facing side; these
+    // requests come from 10.0.0.99).
+    let relayed_by = |relay: [u8; 4]| {
         message(MessageType::Discover, |m| {
             pxe(m);
             m.set_giaddr(relay);
         })
     };
     assert_eq!(
-        ignored(Case::proxy().allow_pxe().run(&relayed_from([10, 0, 0, 2]))),
-        IgnoreReason::RelayIsNotTheSender
+        ignored(Case::proxy().allow_pxe().run(&relayed_by([192, 168, 5, 5]))),
+        IgnoreReason::NotOnRelaySubnet
     );
     assert_eq!(
-        reply(Case::proxy().allow_pxe().run(&relayed_from([10, 0, 0, 99]))).destination,
-        Destination::Relay([10, 0, 0, 99].into())
+        reply(Case::proxy().allow_pxe().run(&relayed_by([10, 0, 0, 2]))).destination,
+        Destination::Relay([10, 0, 0, 2].into())
     );
 }
