@@ -23,7 +23,7 @@ use crate::{
     api::routes::router,
     boot_files::BootFiles,
     config::Settings,
-    dhcp::{boot::BootConfig, DhcpConfig, DhcpServer},
+    dhcp::{boot::BootConfig, DhcpConfig, DhcpServer, LeaseHolders},
     gate::Gate,
     http::{BootHttp, BootHttpConfig},
     identity::MachineTokens,
@@ -115,7 +115,8 @@ fn load_state(
     let catalog = Arc::new(Catalog::new(Arc::new(store)));
     let engine = Engine::load(catalog).context("loading workflow runs from the store")?;
     let metrics = Arc::new(Metrics::new(Arc::clone(&gate)));
-    let state = Arc::new(AppState::new(engine, gate, metrics, leases));
+    let holders = Arc::new(LeaseHolders::load(&*leases).context("loading the leases")?);
+    let state = Arc::new(AppState::new(engine, gate, metrics, leases, holders));
     let machines = state
         .sync_hardware()
         .context("loading Hardware from the store")?;
@@ -155,6 +156,7 @@ fn spawn_boot_services(
         Arc::clone(&state.gate),
         Arc::clone(&state.metrics),
         Arc::clone(&state.leases) as Arc<dyn LeaseStore>,
+        Arc::clone(&state.holders),
     );
     services.spawn(dhcp.serve());
     let worker_api = WorkerApi {

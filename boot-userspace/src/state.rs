@@ -17,6 +17,7 @@ use workflow::{
 };
 
 use crate::{
+    dhcp::LeaseHolders,
     gate::Gate,
     machines::{MachineTable, Machines},
     metrics::Metrics,
@@ -30,6 +31,8 @@ pub struct AppState {
     pub machines: Arc<Machines>,
     pub metrics: Arc<Metrics>,
     pub leases: Arc<dyn LeaseStore>,
+    /// Who holds each leased address: the DHCP server keeps it, deleting a lease updates it.
+    pub holders: Arc<LeaseHolders>,
     /// Serialises Hardware syncs, so that an older snapshot of the store never overwrites a
     /// newer one in the gate or the DHCP server.
     hardware_sync: Mutex<()>,
@@ -51,6 +54,7 @@ impl AppState {
         gate: Arc<Gate>,
         metrics: Arc<Metrics>,
         leases: Arc<dyn LeaseStore>,
+        holders: Arc<LeaseHolders>,
     ) -> AppState {
         AppState {
             engine,
@@ -58,6 +62,7 @@ impl AppState {
             machines: Arc::default(),
             metrics,
             leases,
+            holders,
             hardware_sync: Mutex::new(()),
             coalesced_syncs: CoalescedSyncs::default(),
         }
@@ -101,7 +106,8 @@ impl AppState {
                 let until = UNIX_EPOCH + Duration::from_secs(lease.expires_unix);
                 conflicts.push(format!(
                     "{address}, reserved for {hardware} ({mac}), is leased to {holder} until \
-                     {until}: {hardware} gets no address until that lease ends or is released",
+                     {until}: {hardware} gets no address until that lease ends or is released \
+                     (`wisp delete lease {holder}` frees it now)",
                     address = lease.address,
                     hardware = machine.hardware,
                     mac = machine.mac,

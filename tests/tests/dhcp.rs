@@ -458,4 +458,17 @@ fn an_address_leased_to_another_mac_waits_for_that_lease_to_end() {
         .is_some_and(|count| count >= 1),
         "the refusal is counted"
     );
+    // The first machine is gone for good: its lease is deleted, and the address moves at once.
+    let deleted = wisp_ok(&lab.server, &["delete", "lease", "1c:69:7a:00:00:81"]);
+    assert!(
+        deleted.contains("lease of 10.99.0.81 on 1c:69:7a:00:00:81 deleted"),
+        "{deleted}"
+    );
+    let (leased, said) = udhcpc(&lab, "1c:69:7a:00:00:82", "10.99.0.81");
+    assert!(leased, "{said}");
+    assert_eq!(
+        leases(&lab).get("1c:69:7a:00:00:82").map(String::as_str),
+        Some("10.99.0.81")
+    );
+    assert!(!leases(&lab).contains_key("1c:69:7a:00:00:81"));
 }

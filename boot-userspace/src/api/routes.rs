@@ -13,7 +13,7 @@ use serde::Deserialize;
 use workflow::{
     catalog::ApplyError,
     manifest::Manifest,
-    resource::{Kind, Resource, ResourceKey, WorkflowSpec},
+    resource::{Kind, MacAddr, Resource, ResourceKey, WorkflowSpec},
     store::{Lease, StoreError},
 };
 
@@ -34,6 +34,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/gate", get(gate_stats))
         .route("/v1/leases", get(leases))
+        .route("/v1/leases/{mac}", axum::routing::delete(delete_lease))
         .route("/v1/{kind}", get(list))
         .route("/v1/{kind}/{namespace}/{name}", get(get_one).delete(delete))
         .layer(axum::middleware::from_fn(loopback_host_only))
@@ -337,6 +338,32 @@ fn view(state: &AppState, resource: Resource) -> Result<ResourceView, ApiError> 
 async fn leases(State(state): State<Arc<AppState>>) -> ApiResult<Vec<Lease>> {
     let leases = blocking(&state, |state| Ok(state.leases.leases()?)).await?;
     Ok(Json(leases))
+}
+
+/// Deletes a MAC's lease: its address is free for another machine at once. For the lease of a
+/// machine whose Hardware is gone, whose RELEASE the gate now drops.
+async fn delete_lease(
+    State(state): State<Arc<AppState>>,
+    Path(mac): Path<String>,
+) -> ApiResult<Lease> {
+    let mac: MacAddr = mac.parse().map_err(|err| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("{mac:?} is not a MAC address: {err}"),
+        )
+    })?;
+    let removed = blocking(&state, move |state| Ok(state.leases.remove_lease(&mac)?)).await?;
+    let Some(lease) = removed else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no lease for {mac}"),
+        ));
+    };
+    state.holders.let_go(mac);
+    tracing::info!(client = %mac, address = %lease.address, "lease deleted");
+    Ok(Json(lease))
 }
 
 async fn gate_stats(State(state): State<Arc<AppState>>) -> ApiResult<crate::gate::GateStats> {

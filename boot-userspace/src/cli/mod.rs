@@ -53,7 +53,7 @@ pub enum ClientCommand {
         #[arg(short, long)]
         namespace: Option<String>,
     },
-    /// Delete a resource.
+    /// Delete a resource, or a MAC's lease (`delete lease MAC`).
     Delete {
         kind: String,
         name: String,
@@ -121,6 +121,11 @@ pub fn run(server: &str, command: ClientCommand) -> CliResult<()> {
             name,
             namespace,
         } => {
+            if matches!(kind.as_str(), "leases" | "lease") {
+                let removed: Lease = client.delete(&format!("/v1/leases/{name}"))?;
+                println!("lease of {} on {} deleted", removed.address, removed.mac);
+                return Ok(());
+            }
             let kind = parse_kind(&kind)?;
             let found = find(&client, kind, &name, namespace.as_deref())?;
             let key = &found.key;

@@ -23,7 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use workflow::{
     resource::MacAddr,
-    store::{CommitError, LeaseStore},
+    store::{CommitError, LeaseStore, StoreError},
 };
 
 use self::{
@@ -69,10 +69,9 @@ pub struct DhcpServer {
     handoffs: Mutex<HashMap<MacAddr, Handoff>>,
     /// When each MAC last declined its reserved address.
     declined: Mutex<HashMap<MacAddr, Instant>>,
-    /// Which MAC holds each leased address, and until when: loaded from the lease store at
-    /// start and kept with every ACK, RELEASE and DECLINE, so that an address is never handed
-    /// to a second MAC while the first one's lease runs.
-    holders: Mutex<Holders>,
+    /// Which MAC holds each leased address, and until when, so that an address is never
+    /// handed to a second MAC while the first one's lease runs.
+    holders: Arc<LeaseHolders>,
 }
 
 /// The MAC that holds an address, until the Unix time its lease expires.
@@ -80,6 +79,40 @@ pub struct DhcpServer {
 struct Holder {
     mac: MacAddr,
     expires_unix: u64,
+}
+
+/// Who holds each leased address, shared by the DHCP server (which keeps it with every ACK,
+/// RELEASE and DECLINE) and the API (which deletes leases); loaded from the lease store at
+/// start.
+#[derive(Default)]
+pub struct LeaseHolders(Mutex<Holders>);
+
+impl LeaseHolders {
+    pub fn load(leases: &dyn LeaseStore) -> Result<LeaseHolders, StoreError> {
+        let mut holders = Holders::default();
+        for lease in leases.leases()? {
+            holders.hold(lease.address, lease.mac, lease.expires_unix);
+        }
+        Ok(LeaseHolders(Mutex::new(holders)))
+    }
+
+    /// Another MAC than `mac` holds `address`, and its lease has not expired.
+    pub fn held_by_another(&self, address: Ipv4Addr, mac: MacAddr, now_unix: u64) -> bool {
+        self.lock().held_by_another(address, mac, now_unix)
+    }
+
+    fn hold(&self, address: Ipv4Addr, mac: MacAddr, expires_unix: u64) {
+        self.lock().hold(address, mac, expires_unix);
+    }
+
+    /// `mac` holds no address any more: its lease was released, declined or deleted.
+    pub fn let_go(&self, mac: MacAddr) {
+        self.lock().let_go(mac);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Holders> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Who holds each address, and which address each MAC holds (a MAC has one lease, as in the
@@ -133,6 +166,7 @@ impl DhcpServer {
         gate: Arc<Gate>,
         metrics: Arc<Metrics>,
         leases: Arc<dyn LeaseStore>,
+        holders: Arc<LeaseHolders>,
     ) -> DhcpServer {
         DhcpServer {
             config,
@@ -142,25 +176,8 @@ impl DhcpServer {
             leases,
             handoffs: Mutex::default(),
             declined: Mutex::default(),
-            holders: Mutex::default(),
+            holders,
         }
-    }
-
-    /// Another MAC than `mac` holds `address`, and its lease has not expired.
-    fn held_by_another(&self, address: Ipv4Addr, mac: MacAddr, now_unix: u64) -> bool {
-        self.holders().held_by_another(address, mac, now_unix)
-    }
-
-    fn hold(&self, address: Ipv4Addr, mac: MacAddr, expires_unix: u64) {
-        self.holders().hold(address, mac, expires_unix);
-    }
-
-    fn let_go(&self, mac: MacAddr) {
-        self.holders().let_go(mac);
-    }
-
-    fn holders(&self) -> std::sync::MutexGuard<'_, Holders> {
-        self.holders.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn chainloaded(&self, mac: &MacAddr, xid: u32) -> bool {
@@ -190,9 +207,6 @@ impl DhcpServer {
 
     /// Binds both ports and serves until the future is dropped.
     pub async fn serve(self) -> anyhow::Result<()> {
-        for lease in self.leases.leases().context("loading the leases")? {
-            self.hold(lease.address, lease.mac, lease.expires_unix);
-        }
         let server = Arc::new(self);
         let writer = LeaseWriter::start(Arc::clone(&server.leases));
         let mut tasks = tokio::task::JoinSet::new();
@@ -309,7 +323,7 @@ impl DhcpServer {
             address_held_by_another: machine.is_some_and(|machine| {
                 machine
                     .address
-                    .is_some_and(|address| self.held_by_another(address, machine.mac, now))
+                    .is_some_and(|address| self.holders.held_by_another(address, machine.mac, now))
             }),
         };
         let request = Request {
@@ -342,7 +356,8 @@ impl DhcpServer {
                     .map(|mac| (mac, message.xid()));
                 let lease = reply.lease.take();
                 if let Some(lease) = &lease {
-                    self.hold(lease.address, lease.mac, lease.expires_unix);
+                    self.holders
+                        .hold(lease.address, lease.mac, lease.expires_unix);
                 }
                 let Some(outgoing) = self.prepare(socket, *reply, client, handoff) else {
                     return;
@@ -357,7 +372,7 @@ impl DhcpServer {
             }
             Outcome::Release(mac) => {
                 tracing::info!(client, "DHCP release");
-                self.let_go(mac);
+                self.holders.let_go(mac);
                 self.forget_lease(writer, mac);
             }
             Outcome::Decline { mac, address } => {
@@ -366,7 +381,7 @@ impl DhcpServer {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(mac, Instant::now());
-                self.let_go(mac);
+                self.holders.let_go(mac);
                 self.forget_lease(writer, mac);
             }
             Outcome::Ignore(reason) => {
