@@ -118,10 +118,6 @@ impl PerAddress {
         }
     }
 
-    pub fn cap(&self) -> usize {
-        self.cap
-    }
-
     /// One more for `address`, unless it holds as many as it may; given back when dropped.
     pub fn take(&self, address: IpAddr) -> Option<AddressSlot> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
