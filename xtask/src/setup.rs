@@ -1,4 +1,4 @@
-//! One-command setup: Debian packages, the nightly's rust-src, and a bpf-linker built against
+//! One-command setup: Debian packages, the nightly's rust-src and clippy, and a bpf-linker built against
 //! the same LLVM major version as the nightly compiler (a mismatch breaks the eBPF build).
 use anyhow::{bail, Context};
 
@@ -58,7 +58,7 @@ pub fn ensure() -> anyhow::Result<()> {
         let suite = enable_backports()?;
         install_packages(&backports, Some(&suite))?;
     }
-    install_rust_src()?;
+    install_nightly_components()?;
     install_worker_target()?;
     install_bpf_linker(llvm)?;
     // The kernel the boot tests and the demo netboot, unpacked once from Debian's package.
@@ -160,19 +160,23 @@ fn enable_backports() -> anyhow::Result<String> {
     Ok(suite)
 }
 
-fn install_rust_src() -> anyhow::Result<()> {
+/// The nightly's `rust-src`, which builds `core` for the bpf target, and its clippy, which lints
+/// the XDP program for that target.
+fn install_nightly_components() -> anyhow::Result<()> {
     let installed = output(
         "rustup",
         &["component", "list", "--toolchain", "nightly", "--installed"],
     )
     .unwrap_or_default();
-    if installed.lines().any(|line| line.starts_with("rust-src")) {
-        return Ok(());
+    for component in ["rust-src", "clippy"] {
+        if !installed.lines().any(|line| line.starts_with(component)) {
+            run(
+                "rustup",
+                &["component", "add", component, "--toolchain", "nightly"],
+            )?;
+        }
     }
-    run(
-        "rustup",
-        &["component", "add", "rust-src", "--toolchain", "nightly"],
-    )
+    Ok(())
 }
 
 /// The standard library for the static worker of the provisioning OS.
