@@ -53,6 +53,20 @@ pub fn running_as_root(module: &str) -> bool {
     false
 }
 
+/// Set by `cargo xtask test --long`: the checks too long for every run take their full size.
+pub const LONG: &str = "WISP_TESTS_LONG";
+
+/// Whether the long checks run at full size ([`LONG`]).
+pub fn long_mode() -> bool {
+    std::env::var_os(LONG).is_some()
+}
+
+/// A line on stderr past libtest's capture, for figures a long check publishes.
+pub fn report(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

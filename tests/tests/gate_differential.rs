@@ -7,12 +7,14 @@ use boot_userspace::gate::XdpGate;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use wisp_tests::{
     frames::{discover, Framing},
-    require_root,
+    long_mode, report, require_root,
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
+/// Random and mutated frames per policy; a million in the long mode (`cargo xtask test --long`).
 const RANDOM_FRAMES: usize = 100_000;
+const RANDOM_FRAMES_LONG: usize = 1_000_000;
 /// The kernel refuses test frames shorter than an Ethernet header.
 const MIN_TEST_FRAME: usize = 14;
 
@@ -167,7 +169,12 @@ fn xdp_program_matches_the_reference_classifier() {
         let mut harness = Harness::new(policy, known.iter().copied().collect());
         let mut rng = StdRng::seed_from_u64(0x5749_5350 + policy as u64);
         let mut judged_by_chaddr: BTreeMap<Shape, usize> = BTreeMap::new();
-        for _ in 0..RANDOM_FRAMES {
+        let random_frames = if long_mode() {
+            RANDOM_FRAMES_LONG
+        } else {
+            RANDOM_FRAMES
+        };
+        for _ in 0..random_frames {
             let (frame, shape) = random_frame(&mut rng, &known, &unknown);
             let counter = harness.check(&frame);
             if matches!(
@@ -216,6 +223,16 @@ fn xdp_program_matches_the_reference_classifier() {
             }
         }
         harness.check_counters();
+        report(&format!(
+            "gate differential, unknown MACs {policy:?}: {} frames, the program and the \
+             reference agreed on each; verdicts {:?}",
+            harness.frames,
+            harness
+                .expected_counters
+                .iter()
+                .map(|(counter, count)| (counter.name(), count))
+                .collect::<Vec<_>>()
+        ));
         let counted: BTreeSet<Counter> = harness.expected_counters.keys().copied().collect();
         let expected_kinds: BTreeSet<Counter> = match policy {
             UnknownPolicy::Drop => [

@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | images | test | demo | bench`.
+//! Project tasks: `cargo xtask setup | images | test | demo | bench | fuzz`.
 mod bench;
 mod demo;
+mod fuzz;
 mod images;
 mod setup;
 mod shell;
@@ -23,9 +24,25 @@ enum Task {
     /// Build the provisioning OS (kernel, initramfs with busybox and wisp-worker) into
     /// target/provisioning-os.
     Images,
-    /// Set up, then run every check: fmt, clippy, unit and privileged integration tests, and
-    /// the benchmarks' smoke test (`bench --quick`).
-    Test,
+    /// Set up, then run every check: fmt, clippy, unit and privileged integration tests, a
+    /// short pass of every fuzz target, and the benchmarks' smoke test (`bench --quick`).
+    Test {
+        /// The long checks at full size: the XDP differential test at a million frames.
+        #[arg(long)]
+        long: bool,
+    },
+    /// Run the fuzz targets in tests/fuzz, each for a while (docs/security.md).
+    Fuzz {
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Only these targets (repeatable).
+        #[arg(long)]
+        target: Vec<String>,
+        /// Fold what the run found, minimised, into the corpus in the repository.
+        #[arg(long)]
+        merge: bool,
+    },
     /// Set up, build, and show Wisp at work in a throwaway network-namespace lab.
     Demo,
     /// Measure Wisp against Kea, dnsmasq and the other peers, and write
@@ -63,7 +80,15 @@ fn main() -> anyhow::Result<()> {
             setup::ensure()?;
             images::build(&root).map(drop)
         }
-        Task::Test => test(),
+        Task::Test { long } => test(long),
+        Task::Fuzz {
+            seconds,
+            target,
+            merge,
+        } => {
+            setup::ensure()?;
+            fuzz::run_targets(&root, seconds, &target, merge)
+        }
         Task::Bench { quick, only } => {
             shell::require_root("the benchmarks create network namespaces")?;
             setup::ensure()?;
@@ -79,6 +104,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// How long the test command runs each fuzz target; `cargo xtask fuzz` runs them longer.
+const FUZZ_SECONDS_IN_TESTS: u32 = 20;
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -86,7 +114,7 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn test() -> anyhow::Result<()> {
+fn test(long: bool) -> anyhow::Result<()> {
     shell::require_root("the tests create network namespaces and load XDP programs")?;
     setup::ensure()?;
     shell::step("cargo fmt --check");
@@ -132,11 +160,13 @@ fn test() -> anyhow::Result<()> {
     images::build(&repo_root())?;
     shell::step("cargo test (unit and privileged integration tests)");
     // Run as root here, so a privileged test that would skip fails instead (tests/src/lib.rs).
-    shell::run_with_env(
-        "cargo",
-        &["test", "--workspace", "--no-fail-fast"],
-        &[("WISP_TESTS_NO_SKIPS", "1")],
-    )?;
+    let mut env = vec![("WISP_TESTS_NO_SKIPS", "1")];
+    if long {
+        env.push(("WISP_TESTS_LONG", "1"));
+    }
+    shell::run_with_env("cargo", &["test", "--workspace", "--no-fail-fast"], &env)?;
+    // Every input that once crashed a target, then a short pass of each from its corpus.
+    fuzz::run_targets(&repo_root(), FUZZ_SECONDS_IN_TESTS, &[], false)?;
     // The benchmarks at small scale: each scenario must run and produce numbers.
     bench::run_benchmarks(&repo_root(), true, &[])
 }

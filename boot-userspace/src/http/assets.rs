@@ -426,6 +426,7 @@ struct OpenFile {
 }
 
 /// What to send: the head, and which bytes of the file follow it.
+#[cfg_attr(fuzzing, derive(Debug))]
 struct Response {
     status: u16,
     head: String,
@@ -514,6 +515,40 @@ async fn send(stream: &mut TcpStream, response: &Response, file: &std::fs::File)
         remaining -= sent as u64;
     }
     Ok(())
+}
+
+/// The request-head parser and the response it leads to, for the fuzz target (tests/fuzz):
+/// whatever the bytes, no panic; an asset head lies within what was read, its path stays
+/// beneath the directory, and its response promises only bytes the file has.
+#[cfg(fuzzing)]
+pub fn fuzz_head(buffer: &[u8], file_length: u64) {
+    let Head::Asset(request, head_length) = parse(buffer) else {
+        return;
+    };
+    assert!(
+        head_length <= buffer.len(),
+        "the head ends past the bytes read"
+    );
+    assert!(
+        request
+            .relative
+            .components()
+            .all(|part| matches!(part, std::path::Component::Normal(_))),
+        "{:?} could leave the assets directory",
+        request.relative
+    );
+    let file = OpenFile {
+        file: std::fs::File::open("/dev/null").expect("/dev/null opens"),
+        length: file_length,
+        modified: None,
+        content_type: "application/octet-stream",
+    };
+    if let Some(response) = respond(&request, &file) {
+        assert!(
+            response.offset + response.body_length <= file_length,
+            "{response:?} is beyond a file of {file_length} bytes"
+        );
+    }
 }
 
 fn stalled() -> io::Error {

@@ -215,6 +215,81 @@ pub fn client_mac(message: &Message) -> Option<MacAddr> {
     message.chaddr().try_into().ok().map(MacAddr)
 }
 
+/// Decoding and deciding, for the fuzz target (tests/fuzz): the datagram after a first byte
+/// that picks the mode, the port and the facts, for a machine that owns the datagram's MAC
+/// (so that every branch is reachable). A reply must encode.
+///
+/// dhcproto asserts on some malformed options, which the daemon contains with catch_unwind (see
+/// `dhcp/mod.rs`); the fuzz target does the same for panics raised inside dhcproto only.
+#[cfg(fuzzing)]
+pub fn fuzz_decide(bytes: &[u8]) {
+    use dhcproto::{Decodable, Decoder, Encodable};
+    let Some((&flags, payload)) = bytes.split_first() else {
+        return;
+    };
+    let Ok(message) = Message::decode(&mut Decoder::new(payload)) else {
+        return;
+    };
+    let mac = client_mac(&message).unwrap_or(MacAddr([0x1c, 0x69, 0x7a, 0, 0, 1]));
+    let machine = Machine {
+        hardware: workflow::resource::ResourceKey {
+            kind: workflow::resource::Kind::Hardware,
+            namespace: "fuzz".into(),
+            name: "machine".into(),
+        },
+        mac,
+        address: (flags & 0x40 == 0).then_some(Ipv4Addr::new(10, 0, 0, 8)),
+        netmask: Some(Ipv4Addr::new(255, 255, 255, 0)),
+        gateway: Some(Ipv4Addr::new(10, 0, 0, 254)),
+        name_servers: vec![Ipv4Addr::new(10, 0, 0, 53)],
+        time_servers: vec![],
+        hostname: Some("machine".into()),
+        domain: Some("lab".into()),
+        lease_secs: 3600,
+        allow_pxe: flags & 0x80 == 0,
+        allow_workflow: true,
+        workflow_bound: true,
+        ipxe_url: None,
+        ipxe_script: None,
+        osie: Default::default(),
+    };
+    let boot = BootConfig {
+        server: Ipv4Addr::new(10, 0, 0, 1),
+        http_base: "http://10.0.0.1:8080".into(),
+        binaries: vec![
+            "undionly.kpxe".into(),
+            "ipxe.efi".into(),
+            "snponly.efi".into(),
+        ],
+    };
+    let facts = Facts {
+        mode: if flags & 1 == 0 {
+            Mode::Reservation
+        } else {
+            Mode::Proxy
+        },
+        boot: &boot,
+        machine: (flags & 0x20 == 0).then_some(&machine),
+        now: 1_800_000_000,
+        chainloaded: flags & 4 != 0,
+        declined: flags & 8 != 0,
+        address_held_by_another: flags & 16 != 0,
+    };
+    let request = Request {
+        message: &message,
+        payload,
+        source: SocketAddr::from(([10, 0, 0, 77], 68)),
+        port: if flags & 2 == 0 {
+            Port::Dhcp
+        } else {
+            Port::PxeBootServer
+        },
+    };
+    if let Outcome::Reply(reply) = handle(&request, &facts) {
+        reply.message.to_vec().expect("a reply Wisp built encodes");
+    }
+}
+
 pub fn handle(request: &Request, facts: &Facts) -> Outcome {
     let message = request.message;
     if message.opcode() != Opcode::BootRequest {

@@ -7,7 +7,7 @@
 //! so its clusters are fetched with HTTP Range requests, in the order of the disk.
 use std::{
     fs::{File, OpenOptions},
-    io::{self, BufRead, BufReader, Read, Write},
+    io::{self, BufRead, BufReader, Write},
     os::unix::fs::FileExt,
     time::{Duration, Instant},
 };
@@ -72,43 +72,12 @@ pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
     let written = match format {
         Format::Qcow2 => {
             drop(image);
-            qcow2::write(&http, url, &disk, invocation)?
+            let image = qcow2::HttpImage { http: &http, url };
+            qcow2::write(&image, &disk, &|| invocation.check_deadline())?
         }
-        Format::Bzip2 => {
-            return Err(fail(format!(
-                "{url} is bzip2, which image2disk does not decompress; use gzip, xz or zstd"
-            )))
-        }
-        Format::Raw => stream(&mut image, &disk, invocation)?,
-        Format::Gzip => stream(
-            &mut flate2::read::MultiGzDecoder::new(image),
-            &disk,
-            invocation,
-        )?,
-        Format::Zstd => {
-            // A zstd file may hold several frames (pzstd, or files joined with cat); the
-            // decoder reads one, so go on until the input ends.
+        stream => {
             let mut writer = DiskWriter::new(&disk, invocation);
-            loop {
-                let mut frame = ruzstd::decoding::StreamingDecoder::new(&mut image)
-                    .map_err(|err| fail(format!("{url} is not valid zstd: {err}")))?;
-                io::copy(&mut frame, &mut writer)
-                    .map_err(|err| io_error(err, "streaming the image"))?;
-                let more = image
-                    .fill_buf()
-                    .map_err(|err| fail(format!("reading {url}: {err}")))?;
-                if more.is_empty() {
-                    break;
-                }
-            }
-            writer.finish()?
-        }
-        Format::Xz => {
-            let mut writer = DiskWriter::new(&disk, invocation);
-            lzma_rs::xz_decompress(&mut image, &mut writer).map_err(|err| match err {
-                lzma_rs::error::Error::IoError(err) => io_error(err, "writing the image"),
-                other => fail(format!("{url} is not valid xz: {other}")),
-            })?;
+            decompress(stream, url, &mut image, &mut writer)?;
             writer.finish()?
         }
     };
@@ -193,10 +162,70 @@ impl Write for DiskWriter<'_> {
     }
 }
 
-fn stream(image: &mut impl Read, disk: &File, invocation: &Invocation) -> ActionResult<u64> {
-    let mut writer = DiskWriter::new(disk, invocation);
-    io::copy(image, &mut writer).map_err(|err| io_error(err, "streaming the image"))?;
-    writer.finish()
+/// Streams an image that is one sequential stream (raw, or compressed) into `out`.
+fn decompress(
+    format: Format,
+    url: &str,
+    image: &mut impl BufRead,
+    out: &mut impl Write,
+) -> ActionResult<()> {
+    match format {
+        Format::Raw => {
+            io::copy(image, out).map_err(|err| io_error(err, "streaming the image"))?;
+        }
+        Format::Gzip => {
+            io::copy(&mut flate2::read::MultiGzDecoder::new(image), out)
+                .map_err(|err| io_error(err, "streaming the image"))?;
+        }
+        Format::Zstd => {
+            // A zstd file may hold several frames (pzstd, or files joined with cat); the
+            // decoder reads one, so go on until the input ends.
+            loop {
+                let mut frame = ruzstd::decoding::StreamingDecoder::new(&mut *image)
+                    .map_err(|err| fail(format!("{url} is not valid zstd: {err}")))?;
+                io::copy(&mut frame, out).map_err(|err| io_error(err, "streaming the image"))?;
+                let more = image
+                    .fill_buf()
+                    .map_err(|err| fail(format!("reading {url}: {err}")))?;
+                if more.is_empty() {
+                    break;
+                }
+            }
+        }
+        Format::Xz => {
+            lzma_rs::xz_decompress(image, out).map_err(|err| match err {
+                lzma_rs::error::Error::IoError(err) => io_error(err, "writing the image"),
+                other => fail(format!("{url} is not valid xz: {other}")),
+            })?;
+        }
+        Format::Bzip2 => {
+            return Err(fail(format!(
+                "{url} is bzip2, which image2disk does not decompress; use gzip, xz or zstd"
+            )))
+        }
+        Format::Qcow2 => {
+            return Err(fail(format!(
+                "{url} is qcow2, which is read with Range requests, not as a stream"
+            )))
+        }
+    }
+    Ok(())
+}
+
+/// Format detection and every decoder, over an image held in memory, for the fuzz target
+/// (tests/fuzz): whatever the bytes, an error and never a panic or a hang.
+#[cfg(fuzzing)]
+pub fn fuzz_image(bytes: &[u8]) {
+    let compressed = bytes.first().is_some_and(|flags| flags & 1 == 1);
+    let image = bytes.get(1..).unwrap_or_default();
+    match Format::sniff(image, compressed) {
+        Format::Qcow2 => {
+            let _ = qcow2::write(&image, &qcow2::Discard, &|| Ok(()));
+        }
+        stream => {
+            let _ = decompress(stream, "fuzz", &mut &*image, &mut io::sink());
+        }
+    }
 }
 
 /// Asks the kernel to read the new partition table, so that the next actions find
@@ -222,7 +251,7 @@ mod qcow2 {
     //! a used disk must not keep stale signatures where the image has none.
     use std::{fs::File, io::Read, os::unix::fs::FileExt};
 
-    use super::{fail, ActionResult, Invocation};
+    use super::{fail, ActionResult};
 
     const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
     const COMPRESSED: u64 = 1 << 62;
@@ -232,12 +261,66 @@ mod qcow2 {
     /// qcow2's own limit on the virtual size.
     const MAX_SIZE: u64 = 1 << 56;
 
-    struct Image<'a> {
-        http: &'a ureq::Agent,
-        url: &'a str,
+    /// Where the image's bytes come from, at any offset.
+    pub trait Image {
+        /// The image's name in messages.
+        fn name(&self) -> &str;
+        /// Exactly `length` bytes from `offset`, or an error.
+        fn read(&self, offset: u64, length: u64) -> ActionResult<Vec<u8>>;
     }
 
-    impl Image<'_> {
+    /// Where the disk's bytes go.
+    pub trait Disk {
+        fn write_all_at(&self, data: &[u8], offset: u64) -> std::io::Result<()>;
+    }
+
+    impl Disk for File {
+        fn write_all_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+            FileExt::write_all_at(self, data, offset)
+        }
+    }
+
+    /// A disk that keeps nothing, for the fuzz target.
+    #[cfg(fuzzing)]
+    pub struct Discard;
+
+    #[cfg(fuzzing)]
+    impl Disk for Discard {
+        fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// An image held in memory, for the fuzz target.
+    #[cfg(fuzzing)]
+    impl Image for &[u8] {
+        fn name(&self) -> &str {
+            "fuzz"
+        }
+
+        fn read(&self, offset: u64, length: u64) -> ActionResult<Vec<u8>> {
+            let start = usize::try_from(offset).ok();
+            let end = start
+                .zip(usize::try_from(length).ok())
+                .and_then(|(s, l)| s.checked_add(l));
+            match start.zip(end).and_then(|(start, end)| self.get(start..end)) {
+                Some(bytes) => Ok(bytes.to_vec()),
+                None => Err(fail("fuzz ends inside its own tables".to_string())),
+            }
+        }
+    }
+
+    /// The image on an HTTP server that answers Range requests.
+    pub struct HttpImage<'a> {
+        pub http: &'a ureq::Agent,
+        pub url: &'a str,
+    }
+
+    impl Image for HttpImage<'_> {
+        fn name(&self) -> &str {
+            self.url
+        }
+
         fn read(&self, offset: u64, length: u64) -> ActionResult<Vec<u8>> {
             if length == 0 {
                 return Ok(Vec::new());
@@ -294,14 +377,14 @@ mod qcow2 {
         length: u64,
     }
 
-    struct Writer<'a> {
-        image: Image<'a>,
-        disk: &'a File,
-        invocation: &'a Invocation,
+    struct Writer<'a, I, D> {
+        image: &'a I,
+        disk: &'a D,
+        check_deadline: &'a dyn Fn() -> ActionResult<()>,
         run: Option<Run>,
     }
 
-    impl Writer<'_> {
+    impl<I: Image, D: Disk> Writer<'_, I, D> {
         fn add(&mut self, guest: u64, source: Source, length: u64) -> ActionResult<()> {
             if let Some(run) = &mut self.run {
                 let follows = match (run.source, source) {
@@ -327,7 +410,7 @@ mod qcow2 {
             let Some(run) = self.run.take() else {
                 return Ok(());
             };
-            self.invocation.check_deadline()?;
+            (self.check_deadline)()?;
             let data = match run.source {
                 Source::Image(host) => self.image.read(host, run.length)?,
                 Source::Zeros => vec![0; run.length as usize],
@@ -344,12 +427,11 @@ mod qcow2 {
 
     /// Writes the image onto the disk cluster by cluster; returns the virtual size.
     pub fn write(
-        http: &ureq::Agent,
-        url: &str,
-        disk: &File,
-        invocation: &Invocation,
+        image: &impl Image,
+        disk: &impl Disk,
+        check_deadline: &dyn Fn() -> ActionResult<()>,
     ) -> ActionResult<u64> {
-        let image = Image { http, url };
+        let url = image.name();
         let header = image.read(0, 104)?;
         let version = be32(&header, 4);
         if !(2..=3).contains(&version) {
@@ -401,7 +483,7 @@ mod qcow2 {
         let mut writer = Writer {
             image,
             disk,
-            invocation,
+            check_deadline,
             run: None,
         };
         for l1_index in 0..needed {
@@ -419,7 +501,7 @@ mod qcow2 {
                 let entry = be64(&l2, l2_index as usize * 8);
                 if entry & COMPRESSED != 0 {
                     writer.flush()?;
-                    invocation.check_deadline()?;
+                    check_deadline()?;
                     let shift = 62 - (cluster_bits - 8);
                     let host = entry & ((1 << shift) - 1);
                     let sectors = ((entry >> shift) & ((1 << (cluster_bits - 8)) - 1)) + 1;

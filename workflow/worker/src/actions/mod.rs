@@ -8,6 +8,9 @@ mod mount;
 mod power;
 mod writefile;
 
+#[cfg(fuzzing)]
+pub use image2disk::fuzz_image;
+
 use std::{
     collections::{BTreeMap, VecDeque},
     io::{BufRead, BufReader},
