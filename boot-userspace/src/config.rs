@@ -120,6 +120,13 @@ settings! {
     /// How often the gate's allowlist and the machine table are checked against the store, to
     /// repair a sync that failed.
     reconcile_interval: Interval = Interval(Duration::from_secs(30)), env "WISP_RECONCILE_INTERVAL";
+    /// How long a boot HTTP or worker API peer may leave its connection unused: to send a whole
+    /// request head, between requests, to answer a keepalive probe; and the grace a response
+    /// gets before `min-transfer-rate` counts.
+    connection_timeout: Interval = Interval(Duration::from_secs(60)), env "WISP_CONNECTION_TIMEOUT";
+    /// Bytes per second a boot HTTP response must average after that grace; a slower reader is
+    /// cut off (the default lets a 1 GiB image take over four hours).
+    min_transfer_rate: u64 = 64 << 10, env "WISP_MIN_TRANSFER_RATE";
 }
 
 /// `wisp serve`'s command line.
@@ -159,12 +166,17 @@ impl ServeArgs {
             ("tftp-timeout", settings.tftp_timeout),
             ("chainload-window", settings.chainload_window),
             ("reconcile-interval", settings.reconcile_interval),
+            ("connection-timeout", settings.connection_timeout),
         ] {
             anyhow::ensure!(
                 !interval.0.is_zero(),
                 "{key} = {interval}: it must be longer than 0"
             );
         }
+        anyhow::ensure!(
+            settings.min_transfer_rate > 0,
+            "min-transfer-rate = 0: it must be at least 1 byte per second"
+        );
         anyhow::ensure!(
             settings.tftp_max_transfers > 0,
             "tftp-max-transfers = 0: TFTP would refuse every machine"

@@ -28,7 +28,7 @@ use crate::{
     http::{BootHttp, BootHttpConfig},
     identity::MachineTokens,
     metrics::Metrics,
-    net,
+    net::{self, PaceLimits},
     state::AppState,
     tftp::{self, TftpConfig},
     worker_api::WorkerApi,
@@ -159,9 +159,14 @@ fn spawn_boot_services(
         Arc::clone(&state.holders),
     );
     services.spawn(dhcp.serve());
+    let pace = PaceLimits {
+        idle: settings.connection_timeout.0,
+        min_rate: settings.min_transfer_rate,
+    };
     let worker_api = WorkerApi {
         state: Arc::clone(state),
         tokens: Arc::clone(&tokens),
+        connection_timeout: settings.connection_timeout.0,
     };
     services.spawn(worker_api.serve(SocketAddr::from((address, settings.worker_api_port))));
     let boot_http = BootHttp::new(
@@ -170,6 +175,7 @@ fn spawn_boot_services(
             port: settings.boot_http_port,
             worker_api_port: settings.worker_api_port,
             assets_dir: settings.assets_dir.clone(),
+            pace,
         },
         Arc::clone(state),
         tokens,

@@ -1,11 +1,21 @@
-//! Facts about the served interface, listening on it, and how much one address may hold.
+//! Facts about the served interface, listening on it, how much one address may hold, and how
+//! long a peer may keep a connection without using it.
 use std::{
     collections::HashMap,
+    future::Future as _,
+    io,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context as TaskContext, Poll},
+    time::Duration,
 };
 
 use anyhow::Context;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    time::{Instant, Sleep},
+};
 
 /// The first IPv4 address of `interface`: Wisp's address on the boot network, which DHCP
 /// names as the server and next-server and which TFTP and HTTP answer on.
@@ -148,5 +158,297 @@ impl Drop for AddressSlot {
                 held.remove(&self.address);
             }
         }
+    }
+}
+
+/// Connections a server holds at once: `total` in all and `per_address` from one address.
+#[derive(Clone)]
+pub struct ConnectionLimits {
+    total: Arc<tokio::sync::Semaphore>,
+    total_cap: usize,
+    per_address: PerAddress,
+}
+
+/// What an open connection holds: one of the server's slots and one of its address's.
+pub struct ConnectionSlots {
+    _total: tokio::sync::OwnedSemaphorePermit,
+    _address: AddressSlot,
+}
+
+impl ConnectionLimits {
+    pub fn new(total: usize, per_address: usize) -> ConnectionLimits {
+        ConnectionLimits {
+            total: Arc::new(tokio::sync::Semaphore::new(total)),
+            total_cap: total,
+            per_address: PerAddress::new(per_address),
+        }
+    }
+
+    /// Slots for a connection from `peer`, or why it gets none (it is then closed at once: the
+    /// client sees it end, and retries).
+    pub fn admit(&self, peer: SocketAddr) -> Result<ConnectionSlots, String> {
+        let address = self.per_address.take(peer.ip()).ok_or_else(|| {
+            format!(
+                "{} connections are open from this address",
+                self.per_address.cap
+            )
+        })?;
+        let total = Arc::clone(&self.total)
+            .try_acquire_owned()
+            .map_err(|_| format!("{} connections are open", self.total_cap))?;
+        Ok(ConnectionSlots {
+            _total: total,
+            _address: address,
+        })
+    }
+}
+
+/// How long a peer may keep a connection without using it: see [`Paced`].
+#[derive(Clone, Copy, Debug)]
+pub struct PaceLimits {
+    /// No byte either way for this long, and the connection is closed. Also the grace a
+    /// response gets before its rate counts.
+    pub idle: Duration,
+    /// Bytes per second a response must average after the grace.
+    pub min_rate: u64,
+}
+
+impl PaceLimits {
+    /// By when `bytes` must have been sent, for a response that started at `start`.
+    pub fn deadline(&self, start: Instant, bytes: u64) -> Instant {
+        start + self.idle + Duration::from_secs_f64(bytes as f64 / self.min_rate.max(1) as f64)
+    }
+}
+
+/// A connection that fails its next read or write with `TimedOut` when it goes idle (no byte
+/// either way for [`PaceLimits::idle`]), or when a response drags: from a request's arrival,
+/// what is written back must average [`PaceLimits::min_rate`] after the grace. A per-write
+/// timeout alone lets a slow reader (a byte a minute) hold the connection, its slot and the
+/// file behind it as long as it likes.
+///
+/// A connection that runs out of time is reset, not closed: a close would leave megabytes in
+/// the socket buffers, still trickling out to the slow reader after its slot is freed.
+pub struct Paced<IO> {
+    io: IO,
+    /// The connection's socket, to reset it when time runs out.
+    socket: std::os::fd::OwnedFd,
+    limits: PaceLimits,
+    last_progress: Instant,
+    /// When the peer last sent bytes: the response to them starts there.
+    response_start: Instant,
+    written_since_request: u64,
+    write_pending: bool,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<IO> Paced<IO> {
+    /// `socket` is a duplicate of the descriptor under `io`.
+    pub fn new(io: IO, socket: std::os::fd::OwnedFd, limits: PaceLimits) -> Paced<IO> {
+        let now = Instant::now();
+        Paced {
+            io,
+            socket,
+            limits,
+            last_progress: now,
+            response_start: now,
+            written_since_request: 0,
+            write_pending: false,
+            timer: Box::pin(tokio::time::sleep_until(now + limits.idle)),
+        }
+    }
+
+    /// The moment the connection has run out of time.
+    fn expiry(&self) -> Instant {
+        let idle = self.last_progress + self.limits.idle;
+        if self.write_pending {
+            idle.min(
+                self.limits
+                    .deadline(self.response_start, self.written_since_request),
+            )
+        } else {
+            idle
+        }
+    }
+
+    /// Err once the connection has run out of time; otherwise the timer is set to wake this
+    /// task when it will.
+    fn check_time(&mut self, cx: &mut TaskContext<'_>) -> io::Result<()> {
+        let expiry = self.expiry();
+        if self.timer.deadline() != expiry {
+            self.timer.as_mut().reset(expiry);
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            let why =
+                if self.write_pending && Instant::now() < self.last_progress + self.limits.idle {
+                    "the peer read the response too slowly"
+                } else {
+                    "the connection was idle too long"
+                };
+            reset_on_close(&self.socket);
+            return Err(io::Error::new(io::ErrorKind::TimedOut, why));
+        }
+        Ok(())
+    }
+}
+
+/// Makes the socket's close a reset (SO_LINGER 0): what is queued for a peer that stopped
+/// reading is discarded instead of trickling out, as nginx's `reset_timedout_connection`.
+pub fn reset_on_close(socket: &impl std::os::fd::AsFd) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Paced<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    let now = Instant::now();
+                    self.last_progress = now;
+                    self.response_start = now;
+                    self.written_since_request = 0;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => {
+                self.check_time(cx)?;
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Paced<IO> {
+    fn wrote(
+        &mut self,
+        result: Poll<io::Result<usize>>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Ready(Ok(written)) => {
+                self.write_pending = false;
+                if written > 0 {
+                    self.last_progress = Instant::now();
+                    self.written_since_request += written as u64;
+                }
+                Poll::Ready(Ok(written))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            Poll::Pending => {
+                self.write_pending = true;
+                self.check_time(cx)?;
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Paced<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.wrote(result, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.wrote(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod pace_tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// A socket to stand for the duplex's: the tests read the timing, not the reset.
+    fn socket() -> std::os::fd::OwnedFd {
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap().into()
+    }
+
+    const LIMITS: PaceLimits = PaceLimits {
+        idle: Duration::from_secs(60),
+        min_rate: 64 << 10,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idle_for_the_timeout_fails() {
+        let (server, _client) = tokio::io::duplex(1 << 10);
+        let mut server = Paced::new(server, socket(), LIMITS);
+        let start = Instant::now();
+        let err = server.read(&mut [0; 16]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "the connection was idle too long");
+        assert_eq!(start.elapsed(), LIMITS.idle);
+    }
+
+    /// The server answers a request with `length` bytes to a client that reads `per_second`.
+    async fn respond_to_a_reader(length: usize, per_second: usize) -> (io::Result<()>, Duration) {
+        let (server, mut client) = tokio::io::duplex(4 << 10);
+        let mut server = Paced::new(server, socket(), LIMITS);
+        let request = b"GET /assets/image\r\n\r\n";
+        client.write_all(request).await.unwrap();
+        server.read_exact(&mut [0; 21]).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut buffer = vec![0; per_second];
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if client.read_exact(&mut buffer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let start = Instant::now();
+        let result = server.write_all(&vec![7; length]).await;
+        drop(server);
+        reader.await.unwrap();
+        (result, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_slower_than_the_minimum_rate_is_cut_off_by_the_deadline() {
+        // At 8 KiB/s, 1 MiB would take 128 s. Each write still moves bytes every second, so
+        // no per-write timeout would ever fire; but after t seconds about 8t KiB are out, due
+        // by 60 s + 8t/64 s, which t passes at about 68.6 s.
+        let (result, elapsed) = respond_to_a_reader(1 << 20, 8 << 10).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(err.to_string(), "the peer read the response too slowly");
+        assert!(
+            elapsed >= Duration::from_secs(68) && elapsed < Duration::from_secs(70),
+            "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_at_the_minimum_rate_gets_everything() {
+        let (result, elapsed) = respond_to_a_reader(1 << 20, 64 << 10).await;
+        result.unwrap();
+        assert!(elapsed >= Duration::from_secs(15), "{elapsed:?}");
     }
 }

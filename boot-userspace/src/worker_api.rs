@@ -5,7 +5,11 @@
 //! by its source address and its token (`authorization: Bearer <token>`). The `agent_id` it
 //! sends must be a MAC of that same machine, so a worker gets only its own machine's actions and
 //! cannot report on another machine's workflow.
-use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use anyhow::Context as _;
 use tonic::{Code, Request, Response, Status};
@@ -23,12 +27,119 @@ use workflow::{
 use crate::{
     identity::{self, MachineTokens, Refusal},
     metrics::{StateLabels, WorkerCallLabels},
+    net::{ConnectionLimits, ConnectionSlots},
     state::AppState,
 };
+
+/// The connections tonic serves: those within the limits, with TCP keepalive on, so that the
+/// kernel also reaps a connection whose machine is gone while no call is in flight.
+fn limited(
+    listener: tokio::net::TcpListener,
+    limits: ConnectionLimits,
+    keepalive: Duration,
+) -> impl futures_util::Stream<Item = std::io::Result<Limited>> {
+    futures_util::stream::unfold((listener, limits), move |(listener, limits)| async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => return Some((Err(err), (listener, limits))),
+            };
+            let slots = match limits.admit(peer) {
+                Ok(slots) => slots,
+                Err(why) => {
+                    tracing::debug!(%peer, "worker API connection refused: {why}");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let probes = socket2::TcpKeepalive::new()
+                .with_time(keepalive)
+                .with_interval(keepalive / 4)
+                .with_retries(4);
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&probes);
+            let connection = Limited {
+                stream,
+                _slots: slots,
+            };
+            return Some((Ok(connection), (listener, limits)));
+        }
+    })
+}
+
+/// A worker API connection, holding its slots until it closes.
+struct Limited {
+    stream: tokio::net::TcpStream,
+    _slots: ConnectionSlots,
+}
+
+impl tonic::transport::server::Connected for Limited {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Limited {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Limited {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Worker API connections at once, and from one address: a machine's worker needs one.
+const MAX_CONNECTIONS: usize = 16_384;
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
+/// Calls at once on one connection; the worker makes one at a time.
+const MAX_CALLS_PER_CONNECTION: usize = 16;
+/// The longest a call may take: each answers at once from memory or after one store commit.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct WorkerApi {
     pub state: Arc<AppState>,
     pub tokens: Arc<MachineTokens>,
+    /// How long a connection may go unused before a keepalive probe, and how long the probe's
+    /// answer may take: a machine that was hard-reset leaves a half-open connection behind.
+    pub connection_timeout: Duration,
 }
 
 impl WorkerApi {
@@ -36,9 +147,17 @@ impl WorkerApi {
         tracing::info!("worker API (gRPC) listening on {address}");
         let listener = crate::net::listen_tcp(address)
             .with_context(|| format!("binding the worker API to {address}"))?;
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let timeout = self.connection_timeout;
+        let incoming = limited(
+            listener,
+            ConnectionLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS),
+            timeout,
+        );
         tonic::transport::Server::builder()
+            .timeout(CALL_TIMEOUT)
+            .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
+            .http2_keepalive_interval(Some(timeout))
+            .http2_keepalive_timeout(Some(timeout))
             .add_service(WorkflowServiceServer::new(self))
             .serve_with_incoming(incoming)
             .await?;

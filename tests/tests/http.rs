@@ -6,7 +6,9 @@ use std::{
     time::Duration,
 };
 
-use wisp_tests::{apply_ok, eventually, metric, require_root, Daemon, Lab, TempDir, SERVER_IF};
+use wisp_tests::{
+    apply_ok, closed_within, eventually, metric, require_root, Daemon, Lab, TempDir, SERVER_IF,
+};
 
 const MACHINES: &str = "apiVersion: tinkerbell.org/v1alpha1
 kind: Hardware
@@ -352,4 +354,161 @@ fn no_host_gets_400_and_one_address_cannot_hold_every_connection() {
             ) == "HTTP/1.1 200 OK"
         });
     });
+}
+
+/// Sends a request the router answers (the fast path hands the connection over) and reads the
+/// whole answer, leaving the connection open.
+fn router_exchange(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET /ipxe/02:00:00:00:00:09/auto.ipxe HTTP/1.1\r\nHost: 10.99.0.1\r\n\r\n")
+        .expect("send");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    // The 404's body is short: the head and the body come together, or nearly.
+    while !String::from_utf8_lossy(&response).contains("no iPXE script") {
+        let read = stream.read(&mut buffer).expect("the router answers");
+        assert!(
+            read > 0,
+            "the router closed the connection instead of answering"
+        );
+        response.extend_from_slice(&buffer[..read]);
+    }
+    assert!(
+        response.starts_with(b"HTTP/1.1 404"),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+}
+
+/// Fetches `head` and reads slowly (64 KiB every half second); the bytes received and whether
+/// the server closed the connection within 20 s.
+fn read_slowly(stream: &mut TcpStream, head: &str) -> (usize, bool) {
+    stream.write_all(head.as_bytes()).expect("send the head");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let start = std::time::Instant::now();
+    let mut received = 0;
+    let mut buffer = vec![0u8; 64 << 10];
+    while start.elapsed() < Duration::from_secs(20) {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return (received, true),
+            Ok(read) => received += read,
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    (received, false)
+}
+
+#[test]
+fn idle_slow_and_trickling_peers_are_cut_off() {
+    require_root!();
+    let lab = Lab::new("http-pace");
+    let work = TempDir::new("http-pace");
+    let assets = work.join("assets");
+    std::fs::create_dir_all(&assets).expect("assets dir");
+    const IMAGE: usize = 32 << 20;
+    std::fs::write(assets.join("big.img"), vec![0x5a; IMAGE]).expect("write an asset");
+    // A 2 s connection timeout, and responses at 8 MiB/s at least after it: 32 MiB are due
+    // within 6 s; the clients below read at 128 KiB/s.
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &work.join("data"),
+        &[
+            "--assets-dir",
+            assets.to_str().expect("utf-8"),
+            "--connection-timeout",
+            "2s",
+            "--min-transfer-rate",
+            "8388608",
+        ],
+    );
+    apply_ok(&lab.server, MACHINES);
+    let connect = || TcpStream::connect("10.99.0.1:8080").expect("connect");
+    lab.client.within(|| {
+        // Idle after an exchange with the router: closed after the timeout.
+        let mut idle = connect();
+        router_exchange(&mut idle);
+        let closed = closed_within(&mut idle, Duration::from_secs(10));
+        assert!(
+            closed.is_some_and(|after| after >= Duration::from_millis(1500)),
+            "an idle connection is closed after 2 s, not before: {closed:?}"
+        );
+
+        // After an exchange with the router, the next head sent a byte every 300 ms: each byte
+        // is progress, but the head is not whole within the timeout.
+        let mut loris = connect();
+        router_exchange(&mut loris);
+        let start = std::time::Instant::now();
+        let head = b"GET /ipxe/02:00:00:00:00:09/auto.ipxe HTTP/1.1\r\nHost: 10.99.0.1\r\n\r\n";
+        let mut cut_off = false;
+        for byte in head {
+            if loris.write_all(&[*byte]).is_err() {
+                cut_off = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            let mut probe = [0u8; 1];
+            loris.set_nonblocking(true).expect("nonblocking");
+            let read = loris.read(&mut probe);
+            loris.set_nonblocking(false).expect("blocking");
+            if matches!(read, Ok(0)) || read.is_err_and(|err| err.kind() != std::io::ErrorKind::WouldBlock) {
+                cut_off = true;
+                break;
+            }
+        }
+        assert!(
+            cut_off && start.elapsed() < Duration::from_secs(8),
+            "a head sent a byte at a time is cut off after about 2 s (cut off: {cut_off}, after {:?})",
+            start.elapsed()
+        );
+
+        // A trickling reader of a 32 MiB asset, on the fast path and through the router (a
+        // conditional request goes there), is cut off before it has the whole file.
+        for (path, extra) in [
+            ("fast path", ""),
+            ("router", "If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n"),
+        ] {
+            let (received, closed) = read_slowly(
+                &mut connect(),
+                &format!("GET /assets/big.img HTTP/1.1\r\nHost: 10.99.0.1\r\n{extra}\r\n"),
+            );
+            assert!(
+                closed && received < IMAGE,
+                "{path}: a reader at 128 KiB/s is cut off (closed: {closed}, {received} bytes)"
+            );
+        }
+        // A reader at full speed gets it all.
+        let (received, closed) = read_fast(&mut connect());
+        assert_eq!((received, closed), (IMAGE, false), "a reader at full speed gets it all");
+    });
+}
+
+/// Fetches the whole big asset as fast as it comes: bytes of body received, and whether the
+/// connection was closed before they were all there.
+fn read_fast(stream: &mut TcpStream) -> (usize, bool) {
+    stream
+        .write_all(b"GET /assets/big.img HTTP/1.1\r\nHost: 10.99.0.1\r\n\r\n")
+        .expect("send");
+    let mut reader = BufReader::new(stream);
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("head");
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().expect("a length");
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    match reader.read_exact(&mut body) {
+        Ok(()) => (length, false),
+        Err(_) => (0, true),
+    }
 }

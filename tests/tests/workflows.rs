@@ -11,8 +11,8 @@ use wisp_proto::{
     ActionStatusRequest, StateType,
 };
 use wisp_tests::{
-    apply_ok, eventually_within, metric, output_text, require_root, wisp, wisp_ok, worker_binary,
-    Daemon, Lab, TempDir, SERVER_IF,
+    apply_ok, closed_within, eventually_within, metric, output_text, require_root, wisp, wisp_ok,
+    worker_binary, Daemon, Lab, TempDir, SERVER_IF,
 };
 
 const MAC_A: &str = "02:00:00:00:00:0a";
@@ -605,4 +605,36 @@ fn an_image_that_is_not_built_in_fails_clearly_without_a_container_runtime() {
         message.contains("not a built-in action") && message.contains("docker, podman, ctr"),
         "{message}"
     );
+}
+
+#[test]
+fn a_silent_connection_is_reaped_and_one_address_cannot_hold_every_connection() {
+    require_root!();
+    let lab = Lab::new("worker-api-limits");
+    let work = TempDir::new("worker-api-limits");
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &work.join("data"),
+        &["--connection-timeout", "2s"],
+    );
+    lab.client.within(|| {
+        let connect = || std::net::TcpStream::connect("10.99.0.1:42113").expect("connect");
+        // A peer that opens HTTP/2 and then goes silent, as a machine that was hard-reset
+        // mid-call: its TCP still answers, but it never answers the server's keepalive ping.
+        let mut silent = connect();
+        silent
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .expect("send the HTTP/2 preface and SETTINGS");
+        let closed = closed_within(&mut silent, Duration::from_secs(15));
+        assert!(
+            closed.is_some_and(|after| after >= Duration::from_secs(2)),
+            "closed after the 2 s ping and the 2 s wait for its answer, not before: {closed:?}"
+        );
+        // Eight connections from one address are all it may hold: the ninth is closed at once.
+        let held: Vec<_> = (0..8).map(|_| connect()).collect();
+        let closed = closed_within(&mut connect(), Duration::from_secs(1));
+        assert!(closed.is_some(), "the ninth connection is closed at once");
+        drop(held);
+    });
 }

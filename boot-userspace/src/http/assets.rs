@@ -33,15 +33,11 @@ use tokio::{
 
 use crate::{
     metrics::Metrics,
-    net::{AddressSlot, PerAddress},
+    net::{ConnectionLimits, ConnectionSlots, PaceLimits, Paced},
 };
 
 /// A request head larger than this is not an asset fetch; the router answers it.
 const MAX_HEAD: usize = 16 << 10;
-/// How long a connection may sit without sending a complete request head.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a transfer may wait for the client to take more bytes, as nginx's `send_timeout`.
-const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Connections handed to the router but not yet taken by it.
 const HANDOVER_QUEUE: usize = 1024;
 /// Boot HTTP connections at once. Each costs a task and a descriptor, and anyone on the boot
@@ -50,11 +46,14 @@ const MAX_CONNECTIONS: usize = 16_384;
 /// Connections from one address at once: a machine needs a few; one host cannot take them all.
 const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 
-/// A connection as the router gets it: the bytes already read from it come first, and it holds
-/// its connection slots until it closes.
+/// A connection's halves joined again, with the bytes the fast path read put back in front.
+type Rejoined = Join<Chain<Cursor<Vec<u8>>, OwnedReadHalf>, OwnedWriteHalf>;
+
+/// A connection as the router gets it: the bytes already read from it come first, it is closed
+/// when idle or read too slowly, and it holds its connection slots until it closes.
 pub struct RouterIo {
-    io: Join<Chain<Cursor<Vec<u8>>, OwnedReadHalf>, OwnedWriteHalf>,
-    _slots: Slots,
+    io: Paced<Rejoined>,
+    _slots: ConnectionSlots,
 }
 
 impl tokio::io::AsyncRead for RouterIo {
@@ -103,12 +102,6 @@ impl tokio::io::AsyncWrite for RouterIo {
     }
 }
 
-/// What an open connection holds: one of the server's slots and one of its address's.
-struct Slots {
-    _global: tokio::sync::OwnedSemaphorePermit,
-    _address: AddressSlot,
-}
-
 /// The listener axum serves: it yields the connections the fast path hands over.
 pub struct AssetListener {
     handed_over: mpsc::Receiver<(RouterIo, SocketAddr)>,
@@ -120,12 +113,14 @@ impl AssetListener {
     pub fn start(
         listener: TcpListener,
         assets_dir: PathBuf,
+        pace: PaceLimits,
         metrics: Arc<Metrics>,
     ) -> io::Result<Self> {
         let local = listener.local_addr()?;
         let (handover, handed_over) = mpsc::channel(HANDOVER_QUEUE);
         let assets = Arc::new(Assets {
             dir: assets_dir,
+            pace,
             metrics,
             handover,
         });
@@ -153,29 +148,24 @@ impl axum::serve::Listener for AssetListener {
 
 struct Assets {
     dir: PathBuf,
+    pace: PaceLimits,
     metrics: Arc<Metrics>,
     handover: mpsc::Sender<(RouterIo, SocketAddr)>,
 }
 
 async fn accept_loop(listener: TcpListener, assets: Arc<Assets>) {
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let per_address = PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);
+    let limits = ConnectionLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 // Beyond the limits the connection is closed at once (dropped): the client
                 // sees it end, and retries.
-                let Some(address) = per_address.take(peer.ip()) else {
-                    tracing::debug!(%peer, "boot HTTP connection refused: {MAX_CONNECTIONS_PER_ADDRESS} open from this address");
-                    continue;
-                };
-                let Ok(global) = Arc::clone(&connections).try_acquire_owned() else {
-                    tracing::warn!(%peer, "boot HTTP connection refused: {MAX_CONNECTIONS} open");
-                    continue;
-                };
-                let slots = Slots {
-                    _global: global,
-                    _address: address,
+                let slots = match limits.admit(peer) {
+                    Ok(slots) => slots,
+                    Err(why) => {
+                        tracing::debug!(%peer, "boot HTTP connection refused: {why}");
+                        continue;
+                    }
                 };
                 // As nginx's tcp_nodelay: a response's last segment is not held back.
                 let _ = stream.set_nodelay(true);
@@ -203,10 +193,16 @@ fn is_connection_error(err: &io::Error) -> bool {
 
 impl Assets {
     /// Serves asset requests on the connection until it closes or asks for something else.
-    async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr, slots: Slots) {
+    async fn connection(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        slots: ConnectionSlots,
+    ) {
         let mut buffer = Vec::with_capacity(4096);
         loop {
-            let head = tokio::time::timeout(IDLE_TIMEOUT, read_head(&mut stream, &mut buffer));
+            // A whole head within the idle time: a head sent a byte at a time is cut off too.
+            let head = tokio::time::timeout(self.pace.idle, read_head(&mut stream, &mut buffer));
             let (request, head_length) = match head.await {
                 Ok(Ok(Some(Head::Asset(request, head_length)))) => (request, head_length),
                 Ok(Ok(Some(_))) => return self.hand_over(stream, buffer, peer, slots).await,
@@ -224,7 +220,10 @@ impl Assets {
             };
             buffer.drain(..head_length);
             self.count(response.status);
-            if let Err(err) = send(&mut stream, &response, &file.file).await {
+            if let Err(err) = send(&mut stream, &response, &file.file, self.pace).await {
+                if err.kind() == io::ErrorKind::TimedOut {
+                    crate::net::reset_on_close(&stream);
+                }
                 return tracing::debug!(%peer, path = %request.path, "asset transfer ended: {err}");
             }
             if !request.keep_alive {
@@ -233,10 +232,23 @@ impl Assets {
         }
     }
 
-    async fn hand_over(&self, stream: TcpStream, read: Vec<u8>, peer: SocketAddr, slots: Slots) {
+    async fn hand_over(
+        &self,
+        stream: TcpStream,
+        read: Vec<u8>,
+        peer: SocketAddr,
+        slots: ConnectionSlots,
+    ) {
+        let Ok(socket) = stream.as_fd().try_clone_to_owned() else {
+            return tracing::warn!(%peer, "boot HTTP connection dropped: out of descriptors");
+        };
         let (reader, writer) = stream.into_split();
         let io = RouterIo {
-            io: tokio::io::join(Cursor::new(read).chain(reader), writer),
+            io: Paced::new(
+                tokio::io::join(Cursor::new(read).chain(reader), writer),
+                socket,
+                self.pace,
+            ),
             _slots: slots,
         };
         // Fails only when the server is shutting down, which closes the connection anyway.
@@ -480,9 +492,32 @@ fn respond(request: &AssetRequest, file: &OpenFile) -> Option<Response> {
     })
 }
 
-/// Writes the head, then the body with sendfile(2).
-async fn send(stream: &mut TcpStream, response: &Response, file: &std::fs::File) -> io::Result<()> {
-    tokio::time::timeout(SEND_TIMEOUT, stream.write_all(response.head.as_bytes()))
+/// Writes the head, then the body with sendfile(2), by the response's deadline: a client that
+/// stops reading for the idle time, or reads slower than the minimum rate, is cut off.
+async fn send(
+    stream: &mut TcpStream,
+    response: &Response,
+    file: &std::fs::File,
+    pace: PaceLimits,
+) -> io::Result<()> {
+    let deadline = pace.deadline(tokio::time::Instant::now(), response.body_length);
+    tokio::time::timeout_at(deadline, send_body(stream, response, file, pace.idle))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read the response too slowly",
+            )
+        })?
+}
+
+async fn send_body(
+    stream: &mut TcpStream,
+    response: &Response,
+    file: &std::fs::File,
+    idle: Duration,
+) -> io::Result<()> {
+    tokio::time::timeout(idle, stream.write_all(response.head.as_bytes()))
         .await
         .map_err(|_| stalled())??;
     let mut offset = i64::try_from(response.offset).map_err(io::Error::other)?;
@@ -491,7 +526,7 @@ async fn send(stream: &mut TcpStream, response: &Response, file: &std::fs::File)
         // sendfile moves at most about 2 GiB per call.
         let count = remaining.min(1 << 30) as usize;
         let sent = tokio::time::timeout(
-            SEND_TIMEOUT,
+            idle,
             stream.async_io(Interest::WRITABLE, || {
                 nix::sys::sendfile::sendfile64(
                     stream.as_fd(),

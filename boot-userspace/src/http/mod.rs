@@ -28,11 +28,17 @@ use crate::{
     identity::MachineTokens,
     metadata::{self, Metadata},
     metrics::{HttpLabels, Metrics},
+    net::PaceLimits,
     state::AppState,
 };
 use assets::AssetListener;
-use axum::serve::ListenerExt as _;
+use axum::serve::Listener as _;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use script::ScriptContext;
+use tower::ServiceExt as _;
 
 /// Where the boot HTTP server listens and what it serves from.
 pub struct BootHttpConfig {
@@ -42,6 +48,8 @@ pub struct BootHttpConfig {
     /// The worker API's port, which the script gives the provisioning OS.
     pub worker_api_port: u16,
     pub assets_dir: PathBuf,
+    /// How long a client may leave its connection idle, and how fast it must read.
+    pub pace: PaceLimits,
 }
 
 pub struct BootHttp {
@@ -98,20 +106,42 @@ impl BootHttp {
             ));
         let listener = crate::net::listen_tcp(address)
             .with_context(|| format!("binding boot HTTP to {address}"))?;
-        let listener = AssetListener::start(
+        let mut listener = AssetListener::start(
             listener,
             boot.config.assets_dir.clone(),
+            boot.config.pace,
             Arc::clone(&boot.state.metrics),
         )?;
         tracing::info!(%address, assets = %boot.config.assets_dir.display(), "boot HTTP listening");
-        // tap_io does nothing to the connections: it is how axum gives a custom listener's
-        // peer address to the `ConnectInfo<SocketAddr>` extractor.
-        axum::serve(
-            listener.tap_io(|_| {}),
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .context("boot HTTP server")
+        // As axum::serve does, with hyper given a timer, without which it enforces no
+        // header-read timeout: a head sent a byte at a time would hold its connection.
+        let mut connections = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        connections
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(boot.config.pace.idle);
+        let connections = Arc::new(connections);
+        loop {
+            let (io, peer) = listener.accept().await;
+            // The peer's address, for the `ConnectInfo<SocketAddr>` extractor.
+            let service = router.clone().map_request(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request
+                },
+            );
+            let connections = Arc::clone(&connections);
+            tokio::spawn(async move {
+                let io = TokioIo::new(io);
+                let service = TowerToHyperService::new(service);
+                if let Err(err) = connections
+                    .serve_connection_with_upgrades(io, service)
+                    .await
+                {
+                    tracing::debug!(%peer, "boot HTTP connection ended: {err}");
+                }
+            });
+        }
     }
 }
 
