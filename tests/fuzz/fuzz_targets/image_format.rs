@@ -3,4 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|bytes: &[u8]| wisp_worker::actions::fuzz_image(bytes));
+fuzz_target!(|bytes: &[u8]| {
+    wisp_fuzz::contain_dependency_panics();
+    wisp_worker::actions::fuzz_image(bytes);
+});

@@ -220,14 +220,15 @@ pub fn client_mac(message: &Message) -> Option<MacAddr> {
 /// (so that every branch is reachable). A reply must encode.
 ///
 /// dhcproto asserts on some malformed options, which the daemon contains with catch_unwind (see
-/// `dhcp/mod.rs`); the fuzz target does the same for panics raised inside dhcproto only.
+/// `dhcp/mod.rs`), around decoding and deciding and around encoding: so does this.
 #[cfg(fuzzing)]
 pub fn fuzz_decide(bytes: &[u8]) {
     use dhcproto::{Decodable, Decoder, Encodable};
     let Some((&flags, payload)) = bytes.split_first() else {
         return;
     };
-    let Ok(message) = Message::decode(&mut Decoder::new(payload)) else {
+    let decoded = std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(payload)));
+    let Ok(Ok(message)) = decoded else {
         return;
     };
     let mac = client_mac(&message).unwrap_or(MacAddr([0x1c, 0x69, 0x7a, 0, 0, 1]));

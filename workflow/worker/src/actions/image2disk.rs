@@ -163,7 +163,26 @@ impl Write for DiskWriter<'_> {
 }
 
 /// Streams an image that is one sequential stream (raw, or compressed) into `out`.
+///
+/// A decoder that panics on a corrupt image (lzma-rs overflows on some xz indexes: fuzzing
+/// found it) fails the action with a clear error instead of taking the worker down.
 fn decompress(
+    format: Format,
+    url: &str,
+    image: &mut impl BufRead,
+    out: &mut impl Write,
+) -> ActionResult<()> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        decompress_unguarded(format, url, image, out)
+    }))
+    .unwrap_or_else(|_| {
+        Err(fail(format!(
+            "{url} is not valid {format:?}: its decoder failed on it"
+        )))
+    })
+}
+
+fn decompress_unguarded(
     format: Format,
     url: &str,
     image: &mut impl BufRead,
@@ -545,5 +564,19 @@ mod tests {
         assert_eq!(Format::sniff(b"QFI\xfb\0\0\0\x03", false), Format::Qcow2);
         assert_eq!(Format::sniff(b"BZh9", true), Format::Bzip2);
         assert_eq!(Format::sniff(&[0; 512], true), Format::Raw);
+    }
+
+    #[test]
+    fn a_decoder_that_panics_on_a_corrupt_image_fails_the_action_instead() {
+        // Found by the image_format fuzz target: lzma-rs overflows on this xz index (a panic
+        // where overflow checks are on). The file's first byte is the target's flags.
+        let found = include_bytes!(
+            "../../../../tests/fuzz/regressions/image_format/xz-index-size-overflows-in-lzma-rs"
+        );
+        let image = &found[1..];
+        assert_eq!(Format::sniff(image, true), Format::Xz);
+        let err = decompress(Format::Xz, "corrupt.xz", &mut &image[..], &mut io::sink())
+            .expect_err("a corrupt image fails");
+        assert!(err.to_string().contains("corrupt.xz is not valid"), "{err}");
     }
 }
