@@ -115,6 +115,7 @@ fn load_state(
     let catalog = Arc::new(Catalog::new(Arc::new(store)));
     let engine = Engine::load(catalog).context("loading workflow runs from the store")?;
     let metrics = Arc::new(Metrics::new(Arc::clone(&gate)));
+    crate::log_budget::log_panics(&metrics.log_lines_suppressed);
     let holders = Arc::new(LeaseHolders::load(&*leases).context("loading the leases")?);
     let state = Arc::new(AppState::new(engine, gate, metrics, leases, holders));
     let machines = state

@@ -23,6 +23,7 @@ pub mod dhcp;
 pub mod gate;
 pub mod http;
 pub mod identity;
+pub mod log_budget;
 pub mod machines;
 pub mod metadata;
 pub mod metrics;

@@ -45,6 +45,12 @@ pub struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// `dhcp`, `tftp`, `http`, or `panic`.
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
 }
@@ -59,6 +65,7 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub worker_calls: Family<WorkerCallLabels, Counter>,
     pub action_reports: Family<StateLabels, Counter>,
+    pub log_lines_suppressed: Family<ProtocolLabels, Counter>,
 }
 
 impl Metrics {
@@ -85,6 +92,10 @@ impl Metrics {
             action_reports: metric.add(
                 "workflow_action_reports",
                 "Action reports accepted from workers, by reported state",
+            ),
+            log_lines_suppressed: metric.add(
+                "log_lines_suppressed",
+                "Log lines that peers on the boot network caused beyond their budget, left out",
             ),
             registry: Registry::default(),
         };

@@ -436,3 +436,56 @@ fn one_address_cannot_hold_every_slot_nor_ask_for_tiny_blocks() {
         "blksize 8 was acknowledged: {options:?}"
     );
 }
+
+#[test]
+fn a_flood_of_requests_is_answered_and_counted_but_logged_a_few_lines_at_a_time() {
+    require_root!();
+    let (lab, _data, daemon) = start();
+    lab.client
+        .exec_ok("ip", &["addr", "add", "10.99.0.3/24", "dev", CLIENT_IF]);
+    const FLOOD: u64 = 300;
+    let request = b"\0\x01nope.efi\0octet\0";
+    lab.client.within(|| {
+        let flooder = UdpSocket::bind("10.99.0.2:0").expect("bind");
+        flooder
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut answer = [0u8; 512];
+        for _ in 0..FLOOD {
+            flooder.send_to(request, (SERVER_IP, 69)).expect("send");
+            // Each request gets its "not found" ERROR (opcode 5, code 1).
+            let (length, _) = flooder.recv_from(&mut answer).expect("an answer");
+            assert_eq!(&answer[..4], b"\0\x05\0\x01", "{:?}", &answer[..length]);
+        }
+        // Another host's request is still logged.
+        let other = UdpSocket::bind("10.99.0.3:0").expect("bind");
+        other.send_to(request, (SERVER_IP, 69)).expect("send");
+    });
+    wisp_tests::eventually("every request is counted", || {
+        metric(
+            &lab.server,
+            "wisp_tftp_requests_total{outcome=\"not_found\"}",
+        ) == Some(FLOOD + 1)
+    });
+    let log = daemon.log();
+    let lines_about = |client: &str| {
+        log.lines()
+            .filter(|line| line.contains("TFTP read request") && line.contains(client))
+            .count() as u64
+    };
+    let suppressed = metric(
+        &lab.server,
+        "wisp_log_lines_suppressed_total{protocol=\"tftp\"}",
+    )
+    .expect("the left-out lines are counted");
+    let flooder = lines_about("client=10.99.0.2:");
+    assert!(
+        flooder <= 30 && flooder + suppressed == FLOOD,
+        "{flooder} lines about the flooder, {suppressed} left out"
+    );
+    assert_eq!(
+        lines_about("client=10.99.0.3:"),
+        1,
+        "another host's line is written"
+    );
+}

@@ -34,6 +34,7 @@ use self::{
 };
 use crate::{
     gate::Gate,
+    log_budget::LogBudget,
     machines::Machines,
     metrics::{DhcpLabels, Metrics, ReasonLabels},
 };
@@ -63,6 +64,8 @@ pub struct DhcpServer {
     config: DhcpConfig,
     machines: Arc<Machines>,
     gate: Arc<Gate>,
+    /// Lines about each client, rationed.
+    log: LogBudget<String>,
     metrics: Arc<Metrics>,
     leases: Arc<dyn LeaseStore>,
     /// When each MAC was last handed an iPXE binary, and in which DHCP transaction (xid).
@@ -172,6 +175,8 @@ impl DhcpServer {
             config,
             machines,
             gate,
+            // A MAC the gate passes can still be spoofed, as fast as the link allows.
+            log: LogBudget::new("dhcp", &metrics.log_lines_suppressed),
             metrics,
             leases,
             handoffs: Mutex::default(),
@@ -350,7 +355,9 @@ impl DhcpServer {
         let request = type_name(message.opts().msg_type());
         match outcome {
             Outcome::Reply(mut reply) => {
-                tracing::info!(client, %source, request, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
+                if self.log.allow(client.clone()) {
+                    tracing::info!(client, %source, request, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
+                }
                 let handoff = mac
                     .filter(|_| reply.handoff)
                     .map(|mac| (mac, message.xid()));
@@ -371,12 +378,16 @@ impl DhcpServer {
                 }
             }
             Outcome::Release(mac) => {
-                tracing::info!(client, "DHCP release");
+                if self.log.allow(client.clone()) {
+                    tracing::info!(client, "DHCP release");
+                }
                 self.holders.let_go(mac);
                 self.forget_lease(writer, mac);
             }
             Outcome::Decline { mac, address } => {
-                tracing::warn!(client, %address, "DHCP decline: the reserved address is in use on the network; not offering it for a while");
+                if self.log.allow(client.clone()) {
+                    tracing::warn!(client, %address, "DHCP decline: the reserved address is in use on the network; not offering it for a while");
+                }
                 self.declined
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

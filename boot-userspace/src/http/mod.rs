@@ -6,7 +6,7 @@ pub mod assets;
 pub mod script;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     sync::Arc,
 };
@@ -26,6 +26,7 @@ use workflow::resource::MacAddr;
 use crate::{
     boot_files::BootFiles,
     identity::MachineTokens,
+    log_budget::LogBudget,
     metadata::{self, Metadata},
     metrics::{HttpLabels, Metrics},
     net::PaceLimits,
@@ -54,6 +55,8 @@ pub struct BootHttpConfig {
 
 pub struct BootHttp {
     config: BootHttpConfig,
+    /// Lines about each client address, rationed: anyone may ask for scripts.
+    log: LogBudget<IpAddr>,
     state: Arc<AppState>,
     tokens: Arc<MachineTokens>,
     boot_files: Arc<BootFiles>,
@@ -68,6 +71,7 @@ impl BootHttp {
     ) -> BootHttp {
         BootHttp {
             config,
+            log: LogBudget::new("http", &state.metrics.log_lines_suppressed),
             state,
             tokens,
             boot_files,
@@ -195,7 +199,9 @@ async fn machine_script(
         pending_work,
         token: token.as_deref(),
     };
-    tracing::info!(client = %mac, pending_work, "iPXE script served");
+    if boot.log.allow(source.ip()) {
+        tracing::info!(client = %mac, %source, pending_work, "iPXE script served");
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         script::script(&machine, &context),

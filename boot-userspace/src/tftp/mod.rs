@@ -9,7 +9,7 @@ pub mod packet;
 pub mod transfer;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     path::{Component, Path},
     sync::Arc,
     time::Duration,
@@ -24,6 +24,7 @@ use self::{
 };
 use crate::{
     boot_files::BootFiles,
+    log_budget::LogBudget,
     metrics::{Metrics, TftpLabels},
     net::{AddressSlot, PerAddress},
 };
@@ -105,6 +106,8 @@ pub async fn serve(
     let socket = tokio::net::UdpSocket::from_std(bind(&interface, address)?)?;
     tracing::info!(interface, %address, port = TFTP_PORT, "TFTP server listening");
     let transfers = Arc::new(tokio::sync::Semaphore::new(max_transfers));
+    // Anyone on the boot network can send requests as fast as the link allows.
+    let log = Arc::new(LogBudget::new("tftp", &metrics.log_lines_suppressed));
     let per_client = PerAddress::new(MAX_TRANSFERS_PER_CLIENT);
     let mut buffer = vec![0u8; 65_535];
     loop {
@@ -125,7 +128,9 @@ pub async fn serve(
         let (filename, options) = match packet::parse_request(&buffer[..length]) {
             Ok(Request::Read { filename, options }) => (filename, options),
             Ok(Request::Write { filename }) => {
-                tracing::warn!(%client, file = filename, "TFTP write request refused: the server is read-only");
+                if log.allow(client.ip()) {
+                    tracing::warn!(%client, file = filename, "TFTP write request refused: the server is read-only");
+                }
                 count("denied");
                 let refusal = packet::error(ErrorCode::IllegalOperation, "the server is read-only");
                 let _ = socket.send_to(&refusal, client).await;
@@ -144,7 +149,9 @@ pub async fn serve(
                     ErrorCode::AccessViolation => ("denied", "only boot file names, without paths"),
                     _ => ("not_found", "no such boot file"),
                 };
-                tracing::info!(%client, file = filename, outcome, "TFTP read request");
+                if log.allow(client.ip()) {
+                    tracing::info!(%client, file = filename, outcome, "TFTP read request");
+                }
                 count(outcome);
                 let _ = socket.send_to(&packet::error(code, message), client).await;
                 continue;
@@ -161,7 +168,9 @@ pub async fn serve(
             continue;
         };
         let Ok(global) = Arc::clone(&transfers).try_acquire_owned() else {
-            tracing::warn!(%client, file = filename, "TFTP read request refused: {max_transfers} transfers already running");
+            if log.allow(client.ip()) {
+                tracing::warn!(%client, file = filename, "TFTP read request refused: {max_transfers} transfers already running");
+            }
             count("busy");
             let busy = packet::error(ErrorCode::NotDefined, "too many transfers; try again");
             let _ = socket.send_to(&busy, client).await;
@@ -176,13 +185,25 @@ pub async fn serve(
             client,
             timeout,
         };
-        match start_transfer(to, file, options, Arc::clone(&metrics), slot) {
+        let started = start_transfer(
+            to,
+            file,
+            options,
+            Arc::clone(&metrics),
+            Arc::clone(&log),
+            slot,
+        );
+        match started {
             Ok(()) => {
-                tracing::info!(%client, file = filename, outcome = "served", "TFTP read request");
+                if log.allow(client.ip()) {
+                    tracing::info!(%client, file = filename, outcome = "served", "TFTP read request");
+                }
                 count("served");
             }
             Err(err) => {
-                tracing::warn!(%client, file = filename, "cannot start a TFTP transfer: {err}")
+                if log.allow(client.ip()) {
+                    tracing::warn!(%client, file = filename, "cannot start a TFTP transfer: {err}")
+                }
             }
         }
     }
@@ -212,6 +233,7 @@ fn start_transfer(
     file: Arc<[u8]>,
     options: Options,
     metrics: Arc<Metrics>,
+    log: Arc<LogBudget<IpAddr>>,
     slot: Slot,
 ) -> std::io::Result<()> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
@@ -276,9 +298,15 @@ fn start_transfer(
             Ok(()) => tracing::debug!(%client, "TFTP transfer complete"),
             // UEFI firmware reads a file's size this way: it takes the OACK, then aborts.
             Err(Failed::ClientError(message)) => {
-                tracing::info!(%client, "TFTP transfer ended by the client: {message:?}")
+                if log.allow(client.ip()) {
+                    tracing::info!(%client, "TFTP transfer ended by the client: {message:?}")
+                }
             }
-            Err(err) => tracing::info!(%client, "TFTP transfer failed: {err}"),
+            Err(err) => {
+                if log.allow(client.ip()) {
+                    tracing::info!(%client, "TFTP transfer failed: {err}")
+                }
+            }
         }
     });
     Ok(())
