@@ -91,8 +91,10 @@ settings! {
     interface: String = String::new(), env "WISP_INTERFACE", short;
     /// Where resources, runs, leases and tokens are kept.
     data_dir: PathBuf = PathBuf::from("/var/lib/wisp"), env "WISP_DATA_DIR";
-    /// Address of the HTTP API (and /metrics).
+    /// Address of the HTTP API (and /metrics). Every request but /healthz needs the API token.
     listen: SocketAddr = DEFAULT_LISTEN.parse().expect("a valid default"), env "WISP_LISTEN";
+    /// The API's bearer token, created (0600) on first start. Empty means <data-dir>/api.token.
+    api_token_file: PathBuf = PathBuf::new(), env "WISP_API_TOKEN_FILE";
     /// `auto`, `native`, `skb` or `off` (the userspace gate).
     xdp_mode: RequestedMode = RequestedMode::Auto, env "WISP_XDP_MODE", value_enum;
     /// Pass DHCP from unknown MACs to userspace instead of dropping it (they are recorded
@@ -156,12 +158,6 @@ impl ServeArgs {
             "no interface to serve: pass --interface, set WISP_INTERFACE, or set `interface` in \
              the configuration file"
         );
-        anyhow::ensure!(
-            settings.listen.ip().is_loopback(),
-            "listen = {}: the API changes what every machine runs and has no authentication of \
-             its own, so it listens on a loopback address only",
-            settings.listen
-        );
         for (key, interval) in [
             ("tftp-timeout", settings.tftp_timeout),
             ("chainload-window", settings.chainload_window),
@@ -181,6 +177,9 @@ impl ServeArgs {
             settings.tftp_max_transfers > 0,
             "tftp-max-transfers = 0: TFTP would refuse every machine"
         );
+        if settings.api_token_file.as_os_str().is_empty() {
+            settings.api_token_file = crate::api::auth::ApiToken::default_path(&settings.data_dir);
+        }
         if settings.assets_dir.as_os_str().is_empty() {
             settings.assets_dir = settings.data_dir.join("assets");
         }
@@ -194,6 +193,13 @@ impl ServeArgs {
              signs every machine's token",
             assets.display(),
             data.display()
+        );
+        let token = resolved(&settings.api_token_file)?;
+        anyhow::ensure!(
+            !token.starts_with(&assets),
+            "api-token-file {} is inside assets-dir {}: boot HTTP would publish it",
+            token.display(),
+            assets.display()
         );
         Ok(settings)
     }

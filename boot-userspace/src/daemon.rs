@@ -20,7 +20,7 @@ use workflow::{
 };
 
 use crate::{
-    api::routes::router,
+    api::{auth::ApiToken, routes::router},
     boot_files::BootFiles,
     config::Settings,
     dhcp::{boot::BootConfig, DhcpConfig, DhcpServer, LeaseHolders},
@@ -212,8 +212,14 @@ async fn serve_api(settings: &Settings, state: Arc<AppState>) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding the API to {}", settings.listen))?;
-    tracing::info!("API listening on http://{}", settings.listen);
-    axum::serve(listener, router(state))
+    let token = ApiToken::load_or_create(&settings.api_token_file)?;
+    tracing::info!(
+        token_file = %settings.api_token_file.display(),
+        "API listening on http://{}",
+        settings.listen
+    );
+    let loopback_host = settings.listen.ip().is_loopback();
+    axum::serve(listener, router(state, token, loopback_host))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("API server")

@@ -3,7 +3,11 @@ mod cli;
 
 use std::process::ExitCode;
 
-use boot_userspace::{api::DEFAULT_SERVER, config::ServeArgs, daemon};
+use boot_userspace::{
+    api::{auth::DEFAULT_TOKEN_FILE, DEFAULT_SERVER},
+    config::ServeArgs,
+    daemon,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -21,6 +25,11 @@ struct Args {
         default_value = DEFAULT_SERVER
     )]
     server: String,
+    /// The file holding the API's token (the daemon's `api-token-file`), for the client
+    /// commands [default: /var/lib/wisp/api.token]. No default here: `wisp serve` takes the
+    /// same flag, and its default follows `--data-dir`.
+    #[arg(long, global = true, env = "WISP_API_TOKEN_FILE")]
+    api_token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,7 +37,7 @@ struct Args {
 #[derive(Subcommand)]
 enum Command {
     /// Run the appliance on an interface.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -56,10 +65,15 @@ fn main() -> ExitCode {
                 Err(err) => fail(&format!("{err:#}")),
             }
         }
-        Command::Client(command) => match cli::run(&args.server, command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => fail(&err.to_string()),
-        },
+        Command::Client(command) => {
+            let token_file = args
+                .api_token_file
+                .unwrap_or_else(|| DEFAULT_TOKEN_FILE.into());
+            match cli::run(&args.server, &token_file, command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail(&err.to_string()),
+            }
+        }
     }
 }
 

@@ -106,6 +106,8 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 /// A network namespace, deleted (with every process in it) on drop.
 pub struct Netns {
     pub name: String,
+    /// The API token file of the daemon started here, which the CLI helpers present.
+    api_token_file: std::sync::Mutex<Option<PathBuf>>,
 }
 
 impl Netns {
@@ -116,7 +118,10 @@ impl Netns {
             NEXT_ID.fetch_add(1, Ordering::Relaxed)
         );
         run("ip", &["netns", "add", &name]);
-        let netns = Netns { name };
+        let netns = Netns {
+            name,
+            api_token_file: std::sync::Mutex::default(),
+        };
         netns.exec_ok("ip", &["link", "set", "lo", "up"]);
         // No IPv6 chatter (router solicitations, MLD) in the gate's counters.
         netns.exec_ok("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
@@ -316,6 +321,10 @@ impl Daemon {
             data_dir: data_dir.to_path_buf(),
             log,
         };
+        *netns
+            .api_token_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(data_dir.join("api.token"));
         daemon.wait_ready(netns);
         daemon
     }
@@ -369,10 +378,46 @@ impl Drop for Daemon {
     }
 }
 
+impl Netns {
+    /// The CLI, run here with the token of the daemon started here.
+    pub fn wisp_command(&self) -> Command {
+        let mut command = self.command(wisp_binary());
+        if let Some(file) = &*self
+            .api_token_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
+            command.env("WISP_API_TOKEN_FILE", file);
+        }
+        command
+    }
+
+    /// GET from the daemon's API on loopback, with its token; the body.
+    pub fn api_get(&self, path: &str) -> String {
+        let token_file = self
+            .api_token_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .expect("a daemon was started here");
+        let token = std::fs::read_to_string(&token_file).expect("read the API token");
+        let authorization = format!("Authorization: Bearer {}", token.trim());
+        self.exec_ok(
+            "curl",
+            &[
+                "-sf",
+                "-H",
+                &authorization,
+                &format!("http://127.0.0.1:7480{path}"),
+            ],
+        )
+    }
+}
+
 /// Runs the `wisp` CLI in `netns` (where the daemon's loopback API is).
 pub fn wisp(netns: &Netns, args: &[&str]) -> Output {
     netns
-        .command(wisp_binary())
+        .wisp_command()
         .args(args)
         .output()
         .expect("run the wisp CLI")
@@ -411,7 +456,7 @@ pub fn gate_stats(netns: &Netns) -> (std::collections::BTreeMap<String, u64>, Va
 /// the metric has no sample at all (a labelled family appears on first use); a family that
 /// exists but lacks this label set reads as 0.
 pub fn metric(netns: &Netns, name_and_labels: &str) -> Option<u64> {
-    let text = netns.exec_ok("curl", &["-sf", "http://127.0.0.1:7480/metrics"]);
+    let text = netns.api_get("/metrics");
     let name = name_and_labels.split('{').next().unwrap_or(name_and_labels);
     let family = name.strip_suffix("_total").unwrap_or(name);
     if !text
@@ -434,7 +479,7 @@ pub fn metric(netns: &Netns, name_and_labels: &str) -> Option<u64> {
 pub fn apply_yaml(netns: &Netns, yaml: &str) -> Output {
     use std::io::Write;
     let mut child = netns
-        .command(wisp_binary())
+        .wisp_command()
         .args(["apply", "-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -112,9 +112,7 @@ fn scripts_refusals_and_assets_with_head_and_range() {
     // maps) is nobody's to ask for.
     let (status, _) = fetch(&lab, "/metrics", &[]);
     assert_eq!(status, 404, "/metrics is not served on the boot network");
-    let api_metrics = lab
-        .server
-        .exec_ok("curl", &["-sf", "http://127.0.0.1:7480/metrics"]);
+    let api_metrics = lab.server.api_get("/metrics");
     assert!(
         api_metrics.contains("wisp_gate_allowlist_size"),
         "the API still serves them"
@@ -473,8 +471,16 @@ fn idle_slow_and_trickling_peers_are_cut_off() {
             ("fast path", ""),
             ("router", "If-Modified-Since: Thu, 01 Jan 1970 00:00:00 GMT\r\n"),
         ] {
+            // A small receive buffer, so that what the kernel took in before the server's
+            // reset (which the client reads before the reset's error) is small too.
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            socket.set_recv_buffer_size(64 << 10).expect("SO_RCVBUF");
+            socket
+                .connect(&std::net::SocketAddr::from(([10, 99, 0, 1], 8080)).into())
+                .expect("connect");
             let (received, closed) = read_slowly(
-                &mut connect(),
+                &mut socket.into(),
                 &format!("GET /assets/big.img HTTP/1.1\r\nHost: 10.99.0.1\r\n{extra}\r\n"),
             );
             assert!(

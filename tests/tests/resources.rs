@@ -11,8 +11,8 @@ use std::{
 use nix::sys::signal::Signal;
 use serde_json::Value;
 use wisp_tests::{
-    apply_yaml, hardware_yaml, repo_root, require_root, wisp, wisp_binary, wisp_ok, Daemon, Lab,
-    TempDir, SERVER_IF,
+    apply_yaml, hardware_yaml, output_text, repo_root, require_root, wisp, wisp_binary, wisp_ok,
+    Daemon, Lab, TempDir, SERVER_IF,
 };
 
 fn stderr(output: &std::process::Output) -> String {
@@ -180,7 +180,7 @@ fn broken_manifests_get_precise_errors_and_change_nothing() {
         // Run from the fixture folder so that errors name the file as the user typed it.
         let output = lab
             .server
-            .command(wisp_binary())
+            .wisp_command()
             .current_dir(&fixtures)
             .args(["apply", "-f", &name])
             .output()
@@ -218,6 +218,7 @@ fn acknowledged_applies_survive_kill_9() {
         (data_dir.join("wisp.redb"), 0o600),
         (data_dir.join("leases.journal"), 0o600),
         (data_dir.join("metadata.key"), 0o600),
+        (data_dir.join("api.token"), 0o600),
     ] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&path)
@@ -241,6 +242,46 @@ fn acknowledged_applies_survive_kill_9() {
         ],
     );
     assert_eq!(rebound, "403", "a request for another host is refused");
+    // Any local process reaches loopback: without the token, only /healthz answers.
+    let status = |extra: &[&str], path: &str| {
+        let url = format!("http://127.0.0.1:7480{path}");
+        let mut args = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        lab.server.exec_ok("curl", &args)
+    };
+    for path in ["/v1/hardware", "/metrics", "/v1/leases"] {
+        assert_eq!(status(&[], path), "401", "{path} without the token");
+        assert_eq!(
+            status(
+                &[
+                    "-H",
+                    "Authorization: Bearer not-the-token-0123456789abcdef0123"
+                ],
+                path
+            ),
+            "401",
+            "{path} with a wrong token"
+        );
+    }
+    assert_eq!(status(&[], "/healthz"), "200", "liveness needs no token");
+    let elsewhere = lab
+        .server
+        .command(wisp_binary())
+        .args([
+            "get",
+            "hardware",
+            "--api-token-file",
+            "/nonexistent/api.token",
+        ])
+        .output()
+        .expect("run wisp");
+    assert!(
+        !elsewhere.status.success()
+            && output_text(&elsewhere).contains("cannot read the API token /nonexistent/api.token"),
+        "{}",
+        output_text(&elsewhere)
+    );
     let acknowledged = Mutex::new(Vec::new());
     let killed = AtomicBool::new(false);
     std::thread::scope(|scope| {

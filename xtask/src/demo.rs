@@ -173,11 +173,14 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
     wait_ready(&mut daemon, &log)?;
     print!("{}", std::fs::read_to_string(&log)?);
 
+    let token_file = work.join("data/api.token");
+    let token_file = token_file.to_str().context("UTF-8 path")?;
     let cli = |args: &[&str]| -> anyhow::Result<()> {
         println!("$ wisp {}", args.join(" "));
         let mut full = vec!["netns", "exec", LAB, wisp];
         full.extend(args);
-        run("ip", &full)
+        // The API needs the token the daemon made in its data directory.
+        crate::shell::run_with_env("ip", &full, &[("WISP_API_TOKEN_FILE", token_file)])
     };
     step("resources: the Tinkerbell example, unchanged");
     cli(&["apply", "-f", "examples/tinkerbell-demo"])?;

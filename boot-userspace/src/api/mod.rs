@@ -1,5 +1,6 @@
 //! The HTTP/JSON API between the daemon and the `wisp` CLI: wire types here, handlers in
 //! [`routes`].
+pub mod auth;
 pub mod routes;
 
 use serde::{Deserialize, Serialize};

@@ -17,17 +17,21 @@ use workflow::{
     store::{Lease, StoreError},
 };
 
-use super::{ApplyRequest, ApplyResponse, DeleteResponse, ErrorBody, ResourceView};
+use super::{
+    auth::{require_token, ApiToken},
+    ApplyRequest, ApplyResponse, DeleteResponse, ErrorBody, ResourceView,
+};
 use crate::state::AppState;
 
 /// The largest manifest `wisp apply` may send: room for tens of thousands of Hardware.
 const APPLY_BODY_LIMIT: usize = 256 << 20;
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+/// The API. Every route but `/healthz` needs the token; when the API listens on loopback,
+/// `loopback_host` also refuses requests addressed to any other host.
+pub fn router(state: Arc<AppState>, token: ApiToken, loopback_host: bool) -> Router {
+    let api = Router::new()
         .route("/metrics", get(metrics))
-        // A rack's Hardware in one manifest is megabytes of YAML; the API is loopback-only.
+        // A rack's Hardware in one manifest is megabytes of YAML, from whoever holds the token.
         .route(
             "/v1/apply",
             post(apply).layer(DefaultBodyLimit::max(APPLY_BODY_LIMIT)),
@@ -37,8 +41,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/leases/{mac}", axum::routing::delete(delete_lease))
         .route("/v1/{kind}", get(list))
         .route("/v1/{kind}/{namespace}/{name}", get(get_one).delete(delete))
-        .layer(axum::middleware::from_fn(loopback_host_only))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(token, require_token))
+        .with_state(state);
+    // Liveness tells nothing, and a health check should not need the secret.
+    let router = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(api);
+    if loopback_host {
+        router.layer(axum::middleware::from_fn(loopback_host_only))
+    } else {
+        router
+    }
 }
 
 /// Refuses a request whose `Host` is not a loopback name or address. A web page that a local

@@ -1,5 +1,5 @@
 //! The CLI's side of the API: JSON over HTTP, with server errors turned into kubectl-style text.
-use std::time::Duration;
+use std::{path::Path, time::Duration};
 
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -22,19 +22,31 @@ pub type CliResult<T> = Result<T, CliError>;
 pub struct Client {
     base: String,
     agent: ureq::Agent,
+    authorization: String,
 }
 
 impl Client {
-    pub fn new(base: &str) -> Self {
+    /// A client of the API at `base`, with the token read from `token_file`.
+    pub fn new(base: &str, token_file: &Path) -> CliResult<Self> {
+        let bytes = std::fs::read(token_file).map_err(|err| {
+            CliError(format!(
+                "cannot read the API token {} ({err}); run as the daemon's user, or pass \
+                 --api-token-file (the daemon's api-token-file setting)",
+                token_file.display()
+            ))
+        })?;
+        let token = boot_userspace::api::auth::parse(&bytes)
+            .ok_or_else(|| CliError(format!("{} holds no API token", token_file.display())))?;
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        Client {
+        Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             agent,
-        }
+            authorization: format!("Bearer {token}"),
+        })
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
@@ -47,20 +59,29 @@ impl Client {
         path: &str,
         query: &[(&str, &str)],
     ) -> CliResult<T> {
-        let request = query
-            .iter()
-            .fold(self.agent.get(&self.url(path)), |request, (key, value)| {
-                request.query(*key, *value)
-            });
+        let request = query.iter().fold(
+            self.agent
+                .get(&self.url(path))
+                .header("authorization", &self.authorization),
+            |request, (key, value)| request.query(*key, *value),
+        );
         self.finish(path, request.call())
     }
 
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
-        self.finish(path, self.agent.delete(&self.url(path)).call())
+        let request = self
+            .agent
+            .delete(&self.url(path))
+            .header("authorization", &self.authorization);
+        self.finish(path, request.call())
     }
 
     pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> CliResult<T> {
-        self.finish(path, self.agent.post(&self.url(path)).send_json(body))
+        let request = self
+            .agent
+            .post(&self.url(path))
+            .header("authorization", &self.authorization);
+        self.finish(path, request.send_json(body))
     }
 
     fn url(&self, path: &str) -> String {

@@ -84,8 +84,8 @@ pub enum Format {
     Json,
 }
 
-pub fn run(server: &str, command: ClientCommand) -> CliResult<()> {
-    let client = Client::new(server);
+pub fn run(server: &str, token_file: &std::path::Path, command: ClientCommand) -> CliResult<()> {
+    let client = Client::new(server, token_file)?;
     match command {
         ClientCommand::Apply { files } => apply(&client, &files),
         ClientCommand::Get {

@@ -1,6 +1,6 @@
 //! Per-machine tokens: `<mac without colons>-<HMAC-SHA256 of the MAC, 16 bytes, hex>`, under a
 //! key kept in the data directory.
-use std::{fmt::Write as _, io::Write as _, path::Path};
+use std::{fmt::Write as _, path::Path};
 
 use anyhow::Context;
 use hmac::{Hmac, KeyInit, Mac};
@@ -15,42 +15,18 @@ pub struct MachineTokens {
 }
 
 impl MachineTokens {
-    /// Loads the key, or creates it (readable by root only) on first start, so that tokens
-    /// survive restarts.
+    /// Loads the key, or creates it (readable by its owner alone, durably) on first start, so
+    /// that tokens survive restarts.
     pub fn load_or_create(data_dir: &Path) -> anyhow::Result<MachineTokens> {
         let path = data_dir.join(KEY_FILE);
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                workflow::store::private::restrict(&path, 0o600)
-                    .with_context(|| format!("restricting {}", path.display()))?;
-                let key = bytes
-                    .try_into()
-                    .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
-                Ok(MachineTokens { key })
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                // Written aside and renamed into place, so a crash never leaves a short key.
-                let key: [u8; 32] = rand::random();
-                let partial = data_dir.join(format!("{KEY_FILE}.new"));
-                let mut file = workflow::store::private::file_options()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&partial)
-                    .with_context(|| format!("creating {}", partial.display()))?;
-                file.write_all(&key)?;
-                file.sync_all()?;
-                std::fs::rename(&partial, &path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                // The rename is durable only once the directory is: without this, a power loss
-                // could bring back no key, and a new one would refuse every token handed out.
-                std::fs::File::open(data_dir)
-                    .and_then(|dir| dir.sync_all())
-                    .with_context(|| format!("syncing {}", data_dir.display()))?;
-                Ok(MachineTokens { key })
-            }
-            Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
-        }
+        let key = workflow::store::private::load_or_create_secret(
+            &path,
+            |bytes| bytes.len() == 32,
+            || rand::random::<[u8; 32]>().to_vec(),
+        )
+        .with_context(|| format!("loading the token key {}", path.display()))?;
+        let key = key.try_into().expect("a valid key is 32 bytes");
+        Ok(MachineTokens { key })
     }
 
     fn mac(&self, mac: &MacAddr) -> Hmac<Sha256> {

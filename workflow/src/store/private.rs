@@ -2,7 +2,7 @@
 //! machine's token: only its owner may read it, so it and its files are created 0700 and 0600.
 use std::{
     fs::{DirBuilder, OpenOptions},
-    io,
+    io::{self, Write as _},
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::Path,
 };
@@ -31,6 +31,49 @@ pub fn file_options() -> OpenOptions {
     options
 }
 
+/// A secret kept in a file of the data directory: read (and narrowed to 0600) when it exists;
+/// otherwise made by `make`, written aside, fsync'd and renamed into place, and the directory
+/// fsync'd, so that neither a crash nor a power loss leaves a short secret or none after it was
+/// handed out. `valid` says whether what the file holds can be used.
+pub fn load_or_create_secret(
+    path: &Path,
+    valid: impl Fn(&[u8]) -> bool,
+    make: impl FnOnce() -> Vec<u8>,
+) -> io::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) if valid(&bytes) => {
+            restrict(path, 0o600)?;
+            return Ok(bytes);
+        }
+        Ok(_) => {
+            // A file cut short or overwritten: kept aside for whoever looks into it, and
+            // replaced, rather than refusing to start.
+            let aside = path.with_extension("invalid");
+            tracing::error!(
+                path = %path.display(),
+                aside = %aside.display(),
+                "the secret is not valid; it is moved aside and a new one made"
+            );
+            std::fs::rename(path, &aside)?;
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    let secret = make();
+    let partial = path.with_extension("new");
+    let mut file = file_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&partial)?;
+    file.write_all(&secret)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(secret)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +92,24 @@ mod tests {
         assert_eq!(mode(&data), 0o700);
         assert_eq!(mode(&data.join("wisp.redb")), 0o600);
         assert_eq!(mode(&data.join("leases.journal")), 0o600);
+    }
+
+    #[test]
+    fn a_secret_is_made_once_kept_private_and_replaced_when_invalid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.token");
+        let valid = |bytes: &[u8]| bytes.len() == 4;
+        let first = load_or_create_secret(&path, valid, || b"abcd".to_vec()).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let again = load_or_create_secret(&path, valid, || b"efgh".to_vec()).unwrap();
+        assert_eq!(again, first, "an existing secret is kept");
+        std::fs::write(&path, b"ab").unwrap();
+        let replaced = load_or_create_secret(&path, valid, || b"ijkl".to_vec()).unwrap();
+        assert_eq!(replaced, b"ijkl");
+        assert_eq!(
+            std::fs::read(path.with_extension("invalid")).unwrap(),
+            b"ab"
+        );
     }
 
     #[test]

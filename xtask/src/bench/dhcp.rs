@@ -234,7 +234,13 @@ pub(super) fn start_wisp(
     lab.exec_ok(
         SERVER,
         wisp,
-        &["apply", "-f", manifest.to_str().context("UTF-8 path")?],
+        &[
+            "apply",
+            "--api-token-file",
+            lab::api_token_file(work).to_str().context("UTF-8 path")?,
+            "-f",
+            manifest.to_str().context("UTF-8 path")?,
+        ],
     )?;
     Ok(server)
 }

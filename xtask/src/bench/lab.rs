@@ -333,6 +333,11 @@ impl Drop for Server {
     }
 }
 
+/// Where the benchmarks' Wisp keeps its API token, for `wisp apply` to read.
+pub fn api_token_file(work: &Path) -> std::path::PathBuf {
+    work.join("wisp-api.token")
+}
+
 /// `wisp serve` on the server side with `args`, ready when its API answers, with a fresh data
 /// directory and a log named after the scenario in `work`. Per-packet logs at info level would
 /// measure the log, not the server, so it logs warnings only.
@@ -349,6 +354,8 @@ pub fn start_wisp(
     command
         .args(["serve", "--interface", SERVER_IF, "--data-dir"])
         .arg(&data)
+        .arg("--api-token-file")
+        .arg(api_token_file(work))
         .args(args)
         .env("RUST_LOG", "warn");
     let log = work.join(format!("wisp-{scenario}.log"));

@@ -108,7 +108,13 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
             lab.exec_ok(
                 SERVER,
                 wisp,
-                &["apply", "-f", manifest_path.to_str().context("UTF-8 path")?],
+                &[
+                    "apply",
+                    "--api-token-file",
+                    lab::api_token_file(work).to_str().context("UTF-8 path")?,
+                    "-f",
+                    manifest_path.to_str().context("UTF-8 path")?,
+                ],
             )?;
             lab::reset_peak_memory()?;
             let output = lab.exec(
