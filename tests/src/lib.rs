@@ -400,7 +400,8 @@ impl Netns {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .expect("a daemon was started here");
-        let token = std::fs::read_to_string(&token_file).expect("read the API token");
+        let token = std::fs::read_to_string(&token_file)
+            .unwrap_or_else(|err| panic!("reading the API token {}: {err}", token_file.display()));
         let authorization = format!("Authorization: Bearer {}", token.trim());
         self.exec_ok(
             "curl",
