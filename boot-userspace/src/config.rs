@@ -122,6 +122,14 @@ settings! {
     /// How often the gate's allowlist and the machine table are checked against the store, to
     /// repair a sync that failed.
     reconcile_interval: Interval = Interval(Duration::from_secs(30)), env "WISP_RECONCILE_INTERVAL";
+    /// What identifies a machine to the worker API and the metadata service: `token` (the
+    /// token of its current boot, on its kernel command line) or `address` (its reserved
+    /// address alone, as Tinkerbell trusts it: for Tinkerbell's own agent, and for cloud-init
+    /// after the install). See docs/security.md.
+    machine_identity: MachineIdentity = MachineIdentity::Token, env "WISP_MACHINE_IDENTITY", value_enum;
+    /// How long a machine's token is good for after its boot starts; a newer boot, or the end
+    /// of its workflow, ends it sooner.
+    token_lifetime: Interval = Interval(Duration::from_secs(24 * 3600)), env "WISP_TOKEN_LIFETIME";
     /// How long a boot HTTP or worker API peer may leave its connection unused: to send a whole
     /// request head, between requests, to answer a keepalive probe; and the grace a response
     /// gets before `min-transfer-rate` counts.

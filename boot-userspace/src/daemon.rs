@@ -26,7 +26,7 @@ use crate::{
     dhcp::{boot::BootConfig, DhcpConfig, DhcpServer, LeaseHolders},
     gate::Gate,
     http::{BootHttp, BootHttpConfig},
-    identity::MachineTokens,
+    identity::{MachineIdentity, MachineTokens},
     metrics::Metrics,
     net::{self, PaceLimits},
     state::AppState,
@@ -42,9 +42,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(files = ?boot_files.names().collect::<Vec<_>>(), "iPXE binaries loaded from {}", settings.ipxe_dir.display());
     let gate = Arc::new(start_gate(&settings)?);
     let state = load_state(&settings, store, leases, Arc::clone(&gate))?;
-    let tokens = Arc::new(MachineTokens::load_or_create(&settings.data_dir)?);
 
-    let mut services = spawn_boot_services(&settings, address, &state, boot_files, tokens);
+    let mut services = spawn_boot_services(&settings, address, &state, boot_files);
     let mut background = spawn_background_tasks(&settings, &state);
     let api = serve_api(&settings, Arc::clone(&state));
     let outcome = tokio::select! {
@@ -112,12 +111,28 @@ fn load_state(
     leases: Arc<LeaseJournal>,
     gate: Arc<Gate>,
 ) -> anyhow::Result<Arc<AppState>> {
+    let tokens = MachineTokens::load(
+        &settings.data_dir,
+        Arc::new(store.clone()),
+        settings.token_lifetime.0,
+    )?;
+    if settings.machine_identity == MachineIdentity::Address {
+        tracing::warn!("machine-identity = address: a host that takes a machine's reserved address is taken for that machine by the worker API and the metadata service");
+    }
     let catalog = Arc::new(Catalog::new(Arc::new(store)));
     let engine = Engine::load(catalog).context("loading workflow runs from the store")?;
     let metrics = Arc::new(Metrics::new(Arc::clone(&gate)));
     crate::log_budget::log_panics(&metrics.log_lines_suppressed);
     let holders = Arc::new(LeaseHolders::load(&*leases).context("loading the leases")?);
-    let state = Arc::new(AppState::new(engine, gate, metrics, leases, holders));
+    let state = Arc::new(AppState::new(
+        engine,
+        gate,
+        metrics,
+        (leases, holders),
+        Arc::new(tokens),
+        settings.machine_identity,
+        settings.chainload_window.0,
+    ));
     let machines = state
         .sync_hardware()
         .context("loading Hardware from the store")?;
@@ -139,7 +154,6 @@ fn spawn_boot_services(
     address: Ipv4Addr,
     state: &Arc<AppState>,
     boot_files: Arc<BootFiles>,
-    tokens: Arc<MachineTokens>,
 ) -> JoinSet<anyhow::Result<()>> {
     let mut services = JoinSet::new();
     let dhcp = DhcpServer::new(
@@ -158,6 +172,7 @@ fn spawn_boot_services(
         Arc::clone(&state.metrics),
         Arc::clone(&state.leases) as Arc<dyn LeaseStore>,
         Arc::clone(&state.holders),
+        Arc::clone(&state.script_handoffs),
     );
     services.spawn(dhcp.serve());
     let pace = PaceLimits {
@@ -166,7 +181,6 @@ fn spawn_boot_services(
     };
     let worker_api = WorkerApi {
         state: Arc::clone(state),
-        tokens: Arc::clone(&tokens),
         connection_timeout: settings.connection_timeout.0,
     };
     services.spawn(worker_api.serve(SocketAddr::from((address, settings.worker_api_port))));
@@ -179,7 +193,6 @@ fn spawn_boot_services(
             pace,
         },
         Arc::clone(state),
-        tokens,
         Arc::clone(&boot_files),
     );
     services.spawn(boot_http.serve());

@@ -17,8 +17,9 @@ use workflow::{
 };
 
 use crate::{
-    dhcp::LeaseHolders,
+    dhcp::{LeaseHolders, ScriptHandoffs},
     gate::Gate,
+    identity::{MachineIdentity, MachineTokens},
     machines::{MachineTable, Machines},
     metrics::Metrics,
 };
@@ -33,6 +34,13 @@ pub struct AppState {
     pub leases: Arc<dyn LeaseStore>,
     /// Who holds each leased address: the DHCP server keeps it, deleting a lease updates it.
     pub holders: Arc<LeaseHolders>,
+    /// Each machine's boot and its token; a boot ends when its machine has no more work.
+    pub tokens: Arc<MachineTokens>,
+    /// What identifies a machine to the worker API and the metadata service.
+    pub machine_identity: MachineIdentity,
+    /// Which machines Wisp's DHCP just pointed at their iPXE script: a script fetched then
+    /// starts a boot, and carries its token.
+    pub script_handoffs: Arc<ScriptHandoffs>,
     /// Serialises Hardware syncs, so that an older snapshot of the store never overwrites a
     /// newer one in the gate or the DHCP server.
     hardware_sync: Mutex<()>,
@@ -53,9 +61,12 @@ impl AppState {
         engine: Engine,
         gate: Arc<Gate>,
         metrics: Arc<Metrics>,
-        leases: Arc<dyn LeaseStore>,
-        holders: Arc<LeaseHolders>,
+        leases: (Arc<dyn LeaseStore>, Arc<LeaseHolders>),
+        tokens: Arc<MachineTokens>,
+        machine_identity: MachineIdentity,
+        chainload_window: Duration,
     ) -> AppState {
+        let (leases, holders) = leases;
         AppState {
             engine,
             gate,
@@ -63,6 +74,9 @@ impl AppState {
             metrics,
             leases,
             holders,
+            tokens,
+            machine_identity,
+            script_handoffs: Arc::new(ScriptHandoffs::new(chainload_window)),
             hardware_sync: Mutex::new(()),
             coalesced_syncs: CoalescedSyncs::default(),
         }
@@ -86,6 +100,13 @@ impl AppState {
 
         let macs = table.macs().copied().collect();
         self.gate.sync_allowlist(&macs)?;
+        // A machine with no more work (its workflow ended, or Wisp no longer owns it) needs no
+        // token: its boot ends, and its token is refused from now on.
+        self.tokens.end_boots_unless(|mac| {
+            table
+                .get(mac)
+                .is_some_and(|machine| machine.pending_work())
+        })?;
         let machines = table.len();
         self.machines.replace(table);
         Ok(machines)

@@ -25,7 +25,7 @@ use workflow::{
 };
 
 use crate::{
-    identity::{self, MachineTokens, Refusal},
+    identity,
     metrics::{StateLabels, WorkerCallLabels},
     net::{ConnectionLimits, ConnectionSlots},
     state::AppState,
@@ -136,7 +136,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct WorkerApi {
     pub state: Arc<AppState>,
-    pub tokens: Arc<MachineTokens>,
     /// How long a connection may go unused before a keepalive probe, and how long the probe's
     /// answer may take: a machine that was hard-reset leaves a half-open connection behind.
     pub connection_timeout: Duration,
@@ -175,15 +174,17 @@ impl WorkerApi {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "));
         let machines = self.state.machines.current();
-        let caller =
-            identity::identify(&machines, &self.tokens, source.ip(), token).map_err(|refusal| {
-                match refusal {
-                    Refusal::Unknown(_) => Status::permission_denied(refusal.to_string()),
-                    Refusal::InvalidToken | Refusal::TokenMismatch => {
-                        Status::unauthenticated(refusal.to_string())
-                    }
-                }
-            })?;
+        let caller = identity::identify(
+            &machines,
+            &self.state.tokens,
+            self.state.machine_identity,
+            source.ip(),
+            token,
+        )
+        .map_err(|refusal| match refusal.unauthenticated() {
+            true => Status::unauthenticated(refusal.to_string()),
+            false => Status::permission_denied(refusal.to_string()),
+        })?;
         let mac: MacAddr = agent_id.parse().map_err(|err| {
             Status::invalid_argument(format!("agent_id {agent_id:?} is not a MAC address: {err}"))
         })?;

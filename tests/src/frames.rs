@@ -34,6 +34,27 @@ pub fn discover(chaddr: [u8; 6], relay: Option<Ipv4Addr>) -> Vec<u8> {
     bytes
 }
 
+/// The DISCOVER of an iPXE (user class `iPXE`) that a firmware DISCOVER ([`discover`]) moments
+/// before made Wisp chainload: Wisp answers it with the machine's script URL.
+pub fn ipxe_discover(chaddr: [u8; 6]) -> Vec<u8> {
+    let mut message = v4::Message::default();
+    message
+        .set_flags(v4::Flags::default().set_broadcast())
+        .set_chaddr(&chaddr)
+        .set_xid(0x6950_5845);
+    let options = message.opts_mut();
+    options.insert(v4::DhcpOption::MessageType(v4::MessageType::Discover));
+    options.insert(v4::DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+    ));
+    options.insert(v4::DhcpOption::UserClass(b"iPXE".to_vec()));
+    let mut bytes = Vec::new();
+    message
+        .encode(&mut Encoder::new(&mut bytes))
+        .expect("a DISCOVER encodes");
+    bytes
+}
+
 /// How to frame a UDP payload, including the ways a frame can lie.
 #[derive(Clone, Debug)]
 pub struct Framing {

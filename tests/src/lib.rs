@@ -580,3 +580,29 @@ pub fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> Optio
     }
     None
 }
+
+/// A new boot of the machine `mac`, as Wisp sees one: its firmware's DHCP, then the DHCP of the
+/// iPXE Wisp chainloads (which Wisp points at the machine's script), then the script, fetched
+/// from `address` (an address of the client namespace, which the machine's Hardware reserves).
+/// Returns the token on the script's kernel command line: the token of that boot.
+pub fn boot_token(lab: &Lab, mac: &str, address: &str) -> String {
+    let chaddr: [u8; 6] = mac
+        .split(':')
+        .map(|byte| u8::from_str_radix(byte, 16).expect("a MAC"))
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("six bytes");
+    lab.send_dhcp(&frames::discover(chaddr, None), false);
+    lab.send_dhcp(&frames::ipxe_discover(chaddr), false);
+    let url = format!("http://10.99.0.1:8080/ipxe/{mac}/auto.ipxe");
+    let mut script = String::new();
+    eventually("the script carries the boot's token", || {
+        script = lab.client.exec_ok("curl", &["-s", "--interface", address, &url]);
+        script.contains("wisp.token=")
+    });
+    script
+        .split_whitespace()
+        .find_map(|word| word.strip_prefix("wisp.token="))
+        .expect("a token")
+        .to_string()
+}

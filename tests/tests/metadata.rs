@@ -1,6 +1,6 @@
 //! The metadata service through curl from the machines' side: EC2 paths and /metadata for the
 //! machine at the source address, per-machine tokens, and no machine reading another's data.
-use wisp_tests::{apply_ok, require_root, Daemon, Lab, TempDir, SERVER_IF};
+use wisp_tests::{apply_ok, boot_token, require_root, wisp_ok, Daemon, Lab, TempDir, SERVER_IF};
 
 const MACHINES: &str = "apiVersion: tinkerbell.org/v1alpha1
 kind: Hardware
@@ -83,48 +83,132 @@ fn fetch(lab: &Lab, source: &str, path: &str, extra: &[&str]) -> (u16, String) {
     (status.trim().parse().expect("a status"), body.to_string())
 }
 
-/// A machine's token, as its iPXE script hands it to the kernel when the machine itself (its
-/// reserved address) asks (both machines have pending work, so their scripts boot the
-/// provisioning OS).
-fn token_of(lab: &Lab, mac: &str, address: &str) -> String {
-    let (status, script) = fetch(lab, address, &format!("/ipxe/{mac}/auto.ipxe"), &[]);
-    assert_eq!(status, 200, "{script}");
-    script
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("wisp.token="))
-        .unwrap_or_else(|| panic!("no wisp.token in:\n{script}"))
-        .to_string()
-}
-
-#[test]
-fn each_machine_reads_its_own_metadata_and_no_other() {
-    require_root!();
-    let lab = Lab::new("meta");
-    let work = TempDir::new("meta");
-    let _daemon = Daemon::start(
+fn start(lab: &Lab, work: &TempDir, identity: &str) -> Daemon {
+    let daemon = Daemon::start(
         &lab.server,
         SERVER_IF,
         &work.join("data"),
-        &["--xdp-mode", "native"],
+        &["--xdp-mode", "native", "--machine-identity", identity],
     );
     apply_ok(&lab.server, MACHINES);
     for extra in ["10.99.0.3/24", "10.99.0.9/24"] {
         lab.client
             .exec_ok("ip", &["addr", "add", extra, "dev", "cli"]);
     }
+    daemon
+}
 
-    // By source address: alpha is the machine at 10.99.0.2.
+#[test]
+fn a_machine_reads_its_own_metadata_with_the_token_of_its_current_boot_only() {
+    require_root!();
+    let lab = Lab::new("meta");
+    let work = TempDir::new("meta");
+    let _daemon = start(&lab, &work, "token");
+    let hostname = "/2009-04-04/meta-data/hostname";
+
+    // The reserved address alone is not enough: a host that took it gets nothing.
+    let (status, reason) = fetch(&lab, "10.99.0.2", hostname, &[]);
+    assert_eq!(status, 401, "{reason}");
+    assert!(reason.contains("a token is required"), "{reason}");
+    // A script asked for from an address the Hardware does not reserve gets the answer an
+    // unknown MAC gets: MACs are no secret, and the script would carry the token.
+    let unknown = fetch(&lab, "10.99.0.2", "/ipxe/1c:69:7a:00:00:0c/auto.ipxe", &[]);
+    let (status, body) = fetch(&lab, "10.99.0.2", "/ipxe/1c:69:7a:00:00:0b/auto.ipxe", &[]);
     assert_eq!(
-        fetch(&lab, "10.99.0.2", "/2009-04-04/meta-data/hostname", &[]),
+        (status, body.replace("0b", "0c")),
+        unknown,
+        "bravo's script from alpha's address"
+    );
+    // Nor does the machine's own address get a token without Wisp's DHCP pointing it there.
+    let (status, script) = fetch(&lab, "10.99.0.2", "/ipxe/1c:69:7a:00:00:0a/auto.ipxe", &[]);
+    assert!(status == 200 && !script.contains("wisp.token="), "{script}");
+
+    // A boot: DHCP, then the script, whose token reads alpha's metadata.
+    let alpha = boot_token(&lab, "1c:69:7a:00:00:0a", "10.99.0.2");
+    let with_alpha = format!("X-Wisp-Token: {alpha}");
+    assert_eq!(
+        fetch(&lab, "10.99.0.2", hostname, &["-H", &with_alpha]),
         (200, "alpha".into())
     );
     assert_eq!(
-        fetch(&lab, "10.99.0.2", "/2009-04-04/meta-data/instance-id", &[]),
-        (200, "i-alpha".into())
+        fetch(
+            &lab,
+            "10.99.0.2",
+            "/2009-04-04/meta-data/local-ipv4",
+            &["-H", &with_alpha]
+        ),
+        (200, "10.99.0.2".into())
     );
     assert_eq!(
-        fetch(&lab, "10.99.0.2", "/2009-04-04/meta-data/local-ipv4", &[]),
-        (200, "10.99.0.2".into())
+        fetch(&lab, "10.99.0.2", "/2009-04-04/user-data", &["-H", &with_alpha]),
+        (200, "#cloud-config\nhostname: alpha\n".into())
+    );
+    let (status, document) = fetch(&lab, "10.99.0.2", "/metadata", &["-H", &with_alpha]);
+    assert_eq!(status, 200);
+    let document: serde_json::Value = serde_json::from_str(&document).expect("JSON");
+    assert_eq!(document["instance"]["hostname"], "alpha");
+
+    // Bravo's token works from an address no Hardware reserves, as a bearer or a query.
+    let bravo = boot_token(&lab, "1c:69:7a:00:00:0b", "10.99.0.3");
+    let bearer = format!("Authorization: Bearer {bravo}");
+    assert_eq!(
+        fetch(&lab, "10.99.0.9", hostname, &["-H", &bearer]),
+        (200, "bravo".into())
+    );
+    let query = format!("/2009-04-04/meta-data/instance-id?token={bravo}");
+    assert_eq!(
+        fetch(&lab, "10.99.0.9", &query, &[]),
+        (200, "i-bravo".into())
+    );
+    // Alpha cannot read bravo's metadata with bravo's token, nor with a forged one.
+    let (status, reason) = fetch(&lab, "10.99.0.2", hostname, &["-H", &bearer]);
+    assert_eq!(
+        (status, reason.trim()),
+        (
+            403,
+            "the token does not belong to the machine at this address"
+        )
+    );
+    let forged = bravo.replacen("1c697a00000b", "1c697a00000a", 1);
+    let (status, reason) = fetch(
+        &lab,
+        "10.99.0.9",
+        hostname,
+        &["-H", &format!("Authorization: Bearer {forged}")],
+    );
+    assert_eq!((status, reason.trim()), (403, "the token is not valid"));
+
+    // Alpha boots again: the earlier boot's token is refused, the new one works.
+    let again = boot_token(&lab, "1c:69:7a:00:00:0a", "10.99.0.2");
+    let (status, reason) = fetch(&lab, "10.99.0.2", hostname, &["-H", &with_alpha]);
+    assert_eq!(status, 403, "{reason}");
+    assert!(reason.contains("an earlier boot"), "{reason}");
+    let with_again = format!("X-Wisp-Token: {again}");
+    assert_eq!(
+        fetch(&lab, "10.99.0.2", hostname, &["-H", &with_again]),
+        (200, "alpha".into())
+    );
+    // Its workflow ends (here, deleted): its boot ends, and so does its token.
+    wisp_ok(&lab.server, &["delete", "workflow", "alpha-wf", "-n", "lab"]);
+    let (status, reason) = fetch(&lab, "10.99.0.2", hostname, &["-H", &with_again]);
+    assert_eq!(status, 403, "{reason}");
+    assert!(reason.contains("boot has ended"), "{reason}");
+    // Bravo's boot goes on.
+    assert_eq!(
+        fetch(&lab, "10.99.0.9", hostname, &["-H", &bearer]),
+        (200, "bravo".into())
+    );
+}
+
+#[test]
+fn with_address_identity_the_reserved_address_is_enough() {
+    require_root!();
+    let lab = Lab::new("meta-address");
+    let work = TempDir::new("meta-address");
+    let _daemon = start(&lab, &work, "address");
+    assert_eq!(
+        fetch(&lab, "10.99.0.2", "/2009-04-04/meta-data/hostname", &[]),
+        (200, "alpha".into())
     );
     let (status, index) = fetch(&lab, "10.99.0.2", "/2009-04-04/meta-data/", &[]);
     assert_eq!(
@@ -140,73 +224,14 @@ fn each_machine_reads_its_own_metadata_and_no_other() {
             ]
         )
     );
-    assert_eq!(
-        fetch(&lab, "10.99.0.2", "/2009-04-04/user-data", &[]),
-        (200, "#cloud-config\nhostname: alpha\n".into())
-    );
-    let (status, document) = fetch(&lab, "10.99.0.2", "/metadata", &[]);
-    assert_eq!(status, 200);
-    let document: serde_json::Value = serde_json::from_str(&document).expect("JSON");
-    assert_eq!(document["instance"]["hostname"], "alpha");
-
-    // An address no Hardware reserves gets nothing, unless it shows its machine's token.
     let (status, reason) = fetch(&lab, "10.99.0.9", "/2009-04-04/meta-data/hostname", &[]);
     assert_eq!((status, reason.trim()), (404, "no machine at 10.99.0.9"));
-    // A script asked for from another address carries no token: MACs are no secret.
-    let (_, script) = fetch(&lab, "10.99.0.2", "/ipxe/1c:69:7a:00:00:0b/auto.ipxe", &[]);
-    assert!(
-        script.contains("wisp.mac=1c:69:7a:00:00:0b") && !script.contains("wisp.token="),
-        "{script}"
-    );
-    let bravo = token_of(&lab, "1c:69:7a:00:00:0b", "10.99.0.3");
-    let bearer = format!("Authorization: Bearer {bravo}");
-    assert_eq!(
-        fetch(
-            &lab,
-            "10.99.0.9",
-            "/2009-04-04/meta-data/hostname",
-            &["-H", &bearer]
-        ),
-        (200, "bravo".into())
-    );
-    let query = format!("/2009-04-04/meta-data/instance-id?token={bravo}");
-    assert_eq!(
-        fetch(&lab, "10.99.0.9", &query, &[]),
-        (200, "i-bravo".into())
-    );
-
-    // Alpha cannot read bravo's metadata with bravo's token, nor with a forged one.
-    let (status, reason) = fetch(
+    // A token, when one is shown, must still be good.
+    let (status, _) = fetch(
         &lab,
         "10.99.0.2",
         "/2009-04-04/meta-data/hostname",
-        &["-H", &bearer],
+        &["-H", "X-Wisp-Token: 1c697a00000a-00-00-00"],
     );
-    assert_eq!(status, 403, "{reason}");
-    assert_eq!(
-        reason.trim(),
-        "the token does not belong to the machine at this address"
-    );
-    let forged = bravo.replacen("1c697a00000b", "1c697a00000a", 1);
-    let (status, _) = fetch(
-        &lab,
-        "10.99.0.9",
-        "/2009-04-04/meta-data/hostname",
-        &["-H", &format!("Authorization: Bearer {forged}")],
-    );
-    assert_eq!(
-        status, 403,
-        "a token whose tag does not match its MAC is refused"
-    );
-    // Alpha's own token works from its own address.
-    let alpha = token_of(&lab, "1c:69:7a:00:00:0a", "10.99.0.2");
-    assert_eq!(
-        fetch(
-            &lab,
-            "10.99.0.2",
-            "/2009-04-04/meta-data/hostname",
-            &["-H", &format!("X-Wisp-Token: {alpha}")]
-        ),
-        (200, "alpha".into())
-    );
+    assert_eq!(status, 403);
 }

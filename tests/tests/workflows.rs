@@ -3,16 +3,17 @@
 //! Hardware reserves, against a daemon in the server namespace.
 use std::{io::Write, time::Duration};
 
-use boot_userspace::identity::MachineTokens;
 use serde_json::Value;
-use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
+use tonic::{
+    codegen::InterceptedService, metadata::MetadataValue, transport::Channel, Code, Request,
+};
 use wisp_proto::{
     workflow_service_client::WorkflowServiceClient, ActionMessage, ActionRequest,
     ActionStatusRequest, StateType,
 };
 use wisp_tests::{
-    apply_ok, closed_within, eventually_within, metric, output_text, require_root, wisp, wisp_ok,
-    worker_binary, Daemon, Lab, TempDir, SERVER_IF,
+    apply_ok, boot_token, closed_within, eventually_within, metric, output_text, require_root,
+    wisp, wisp_ok, worker_binary, Daemon, Lab, TempDir, CLIENT_IF, SERVER_IF,
 };
 
 const MAC_A: &str = "02:00:00:00:00:0a";
@@ -87,11 +88,13 @@ fn setup(purpose: &str, actions: &str) -> (Lab, Daemon, TempDir) {
     (lab, daemon, work)
 }
 
-/// Runs machine A's worker to its end, in the client namespace.
+/// Runs machine A's worker to its end, in the client namespace, with the token of a new boot.
 fn run_worker(lab: &Lab) -> std::process::Output {
+    let token = boot_token(lab, MAC_A, "10.99.0.2");
     lab.client
         .command(worker_binary())
         .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
+        .args(["--token", &token])
         .env("NO_COLOR", "1")
         .output()
         .expect("run wisp-worker")
@@ -116,22 +119,37 @@ fn next_boot_script(lab: &Lab) -> String {
     )
 }
 
+/// A worker API client that shows a machine's token on every call.
+type Client = WorkflowServiceClient<InterceptedService<Channel, ShowToken>>;
+
+#[derive(Clone)]
+struct ShowToken(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for ShowToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
+        if !request.metadata().contains_key("authorization") {
+            request.metadata_mut().insert("authorization", self.0.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// Runs `call` with a gRPC client of the worker API, from the client namespace (machine A's
-/// address).
-fn from_machine_a<T: Send>(
-    lab: &Lab,
-    call: impl AsyncFnOnce(WorkflowServiceClient<Channel>) -> T + Send,
-) -> T {
+/// address), showing the token of a new boot of machine A.
+fn from_machine_a<T: Send>(lab: &Lab, call: impl AsyncFnOnce(Client) -> T + Send) -> T {
+    let token = boot_token(lab, MAC_A, "10.99.0.2");
+    let token = ShowToken(MetadataValue::try_from(format!("Bearer {token}")).expect("header"));
     lab.client.within(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            let client = WorkflowServiceClient::connect("http://10.99.0.1:42113")
+            let channel = Channel::from_static("http://10.99.0.1:42113")
+                .connect()
                 .await
                 .expect("connect to the worker API");
-            call(client).await
+            call(WorkflowServiceClient::with_interceptor(channel, token)).await
         })
     })
 }
@@ -460,10 +478,10 @@ fn a_reported_message_is_capped_before_it_is_stored() {
 #[test]
 fn workers_get_and_report_only_their_own_machines_actions() {
     require_root!();
-    let (lab, daemon, _work) = setup("wf-iso", &shell_action("first", 30, "true"));
-    let token_b = MachineTokens::load_or_create(&daemon.data_dir)
-        .expect("the daemon's key")
-        .token(&MAC_B.parse().expect("MAC"));
+    let (lab, _daemon, _work) = setup("wf-iso", &shell_action("first", 30, "true"));
+    lab.client
+        .exec_ok("ip", &["addr", "add", "10.99.0.3/24", "dev", CLIENT_IF]);
+    let token_b = boot_token(&lab, MAC_B, "10.99.0.3");
     let codes = from_machine_a(&lab, async |mut client| {
         let as_b = client.get_action(ask(MAC_B)).await.map(drop);
         let report_b_as_a = client
@@ -502,7 +520,13 @@ fn workers_get_and_report_only_their_own_machines_actions() {
         "{:?}",
         codes.2
     );
-    assert_eq!(code(&codes.3), Some(Code::Unauthenticated), "{:?}", codes.3);
+    // B's token from A's address names another machine than the address does.
+    assert_eq!(
+        code(&codes.3),
+        Some(Code::PermissionDenied),
+        "{:?}",
+        codes.3
+    );
     let own = codes.4.expect("machine A gets its own action");
     assert_eq!(own.workflow_id(), "lab/wf-a");
     assert_eq!(own.worker_id(), MAC_A);
@@ -530,10 +554,13 @@ fn a_daemon_restart_mid_workflow_resumes_it() {
         &format!("sleep 4; echo one > {}", first.display()),
     ) + &shell_action("next", 60, &format!("echo two > {}", second.display()));
     let (lab, mut daemon, data) = setup("wf-restart", &actions);
+    // The boot's token, minted before the restart, is still good after it.
+    let token = boot_token(&lab, MAC_A, "10.99.0.2");
     let mut worker = lab
         .client
         .command(worker_binary())
         .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
+        .args(["--token", &token])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -586,6 +613,7 @@ fn an_image_that_is_not_built_in_fails_clearly_without_a_container_runtime() {
             command: [\"echo\", \"hi\"]
 ";
     let (lab, _daemon, _work) = setup("wf-oci", actions);
+    let token = boot_token(&lab, MAC_A, "10.99.0.2");
     // The provisioning OS has no container runtime; an empty PATH stands in for it here.
     let worker = lab
         .client
@@ -593,6 +621,7 @@ fn an_image_that_is_not_built_in_fails_clearly_without_a_container_runtime() {
         .arg("PATH=/nonexistent")
         .arg(worker_binary())
         .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
+        .args(["--token", &token])
         .output()
         .expect("run wisp-worker");
     assert_eq!(worker.status.code(), Some(1), "{}", output_text(&worker));

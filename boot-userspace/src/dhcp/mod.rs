@@ -29,7 +29,7 @@ use workflow::{
 use self::{
     boot::BootConfig,
     datagrams::Receiver,
-    handler::{Destination, Facts, Mode, Outcome, Port, Reply, Request},
+    handler::{Destination, Facts, Handoff, Mode, Outcome, Port, Reply, Request},
     leases::LeaseWriter,
 };
 use crate::{
@@ -75,6 +75,7 @@ pub struct DhcpServer {
     /// Which MAC holds each leased address, and until when, so that an address is never
     /// handed to a second MAC while the first one's lease runs.
     holders: Arc<LeaseHolders>,
+    script_handoffs: Arc<ScriptHandoffs>,
 }
 
 /// The MAC that holds an address, until the Unix time its lease expires.
@@ -154,6 +155,40 @@ impl Holders {
     }
 }
 
+/// Which machines Wisp's DHCP pointed at their iPXE script, and when: the script that follows
+/// within the window starts the machine's boot, and only it carries a token (a script fetched
+/// at any other time, by anyone, carries none).
+pub struct ScriptHandoffs {
+    window: Duration,
+    at: Mutex<HashMap<MacAddr, Instant>>,
+}
+
+impl ScriptHandoffs {
+    pub fn new(window: Duration) -> ScriptHandoffs {
+        ScriptHandoffs {
+            window,
+            at: Mutex::default(),
+        }
+    }
+
+    /// Only MACs that Wisp owns get replies, so the map holds at most one entry per machine.
+    fn record(&self, mac: MacAddr) {
+        self.at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(mac, Instant::now());
+    }
+
+    /// Whether Wisp pointed `mac` at its script within the window.
+    pub fn recent(&self, mac: &MacAddr) -> bool {
+        self.at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(mac)
+            .is_some_and(|at| at.elapsed() < self.window)
+    }
+}
+
 /// An iPXE binary handed to a client. Retransmissions of the same transaction keep its xid and
 /// must get the same answer; the chainloaded iPXE starts a transaction of its own.
 #[derive(Clone, Copy, Debug)]
@@ -170,6 +205,7 @@ impl DhcpServer {
         metrics: Arc<Metrics>,
         leases: Arc<dyn LeaseStore>,
         holders: Arc<LeaseHolders>,
+        script_handoffs: Arc<ScriptHandoffs>,
     ) -> DhcpServer {
         DhcpServer {
             config,
@@ -182,6 +218,7 @@ impl DhcpServer {
             handoffs: Mutex::default(),
             declined: Mutex::default(),
             holders,
+            script_handoffs,
         }
     }
 
@@ -358,8 +395,11 @@ impl DhcpServer {
                 if self.log.allow(client.clone()) {
                     tracing::info!(client, %source, request, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
                 }
+                if let (Some(mac), Handoff::Script) = (mac, reply.handoff) {
+                    self.script_handoffs.record(mac);
+                }
                 let handoff = mac
-                    .filter(|_| reply.handoff)
+                    .filter(|_| reply.handoff == Handoff::Binary)
                     .map(|mac| (mac, message.xid()));
                 let lease = reply.lease.take();
                 if let Some(lease) = &lease {

@@ -25,7 +25,6 @@ use workflow::resource::MacAddr;
 
 use crate::{
     boot_files::BootFiles,
-    identity::MachineTokens,
     log_budget::LogBudget,
     metadata::{self, Metadata},
     metrics::{HttpLabels, Metrics},
@@ -58,7 +57,6 @@ pub struct BootHttp {
     /// Lines about each client address, rationed: anyone may ask for scripts.
     log: LogBudget<IpAddr>,
     state: Arc<AppState>,
-    tokens: Arc<MachineTokens>,
     boot_files: Arc<BootFiles>,
 }
 
@@ -66,14 +64,12 @@ impl BootHttp {
     pub fn new(
         config: BootHttpConfig,
         state: Arc<AppState>,
-        tokens: Arc<MachineTokens>,
         boot_files: Arc<BootFiles>,
     ) -> BootHttp {
         BootHttp {
             config,
             log: LogBudget::new("http", &state.metrics.log_lines_suppressed),
             state,
-            tokens,
             boot_files,
         }
     }
@@ -91,7 +87,6 @@ impl BootHttp {
         let boot = Arc::new(self);
         let metadata = metadata::router(Arc::new(Metadata {
             state: Arc::clone(&boot.state),
-            tokens: Arc::clone(&boot.tokens),
         }));
         let router = Router::new()
             .route("/ipxe/{mac}/auto.ipxe", get(machine_script))
@@ -185,13 +180,45 @@ async fn machine_script(
         }
         return not_found(format!("no iPXE script for {mac}"));
     };
+    // Anyone on the boot network may ask for a script, and MACs are no secret: a script (a
+    // custom one, kernel parameters, a token) goes only to the machine itself, at the address
+    // its Hardware reserves (anywhere, when it reserves none).
+    let from_machine = match (machine.address, source.ip()) {
+        (None, _) => true,
+        (Some(reserved), IpAddr::V4(ip)) => ip == reserved,
+        (Some(reserved), IpAddr::V6(ip)) => ip.to_ipv4_mapped() == Some(reserved),
+    };
+    if !from_machine {
+        tracing::debug!(client = %mac, %source, hardware = %machine.hardware, "no iPXE script: asked for from an address the Hardware does not reserve");
+        return not_found(format!("no iPXE script for {mac}"));
+    }
     let pending_work = machine.pending_work();
     let assets_base = boot.assets_base();
-    // The metadata token goes only to the machine itself: a request from its reserved address.
-    // Anyone on the boot network may ask for a script, and MACs are no secret.
-    let from_machine =
-        matches!(source.ip(), std::net::IpAddr::V4(ip) if machine.address == Some(ip));
-    let token = from_machine.then(|| boot.tokens.token(&mac));
+    // A boot starts here, with a token of its own, only when Wisp's DHCP has just pointed the
+    // machine at this script; the boot's record is durable before the token goes out.
+    let token = if pending_work && boot.state.script_handoffs.recent(&mac) {
+        let tokens = Arc::clone(&boot.state.tokens);
+        match tokio::task::spawn_blocking(move || tokens.mint(mac)).await {
+            Ok(Ok(token)) => Some(token),
+            Ok(Err(err)) => {
+                tracing::error!(client = %mac, "cannot start the boot: {err}");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("cannot start the boot of {mac}: {err}\n"),
+                )
+                    .into_response();
+            }
+            Err(err) => {
+                tracing::error!(client = %mac, "starting the boot failed: {err}");
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
+        }
+    } else {
+        if pending_work {
+            tracing::info!(client = %mac, "iPXE script without a token: Wisp's DHCP did not just point the machine here");
+        }
+        None
+    };
     let context = ScriptContext {
         server: boot.config.server,
         worker_api_port: boot.config.worker_api_port,
@@ -200,7 +227,7 @@ async fn machine_script(
         token: token.as_deref(),
     };
     if boot.log.allow(source.ip()) {
-        tracing::info!(client = %mac, %source, pending_work, "iPXE script served");
+        tracing::info!(client = %mac, %source, pending_work, boot_started = token.is_some(), "iPXE script served");
     }
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

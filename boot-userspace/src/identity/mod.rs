@@ -1,23 +1,54 @@
-//! Who is calling: a machine is identified by its source address (the address its Hardware
-//! reserves) and by a per-machine token that its iPXE script puts on the kernel command line
-//! (`wisp.token=`). Both the metadata service and the worker API ask this module, so one
-//! machine can never read another's metadata or run or report another's actions.
+//! Who is calling: a machine is identified by its per-boot token (`identity::token`), which its
+//! iPXE script puts on the kernel command line (`wisp.token=`), and by its source address (the
+//! address its Hardware reserves). Both the metadata service and the worker API ask this module,
+//! so one machine can never read another's metadata or run or report another's actions.
 pub mod token;
 
-use std::{net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
 pub use token::MachineTokens;
 
 use crate::machines::{Machine, MachineTable};
 
+/// What identifies a machine to the worker API and the metadata service.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineIdentity {
+    /// The token of the machine's current boot, from its address (or from anywhere when its
+    /// Hardware reserves none). A host that takes a machine's address gets nothing without it.
+    Token,
+    /// Its reserved address alone, as Tinkerbell's Hegel and tink-server trust it: for
+    /// Tinkerbell's own agent, and for cloud-init reading metadata after the install. A token,
+    /// when one is shown, must still be good.
+    Address,
+}
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("the token is not valid")]
     InvalidToken,
+    #[error("the token has expired")]
+    ExpiredToken,
+    #[error("the token is from an earlier boot of this machine: it booted again since")]
+    EarlierBoot,
+    #[error("the token's boot has ended: the machine's workflow is over")]
+    EndedBoot,
     #[error("the token does not belong to the machine at this address")]
     TokenMismatch,
+    #[error("a token is required: the machine's iPXE script puts it on the kernel command line (wisp.token=)")]
+    TokenRequired,
     #[error("no machine at {0}")]
     Unknown(IpAddr),
+}
+
+impl Refusal {
+    /// Whether the caller showed no (good) credentials, as opposed to credentials for the
+    /// wrong machine.
+    pub fn unauthenticated(&self) -> bool {
+        !matches!(self, Refusal::TokenMismatch | Refusal::Unknown(_))
+    }
 }
 
 /// Identifies the caller by token and by source address. When both name a machine they must
@@ -25,11 +56,13 @@ pub enum Refusal {
 pub fn identify(
     machines: &MachineTable,
     tokens: &MachineTokens,
+    policy: MachineIdentity,
     source: IpAddr,
     token: Option<&str>,
 ) -> Result<Arc<Machine>, Refusal> {
     let by_token = match token {
-        Some(token) => Some(tokens.verify(token).ok_or(Refusal::InvalidToken)?),
+        Some(token) => Some(tokens.verify(token, SystemTime::now())?),
+        None if policy == MachineIdentity::Token => return Err(Refusal::TokenRequired),
         None => None,
     };
     let by_token = by_token.and_then(|mac| machines.get(&mac));

@@ -1,23 +1,52 @@
-//! Per-machine tokens: `<mac without colons>-<HMAC-SHA256 of the MAC, 16 bytes, hex>`, under a
-//! key kept in the data directory.
-use std::{fmt::Write as _, path::Path};
+//! Per-boot machine tokens: `<MAC>-<boot>-<expiry>-<tag>`, in hex, where the tag is an
+//! HMAC-SHA256 (16 bytes) of the rest under a key kept in the data directory.
+//!
+//! A token is minted when a machine that has work fetches its iPXE script right after Wisp's
+//! DHCP pointed it there (`boot.rs` on the handoff), and it names that boot. The boot is
+//! recorded durably ([`BootStore`]), replacing the machine's earlier one, so a token of an
+//! earlier boot is refused, and so is one whose workflow has ended (its boot is ended then) or
+//! whose expiry has passed. A restart keeps the boots, so a machine mid-install keeps working.
+//!
+//! The key only spares the store a lookup for tokens that were never minted. If it is lost (a
+//! disk that lost the key file in a crash), a token whose boot is still the machine's current
+//! one is accepted, with a warning: the boot id is 64 random bits that only the token carries.
+use std::{
+    collections::HashMap,
+    fmt::Write as _,
+    path::Path,
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::Context;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use workflow::resource::MacAddr;
+use workflow::{
+    resource::MacAddr,
+    store::{Boot, BootStore, StoreError},
+};
+
+use super::Refusal;
 
 const KEY_FILE: &str = "metadata.key";
 const TAG_BYTES: usize = 16;
 
 pub struct MachineTokens {
     key: [u8; 32],
+    lifetime: Duration,
+    store: Arc<dyn BootStore>,
+    /// The boot each machine is on, as the store has it.
+    boots: RwLock<HashMap<MacAddr, Boot>>,
 }
 
 impl MachineTokens {
-    /// Loads the key, or creates it (readable by its owner alone, durably) on first start, so
-    /// that tokens survive restarts.
-    pub fn load_or_create(data_dir: &Path) -> anyhow::Result<MachineTokens> {
+    /// Loads the key (or creates it, durably, readable by its owner alone) and the boots.
+    /// Tokens are minted to last `lifetime`.
+    pub fn load(
+        data_dir: &Path,
+        store: Arc<dyn BootStore>,
+        lifetime: Duration,
+    ) -> anyhow::Result<MachineTokens> {
         let path = data_dir.join(KEY_FILE);
         let key = workflow::store::private::load_or_create_secret(
             &path,
@@ -25,33 +54,115 @@ impl MachineTokens {
             || rand::random::<[u8; 32]>().to_vec(),
         )
         .with_context(|| format!("loading the token key {}", path.display()))?;
-        let key = key.try_into().expect("a valid key is 32 bytes");
-        Ok(MachineTokens { key })
+        let key = <[u8; 32]>::try_from(key)
+            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
+        let boots = store.boots().context("loading the machines' boots")?;
+        Ok(MachineTokens {
+            key,
+            lifetime,
+            store,
+            boots: RwLock::new(boots.into_iter().collect()),
+        })
     }
 
-    fn mac(&self, mac: &MacAddr) -> Hmac<Sha256> {
+    /// Starts a new boot of `mac` and returns its token; the machine's earlier tokens are
+    /// refused from then on. Durable when it returns.
+    pub fn mint(&self, mac: MacAddr) -> Result<String, StoreError> {
+        let boot = Boot {
+            id: rand::random(),
+            expires_unix: unix(SystemTime::now() + self.lifetime),
+        };
+        self.store.record_boot(&mac, boot)?;
+        self.boots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(mac, boot);
+        Ok(self.token(mac, boot))
+    }
+
+    /// Ends the boots of the machines that `keep` rejects (their workflow ended, or Wisp no
+    /// longer owns them): their tokens are refused from then on.
+    pub fn end_boots_unless(&self, keep: impl Fn(&MacAddr) -> bool) -> Result<(), StoreError> {
+        let ended: Vec<MacAddr> = {
+            let boots = self.boots.read().unwrap_or_else(|p| p.into_inner());
+            boots.keys().filter(|mac| !keep(mac)).copied().collect()
+        };
+        if ended.is_empty() {
+            return Ok(());
+        }
+        self.store.end_boots(&ended)?;
+        let mut boots = self.boots.write().unwrap_or_else(|p| p.into_inner());
+        for mac in &ended {
+            boots.remove(mac);
+        }
+        tracing::info!(machines = ended.len(), "boots ended: their tokens are refused now");
+        Ok(())
+    }
+
+    fn tag(&self, mac: MacAddr, boot: Boot) -> Hmac<Sha256> {
         let mut hmac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
             .expect("HMAC takes keys of any length");
         hmac.update(&mac.0);
+        hmac.update(&boot.id.to_be_bytes());
+        hmac.update(&boot.expires_unix.to_be_bytes());
         hmac
     }
 
-    pub fn token(&self, mac: &MacAddr) -> String {
-        let tag = self.mac(mac).finalize().into_bytes();
-        let mut token = hex(&mac.0);
-        token.push('-');
-        token.push_str(&hex(&tag[..TAG_BYTES]));
-        token
+    fn token(&self, mac: MacAddr, boot: Boot) -> String {
+        let tag = self.tag(mac, boot).finalize().into_bytes();
+        format!(
+            "{}-{:016x}-{:x}-{}",
+            hex(&mac.0),
+            boot.id,
+            boot.expires_unix,
+            hex(&tag[..TAG_BYTES])
+        )
     }
 
-    /// The machine a token names, if its tag is right (compared in constant time).
-    pub fn verify(&self, token: &str) -> Option<MacAddr> {
-        let (mac_hex, tag_hex) = token.split_once('-')?;
-        let mac = MacAddr(unhex(mac_hex)?.try_into().ok()?);
-        let tag = unhex(tag_hex)?;
-        (tag.len() == TAG_BYTES && self.mac(&mac).verify_truncated_left(&tag).is_ok())
-            .then_some(mac)
+    /// The machine a token names, if it is the token of that machine's current boot and has
+    /// not expired; otherwise why not.
+    pub fn verify(&self, token: &str, now: SystemTime) -> Result<MacAddr, Refusal> {
+        let (mac, boot, tag) = parse(token).ok_or(Refusal::InvalidToken)?;
+        let signed = self.tag(mac, boot).verify_truncated_left(&tag).is_ok();
+        let current = self
+            .boots
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&mac)
+            .copied();
+        if !signed {
+            // Signed under another key. Only the machine holds its boot's id, so a token that
+            // names the current boot is the machine's own, signed before the key was lost.
+            if current != Some(boot) {
+                return Err(Refusal::InvalidToken);
+            }
+            tracing::warn!(client = %mac, "a token signed with an earlier key (the key file was replaced) accepted: it names the machine's current boot");
+        }
+        if boot.expires_unix <= unix(now) {
+            return Err(Refusal::ExpiredToken);
+        }
+        match current {
+            Some(current) if current == boot => Ok(mac),
+            Some(_) => Err(Refusal::EarlierBoot),
+            None => Err(Refusal::EndedBoot),
+        }
     }
+}
+
+fn unix(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn parse(token: &str) -> Option<(MacAddr, Boot, Vec<u8>)> {
+    let mut parts = token.split('-');
+    let mac = MacAddr(unhex(parts.next()?)?.try_into().ok()?);
+    let id = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let expires_unix = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let tag = unhex(parts.next()?)?;
+    if parts.next().is_some() || tag.len() != TAG_BYTES {
+        return None;
+    }
+    Some((mac, Boot { id, expires_unix }, tag))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -73,27 +184,64 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use workflow::store::RedbStore;
+
     use super::*;
 
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    fn tokens(dir: &Path) -> MachineTokens {
+        let store = Arc::new(RedbStore::open(dir).unwrap());
+        MachineTokens::load(dir, store, DAY).unwrap()
+    }
+
     #[test]
-    fn tokens_verify_for_their_machine_only() {
-        let dir = std::env::temp_dir().join(format!("wisp-token-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let tokens = MachineTokens::load_or_create(&dir).unwrap();
+    fn a_token_is_good_for_its_machines_current_boot_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = tokens(dir.path());
         let a: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
         let b: MacAddr = "1c:69:7a:11:22:34".parse().unwrap();
-        let token = tokens.token(&a);
-        assert_eq!(tokens.verify(&token), Some(a));
+        let now = SystemTime::now();
+        let first = tokens.mint(a).unwrap();
+        assert_eq!(tokens.verify(&first, now), Ok(a));
         // Claiming another MAC with A's tag fails.
-        let forged = token.replacen("1c697a112233", "1c697a112234", 1);
-        assert_eq!(tokens.verify(&forged), None);
-        assert_ne!(tokens.token(&b), token);
-        assert_eq!(tokens.verify("garbage"), None);
-        // The key persists: a restart verifies the same token.
+        let forged = first.replacen("1c697a112233", "1c697a112234", 1);
+        assert_eq!(tokens.verify(&forged, now), Err(Refusal::InvalidToken));
+        assert_eq!(tokens.verify("garbage", now), Err(Refusal::InvalidToken));
+        // The next boot's token replaces it.
+        let second = tokens.mint(a).unwrap();
+        assert_eq!(tokens.verify(&first, now), Err(Refusal::EarlierBoot));
+        assert_eq!(tokens.verify(&second, now), Ok(a));
+        assert_eq!(tokens.verify(&second, now + DAY), Err(Refusal::ExpiredToken));
+        // A restart keeps the boots.
+        drop(tokens);
+        let tokens = self::tokens(dir.path());
+        assert_eq!(tokens.verify(&second, now), Ok(a));
+        let of_b = tokens.mint(b).unwrap();
+        // A's workflow ends: its boot ends, B's goes on.
+        tokens.end_boots_unless(|mac| *mac == b).unwrap();
+        assert_eq!(tokens.verify(&second, now), Err(Refusal::EndedBoot));
+        assert_eq!(tokens.verify(&of_b, now), Ok(b));
+    }
+
+    #[test]
+    fn a_lost_key_does_not_strand_a_machine_mid_install() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = tokens(dir.path());
+        let a: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
+        let token = tokens.mint(a).unwrap();
+        let earlier = tokens.mint("1c:69:7a:11:22:35".parse().unwrap()).unwrap();
+        let _ = tokens.mint("1c:69:7a:11:22:35".parse().unwrap()).unwrap();
+        drop(tokens);
+        // The key file is cut short, as a crash could leave an unsynced one.
+        std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
+        let tokens = self::tokens(dir.path());
+        let now = SystemTime::now();
+        assert_eq!(tokens.verify(&token, now), Ok(a), "the current boot still works");
         assert_eq!(
-            MachineTokens::load_or_create(&dir).unwrap().verify(&token),
-            Some(a)
+            tokens.verify(&earlier, now),
+            Err(Refusal::InvalidToken),
+            "an earlier boot's token, unsigned now, is not"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

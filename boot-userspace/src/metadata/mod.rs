@@ -18,7 +18,7 @@ use serde_json::Value;
 use workflow::resource::HardwareSpec;
 
 use crate::{
-    identity::{self, MachineTokens, Refusal},
+    identity::{self, Refusal},
     machines::Machine,
     state::AppState,
 };
@@ -37,7 +37,6 @@ const META_DATA_KEYS: &[&str] = &[
 
 pub struct Metadata {
     pub state: Arc<AppState>,
-    pub tokens: Arc<MachineTokens>,
 }
 
 pub fn router(metadata: Arc<Metadata>) -> Router {
@@ -90,14 +89,16 @@ impl Metadata {
             .or(query.token.as_deref());
         let machine = identity::identify(
             &self.state.machines.current(),
-            &self.tokens,
+            &self.state.tokens,
+            self.state.machine_identity,
             source.ip(),
             presented,
         )
         .map_err(|refusal| {
             let status = match refusal {
                 Refusal::Unknown(_) => StatusCode::NOT_FOUND,
-                Refusal::InvalidToken | Refusal::TokenMismatch => StatusCode::FORBIDDEN,
+                Refusal::TokenRequired => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::FORBIDDEN,
             };
             refuse(status, refusal.to_string())
         })?;

@@ -111,6 +111,25 @@ pub struct Lease {
     pub hostname: Option<String>,
 }
 
+/// The boot a machine is on, which its token names: a token of any other boot of the machine,
+/// or of a boot that ended, is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Boot {
+    /// Random, so that a token cannot name a boot that has not been handed out.
+    pub id: u64,
+    /// Seconds since the Unix epoch.
+    pub expires_unix: u64,
+}
+
+/// Durable boots, so that a restart mid-install keeps every machine's token good.
+pub trait BootStore: Send + Sync {
+    /// Records the boot a machine is on, replacing its earlier one; durable when it returns.
+    fn record_boot(&self, mac: &MacAddr, boot: Boot) -> Result<(), StoreError>;
+    /// Ends the boots of these machines (their workflows ended): their tokens are refused.
+    fn end_boots(&self, macs: &[MacAddr]) -> Result<(), StoreError>;
+    fn boots(&self) -> Result<Vec<(MacAddr, Boot)>, StoreError>;
+}
+
 /// Durable leases, so that a restart loses none.
 pub trait LeaseStore: Send + Sync {
     /// Records (or renews) leases in one transaction; durable when it returns.

@@ -5,9 +5,11 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Applied, ApplyOutcome, BoxError, Lease, LeaseStore, Store, StoreError, Write};
+use super::{
+    Applied, ApplyOutcome, Boot, BootStore, BoxError, Lease, LeaseStore, Store, StoreError, Write,
+};
 use crate::{
-    resource::{Kind, Resource, ResourceKey},
+    resource::{Kind, MacAddr, Resource, ResourceKey},
     run::WorkflowStatus,
 };
 
@@ -23,6 +25,8 @@ const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// `Workflow/namespace/name` → JSON of [`WorkflowStatus`]: the run, kept apart from the spec so
 /// that progress never bumps the resourceVersion a user applies against.
 const WORKFLOW_STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflow_status");
+/// MAC (`1c:69:7a:11:22:33`) → JSON of [`Boot`]: the boot each machine is on.
+const BOOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("boots");
 
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -59,10 +63,53 @@ impl RedbStore {
         txn.open_table(RESOURCES).map_err(backend)?;
         txn.open_table(META).map_err(backend)?;
         txn.open_table(WORKFLOW_STATUS).map_err(backend)?;
+        txn.open_table(BOOTS).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(RedbStore {
             db: std::sync::Arc::new(db),
         })
+    }
+}
+
+impl BootStore for RedbStore {
+    fn record_boot(&self, mac: &MacAddr, boot: Boot) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut boots = txn.open_table(BOOTS).map_err(backend)?;
+            let bytes = serde_json::to_vec(&boot).map_err(backend)?;
+            boots
+                .insert(mac.to_string().as_str(), bytes.as_slice())
+                .map_err(backend)?;
+        }
+        txn.commit().map_err(backend)
+    }
+
+    fn end_boots(&self, macs: &[MacAddr]) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut boots = txn.open_table(BOOTS).map_err(backend)?;
+            for mac in macs {
+                boots.remove(mac.to_string().as_str()).map_err(backend)?;
+            }
+        }
+        txn.commit().map_err(backend)
+    }
+
+    fn boots(&self) -> Result<Vec<(MacAddr, Boot)>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(BOOTS).map_err(backend)?;
+        let mut boots = Vec::new();
+        for entry in table.iter().map_err(backend)? {
+            let (key, bytes) = entry.map_err(backend)?;
+            let mac = key
+                .value()
+                .parse()
+                .map_err(|_| backend(format!("unreadable MAC {:?}", key.value())))?;
+            let boot = serde_json::from_slice(bytes.value())
+                .map_err(|err| StoreError::decode(format_args!("the boot of {mac}"), err))?;
+            boots.push((mac, boot));
+        }
+        Ok(boots)
     }
 }
 

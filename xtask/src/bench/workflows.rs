@@ -4,8 +4,9 @@
 //! machine, so the numbers stand alone.
 //!
 //! The simulated workers run in the client namespace (`cargo xtask bench-workers`, started by
-//! this scenario). Each one fetches its iPXE script, as a booting machine does, for the token
-//! the provisioning OS would find on its kernel command line, then opens its own HTTP/2
+//! this scenario). Each one boots as far as Wisp can tell: its DHCP (firmware, then the iPXE
+//! Wisp chainloads) and its iPXE script, for the token of that boot which the provisioning OS
+//! would find on its kernel command line. Then it opens its own HTTP/2
 //! connection and does what `wisp-worker` does over the wire: GetAction, a RUNNING report and a
 //! SUCCESS report per action, until the server answers NOT_FOUND. Actions take no time, so the
 //! server is what is measured.
@@ -35,7 +36,7 @@ use wisp_proto::{
 
 use super::{
     dhcp::hosts,
-    lab::{self, Lab, CLIENT, SERVER, SERVER_IP},
+    lab::{self, Lab, CLIENT, CLIENT_IF, SERVER, SERVER_IP},
     report::Table,
     Settings,
 };
@@ -163,10 +164,11 @@ pub fn simulate(machines: u32) -> anyhow::Result<()> {
         .map(|(mac, address)| Ok((mac, address.parse()?)))
         .collect::<anyhow::Result<_>>()?;
     // Booting is not measured: every machine has its script (and token) before the clock starts.
+    let dhcp = dhcp_socket()?;
     let tokens = runtime.block_on(async {
         let mut tokens = Vec::with_capacity(machines.len());
         for (mac, address) in &machines {
-            tokens.push(token_of(mac, *address).await?);
+            tokens.push(boot(&dhcp, mac, *address).await?);
         }
         anyhow::Ok(tokens)
     })?;
@@ -219,9 +221,60 @@ async fn connect_from(address: Ipv4Addr, port: u16) -> std::io::Result<TcpStream
         .await
 }
 
-/// The machine's token, from the kernel command line its iPXE script boots (the script has
-/// one only for a request from the machine's reserved address).
-async fn token_of(mac: &str, address: Ipv4Addr) -> anyhow::Result<String> {
+/// A broadcast DHCP client socket on the client's side of the lab, as a PXE client has.
+fn dhcp_socket() -> anyhow::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_broadcast(true)?;
+    socket.bind_device(Some(CLIENT_IF.as_bytes()))?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())?;
+    Ok(socket.into())
+}
+
+/// A machine's boot, as far as Wisp sees it: its firmware's DISCOVER and then the DISCOVER of
+/// the iPXE Wisp chainloads (which Wisp answers with the script's URL), then its script, whose
+/// kernel command line carries the boot's token. A datagram the server dropped is sent again.
+async fn boot(dhcp: &std::net::UdpSocket, mac: &str, address: Ipv4Addr) -> anyhow::Result<String> {
+    for _ in 0..50 {
+        announce_boot(dhcp, mac)?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if let Some(token) = token_of(mac, address).await? {
+            return Ok(token);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{mac}: no script with a token after 50 boots")
+}
+
+fn announce_boot(socket: &std::net::UdpSocket, mac: &str) -> anyhow::Result<()> {
+    use dhcproto::{v4, Encodable, Encoder};
+    let chaddr: Vec<u8> = mac
+        .split(':')
+        .map(|byte| u8::from_str_radix(byte, 16))
+        .collect::<Result<_, _>>()?;
+    for (xid, user_class) in [(1, None), (2, Some(b"iPXE".to_vec()))] {
+        let mut message = v4::Message::default();
+        message
+            .set_flags(v4::Flags::default().set_broadcast())
+            .set_chaddr(&chaddr)
+            .set_xid(xid);
+        let options = message.opts_mut();
+        options.insert(v4::DhcpOption::MessageType(v4::MessageType::Discover));
+        options.insert(v4::DhcpOption::ClassIdentifier(
+            b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+        ));
+        if let Some(user_class) = user_class {
+            options.insert(v4::DhcpOption::UserClass(user_class));
+        }
+        let mut bytes = Vec::new();
+        message.encode(&mut Encoder::new(&mut bytes))?;
+        socket.send_to(&bytes, (Ipv4Addr::BROADCAST, 67))?;
+    }
+    Ok(())
+}
+
+/// The token on the kernel command line of the machine's iPXE script, if it has one.
+async fn token_of(mac: &str, address: Ipv4Addr) -> anyhow::Result<Option<String>> {
     let connection = TokioIo::new(connect_from(address, 8080).await?);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(connection).await?;
     tokio::spawn(connection);
@@ -235,11 +288,10 @@ async fn token_of(mac: &str, address: Ipv4Addr) -> anyhow::Result<String> {
     if !status.is_success() {
         bail!("the script for {mac}: {status}: {script}");
     }
-    script
+    Ok(script
         .split_whitespace()
         .find_map(|word| word.strip_prefix("wisp.token="))
-        .map(str::to_string)
-        .with_context(|| format!("no wisp.token= in the script for {mac}:\n{script}"))
+        .map(str::to_string))
 }
 
 /// What the simulated machines count.

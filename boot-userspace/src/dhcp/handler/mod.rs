@@ -76,8 +76,29 @@ pub struct Reply {
     pub destination: Destination,
     /// A lease to make durable before the reply goes out (ACKs in reservation mode).
     pub lease: Option<Lease>,
-    /// The reply hands the client an iPXE binary, whose DHCP must next get the script.
-    pub handoff: bool,
+    /// Where the reply sends the client to boot.
+    pub handoff: Handoff,
+}
+
+/// Where a reply sends a netbooting client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// Nowhere: no boot information.
+    None,
+    /// To an iPXE binary, whose own DHCP must next get the script.
+    Binary,
+    /// To its iPXE script: the script fetched next starts the machine's boot.
+    Script,
+}
+
+impl Handoff {
+    pub(crate) fn to(target: Option<&super::boot::BootTarget>) -> Handoff {
+        match target {
+            None => Handoff::None,
+            Some(target) if target.is_binary() => Handoff::Binary,
+            Some(_) => Handoff::Script,
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -4,7 +4,7 @@ use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
 
 use super::{
     reply::{add_boot_information, reply_to},
-    Destination, Facts, IgnoreReason, Outcome, Port, Reply, Request,
+    Destination, Facts, Handoff, IgnoreReason, Outcome, Port, Reply, Request,
 };
 use crate::{
     dhcp::boot::{BootTarget, ClientKind},
@@ -62,7 +62,7 @@ pub(super) fn handle(
         _ if !message.giaddr().is_unspecified() => Destination::Relay(message.giaddr()),
         _ => Destination::Broadcast,
     };
-    let handoff = target.is_binary();
+    let handoff = Handoff::to(Some(&target));
     Outcome::Reply(Box::new(Reply {
         message: reply,
         destination,

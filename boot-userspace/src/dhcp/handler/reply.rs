@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
 use workflow::resource::MacAddr;
 
-use super::{options::echoed, Destination, Facts, Mode, Reply, Request};
+use super::{options::echoed, Destination, Facts, Handoff, Mode, Reply, Request};
 use crate::{
     dhcp::boot::{BootTarget, ClientKind},
     machines::Machine,
@@ -67,7 +67,7 @@ pub(super) fn nak(request: &Request, server: Ipv4Addr) -> Reply {
         message: nak,
         destination,
         lease: None,
-        handoff: false,
+        handoff: Handoff::None,
     }
 }
 
@@ -110,10 +110,10 @@ pub(super) fn lease_reply(
         opts.insert(DhcpOption::DomainName(domain.clone()));
     }
     let client = ClientKind::of(message);
-    let mut handoff = false;
+    let mut handoff = Handoff::None;
     if machine.allow_pxe && client.netbooting() {
         let target = add_boot_information(&mut reply, facts, machine, &client);
-        handoff = target.is_some_and(|t| t.is_binary());
+        handoff = Handoff::to(target.as_ref());
     }
     Reply {
         message: reply,

@@ -302,7 +302,7 @@ fn boot_information_only_for_allowed_netbooting_clients() {
     let offer = reply(Case::reservation().allow_pxe().run(&firmware));
     assert_eq!(offer.message.fname_str().unwrap().unwrap(), "undionly.kpxe");
     assert_eq!(offer.message.siaddr(), SERVER);
-    assert!(offer.handoff);
+    assert_eq!(offer.handoff, Handoff::Binary);
     assert!(
         option(&offer, OptionCode::ClassIdentifier).is_none(),
         "a plain offer, as OVMF needs"
@@ -320,7 +320,7 @@ fn boot_information_only_for_allowed_netbooting_clients() {
         option(&script, OptionCode::ClassIdentifier),
         Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
     );
-    assert!(!script.handoff);
+    assert_eq!(script.handoff, Handoff::Script);
 }
 
 #[test]
