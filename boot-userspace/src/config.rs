@@ -12,7 +12,9 @@ use std::{
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::{api::DEFAULT_LISTEN, dhcp::handler::Mode, gate::RequestedMode};
+use crate::{
+    api::DEFAULT_LISTEN, dhcp::handler::Mode, gate::RequestedMode, identity::MachineIdentity,
+};
 
 /// A span of time written as people write it (`300s`, `5m`, `1h 30m`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -102,11 +102,8 @@ impl AppState {
         self.gate.sync_allowlist(&macs)?;
         // A machine with no more work (its workflow ended, or Wisp no longer owns it) needs no
         // token: its boot ends, and its token is refused from now on.
-        self.tokens.end_boots_unless(|mac| {
-            table
-                .get(mac)
-                .is_some_and(|machine| machine.pending_work())
-        })?;
+        self.tokens
+            .end_boots_unless(|mac| table.get(mac).is_some_and(|machine| machine.pending_work()))?;
         let machines = table.len();
         self.machines.replace(table);
         Ok(machines)

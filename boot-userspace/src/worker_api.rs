@@ -25,7 +25,7 @@ use workflow::{
 };
 
 use crate::{
-    identity,
+    identity::{self, Refusal},
     metrics::{StateLabels, WorkerCallLabels},
     net::{ConnectionLimits, ConnectionSlots},
     state::AppState,
@@ -163,8 +163,15 @@ impl WorkerApi {
         Ok(())
     }
 
-    /// The machine calling, and the MAC it names itself by, which must be one of its own.
-    fn worker<T>(&self, request: &Request<T>, agent_id: &str) -> Result<WorkerIdentity, Status> {
+    /// The machine calling, and the MAC it names itself by, which must be one of its own; and
+    /// whether it called with the token of a boot that has ended, which only `ended_boot_ok`
+    /// lets through (to learn how its workflow ended).
+    fn worker<T>(
+        &self,
+        request: &Request<T>,
+        agent_id: &str,
+        ended_boot_ok: bool,
+    ) -> Result<(WorkerIdentity, bool), Status> {
         let source = request
             .remote_addr()
             .ok_or_else(|| Status::internal("the caller's address is unknown"))?;
@@ -174,17 +181,29 @@ impl WorkerApi {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "));
         let machines = self.state.machines.current();
-        let caller = identity::identify(
+        let identified = identity::identify(
             &machines,
             &self.state.tokens,
             self.state.machine_identity,
             source.ip(),
             token,
-        )
-        .map_err(|refusal| match refusal.unauthenticated() {
-            true => Status::unauthenticated(refusal.to_string()),
-            false => Status::permission_denied(refusal.to_string()),
-        })?;
+        );
+        let (caller, ended) = match identified {
+            Ok(caller) => (caller, false),
+            Err(refusal) => {
+                let ended_machine = match &refusal {
+                    Refusal::EndedBoot(mac) if ended_boot_ok => machines.get(mac).cloned(),
+                    _ => None,
+                };
+                match ended_machine {
+                    Some(machine) => (machine, true),
+                    None if refusal.unauthenticated() => {
+                        return Err(Status::unauthenticated(refusal.to_string()))
+                    }
+                    None => return Err(Status::permission_denied(refusal.to_string())),
+                }
+            }
+        };
         let mac: MacAddr = agent_id.parse().map_err(|err| {
             Status::invalid_argument(format!("agent_id {agent_id:?} is not a MAC address: {err}"))
         })?;
@@ -197,10 +216,11 @@ impl WorkerApi {
                 caller.hardware
             )));
         }
-        Ok(WorkerIdentity {
+        let worker = WorkerIdentity {
             hardware: caller.hardware.clone(),
             mac,
-        })
+        };
+        Ok((worker, ended))
     }
 
     /// Runs an engine call off the async threads (it may read the store), and answers once its
@@ -324,11 +344,23 @@ impl WorkerApi {
     }
 
     async fn next_action(&self, request: Request<ActionRequest>) -> Result<ActionResponse, Status> {
-        let worker = self.worker(&request, request.get_ref().agent_id())?;
+        let (worker, boot_ended) = self.worker(&request, request.get_ref().agent_id(), true)?;
         let for_engine = worker.clone();
-        let assignment = self
-            .engine(move |state| state.engine.next_action(&for_engine, SystemTime::now()))
-            .await?;
+        let assignment = if boot_ended {
+            // A worker whose boot ended (its workflow is over) learns how it ended, and
+            // nothing more: a workflow applied since is for the machine's next boot.
+            let hardware = worker.hardware.clone();
+            let state = Arc::clone(&self.state);
+            let last_finished =
+                tokio::task::spawn_blocking(move || state.engine.last_finished(&hardware))
+                    .await
+                    .map_err(|err| Status::internal(err.to_string()))?
+                    .map_err(engine_status)?;
+            Next::Idle { last_finished }
+        } else {
+            self.engine(move |state| state.engine.next_action(&for_engine, SystemTime::now()))
+                .await?
+        };
         match assignment {
             Next::Run(assignment) => {
                 tracing::info!(
@@ -360,7 +392,7 @@ impl WorkerApi {
 
     async fn report(&self, request: Request<ActionStatusRequest>) -> Result<State, Status> {
         let body = request.get_ref();
-        let worker = self.worker(&request, body.agent_id())?;
+        let (worker, _) = self.worker(&request, body.agent_id(), false)?;
         let workflow = workflow_key(body.workflow_id())?;
         let action: usize = body.action_id().parse().map_err(|_| {
             Status::invalid_argument(format!(

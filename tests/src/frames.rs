@@ -34,14 +34,15 @@ pub fn discover(chaddr: [u8; 6], relay: Option<Ipv4Addr>) -> Vec<u8> {
     bytes
 }
 
-/// The DISCOVER of an iPXE (user class `iPXE`) that a firmware DISCOVER ([`discover`]) moments
-/// before made Wisp chainload: Wisp answers it with the machine's script URL.
-pub fn ipxe_discover(chaddr: [u8; 6]) -> Vec<u8> {
+/// The DISCOVER (transaction `xid`) of an iPXE (user class `iPXE`) that a firmware DISCOVER
+/// ([`discover`]) answered moments before made Wisp chainload: Wisp answers it with the
+/// machine's script URL.
+pub fn ipxe_discover(chaddr: [u8; 6], xid: u32) -> Vec<u8> {
     let mut message = v4::Message::default();
     message
         .set_flags(v4::Flags::default().set_broadcast())
         .set_chaddr(&chaddr)
-        .set_xid(0x6950_5845);
+        .set_xid(xid);
     let options = message.opts_mut();
     options.insert(v4::DhcpOption::MessageType(v4::MessageType::Discover));
     options.insert(v4::DhcpOption::ClassIdentifier(

@@ -593,11 +593,17 @@ pub fn boot_token(lab: &Lab, mac: &str, address: &str) -> String {
         .try_into()
         .expect("six bytes");
     lab.send_dhcp(&frames::discover(chaddr, None), false);
-    lab.send_dhcp(&frames::ipxe_discover(chaddr), false);
     let url = format!("http://10.99.0.1:8080/ipxe/{mac}/auto.ipxe");
     let mut script = String::new();
+    let mut xid = 0x6950_5845;
+    // The iPXE's DHCP counts as chainloaded once Wisp has answered the firmware's, which it
+    // does after the datagrams it received with it: each try is a new iPXE transaction.
     eventually("the script carries the boot's token", || {
-        script = lab.client.exec_ok("curl", &["-s", "--interface", address, &url]);
+        xid += 1;
+        lab.send_dhcp(&frames::ipxe_discover(chaddr, xid), false);
+        script = lab
+            .client
+            .exec_ok("curl", &["-s", "--interface", address, &url]);
         script.contains("wisp.token=")
     });
     script

@@ -140,7 +140,12 @@ fn a_machine_reads_its_own_metadata_with_the_token_of_its_current_boot_only() {
         (200, "10.99.0.2".into())
     );
     assert_eq!(
-        fetch(&lab, "10.99.0.2", "/2009-04-04/user-data", &["-H", &with_alpha]),
+        fetch(
+            &lab,
+            "10.99.0.2",
+            "/2009-04-04/user-data",
+            &["-H", &with_alpha]
+        ),
         (200, "#cloud-config\nhostname: alpha\n".into())
     );
     let (status, document) = fetch(&lab, "10.99.0.2", "/metadata", &["-H", &with_alpha]);
@@ -189,7 +194,10 @@ fn a_machine_reads_its_own_metadata_with_the_token_of_its_current_boot_only() {
         (200, "alpha".into())
     );
     // Its workflow ends (here, deleted): its boot ends, and so does its token.
-    wisp_ok(&lab.server, &["delete", "workflow", "alpha-wf", "-n", "lab"]);
+    wisp_ok(
+        &lab.server,
+        &["delete", "workflow", "alpha-wf", "-n", "lab"],
+    );
     let (status, reason) = fetch(&lab, "10.99.0.2", hostname, &["-H", &with_again]);
     assert_eq!(status, 403, "{reason}");
     assert!(reason.contains("boot has ended"), "{reason}");

@@ -90,7 +90,7 @@ fn setup(purpose: &str, actions: &str) -> (Lab, Daemon, TempDir) {
 
 /// Runs machine A's worker to its end, in the client namespace, with the token of a new boot.
 fn run_worker(lab: &Lab) -> std::process::Output {
-    let token = boot_token(lab, MAC_A, "10.99.0.2");
+    let token = boot_a(lab);
     lab.client
         .command(worker_binary())
         .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
@@ -128,16 +128,26 @@ struct ShowToken(MetadataValue<tonic::metadata::Ascii>);
 impl tonic::service::Interceptor for ShowToken {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
         if !request.metadata().contains_key("authorization") {
-            request.metadata_mut().insert("authorization", self.0.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", self.0.clone());
         }
         Ok(request)
     }
 }
 
+/// The token of a new boot of machine A.
+fn boot_a(lab: &Lab) -> String {
+    boot_token(lab, MAC_A, "10.99.0.2")
+}
+
 /// Runs `call` with a gRPC client of the worker API, from the client namespace (machine A's
-/// address), showing the token of a new boot of machine A.
-fn from_machine_a<T: Send>(lab: &Lab, call: impl AsyncFnOnce(Client) -> T + Send) -> T {
-    let token = boot_token(lab, MAC_A, "10.99.0.2");
+/// address), showing `token`.
+fn from_machine_a<T: Send>(
+    lab: &Lab,
+    token: &str,
+    call: impl AsyncFnOnce(Client) -> T + Send,
+) -> T {
     let token = ShowToken(MetadataValue::try_from(format!("Bearer {token}")).expect("header"));
     lab.client.within(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -387,7 +397,8 @@ fn an_action_that_overruns_its_timeout_times_out() {
 fn the_server_times_out_an_action_whose_worker_went_silent() {
     require_root!();
     let (lab, _daemon, _work) = setup("wf-silent", &shell_action("first", 1, "true"));
-    let action = from_machine_a(&lab, async |mut client| {
+    let token = boot_a(&lab);
+    let action = from_machine_a(&lab, &token, async |mut client| {
         client
             .get_action(ask(MAC_A))
             .await
@@ -409,22 +420,26 @@ fn the_server_times_out_an_action_whose_worker_went_silent() {
             .is_some_and(|m| m.contains("no report from the worker")),
         "{workflow:#}"
     );
-    // A late report changes nothing.
-    let late = from_machine_a(&lab, async |mut client| {
+    // A late report changes nothing: the workflow's end ended the boot, and its token.
+    let late = from_machine_a(&lab, &token, async |mut client| {
         client
             .report_action_status(report("lab/wf-a", MAC_A, StateType::Success))
             .await
     });
-    assert_eq!(late.expect_err("refused").code(), Code::FailedPrecondition);
+    let refused = late.expect_err("refused");
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("boot has ended"), "{refused:?}");
+    assert_eq!(workflow_json(&lab, "wf-a")["status"]["state"], "TIMEOUT");
 }
 
 #[test]
 fn a_worker_that_keeps_asking_without_reporting_still_times_out() {
     require_root!();
     let (lab, _daemon, _work) = setup("wf-poller", &shell_action("first", 1, "true"));
+    let token = boot_a(&lab);
     // Asking again hands out the same running action; it must not restart the action's clock,
     // or a worker stuck in a loop of asks would hold its machine forever.
-    let ended = from_machine_a(&lab, async |mut client| {
+    let ended = from_machine_a(&lab, &token, async |mut client| {
         for _ in 0..60 {
             match client.get_action(ask(MAC_A)).await {
                 Ok(action) => assert_eq!(action.into_inner().action_id(), "0"),
@@ -451,8 +466,9 @@ fn a_worker_that_keeps_asking_without_reporting_still_times_out() {
 fn a_reported_message_is_capped_before_it_is_stored() {
     require_root!();
     let (lab, _daemon, _work) = setup("wf-huge", &shell_action("first", 30, "true"));
+    let token = boot_a(&lab);
     let huge = "x".repeat(1 << 20);
-    from_machine_a(&lab, async |mut client| {
+    from_machine_a(&lab, &token, async |mut client| {
         client.get_action(ask(MAC_A)).await.expect("an action");
         let mut failed = report("lab/wf-a", MAC_A, StateType::Failed);
         failed.get_mut().message = Some(ActionMessage {
@@ -482,7 +498,8 @@ fn workers_get_and_report_only_their_own_machines_actions() {
     lab.client
         .exec_ok("ip", &["addr", "add", "10.99.0.3/24", "dev", CLIENT_IF]);
     let token_b = boot_token(&lab, MAC_B, "10.99.0.3");
-    let codes = from_machine_a(&lab, async |mut client| {
+    let token = boot_a(&lab);
+    let codes = from_machine_a(&lab, &token, async |mut client| {
         let as_b = client.get_action(ask(MAC_B)).await.map(drop);
         let report_b_as_a = client
             .report_action_status(report("lab/wf-b", MAC_A, StateType::Running))

@@ -69,7 +69,7 @@ pub struct DhcpServer {
     metrics: Arc<Metrics>,
     leases: Arc<dyn LeaseStore>,
     /// When each MAC was last handed an iPXE binary, and in which DHCP transaction (xid).
-    handoffs: Mutex<HashMap<MacAddr, Handoff>>,
+    handoffs: Mutex<HashMap<MacAddr, BinaryHandoff>>,
     /// When each MAC last declined its reserved address.
     declined: Mutex<HashMap<MacAddr, Instant>>,
     /// Which MAC holds each leased address, and until when, so that an address is never
@@ -192,7 +192,7 @@ impl ScriptHandoffs {
 /// An iPXE binary handed to a client. Retransmissions of the same transaction keep its xid and
 /// must get the same answer; the chainloaded iPXE starts a transaction of its own.
 #[derive(Clone, Copy, Debug)]
-struct Handoff {
+struct BinaryHandoff {
     xid: u32,
     at: Instant,
 }
@@ -240,7 +240,7 @@ impl DhcpServer {
         }
         handoffs.insert(
             mac,
-            Handoff {
+            BinaryHandoff {
                 xid,
                 at: Instant::now(),
             },

@@ -7,6 +7,7 @@ pub mod token;
 use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
 pub use token::MachineTokens;
+use workflow::resource::MacAddr;
 
 use crate::machines::{Machine, MachineTable};
 
@@ -33,8 +34,9 @@ pub enum Refusal {
     ExpiredToken,
     #[error("the token is from an earlier boot of this machine: it booted again since")]
     EarlierBoot,
+    /// The token is good but its boot ended: the machine named has no more work.
     #[error("the token's boot has ended: the machine's workflow is over")]
-    EndedBoot,
+    EndedBoot(MacAddr),
     #[error("the token does not belong to the machine at this address")]
     TokenMismatch,
     #[error("a token is required: the machine's iPXE script puts it on the kernel command line (wisp.token=)")]

@@ -95,7 +95,10 @@ impl MachineTokens {
         for mac in &ended {
             boots.remove(mac);
         }
-        tracing::info!(machines = ended.len(), "boots ended: their tokens are refused now");
+        tracing::info!(
+            machines = ended.len(),
+            "boots ended: their tokens are refused now"
+        );
         Ok(())
     }
 
@@ -144,7 +147,7 @@ impl MachineTokens {
         match current {
             Some(current) if current == boot => Ok(mac),
             Some(_) => Err(Refusal::EarlierBoot),
-            None => Err(Refusal::EndedBoot),
+            None => Err(Refusal::EndedBoot(mac)),
         }
     }
 }
@@ -212,7 +215,10 @@ mod tests {
         let second = tokens.mint(a).unwrap();
         assert_eq!(tokens.verify(&first, now), Err(Refusal::EarlierBoot));
         assert_eq!(tokens.verify(&second, now), Ok(a));
-        assert_eq!(tokens.verify(&second, now + DAY), Err(Refusal::ExpiredToken));
+        assert_eq!(
+            tokens.verify(&second, now + DAY),
+            Err(Refusal::ExpiredToken)
+        );
         // A restart keeps the boots.
         drop(tokens);
         let tokens = self::tokens(dir.path());
@@ -220,7 +226,7 @@ mod tests {
         let of_b = tokens.mint(b).unwrap();
         // A's workflow ends: its boot ends, B's goes on.
         tokens.end_boots_unless(|mac| *mac == b).unwrap();
-        assert_eq!(tokens.verify(&second, now), Err(Refusal::EndedBoot));
+        assert_eq!(tokens.verify(&second, now), Err(Refusal::EndedBoot(a)));
         assert_eq!(tokens.verify(&of_b, now), Ok(b));
     }
 
@@ -237,7 +243,11 @@ mod tests {
         std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap();
         let tokens = self::tokens(dir.path());
         let now = SystemTime::now();
-        assert_eq!(tokens.verify(&token, now), Ok(a), "the current boot still works");
+        assert_eq!(
+            tokens.verify(&token, now),
+            Ok(a),
+            "the current boot still works"
+        );
         assert_eq!(
             tokens.verify(&earlier, now),
             Err(Refusal::InvalidToken),

@@ -294,6 +294,15 @@ impl Engine {
         self.state().runs.remove(key);
     }
 
+    /// How the machine's most recently finished workflow ended, if one has.
+    pub fn last_finished(&self, hardware: &ResourceKey) -> Result<Option<State>, EngineError> {
+        let mut state = self.state();
+        let EngineState { runs, workflows } = &mut *state;
+        workflows.refresh(&self.catalog)?;
+        let mine: Vec<ResourceKey> = workflows.of(hardware).map(|(key, _)| key.clone()).collect();
+        Ok(last_finished(runs, &mine))
+    }
+
     /// The next action for a worker: the current action of its machine's workflow, a running
     /// one before a pending one; `Idle` when it has nothing to do.
     pub fn next_action(
@@ -350,12 +359,7 @@ impl Engine {
                 durable: self.barrier(durable),
             });
         }
-        let last_finished = mine
-            .iter()
-            .filter_map(|key| runs.get(key))
-            .filter(|run| run.state.is_final())
-            .max_by_key(|run| run.span.finished_at)
-            .map(|run| run.state);
+        let last_finished = last_finished(runs, &mine);
         Ok(Decision {
             value: Next::Idle { last_finished },
             change,
@@ -447,6 +451,18 @@ impl Engine {
             durable,
         }
     }
+}
+
+/// The final state of the workflow among `mine` that finished last.
+fn last_finished(
+    runs: &HashMap<ResourceKey, WorkflowStatus>,
+    mine: &[ResourceKey],
+) -> Option<State> {
+    mine.iter()
+        .filter_map(|key| runs.get(key))
+        .filter(|run| run.state.is_final())
+        .max_by_key(|run| run.span.finished_at)
+        .map(|run| run.state)
 }
 
 /// Whether a workflow that has no run yet can start.

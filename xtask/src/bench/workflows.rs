@@ -235,41 +235,48 @@ fn dhcp_socket() -> anyhow::Result<std::net::UdpSocket> {
 /// the iPXE Wisp chainloads (which Wisp answers with the script's URL), then its script, whose
 /// kernel command line carries the boot's token. A datagram the server dropped is sent again.
 async fn boot(dhcp: &std::net::UdpSocket, mac: &str, address: Ipv4Addr) -> anyhow::Result<String> {
-    for _ in 0..50 {
-        announce_boot(dhcp, mac)?;
+    discover(dhcp, mac, 1, None)?;
+    // Wisp answers a batch of datagrams after deciding them all: the iPXE's DISCOVER counts as
+    // chainloaded once the firmware's was answered. Each try is a new iPXE transaction.
+    for xid in 2..52 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        discover(dhcp, mac, xid, Some(b"iPXE".to_vec()))?;
         tokio::time::sleep(Duration::from_millis(2)).await;
         if let Some(token) = token_of(mac, address).await? {
             return Ok(token);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("{mac}: no script with a token after 50 boots")
+    bail!("{mac}: no script with a token after 50 tries")
 }
 
-fn announce_boot(socket: &std::net::UdpSocket, mac: &str) -> anyhow::Result<()> {
+/// A broadcast PXE DISCOVER from `mac`, with iPXE's user class when it has one.
+fn discover(
+    socket: &std::net::UdpSocket,
+    mac: &str,
+    xid: u32,
+    user_class: Option<Vec<u8>>,
+) -> anyhow::Result<()> {
     use dhcproto::{v4, Encodable, Encoder};
     let chaddr: Vec<u8> = mac
         .split(':')
         .map(|byte| u8::from_str_radix(byte, 16))
         .collect::<Result<_, _>>()?;
-    for (xid, user_class) in [(1, None), (2, Some(b"iPXE".to_vec()))] {
-        let mut message = v4::Message::default();
-        message
-            .set_flags(v4::Flags::default().set_broadcast())
-            .set_chaddr(&chaddr)
-            .set_xid(xid);
-        let options = message.opts_mut();
-        options.insert(v4::DhcpOption::MessageType(v4::MessageType::Discover));
-        options.insert(v4::DhcpOption::ClassIdentifier(
-            b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
-        ));
-        if let Some(user_class) = user_class {
-            options.insert(v4::DhcpOption::UserClass(user_class));
-        }
-        let mut bytes = Vec::new();
-        message.encode(&mut Encoder::new(&mut bytes))?;
-        socket.send_to(&bytes, (Ipv4Addr::BROADCAST, 67))?;
+    let mut message = v4::Message::default();
+    message
+        .set_flags(v4::Flags::default().set_broadcast())
+        .set_chaddr(&chaddr)
+        .set_xid(xid);
+    let options = message.opts_mut();
+    options.insert(v4::DhcpOption::MessageType(v4::MessageType::Discover));
+    options.insert(v4::DhcpOption::ClassIdentifier(
+        b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
+    ));
+    if let Some(user_class) = user_class {
+        options.insert(v4::DhcpOption::UserClass(user_class));
     }
+    let mut bytes = Vec::new();
+    message.encode(&mut Encoder::new(&mut bytes))?;
+    socket.send_to(&bytes, (Ipv4Addr::BROADCAST, 67))?;
     Ok(())
 }
 
