@@ -612,3 +612,41 @@ pub fn boot_token(lab: &Lab, mac: &str, address: &str) -> String {
         .expect("a token")
         .to_string()
 }
+
+/// The host's default socket receive buffer, raised to 4 MiB while one is held (as `cargo xtask
+/// bench` does for perfdhcp, which receives a thousand replies at once) and put back when the
+/// last is dropped. The setting is the host's: the network namespaces cannot set their own.
+pub struct ReceiveBuffer(());
+
+static RECEIVE_BUFFER_HOLDERS: std::sync::Mutex<(usize, Option<String>)> =
+    std::sync::Mutex::new((0, None));
+const RMEM_DEFAULT: &str = "/proc/sys/net/core/rmem_default";
+
+impl ReceiveBuffer {
+    pub fn raised() -> ReceiveBuffer {
+        let mut holders = RECEIVE_BUFFER_HOLDERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if holders.0 == 0 {
+            let previous = std::fs::read_to_string(RMEM_DEFAULT).expect("read rmem_default");
+            std::fs::write(RMEM_DEFAULT, (4u32 << 20).to_string()).expect("raise rmem_default");
+            holders.1 = Some(previous);
+        }
+        holders.0 += 1;
+        ReceiveBuffer(())
+    }
+}
+
+impl Drop for ReceiveBuffer {
+    fn drop(&mut self) {
+        let mut holders = RECEIVE_BUFFER_HOLDERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        holders.0 -= 1;
+        if holders.0 == 0 {
+            if let Some(previous) = holders.1.take() {
+                let _ = std::fs::write(RMEM_DEFAULT, previous.trim());
+            }
+        }
+    }
+}
