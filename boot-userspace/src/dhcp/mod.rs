@@ -207,6 +207,25 @@ impl DhcpServer {
         holders: Arc<LeaseHolders>,
         script_handoffs: Arc<ScriptHandoffs>,
     ) -> DhcpServer {
+        // Every counter from zero, so that a dashboard's rate() and a test's "none" see a
+        // series from the start, and a renamed metric is missed rather than read as zero.
+        for message_type in [
+            "discover",
+            "request",
+            "decline",
+            "release",
+            "inform",
+            "malformed",
+        ] {
+            let _ = metrics.dhcp_received.get_or_create(&DhcpLabels {
+                message_type: message_type.into(),
+            });
+        }
+        for message_type in ["offer", "ack", "nak"] {
+            let _ = metrics.dhcp_replies.get_or_create(&DhcpLabels {
+                message_type: message_type.into(),
+            });
+        }
         DhcpServer {
             config,
             machines,
@@ -300,6 +319,7 @@ impl DhcpServer {
                     message,
                     outcome,
                     datagram.source,
+                    port,
                     &socket,
                     &writer,
                     &mut replies,
@@ -378,11 +398,13 @@ impl DhcpServer {
         Some((message, outcome))
     }
 
+    #[allow(clippy::too_many_arguments)] // the datagram's facts, and where the outcome goes
     fn act(
         &self,
         message: v4::Message,
         outcome: Outcome,
         source: SocketAddr,
+        port: Port,
         socket: &UdpSocket,
         writer: &LeaseWriter,
         replies: &mut Replies,
@@ -393,7 +415,7 @@ impl DhcpServer {
         match outcome {
             Outcome::Reply(mut reply) => {
                 if self.log.allow(client.clone()) {
-                    tracing::info!(client, %source, request, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
+                    tracing::info!(client, %source, port = port.number(), request, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
                 }
                 if let (Some(mac), Handoff::Script) = (mac, reply.handoff) {
                     self.script_handoffs.record(mac);
