@@ -138,6 +138,22 @@ fn assert_chainload(lab: &Lab, daemon: &Daemon, binary: &str) {
         .is_some_and(|requests| requests >= 2),
         "kernel and initramfs"
     );
+    // The script exactly once, and it started the boot (its token came with it).
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_http_requests_total{route=\"/ipxe/{mac}/auto.ipxe\",status=\"200\"}"
+        ),
+        Some(1),
+        "the script is fetched once:\n{log}"
+    );
+    assert_eq!(
+        log.lines()
+            .filter(|line| line.contains("iPXE script served") && line.contains("boot_started=true"))
+            .count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]
