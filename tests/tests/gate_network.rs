@@ -248,3 +248,52 @@ fn discovery_mode_passes_unknown_macs_and_records_them() {
         "{stats}"
     );
 }
+
+#[test]
+fn an_explicit_mode_that_cannot_attach_stops_the_daemon_with_the_reason() {
+    require_root!();
+    // A bridge has no native XDP (no driver hook): `native` must fail, not fall back.
+    let lab = Lab::bridged("gate-native");
+    let data = TempDir::new("gate-native");
+    let mut child = lab
+        .server
+        .command(wisp_tests::wisp_binary())
+        .args(["serve", "--interface", BRIDGE_IF, "--xdp-mode", "native"])
+        .arg("--data-dir")
+        .arg(data.join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start wisp serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("status") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("wisp serve --xdp-mode native on a bridge kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: cannot attach the XDP gate to {BRIDGE_IF}: native:"
+        )),
+        "{stderr}"
+    );
+    // `skb` on the same bridge attaches, and says so.
+    let _daemon = Daemon::start(
+        &lab.server,
+        BRIDGE_IF,
+        &data.join("data"),
+        &["--xdp-mode", "skb"],
+    );
+    let (_, stats) = gate_stats(&lab.server);
+    assert_eq!(stats["mode"]["kind"], "xdp", "{stats}");
+    assert_eq!(stats["mode"]["mode"], "skb", "{stats}");
+}
