@@ -489,3 +489,86 @@ fn a_flood_of_requests_is_answered_and_counted_but_logged_a_few_lines_at_a_time(
         "another host's line is written"
     );
 }
+
+#[test]
+fn duplicate_acks_resend_nothing_and_transfers_beyond_the_cap_are_refused() {
+    require_root!();
+    let lab = Lab::new("tftp-cap");
+    let data = TempDir::new("tftp-cap");
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &data.join("data"),
+        &["--tftp-max-transfers", "2"],
+    );
+    let file = expected("undionly.kpxe");
+    let (blocks, refusal) = lab.client.within(|| {
+        let socket = UdpSocket::bind(("10.99.0.2", 0)).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        // No options: 512-byte blocks, one at a time, each acknowledged twice, as a client
+        // with the Sorcerer's Apprentice bug does (RFC 1123 4.2.3.1): a duplicate ACK must not
+        // send the next block again, or every block after it goes out twice, then four times.
+        socket
+            .send_to(b"\x00\x01undionly.kpxe\x00octet\x00", (SERVER_IP, 69))
+            .expect("send RRQ");
+        let mut blocks: std::collections::BTreeMap<u16, (usize, Vec<u8>)> = Default::default();
+        let mut buffer = [0u8; 1600];
+        let mut server = None;
+        let mut held = Vec::new();
+        loop {
+            let (length, from) = match socket.recv_from(&mut buffer) {
+                Ok(received) => received,
+                // The last block came, and nothing more: done.
+                Err(_) => break,
+            };
+            assert_eq!(&buffer[..2], b"\x00\x03", "DATA: {:02x?}", &buffer[..4]);
+            let block = u16::from_be_bytes([buffer[2], buffer[3]]);
+            let entry = blocks.entry(block).or_default();
+            entry.0 += 1;
+            entry.1 = buffer[4..length].to_vec();
+            server = Some(from);
+            let ack = [0, 4, buffer[2], buffer[3]];
+            socket.send_to(&ack, from).expect("ACK");
+            socket.send_to(&ack, from).expect("ACK again");
+            if block == 1 {
+                // While this transfer runs, two more: the second is the last the cap allows.
+                for _ in 0..2 {
+                    let other = UdpSocket::bind(("10.99.0.2", 0)).expect("bind");
+                    other
+                        .set_read_timeout(Some(Duration::from_secs(2)))
+                        .expect("timeout");
+                    other
+                        .send_to(b"\x00\x01undionly.kpxe\x00octet\x00", (SERVER_IP, 69))
+                        .expect("send RRQ");
+                    held.push(other);
+                }
+            }
+        }
+        assert!(server.is_some(), "the transfer started");
+        let mut answer = [0u8; 1600];
+        let (length, _) = held[1].recv_from(&mut answer).expect("an answer");
+        (blocks, answer[..length].to_vec())
+    });
+    let received: Vec<u8> = blocks
+        .values()
+        .flat_map(|(_, bytes)| bytes.clone())
+        .collect();
+    assert_eq!(received, file, "the file arrives whole");
+    assert!(
+        blocks.values().all(|(count, _)| *count == 1),
+        "each block came once: {:?}",
+        blocks
+            .iter()
+            .filter(|(_, (count, _))| *count > 1)
+            .map(|(block, (count, _))| (block, count))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(&refusal[..2], b"\x00\x05", "an ERROR: {refusal:02x?}");
+    assert!(
+        String::from_utf8_lossy(&refusal).contains("too many transfers"),
+        "{}",
+        String::from_utf8_lossy(&refusal)
+    );
+}
