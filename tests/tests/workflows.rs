@@ -684,3 +684,69 @@ fn a_silent_connection_is_reaped_and_one_address_cannot_hold_every_connection() 
         drop(held);
     });
 }
+
+#[test]
+fn the_daemon_ends_a_workflow_at_its_global_timeout_even_across_a_restart() {
+    require_root!();
+    let lab = Lab::new("wf-global");
+    let work = TempDir::new("wf-global");
+    let start = |lab: &Lab| {
+        Daemon::start(
+            &lab.server,
+            SERVER_IF,
+            &work.join("data"),
+            &["--assets-dir", work.join("assets").to_str().expect("utf-8")],
+        )
+    };
+    let mut daemon = start(&lab);
+    // The action may take 10 minutes; the workflow as a whole, 6 s.
+    let resources = resources(&shell_action("long", 600, "sleep 60"))
+        .replace("global_timeout: 600", "global_timeout: 6");
+    apply_ok(&lab.server, &resources);
+    let token = boot_a(&lab);
+    let mut worker = lab
+        .client
+        .command(worker_binary())
+        .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
+        .args(["--token", &token])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start wisp-worker");
+    eventually_within("the action runs", Duration::from_secs(20), || {
+        workflow_json(&lab, "wf-a")["status"]["actions"][0]["state"] == "RUNNING"
+    });
+    // The daemon that started it dies; the one after it still counts from the start.
+    daemon.stop(nix::sys::signal::Signal::SIGKILL);
+    let _daemon = start(&lab);
+    eventually_within(
+        "the global timeout ends it",
+        Duration::from_secs(30),
+        || workflow_json(&lab, "wf-a")["status"]["state"] == "TIMEOUT",
+    );
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let workflow = workflow_json(&lab, "wf-a");
+    assert_eq!(
+        workflow["status"]["message"],
+        "action \"long\": the workflow's global_timeout of 6 s has passed",
+        "{workflow:#}"
+    );
+    let started: humantime::Timestamp = workflow["status"]["startedAt"]
+        .as_str()
+        .expect("a start")
+        .parse()
+        .expect("RFC 3339");
+    let finished: humantime::Timestamp = workflow["status"]["finishedAt"]
+        .as_str()
+        .expect("an end")
+        .parse()
+        .expect("RFC 3339");
+    let took = std::time::SystemTime::from(finished)
+        .duration_since(started.into())
+        .expect("ends after it starts");
+    assert!(
+        took >= Duration::from_secs(6) && took < Duration::from_secs(30),
+        "ended {took:?} after its start"
+    );
+}
