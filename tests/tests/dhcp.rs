@@ -76,47 +76,13 @@ fn perfdhcp_completes_dora_for_1000_reserved_macs_with_their_addresses() {
     apply_ok(&lab.server, &yaml);
 
     // Capture what crosses the wire on the client side, to check every ACK independently.
-    let capture = work.join("dhcp.pcap");
-    let capture_log = work.join("dumpcap.log");
-    let mut dumpcap = lab
-        .client
-        .command("dumpcap")
-        .args(["-i", CLIENT_IF, "-B", "64", "-f", "udp port 67", "-w"])
-        .arg(&capture)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&capture_log).expect("dumpcap log"))
-        .spawn()
-        .expect("start dumpcap");
-    // "Capturing on" comes before the capture socket is live: live is when a marker shows.
-    captured_marker(&lab, &capture, "start");
+    let capture = Capture::start(&lab, &work);
     // perfdhcp receives a thousand replies at once, as the benchmark does with its buffer.
     let _buffer = wisp_tests::ReceiveBuffer::raised();
-
-    // perfdhcp on an interface acts as a relay agent (giaddr is its address), so the replies
-    // come back to it on port 67.
-    let perfdhcp = lab.client.exec(
-        "perfdhcp",
-        &[
-            "-4",
-            "-l",
-            CLIENT_IF,
-            "--scenario",
-            "avalanche",
-            "-R",
-            "1000",
-            "-b",
-            "mac=02:00:00:00:00:00",
-        ],
-    );
+    let perfdhcp = perfdhcp(&lab, &["--scenario", "avalanche", "-R", "1000"]);
     let report = output_text(&perfdhcp);
-    // Every reply came before perfdhcp finished, so before a marker sent now.
-    captured_marker(&lab, &capture, "end");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(dumpcap.id() as i32),
-        Signal::SIGINT,
-    )
-    .expect("stop dumpcap");
-    dumpcap.wait().expect("dumpcap");
+    // Every reply came before perfdhcp finished, so before the capture's end marker.
+    let capture = capture.stop(&lab);
     assert!(
         perfdhcp.status.success(),
         "perfdhcp failed:\n{report}\n{}",
@@ -128,8 +94,67 @@ fn perfdhcp_completes_dora_for_1000_reserved_macs_with_their_addresses() {
         2,
         "DISCOVER-OFFER and REQUEST-ACK without drops:\n{report}"
     );
+    let acked = acks(&lab, &capture);
+    assert_eq!(acked.len(), 1000, "ACKs on the wire for 1000 distinct MACs");
+    assert_eq!(
+        acked, expected,
+        "every ACK carries its MAC's reserved address"
+    );
 
-    let acks = lab.server.exec_ok(
+    // The leases are durable: all of them are still there after a restart.
+    assert_eq!(leases(&lab), expected);
+    daemon.stop(Signal::SIGKILL);
+    let _restarted = Daemon::start(&lab.server, SERVER_IF, &data_dir, &["--xdp-mode", "native"]);
+    assert_eq!(leases(&lab), expected, "leases after kill -9 and restart");
+}
+
+/// perfdhcp from the client side with `args`, for the rack's MACs. On an interface it acts as
+/// a relay agent (giaddr is its address), so the replies come back to it on port 67.
+fn perfdhcp(lab: &Lab, args: &[&str]) -> std::process::Output {
+    let mut all = vec!["-4", "-l", CLIENT_IF, "-b", "mac=02:00:00:00:00:00"];
+    all.extend_from_slice(args);
+    lab.client.exec("perfdhcp", &all)
+}
+
+/// dumpcap on the client side, capturing DHCP.
+struct Capture {
+    dumpcap: std::process::Child,
+    file: std::path::PathBuf,
+}
+
+impl Capture {
+    /// Starts capturing; returns once the capture is live (a marker sent through it shows).
+    fn start(lab: &Lab, work: &TempDir) -> Capture {
+        let file = work.join("dhcp.pcap");
+        let dumpcap = lab
+            .client
+            .command("dumpcap")
+            .args(["-i", CLIENT_IF, "-B", "64", "-f", "udp port 67", "-w"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dumpcap");
+        captured_marker(lab, &file, "start");
+        Capture { dumpcap, file }
+    }
+
+    /// Stops once a marker sent now shows, so that the file holds everything before it.
+    fn stop(mut self, lab: &Lab) -> std::path::PathBuf {
+        captured_marker(lab, &self.file, "end");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.dumpcap.id() as i32),
+            Signal::SIGINT,
+        )
+        .expect("stop dumpcap");
+        self.dumpcap.wait().expect("dumpcap");
+        self.file.clone()
+    }
+}
+
+/// The ACKs in a capture: MAC → the address it was ACKed. A MAC ACKed two addresses fails.
+fn acks(lab: &Lab, capture: &std::path::Path) -> BTreeMap<String, String> {
+    let fields = lab.server.exec_ok(
         "tshark",
         &[
             "-r",
@@ -147,7 +172,7 @@ fn perfdhcp_completes_dora_for_1000_reserved_macs_with_their_addresses() {
         ],
     );
     let mut acked = BTreeMap::new();
-    for line in acks.lines() {
+    for line in fields.lines() {
         let (mac, address) = line.split_once('\t').expect("two fields");
         let previous = acked.insert(mac.to_string(), address.to_string());
         assert!(
@@ -155,22 +180,7 @@ fn perfdhcp_completes_dora_for_1000_reserved_macs_with_their_addresses() {
             "{mac} was ACKed two addresses"
         );
     }
-    let capture_stats = std::fs::read_to_string(&capture_log).unwrap_or_default();
-    assert_eq!(
-        acked.len(),
-        1000,
-        "ACKs on the wire for 1000 distinct MACs ({capture_stats})"
-    );
-    assert_eq!(
-        acked, expected,
-        "every ACK carries its MAC's reserved address"
-    );
-
-    // The leases are durable: all of them are still there after a restart.
-    assert_eq!(leases(&lab), expected);
-    daemon.stop(Signal::SIGKILL);
-    let _restarted = Daemon::start(&lab.server, SERVER_IF, &data_dir, &["--xdp-mode", "native"]);
-    assert_eq!(leases(&lab), expected, "leases after kill -9 and restart");
+    acked
 }
 
 /// Sends a marker datagram through the capture filter from the client side, again and again,
@@ -509,4 +519,59 @@ fn an_address_leased_to_another_mac_waits_for_that_lease_to_end() {
         Some("10.99.0.81")
     );
     assert!(!leases(&lab).contains_key("1c:69:7a:00:00:81"));
+}
+
+#[test]
+fn kill_9_in_the_middle_of_a_storm_loses_no_acked_lease() {
+    require_root!();
+    let lab = Lab::new("storm");
+    let work = TempDir::new("storm");
+    let data_dir = work.join("data");
+    let start = || Daemon::start(&lab.server, SERVER_IF, &data_dir, &["--xdp-mode", "native"]);
+    let mut daemon = start();
+    let (yaml, expected) = rack(1000);
+    apply_ok(&lab.server, &yaml);
+    let _buffer = wisp_tests::ReceiveBuffer::raised();
+    // `cargo xtask test --long` kills it again and again.
+    let kills = if wisp_tests::long_mode() { 10 } else { 2 };
+    let capture = Capture::start(&lab, &work);
+    for _ in 0..kills {
+        // A storm at 1,000 exchanges a second among the 1,000 MACs, for 3 s; the daemon is
+        // killed a second in, and started again while the storm goes on.
+        std::thread::scope(|scope| {
+            let storm = scope.spawn(|| perfdhcp(&lab, &["-R", "1000", "-r", "1000", "-p", "3"]));
+            std::thread::sleep(Duration::from_secs(1));
+            daemon.stop(Signal::SIGKILL);
+            daemon = start();
+            storm.join().expect("perfdhcp ran");
+        });
+    }
+    let capture = capture.stop(&lab);
+    let acked = acks(&lab, &capture);
+    assert!(
+        acked.len() >= 100,
+        "the storm got ACKs before and after the kills: {}",
+        acked.len()
+    );
+    // Every lease an ACK promised is in the store the restarted daemon keeps.
+    let stored = leases(&lab);
+    for (mac, address) in &acked {
+        assert_eq!(
+            stored.get(mac),
+            Some(address),
+            "{mac} was ACKed {address} before a kill -9, and the lease is gone"
+        );
+    }
+    let mut holders = BTreeMap::new();
+    for (mac, address) in &stored {
+        if let Some(other) = holders.insert(address, mac) {
+            panic!("{address} is held by {mac} and {other}");
+        }
+    }
+    // The storm again, whole: the restarted daemon serves every machine.
+    let again = perfdhcp(&lab, &["--scenario", "avalanche", "-R", "1000"]);
+    let report = output_text(&again);
+    assert!(again.status.success(), "{report}\n{}", daemon.log());
+    assert_eq!(report.matches("drops: 0\n").count(), 2, "{report}");
+    assert_eq!(leases(&lab), expected);
 }
