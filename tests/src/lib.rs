@@ -262,6 +262,24 @@ impl Lab {
         Lab { server, client }
     }
 
+    /// A namespace on the lab bridge (of a [`Lab::bridged`] lab) through a veth pair: `eth0` inside, `port` on the bridge.
+    pub fn join_bridge(&self, purpose: &str, port: &str, address: Option<&str>) -> Netns {
+        let host = Netns::new(purpose);
+        self.server.exec_ok(
+            "ip",
+            &[
+                "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
+            ],
+        );
+        self.server
+            .exec_ok("ip", &["link", "set", port, "master", BRIDGE_IF, "up"]);
+        if let Some(address) = address {
+            host.exec_ok("ip", &["addr", "add", address, "dev", "eth0"]);
+        }
+        host.exec_ok("ip", &["link", "set", "eth0", "up"]);
+        host
+    }
+
     /// Sends one BOOTP/DHCP payload from the client side: broadcast from :68 like a PXE client,
     /// or, with `relay` set, unicast from :67 to the server like a relay agent.
     pub fn send_dhcp(&self, payload: &[u8], relay: bool) {

@@ -9,24 +9,6 @@ use wisp_tests::{
     Daemon, Lab, Netns, TempDir, BRIDGE_IF,
 };
 
-/// A namespace on the lab bridge through a veth pair: `eth0` inside, `port` on the bridge.
-fn join_bridge(lab: &Lab, purpose: &str, port: &str, address: Option<&str>) -> Netns {
-    let host = Netns::new(purpose);
-    lab.server.exec_ok(
-        "ip",
-        &[
-            "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", &host.name,
-        ],
-    );
-    lab.server
-        .exec_ok("ip", &["link", "set", port, "master", BRIDGE_IF, "up"]);
-    if let Some(address) = address {
-        host.exec_ok("ip", &["addr", "add", address, "dev", "eth0"]);
-    }
-    host.exec_ok("ip", &["link", "set", "eth0", "up"]);
-    host
-}
-
 /// dnsmasq in its own namespace on the bridge, stopped on drop.
 struct Dnsmasq {
     child: std::process::Child,
@@ -43,7 +25,7 @@ impl Drop for Dnsmasq {
 /// dnsmasq as the LAN's own DHCP server at 10.99.0.3, handing out 10.99.0.100-150 and no boot
 /// information.
 fn start_dnsmasq(lab: &Lab, work: &TempDir) -> Dnsmasq {
-    let other = join_bridge(lab, "dnsmasq", "dnsport", Some("10.99.0.3/24"));
+    let other = lab.join_bridge("dnsmasq", "dnsport", Some("10.99.0.3/24"));
     let leases = work.join("dnsmasq.leases");
     let child = other
         .command("dnsmasq")
@@ -85,7 +67,7 @@ fn a_machine_wisp_does_not_own_gets_its_lease_from_dnsmasq_only() {
     let owned = "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata:\n  name: owned\n  namespace: lab\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:11:22:33\n        ip:\n          address: 10.99.0.60\n          netmask: 255.255.255.0\n";
     apply_ok(&lab.server, owned);
     let _dnsmasq = start_dnsmasq(&lab, &work);
-    let stranger = join_bridge(&lab, "stranger", "strport", None);
+    let stranger = lab.join_bridge("stranger", "strport", None);
     stranger.exec_ok(
         "ip",
         &["link", "set", "eth0", "address", "52:54:00:de:ad:01"],

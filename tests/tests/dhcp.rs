@@ -15,7 +15,7 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 use wisp_tests::{
     apply_ok, eventually, frames::relayed, hardware_yaml, metric, output_text, require_root,
-    wisp_ok, Daemon, Lab, TempDir, CLIENT_IF, CLIENT_IP, SERVER_IF, SERVER_IP,
+    wisp_ok, Daemon, Lab, TempDir, BRIDGE_IF, CLIENT_IF, CLIENT_IP, SERVER_IF, SERVER_IP,
 };
 
 /// Hardware for `count` machines: MAC 02:00:00:00:HH:LL reserves 10.99.(4+HH).LL/16 (perfdhcp's
@@ -449,6 +449,11 @@ fn a_client_without_the_broadcast_bit_gets_its_lease_by_unicast() {
 /// busybox udhcpc on the client side, with the client's MAC set to `mac`: whether it got
 /// `address`, and what it said.
 fn udhcpc(lab: &Lab, mac: &str, address: &str) -> (bool, String) {
+    udhcpc_with(lab, mac, address, &[])
+}
+
+/// [`udhcpc`] with more of its options.
+fn udhcpc_with(lab: &Lab, mac: &str, address: &str, extra: &[&str]) -> (bool, String) {
     lab.client
         .exec_ok("ip", &["link", "set", CLIENT_IF, "address", mac]);
     let output = lab.client.exec(
@@ -466,7 +471,11 @@ fn udhcpc(lab: &Lab, mac: &str, address: &str) -> (bool, String) {
             CLIENT_IF,
             "-s",
             "/bin/true",
-        ],
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>(),
     );
     let said = output_text(&output);
     let leased = output.status.success() && said.contains(&format!("lease of {address} obtained"));
@@ -574,4 +583,43 @@ fn kill_9_in_the_middle_of_a_storm_loses_no_acked_lease() {
     assert!(again.status.success(), "{report}\n{}", daemon.log());
     assert_eq!(report.matches("drops: 0\n").count(), 2, "{report}");
     assert_eq!(leases(&lab), expected);
+}
+
+#[test]
+fn a_real_client_that_finds_its_address_in_use_declines_it_and_is_not_offered_it_again() {
+    require_root!();
+    let lab = Lab::bridged("decline");
+    let work = TempDir::new("decline");
+    let daemon = Daemon::start(&lab.server, BRIDGE_IF, &work.join("data"), &[]);
+    apply_ok(
+        &lab.server,
+        &hardware_yaml("clash", "1c:69:7a:00:00:70", "10.99.0.70"),
+    );
+    // Another host on the link already uses the reserved address.
+    let _squatter = lab.join_bridge("squatter", "sqport", Some("10.99.0.70/24"));
+    // busybox udhcpc checks the ACKed address with ARP (-a), finds it answered, and declines.
+    let (leased, said) = udhcpc_with(&lab, "1c:69:7a:00:00:70", "10.99.0.70", &["-a"]);
+    assert!(!leased, "{said}");
+    assert!(said.contains("declining"), "{said}\n{}", daemon.log());
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_dhcp_received_total{message_type=\"decline\"}"
+        ),
+        Some(1),
+        "{said}"
+    );
+    // Its next tries are not offered the declined address, saying why.
+    assert!(
+        metric(
+            &lab.server,
+            "wisp_dhcp_ignored_total{reason=\"declined_recently\"}"
+        )
+        .is_some_and(|ignored| ignored >= 1),
+        "{said}"
+    );
+    assert!(
+        !leases(&lab).contains_key("1c:69:7a:00:00:70"),
+        "a declined lease is not kept"
+    );
 }
