@@ -623,3 +623,127 @@ fn a_real_client_that_finds_its_address_in_use_declines_it_and_is_not_offered_it
         "a declined lease is not kept"
     );
 }
+
+/// A process killed (and reaped) on drop.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_client_behind_a_real_relay_agent_gets_its_lease_with_option_82_echoed() {
+    require_root!();
+    // client (eth0) ── (rdown 10.98.0.1) relay: dhcrelay (cli 10.99.0.2) ── (srv 10.99.0.1) Wisp
+    let (lab, work, daemon) = start("dhcrelay");
+    let client = wisp_tests::Netns::new("dhcrelay-c");
+    lab.client.exec_ok(
+        "ip",
+        &[
+            "link",
+            "add",
+            "rdown",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &client.name,
+        ],
+    );
+    lab.client
+        .exec_ok("ip", &["addr", "add", "10.98.0.1/24", "dev", "rdown"]);
+    lab.client.exec_ok("ip", &["link", "set", "rdown", "up"]);
+    client.exec_ok(
+        "ip",
+        &["link", "set", "eth0", "address", "1c:69:7a:00:00:98"],
+    );
+    client.exec_ok("ip", &["link", "set", "eth0", "up"]);
+    // Replies go to the relay's downstream address (giaddr).
+    lab.server
+        .exec_ok("ip", &["route", "add", "10.98.0.0/24", "via", "10.99.0.2"]);
+    apply_ok(
+        &lab.server,
+        &hardware_yaml("behind", "1c:69:7a:00:00:98", "10.98.0.50"),
+    );
+    let capture = Capture::start(&lab, &work);
+    // -a: add the relay agent information option (82), with the downstream interface as its
+    // circuit id; dhcrelay takes it off again before passing a reply on.
+    let _relay = Running(
+        lab.client
+            .command("dhcrelay")
+            .args([
+                "-4",
+                "-d",
+                "--no-pid",
+                "-a",
+                "-id",
+                "rdown",
+                "-iu",
+                CLIENT_IF,
+                "10.99.0.1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dhcrelay"),
+    );
+    let output = client.exec(
+        "busybox",
+        &[
+            "udhcpc",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "5",
+            "-T",
+            "2",
+            "-i",
+            "eth0",
+            "-s",
+            "/bin/true",
+        ],
+    );
+    let said = output_text(&output);
+    let capture = capture.stop(&lab);
+    assert!(
+        output.status.success() && said.contains("lease of 10.98.0.50 obtained"),
+        "{said}\n{}",
+        daemon.log()
+    );
+    // Between the relay and Wisp: the relay's requests carry option 82 with its circuit id,
+    // and Wisp's OFFER and ACK echo it (RFC 3046 2.2).
+    let with_82 = |filter: &str| {
+        lab.server.exec_ok(
+            "tshark",
+            &[
+                "-r",
+                capture.to_str().expect("utf-8"),
+                "-Y",
+                &format!("{filter} && dhcp.option.agent_information_option.agent_circuit_id"),
+                "-T",
+                "fields",
+                "-e",
+                "dhcp.option.agent_information_option.agent_circuit_id",
+            ],
+        )
+    };
+    let requests = with_82("dhcp.option.dhcp == 1 || dhcp.option.dhcp == 3");
+    let replies = with_82("dhcp.option.dhcp == 2 || dhcp.option.dhcp == 5");
+    assert!(!requests.trim().is_empty(), "the relay added option 82");
+    assert_eq!(
+        replies.lines().count(),
+        2,
+        "the OFFER and the ACK echo option 82: {replies:?}"
+    );
+    let circuit = requests.lines().next().expect("a circuit id");
+    assert!(
+        replies.lines().all(|line| line == circuit),
+        "echoed as sent: {replies:?}, sent {circuit:?}"
+    );
+}

@@ -517,12 +517,8 @@ fn duplicate_acks_resend_nothing_and_transfers_beyond_the_cap_are_refused() {
         let mut buffer = [0u8; 1600];
         let mut server = None;
         let mut held = Vec::new();
-        loop {
-            let (length, from) = match socket.recv_from(&mut buffer) {
-                Ok(received) => received,
-                // The last block came, and nothing more: done.
-                Err(_) => break,
-            };
+        // Until nothing more comes: the last block came.
+        while let Ok((length, from)) = socket.recv_from(&mut buffer) {
             assert_eq!(&buffer[..2], b"\x00\x03", "DATA: {:02x?}", &buffer[..4]);
             let block = u16::from_be_bytes([buffer[2], buffer[3]]);
             let entry = blocks.entry(block).or_default();

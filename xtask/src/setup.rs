@@ -21,6 +21,8 @@ const PACKAGES: &[&str] = &[
     "kea-admin",
     "dnsmasq-base",
     "tshark",
+    // A real DHCP relay agent (dhcrelay), which adds option 82.
+    "isc-dhcp-relay",
     // The end-to-end tests build a disk image that boots under BIOS and UEFI: ext4 from a
     // directory, a FAT EFI system partition, and GRUB for both firmwares.
     "e2fsprogs",

@@ -24,18 +24,28 @@ pub(super) fn server_identifier(message: &Message) -> Option<Ipv4Addr> {
     }
 }
 
-/// The options every reply echoes from the request, as the client's own bytes: re-encoding a
-/// parsed option would reorder or drop sub-options, and the RFCs want the client's bytes back.
-pub(super) fn echoed(payload: &[u8]) -> impl Iterator<Item = DhcpOption> + '_ {
-    [CLIENT_IDENTIFIER, RELAY_AGENT_INFORMATION]
+/// Adds the options every reply echoes from the request, as the client's own bytes:
+/// re-encoding a parsed option would reorder or drop sub-options, and the RFCs want the
+/// client's bytes back.
+pub(super) fn echo(payload: &[u8], reply: &mut Message) {
+    let echoed = [CLIENT_IDENTIFIER, RELAY_AGENT_INFORMATION]
         .into_iter()
-        .filter_map(move |code| {
+        .filter_map(|code| {
             let raw = raw_option(payload, code)?;
-            Some(DhcpOption::Unknown(UnknownOption::new(
-                OptionCode::Unknown(code),
-                raw.to_vec(),
-            )))
-        })
+            let option = DhcpOption::Unknown(UnknownOption::new(code.into(), raw.to_vec()));
+            Some((OptionCode::from(code), option))
+        });
+    // Keyed by hand: `insert` keys an unknown option `OptionCode::Unknown(82)`, which dhcproto
+    // encodes in order and then again last, where RFC 3046 wants option 82, because it looks
+    // it up as `RelayAgentInformation` and its keys compare as numbers. The reply carried
+    // option 82 twice (found through dhcrelay). Under its own code it goes last, once.
+    let options: Vec<_> = reply
+        .opts()
+        .iter()
+        .map(|(code, option)| (*code, option.clone()))
+        .chain(echoed)
+        .collect();
+    *reply.opts_mut() = options.into_iter().collect();
 }
 
 /// The bytes of option `code` in a raw DHCP message, if present (options start after the

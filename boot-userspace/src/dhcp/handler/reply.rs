@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
 use workflow::resource::MacAddr;
 
-use super::{options::echoed, Destination, Facts, Handoff, Mode, Reply, Request};
+use super::{options::echo, Destination, Facts, Handoff, Mode, Reply, Request};
 use crate::{
     dhcp::boot::{BootTarget, ClientKind},
     machines::Machine,
@@ -48,9 +48,7 @@ pub(super) fn reply_to(request: &Request, message_type: MessageType, server: Ipv
     let opts = reply.opts_mut();
     opts.insert(DhcpOption::MessageType(message_type));
     opts.insert(DhcpOption::ServerIdentifier(server));
-    for option in echoed(request.payload) {
-        opts.insert(option);
-    }
+    echo(request.payload, &mut reply);
     reply
 }
 

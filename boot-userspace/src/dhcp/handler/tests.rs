@@ -368,6 +368,33 @@ fn proxy_mode_gives_boot_information_and_no_address() {
     );
 }
 
+/// How many times option `code` appears in an encoded message.
+fn occurrences(payload: &[u8], code: u8) -> usize {
+    options_in(payload).filter(|&option| option == code).count()
+}
+
+/// The last option before End.
+fn last_option(payload: &[u8]) -> Option<u8> {
+    options_in(payload).last()
+}
+
+/// The option codes of an encoded message, in order.
+fn options_in(payload: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let mut rest = &payload[240..];
+    std::iter::from_fn(move || loop {
+        let (&option, tail) = rest.split_first()?;
+        match option {
+            0 => rest = tail,
+            255 => return None,
+            _ => {
+                let length = usize::from(*tail.first()?);
+                rest = tail.get(1 + length..)?;
+                return Some(option);
+            }
+        }
+    })
+}
+
 #[test]
 fn options_61_and_82_are_echoed_byte_for_byte() {
     // Sub-options out of order (2 before 1): a parse and re-encode would sort them.
@@ -390,6 +417,13 @@ fn options_61_and_82_are_echoed_byte_for_byte() {
     let offer = reply(Case::reservation().run(&discover));
     let sent = encode(&offer.message);
     assert_eq!(raw_option(&sent, 82), Some(relay_info.as_slice()));
+    assert_eq!(occurrences(&sent, 82), 1, "option 82 once: {sent:02x?}");
+    assert_eq!(occurrences(&sent, 61), 1, "option 61 once: {sent:02x?}");
+    assert_eq!(
+        last_option(&sent),
+        Some(82),
+        "option 82 last, as RFC 3046 2.1 asks"
+    );
     assert_eq!(
         raw_option(&sent, 61),
         Some([1, 0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33].as_slice())
