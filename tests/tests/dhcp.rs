@@ -9,7 +9,7 @@ use std::{
 
 use dhcproto::{
     v4::{self, DhcpOption, MessageType, OptionCode},
-    Decodable, Decoder,
+    Decodable, Decoder, Encodable,
 };
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -746,4 +746,60 @@ fn a_client_behind_a_real_relay_agent_gets_its_lease_with_option_82_echoed() {
         replies.lines().all(|line| line == circuit),
         "echoed as sent: {replies:?}, sent {circuit:?}"
     );
+}
+
+/// A broadcast request from `mac` with `ciaddr` filled in, without the broadcast flag.
+fn with_ciaddr(message_type: MessageType, mac: [u8; 6], ciaddr: Ipv4Addr) -> Vec<u8> {
+    let mut message = v4::Message::default();
+    message
+        .set_chaddr(&mac)
+        .set_xid(0x5749_0c1a)
+        .set_ciaddr(ciaddr);
+    message
+        .opts_mut()
+        .insert(DhcpOption::MessageType(message_type));
+    message.to_vec().expect("encodes")
+}
+
+#[test]
+fn replies_go_where_rfc_2131_says_not_where_the_sender_points_them() {
+    require_root!();
+    let (lab, work, _daemon) = start("steer");
+    let mac = [0x1c, 0x69, 0x7a, 0x00, 0x00, 0x55];
+    apply_ok(
+        &lab.server,
+        &hardware_yaml("steered", "1c:69:7a:00:00:55", "10.99.0.55"),
+    );
+    let capture = Capture::start(&lab, &work);
+    // ciaddr names a third host (here the client side's own address): a DISCOVER's OFFER and
+    // an INFORM's ACK must not be aimed at it.
+    lab.send_dhcp(&with_ciaddr(MessageType::Discover, mac, CLIENT_IP), false);
+    lab.send_dhcp(&with_ciaddr(MessageType::Inform, mac, CLIENT_IP), false);
+    eventually("the INFORM is judged", || {
+        metric(
+            &lab.server,
+            "wisp_dhcp_ignored_total{reason=\"not_the_reserved_address\"}",
+        ) == Some(1)
+    });
+    let capture = capture.stop(&lab);
+    let offers = lab.server.exec_ok(
+        "tshark",
+        &[
+            "-r",
+            capture.to_str().expect("utf-8"),
+            "-Y",
+            "dhcp.option.dhcp == 2",
+            "-T",
+            "fields",
+            "-e",
+            "ip.dst",
+        ],
+    );
+    assert_eq!(
+        offers.trim(),
+        "10.99.0.55",
+        "the OFFER goes to the address it assigns, not to ciaddr"
+    );
+    let acks = acks(&lab, &capture);
+    assert!(acks.is_empty(), "no ACK for the INFORM: {acks:?}");
 }
