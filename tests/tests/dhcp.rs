@@ -803,3 +803,69 @@ fn replies_go_where_rfc_2131_says_not_where_the_sender_points_them() {
     let acks = acks(&lab, &capture);
     assert!(acks.is_empty(), "no ACK for the INFORM: {acks:?}");
 }
+
+#[test]
+fn a_real_client_whose_renewals_go_unanswered_rebinds_by_broadcast_and_keeps_its_address() {
+    require_root!();
+    let (lab, work, daemon) = start("rebind");
+    // As a client's script does: the leased address on the interface, so that unicast to it
+    // (the server's answer to a renewing or rebinding client, RFC 2131 4.1) arrives.
+    let script = work.join("udhcpc.script");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\ncase \"$1\" in bound|renew) ip addr flush dev \"$interface\"; ip addr add \"$ip/$mask\" dev \"$interface\";; esac\n",
+    )
+    .expect("write the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("make it executable");
+    // A 20 s lease (busybox takes nothing shorter than 16 s): renewing from 10 s (unicast to
+    // the server), rebinding from 17.5 s (broadcast, to any server; RFC 2131 4.4.5).
+    apply_ok(
+        &lab.server,
+        "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: rebinder, namespace: lab}\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:00:00:66\n        lease_time: 20\n        ip: {address: 10.99.0.66, netmask: 255.255.255.0}\n",
+    );
+    lab.client.exec_ok(
+        "ip",
+        &["link", "set", CLIENT_IF, "address", "1c:69:7a:00:00:66"],
+    );
+    // Unicast to the server cannot leave the client (its renewals fail), broadcast can.
+    lab.client
+        .exec_ok("ip", &["route", "add", "prohibit", "10.99.0.1/32"]);
+    let output = lab.client.exec(
+        "timeout",
+        &[
+            "-s",
+            "INT",
+            "24",
+            "busybox",
+            "udhcpc",
+            "-f",
+            "-i",
+            CLIENT_IF,
+            "-s",
+            script.to_str().expect("utf-8"),
+        ],
+    );
+    let said = output_text(&output);
+    assert!(
+        said.matches("lease of 10.99.0.66 obtained").count() >= 2,
+        "the lease, then the same lease again by rebinding:\n{said}\n{}",
+        daemon.log()
+    );
+    assert!(
+        said.contains("broadcasting renew"),
+        "the renewal by unicast failed, and the client rebound by broadcast:\n{said}"
+    );
+    // What reached Wisp after the first lease was the broadcast rebinding REQUEST: ciaddr set,
+    // no server identifier.
+    let log = daemon.log();
+    let acks = log
+        .lines()
+        .filter(|line| line.contains("request=\"request\"") && line.contains("reply=Some(Ack)"))
+        .count();
+    assert!(acks >= 2, "{log}");
+    assert_eq!(
+        leases(&lab).get("1c:69:7a:00:00:66").map(String::as_str),
+        Some("10.99.0.66")
+    );
+}
