@@ -828,9 +828,17 @@ fn a_real_client_whose_renewals_go_unanswered_rebinds_by_broadcast_and_keeps_its
         "ip",
         &["link", "set", CLIENT_IF, "address", "1c:69:7a:00:00:66"],
     );
-    // Unicast to the server cannot leave the client (its renewals fail), broadcast can.
-    lab.client
-        .exec_ok("ip", &["route", "add", "prohibit", "10.99.0.1/32"]);
+    // Unicast from the client's address to the server is refused on the server's way in (its
+    // renewals go unanswered); broadcast, and the server's answers, pass.
+    // (The local table's rule comes first, so it moves behind this one.)
+    for rule in [
+        "add pref 10 from 10.99.0.66 to 10.99.0.1 prohibit",
+        "add pref 100 lookup local",
+        "del pref 0 lookup local",
+    ] {
+        let args: Vec<&str> = ["rule"].into_iter().chain(rule.split(' ')).collect();
+        lab.server.exec_ok("ip", &args);
+    }
     let output = lab.client.exec(
         "timeout",
         &[
