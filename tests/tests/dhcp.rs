@@ -877,3 +877,47 @@ fn a_real_client_whose_renewals_go_unanswered_rebinds_by_broadcast_and_keeps_its
         Some("10.99.0.66")
     );
 }
+
+#[test]
+fn in_proxy_mode_a_relay_address_off_the_machines_subnet_gets_nothing() {
+    require_root!();
+    let lab = Lab::new("proxy-giaddr");
+    let work = TempDir::new("proxy-giaddr");
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &work.join("data"),
+        &["--xdp-mode", "native", "--dhcp-mode", "proxy"],
+    );
+    apply_ok(
+        &lab.server,
+        "apiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {name: pxe, namespace: lab}\nspec:\n  interfaces:\n    - dhcp:\n        mac: 1c:69:7a:00:00:44\n        ip: {address: 10.99.0.44, netmask: 255.255.255.0}\n      netboot: {allowPXE: true}\n",
+    );
+    let mac = [0x1c, 0x69, 0x7a, 0x00, 0x00, 0x44];
+    // giaddr names a host off the machine's subnet: the boot reply would be aimed at it.
+    let steered = relay_exchange(
+        &lab,
+        &wisp_tests::frames::discover(mac, Some([10, 77, 0, 1].into())),
+    );
+    assert!(steered.is_none());
+    assert_eq!(
+        metric(
+            &lab.server,
+            "wisp_dhcp_ignored_total{reason=\"not_on_relay_subnet\"}"
+        ),
+        Some(1)
+    );
+    // The relay on the machine's subnet gets the proxy offer: boot information, no address.
+    let offer = relay_exchange(&lab, &wisp_tests::frames::discover(mac, Some(CLIENT_IP)))
+        .expect("a proxy offer through the relay");
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+    assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
+    // The file field as it came off the wire: dhcproto keeps its terminator.
+    assert_eq!(
+        offer
+            .fname_str()
+            .and_then(Result::ok)
+            .map(|file| file.trim_end_matches('\0')),
+        Some("undionly.kpxe")
+    );
+}
