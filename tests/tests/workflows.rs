@@ -88,13 +88,27 @@ fn setup(purpose: &str, actions: &str) -> (Lab, Daemon, TempDir) {
     (lab, daemon, work)
 }
 
+/// Machine A's worker in the client namespace, showing `token`.
+fn worker_command(lab: &Lab, token: &str) -> std::process::Command {
+    let mut command = lab.client.command(worker_binary());
+    command
+        .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
+        .args(["--token", token]);
+    command
+}
+
+/// Machine A's worker, started in the background (its output dropped).
+fn spawn_worker(lab: &Lab, token: &str) -> std::process::Child {
+    worker_command(lab, token)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start wisp-worker")
+}
+
 /// Runs machine A's worker to its end, in the client namespace, with the token of a new boot.
 fn run_worker(lab: &Lab) -> std::process::Output {
-    let token = boot_a(lab);
-    lab.client
-        .command(worker_binary())
-        .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
-        .args(["--token", &token])
+    worker_command(lab, &boot_a(lab))
         .env("NO_COLOR", "1")
         .output()
         .expect("run wisp-worker")
@@ -572,16 +586,7 @@ fn a_daemon_restart_mid_workflow_resumes_it() {
     ) + &shell_action("next", 60, &format!("echo two > {}", second.display()));
     let (lab, mut daemon, data) = setup("wf-restart", &actions);
     // The boot's token, minted before the restart, is still good after it.
-    let token = boot_token(&lab, MAC_A, "10.99.0.2");
-    let mut worker = lab
-        .client
-        .command(worker_binary())
-        .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
-        .args(["--token", &token])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start wisp-worker");
+    let mut worker = spawn_worker(&lab, &boot_a(&lab));
     eventually_within("the first action runs", Duration::from_secs(20), || {
         workflow_json(&lab, "wf-a")["status"]["actions"][0]["state"] == "RUNNING"
     });
@@ -703,16 +708,7 @@ fn the_daemon_ends_a_workflow_at_its_global_timeout_even_across_a_restart() {
     let resources = resources(&shell_action("long", 600, "sleep 60"))
         .replace("global_timeout: 600", "global_timeout: 6");
     apply_ok(&lab.server, &resources);
-    let token = boot_a(&lab);
-    let mut worker = lab
-        .client
-        .command(worker_binary())
-        .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
-        .args(["--token", &token])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start wisp-worker");
+    let mut worker = spawn_worker(&lab, &boot_a(&lab));
     eventually_within("the action runs", Duration::from_secs(20), || {
         workflow_json(&lab, "wf-a")["status"]["actions"][0]["state"] == "RUNNING"
     });
