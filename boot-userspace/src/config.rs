@@ -211,6 +211,14 @@ impl ServeArgs {
             token.display(),
             assets.display()
         );
+        // A file there that is not a token would be moved aside as invalid: a typo must not
+        // touch the store or the key.
+        anyhow::ensure!(
+            !token.starts_with(&data) || token == data.join("api.token"),
+            "api-token-file {} is inside data-dir {} under another name than api.token",
+            token.display(),
+            data.display()
+        );
         Ok(settings)
     }
 }

@@ -117,10 +117,15 @@ impl<Peer: Hash + Eq + Clone + Display> LogBudget<Peer> {
 /// budget allows: dhcproto asserts on some malformed packets, which the DHCP server contains,
 /// so a stream of them would otherwise write a stream of panic messages.
 pub fn log_panics(suppressed: &Family<ProtocolLabels, Counter>) {
-    static BUDGET: OnceLock<LogBudget<&'static str>> = OnceLock::new();
+    static BUDGET: OnceLock<LogBudget<String>> = OnceLock::new();
     let budget = BUDGET.get_or_init(|| LogBudget::new("panic", suppressed));
     std::panic::set_hook(Box::new(move |info| {
-        if !budget.allow("any thread") {
+        // A budget per place: a stream of one contained panic cannot hide another.
+        let place = info
+            .location()
+            .map(|location| location.to_string())
+            .unwrap_or_default();
+        if !budget.allow(place) {
             return;
         }
         let payload = info

@@ -100,12 +100,19 @@ impl AppState {
 
         let macs = table.macs().copied().collect();
         self.gate.sync_allowlist(&macs)?;
-        // A machine with no more work (its workflow ended, or Wisp no longer owns it) needs no
-        // token: its boot ends, and its token is refused from now on.
-        self.tokens
-            .end_boots_unless(|mac| table.get(mac).is_some_and(|machine| machine.pending_work()))?;
         let machines = table.len();
         self.machines.replace(table);
+        // A machine with no more work (its workflow ended, or Wisp no longer owns it) needs no
+        // token: its boot ends, and its token is refused from now on. After the table, so that
+        // a boot minted meanwhile sees the new one (`MachineTokens::mint`); a failure here is
+        // logged, and the reconcile loop tries again.
+        let table = self.machines.current();
+        if let Err(err) = self
+            .tokens
+            .end_boots_unless(|mac| table.get(mac).is_some_and(|machine| machine.pending_work()))
+        {
+            tracing::error!("ending the boots of machines without work: {err}");
+        }
         Ok(machines)
     }
 

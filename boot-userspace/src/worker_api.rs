@@ -22,6 +22,7 @@ use workflow::{
     engine::{Assignment, Decision, EngineError, Next, WorkerIdentity},
     resource::{Kind, MacAddr, ResourceKey},
     run::{Report, ReportError, State},
+    store::Boot,
 };
 
 use crate::{
@@ -42,7 +43,12 @@ fn limited(
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
-                Err(err) => return Some((Err(err), (listener, limits))),
+                // Out of descriptors, most likely: wait for connections to close rather than
+                // spin (as boot HTTP does).
+                Err(err) => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return Some((Err(err), (listener, limits)));
+                }
             };
             let slots = match limits.admit(peer) {
                 Ok(slots) => slots,
@@ -164,14 +170,14 @@ impl WorkerApi {
     }
 
     /// The machine calling, and the MAC it names itself by, which must be one of its own; and
-    /// whether it called with the token of a boot that has ended, which only `ended_boot_ok`
-    /// lets through (to learn how its workflow ended).
+    /// the boot, when it called with the token of a boot that has ended, which only
+    /// `ended_boot_ok` lets through (to learn how its workflow ended).
     fn worker<T>(
         &self,
         request: &Request<T>,
         agent_id: &str,
         ended_boot_ok: bool,
-    ) -> Result<(WorkerIdentity, bool), Status> {
+    ) -> Result<(WorkerIdentity, Option<Boot>), Status> {
         let source = request
             .remote_addr()
             .ok_or_else(|| Status::internal("the caller's address is unknown"))?;
@@ -189,14 +195,22 @@ impl WorkerApi {
             token,
         );
         let (caller, ended) = match identified {
-            Ok(caller) => (caller, false),
+            Ok(caller) => (caller, None),
             Err(refusal) => {
+                // A good token of a boot that ended, from the machine's own address.
                 let ended_machine = match &refusal {
-                    Refusal::EndedBoot(mac) if ended_boot_ok => machines.get(mac).cloned(),
+                    Refusal::EndedBoot(mac, boot) if ended_boot_ok => machines
+                        .get(mac)
+                        .filter(|machine| {
+                            machine.address.is_none_or(|reserved| {
+                                source.ip() == std::net::IpAddr::V4(reserved)
+                            })
+                        })
+                        .map(|machine| (Arc::clone(machine), *boot)),
                     _ => None,
                 };
                 match ended_machine {
-                    Some(machine) => (machine, true),
+                    Some((machine, boot)) => (machine, Some(boot)),
                     None if refusal.unauthenticated() => {
                         return Err(Status::unauthenticated(refusal.to_string()))
                     }
@@ -346,13 +360,15 @@ impl WorkerApi {
     async fn next_action(&self, request: Request<ActionRequest>) -> Result<ActionResponse, Status> {
         let (worker, boot_ended) = self.worker(&request, request.get_ref().agent_id(), true)?;
         let for_engine = worker.clone();
-        let assignment = if boot_ended {
+        let assignment = if let Some(boot) = boot_ended {
             // A worker whose boot ended (its workflow is over) learns how it ended, and
-            // nothing more: a workflow applied since is for the machine's next boot.
+            // nothing more: a workflow applied since is for the machine's next boot, and one
+            // that ended before this boot is not this boot's.
             let hardware = worker.hardware.clone();
             let state = Arc::clone(&self.state);
+            let since = self.state.tokens.started(boot);
             let last_finished =
-                tokio::task::spawn_blocking(move || state.engine.last_finished(&hardware))
+                tokio::task::spawn_blocking(move || state.engine.last_finished(&hardware, since))
                     .await
                     .map_err(|err| Status::internal(err.to_string()))?
                     .map_err(engine_status)?;

@@ -488,6 +488,19 @@ fn idle_slow_and_trickling_peers_are_cut_off() {
                 "{path}: a reader at 128 KiB/s is cut off (closed: {closed}, {received} bytes)"
             );
         }
+        // HTTP/2 with prior knowledge (h2c) is not spoken: under it the client's flow control
+        // would pace the writes, and a slow reader would escape the pace.
+        let mut h2c = connect();
+        h2c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .expect("send the preface");
+        h2c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut answer = Vec::new();
+        let _ = h2c.read_to_end(&mut answer);
+        assert!(
+            answer.is_empty() || answer.starts_with(b"HTTP/1.1 "),
+            "no HTTP/2 frames in answer: {answer:02x?}"
+        );
         // A reader at full speed gets it all.
         let (received, closed) = read_fast(&mut connect());
         assert_eq!((received, closed), (IMAGE, false), "a reader at full speed gets it all");

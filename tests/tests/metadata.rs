@@ -125,6 +125,9 @@ fn a_machine_reads_its_own_metadata_with_the_token_of_its_current_boot_only() {
 
     // A boot: DHCP, then the script, whose token reads alpha's metadata.
     let alpha = boot_token(&lab, "1c:69:7a:00:00:0a", "10.99.0.2");
+    // One handoff starts one boot: the script asked for again carries no token.
+    let (status, again) = fetch(&lab, "10.99.0.2", "/ipxe/1c:69:7a:00:00:0a/auto.ipxe", &[]);
+    assert!(status == 200 && !again.contains("wisp.token="), "{again}");
     let with_alpha = format!("X-Wisp-Token: {alpha}");
     assert_eq!(
         fetch(&lab, "10.99.0.2", hostname, &["-H", &with_alpha]),
@@ -153,17 +156,26 @@ fn a_machine_reads_its_own_metadata_with_the_token_of_its_current_boot_only() {
     let document: serde_json::Value = serde_json::from_str(&document).expect("JSON");
     assert_eq!(document["instance"]["hostname"], "alpha");
 
-    // Bravo's token works from an address no Hardware reserves, as a bearer or a query.
+    // Bravo's token works from bravo's address, as a bearer or a query, and from nowhere else:
+    // a token that leaked is no use.
     let bravo = boot_token(&lab, "1c:69:7a:00:00:0b", "10.99.0.3");
     let bearer = format!("Authorization: Bearer {bravo}");
     assert_eq!(
-        fetch(&lab, "10.99.0.9", hostname, &["-H", &bearer]),
+        fetch(&lab, "10.99.0.3", hostname, &["-H", &bearer]),
         (200, "bravo".into())
     );
     let query = format!("/2009-04-04/meta-data/instance-id?token={bravo}");
     assert_eq!(
-        fetch(&lab, "10.99.0.9", &query, &[]),
+        fetch(&lab, "10.99.0.3", &query, &[]),
         (200, "i-bravo".into())
+    );
+    let (status, reason) = fetch(&lab, "10.99.0.9", hostname, &["-H", &bearer]);
+    assert_eq!(
+        (status, reason.trim()),
+        (
+            403,
+            "the token does not belong to the machine at this address"
+        )
     );
     // Alpha cannot read bravo's metadata with bravo's token, nor with a forged one.
     let (status, reason) = fetch(&lab, "10.99.0.2", hostname, &["-H", &bearer]);
@@ -203,7 +215,7 @@ fn a_machine_reads_its_own_metadata_with_the_token_of_its_current_boot_only() {
     assert!(reason.contains("boot has ended"), "{reason}");
     // Bravo's boot goes on.
     assert_eq!(
-        fetch(&lab, "10.99.0.9", hostname, &["-H", &bearer]),
+        fetch(&lab, "10.99.0.3", hostname, &["-H", &bearer]),
         (200, "bravo".into())
     );
 }

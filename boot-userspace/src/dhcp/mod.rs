@@ -172,19 +172,20 @@ impl ScriptHandoffs {
     }
 
     /// Only MACs that Wisp owns get replies, so the map holds at most one entry per machine.
-    fn record(&self, mac: MacAddr) {
+    pub fn record(&self, mac: MacAddr) {
         self.at
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(mac, Instant::now());
     }
 
-    /// Whether Wisp pointed `mac` at its script within the window.
-    pub fn recent(&self, mac: &MacAddr) -> bool {
+    /// Whether Wisp pointed `mac` at its script within the window; the handoff is used up, so
+    /// that one handoff starts one boot (a second fetch, by anyone, gets no token).
+    pub fn take(&self, mac: &MacAddr) -> bool {
         self.at
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(mac)
+            .remove(mac)
             .is_some_and(|at| at.elapsed() < self.window)
     }
 }

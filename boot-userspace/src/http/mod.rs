@@ -113,8 +113,11 @@ impl BootHttp {
         )?;
         tracing::info!(%address, assets = %boot.config.assets_dir.display(), "boot HTTP listening");
         // As axum::serve does, with hyper given a timer, without which it enforces no
-        // header-read timeout: a head sent a byte at a time would hold its connection.
-        let mut connections = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // header-read timeout: a head sent a byte at a time would hold its connection. HTTP/1
+        // only: iPXE, firmware and cloud-init speak it, and under HTTP/2 the client's flow
+        // control, not the socket, paces the writes, so a slow reader would escape the pace.
+        let mut connections =
+            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
         connections
             .http1()
             .timer(TokioTimer::new())
@@ -196,11 +199,24 @@ async fn machine_script(
     let assets_base = boot.assets_base();
     // A boot starts here, with a token of its own, only when Wisp's DHCP has just pointed the
     // machine at this script; the boot's record is durable before the token goes out.
-    let token = if pending_work && boot.state.script_handoffs.recent(&mac) {
-        let tokens = Arc::clone(&boot.state.tokens);
-        match tokio::task::spawn_blocking(move || tokens.mint(mac)).await {
-            Ok(Ok(token)) => Some(token),
+    let token = if pending_work && boot.state.script_handoffs.take(&mac) {
+        let state = Arc::clone(&boot.state);
+        // Still wanted once the lock that ending boots takes is held: the workflow may have
+        // ended since the snapshot above.
+        let minted = tokio::task::spawn_blocking(move || {
+            let machines = &state.machines;
+            state.tokens.mint(mac, || {
+                machines
+                    .current()
+                    .get(&mac)
+                    .is_some_and(|machine| machine.pending_work())
+            })
+        });
+        match minted.await {
+            Ok(Ok(token)) => token,
             Ok(Err(err)) => {
+                // The handoff stands: the machine's retry may start the boot.
+                boot.state.script_handoffs.record(mac);
                 tracing::error!(client = %mac, "cannot start the boot: {err}");
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -214,8 +230,8 @@ async fn machine_script(
             }
         }
     } else {
-        if pending_work {
-            tracing::info!(client = %mac, "iPXE script without a token: Wisp's DHCP did not just point the machine here");
+        if pending_work && boot.log.allow(source.ip()) {
+            tracing::info!(client = %mac, "iPXE script without a token: Wisp's DHCP did not just point the machine here, or this handoff already started a boot");
         }
         None
     };

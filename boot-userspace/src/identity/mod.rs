@@ -7,7 +7,7 @@ pub mod token;
 use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
 pub use token::MachineTokens;
-use workflow::resource::MacAddr;
+use workflow::{resource::MacAddr, store::Boot};
 
 use crate::machines::{Machine, MachineTable};
 
@@ -17,8 +17,9 @@ use crate::machines::{Machine, MachineTable};
 )]
 #[serde(rename_all = "lowercase")]
 pub enum MachineIdentity {
-    /// The token of the machine's current boot, from its address (or from anywhere when its
-    /// Hardware reserves none). A host that takes a machine's address gets nothing without it.
+    /// The token of the machine's current boot, from its reserved address (from anywhere when
+    /// its Hardware reserves none). A host that takes a machine's address gets nothing without
+    /// it, and a token is no use from another address.
     Token,
     /// Its reserved address alone, as Tinkerbell's Hegel and tink-server trust it: for
     /// Tinkerbell's own agent, and for cloud-init reading metadata after the install. A token,
@@ -34,9 +35,9 @@ pub enum Refusal {
     ExpiredToken,
     #[error("the token is from an earlier boot of this machine: it booted again since")]
     EarlierBoot,
-    /// The token is good but its boot ended: the machine named has no more work.
+    /// The token is good but its boot (the second field) ended: the machine has no more work.
     #[error("the token's boot has ended: the machine's workflow is over")]
-    EndedBoot(MacAddr),
+    EndedBoot(MacAddr, Boot),
     #[error("the token does not belong to the machine at this address")]
     TokenMismatch,
     #[error("a token is required: the machine's iPXE script puts it on the kernel command line (wisp.token=)")]
@@ -78,6 +79,9 @@ pub fn identify(
         (Some(token), Some(address)) if token.hardware != address.hardware => {
             Err(Refusal::TokenMismatch)
         }
+        // A machine whose Hardware reserves an address calls from it: a token that leaked is no
+        // use from anywhere else.
+        (Some(token), None) if token.address.is_some() => Err(Refusal::TokenMismatch),
         (Some(machine), _) | (None, Some(machine)) => Ok(Arc::clone(machine)),
         (None, None) => Err(Refusal::Unknown(source)),
     }

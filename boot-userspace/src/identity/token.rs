@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     fmt::Write as _,
     path::Path,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -35,8 +35,9 @@ pub struct MachineTokens {
     key: [u8; 32],
     lifetime: Duration,
     store: Arc<dyn BootStore>,
-    /// The boot each machine is on, as the store has it.
-    boots: RwLock<HashMap<MacAddr, Boot>>,
+    /// The boot each machine is on, as the store has it. Held across a store write and the
+    /// update that follows it, so that the two never disagree.
+    boots: Mutex<HashMap<MacAddr, Boot>>,
 }
 
 impl MachineTokens {
@@ -61,37 +62,47 @@ impl MachineTokens {
             key,
             lifetime,
             store,
-            boots: RwLock::new(boots.into_iter().collect()),
+            boots: Mutex::new(boots.into_iter().collect()),
         })
     }
 
-    /// Starts a new boot of `mac` and returns its token; the machine's earlier tokens are
-    /// refused from then on. Durable when it returns.
-    pub fn mint(&self, mac: MacAddr) -> Result<String, StoreError> {
+    /// Starts a new boot of `mac` and returns its token, if `wanted` (asked under the lock that
+    /// ending boots takes: whether the machine still has work) says so; the machine's earlier
+    /// tokens are refused from then on. Durable when it returns.
+    pub fn mint(
+        &self,
+        mac: MacAddr,
+        wanted: impl FnOnce() -> bool,
+    ) -> Result<Option<String>, StoreError> {
+        let mut boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        if !wanted() {
+            return Ok(None);
+        }
         let boot = Boot {
             id: rand::random(),
             expires_unix: unix(SystemTime::now() + self.lifetime),
         };
         self.store.record_boot(&mac, boot)?;
-        self.boots
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(mac, boot);
-        Ok(self.token(mac, boot))
+        boots.insert(mac, boot);
+        Ok(Some(self.token(mac, boot)))
+    }
+
+    /// About when a boot started: its expiry less the lifetime tokens are minted with.
+    pub fn started(&self, boot: Boot) -> SystemTime {
+        (UNIX_EPOCH + Duration::from_secs(boot.expires_unix))
+            .checked_sub(self.lifetime)
+            .unwrap_or(UNIX_EPOCH)
     }
 
     /// Ends the boots of the machines that `keep` rejects (their workflow ended, or Wisp no
     /// longer owns them): their tokens are refused from then on.
     pub fn end_boots_unless(&self, keep: impl Fn(&MacAddr) -> bool) -> Result<(), StoreError> {
-        let ended: Vec<MacAddr> = {
-            let boots = self.boots.read().unwrap_or_else(|p| p.into_inner());
-            boots.keys().filter(|mac| !keep(mac)).copied().collect()
-        };
+        let mut boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        let ended: Vec<MacAddr> = boots.keys().filter(|mac| !keep(mac)).copied().collect();
         if ended.is_empty() {
             return Ok(());
         }
         self.store.end_boots(&ended)?;
-        let mut boots = self.boots.write().unwrap_or_else(|p| p.into_inner());
         for mac in &ended {
             boots.remove(mac);
         }
@@ -129,7 +140,7 @@ impl MachineTokens {
         let signed = self.tag(mac, boot).verify_truncated_left(&tag).is_ok();
         let current = self
             .boots
-            .read()
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&mac)
             .copied();
@@ -147,7 +158,7 @@ impl MachineTokens {
         match current {
             Some(current) if current == boot => Ok(mac),
             Some(_) => Err(Refusal::EarlierBoot),
-            None => Err(Refusal::EndedBoot(mac)),
+            None => Err(Refusal::EndedBoot(mac, boot)),
         }
     }
 }
@@ -205,14 +216,14 @@ mod tests {
         let a: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
         let b: MacAddr = "1c:69:7a:11:22:34".parse().unwrap();
         let now = SystemTime::now();
-        let first = tokens.mint(a).unwrap();
+        let first = tokens.mint(a, || true).unwrap().unwrap();
         assert_eq!(tokens.verify(&first, now), Ok(a));
         // Claiming another MAC with A's tag fails.
         let forged = first.replacen("1c697a112233", "1c697a112234", 1);
         assert_eq!(tokens.verify(&forged, now), Err(Refusal::InvalidToken));
         assert_eq!(tokens.verify("garbage", now), Err(Refusal::InvalidToken));
         // The next boot's token replaces it.
-        let second = tokens.mint(a).unwrap();
+        let second = tokens.mint(a, || true).unwrap().unwrap();
         assert_eq!(tokens.verify(&first, now), Err(Refusal::EarlierBoot));
         assert_eq!(tokens.verify(&second, now), Ok(a));
         assert_eq!(
@@ -223,10 +234,13 @@ mod tests {
         drop(tokens);
         let tokens = self::tokens(dir.path());
         assert_eq!(tokens.verify(&second, now), Ok(a));
-        let of_b = tokens.mint(b).unwrap();
+        let of_b = tokens.mint(b, || true).unwrap().unwrap();
         // A's workflow ends: its boot ends, B's goes on.
         tokens.end_boots_unless(|mac| *mac == b).unwrap();
-        assert_eq!(tokens.verify(&second, now), Err(Refusal::EndedBoot(a)));
+        assert_eq!(
+            tokens.verify(&second, now),
+            Err(Refusal::EndedBoot(a, parse(&second).unwrap().1))
+        );
         assert_eq!(tokens.verify(&of_b, now), Ok(b));
     }
 
@@ -235,9 +249,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tokens = tokens(dir.path());
         let a: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
-        let token = tokens.mint(a).unwrap();
-        let earlier = tokens.mint("1c:69:7a:11:22:35".parse().unwrap()).unwrap();
-        let _ = tokens.mint("1c:69:7a:11:22:35".parse().unwrap()).unwrap();
+        let token = tokens.mint(a, || true).unwrap().unwrap();
+        let earlier = tokens
+            .mint("1c:69:7a:11:22:35".parse().unwrap(), || true)
+            .unwrap()
+            .unwrap();
+        let _ = tokens
+            .mint("1c:69:7a:11:22:35".parse().unwrap(), || true)
+            .unwrap()
+            .unwrap();
         drop(tokens);
         // The key file is cut short, as a crash could leave an unsynced one.
         std::fs::write(dir.path().join(KEY_FILE), b"short").unwrap();

@@ -294,12 +294,25 @@ impl Engine {
         self.state().runs.remove(key);
     }
 
-    /// How the machine's most recently finished workflow ended, if one has.
-    pub fn last_finished(&self, hardware: &ResourceKey) -> Result<Option<State>, EngineError> {
+    /// How the machine's most recently finished workflow ended, if one finished at `since` or
+    /// later.
+    pub fn last_finished(
+        &self,
+        hardware: &ResourceKey,
+        since: SystemTime,
+    ) -> Result<Option<State>, EngineError> {
         let mut state = self.state();
         let EngineState { runs, workflows } = &mut *state;
         workflows.refresh(&self.catalog)?;
-        let mine: Vec<ResourceKey> = workflows.of(hardware).map(|(key, _)| key.clone()).collect();
+        let mine: Vec<ResourceKey> = workflows
+            .of(hardware)
+            .filter(|(key, _)| {
+                runs.get(*key)
+                    .and_then(|run| run.span.finished_at)
+                    .is_some_and(|finished| finished >= since)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
         Ok(last_finished(runs, &mine))
     }
 
