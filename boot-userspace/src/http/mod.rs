@@ -114,8 +114,9 @@ impl BootHttp {
         tracing::info!(%address, assets = %boot.config.assets_dir.display(), "boot HTTP listening");
         // As axum::serve does, with hyper given a timer, without which it enforces no
         // header-read timeout: a head sent a byte at a time would hold its connection. HTTP/1
-        // only: iPXE, firmware and cloud-init speak it, and under HTTP/2 the client's flow
-        // control, not the socket, paces the writes, so a slow reader would escape the pace.
+        // only (with `serve_connection`; `serve_connection_with_upgrades` ignores it): iPXE,
+        // firmware and cloud-init speak it, and under HTTP/2 the client's flow control, not the
+        // socket, paces the writes, so a slow reader would escape the pace.
         let mut connections =
             hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
         connections
@@ -136,10 +137,7 @@ impl BootHttp {
             tokio::spawn(async move {
                 let io = TokioIo::new(io);
                 let service = TowerToHyperService::new(service);
-                if let Err(err) = connections
-                    .serve_connection_with_upgrades(io, service)
-                    .await
-                {
+                if let Err(err) = connections.serve_connection(io, service).await {
                     tracing::debug!(%peer, "boot HTTP connection ended: {err}");
                 }
             });
