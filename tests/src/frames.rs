@@ -8,36 +8,22 @@ use dhcproto::{v4, Encodable, Encoder};
 /// A DHCPDISCOVER from a PXE client with MAC `chaddr`; with `relay`, as forwarded by a relay
 /// agent at that address, with option 82 (circuit id "port7").
 pub fn discover(chaddr: [u8; 6], relay: Option<Ipv4Addr>) -> Vec<u8> {
-    let mut message = v4::Message::default();
-    message
-        .set_flags(v4::Flags::default().set_broadcast())
-        .set_chaddr(&chaddr)
-        .set_xid(0x5749_5350);
-    message
-        .opts_mut()
-        .insert(v4::DhcpOption::MessageType(v4::MessageType::Discover));
-    message.opts_mut().insert(v4::DhcpOption::ClassIdentifier(
-        b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
-    ));
-    if let Some(relay) = relay {
-        message.set_giaddr(relay).set_hops(1);
-        let mut info = v4::relay::RelayAgentInformation::default();
-        info.insert(v4::relay::RelayInfo::AgentCircuitId(b"port7".to_vec()));
-        message
-            .opts_mut()
-            .insert(v4::DhcpOption::RelayAgentInformation(info));
-    }
-    let mut bytes = Vec::new();
-    message
-        .encode(&mut Encoder::new(&mut bytes))
-        .expect("a DISCOVER encodes");
-    bytes
+    pxe_discover(chaddr, 0x5749_5350, None, relay)
 }
 
 /// The DISCOVER (transaction `xid`) of an iPXE (user class `iPXE`) that a firmware DISCOVER
 /// ([`discover`]) answered moments before made Wisp chainload: Wisp answers it with the
 /// machine's script URL.
 pub fn ipxe_discover(chaddr: [u8; 6], xid: u32) -> Vec<u8> {
+    pxe_discover(chaddr, xid, Some(b"iPXE"), None)
+}
+
+fn pxe_discover(
+    chaddr: [u8; 6],
+    xid: u32,
+    user_class: Option<&[u8]>,
+    relay: Option<Ipv4Addr>,
+) -> Vec<u8> {
     let mut message = v4::Message::default();
     message
         .set_flags(v4::Flags::default().set_broadcast())
@@ -48,7 +34,17 @@ pub fn ipxe_discover(chaddr: [u8; 6], xid: u32) -> Vec<u8> {
     options.insert(v4::DhcpOption::ClassIdentifier(
         b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
     ));
-    options.insert(v4::DhcpOption::UserClass(b"iPXE".to_vec()));
+    if let Some(user_class) = user_class {
+        options.insert(v4::DhcpOption::UserClass(user_class.to_vec()));
+    }
+    if let Some(relay) = relay {
+        message.set_giaddr(relay).set_hops(1);
+        let mut info = v4::relay::RelayAgentInformation::default();
+        info.insert(v4::relay::RelayInfo::AgentCircuitId(b"port7".to_vec()));
+        message
+            .opts_mut()
+            .insert(v4::DhcpOption::RelayAgentInformation(info));
+    }
     let mut bytes = Vec::new();
     message
         .encode(&mut Encoder::new(&mut bytes))

@@ -64,8 +64,8 @@ pub struct DhcpServer {
     config: DhcpConfig,
     machines: Arc<Machines>,
     gate: Arc<Gate>,
-    /// Lines about each client, rationed.
-    log: LogBudget<String>,
+    /// Lines about each client (by MAC), rationed.
+    log: LogBudget<MacAddr>,
     metrics: Arc<Metrics>,
     leases: Arc<dyn LeaseStore>,
     /// When each MAC was last handed an iPXE binary, and in which DHCP transaction (xid).
@@ -415,7 +415,7 @@ impl DhcpServer {
         let request = type_name(message.opts().msg_type());
         match outcome {
             Outcome::Reply(mut reply) => {
-                if self.log.allow(client.clone()) {
+                if mac.is_some_and(|mac| self.log.allow(mac)) {
                     tracing::info!(client, %source, port = port.number(), request, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
                 }
                 if let (Some(mac), Handoff::Script) = (mac, reply.handoff) {
@@ -441,14 +441,14 @@ impl DhcpServer {
                 }
             }
             Outcome::Release(mac) => {
-                if self.log.allow(client.clone()) {
+                if self.log.allow(mac) {
                     tracing::info!(client, "DHCP release");
                 }
                 self.holders.let_go(mac);
                 self.forget_lease(writer, mac);
             }
             Outcome::Decline { mac, address } => {
-                if self.log.allow(client.clone()) {
+                if self.log.allow(mac) {
                     tracing::warn!(client, %address, "DHCP decline: the reserved address is in use on the network; not offering it for a while");
                 }
                 self.declined
