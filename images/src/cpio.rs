@@ -1,19 +1,36 @@
 //! A writer for the cpio `newc` format, the one the kernel unpacks as an initramfs.
-use std::io::Write;
+use std::{collections::BTreeSet, io::Write, path::Path};
 
 use flate2::{write::GzEncoder, Compression};
 
 /// An initramfs being assembled in memory. Entries keep the order they were added in, and a
-/// file's parent directories must be added before it.
+/// file's parent directories must be added before it ([`Archive::parents`] does that).
 #[derive(Default)]
 pub struct Archive {
     bytes: Vec<u8>,
     next_inode: u32,
+    directories: BTreeSet<String>,
 }
 
 impl Archive {
     pub fn directory(&mut self, path: &str) -> &mut Self {
+        self.directories.insert(path.to_string());
         self.entry(path, 0o040755, &[])
+    }
+
+    /// Adds the directories above `path` that are not in the archive yet, outermost first.
+    pub fn parents(&mut self, path: &str) -> &mut Self {
+        let missing: Vec<String> = Path::new(path)
+            .ancestors()
+            .skip(1)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .map(|dir| dir.to_string_lossy().into_owned())
+            .filter(|dir| !self.directories.contains(dir))
+            .collect();
+        for dir in missing.iter().rev() {
+            self.directory(dir);
+        }
+        self
     }
 
     pub fn file(&mut self, path: &str, mode: u32, contents: &[u8]) -> &mut Self {

@@ -5,7 +5,9 @@
 //! - [`provisioning`]: Wisp's provisioning OS (busybox, the worker, the modules it needs);
 //! - [`modules`]: kernel modules and their dependencies, for an initramfs;
 //! - [`disk`]: a small bootable disk image to install (GRUB, ext4, busybox);
-//! - [`qemu`]: VMs with real firmware, for the lab.
+//! - [`qemu`]: VMs with real firmware, for the lab;
+//! - [`appliance`]: Wisp itself in a VM, for the power-loss test.
+pub mod appliance;
 pub mod cpio;
 pub mod disk;
 pub mod hello;

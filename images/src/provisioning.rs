@@ -4,10 +4,7 @@
 //! and runs the worker. A workflow that succeeds ends in a reboot (into the installed system,
 //! since Wisp then has no pending work for the machine); one that fails leaves the machine up,
 //! with a shell on the console, for inspection.
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -133,7 +130,6 @@ pub fn build(
     std::fs::create_dir_all(out)?;
     let modules = modules::resolve(&kernel.modules, MODULES)?;
     let mut archive = Archive::default();
-    let mut directories = BTreeSet::new();
     for dir in [
         "bin",
         "dev",
@@ -143,23 +139,7 @@ pub fn build(
         "etc/wisp",
         "lib/modules",
     ] {
-        directories.insert(PathBuf::from(dir));
-    }
-    for module in &modules {
-        let mut parent = module.parent();
-        while let Some(dir) = parent.filter(|dir| !dir.as_os_str().is_empty()) {
-            directories.insert(Path::new("lib/modules").join(dir));
-            parent = dir.parent();
-        }
-    }
-    let mut all_directories: BTreeSet<PathBuf> = BTreeSet::new();
-    for dir in &directories {
-        for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
-            all_directories.insert(ancestor.to_path_buf());
-        }
-    }
-    for dir in &all_directories {
-        archive.directory(&dir.to_string_lossy());
+        archive.parents(dir).directory(dir);
     }
     archive
         .char_device("dev/console", 5, 1)
@@ -177,11 +157,10 @@ pub fn build(
         );
     let mut load_order = String::new();
     for module in &modules {
-        archive.file(
-            &format!("lib/modules/{}", module.display()),
-            0o644,
-            &std::fs::read(kernel.modules.join(module))?,
-        );
+        let path = format!("lib/modules/{}", module.display());
+        archive
+            .parents(&path)
+            .file(&path, 0o644, &std::fs::read(kernel.modules.join(module))?);
         load_order.push_str(&format!("{}\n", module.display()));
     }
     archive.file("etc/wisp/modules", 0o644, load_order.as_bytes());

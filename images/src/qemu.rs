@@ -41,28 +41,7 @@ impl Vm {
         workdir: &Path,
         disk: Option<&Path>,
     ) -> anyhow::Result<Vm> {
-        for args in [
-            vec!["tuntap", "add", "dev", tap, "mode", "tap"],
-            vec!["link", "set", tap, "master", bridge, "up"],
-        ] {
-            let status = in_netns(netns, "ip").args(&args).status()?;
-            if !status.success() {
-                bail!("ip {} failed in {netns}", args.join(" "));
-            }
-        }
-        let serial = workdir.join(format!("{tap}-serial.log"));
-        let mut args: Vec<String> = [
-            "-machine",
-            "q35,accel=tcg",
-            "-m",
-            "512",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args: Vec<String> = Vec::new();
         match disk {
             // An NVMe disk (`/dev/nvme0n1`) after the network in the boot order; the VM may
             // reboot, from the network into what was installed.
@@ -75,11 +54,6 @@ impl Vm {
             // Without a disk a reboot could only netboot again: end the VM instead.
             None => args.push("-no-reboot".into()),
         }
-        args.extend(["-serial".into(), format!("file:{}", serial.display())]);
-        args.extend([
-            "-netdev".into(),
-            format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-        ]);
         match firmware {
             Firmware::Bios => {
                 // SeaBIOS and iPXE write to the serial port only when told to.
@@ -109,7 +83,70 @@ impl Vm {
                 ]);
             }
         }
+        Vm::launch(netns, bridge, tap, workdir, "512", args)
+    }
+
+    /// Boots `kernel` and `initramfs` directly (no firmware, no netboot) with `append` as the
+    /// command line, a NIC with `mac`, and `disk` as a virtio disk (`/dev/vda`) opened with the
+    /// host's cache off (O_DIRECT), so that a write the guest saw complete is in the file even
+    /// when QEMU is killed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn direct(
+        netns: &str,
+        bridge: &str,
+        tap: &str,
+        mac: &str,
+        workdir: &Path,
+        (kernel, initramfs, append): (&Path, &Path, &str),
+        disk: &Path,
+    ) -> anyhow::Result<Vm> {
+        let args = vec![
+            "-kernel".into(),
+            kernel.display().to_string(),
+            "-initrd".into(),
+            initramfs.display().to_string(),
+            "-append".into(),
+            append.into(),
+            "-drive".into(),
+            format!(
+                "file={},if=none,id=data,format=raw,cache=none",
+                disk.display()
+            ),
+            "-device".into(),
+            "virtio-blk-pci,drive=data".into(),
+            "-device".into(),
+            format!("virtio-net-pci,netdev=n0,mac={mac},romfile="),
+        ];
+        Vm::launch(netns, bridge, tap, workdir, "1024", args)
+    }
+
+    /// Creates the tap, then runs QEMU with `args` and the parts every lab VM shares.
+    fn launch(
+        netns: &str,
+        bridge: &str,
+        tap: &str,
+        workdir: &Path,
+        memory_mib: &str,
+        args: Vec<String>,
+    ) -> anyhow::Result<Vm> {
+        for tap_args in [
+            vec!["tuntap", "add", "dev", tap, "mode", "tap"],
+            vec!["link", "set", tap, "master", bridge, "up"],
+        ] {
+            let status = in_netns(netns, "ip").args(&tap_args).status()?;
+            if !status.success() {
+                bail!("ip {} failed in {netns}", tap_args.join(" "));
+            }
+        }
+        let serial = workdir.join(format!("{tap}-serial.log"));
         let child = in_netns(netns, "qemu-system-x86_64")
+            .args(["-machine", "q35,accel=tcg", "-m", memory_mib])
+            .args(["-display", "none", "-monitor", "none"])
+            .args(["-serial", &format!("file:{}", serial.display())])
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            ])
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -122,6 +159,15 @@ impl Vm {
             child: Some(child),
             serial,
         })
+    }
+
+    /// Kills QEMU at once, as pulling the plug would stop the machine, and removes its tap.
+    pub fn pull_the_plug(mut self, netns: &str, tap: &str) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = in_netns(netns, "ip").args(["link", "del", tap]).status();
     }
 
     pub fn serial_output(&self) -> String {

@@ -1,5 +1,6 @@
 //! The test harness: real network namespaces, a real `wisp` daemon and CLI, real frames.
 //! Every guard cleans up in `Drop`, so a failing test leaves no namespace or process behind.
+pub mod dhcp_wire;
 pub mod frames;
 pub mod vm;
 
@@ -106,8 +107,15 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 /// A network namespace, deleted (with every process in it) on drop.
 pub struct Netns {
     pub name: String,
-    /// The API token file of the daemon started here, which the CLI helpers present.
-    api_token_file: std::sync::Mutex<Option<PathBuf>>,
+    /// The API of the daemon started here (or named by [`Netns::use_api`]), which the CLI
+    /// helpers talk to.
+    api: std::sync::Mutex<Option<Api>>,
+}
+
+#[derive(Clone)]
+struct Api {
+    server: String,
+    token_file: PathBuf,
 }
 
 impl Netns {
@@ -120,7 +128,7 @@ impl Netns {
         run("ip", &["netns", "add", &name]);
         let netns = Netns {
             name,
-            api_token_file: std::sync::Mutex::default(),
+            api: std::sync::Mutex::default(),
         };
         netns.exec_ok("ip", &["link", "set", "lo", "up"]);
         // No IPv6 chatter (router solicitations, MLD) in the gate's counters.
@@ -339,10 +347,7 @@ impl Daemon {
             data_dir: data_dir.to_path_buf(),
             log,
         };
-        *netns
-            .api_token_file
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(data_dir.join("api.token"));
+        netns.use_api("http://127.0.0.1:7480", &data_dir.join("api.token"));
         daemon.wait_ready(netns);
         daemon
     }
@@ -397,29 +402,35 @@ impl Drop for Daemon {
 }
 
 impl Netns {
-    /// The CLI, run here with the token of the daemon started here.
+    /// Points the CLI helpers here at the daemon API `server`, with the token in `token_file`.
+    pub fn use_api(&self, server: &str, token_file: &Path) {
+        *self.api.lock().unwrap_or_else(|p| p.into_inner()) = Some(Api {
+            server: server.to_string(),
+            token_file: token_file.to_path_buf(),
+        });
+    }
+
+    fn api(&self) -> Option<Api> {
+        self.api.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The CLI, run here with the server and token of the daemon started here.
     pub fn wisp_command(&self) -> Command {
         let mut command = self.command(wisp_binary());
-        if let Some(file) = &*self
-            .api_token_file
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-        {
-            command.env("WISP_API_TOKEN_FILE", file);
+        if let Some(api) = self.api() {
+            command
+                .env("WISP_SERVER", api.server)
+                .env("WISP_API_TOKEN_FILE", api.token_file);
         }
         command
     }
 
-    /// GET from the daemon's API on loopback, with its token; the body.
+    /// GET from the daemon's API, with its token; the body.
     pub fn api_get(&self, path: &str) -> String {
-        let token_file = self
-            .api_token_file
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .expect("a daemon was started here");
-        let token = std::fs::read_to_string(&token_file)
-            .unwrap_or_else(|err| panic!("reading the API token {}: {err}", token_file.display()));
+        let api = self.api().expect("a daemon was started here");
+        let token = std::fs::read_to_string(&api.token_file).unwrap_or_else(|err| {
+            panic!("reading the API token {}: {err}", api.token_file.display())
+        });
         let authorization = format!("Authorization: Bearer {}", token.trim());
         self.exec_ok(
             "curl",
@@ -427,7 +438,7 @@ impl Netns {
                 "-sf",
                 "-H",
                 &authorization,
-                &format!("http://127.0.0.1:7480{path}"),
+                &format!("{}{path}", api.server),
             ],
         )
     }
