@@ -791,3 +791,167 @@ fn in_proxy_mode_a_relay_address_off_the_machines_subnet_gets_nothing() {
         Some("undionly.kpxe")
     );
 }
+
+/// A filesystem of its own on a loop device, mounted at `mountpoint`, that the test can freeze
+/// (`fsfreeze`): every write to it then blocks, as on a disk that has stopped. Thawed, unmounted
+/// and detached on drop, so that nothing stays blocked when the test fails.
+struct FreezableDisk {
+    mountpoint: std::path::PathBuf,
+}
+
+impl FreezableDisk {
+    fn new(work: &TempDir, name: &str) -> FreezableDisk {
+        let image = work.join(&format!("{name}.img"));
+        let mountpoint = work.join(name);
+        std::fs::File::create(&image)
+            .and_then(|file| file.set_len(64 << 20))
+            .expect("create the image");
+        std::fs::create_dir_all(&mountpoint).expect("mountpoint");
+        for (program, args) in [
+            (
+                "mkfs.ext4",
+                vec!["-q", "-F", image.to_str().expect("utf-8")],
+            ),
+            (
+                "mount",
+                vec![
+                    "-o",
+                    "loop",
+                    image.to_str().expect("utf-8"),
+                    mountpoint.to_str().expect("utf-8"),
+                ],
+            ),
+        ] {
+            let status = std::process::Command::new(program)
+                .args(&args)
+                .status()
+                .unwrap_or_else(|err| panic!("{program}: {err}"));
+            assert!(status.success(), "{program} {args:?}");
+        }
+        FreezableDisk { mountpoint }
+    }
+
+    /// Freezes the filesystem until the guard is dropped. Declared after the daemon, the guard
+    /// drops first, so a failing test never kills a daemon stuck on the frozen disk.
+    fn freeze(&self) -> Frozen<'_> {
+        fsfreeze("-f", &self.mountpoint);
+        Frozen(self)
+    }
+}
+
+fn fsfreeze(flag: &str, mountpoint: &std::path::Path) {
+    let status = std::process::Command::new("fsfreeze")
+        .arg(flag)
+        .arg(mountpoint)
+        .status()
+        .expect("run fsfreeze");
+    assert!(status.success(), "fsfreeze {flag} {}", mountpoint.display());
+}
+
+struct Frozen<'a>(&'a FreezableDisk);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        fsfreeze("-u", &self.0.mountpoint);
+    }
+}
+
+impl Drop for FreezableDisk {
+    fn drop(&mut self) {
+        // Lazily: the daemon may still hold files open here.
+        let _ = std::process::Command::new("umount")
+            .args(["-l", "-d"])
+            .arg(&self.mountpoint)
+            .status();
+    }
+}
+
+/// A REQUEST in the SELECTING state (RFC 2131 §4.3.2) for `address` from Wisp.
+fn selecting_request(mac: [u8; 6], address: Ipv4Addr) -> Vec<u8> {
+    let mut message = v4::Message::default();
+    message
+        .set_chaddr(&mac)
+        .set_xid(0x5749_f00d)
+        .set_flags(v4::Flags::default().set_broadcast());
+    let options = message.opts_mut();
+    options.insert(DhcpOption::MessageType(MessageType::Request));
+    options.insert(DhcpOption::ServerIdentifier(SERVER_IP));
+    options.insert(DhcpOption::RequestedIpAddress(address));
+    message.to_vec().expect("encodes")
+}
+
+#[test]
+fn on_a_disk_that_has_stopped_the_lease_queue_is_bounded_and_serving_resumes_when_it_returns() {
+    require_root!();
+    let lab = Lab::new("frozen");
+    let work = TempDir::new("frozen");
+    let disk = FreezableDisk::new(&work, "data");
+    // The daemon's log is beside the data directory, off the disk that will stop.
+    let daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &disk.mountpoint,
+        &["--xdp-mode", "native"],
+    );
+    apply_ok(
+        &lab.server,
+        &(hardware_yaml("spoofed", "1c:69:7a:00:00:80", "10.99.0.80")
+            + "---\n"
+            + &hardware_yaml("patient", "1c:69:7a:00:00:81", "10.99.0.81")),
+    );
+    let frozen = disk.freeze();
+
+    // Spoofed REQUESTs for a known MAC, as fast as one socket sends them. Each is a lease write
+    // that cannot finish; once the queue holds its limit, the rest are refused at once, counted,
+    // and not held in memory.
+    let refused = || {
+        metric(
+            &lab.server,
+            "wisp_dhcp_ignored_total{reason=\"lease_queue_full\"}",
+        )
+        .unwrap_or(0)
+    };
+    let request = selecting_request(
+        [0x1c, 0x69, 0x7a, 0, 0, 0x80],
+        "10.99.0.80".parse().unwrap(),
+    );
+    let socket = lab.client.within(|| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("socket");
+        socket.set_broadcast(true).expect("broadcast");
+        socket
+            .bind_device(Some(CLIENT_IF.as_bytes()))
+            .expect("bind to device");
+        socket
+            .bind(&std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
+            .expect("bind :68");
+        UdpSocket::from(socket)
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut sent = 0u64;
+    while refused() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sent} REQUESTs sent and none refused: the queue is not bounded\n{}",
+            daemon.log()
+        );
+        for _ in 0..20_000 {
+            let _ = socket.send_to(&request, (Ipv4Addr::BROADCAST, 67));
+            sent += 1;
+        }
+    }
+    // Nothing was ACKed (no lease is durable), and the daemon still answers.
+    assert_eq!(
+        metric(&lab.server, "wisp_dhcp_replies_total{message_type=\"ack\"}"),
+        Some(0)
+    );
+
+    // The disk comes back: the queue drains and a real client gets its lease.
+    drop(frozen);
+    let (leased, said) = udhcpc(&lab, "1c:69:7a:00:00:81", "10.99.0.81");
+    assert!(leased, "{said}\n{}", daemon.log());
+    assert!(
+        leases(&lab).get("1c:69:7a:00:00:81").map(String::as_str) == Some("10.99.0.81"),
+        "the client's lease is stored"
+    );
+}
