@@ -4,6 +4,10 @@
 //! cexec runs a command in a chroot of it, writefile writes the netplan file. The VM reboots,
 //! Wisp has no more work for it, and it boots the installed system from its disk, which prints
 //! both files on the serial console.
+//!
+//! The workflow ends with one more action, which leaves the provisioning OS: on BIOS, `reboot`
+//! (through the firmware, which netboots, finds no work and goes to the disk); on UEFI, `kexec`
+//! straight into the installed system's kernel, with no firmware in between.
 use std::time::Duration;
 
 use serde_json::Value;
@@ -54,6 +58,31 @@ fn provision(firmware: Firmware) {
     let resources =
         adapted_tinkerbell_example(&repo_root().join("examples/tinkerbell-demo"), IMAGE_URL)
             .expect("the example resources");
+    let (last_action, last_message) = match firmware {
+        Firmware::Bios => (
+            "          - name: \"restart\"
+            image: quay.io/tinkerbell-actions/reboot:v1.0.0
+            timeout: 30
+",
+            "rebooting",
+        ),
+        Firmware::Uefi => (
+            "          - name: \"kexec-installed\"
+            image: quay.io/tinkerbell-actions/kexec:v1.0.0
+            timeout: 90
+            environment:
+              BLOCK_DEVICE: /dev/nvme0n1p1
+              FS_TYPE: ext4
+              KERNEL_PATH: /boot/vmlinuz
+              INITRD_PATH: /boot/initrd
+              CMD_LINE: console=ttyS0,115200 panic=5
+",
+            "kexec into the installed kernel",
+        ),
+    };
+    let last_line = "              DIRMODE: 0755\n";
+    assert!(resources.contains(last_line), "the template's last line");
+    let resources = resources.replacen(last_line, &format!("{last_line}{last_action}"), 1);
     apply_ok(&lab.server, &resources);
 
     let vm = Vm::start(
@@ -89,8 +118,9 @@ fn provision(firmware: Firmware) {
             && from_disk.contains(&format!("macaddress: {MAC}")),
         "writefile's netplan file:\n{from_disk}"
     );
+    // The last action left the provisioning OS, not its init after the worker exited.
     assert!(
-        console[..booted].contains("Wisp: workflow complete; rebooting"),
+        !console[..booted].contains("Wisp: workflow complete; rebooting"),
         "{console}"
     );
 
@@ -111,21 +141,31 @@ fn provision(firmware: Firmware) {
     assert_eq!(status["state"], "SUCCESS", "{workflow:#}");
     let actions = status["actions"].as_array().expect("actions");
     let names: Vec<&str> = actions.iter().filter_map(|a| a["name"].as_str()).collect();
+    let last_name = last_action
+        .split('"')
+        .nth(1)
+        .expect("the last action's name");
     assert_eq!(
         names,
-        ["stream-ubuntu-image", "grow-partition", "write-netplan"]
+        [
+            "stream-ubuntu-image",
+            "grow-partition",
+            "write-netplan",
+            last_name
+        ]
     );
     for action in actions {
         assert_eq!(action["state"], "SUCCESS", "{action:#}");
         assert!(action["duration"].is_string(), "{action:#}");
     }
-    // The second boot found no pending work and left for the disk.
+    assert_eq!(actions[3]["message"], last_message, "{workflow:#}");
+    // After `reboot` the firmware netbooted again, found no pending work and left for the disk;
+    // after `kexec` the machine never went back to the firmware.
     let log = daemon.log();
-    assert!(
-        log.lines()
-            .any(|line| line.contains("iPXE script served") && line.contains("pending_work=false")),
-        "{log}"
-    );
+    let second_boot = log
+        .lines()
+        .any(|line| line.contains("iPXE script served") && line.contains("pending_work=false"));
+    assert_eq!(second_boot, firmware == Firmware::Bios, "{log}");
     let (counters, stats) = gate_stats(&lab.server);
     assert_eq!(stats["mode"]["kind"], "xdp", "{stats}");
     assert!(counters["passed_known"] >= 4, "{stats}");

@@ -746,3 +746,181 @@ fn the_daemon_ends_a_workflow_at_its_global_timeout_even_across_a_restart() {
         "ended {took:?} after its start"
     );
 }
+
+/// An ext4 filesystem made from the directory `root` (mkfs.ext4 -d copies device nodes, FIFOs
+/// and symlinks as they are) on a loop device, detached on drop.
+struct LoopDisk {
+    device: String,
+}
+
+impl LoopDisk {
+    fn from_directory(work: &TempDir, name: &str, root: &std::path::Path) -> LoopDisk {
+        let image = work.join(&format!("{name}.img"));
+        std::fs::File::create(&image)
+            .and_then(|file| file.set_len(32 << 20))
+            .expect("create the image");
+        let status = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(root)
+            .arg(&image)
+            .status()
+            .expect("mkfs.ext4");
+        assert!(status.success(), "mkfs.ext4 -d {}", root.display());
+        let attached = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output()
+            .expect("losetup");
+        assert!(attached.status.success(), "{}", output_text(&attached));
+        LoopDisk {
+            device: String::from_utf8_lossy(&attached.stdout).trim().to_string(),
+        }
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.device])
+            .status();
+    }
+}
+
+/// The root of an installed system with busybox in it, and `/proc` and `/sys` to bind over.
+fn installed_root(work: &TempDir, name: &str) -> std::path::PathBuf {
+    let root = work.join(name);
+    for dir in ["bin", "etc", "proc", "sys"] {
+        std::fs::create_dir_all(root.join(dir)).expect("directory");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
+    root
+}
+
+/// Runs machine A's worker in a mount namespace of its own: if the actions' defences failed,
+/// their mounts would land there rather than on the test machine.
+fn run_worker_unshared(lab: &Lab) -> std::process::Output {
+    let token = boot_a(lab);
+    lab.client
+        .command("unshare")
+        .args(["--mount", "--propagation", "private"])
+        .arg(worker_binary())
+        .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
+        .args(["--token", &token])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run wisp-worker")
+}
+
+#[test]
+fn an_untrusted_image_reaches_no_device_of_the_provisioning_os_and_cannot_stall_an_action() {
+    require_root!();
+    let work = TempDir::new("wf-untrusted");
+    // An image with a device node (/dev/zero's numbers) and a FIFO where writefile will write.
+    let hostile = installed_root(&work, "hostile");
+    std::fs::create_dir_all(hostile.join("dev")).expect("dev");
+    nix::sys::stat::mknod(
+        &hostile.join("zero"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 5),
+    )
+    .expect("mknod");
+    nix::unistd::mkfifo(
+        &hostile.join("etc/hostname"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .expect("mkfifo");
+    let hostile = LoopDisk::from_directory(&work, "hostile", &hostile);
+    // An image whose /dev points at the root: binding the OS's /dev "into" it would bind over /.
+    let linked = installed_root(&work, "linked");
+    std::os::unix::fs::symlink("/", linked.join("dev")).expect("symlink");
+    let linked = LoopDisk::from_directory(&work, "linked", &linked);
+
+    // In the chroot: the image's root is mounted nodev and nosuid, and its device node does not
+    // open. The script exits non-zero on either failure.
+    let check = "line=$(busybox grep \" / / \" /proc/self/mountinfo)
+                case \"$line\" in *nodev*) ;; *) echo \"root mounted without nodev: $line\"; exit 1;; esac
+                case \"$line\" in *nosuid*) ;; *) echo \"root mounted without nosuid: $line\"; exit 1;; esac
+                if busybox head -c 1 /zero > /dev/null; then echo \"the image's device node opened\"; exit 1; fi";
+    let actions = format!(
+        "          - name: chroot-on-untrusted-root
+            image: quay.io/tinkerbell-actions/cexec:v1.0.0
+            timeout: 30
+            environment:
+              BLOCK_DEVICE: {hostile}
+              FS_TYPE: ext4
+              CHROOT: y
+              DEFAULT_INTERPRETER: /bin/busybox sh -c
+              CMD_LINE: |
+                {check}
+          - name: write-into-a-fifo
+            image: quay.io/tinkerbell-actions/writefile:v1.0.0
+            timeout: 300
+            environment:
+              DEST_DISK: {hostile}
+              FS_TYPE: ext4
+              DEST_PATH: /etc/hostname
+              CONTENTS: machine-a
+",
+        hostile = hostile.device,
+    );
+    let (lab, daemon, _data) = setup("wf-untrusted", &actions);
+    let worker = run_worker_unshared(&lab);
+    let status = &workflow_json(&lab, "wf-a")["status"];
+    let said = format!("{status:#}\n{}\n{}", output_text(&worker), daemon.log());
+    assert_eq!(status["actions"][0]["state"], "SUCCESS", "{said}");
+    // The FIFO fails the action at once, not at its 300 s timeout.
+    assert_eq!(status["actions"][1]["state"], "FAILED", "{said}");
+    let message = status["actions"][1]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("/etc/hostname") && !message.contains("timed out"),
+        "{said}"
+    );
+
+    // A second workflow for machine A chroots into the image whose /dev is a link to /.
+    apply_ok(
+        &lab.server,
+        &format!(
+            "apiVersion: tinkerbell.org/v1alpha1
+kind: Template
+metadata: {{name: linked, namespace: lab}}
+spec:
+  data: |
+    version: \"0.1\"
+    name: linked
+    tasks:
+      - name: provision
+        worker: \"{{{{.device_1}}}}\"
+        actions:
+          - name: chroot-on-linked-dev
+            image: quay.io/tinkerbell-actions/cexec:v1.0.0
+            timeout: 30
+            environment:
+              BLOCK_DEVICE: {linked}
+              FS_TYPE: ext4
+              CHROOT: y
+              DEFAULT_INTERPRETER: /bin/busybox sh -c
+              CMD_LINE: 'true'
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata: {{name: wf-a-linked, namespace: lab}}
+spec:
+  templateRef: linked
+  hardwareRef: a
+  hardwareMap: {{device_1: \"{MAC_A}\"}}
+",
+            linked = linked.device,
+        ),
+    );
+    let worker = run_worker_unshared(&lab);
+    let status = &workflow_json(&lab, "wf-a-linked")["status"];
+    let said = format!("{status:#}\n{}", output_text(&worker));
+    assert_eq!(status["actions"][0]["state"], "FAILED", "{said}");
+    assert!(
+        status["actions"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/dev is a symlink")),
+        "{said}"
+    );
+}
