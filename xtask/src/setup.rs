@@ -30,6 +30,11 @@ const PACKAGES: &[&str] = &[
     "mtools",
     "grub-pc-bin",
     "grub-efi-amd64-bin",
+    // The power-loss test strips the `wisp` it puts in its VM (objcopy); the frozen-disk and
+    // hostile-image tests use loop devices, fsfreeze and unshare.
+    "binutils",
+    "util-linux",
+    "mount",
     // The worker tests compress images with the real tools.
     "xz-utils",
     "zstd",
