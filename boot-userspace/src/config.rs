@@ -139,6 +139,10 @@ settings! {
     /// Bytes per second a boot HTTP response must average after that grace; a slower reader is
     /// cut off (the default lets a 1 GiB image take over four hours).
     min_transfer_rate: u64 = 64 << 10, env "WISP_MIN_TRANSFER_RATE";
+    /// How often each BMC Machine's power state is read (and right after a Job changed it).
+    bmc_poll_interval: Interval = Interval(Duration::from_secs(60)), env "WISP_BMC_POLL_INTERVAL";
+    /// How long a BMC power action may take to reach its state before its Task fails.
+    bmc_power_timeout: Interval = Interval(Duration::from_secs(120)), env "WISP_BMC_POWER_TIMEOUT";
 }
 
 /// `wisp serve`'s command line.
@@ -173,6 +177,8 @@ impl ServeArgs {
             ("chainload-window", settings.chainload_window),
             ("reconcile-interval", settings.reconcile_interval),
             ("connection-timeout", settings.connection_timeout),
+            ("bmc-poll-interval", settings.bmc_poll_interval),
+            ("bmc-power-timeout", settings.bmc_power_timeout),
         ] {
             anyhow::ensure!(
                 !interval.0.is_zero(),

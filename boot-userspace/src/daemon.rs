@@ -209,7 +209,8 @@ fn spawn_boot_services(
     services
 }
 
-/// The periodic work: repairing the allowlist, and ending workflows whose timeouts passed.
+/// The periodic work: repairing the allowlist, ending workflows whose timeouts passed, and the
+/// BMC controller.
 fn spawn_background_tasks(settings: &Settings, state: &Arc<AppState>) -> JoinSet<()> {
     let mut tasks = JoinSet::new();
     tasks.spawn(reconcile_hardware(
@@ -217,6 +218,14 @@ fn spawn_background_tasks(settings: &Settings, state: &Arc<AppState>) -> JoinSet
         settings.reconcile_interval.0,
     ));
     tasks.spawn(enforce_timeouts(Arc::clone(state)));
+    let bmc = crate::bmc::controller::Controller::new(
+        Arc::clone(state),
+        crate::bmc::controller::Settings {
+            poll_interval: settings.bmc_poll_interval.0,
+            power_timeout: settings.bmc_power_timeout.0,
+        },
+    );
+    tasks.spawn(bmc.run());
     tasks
 }
 

@@ -16,6 +16,7 @@
 //! - [`config`]: `wisp serve`'s settings, from flags, `WISP_*` variables and a TOML file;
 //! - [`daemon`]: `wisp serve`, which wires them together.
 pub mod api;
+pub mod bmc;
 pub mod boot_files;
 pub mod config;
 pub mod daemon;

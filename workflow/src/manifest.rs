@@ -112,7 +112,7 @@ mod tests {
         assert_eq!(
             errors_of(&text),
             [
-                "hardware.yaml doc 2: apiVersion: \"v1\" is not supported (use \"tinkerbell.org/v1alpha1\")",
+                "hardware.yaml doc 2: apiVersion: \"v1\" is not supported for Hardware (use \"tinkerbell.org/v1alpha1\")",
                 "hardware.yaml doc 3: spec.interfaces[0].dhcp.name_servers[1]: \"8.8.8\" is not an IPv4 address",
             ]
         );
@@ -157,6 +157,97 @@ mod tests {
             errors[0].starts_with("hardware.yaml doc 1: yaml: ") && errors[0].contains("line"),
             "{errors:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod bmc_kinds {
+    use super::*;
+    use crate::resource::{bmc::Step, Spec};
+
+    /// Tinkerbell's BMC example (its Rufio README), as its users have it.
+    const TINKERBELL_EXAMPLE: &str = "apiVersion: v1
+kind: Secret
+metadata:
+  name: bm-auth
+  namespace: tink-system
+type: kubernetes.io/basic-auth
+data:
+  username: YWRtaW4=
+  password: UGFzc3cwcmQ=
+---
+apiVersion: bmc.tinkerbell.org/v1alpha1
+kind: Machine
+metadata:
+  name: machine-sample-with-opts
+  namespace: tink-system
+spec:
+  connection:
+    host: 10.1.2.3
+    port: 623
+    authSecretRef:
+      name: bm-auth
+      namespace: tink-system
+    insecureTLS: false
+    providerOptions:
+      preferredOrder: [gofish, ipmitool, asrockrack]
+      ipmitool:
+        port: 623
+        cipherSuite: \"3\"
+      redfish:
+        port: 443
+---
+apiVersion: bmc.tinkerbell.org/v1alpha1
+kind: Job
+metadata:
+  name: netboot-wf1
+  namespace: tink-system
+spec:
+  machineRef:
+    name: machine-sample-with-opts
+    namespace: tink-system
+  tasks:
+    - powerAction: \"off\"
+    - oneTimeBootDeviceAction:
+        device: [pxe]
+        efiBoot: true
+    - powerAction: \"on\"
+";
+
+    #[test]
+    fn tinkerbells_bmc_example_applies_unchanged() {
+        let mut manifest = Manifest::default();
+        manifest.parse("bmc.yaml", TINKERBELL_EXAMPLE);
+        assert!(manifest.errors.is_empty(), "{:?}", manifest.errors);
+        let warnings: Vec<String> = manifest.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            ["bmc.yaml doc 2: spec.connection.providerOptions.preferredOrder[2]: \"asrockrack\" is a provider Wisp does not implement; it is skipped (Wisp drives ipmitool and gofish, Redfish)"]
+        );
+        let Spec::Job(job) = &manifest.documents[2].1.spec else {
+            panic!("a Job");
+        };
+        assert_eq!(job.tasks.len(), 3);
+        assert!(matches!(
+            job.tasks[1].step("t"),
+            Ok(Step::BootDevice { efi_boot: true, persistent: false, .. })
+        ));
+    }
+
+    #[test]
+    fn bad_bmc_documents_name_the_field() {
+        let mut manifest = Manifest::default();
+        manifest.parse(
+            "bad.yaml",
+            "apiVersion: bmc.tinkerbell.org/v1alpha1\nkind: Task\nmetadata: {name: t}\nspec:\n  task: {powerAction: sideways}\n---\napiVersion: tinkerbell.org/v1alpha1\nkind: Machine\nmetadata: {name: m}\nspec: {}\n---\napiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {password: hunter2!}\n",
+        );
+        let errors: Vec<String> = manifest.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].starts_with("bad.yaml doc 1: spec.task.powerAction: unknown variant `sideways`"), "{errors:?}");
+        assert_eq!(errors[1], "bad.yaml doc 2: apiVersion: \"tinkerbell.org/v1alpha1\" is not supported for Machine (use \"bmc.tinkerbell.org/v1alpha1\")");
+        assert!(errors[2].starts_with("bad.yaml doc 3: data.password: must be base64"), "{errors:?}");
+        // The error names the field, never the value.
+        assert!(!errors[2].contains("hunter2"), "{errors:?}");
     }
 }
 

@@ -243,6 +243,15 @@ fn invalid(details: Vec<String>) -> ApiError {
 struct ListQuery {
     namespace: Option<String>,
     name: Option<String>,
+    /// Secrets' values are shown only when asked for.
+    #[serde(default)]
+    reveal: bool,
+}
+
+#[derive(Deserialize)]
+struct RevealQuery {
+    #[serde(default)]
+    reveal: bool,
 }
 
 async fn list(
@@ -262,7 +271,7 @@ async fn list(
                     .is_none_or(|ns| *ns == r.key.namespace)
             })
             .filter(|r| query.name.as_ref().is_none_or(|name| *name == r.key.name))
-            .map(|resource| view(state, resource))
+            .map(|resource| view(state, resource, query.reveal))
             .collect()
     })
     .await?;
@@ -280,11 +289,15 @@ fn resource_key(Path((kind, namespace, name)): KeyPath) -> Result<ResourceKey, A
     })
 }
 
-async fn get_one(State(state): State<Arc<AppState>>, path: KeyPath) -> ApiResult<ResourceView> {
+async fn get_one(
+    State(state): State<Arc<AppState>>,
+    path: KeyPath,
+    Query(query): Query<RevealQuery>,
+) -> ApiResult<ResourceView> {
     let key = resource_key(path)?;
     let found = blocking(&state, move |state| {
         match state.catalog().store().get(&key)? {
-            Some(resource) => view(state, resource),
+            Some(resource) => view(state, resource, query.reveal),
             None => Err(ApiError::not_found(&key)),
         }
     })
@@ -330,19 +343,35 @@ fn sync_after_write(state: &AppState) -> Vec<String> {
     }
 }
 
-fn view(state: &AppState, resource: Resource) -> Result<ResourceView, ApiError> {
+/// A resource as the API shows it: a workflow with its binding and run, a BMC kind with the
+/// status Wisp keeps, a Secret with its values redacted unless `reveal`.
+fn view(state: &AppState, resource: Resource, reveal: bool) -> Result<ResourceView, ApiError> {
+    let mut object = resource.object.clone();
     let (binding, run) = match resource.key.kind {
         Kind::Workflow => {
             let spec: WorkflowSpec = resource.spec().map_err(ApiError::internal)?;
             let run = state.engine.run_or_preview(&resource.key, &spec)?;
             (Some(state.catalog().binding(&resource)?), run)
         }
+        Kind::Machine | Kind::Job | Kind::Task => {
+            if let (Some(status), Some(map)) = (
+                state.catalog().store().status(&resource.key)?,
+                object.as_object_mut(),
+            ) {
+                map.insert("status".into(), status);
+            }
+            (None, None)
+        }
+        Kind::Secret if !reveal => {
+            workflow::resource::secret::redact(&mut object);
+            (None, None)
+        }
         _ => (None, None),
     };
     Ok(ResourceView {
         key: resource.key,
         version: resource.version,
-        object: resource.object,
+        object,
         binding,
         run,
     })

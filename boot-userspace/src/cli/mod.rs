@@ -29,13 +29,17 @@ pub enum ClientCommand {
     },
     /// List resources, or show one.
     Get {
-        /// hardware, templates or workflows (also hw, tpl, wf), or leases.
+        /// hardware, templates, workflows (also hw, tpl, wf), machines, jobs, tasks, secrets, or
+        /// leases.
         kind: String,
         name: Option<String>,
         #[arg(short, long)]
         namespace: Option<String>,
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
+        /// Show Secrets' values (redacted otherwise).
+        #[arg(long)]
+        reveal_secrets: bool,
     },
     /// Show one resource in detail, with what it refers to.
     Describe {
@@ -93,6 +97,7 @@ pub fn run(server: &str, token_file: &std::path::Path, command: ClientCommand) -
             name,
             namespace,
             output,
+            reveal_secrets,
         } => {
             if matches!(kind.as_str(), "leases" | "lease") {
                 let leases: Vec<Lease> = client.get("/v1/leases")?;
@@ -100,9 +105,16 @@ pub fn run(server: &str, token_file: &std::path::Path, command: ClientCommand) -
                 return Ok(());
             }
             let kind = parse_kind(&kind)?;
+            let reveal = Reveal(reveal_secrets);
             let views = match name {
-                Some(name) => vec![find(&client, kind, &name, namespace.as_deref())?],
-                None => list(&client, kind, namespace.as_deref(), None)?,
+                Some(name) => vec![find_revealing(
+                    &client,
+                    kind,
+                    &name,
+                    namespace.as_deref(),
+                    reveal,
+                )?],
+                None => list(&client, kind, namespace.as_deref(), None, reveal)?,
             };
             output::resources(kind, &views, output, views.len() == 1 && is_single(output));
             Ok(())
@@ -169,25 +181,39 @@ fn is_single(format: Format) -> bool {
 
 fn parse_kind(text: &str) -> CliResult<Kind> {
     Kind::from_user(text).ok_or_else(|| {
-        CliError(format!("the server doesn't have a resource type \"{text}\" (use hardware, templates or workflows)"))
+        CliError(format!("the server doesn't have a resource type \"{text}\" (use hardware, templates, workflows, machines, jobs, tasks or secrets)"))
     })
 }
 
-/// kubectl's name for a kind: `hardware.tinkerbell.org`.
+/// kubectl's name for a kind: `hardware.tinkerbell.org`, `machine.bmc.tinkerbell.org`,
+/// `secret`.
 fn qualified(kind: Kind) -> String {
-    format!("{}.tinkerbell.org", kind.as_str().to_lowercase())
+    let name = kind.as_str().to_lowercase();
+    match kind.api_version().split_once('/') {
+        Some((group, _)) => format!("{name}.{group}"),
+        None => name,
+    }
 }
+
+/// Whether Secrets' values are asked for.
+#[derive(Clone, Copy)]
+struct Reveal(bool);
 
 fn list(
     client: &Client,
     kind: Kind,
     namespace: Option<&str>,
     name: Option<&str>,
+    Reveal(reveal): Reveal,
 ) -> CliResult<Vec<ResourceView>> {
-    let query: Vec<(&str, &str)> = [("namespace", namespace), ("name", name)]
-        .into_iter()
-        .filter_map(|(key, value)| value.map(|value| (key, value)))
-        .collect();
+    let query: Vec<(&str, &str)> = [
+        ("namespace", namespace),
+        ("name", name),
+        ("reveal", reveal.then_some("true")),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| value.map(|value| (key, value)))
+    .collect();
     client.get_with_query(&format!("/v1/{}", kind.plural()), &query)
 }
 
@@ -198,7 +224,17 @@ fn find(
     name: &str,
     namespace: Option<&str>,
 ) -> CliResult<ResourceView> {
-    let mut found = list(client, kind, namespace, Some(name))?;
+    find_revealing(client, kind, name, namespace, Reveal(false))
+}
+
+fn find_revealing(
+    client: &Client,
+    kind: Kind,
+    name: &str,
+    namespace: Option<&str>,
+    reveal: Reveal,
+) -> CliResult<ResourceView> {
+    let mut found = list(client, kind, namespace, Some(name), reveal)?;
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(CliError(match namespace {

@@ -123,6 +123,22 @@ pub fn resources(kind: Kind, views: &[ResourceView], format: Format, single: boo
                     },
                     views.iter().map(|v| workflow_row(v, wide)).collect(),
                 ),
+                Kind::Machine => (
+                    vec!["NAMESPACE", "NAME", "HOST", "POWER", "CONTACTABLE"],
+                    views.iter().map(machine_row).collect(),
+                ),
+                Kind::Job => (
+                    vec!["NAMESPACE", "NAME", "MACHINE", "TASKS", "STATE"],
+                    views.iter().map(job_row).collect(),
+                ),
+                Kind::Task => (
+                    vec!["NAMESPACE", "NAME", "ACTION", "STATE"],
+                    views.iter().map(task_row).collect(),
+                ),
+                Kind::Secret => (
+                    vec!["NAMESPACE", "NAME", "TYPE", "DATA"],
+                    views.iter().map(secret_row).collect(),
+                ),
             };
             table(&header, &rows);
         }
@@ -153,6 +169,79 @@ fn key_row(view: &ResourceView, wide: bool) -> Vec<String> {
         row.push(view.version.to_string());
     }
     row
+}
+
+/// The status of the condition of `kind` (`True`, `False`), or `-`.
+fn condition(view: &ResourceView, kind: &str) -> Option<String> {
+    view.object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|condition| condition["type"] == kind)
+        .map(|condition| text(&condition["status"]))
+}
+
+fn machine_row(view: &ResourceView) -> Vec<String> {
+    vec![
+        view.key.namespace.clone(),
+        view.key.name.clone(),
+        text(&view.object["spec"]["connection"]["host"]),
+        view.object["status"]["powerState"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string(),
+        condition(view, "Contactable").unwrap_or_else(|| "-".into()),
+    ]
+}
+
+/// A Job's or Task's state, from its conditions as Tinkerbell sets them.
+fn bmc_state(view: &ResourceView) -> String {
+    let is = |kind| condition(view, kind).as_deref() == Some("True");
+    if is("Failed") {
+        "Failed"
+    } else if is("Completed") {
+        "Completed"
+    } else if view.object["status"]["startTime"].is_string() {
+        "Running"
+    } else {
+        "Pending"
+    }
+    .into()
+}
+
+fn job_row(view: &ResourceView) -> Vec<String> {
+    let spec = &view.object["spec"];
+    vec![
+        view.key.namespace.clone(),
+        view.key.name.clone(),
+        text(&spec["machineRef"]["name"]),
+        spec["tasks"].as_array().map_or(0, Vec::len).to_string(),
+        bmc_state(view),
+    ]
+}
+
+fn task_row(view: &ResourceView) -> Vec<String> {
+    let action = view.object["spec"]["task"]
+        .as_object()
+        .and_then(|task| task.iter().next())
+        .map_or_else(|| "-".into(), |(name, value)| format!("{name}: {value}"));
+    vec![
+        view.key.namespace.clone(),
+        view.key.name.clone(),
+        action,
+        bmc_state(view),
+    ]
+}
+
+fn secret_row(view: &ResourceView) -> Vec<String> {
+    vec![
+        view.key.namespace.clone(),
+        view.key.name.clone(),
+        view.object["type"].as_str().unwrap_or("Opaque").to_string(),
+        view.object["data"]
+            .as_object()
+            .map_or(0, |data| data.len())
+            .to_string(),
+    ]
 }
 
 fn hardware_row(view: &ResourceView, wide: bool) -> Vec<String> {
@@ -285,10 +374,32 @@ pub fn describe(view: &ResourceView) {
             .collect();
         table(&["  NAME", "IMAGE", "STATE", "DURATION", "MESSAGE"], &rows);
     }
-    println!("Spec:");
-    let spec = serde_yaml_ng::to_string(&view.object["spec"]).unwrap_or_default();
-    for line in spec.lines() {
-        println!("  {line}");
+    let section = |title: &str, value: &Value| {
+        println!("{title}:");
+        let text = serde_yaml_ng::to_string(value).unwrap_or_default();
+        for line in text.lines() {
+            println!("  {line}");
+        }
+    };
+    match view.key.kind {
+        // Only the keys: the values are not shown (`get --reveal-secrets` shows them).
+        Kind::Secret => {
+            field(
+                "Type",
+                view.object["type"].as_str().unwrap_or("Opaque"),
+            );
+            println!("Data:");
+            for key in view.object["data"].as_object().into_iter().flatten().map(|(k, _)| k) {
+                println!("  {key}");
+            }
+        }
+        Kind::Machine | Kind::Job | Kind::Task => {
+            section("Spec", &view.object["spec"]);
+            if !view.object["status"].is_null() {
+                section("Status", &view.object["status"]);
+            }
+        }
+        _ => section("Spec", &view.object["spec"]),
     }
 }
 

@@ -15,14 +15,25 @@ pub struct HardwareSpec {
     pub disks: Vec<Disk>,
     pub user_data: Option<String>,
     pub vendor_data: Option<String>,
+    /// The BMC Machine (`bmc.tinkerbell.org`) that powers this machine, in its namespace.
+    pub bmc_ref: Option<BmcRef>,
     // Tinkerbell fields Wisp keeps but does not act on.
-    pub bmc_ref: Option<Value>,
     pub tink_version: Option<i64>,
     pub resources: Option<BTreeMap<String, Value>>,
     #[serde(rename = "agentID")]
     pub agent_id: Option<String>,
     pub auto: Option<Value>,
     pub references: Option<Value>,
+}
+
+/// Kubernetes' `TypedLocalObjectReference`. Tinkerbell reads only the name; its examples write
+/// `kind: machine.bmc.tinkerbell.org`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct BmcRef {
+    pub api_group: Option<String>,
+    pub kind: Option<String>,
+    pub name: String,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]

@@ -1,10 +1,14 @@
-//! The three resource kinds, in Tinkerbell's `tinkerbell.org/v1alpha1` shape.
+//! The resource kinds, in Tinkerbell's shapes: Hardware, Template and Workflow
+//! (`tinkerbell.org/v1alpha1`), the BMC kinds Machine, Job and Task (`bmc.tinkerbell.org/v1alpha1`),
+//! and Kubernetes' `v1` Secret for BMC credentials.
 //!
 //! A resource is kept as the JSON object the user wrote (unknown fields included, so nothing a
 //! user wrote is lost), and decoded into typed specs when Wisp acts on it.
 mod addr;
+pub mod bmc;
 pub mod hardware;
 mod mac;
+pub mod secret;
 pub mod template;
 pub mod workflow;
 
@@ -14,7 +18,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
 
 pub use addr::Ipv4;
+pub use bmc::{JobSpec, MachineSpec, TaskSpec};
 pub use hardware::HardwareSpec;
+pub use secret::SecretData;
 pub use mac::{MacAddr, MacParseError};
 pub use template::TemplateSpec;
 pub use workflow::WorkflowSpec;
@@ -28,16 +34,41 @@ pub enum Kind {
     Hardware,
     Template,
     Workflow,
+    Machine,
+    Job,
+    Task,
+    Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Hardware, Kind::Template, Kind::Workflow];
+    pub const ALL: [Kind; 7] = [
+        Kind::Hardware,
+        Kind::Template,
+        Kind::Workflow,
+        Kind::Machine,
+        Kind::Job,
+        Kind::Task,
+        Kind::Secret,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             Kind::Hardware => "Hardware",
             Kind::Template => "Template",
             Kind::Workflow => "Workflow",
+            Kind::Machine => "Machine",
+            Kind::Job => "Job",
+            Kind::Task => "Task",
+            Kind::Secret => "Secret",
+        }
+    }
+
+    /// The `apiVersion` documents of this kind carry.
+    pub const fn api_version(self) -> &'static str {
+        match self {
+            Kind::Hardware | Kind::Template | Kind::Workflow => API_VERSION,
+            Kind::Machine | Kind::Job | Kind::Task => bmc::API_VERSION,
+            Kind::Secret => secret::API_VERSION,
         }
     }
 
@@ -47,6 +78,10 @@ impl Kind {
             Kind::Hardware => "hardware",
             Kind::Template => "templates",
             Kind::Workflow => "workflows",
+            Kind::Machine => "machines",
+            Kind::Job => "jobs",
+            Kind::Task => "tasks",
+            Kind::Secret => "secrets",
         }
     }
 
@@ -56,6 +91,10 @@ impl Kind {
             "hardware" | "hardwares" | "hw" => Some(Kind::Hardware),
             "template" | "templates" | "tpl" => Some(Kind::Template),
             "workflow" | "workflows" | "wf" => Some(Kind::Workflow),
+            "machine" | "machines" => Some(Kind::Machine),
+            "job" | "jobs" | "j" => Some(Kind::Job),
+            "task" | "tasks" | "t" => Some(Kind::Task),
+            "secret" | "secrets" => Some(Kind::Secret),
             _ => None,
         }
     }
@@ -173,12 +212,32 @@ struct Envelope<S> {
     status: Option<Value>,
 }
 
+/// A Secret has no spec: its data sits beside its metadata.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SecretEnvelope {
+    #[allow(dead_code)]
+    api_version: String,
+    #[allow(dead_code)]
+    kind: String,
+    metadata: ObjectMeta,
+    #[serde(default)]
+    data: BTreeMap<String, String>,
+    #[serde(rename = "type")]
+    secret_type: Option<String>,
+    immutable: Option<bool>,
+}
+
 /// The typed spec of a decoded document.
 #[derive(Clone, Debug)]
 pub enum Spec {
     Hardware(HardwareSpec),
     Template(TemplateSpec),
     Workflow(WorkflowSpec),
+    Machine(MachineSpec),
+    Job(JobSpec),
+    Task(TaskSpec),
+    Secret(SecretData),
 }
 
 /// A document that passed validation.
@@ -208,12 +267,6 @@ pub fn decode(object: Value) -> Result<Decoded, FieldError> {
         )),
     };
     let api_version = text_field("apiVersion")?;
-    if api_version != API_VERSION {
-        return Err(FieldError::new(
-            "apiVersion",
-            format!("{api_version:?} is not supported (use {API_VERSION:?})"),
-        ));
-    }
     let kind_text = text_field("kind")?;
     let kind = Kind::ALL
         .into_iter()
@@ -221,14 +274,33 @@ pub fn decode(object: Value) -> Result<Decoded, FieldError> {
         .ok_or_else(|| {
             FieldError::new(
                 "kind",
-                format!("{kind_text:?} is not a resource kind (Hardware, Template or Workflow)"),
+                format!("{kind_text:?} is not a resource kind (Hardware, Template, Workflow, Machine, Job, Task or Secret)"),
             )
         })?;
+    if api_version != kind.api_version() {
+        return Err(FieldError::new(
+            "apiVersion",
+            format!(
+                "{api_version:?} is not supported for {kind} (use {:?})",
+                kind.api_version()
+            ),
+        ));
+    }
+    let mut object = object;
     let mut warnings = Vec::new();
     let (metadata, spec) = match kind {
         Kind::Hardware => typed(&object, &mut warnings, Spec::Hardware)?,
         Kind::Template => typed(&object, &mut warnings, Spec::Template)?,
         Kind::Workflow => typed(&object, &mut warnings, Spec::Workflow)?,
+        Kind::Machine => typed(&object, &mut warnings, Spec::Machine)?,
+        Kind::Job => typed(&object, &mut warnings, Spec::Job)?,
+        Kind::Task => typed(&object, &mut warnings, Spec::Task)?,
+        Kind::Secret => {
+            let data = secret::normalise(&mut object)?;
+            let envelope: SecretEnvelope = with_unknown_fields(&object, &mut warnings)?;
+            let _ = (envelope.data, envelope.secret_type, envelope.immutable);
+            (envelope.metadata, Spec::Secret(data))
+        }
     };
     validate_name("metadata.name", &metadata.name)?;
     let namespace = metadata
@@ -244,10 +316,9 @@ pub fn decode(object: Value) -> Result<Decoded, FieldError> {
             )
         })?),
     };
-    validate_spec(&spec)?;
+    validate_spec(&spec, &mut warnings)?;
     // Status is the server's to write, as with Kubernetes' status subresource: a status in an
     // applied document (say, from `wisp get -o yaml`) is not stored.
-    let mut object = object;
     if let Some(map) = object.as_object_mut() {
         map.remove("status");
     }
@@ -269,17 +340,26 @@ fn typed<S: DeserializeOwned>(
     warnings: &mut Vec<FieldError>,
     wrap: fn(S) -> Spec,
 ) -> Result<(ObjectMeta, Spec), FieldError> {
+    let envelope: Envelope<S> = with_unknown_fields(object, warnings)?;
+    Ok((envelope.metadata, wrap(envelope.spec)))
+}
+
+/// Deserializes `object`, adding a warning for each field that `T` does not know.
+fn with_unknown_fields<T: DeserializeOwned>(
+    object: &Value,
+    warnings: &mut Vec<FieldError>,
+) -> Result<T, FieldError> {
     let mut unknown = Vec::new();
     let mut record = |path: serde_ignored::Path| unknown.push(ignored_path(&path));
     let deserializer = serde_ignored::Deserializer::new(object, &mut record);
-    let envelope: Envelope<S> = serde_path_to_error::deserialize(deserializer)
+    let decoded = serde_path_to_error::deserialize(deserializer)
         .map_err(|err| FieldError::from_path_error("", err))?;
     warnings.extend(
         unknown
             .into_iter()
             .map(|path| FieldError::new(path, "unknown field, kept but not used by Wisp")),
     );
-    Ok((envelope.metadata, wrap(envelope.spec)))
+    Ok(decoded)
 }
 
 /// Formats serde_ignored's path the way serde_path_to_error does: `a.b[0].c`.
@@ -317,9 +397,12 @@ fn validate_name(path: &str, name: &str) -> Result<(), FieldError> {
     }
 }
 
-fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
+fn validate_spec(spec: &Spec, warnings: &mut Vec<FieldError>) -> Result<(), FieldError> {
     match spec {
         Spec::Hardware(hardware) => {
+            if let Some(reference) = &hardware.bmc_ref {
+                validate_name("spec.bmcRef.name", &reference.name)?;
+            }
             let mut seen = BTreeMap::new();
             for (index, interface) in hardware.interfaces.iter().enumerate() {
                 let Some(dhcp) = &interface.dhcp else {
@@ -345,5 +428,18 @@ fn validate_spec(spec: &Spec) -> Result<(), FieldError> {
             validate_name("spec.templateRef", &workflow.template_ref)?;
             validate_name("spec.hardwareRef", &workflow.hardware_ref)
         }
+        Spec::Machine(machine) => {
+            warnings.extend(machine.validate()?);
+            validate_name(
+                "spec.connection.authSecretRef.name",
+                &machine.connection.auth_secret_ref.name,
+            )
+        }
+        Spec::Job(job) => {
+            job.validate()?;
+            validate_name("spec.machineRef.name", &job.machine_ref.name)
+        }
+        Spec::Task(task) => task.validate(),
+        Spec::Secret(_) => Ok(()),
     }
 }

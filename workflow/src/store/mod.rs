@@ -99,6 +99,11 @@ pub trait Store: Send + Sync {
         runs: &[(ResourceKey, WorkflowStatus)],
     ) -> Result<Vec<bool>, StoreError>;
     fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, WorkflowStatus)>, StoreError>;
+    /// Records the status Wisp keeps for a Machine, Job or Task: apart from the spec, as with
+    /// Kubernetes' status subresource, so it never bumps the resourceVersion a user applies
+    /// against. False, writing nothing, when the resource is gone.
+    fn put_status(&self, key: &ResourceKey, status: &Value) -> Result<bool, StoreError>;
+    fn status(&self, key: &ResourceKey) -> Result<Option<Value>, StoreError>;
 }
 
 /// A DHCP lease: which address a MAC holds, and until when.

@@ -25,6 +25,8 @@ const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
 /// `Workflow/namespace/name` → JSON of [`WorkflowStatus`]: the run, kept apart from the spec so
 /// that progress never bumps the resourceVersion a user applies against.
 const WORKFLOW_STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflow_status");
+/// `Kind/namespace/name` → the JSON status of a Machine, Job or Task, written by Wisp.
+const STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("status");
 /// MAC (`1c:69:7a:11:22:33`) → JSON of [`Boot`]: the boot each machine is on.
 const BOOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("boots");
 
@@ -64,6 +66,7 @@ impl RedbStore {
         txn.open_table(META).map_err(backend)?;
         txn.open_table(WORKFLOW_STATUS).map_err(backend)?;
         txn.open_table(BOOTS).map_err(backend)?;
+        txn.open_table(STATUS).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(RedbStore {
             db: std::sync::Arc::new(db),
@@ -257,11 +260,13 @@ impl Store for RedbStore {
             let removed = resources
                 .remove(storage_key(key).as_str())
                 .map_err(backend)?;
-            // A run belongs to its workflow: a workflow applied again later starts afresh.
-            txn.open_table(WORKFLOW_STATUS)
-                .map_err(backend)?
-                .remove(storage_key(key).as_str())
-                .map_err(backend)?;
+            // A run or status belongs to its resource: one applied again later starts afresh.
+            for table in [WORKFLOW_STATUS, STATUS] {
+                txn.open_table(table)
+                    .map_err(backend)?
+                    .remove(storage_key(key).as_str())
+                    .map_err(backend)?;
+            }
             if removed.is_some() {
                 let mut meta = txn.open_table(META).map_err(backend)?;
                 let revision = meta
@@ -313,6 +318,38 @@ impl Store for RedbStore {
         }
         txn.commit().map_err(backend)?;
         Ok(stored)
+    }
+
+    fn put_status(&self, key: &ResourceKey, status: &Value) -> Result<bool, StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let storage_key = storage_key(key);
+        let exists = txn
+            .open_table(RESOURCES)
+            .map_err(backend)?
+            .get(storage_key.as_str())
+            .map_err(backend)?
+            .is_some();
+        if exists {
+            let bytes = serde_json::to_vec(status).map_err(backend)?;
+            txn.open_table(STATUS)
+                .map_err(backend)?
+                .insert(storage_key.as_str(), bytes.as_slice())
+                .map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        Ok(exists)
+    }
+
+    fn status(&self, key: &ResourceKey) -> Result<Option<Value>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(STATUS).map_err(backend)?;
+        let found = table.get(storage_key(key).as_str()).map_err(backend)?;
+        found
+            .map(|bytes| {
+                serde_json::from_slice(bytes.value())
+                    .map_err(|err| StoreError::decode(format_args!("the status of {key}"), err))
+            })
+            .transpose()
     }
 
     fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, WorkflowStatus)>, StoreError> {
