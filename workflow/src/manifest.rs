@@ -230,7 +230,11 @@ spec:
         assert_eq!(job.tasks.len(), 3);
         assert!(matches!(
             job.tasks[1].step("t"),
-            Ok(Step::BootDevice { efi_boot: true, persistent: false, .. })
+            Ok(Step::BootDevice {
+                efi_boot: true,
+                persistent: false,
+                ..
+            })
         ));
     }
 
@@ -243,9 +247,16 @@ spec:
         );
         let errors: Vec<String> = manifest.errors.iter().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(errors[0].starts_with("bad.yaml doc 1: spec.task.powerAction: unknown variant `sideways`"), "{errors:?}");
+        assert!(
+            errors[0]
+                .starts_with("bad.yaml doc 1: spec.task.powerAction: unknown variant `sideways`"),
+            "{errors:?}"
+        );
         assert_eq!(errors[1], "bad.yaml doc 2: apiVersion: \"tinkerbell.org/v1alpha1\" is not supported for Machine (use \"bmc.tinkerbell.org/v1alpha1\")");
-        assert!(errors[2].starts_with("bad.yaml doc 3: data.password: must be base64"), "{errors:?}");
+        assert!(
+            errors[2].starts_with("bad.yaml doc 3: data.password: must be base64"),
+            "{errors:?}"
+        );
         // The error names the field, never the value.
         assert!(!errors[2].contains("hunter2"), "{errors:?}");
     }

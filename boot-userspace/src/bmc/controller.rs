@@ -68,7 +68,11 @@ struct Claim(Arc<Controller>, ResourceKey);
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.0.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+        self.0
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 
@@ -100,7 +104,9 @@ impl Controller {
         loop {
             ticks.tick().await;
             // Jobs and Tasks appear only with a change to the store; Machines come due with time.
-            let revision = self.blocking(|state| state.catalog().store().revision()).await;
+            let revision = self
+                .blocking(|state| state.catalog().store().revision())
+                .await;
             if revision.as_ref().ok() != seen_revision.as_ref() {
                 match self.blocking(list_bmc_resources).await {
                     Ok(listed) => {
@@ -120,7 +126,12 @@ impl Controller {
         let key = &resource.key;
         match key.kind {
             Kind::Machine => {
-                let due = match self.polled.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+                let due = match self
+                    .polled
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(key)
+                {
                     Some((version, at)) => {
                         *version != resource.version || at.elapsed() >= self.settings.poll_interval
                     }
@@ -182,7 +193,10 @@ impl Controller {
             .expect("a store call panicked")
     }
 
-    async fn status_of<S: DeserializeOwned + Default>(&self, key: &ResourceKey) -> Result<S, String> {
+    async fn status_of<S: DeserializeOwned + Default>(
+        &self,
+        key: &ResourceKey,
+    ) -> Result<S, String> {
         let key = key.clone();
         let status = self
             .blocking(move |state| state.catalog().store().status(&key))
@@ -198,7 +212,10 @@ impl Controller {
     }
 
     async fn put_status(&self, key: &ResourceKey, status: &impl Serialize) {
-        let (key, status) = (key.clone(), serde_json::to_value(status).unwrap_or(Value::Null));
+        let (key, status) = (
+            key.clone(),
+            serde_json::to_value(status).unwrap_or(Value::Null),
+        );
         let what = key.to_string();
         match self
             .blocking(move |state| state.catalog().store().put_status(&key, &status))
@@ -210,7 +227,10 @@ impl Controller {
         }
     }
 
-    async fn get<S: DeserializeOwned>(&self, key: &ResourceKey) -> Result<Option<(resource::Resource, S)>, String> {
+    async fn get<S: DeserializeOwned>(
+        &self,
+        key: &ResourceKey,
+    ) -> Result<Option<(resource::Resource, S)>, String> {
         let key = key.clone();
         let found = self
             .blocking(move |state| state.catalog().store().get(&key))
@@ -370,7 +390,11 @@ impl Controller {
     }
 
     /// The providers to try, in order, with the credentials of the connection's Secret.
-    async fn bmcs(&self, connection: &Connection, namespace: &str) -> Result<Vec<Arc<dyn Bmc>>, String> {
+    async fn bmcs(
+        &self,
+        connection: &Connection,
+        namespace: &str,
+    ) -> Result<Vec<Arc<dyn Bmc>>, String> {
         let reference = &connection.auth_secret_ref;
         // Tinkerbell leaves an empty namespace empty; Wisp takes the resource's own.
         let secret_key = ResourceKey {
@@ -388,8 +412,12 @@ impl Controller {
             None => return Err(format!("{named} not found")),
         };
         let credentials = Credentials {
-            username: secret.text("username").map_err(|err| format!("{named} {err}"))?,
-            password: secret.text("password").map_err(|err| format!("{named} {err}"))?,
+            username: secret
+                .text("username")
+                .map_err(|err| format!("{named} {err}"))?,
+            password: secret
+                .text("password")
+                .map_err(|err| format!("{named} {err}"))?,
         };
         let options = connection.provider_options.clone().unwrap_or_default();
         Ok(options
@@ -447,7 +475,9 @@ impl Controller {
         let failed = |err: BmcError| Attempt::NextProvider(err.to_string());
         match step.clone() {
             Step::Power(action) => {
-                self.request(bmc, move |bmc| bmc.power(action)).await.map_err(failed)?;
+                self.request(bmc, move |bmc| bmc.power(action))
+                    .await
+                    .map_err(failed)?;
                 let Some(target) = action.target() else {
                     return Ok(());
                 };
@@ -473,7 +503,9 @@ impl Controller {
                 persistent,
                 efi_boot,
             } => self
-                .request(bmc, move |bmc| bmc.boot_device(device, persistent, efi_boot))
+                .request(bmc, move |bmc| {
+                    bmc.boot_device(device, persistent, efi_boot)
+                })
                 .await
                 .map_err(failed),
             Step::VirtualMedia { kind, url } => self
@@ -523,7 +555,9 @@ enum Attempt {
     Final(String),
 }
 
-fn list_bmc_resources(state: &AppState) -> Result<Vec<resource::Resource>, workflow::store::StoreError> {
+fn list_bmc_resources(
+    state: &AppState,
+) -> Result<Vec<resource::Resource>, workflow::store::StoreError> {
     let store = state.catalog().store();
     let mut all = store.list(Kind::Machine)?;
     all.extend(store.list(Kind::Job)?);

@@ -81,7 +81,8 @@ fn classify(success: bool, stdout: &str, stderr: &str) -> BmcResult<()> {
             "the BMC refused the credentials (wrong username or password)".into(),
         ));
     }
-    if said("Invalid data field in request") || said("Invalid command") && !success {
+    // On success, -v's probe of vendor extensions may say "Invalid command": not a refusal.
+    if said("Invalid data field in request") || (said("Invalid command") && !success) {
         return Err(BmcError::Refused(format!(
             "the BMC refused the request: {}",
             last_error(stdout, stderr)
@@ -108,9 +109,8 @@ fn classify(success: bool, stdout: &str, stderr: &str) -> BmcResult<()> {
 fn last_error(stdout: &str, stderr: &str) -> String {
     let lines = || stderr.lines().chain(stdout.lines()).map(str::trim);
     lines()
-        .filter(|line| line.to_ascii_lowercase().contains("error") || line.contains("Invalid"))
-        .last()
-        .or_else(|| lines().filter(|line| !line.is_empty()).last())
+        .rfind(|line| line.to_ascii_lowercase().contains("error") || line.contains("Invalid"))
+        .or_else(|| lines().rfind(|line| !line.is_empty()))
         .unwrap_or("ipmitool failed without a message")
         .to_string()
 }
@@ -184,7 +184,8 @@ mod tests {
 
     #[test]
     fn ipmitools_output_tells_credentials_from_silence() {
-        let wrong_password = "> RAKP 2 HMAC is invalid\nError: Unable to establish IPMI v2 / RMCP+ session\n";
+        let wrong_password =
+            "> RAKP 2 HMAC is invalid\nError: Unable to establish IPMI v2 / RMCP+ session\n";
         assert!(matches!(
             classify(false, "", wrong_password),
             Err(BmcError::Refused(message)) if message.contains("wrong username or password")
@@ -192,12 +193,26 @@ mod tests {
         let silent = "Get Auth Capabilities error\nError issuing Get Channel Authentication Capabilities request\nError: Unable to establish IPMI v2 / RMCP+ session\n";
         let unreachable = classify(false, "", silent).unwrap_err();
         assert!(unreachable.is_transient(), "{unreachable}");
-        assert!(unreachable.to_string().contains("Unable to establish"), "{unreachable}");
+        assert!(
+            unreachable.to_string().contains("Unable to establish"),
+            "{unreachable}"
+        );
         // Exit status 0, and still a refusal.
         assert!(matches!(
-            classify(true, "", "Error setting Chassis Boot Parameter 5\nInvalid data field in request\n"),
+            classify(
+                true,
+                "",
+                "Error setting Chassis Boot Parameter 5\nInvalid data field in request\n"
+            ),
             Err(BmcError::Refused(_))
         ));
-        assert_eq!(classify(true, "Chassis Power is on\n", "Loading IANA PEN Registry...\n"), Ok(()));
+        assert_eq!(
+            classify(
+                true,
+                "Chassis Power is on\n",
+                "Loading IANA PEN Registry...\n"
+            ),
+            Ok(())
+        );
     }
 }

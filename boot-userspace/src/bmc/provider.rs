@@ -33,7 +33,11 @@ pub struct Credentials {
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Credentials {{ username: {:?}, password: <redacted> }}", self.username)
+        write!(
+            f,
+            "Credentials {{ username: {:?}, password: <redacted> }}",
+            self.username
+        )
     }
 }
 

@@ -163,7 +163,10 @@ mod tests {
             run.ended(),
             Some(Ended::Failed("task lab/x-task-1 failed".into()))
         );
-        assert!(run.completion_time.is_none(), "only success has a completion time");
+        assert!(
+            run.completion_time.is_none(),
+            "only success has a completion time"
+        );
         let json = serde_json::to_value(&run).unwrap();
         assert_eq!(json["conditions"][0]["type"], "Running");
         assert_eq!(json["conditions"][1]["type"], "Failed");

@@ -384,12 +384,14 @@ pub fn describe(view: &ResourceView) {
     match view.key.kind {
         // Only the keys: the values are not shown (`get --reveal-secrets` shows them).
         Kind::Secret => {
-            field(
-                "Type",
-                view.object["type"].as_str().unwrap_or("Opaque"),
-            );
+            field("Type", view.object["type"].as_str().unwrap_or("Opaque"));
             println!("Data:");
-            for key in view.object["data"].as_object().into_iter().flatten().map(|(k, _)| k) {
+            for key in view.object["data"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k)
+            {
                 println!("  {key}");
             }
         }

@@ -266,7 +266,10 @@ pub enum Step {
         efi_boot: bool,
     },
     /// Insert (`Some(url)`) or eject (`None`) virtual media of `kind` (`CD`).
-    VirtualMedia { kind: String, url: Option<String> },
+    VirtualMedia {
+        kind: String,
+        url: Option<String>,
+    },
 }
 
 impl Action {

@@ -20,8 +20,8 @@ use serde_json::Value;
 pub use addr::Ipv4;
 pub use bmc::{JobSpec, MachineSpec, TaskSpec};
 pub use hardware::HardwareSpec;
-pub use secret::SecretData;
 pub use mac::{MacAddr, MacParseError};
+pub use secret::SecretData;
 pub use template::TemplateSpec;
 pub use workflow::WorkflowSpec;
 

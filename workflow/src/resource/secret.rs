@@ -59,7 +59,9 @@ pub fn normalise(object: &mut Value) -> Result<SecretData, FieldError> {
         }
     };
     for (key, value) in &data {
-        let valid = value.as_str().is_some_and(|text| STANDARD.decode(text).is_ok());
+        let valid = value
+            .as_str()
+            .is_some_and(|text| STANDARD.decode(text).is_ok());
         if !valid {
             return Err(FieldError::new(
                 format!("data.{key}"),
@@ -88,7 +90,8 @@ pub fn normalise(object: &mut Value) -> Result<SecretData, FieldError> {
         }
     }
     map.insert("data".into(), Value::Object(data));
-    serde_json::from_value(Value::Object(map.clone())).map_err(|err| FieldError::new(".", err.to_string()))
+    serde_json::from_value(Value::Object(map.clone()))
+        .map_err(|err| FieldError::new(".", err.to_string()))
 }
 
 /// The object with each value of `data` replaced by [`REDACTED`]: the keys stay visible.
@@ -121,7 +124,10 @@ mod tests {
         assert_eq!(secret.text("other").unwrap_err(), "has no data.other");
 
         redact(&mut object);
-        assert_eq!(object["data"], json!({"username": REDACTED, "password": REDACTED}));
+        assert_eq!(
+            object["data"],
+            json!({"username": REDACTED, "password": REDACTED})
+        );
     }
 
     #[test]
