@@ -407,8 +407,16 @@ impl Controller {
             name: reference.name.clone(),
         };
         let named = format!("secret {}/{}", secret_key.namespace, secret_key.name);
-        let secret: SecretData = match self.get(&secret_key).await? {
-            Some((_, secret)) => secret,
+        let found = {
+            let secret_key = secret_key.clone();
+            self.blocking(move |state| state.catalog().store().get(&secret_key))
+                .await
+                .map_err(|err| err.to_string())?
+        };
+        let secret = match found {
+            Some(resource) => {
+                SecretData::of(&resource.object).map_err(|err| format!("{named}: {err}"))?
+            }
             None => return Err(format!("{named} not found")),
         };
         let credentials = Credentials {

@@ -29,6 +29,11 @@ pub struct SecretData {
 }
 
 impl SecretData {
+    /// The data of a stored Secret (which has no `spec`: its data is beside its metadata).
+    pub fn of(object: &Value) -> Result<SecretData, FieldError> {
+        serde_path_to_error::deserialize(object).map_err(|err| FieldError::from_path_error("", err))
+    }
+
     /// The value of `key`, decoded; an error names the key when it is missing or not text.
     pub fn text(&self, key: &str) -> Result<String, String> {
         let encoded = self

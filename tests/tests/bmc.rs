@@ -1,0 +1,303 @@
+//! BMC control against real BMCs: OpenIPMI's `ipmi_sim` on the client side of a lab, driven by
+//! the daemon through `ipmitool` from the server side. Jobs as Tinkerbell's users write them;
+//! the faults a rack has (a dead BMC, a wrong password, a machine that never powers on, a
+//! missing Secret) each end their Task as Failed with a message that says so.
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wisp_tests::{
+    apply_ok,
+    bmc::{machine_yaml, Chassis, IpmiSim},
+    eventually_within, require_root, wisp, wisp_ok, Daemon, Lab, TempDir, SERVER_IF,
+};
+
+const PASSWORD: &str = "t0p-Secret";
+
+fn start(purpose: &str, extra: &[&str]) -> (Lab, TempDir, Daemon) {
+    let lab = Lab::new(purpose);
+    let work = TempDir::new(purpose);
+    let mut args = vec!["--bmc-poll-interval", "2s"];
+    args.extend_from_slice(extra);
+    let daemon = Daemon::start(&lab.server, SERVER_IF, &work.join("data"), &args);
+    (lab, work, daemon)
+}
+
+fn get(lab: &Lab, kind: &str, name: &str) -> Value {
+    serde_json::from_str(&wisp_ok(
+        &lab.server,
+        &["get", kind, name, "-n", "lab", "-o", "json"],
+    ))
+    .expect("JSON")
+}
+
+/// The condition of `kind` in a resource's status: (status, message).
+fn condition(resource: &Value, kind: &str) -> Option<(String, String)> {
+    resource["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_string(),
+                c["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+}
+
+/// Waits until the Job has Completed or Failed; returns it.
+fn finished_job(lab: &Lab, name: &str, limit: Duration) -> Value {
+    let mut job = Value::Null;
+    eventually_within(&format!("job {name} finishes"), limit, || {
+        job = get(lab, "job", name);
+        condition(&job, "Completed").is_some() || condition(&job, "Failed").is_some()
+    });
+    job
+}
+
+fn job_yaml(name: &str, machine: &str, tasks: &str) -> String {
+    format!(
+        "apiVersion: bmc.tinkerbell.org/v1alpha1
+kind: Job
+metadata: {{name: {name}, namespace: lab}}
+spec:
+  machineRef: {{name: {machine}, namespace: lab}}
+  tasks:
+{tasks}"
+    )
+}
+
+#[test]
+fn a_job_powers_a_machine_on_and_sets_its_boot_device_through_ipmi() {
+    require_root!();
+    let (lab, work, daemon) = start("bmc-ipmi", &[]);
+    let bmc = IpmiSim::start(
+        &lab.client,
+        &work,
+        ("10.99.0.2", 623),
+        PASSWORD,
+        Chassis::Obedient,
+    );
+    apply_ok(
+        &lab.server,
+        &machine_yaml("node-1", "10.99.0.2", 623, PASSWORD),
+    );
+
+    // The Machine's power is read as soon as it exists.
+    eventually_within(
+        "the machine is read as off",
+        Duration::from_secs(20),
+        || {
+            let machine = get(&lab, "machine", "node-1");
+            machine["status"]["powerState"] == "off"
+                && condition(&machine, "Contactable").is_some_and(|(status, _)| status == "True")
+        },
+    );
+
+    // Tinkerbell's netboot Job: off, a one-time PXE boot in EFI mode, on.
+    apply_ok(
+        &lab.server,
+        &job_yaml(
+            "netboot-wf1",
+            "node-1",
+            "    - powerAction: \"off\"
+    - oneTimeBootDeviceAction: {device: [pxe], efiBoot: true}
+    - powerAction: \"on\"
+",
+        ),
+    );
+    let job = finished_job(&lab, "netboot-wf1", Duration::from_secs(60));
+    assert_eq!(
+        condition(&job, "Completed"),
+        Some(("True".into(), String::new())),
+        "{job:#}\n{}",
+        daemon.log()
+    );
+    assert_eq!(condition(&job, "Running").map(|c| c.0), Some("True".into()));
+    assert!(job["status"]["startTime"].is_string() && job["status"]["completionTime"].is_string());
+    assert_eq!(bmc.power(), "1", "the chassis is on");
+    assert_eq!(
+        bmc.boot_device(),
+        "pxe",
+        "the next boot is from the network"
+    );
+
+    // One Task per action, named and owned as Tinkerbell names them, each Completed.
+    for index in 0..3 {
+        let task = get(&lab, "task", &format!("netboot-wf1-task-{index}"));
+        assert_eq!(task["metadata"]["labels"]["owner-name"], "netboot-wf1");
+        assert_eq!(task["metadata"]["ownerReferences"][0]["kind"], "Job");
+        assert_eq!(task["spec"]["connection"]["host"], "10.99.0.2");
+        assert_eq!(
+            condition(&task, "Completed").map(|c| c.0),
+            Some("True".into()),
+            "{task:#}"
+        );
+    }
+    let tasks = wisp_ok(&lab.server, &["get", "tasks", "-n", "lab"]);
+    assert_eq!(tasks.matches("Completed").count(), 3, "{tasks}");
+
+    // After the Job, the Machine reads as on, without waiting for its next poll.
+    eventually_within("the machine is read as on", Duration::from_secs(10), || {
+        get(&lab, "machine", "node-1")["status"]["powerState"] == "on"
+    });
+    let machines = wisp_ok(&lab.server, &["get", "machines", "-n", "lab"]);
+    assert!(
+        machines.lines().any(|l| l.contains("node-1")
+            && l.contains("10.99.0.2")
+            && l.contains(" on ")
+            && l.ends_with("True")),
+        "{machines}"
+    );
+
+    // The credentials are stored, and shown only when asked for.
+    let secret = wisp_ok(
+        &lab.server,
+        &["get", "secret", "node-1-auth", "-n", "lab", "-o", "yaml"],
+    );
+    assert!(
+        secret.contains("password: <redacted>") && !secret.contains("dDBwLVNlY3JldA=="),
+        "{secret}"
+    );
+    let described = wisp_ok(
+        &lab.server,
+        &["describe", "secret", "node-1-auth", "-n", "lab"],
+    );
+    assert!(
+        described.contains("  password") && !described.contains("dDBw"),
+        "{described}"
+    );
+    let revealed = wisp_ok(
+        &lab.server,
+        &[
+            "get",
+            "secret",
+            "node-1-auth",
+            "-n",
+            "lab",
+            "-o",
+            "yaml",
+            "--reveal-secrets",
+        ],
+    );
+    assert!(
+        revealed.contains("password: dDBwLVNlY3JldA=="),
+        "{revealed}"
+    );
+    assert!(
+        !daemon.log().contains(PASSWORD),
+        "the password reached the log"
+    );
+}
+
+#[test]
+fn dead_bmcs_wrong_passwords_and_stuck_machines_fail_their_tasks_clearly() {
+    require_root!();
+    let (lab, work, daemon) = start("bmc-faults", &["--bmc-power-timeout", "6s"]);
+    let _good = IpmiSim::start(
+        &lab.client,
+        &work,
+        ("10.99.0.2", 623),
+        PASSWORD,
+        Chassis::Obedient,
+    );
+    let _stuck = IpmiSim::start(
+        &lab.client,
+        &work,
+        ("10.99.0.2", 624),
+        PASSWORD,
+        Chassis::NeverPowersOn,
+    );
+    // The dead BMC is an address on the lab's link that nothing answers.
+    let machines = [
+        machine_yaml("good", "10.99.0.2", 623, PASSWORD),
+        machine_yaml("stuck", "10.99.0.2", 624, PASSWORD),
+        machine_yaml("dead", "10.99.0.77", 623, PASSWORD),
+        // The BMC is fine; the Secret says another password.
+        machine_yaml("wrong-password", "10.99.0.2", 623, "not-the-password"),
+    ]
+    .join("---\n");
+    apply_ok(&lab.server, &machines);
+    let power_on = "    - powerAction: \"on\"\n";
+    apply_ok(
+        &lab.server,
+        &[
+            job_yaml("dead-on", "dead", power_on),
+            job_yaml("wrong-password-on", "wrong-password", power_on),
+            job_yaml("stuck-on", "stuck", power_on),
+            job_yaml("missing-machine-on", "no-such-machine", power_on),
+            job_yaml("good-on", "good", power_on),
+        ]
+        .join("---\n"),
+    );
+
+    // A dead BMC holds up only its own Job: the good one finishes while it is still trying.
+    let good = finished_job(&lab, "good-on", Duration::from_secs(30));
+    assert_eq!(
+        condition(&good, "Completed").map(|c| c.0),
+        Some("True".into()),
+        "{good:#}"
+    );
+    let dead_meanwhile = get(&lab, "job", "dead-on");
+    assert!(
+        condition(&dead_meanwhile, "Failed").is_none(),
+        "the dead BMC's job was still trying when the good one finished: {dead_meanwhile:#}"
+    );
+
+    let started = Instant::now();
+    let dead = finished_job(&lab, "dead-on", Duration::from_secs(120));
+    let (status, message) = condition(&dead, "Failed").expect("dead-on failed");
+    assert_eq!(status, "True");
+    assert!(
+        message.contains("task lab/dead-on-task-0 failed")
+            && message.contains("ipmitool: no answer from the BMC")
+            && message.contains("3 tries"),
+        "{message}\n{}",
+        daemon.log()
+    );
+    assert!(started.elapsed() < Duration::from_secs(120));
+    let task = get(&lab, "task", "dead-on-task-0");
+    assert_eq!(condition(&task, "Failed").map(|c| c.0), Some("True".into()));
+    assert!(task["status"]["completionTime"].is_null(), "{task:#}");
+
+    let wrong = finished_job(&lab, "wrong-password-on", Duration::from_secs(60));
+    let (_, message) = condition(&wrong, "Failed").expect("wrong-password-on failed");
+    assert!(message.contains("wrong username or password"), "{message}");
+
+    let stuck = finished_job(&lab, "stuck-on", Duration::from_secs(60));
+    let (_, message) = condition(&stuck, "Failed").expect("stuck-on failed");
+    assert!(
+        message.contains("accepted power on but the machine was not on after 6 s"),
+        "{message}"
+    );
+
+    let missing = finished_job(&lab, "missing-machine-on", Duration::from_secs(30));
+    let (_, message) = condition(&missing, "Failed").expect("missing-machine-on failed");
+    assert_eq!(message, "machine lab/no-such-machine not found");
+
+    // The Machines say who can be reached; a Machine whose Secret is missing says so.
+    apply_ok(
+        &lab.server,
+        &machine_yaml("no-secret", "10.99.0.2", 623, PASSWORD)
+            .split("---\n")
+            .nth(1)
+            .expect("the Machine document")
+            .replace("no-secret-auth", "absent"),
+    );
+    eventually_within(
+        "the machines' contactability is known",
+        Duration::from_secs(60),
+        || {
+            let contactable = |name: &str| condition(&get(&lab, "machine", name), "Contactable");
+            contactable("dead").is_some_and(|(s, m)| s == "False" && m.contains("no answer"))
+                && contactable("wrong-password")
+                    .is_some_and(|(s, m)| s == "False" && m.contains("wrong username or password"))
+                && contactable("no-secret")
+                    .is_some_and(|(s, m)| s == "False" && m == "secret lab/absent not found")
+                && contactable("good").is_some_and(|(s, _)| s == "True")
+        },
+    );
+    let listed = wisp(&lab.server, &["get", "jobs", "-n", "lab"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert_eq!(listed.matches("Failed").count(), 4, "{listed}");
+    assert_eq!(listed.matches("Completed").count(), 1, "{listed}");
+}
