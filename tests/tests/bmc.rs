@@ -301,3 +301,188 @@ fn dead_bmcs_wrong_passwords_and_stuck_machines_fail_their_tasks_clearly() {
     assert_eq!(listed.matches("Failed").count(), 4, "{listed}");
     assert_eq!(listed.matches("Completed").count(), 1, "{listed}");
 }
+
+const MAC_A: &str = "02:00:00:00:00:0a";
+
+/// Hardware `a` at the client namespace's address, netboot off, with `bmc_ref` (YAML) if any;
+/// a one-action template; a Workflow with `boot_options` (YAML).
+fn provisioning_yaml(bmc_ref: &str, boot_options: &str) -> String {
+    format!(
+        "apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata: {{name: a, namespace: lab}}
+spec:
+  {bmc_ref}
+  interfaces:
+    - dhcp: {{mac: \"{MAC_A}\", ip: {{address: 10.99.0.2, netmask: 255.255.255.0}}}}
+      netboot: {{allowPXE: false, allowWorkflow: false}}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Template
+metadata: {{name: steps, namespace: lab}}
+spec:
+  data: |
+    version: \"0.1\"
+    name: steps
+    tasks:
+      - name: provision
+        worker: \"{{{{.device_1}}}}\"
+        actions:
+          - name: done
+            image: quay.io/tinkerbell-actions/cexec:v1.0.0
+            timeout: 30
+            environment: {{DEFAULT_INTERPRETER: /bin/sh -c, CMD_LINE: 'true'}}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata: {{name: wf-a, namespace: lab}}
+spec:
+  templateRef: steps
+  hardwareRef: a
+  hardwareMap: {{device_1: \"{MAC_A}\"}}
+  bootOptions: {boot_options}
+"
+    )
+}
+
+fn netboot_flags(lab: &Lab) -> (Value, Value) {
+    let hardware = get(lab, "hardware", "a");
+    let netboot = &hardware["spec"]["interfaces"][0]["netboot"];
+    (
+        netboot["allowPXE"].clone(),
+        netboot["allowWorkflow"].clone(),
+    )
+}
+
+#[test]
+fn boot_options_power_the_machine_into_netboot_and_send_it_to_its_disk_after() {
+    require_root!();
+    let (lab, work, daemon) = start("bmc-boot", &[]);
+    let bmc = IpmiSim::start(
+        &lab.client,
+        &work,
+        ("10.99.0.2", 623),
+        PASSWORD,
+        Chassis::Obedient,
+    );
+    apply_ok(
+        &lab.server,
+        &(machine_yaml("node-a", "10.99.0.2", 623, PASSWORD)
+            + "---\n"
+            + &provisioning_yaml(
+                "bmcRef: {kind: machine.bmc.tinkerbell.org, name: node-a}",
+                "{toggleAllowNetboot: true, bootMode: netboot}",
+            )),
+    );
+
+    // Before the actions: netboot allowed, and Tinkerbell's netboot Job run through the BMC.
+    let mut workflow = Value::Null;
+    eventually_within("the workflow is prepared", Duration::from_secs(60), || {
+        workflow = get(&lab, "workflow", "wf-a");
+        workflow["status"]["state"] == "PENDING"
+    });
+    let said = format!("{workflow:#}\n{}", daemon.log());
+    for kind in [
+        "AllowNetbootTrue",
+        "BootJobSetupComplete",
+        "BootJobComplete",
+    ] {
+        assert_eq!(
+            condition(&workflow, kind).map(|c| c.0),
+            Some("True".into()),
+            "{kind}: {said}"
+        );
+    }
+    assert_eq!(
+        workflow["status"]["bootOptions"]["jobs"]["netboot-wf-a"]["complete"], true,
+        "{said}"
+    );
+    assert_eq!(netboot_flags(&lab), (Value::Bool(true), Value::Bool(true)));
+    let job = get(&lab, "job", "netboot-wf-a");
+    assert_eq!(
+        job["spec"]["tasks"],
+        serde_json::json!([
+            {"powerAction": "off"},
+            {"oneTimeBootDeviceAction": {"device": ["pxe"], "efiBoot": false}},
+            {"powerAction": "on"}
+        ])
+    );
+    assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "Workflow");
+    let calls = bmc.calls();
+    let order: Vec<usize> = ["set power 0", "set boot pxe", "set power 1"]
+        .iter()
+        .map(|call| {
+            calls
+                .find(call)
+                .unwrap_or_else(|| panic!("{call:?} in {calls}"))
+        })
+        .collect();
+    assert!(order.windows(2).all(|pair| pair[0] < pair[1]), "{calls}");
+
+    // The machine netboots and its worker runs the workflow.
+    let token = wisp_tests::boot_token(&lab, MAC_A, "10.99.0.2");
+    let worker = lab
+        .client
+        .command(wisp_tests::worker_binary())
+        .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
+        .args(["--token", &token])
+        .output()
+        .expect("run wisp-worker");
+    assert!(
+        worker.status.success(),
+        "{}",
+        wisp_tests::output_text(&worker)
+    );
+
+    // After success: netboot off again, and the machine power-cycled into its disk.
+    eventually_within(
+        "what follows success is done",
+        Duration::from_secs(60),
+        || {
+            workflow = get(&lab, "workflow", "wf-a");
+            condition(&workflow, "PostBootJobComplete").is_some()
+        },
+    );
+    let said = format!("{workflow:#}\n{}", daemon.log());
+    assert_eq!(workflow["status"]["state"], "SUCCESS", "{said}");
+    assert_eq!(
+        condition(&workflow, "AllowNetbootFalse").map(|c| c.0),
+        Some("True".into()),
+        "{said}"
+    );
+    assert_eq!(
+        netboot_flags(&lab),
+        (Value::Bool(false), Value::Bool(false))
+    );
+    // Netboot is off, so the disk is what the machine boots: only a power cycle is needed.
+    assert_eq!(
+        get(&lab, "job", "netboot-post-wf-a")["spec"]["tasks"],
+        serde_json::json!([{"powerAction": "cycle"}])
+    );
+    // ipmi_sim carries out a cycle as a power-off of the chassis.
+    let calls = bmc.calls();
+    let powered_on = calls
+        .find("set power 1")
+        .expect("the netboot powered it on");
+    assert!(calls[powered_on..].contains("set power 0"), "{calls}");
+}
+
+#[test]
+fn a_netboot_workflow_without_a_bmc_fails_with_the_reason() {
+    require_root!();
+    let (lab, _work, _daemon) = start("bmc-nobmc", &[]);
+    apply_ok(&lab.server, &provisioning_yaml("", "{bootMode: netboot}"));
+    let mut workflow = Value::Null;
+    eventually_within("the workflow fails", Duration::from_secs(30), || {
+        workflow = get(&lab, "workflow", "wf-a");
+        workflow["status"]["state"] == "FAILED"
+    });
+    assert_eq!(
+        workflow["status"]["message"], "hardware \"a\" does not have a BMC (spec.bmcRef)",
+        "{workflow:#}"
+    );
+    assert_eq!(
+        condition(&workflow, "BootJobSetupFailed").map(|c| c.0),
+        Some("True".into())
+    );
+}

@@ -35,6 +35,9 @@ const PACKAGES: &[&str] = &[
     "binutils",
     "util-linux",
     "mount",
+    // A real IPMI BMC (ipmi_sim) and the client Wisp drives BMCs with.
+    "openipmi",
+    "ipmitool",
     // The worker tests compress images with the real tools.
     "xz-utils",
     "zstd",

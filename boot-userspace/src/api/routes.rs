@@ -351,6 +351,13 @@ fn view(state: &AppState, resource: Resource, reveal: bool) -> Result<ResourceVi
         Kind::Workflow => {
             let spec: WorkflowSpec = resource.spec().map_err(ApiError::internal)?;
             let run = state.engine.run_or_preview(&resource.key, &spec)?;
+            // What its bootOptions did (conditions, jobs), beside the run.
+            if let (Some(status), Some(map)) = (
+                state.catalog().store().status(&resource.key)?,
+                object.as_object_mut(),
+            ) {
+                map.insert("status".into(), status);
+            }
             (Some(state.catalog().binding(&resource)?), run)
         }
         Kind::Machine | Kind::Job | Kind::Task => {

@@ -22,7 +22,7 @@ use workflow::{
     resource::{
         self,
         bmc::{Connection, PowerState, Provider, Step},
-        JobSpec, Kind, MachineSpec, ResourceKey, SecretData, TaskSpec,
+        JobSpec, Kind, MachineSpec, ResourceKey, SecretData, TaskSpec, WorkflowSpec,
     },
 };
 
@@ -54,7 +54,7 @@ pub struct Settings {
 }
 
 pub struct Controller {
-    state: Arc<AppState>,
+    pub(super) state: Arc<AppState>,
     settings: Settings,
     /// What has a runner now: a Job, a Task run on its own, a Machine being polled.
     busy: Mutex<HashSet<ResourceKey>>,
@@ -178,12 +178,18 @@ impl Controller {
                     });
                 }
             }
+            Kind::Workflow => {
+                if let Some(claim) = self.claim(key) {
+                    let controller = Arc::clone(self);
+                    tokio::spawn(async move { controller.boot_options_pass(&claim.1).await });
+                }
+            }
             _ => {}
         }
     }
 
     /// Runs `work` on the blocking pool (the store's calls block).
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&AppState) -> T + Send + 'static,
     ) -> T {
@@ -193,7 +199,7 @@ impl Controller {
             .expect("a store call panicked")
     }
 
-    async fn status_of<S: DeserializeOwned + Default>(
+    pub(super) async fn status_of<S: DeserializeOwned + Default>(
         &self,
         key: &ResourceKey,
     ) -> Result<S, String> {
@@ -211,7 +217,7 @@ impl Controller {
         self.status_of(key).await
     }
 
-    async fn put_status(&self, key: &ResourceKey, status: &impl Serialize) {
+    pub(super) async fn put_status(&self, key: &ResourceKey, status: &impl Serialize) {
         let (key, status) = (
             key.clone(),
             serde_json::to_value(status).unwrap_or(Value::Null),
@@ -227,7 +233,7 @@ impl Controller {
         }
     }
 
-    async fn get<S: DeserializeOwned>(
+    pub(super) async fn get<S: DeserializeOwned>(
         &self,
         key: &ResourceKey,
     ) -> Result<Option<(resource::Resource, S)>, String> {
@@ -330,7 +336,7 @@ impl Controller {
         Ended::Completed
     }
 
-    async fn create(&self, object: Value) -> Result<(), String> {
+    pub(super) async fn create(&self, object: Value) -> Result<(), String> {
         let decoded = resource::decode(object).map_err(|err| err.to_string())?;
         self.blocking(move |state| {
             let origin = Origin {
@@ -563,6 +569,7 @@ enum Attempt {
     Final(String),
 }
 
+/// Machines, Jobs, Tasks, and the Workflows that have bootOptions.
 fn list_bmc_resources(
     state: &AppState,
 ) -> Result<Vec<resource::Resource>, workflow::store::StoreError> {
@@ -570,5 +577,10 @@ fn list_bmc_resources(
     let mut all = store.list(Kind::Machine)?;
     all.extend(store.list(Kind::Job)?);
     all.extend(store.list(Kind::Task)?);
+    all.extend(store.list(Kind::Workflow)?.into_iter().filter(|workflow| {
+        workflow
+            .spec::<WorkflowSpec>()
+            .is_ok_and(|spec| spec.boot_options.prepare())
+    }));
     Ok(all)
 }

@@ -2,7 +2,9 @@
 //! - [`provider`]: what a Task needs of a BMC, and errors that say whether retrying can help;
 //! - [`ipmi`]: IPMI over LAN through `ipmitool`;
 //! - [`status`]: the status written for Machines, Jobs and Tasks, in Tinkerbell's shape;
-//! - [`controller`]: polls Machines and runs Jobs and Tasks.
+//! - [`controller`]: polls Machines and runs Jobs and Tasks;
+//! - [`boot_options`]: carries out Workflows' `bootOptions` with Jobs.
+mod boot_options;
 pub mod controller;
 pub mod ipmi;
 pub mod provider;

@@ -52,13 +52,16 @@ fn with_status(view: &ResourceView) -> Value {
             }
         }
         if let Some(status) = status.as_object_mut() {
-            status.insert(
-                "conditions".into(),
-                json!([
-                    condition("TemplateFound", "template", &binding.template),
-                    condition("HardwareFound", "hardware", &binding.hardware),
-                ]),
-            );
+            // After the conditions the daemon recorded (bootOptions'), the binding's.
+            let mut conditions = status
+                .remove("conditions")
+                .and_then(|c| c.as_array().cloned())
+                .unwrap_or_default();
+            conditions.extend([
+                condition("TemplateFound", "template", &binding.template),
+                condition("HardwareFound", "hardware", &binding.hardware),
+            ]);
+            status.insert("conditions".into(), Value::Array(conditions));
         }
     }
     object

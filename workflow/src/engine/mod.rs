@@ -12,7 +12,7 @@ use std::{
 use crate::{
     catalog::Catalog,
     resource::{HardwareSpec, Kind, MacAddr, ResourceKey, TemplateSpec, WorkflowSpec},
-    run::{ActionStatus, Plan, Report, ReportError, State, WorkflowStatus},
+    run::{ActionStatus, BootStatus, Plan, Report, ReportError, State, WorkflowStatus},
     store::{CommitError, GroupCommit, StoreError},
 };
 
@@ -284,7 +284,7 @@ impl Engine {
             name: spec.hardware_ref.clone(),
         };
         Ok(match start(&self.catalog, key, spec, &hardware)? {
-            Start::Ready(run) => Some(run),
+            Start::Ready(run) | Start::Preparing(run) => Some(run),
             Start::Blocked | Start::Refused(_) => None,
         })
     }
@@ -349,7 +349,7 @@ impl Engine {
                         change.finished = true;
                         continue;
                     }
-                    Start::Blocked => continue,
+                    Start::Blocked | Start::Preparing(_) => continue,
                 },
             };
             let Some(current) = status.current() else {
@@ -435,6 +435,28 @@ impl Engine {
         })
     }
 
+    /// Fails a workflow that has not started, because its preparation failed (its BMC Job, say):
+    /// its machine may never boot to ask for work. The value is whether it was failed.
+    pub fn fail_unstarted(
+        &self,
+        key: &ResourceKey,
+        message: String,
+        now: SystemTime,
+    ) -> Decision<bool> {
+        let mut state = self.state();
+        let mut durable = Durable::default();
+        let fail = !state.runs.contains_key(key);
+        if fail {
+            let failed = WorkflowStatus::failed_to_start(message, now);
+            self.write(&mut state.runs, &mut durable, key, failed, true);
+        }
+        Decision {
+            value: fail,
+            change: Change { finished: fail },
+            durable: self.barrier(durable),
+        }
+    }
+
     /// Ends the workflows whose timeouts have passed; the value is how many it ended.
     pub fn enforce_timeouts(&self, now: SystemTime) -> Decision<usize> {
         let mut state = self.state();
@@ -487,6 +509,8 @@ enum Start {
     Refused(String),
     /// Rendered for its machine: its run, every action pending.
     Ready(WorkflowStatus),
+    /// Rendered, and its `bootOptions` still being carried out: its run-to-be, PREPARING.
+    Preparing(WorkflowStatus),
 }
 
 /// Renders a workflow for its machine.
@@ -527,10 +551,26 @@ fn start(
         .map_err(|err| format!("template {:?} does not render: {err}", spec.template_ref))
         .and_then(|rendered| Plan::parse(&rendered).map_err(|err| err.to_string()))
         .and_then(|plan| own_tasks_only(plan, &hardware_key, &hardware));
-    Ok(match plan {
-        Ok(plan) => Start::Ready(WorkflowStatus::new(&plan)),
-        Err(reason) => Start::Refused(reason),
-    })
+    let mut status = match plan {
+        Ok(plan) => WorkflowStatus::new(&plan),
+        Err(reason) => return Ok(Start::Refused(reason)),
+    };
+    // With bootOptions, the BMC controller prepares the machine first, and says when it is done.
+    if spec.boot_options.prepare() {
+        let boot: BootStatus = catalog
+            .store()
+            .status(key)?
+            .and_then(|status| serde_json::from_value(status).ok())
+            .unwrap_or_default();
+        if let Some(reason) = boot.preparation_failed {
+            return Ok(Start::Refused(reason));
+        }
+        if !boot.prepared {
+            status.state = State::Preparing;
+            return Ok(Start::Preparing(status));
+        }
+    }
+    Ok(Start::Ready(status))
 }
 
 /// A workflow runs on the machine its `hardwareRef` names: a task whose `worker` is the MAC of

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::bmc::Action;
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowSpec {
@@ -12,7 +14,58 @@ pub struct WorkflowSpec {
     /// Template variables, usually `device_1: <MAC>`.
     #[serde(default)]
     pub hardware_map: BTreeMap<String, String>,
-    pub boot_options: Option<Value>,
+    #[serde(default)]
+    pub boot_options: BootOptions,
     pub boot_opts: Option<Value>,
     pub disabled: Option<bool>,
+}
+
+/// How the machine gets into the provisioning OS, and back out: Tinkerbell's `bootOptions`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct BootOptions {
+    /// Set the Hardware's `allowPXE` before the workflow runs, and clear it after it succeeds.
+    pub toggle_allow_netboot: bool,
+    #[serde(rename = "isoURL")]
+    pub iso_url: Option<String>,
+    pub boot_mode: Option<BootMode>,
+    pub customboot_config: CustombootConfig,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMode {
+    /// Through the BMC: power off, a one-time PXE boot, power on.
+    Netboot,
+    /// Through the BMC's virtual media (Redfish): the ISO at `isoURL` as a CD.
+    Isoboot,
+    /// The same as `isoboot`, as Tinkerbell treats it.
+    Iso,
+    /// The BMC actions of `custombootConfig`.
+    Customboot,
+}
+
+impl BootMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            BootMode::Netboot => "netboot",
+            BootMode::Isoboot => "isoboot",
+            BootMode::Iso => "iso",
+            BootMode::Customboot => "customboot",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct CustombootConfig {
+    pub preparing_actions: Vec<Action>,
+    pub post_actions: Vec<Action>,
+}
+
+impl BootOptions {
+    /// Whether anything must happen before the workflow's actions are handed out.
+    pub fn prepare(&self) -> bool {
+        self.toggle_allow_netboot || self.boot_mode.is_some()
+    }
 }

@@ -10,6 +10,9 @@ use super::plan::{self, Plan};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum State {
+    /// Its `bootOptions` are being carried out (the Hardware toggled, the BMC Job run); no
+    /// action is handed out yet.
+    Preparing,
     Pending,
     Running,
     Success,
@@ -24,6 +27,7 @@ impl State {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            State::Preparing => "PREPARING",
             State::Pending => "PENDING",
             State::Running => "RUNNING",
             State::Success => "SUCCESS",
@@ -232,7 +236,7 @@ impl WorkflowStatus {
             State::Success | State::Failed | State::Timeout => {
                 self.finish_action(report.action, report.state, report.message.clone(), now);
             }
-            State::Pending => return Err(ReportError::BadState(report.state)),
+            State::Preparing | State::Pending => return Err(ReportError::BadState(report.state)),
         }
         Ok(())
     }

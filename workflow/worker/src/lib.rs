@@ -214,6 +214,9 @@ impl Agent {
                 message,
                 "finished"
             );
+            // What an action reported done is on the disk: once the last report is in, Wisp
+            // may power-cycle the machine (a workflow's bootOptions) without losing a write.
+            nix::unistd::sync();
             self.report(&action, state, started, message)?;
             if let Some(finished) = finished {
                 return Ok(finished);
