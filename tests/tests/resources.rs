@@ -136,10 +136,10 @@ fn tinkerbell_demo_applies_unchanged_and_the_missing_hardware_is_reported() {
         stderr(&missing),
         "error: hardware \"hp-demo\" not found (NotFound)\n"
     );
-    let bad_kind = wisp(&lab.server, &["get", "machines"]);
+    let bad_kind = wisp(&lab.server, &["get", "racks"]);
     assert!(
         !bad_kind.status.success()
-            && stderr(&bad_kind).contains("doesn't have a resource type \"machines\"")
+            && stderr(&bad_kind).contains("doesn't have a resource type \"racks\"")
     );
 }
 
