@@ -149,6 +149,27 @@ fn a_job_powers_a_machine_on_and_sets_its_boot_device_through_ipmi() {
         "{machines}"
     );
 
+    // `wisp power`: a one-task Job, followed to its end.
+    let off = wisp_ok(&lab.server, &["power", "off", "node-1", "-n", "lab"]);
+    assert!(
+        off.starts_with("machine lab/node-1: power off: done (job node-1-power-off-"),
+        "{off}"
+    );
+    assert_eq!(bmc.power(), "0");
+    let status = wisp_ok(&lab.server, &["power", "status", "node-1"]);
+    assert!(
+        status.starts_with("machine lab/node-1: power is off"),
+        "{status}"
+    );
+    let nothing = wisp(&lab.server, &["power", "on", "nothing"]);
+    assert!(!nothing.status.success());
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr)
+            .contains("no machine or hardware \"nothing\" found (NotFound)"),
+        "{}",
+        String::from_utf8_lossy(&nothing.stderr)
+    );
+
     // The credentials are stored, and shown only when asked for.
     let secret = wisp_ok(
         &lab.server,
@@ -458,6 +479,12 @@ fn boot_options_power_the_machine_into_netboot_and_send_it_to_its_disk_after() {
     assert_eq!(
         get(&lab, "job", "netboot-post-wf-a")["spec"]["tasks"],
         serde_json::json!([{"powerAction": "cycle"}])
+    );
+    // The Hardware's name finds its Machine.
+    let status = wisp_ok(&lab.server, &["power", "status", "a", "-n", "lab"]);
+    assert!(
+        status.starts_with("machine lab/node-a: power is"),
+        "{status}"
     );
     // ipmi_sim carries out a cycle as a power-off of the chassis.
     let calls = bmc.calls();

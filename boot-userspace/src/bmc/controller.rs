@@ -21,7 +21,7 @@ use workflow::{
     manifest::Origin,
     resource::{
         self,
-        bmc::{Connection, PowerState, Provider, Step},
+        bmc::{Connection, PowerAction, PowerState, Provider, Step},
         JobSpec, Kind, MachineSpec, ResourceKey, SecretData, TaskSpec, WorkflowSpec,
     },
 };
@@ -360,16 +360,19 @@ impl Controller {
         }
         status.start(false);
         self.put_status(key, &status).await;
-        let ended = match self.task_outcome(key).await {
-            Ok(()) => Ended::Completed,
-            Err(message) => Ended::Failed(message),
+        let (ended, message) = match self.task_outcome(key).await {
+            Ok(message) => (Ended::Completed, message),
+            Err(message) => (Ended::Failed(message), String::new()),
         };
         status.end(&ended);
+        // A status action says what it read, beside Tinkerbell's empty message.
+        status.note(&message);
         self.put_status(key, &status).await;
         ended
     }
 
-    async fn task_outcome(&self, key: &ResourceKey) -> Result<(), String> {
+    /// What the Task found (the power state, for a status action), or why it failed.
+    async fn task_outcome(&self, key: &ResourceKey) -> Result<String, String> {
         let task: TaskSpec = match self.get(key).await? {
             Some((_, task)) => task,
             None => return Err("the Task was deleted".into()),
@@ -382,7 +385,7 @@ impl Controller {
         let mut errors = Vec::new();
         for bmc in bmcs {
             match self.perform(&bmc, &step).await {
-                Ok(()) => return Ok(()),
+                Ok(found) => return Ok(found),
                 Err(Attempt::Final(message)) => {
                     errors.push(format!("{}: {message}", bmc.provider().name()));
                     break;
@@ -484,21 +487,27 @@ impl Controller {
         }
     }
 
-    /// Does `step` through `bmc`; a power action waits for the machine to get there.
-    async fn perform(&self, bmc: &Arc<dyn Bmc>, step: &Step) -> Result<(), Attempt> {
+    /// Does `step` through `bmc`; a power action waits for the machine to get there. Returns
+    /// what a status action read.
+    async fn perform(&self, bmc: &Arc<dyn Bmc>, step: &Step) -> Result<String, Attempt> {
         let failed = |err: BmcError| Attempt::NextProvider(err.to_string());
         match step.clone() {
+            Step::Power(PowerAction::Status) => self
+                .request(bmc, |bmc| bmc.power_state())
+                .await
+                .map(|state| format!("power is {}", state.as_str()))
+                .map_err(failed),
             Step::Power(action) => {
                 self.request(bmc, move |bmc| bmc.power(action))
                     .await
                     .map_err(failed)?;
                 let Some(target) = action.target() else {
-                    return Ok(());
+                    return Ok(String::new());
                 };
                 let deadline = Instant::now() + self.settings.power_timeout;
                 loop {
                     match self.request(bmc, |bmc| bmc.power_state()).await {
-                        Ok(state) if state == target => return Ok(()),
+                        Ok(state) if state == target => return Ok(String::new()),
                         Ok(_) | Err(_) if Instant::now() >= deadline => {
                             // The BMC took the request: another provider would not do better.
                             return Err(Attempt::Final(format!(
@@ -521,10 +530,12 @@ impl Controller {
                     bmc.boot_device(device, persistent, efi_boot)
                 })
                 .await
+                .map(|()| String::new())
                 .map_err(failed),
             Step::VirtualMedia { kind, url } => self
                 .request(bmc, move |bmc| bmc.virtual_media(&kind, url.as_deref()))
                 .await
+                .map(|()| String::new())
                 .map_err(failed),
         }
     }

@@ -122,6 +122,17 @@ impl RunStatus {
         }
     }
 
+    /// Puts `message` on the Completed condition, when there is something to say.
+    pub fn note(&mut self, message: &str) {
+        if let Some(completed) = self
+            .conditions
+            .iter_mut()
+            .find(|c| c.kind == "Completed" && !message.is_empty())
+        {
+            completed.message = message.into();
+        }
+    }
+
     pub fn end(&mut self, ended: &Ended) {
         match ended {
             Ended::Completed => {

@@ -1,6 +1,7 @@
-//! The client commands: apply, get, describe, watch, delete and `xdp stats`.
+//! The client commands: apply, get, describe, watch, delete, power and `xdp stats`.
 mod client;
 mod output;
+mod power;
 mod watch;
 
 use std::{
@@ -60,6 +61,16 @@ pub enum ClientCommand {
     /// Delete a resource, or a MAC's lease (`delete lease MAC`).
     Delete {
         kind: String,
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Power a machine on, off (soft: gracefully), cycle or reset it, or read its power,
+    /// through its BMC: creates a one-task BMC Job, as Tinkerbell's users do, and waits for it.
+    Power {
+        /// on, off, soft, cycle, reset or status.
+        action: String,
+        /// A Machine (bmc.tinkerbell.org), or a Hardware whose spec.bmcRef names one.
         name: String,
         #[arg(short, long)]
         namespace: Option<String>,
@@ -164,6 +175,11 @@ pub fn run(server: &str, token_file: &std::path::Path, command: ClientCommand) -
                 other.plural()
             ))),
         },
+        ClientCommand::Power {
+            action,
+            name,
+            namespace,
+        } => power::run(&client, &action, &name, namespace.as_deref()),
         ClientCommand::Xdp {
             command: XdpCommand::Stats { output },
         } => {
