@@ -41,48 +41,7 @@ impl Vm {
         workdir: &Path,
         disk: Option<&Path>,
     ) -> anyhow::Result<Vm> {
-        let mut args: Vec<String> = Vec::new();
-        match disk {
-            // An NVMe disk (`/dev/nvme0n1`) after the network in the boot order; the VM may
-            // reboot, from the network into what was installed.
-            Some(disk) => args.extend([
-                "-drive".into(),
-                format!("file={},if=none,id=disk0,format=raw", disk.display()),
-                "-device".into(),
-                "nvme,drive=disk0,serial=wisp-disk0,bootindex=2".into(),
-            ]),
-            // Without a disk a reboot could only netboot again: end the VM instead.
-            None => args.push("-no-reboot".into()),
-        }
-        match firmware {
-            Firmware::Bios => {
-                // SeaBIOS and iPXE write to the serial port only when told to.
-                let sercon = workdir.join("sercon-port");
-                std::fs::write(&sercon, [0xf8, 0x03])?;
-                args.extend([
-                    "-device".into(),
-                    format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
-                    "-fw_cfg".into(),
-                    format!("name=etc/sercon-port,file={}", sercon.display()),
-                ]);
-            }
-            Firmware::Uefi => {
-                let vars = workdir.join(format!("{tap}-OVMF_VARS.fd"));
-                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
-                    .context("copying the OVMF variable store")?;
-                args.extend([
-                    "-drive".into(),
-                    "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
-                    "-drive".into(),
-                    format!("if=pflash,format=raw,file={}", vars.display()),
-                    // An empty romfile makes OVMF use its own PXE, like real UEFI firmware.
-                    "-device".into(),
-                    format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1,romfile="),
-                    "-fw_cfg".into(),
-                    "name=opt/org.tianocore/IPv6PXESupport,string=no".into(),
-                ]);
-            }
-        }
+        let args = firmware_args(tap, mac, firmware, workdir, disk, BootFirst::Network)?;
         Vm::launch(netns, bridge, tap, workdir, "512", args)
     }
 
@@ -140,13 +99,7 @@ impl Vm {
         }
         let serial = workdir.join(format!("{tap}-serial.log"));
         let child = in_netns(netns, "qemu-system-x86_64")
-            .args(["-machine", "q35,accel=tcg", "-m", memory_mib])
-            .args(["-display", "none", "-monitor", "none"])
-            .args(["-serial", &format!("file:{}", serial.display())])
-            .args([
-                "-netdev",
-                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            ])
+            .args(common_args(tap, memory_mib, &serial))
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -168,6 +121,14 @@ impl Vm {
             let _ = child.wait();
         }
         let _ = in_netns(netns, "ip").args(["link", "del", tap]).status();
+    }
+
+    /// The console of a VM that another program runs (a simulated BMC): only watched.
+    pub fn watching(serial: PathBuf) -> Vm {
+        Vm {
+            child: None,
+            serial,
+        }
     }
 
     pub fn serial_output(&self) -> String {
@@ -211,4 +172,118 @@ impl Drop for Vm {
             let _ = child.wait();
         }
     }
+}
+
+/// Which device a VM boots first, the other one second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootFirst {
+    Network,
+    Disk,
+}
+
+/// The firmware, NIC and disk arguments of a lab VM.
+fn firmware_args(
+    tap: &str,
+    mac: &str,
+    firmware: Firmware,
+    workdir: &Path,
+    disk: Option<&Path>,
+    first: BootFirst,
+) -> anyhow::Result<Vec<String>> {
+    let (nic_index, disk_index) = match first {
+        BootFirst::Network => (1, 2),
+        BootFirst::Disk => (2, 1),
+    };
+    let mut args: Vec<String> = Vec::new();
+    match disk {
+        // An NVMe disk (`/dev/nvme0n1`); the VM may reboot, from the network into what was
+        // installed.
+        Some(disk) => args.extend([
+            "-drive".into(),
+            format!("file={},if=none,id=disk0,format=raw", disk.display()),
+            "-device".into(),
+            format!("nvme,drive=disk0,serial=wisp-disk0,bootindex={disk_index}"),
+        ]),
+        // Without a disk a reboot could only netboot again: end the VM instead.
+        None => args.push("-no-reboot".into()),
+    }
+    match firmware {
+        Firmware::Bios => {
+            // SeaBIOS and iPXE write to the serial port only when told to.
+            let sercon = workdir.join("sercon-port");
+            std::fs::write(&sercon, [0xf8, 0x03])?;
+            args.extend([
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac={mac},bootindex={nic_index}"),
+                "-fw_cfg".into(),
+                format!("name=etc/sercon-port,file={}", sercon.display()),
+            ]);
+        }
+        Firmware::Uefi => {
+            // The variable store is the machine's NVRAM: made once, kept across power cycles.
+            let vars = workdir.join(format!("{tap}-OVMF_VARS.fd"));
+            if !vars.exists() {
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+                    .context("copying the OVMF variable store")?;
+            }
+            args.extend([
+                "-drive".into(),
+                "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+                "-drive".into(),
+                format!("if=pflash,format=raw,file={}", vars.display()),
+                // An empty romfile makes OVMF use its own PXE, like real UEFI firmware.
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac={mac},bootindex={nic_index},romfile="),
+                "-fw_cfg".into(),
+                "name=opt/org.tianocore/IPv6PXESupport,string=no".into(),
+            ]);
+        }
+    }
+    Ok(args)
+}
+
+/// The whole QEMU command line of a lab VM with `disk`, booting `first` from the NIC or the disk,
+/// for a simulated BMC that starts the VM itself (its serial console goes to `tap`-serial.log in
+/// `workdir`, appended to across power cycles).
+pub fn command_line(
+    tap: &str,
+    mac: &str,
+    firmware: Firmware,
+    workdir: &Path,
+    disk: &Path,
+    first: BootFirst,
+) -> anyhow::Result<Vec<String>> {
+    let mut args = common_args(tap, "512", &workdir.join(format!("{tap}-serial.log")));
+    args.extend(firmware_args(
+        tap,
+        mac,
+        firmware,
+        workdir,
+        Some(disk),
+        first,
+    )?);
+    Ok(args)
+}
+
+/// What every lab VM's QEMU gets: TCG, its memory, no display, the serial console appended to
+/// `serial`, and the tap as its network.
+fn common_args(tap: &str, memory_mib: &str, serial: &Path) -> Vec<String> {
+    [
+        "-machine",
+        "q35,accel=tcg",
+        "-m",
+        memory_mib,
+        "-display",
+        "none",
+        "-monitor",
+        "none",
+        "-chardev",
+        &format!("file,id=serial0,path={},append=on", serial.display()),
+        "-serial",
+        "chardev:serial0",
+        "-netdev",
+        &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+    ]
+    .map(String::from)
+    .to_vec()
 }

@@ -12,12 +12,18 @@ use crate::{Netns, TempDir};
 pub const USERNAME: &str = "admin";
 
 /// How the simulated chassis answers.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Chassis {
     /// Power and boot device change as asked.
     Obedient,
     /// Takes every request and never powers on: a BMC whose machine is broken.
     NeverPowersOn,
+    /// A QEMU VM (run in the BMC's namespace): powering on starts it with these arguments, the
+    /// NIC or the disk first as the boot device says; powering off kills it.
+    Vm {
+        network_first: Vec<String>,
+        disk_first: Vec<String>,
+    },
 }
 
 /// An `ipmi_sim` process, killed on drop.
@@ -43,19 +49,34 @@ impl IpmiSim {
         let program = dir.join("chassis-control");
         // ipmi_sim calls `PROGRAM 0x20 get power boot` and `PROGRAM 0x20 set power 1 ...`;
         // it needs answers such as `power:1` and `boot:pxe`.
-        let set_power = match chassis {
-            Chassis::Obedient => "echo \"$2\" > power",
-            Chassis::NeverPowersOn => "[ \"$2\" = 0 ] && echo 0 > power",
+        let power = match &chassis {
+            Chassis::Obedient => "power() { echo \"$1\" > power; }\nis_on() { [ \"$(cat power 2>/dev/null)\" = 1 ]; }\n".to_string(),
+            Chassis::NeverPowersOn => "power() { [ \"$1\" = 0 ] && echo 0 > power; }\nis_on() { [ \"$(cat power 2>/dev/null)\" = 1 ]; }\n".to_string(),
+            Chassis::Vm { network_first, disk_first } => {
+                std::fs::write(state.join("network-first"), network_first.join("\n")).expect("arguments");
+                std::fs::write(state.join("disk-first"), disk_first.join("\n")).expect("arguments");
+                // A one-time boot device is used by the next power-on, then forgotten; QEMU is
+                // detached from ipmi_sim's pipe (setsid, -daemonize, no inherited output).
+                "is_on() { [ -f qemu.pid ] && kill -0 \"$(cat qemu.pid)\" 2>/dev/null; }\n\
+                 power() {\n  if [ \"$1\" = 1 ]; then\n    is_on && return\n    \
+                 order=disk-first; [ \"$(cat boot 2>/dev/null)\" = pxe ] && order=network-first\n    \
+                 echo default > boot\n    \
+                 setsid qemu-system-x86_64 $(cat $order) -daemonize -pidfile qemu.pid </dev/null >/dev/null 2>>qemu.log\n  \
+                 else\n    is_on || return\n    pid=$(cat qemu.pid)\n    kill \"$pid\"\n    \
+                 for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 \"$pid\" 2>/dev/null || break; sleep 0.2; done\n    \
+                 kill -9 \"$pid\" 2>/dev/null\n    rm -f qemu.pid\n  fi\n}\n".to_string()
+            }
         };
         std::fs::write(
             &program,
             format!(
-                "#!/bin/sh\ncd '{state}' || exit 1\nshift\nop=$1\nshift\necho \"$op $*\" >> calls\n\
+                "#!/bin/sh\ncd '{state}' || exit 1\n{power}shift\nop=$1\nshift\necho \"$op $*\" >> calls\n\
                  if [ \"$op\" = get ]; then\n  for item in \"$@\"; do\n    case $item in\n      \
-                 power) echo \"power:$(cat power 2>/dev/null || echo 0)\";;\n      \
+                 power) if is_on; then echo power:1; else echo power:0; fi;;\n      \
                  boot) echo \"boot:$(cat boot 2>/dev/null || echo default)\";;\n    esac\n  done\n\
-                 else\n  while [ $# -gt 1 ]; do\n    case $1 in\n      power) {set_power};;\n      \
-                 boot) echo \"$2\" > boot;;\n      shutdown) echo 0 > power;;\n    esac\n    \
+                 else\n  while [ $# -gt 1 ]; do\n    case $1 in\n      power) power \"$2\";;\n      \
+                 boot) echo \"$2\" > boot;;\n      reset) power 0; power 1;;\n      \
+                 shutdown) power 0;;\n    esac\n    \
                  shift 2\n  done\nfi\n",
                 state = state.display(),
             ),
@@ -158,6 +179,15 @@ impl Drop for IpmiSim {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A VM it started runs on by itself.
+        if let Ok(pid) = std::fs::read_to_string(self.state.join("qemu.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 

@@ -1,0 +1,175 @@
+//! Zero-touch provisioning: applying resources is all it takes. A powered-off VM with a blank
+//! NVMe disk has a BMC (OpenIPMI's ipmi_sim, whose chassis control starts and stops the VM).
+//! The Tinkerbell example resources are applied with a Secret, a Machine, `bmcRef` on the
+//! Hardware (netboot off) and `bootOptions` on the Workflow; Wisp turns netboot on, powers the
+//! VM on through IPMI with a one-time PXE boot, the VM netboots through the XDP gate into the
+//! provisioning OS and installs the image, and Wisp turns netboot off and power-cycles the VM,
+//! which boots its installed disk.
+use std::time::Duration;
+
+use serde_json::Value;
+use wisp_images::{
+    disk::{adapted_tinkerbell_example, INSTALLED_BANNER, SHOWN_FILES},
+    qemu::{command_line, BootFirst},
+};
+use wisp_tests::{
+    apply_ok,
+    bmc::{machine_yaml, Chassis, IpmiSim},
+    eventually_within, repo_root, require_root,
+    vm::{installable_image, provisioning_os_assets, Firmware, Vm},
+    wisp_ok, Daemon, Lab, TempDir, BRIDGE_IF,
+};
+
+const MAC: &str = "1c:69:7a:11:22:33";
+const IMAGE_URL: &str = "http://192.168.1.1:8080/assets/wisp-test-os.raw.gz";
+const PASSWORD: &str = "ipmi-Passw0rd";
+
+#[test]
+fn a_powered_off_bios_machine_is_switched_on_through_ipmi_provisioned_and_left_on_its_disk() {
+    require_root!();
+    zero_touch(Firmware::Bios);
+}
+
+#[test]
+fn a_powered_off_uefi_machine_is_switched_on_through_ipmi_provisioned_and_left_on_its_disk() {
+    require_root!();
+    zero_touch(Firmware::Uefi);
+}
+
+fn zero_touch(firmware: Firmware) {
+    let purpose = match firmware {
+        Firmware::Bios => "zt-bios",
+        Firmware::Uefi => "zt-uefi",
+    };
+    let lab = Lab::bridged_at(purpose, "192.168.1.1/24");
+    let work = TempDir::new(purpose);
+    let assets = work.join("assets");
+    provisioning_os_assets(&assets);
+    installable_image(&assets.join("wisp-test-os.raw.gz"), &SHOWN_FILES);
+    let disk = work.join("nvme.raw");
+    std::fs::File::create(&disk)
+        .and_then(|file| file.set_len(256 << 20))
+        .expect("create the blank disk");
+    let daemon = Daemon::start(
+        &lab.server,
+        BRIDGE_IF,
+        &work.join("data"),
+        &[
+            "--assets-dir",
+            assets.to_str().expect("utf-8"),
+            "--bmc-poll-interval",
+            "2s",
+        ],
+    );
+    // The VM's tap is on the lab bridge; its BMC listens on the server namespace's loopback.
+    for args in [
+        vec!["tuntap", "add", "dev", "tap0", "mode", "tap"],
+        vec!["link", "set", "tap0", "master", BRIDGE_IF, "up"],
+    ] {
+        lab.server.exec_ok("ip", &args);
+    }
+    let qemu = |first| {
+        command_line("tap0", MAC, firmware, &work.0, &disk, first).expect("QEMU's arguments")
+    };
+    let bmc = IpmiSim::start(
+        &lab.server,
+        &work,
+        ("127.0.0.1", 6230),
+        PASSWORD,
+        Chassis::Vm {
+            network_first: qemu(BootFirst::Network),
+            disk_first: qemu(BootFirst::Disk),
+        },
+    );
+    let console = Vm::watching(work.join("tap0-serial.log"));
+    assert!(
+        console.serial_output().is_empty(),
+        "the VM starts powered off"
+    );
+
+    // The example, with the BMC parts a Tinkerbell user adds for zero-touch.
+    let example =
+        adapted_tinkerbell_example(&repo_root().join("examples/tinkerbell-demo"), IMAGE_URL)
+            .expect("the example resources");
+    let resources = example
+        .replacen(
+            "spec:\n  disks:",
+            "spec:\n  bmcRef: {kind: machine.bmc.tinkerbell.org, name: nuc-bmc}\n  disks:",
+            1,
+        )
+        .replacen("allowPXE: true", "allowPXE: false", 1)
+        .replacen("allowWorkflow: true", "allowWorkflow: false", 1)
+        .replacen(
+            "  hardwareMap:",
+            "  bootOptions:\n    toggleAllowNetboot: true\n    bootMode: netboot\n  hardwareMap:",
+            1,
+        );
+    assert!(resources.contains("bmcRef") && resources.contains("bootMode: netboot"));
+    let machine = machine_yaml("nuc-bmc", "127.0.0.1", 6230, PASSWORD)
+        .replace("namespace: lab", "namespace: tink-system");
+    apply_ok(&lab.server, &format!("{machine}---\n{resources}"));
+
+    let installed = console.wait_for_serial_unless(
+        "== end",
+        &["the workflow did not succeed", "Kernel panic"],
+        Duration::from_secs(600),
+    );
+    let text = console.serial_output().replace("\r\n", "\n");
+    installed.unwrap_or_else(|err| {
+        panic!(
+            "{err}\n--- BMC calls ---\n{}\n--- wisp log ---\n{}",
+            bmc.calls(),
+            daemon.log()
+        )
+    });
+    let booted = text
+        .find(INSTALLED_BANNER)
+        .unwrap_or_else(|| panic!("the installed system did not boot:\n{text}"));
+    assert!(text[..booted].contains("Wisp provisioning OS"), "{text}");
+
+    let get = |kind: &str, name: &str| -> Value {
+        serde_json::from_str(&wisp_ok(
+            &lab.server,
+            &["get", kind, name, "-n", "tink-system", "-o", "json"],
+        ))
+        .expect("JSON")
+    };
+    let mut workflow = Value::Null;
+    eventually_within(
+        "the post-install power cycle is done",
+        Duration::from_secs(120),
+        || {
+            workflow = get("workflow", "demo-wf");
+            workflow["status"]["conditions"]
+                .as_array()
+                .is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|c| c["type"] == "PostBootJobComplete")
+                })
+        },
+    );
+    assert_eq!(workflow["status"]["state"], "SUCCESS", "{workflow:#}");
+    for kind in [
+        "AllowNetbootTrue",
+        "BootJobComplete",
+        "AllowNetbootFalse",
+        "PostBootJobComplete",
+    ] {
+        assert!(
+            workflow["status"]["conditions"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| c["type"] == kind && c["status"] == "True")),
+            "{kind}: {workflow:#}"
+        );
+    }
+    let hardware = get("hardware", "nuc-demo");
+    assert_eq!(
+        hardware["spec"]["interfaces"][0]["netboot"]["allowPXE"],
+        false
+    );
+    // Wisp switched the VM on (IPMI's `chassis power on` through ipmi_sim), with a PXE boot first.
+    let calls = bmc.calls();
+    let pxe = calls.find("set boot pxe").expect("a PXE boot was set");
+    assert!(calls[pxe..].contains("set power 1"), "{calls}");
+}
