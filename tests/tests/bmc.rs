@@ -513,3 +513,97 @@ fn a_netboot_workflow_without_a_bmc_fails_with_the_reason() {
         Some("True".into())
     );
 }
+
+/// A Machine reached over Redfish only, at the emulator's port.
+fn redfish_machine_yaml(name: &str, port: u16, password: &str, insecure_tls: bool) -> String {
+    machine_yaml(name, "10.99.0.2", port, password)
+        .replace(
+            "insecureTLS: false",
+            &format!("insecureTLS: {insecure_tls}"),
+        )
+        .replace("preferredOrder: [ipmitool]", "preferredOrder: [gofish]")
+        .replace(
+            &format!("ipmitool: {{port: {port}, cipherSuite: \"3\"}}"),
+            &format!("redfish: {{port: {port}}}"),
+        )
+}
+
+#[test]
+fn redfish_power_boot_override_and_virtual_media_through_sushy_tools() {
+    require_root!();
+    let (lab, work, daemon) = start("bmc-redfish", &[]);
+    let bmc =
+        wisp_tests::bmc::SushyEmulator::start(&lab.client, &work, ("10.99.0.2", 8443), PASSWORD);
+    let system = "/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094";
+    apply_ok(
+        &lab.server,
+        &[
+            redfish_machine_yaml("node-r", 8443, PASSWORD, true),
+            // Its certificate is self-signed: without insecureTLS it is refused.
+            redfish_machine_yaml("strict-tls", 8443, PASSWORD, false),
+            redfish_machine_yaml("wrong-password", 8443, "not-the-password", true),
+        ]
+        .join("---\n"),
+    );
+    // The BMC downloads the image it inserts: Wisp serves it.
+    let assets = work.join("data/assets");
+    std::fs::create_dir_all(&assets).expect("assets");
+    std::fs::write(assets.join("boot.iso"), vec![0u8; 64 << 10]).expect("an ISO image");
+    let media = "http://10.99.0.1:8080/assets/boot.iso";
+    apply_ok(
+        &lab.server,
+        &[
+            job_yaml(
+                "redfish-setup",
+                "node-r",
+                &format!(
+                    "    - powerAction: \"on\"
+    - bootDevice: {{device: pxe, efiBoot: true}}
+    - virtualMediaAction: {{mediaURL: \"{media}\", kind: CD}}
+"
+                ),
+            ),
+            job_yaml("strict-on", "strict-tls", "    - powerAction: \"on\"\n"),
+            job_yaml("wrong-on", "wrong-password", "    - powerAction: \"on\"\n"),
+        ]
+        .join("---\n"),
+    );
+    let job = finished_job(&lab, "redfish-setup", Duration::from_secs(90));
+    assert_eq!(
+        condition(&job, "Completed").map(|c| c.0),
+        Some("True".into()),
+        "{job:#}\n{}",
+        daemon.log()
+    );
+    let state = bmc.get(&lab.client, system);
+    assert_eq!(state["PowerState"], "On", "{state:#}");
+    assert_eq!(
+        state["Boot"]["BootSourceOverrideTarget"], "Pxe",
+        "{state:#}"
+    );
+    assert_eq!(state["Boot"]["BootSourceOverrideMode"], "UEFI", "{state:#}");
+    let cd = bmc.get(&lab.client, &format!("{system}/VirtualMedia/Cd"));
+    assert_eq!(
+        (cd["Inserted"].clone(), cd["Image"].clone()),
+        (Value::Bool(true), Value::String(media.into())),
+        "{cd:#}"
+    );
+
+    let strict = finished_job(&lab, "strict-on", Duration::from_secs(60));
+    let (_, message) = condition(&strict, "Failed").expect("strict-on failed");
+    assert!(
+        message.contains("gofish: TLS") && message.contains("insecureTLS: true"),
+        "{message}"
+    );
+    let wrong = finished_job(&lab, "wrong-on", Duration::from_secs(60));
+    let (_, message) = condition(&wrong, "Failed").expect("wrong-on failed");
+    assert!(
+        message.contains("gofish: the BMC refused the credentials"),
+        "{message}"
+    );
+    eventually_within(
+        "the Redfish machine reads as on",
+        Duration::from_secs(20),
+        || get(&lab, "machine", "node-r")["status"]["powerState"] == "on",
+    );
+}

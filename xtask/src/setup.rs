@@ -35,9 +35,12 @@ const PACKAGES: &[&str] = &[
     "binutils",
     "util-linux",
     "mount",
-    // A real IPMI BMC (ipmi_sim) and the client Wisp drives BMCs with.
+    // A real IPMI BMC (ipmi_sim) and the client Wisp drives BMCs with; a Python for the
+    // Redfish emulator (sushy-tools, from PyPI) and the certificate it serves.
     "openipmi",
     "ipmitool",
+    "python3-venv",
+    "openssl",
     // The worker tests compress images with the real tools.
     "xz-utils",
     "zstd",
@@ -71,6 +74,7 @@ pub fn ensure() -> anyhow::Result<()> {
     install_nightly_components()?;
     install_worker_target()?;
     install_bpf_linker(llvm)?;
+    install_sushy_tools()?;
     // The kernel the boot tests and the demo netboot, unpacked once from Debian's package.
     let cache = crate::repo_root().join("target/images-cache");
     let kernel = wisp_images::kernel::debian_kernel(&cache)?;
@@ -79,6 +83,31 @@ pub fn ensure() -> anyhow::Result<()> {
         kernel.version
     );
     Ok(())
+}
+
+/// The Redfish emulator the BMC tests run (OpenStack's sushy-tools), in a virtual environment
+/// of Debian's Python under `target/lab/sushy-tools`.
+const SUSHY_TOOLS: &str = "2.2.0";
+
+fn install_sushy_tools() -> anyhow::Result<()> {
+    let venv = crate::repo_root().join("target/lab/sushy-tools");
+    let pip = venv.join("bin/pip");
+    let installed = output(
+        &venv.join("bin/python3").to_string_lossy(),
+        &[
+            "-c",
+            "import importlib.metadata as m; print(m.version('sushy-tools'))",
+        ],
+    );
+    if installed.as_deref().map(str::trim) == Some(SUSHY_TOOLS) {
+        return Ok(());
+    }
+    run("/usr/bin/python3", &["-m", "venv", &venv.to_string_lossy()])?;
+    run(
+        &pip.to_string_lossy(),
+        &["install", "--quiet", &format!("sushy-tools=={SUSHY_TOOLS}")],
+    )
+    .context("installing sushy-tools from PyPI")
 }
 
 /// The LLVM major version of the nightly toolchain (`LLVM version: 22.1.4` → 22).

@@ -29,6 +29,7 @@ use workflow::{
 use super::{
     ipmi::Ipmitool,
     provider::{Bmc, BmcError, Credentials},
+    redfish::Redfish,
     status::{Ended, MachineStatus, RunStatus},
 };
 use crate::state::AppState;
@@ -451,7 +452,17 @@ impl Controller {
                             cipher_suite: ipmitool.cipher_suite.unwrap_or_else(|| "3".into()),
                         }))
                     }
-                    Provider::Redfish => None,
+                    Provider::Redfish => {
+                        let redfish = options.redfish.clone().unwrap_or_default();
+                        Some(Arc::new(Redfish::new(
+                            &connection.host,
+                            redfish.port.unwrap_or(443),
+                            credentials.clone(),
+                            connection.insecure_tls,
+                            redfish.use_basic_auth,
+                            redfish.system_name,
+                        )))
+                    }
                 }
             })
             .collect())
