@@ -441,27 +441,27 @@ impl Controller {
         Ok(options
             .order()
             .into_iter()
-            .filter_map(|provider| -> Option<Arc<dyn Bmc>> {
+            .map(|provider| -> Arc<dyn Bmc> {
                 match provider {
                     Provider::Ipmitool => {
                         let ipmitool = options.ipmitool.clone().unwrap_or_default();
-                        Some(Arc::new(Ipmitool {
+                        Arc::new(Ipmitool {
                             host: connection.host.clone(),
                             port: ipmitool.port.unwrap_or(connection.port),
                             credentials: credentials.clone(),
                             cipher_suite: ipmitool.cipher_suite.unwrap_or_else(|| "3".into()),
-                        }))
+                        })
                     }
                     Provider::Redfish => {
                         let redfish = options.redfish.clone().unwrap_or_default();
-                        Some(Arc::new(Redfish::new(
+                        Arc::new(Redfish::new(
                             &connection.host,
                             redfish.port.unwrap_or(443),
                             credentials.clone(),
                             connection.insecure_tls,
                             redfish.use_basic_auth,
                             redfish.system_name,
-                        )))
+                        ))
                     }
                 }
             })
