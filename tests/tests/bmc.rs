@@ -492,6 +492,17 @@ fn boot_options_power_the_machine_into_netboot_and_send_it_to_its_disk_after() {
         .find("set power 1")
         .expect("the netboot powered it on");
     assert!(calls[powered_on..].contains("set power 0"), "{calls}");
+
+    // The Jobs belong to the Workflow, and their Tasks to them: deleting it deletes them.
+    wisp_ok(&lab.server, &["delete", "workflow", "wf-a", "-n", "lab"]);
+    for kind in ["jobs", "tasks"] {
+        // What `wisp power` made is its own, and stays.
+        let left = wisp_ok(&lab.server, &["get", kind, "-n", "lab"]);
+        assert!(
+            !left.contains("wf-a") && left.contains("node-a-power-status-"),
+            "{left}"
+        );
+    }
 }
 
 #[test]
@@ -605,5 +616,102 @@ fn redfish_power_boot_override_and_virtual_media_through_sushy_tools() {
         "the Redfish machine reads as on",
         Duration::from_secs(20),
         || get(&lab, "machine", "node-r")["status"]["powerState"] == "on",
+    );
+}
+
+#[test]
+fn isoboot_inserts_the_iso_through_redfish_and_an_ipmi_only_machine_says_it_cannot() {
+    require_root!();
+    let (lab, work, daemon) = start("bmc-iso", &[]);
+    let redfish =
+        wisp_tests::bmc::SushyEmulator::start(&lab.client, &work, ("10.99.0.2", 8443), PASSWORD);
+    let _ipmi = IpmiSim::start(
+        &lab.client,
+        &work,
+        ("10.99.0.2", 623),
+        PASSWORD,
+        Chassis::Obedient,
+    );
+    let assets = work.join("data/assets");
+    std::fs::create_dir_all(&assets).expect("assets");
+    std::fs::write(assets.join("boot.iso"), vec![0u8; 64 << 10]).expect("an ISO image");
+    let iso = "http://10.99.0.1:8080/assets/boot.iso";
+    let boot_options = format!("{{bootMode: isoboot, isoURL: \"{iso}\"}}");
+    // One machine behind Redfish (namespace lab), one behind IPMI only (namespace ipmi-only).
+    let over_redfish = redfish_machine_yaml("node-r", 8443, PASSWORD, true)
+        + "---\n"
+        + &provisioning_yaml(
+            "bmcRef: {kind: machine.bmc.tinkerbell.org, name: node-r}",
+            &boot_options,
+        );
+    let over_ipmi = (machine_yaml("node-i", "10.99.0.2", 623, PASSWORD)
+        + "---\n"
+        + &provisioning_yaml(
+            "bmcRef: {kind: machine.bmc.tinkerbell.org, name: node-i}",
+            &boot_options,
+        ))
+        .replace("namespace: lab", "namespace: ipmi-only")
+        .replace(MAC_A, "02:00:00:00:00:0b")
+        .replace("10.99.0.2, netmask", "10.99.0.3, netmask");
+    apply_ok(&lab.server, &format!("{over_redfish}---\n{over_ipmi}"));
+
+    let mut workflow = Value::Null;
+    eventually_within(
+        "the Redfish machine is prepared",
+        Duration::from_secs(120),
+        || {
+            workflow = get(&lab, "workflow", "wf-a");
+            workflow["status"]["state"] == "PENDING"
+        },
+    );
+    assert_eq!(
+        condition(&workflow, "BootJobComplete").map(|c| c.0),
+        Some("True".into()),
+        "{workflow:#}\n{}",
+        daemon.log()
+    );
+    let job = get(&lab, "job", "iso-mount-wf-a");
+    assert_eq!(
+        job["spec"]["tasks"].as_array().map(Vec::len),
+        Some(5),
+        "{job:#}"
+    );
+    let system = redfish.get(
+        &lab.client,
+        "/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094",
+    );
+    assert_eq!(system["PowerState"], "On", "{system:#}");
+    assert_eq!(
+        system["Boot"]["BootSourceOverrideTarget"], "Cd",
+        "{system:#}"
+    );
+    let cd = redfish.get(
+        &lab.client,
+        "/redfish/v1/Systems/27946b59-9e44-4fa7-8e91-f3527a1ef094/VirtualMedia/Cd",
+    );
+    assert_eq!(cd["Image"], iso, "{cd:#}");
+
+    let mut failed = Value::Null;
+    eventually_within(
+        "the IPMI-only workflow fails",
+        Duration::from_secs(120),
+        || {
+            failed = serde_json::from_str(&wisp_ok(
+                &lab.server,
+                &["get", "workflow", "wf-a", "-n", "ipmi-only", "-o", "json"],
+            ))
+            .expect("JSON");
+            failed["status"]["state"] == "FAILED"
+        },
+    );
+    let message = failed["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("job iso-mount-wf-a failed")
+            && message.contains("IPMI has no virtual media; it needs Redfish"),
+        "{failed:#}"
+    );
+    assert_eq!(
+        condition(&failed, "BootJobFailed").map(|c| c.0),
+        Some("True".into())
     );
 }

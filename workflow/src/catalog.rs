@@ -171,12 +171,44 @@ impl Catalog {
         )
     }
 
+    /// Deletes a resource, and what it owns, as Kubernetes' garbage collector would: the BMC
+    /// Jobs a Workflow's bootOptions created, the Tasks of a Job.
     pub fn delete(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
         let _writer = self
             .writer
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.store.delete(key)
+        let removed = self.store.delete(key)?;
+        if removed.is_some() {
+            self.delete_owned_by(key)?;
+        }
+        Ok(removed)
+    }
+
+    fn delete_owned_by(&self, owner: &ResourceKey) -> Result<(), StoreError> {
+        let owned_kinds: &[Kind] = match owner.kind {
+            Kind::Workflow => &[Kind::Job],
+            Kind::Job => &[Kind::Task],
+            _ => return Ok(()),
+        };
+        for kind in owned_kinds {
+            for resource in self.store.list(*kind)? {
+                let owned = resource.key.namespace == owner.namespace
+                    && resource.object["metadata"]["ownerReferences"]
+                        .as_array()
+                        .is_some_and(|references| {
+                            references.iter().any(|reference| {
+                                reference["kind"] == owner.kind.as_str()
+                                    && reference["name"] == owner.name.as_str()
+                                    && reference["controller"] == true
+                            })
+                        });
+                if owned && self.store.delete(&resource.key)?.is_some() {
+                    self.delete_owned_by(&resource.key)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every Hardware with its typed spec.

@@ -419,23 +419,13 @@ impl Controller {
         }
     }
 
+    /// Deletes a Job, and its Tasks with it.
     async fn delete_job(&self, job: &ResourceKey) {
         let job = job.clone();
-        let outcome = self
-            .blocking(move |state| -> Result<(), workflow::store::StoreError> {
-                let store = state.catalog().store();
-                for task in store.list(Kind::Task)? {
-                    if task.key.namespace == job.namespace
-                        && task.object["metadata"]["labels"]["owner-name"] == job.name.as_str()
-                    {
-                        state.catalog().delete(&task.key)?;
-                    }
-                }
-                state.catalog().delete(&job)?;
-                Ok(())
-            })
-            .await;
-        if let Err(err) = outcome {
+        if let Err(err) = self
+            .blocking(move |state| state.catalog().delete(&job))
+            .await
+        {
             tracing::error!("deleting an earlier job: {err}");
         }
     }
