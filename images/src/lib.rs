@@ -6,11 +6,13 @@
 //! - [`modules`]: kernel modules and their dependencies, for an initramfs;
 //! - [`disk`]: a small bootable disk image to install (GRUB, ext4, busybox);
 //! - [`qemu`]: VMs with real firmware, for the lab;
+//! - [`ipmi_sim`]: a real IPMI BMC for them (OpenIPMI's simulator);
 //! - [`appliance`]: Wisp itself in a VM, for the power-loss test.
 pub mod appliance;
 pub mod cpio;
 pub mod disk;
 pub mod hello;
+pub mod ipmi_sim;
 pub mod kernel;
 pub mod modules;
 pub mod provisioning;

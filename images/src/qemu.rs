@@ -24,7 +24,8 @@ pub struct Vm {
     pub serial: PathBuf,
 }
 
-fn in_netns(netns: &str, program: &str) -> Command {
+/// `program`, run in the network namespace `netns`.
+pub(crate) fn in_netns(netns: &str, program: &str) -> Command {
     let mut command = Command::new("ip");
     command.args(["netns", "exec", netns, program]);
     command

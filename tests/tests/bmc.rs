@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use wisp_tests::{
     apply_ok,
-    bmc::{machine_yaml, Chassis, IpmiSim},
+    bmc::{ipmi_sim, machine_yaml, Chassis},
     eventually_within, require_root, wisp, wisp_ok, Daemon, Lab, TempDir, SERVER_IF,
 };
 
@@ -70,7 +70,7 @@ spec:
 fn a_job_powers_a_machine_on_and_sets_its_boot_device_through_ipmi() {
     require_root!();
     let (lab, work, daemon) = start("bmc-ipmi", &[]);
-    let bmc = IpmiSim::start(
+    let bmc = ipmi_sim(
         &lab.client,
         &work,
         ("10.99.0.2", 623),
@@ -214,14 +214,14 @@ fn a_job_powers_a_machine_on_and_sets_its_boot_device_through_ipmi() {
 fn dead_bmcs_wrong_passwords_and_stuck_machines_fail_their_tasks_clearly() {
     require_root!();
     let (lab, work, daemon) = start("bmc-faults", &["--bmc-power-timeout", "6s"]);
-    let _good = IpmiSim::start(
+    let _good = ipmi_sim(
         &lab.client,
         &work,
         ("10.99.0.2", 623),
         PASSWORD,
         Chassis::Obedient,
     );
-    let _stuck = IpmiSim::start(
+    let _stuck = ipmi_sim(
         &lab.client,
         &work,
         ("10.99.0.2", 624),
@@ -379,7 +379,7 @@ fn netboot_flags(lab: &Lab) -> (Value, Value) {
 fn boot_options_power_the_machine_into_netboot_and_send_it_to_its_disk_after() {
     require_root!();
     let (lab, work, daemon) = start("bmc-boot", &[]);
-    let bmc = IpmiSim::start(
+    let bmc = ipmi_sim(
         &lab.client,
         &work,
         ("10.99.0.2", 623),
@@ -625,7 +625,7 @@ fn isoboot_inserts_the_iso_through_redfish_and_an_ipmi_only_machine_says_it_cann
     let (lab, work, daemon) = start("bmc-iso", &[]);
     let redfish =
         wisp_tests::bmc::SushyEmulator::start(&lab.client, &work, ("10.99.0.2", 8443), PASSWORD);
-    let _ipmi = IpmiSim::start(
+    let _ipmi = ipmi_sim(
         &lab.client,
         &work,
         ("10.99.0.2", 623),

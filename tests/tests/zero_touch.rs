@@ -10,11 +10,12 @@ use std::time::Duration;
 use serde_json::Value;
 use wisp_images::{
     disk::{adapted_tinkerbell_example, INSTALLED_BANNER, SHOWN_FILES},
+    ipmi_sim::zero_touch_example,
     qemu::{command_line, BootFirst},
 };
 use wisp_tests::{
     apply_ok,
-    bmc::{machine_yaml, Chassis, IpmiSim},
+    bmc::{ipmi_sim, Chassis},
     eventually_within, repo_root, require_root,
     vm::{installable_image, provisioning_os_assets, Firmware, Vm},
     wisp_ok, Daemon, Lab, TempDir, BRIDGE_IF,
@@ -71,7 +72,7 @@ fn zero_touch(firmware: Firmware) {
     let qemu = |first| {
         command_line("tap0", MAC, firmware, &work.0, &disk, first).expect("QEMU's arguments")
     };
-    let bmc = IpmiSim::start(
+    let bmc = ipmi_sim(
         &lab.server,
         &work,
         ("127.0.0.1", 6230),
@@ -91,23 +92,9 @@ fn zero_touch(firmware: Firmware) {
     let example =
         adapted_tinkerbell_example(&repo_root().join("examples/tinkerbell-demo"), IMAGE_URL)
             .expect("the example resources");
-    let resources = example
-        .replacen(
-            "spec:\n  disks:",
-            "spec:\n  bmcRef: {kind: machine.bmc.tinkerbell.org, name: nuc-bmc}\n  disks:",
-            1,
-        )
-        .replacen("allowPXE: true", "allowPXE: false", 1)
-        .replacen("allowWorkflow: true", "allowWorkflow: false", 1)
-        .replacen(
-            "  hardwareMap:",
-            "  bootOptions:\n    toggleAllowNetboot: true\n    bootMode: netboot\n  hardwareMap:",
-            1,
-        );
-    assert!(resources.contains("bmcRef") && resources.contains("bootMode: netboot"));
-    let machine = machine_yaml("nuc-bmc", "127.0.0.1", 6230, PASSWORD)
-        .replace("namespace: lab", "namespace: tink-system");
-    apply_ok(&lab.server, &format!("{machine}---\n{resources}"));
+    let resources = zero_touch_example(&example, ("127.0.0.1", 6230), PASSWORD)
+        .expect("the zero-touch resources");
+    apply_ok(&lab.server, &resources);
 
     let installed = console.wait_for_serial_unless(
         "== end",

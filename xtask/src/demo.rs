@@ -1,10 +1,12 @@
 //! `cargo xtask demo`: a throwaway lab (a namespace with a bridge on 192.168.1.1/24, the
-//! network of the Tinkerbell example), `wisp serve` on the bridge, and then the main job: the
-//! Tinkerbell example workflow provisions a VM with real firmware and a blank NVMe disk. It
-//! netboots through Wisp (DHCP, iPXE over TFTP, the iPXE script, kernel and initramfs over
-//! HTTP) into Wisp's provisioning OS, whose worker streams an OS image to the disk, runs a
-//! command in it and writes a file; the VM then reboots into the installed system. Meanwhile a
-//! machine Wisp does not own is dropped by the XDP gate.
+//! network of the Tinkerbell example), `wisp serve` on the bridge, and then the main job,
+//! zero-touch: a powered-off VM with real firmware and a blank NVMe disk has a BMC (OpenIPMI's
+//! simulator). Applying the Tinkerbell example, with the BMC parts a Tinkerbell user adds, is all
+//! it takes: Wisp powers the VM on through IPMI with a one-time PXE boot, the VM netboots through
+//! Wisp (DHCP, iPXE over TFTP, the iPXE script, kernel and initramfs over HTTP) into Wisp's
+//! provisioning OS, whose worker streams an OS image to the disk, runs a command in it and
+//! writes a file; Wisp then turns netboot off and power-cycles the VM into the installed system.
+//! Meanwhile a machine Wisp does not own is dropped by the XDP gate.
 use std::{
     path::Path,
     process::{Child, Command, Stdio},
@@ -15,7 +17,8 @@ use std::{
 use anyhow::{bail, Context};
 use wisp_images::{
     disk,
-    qemu::{Firmware, Vm},
+    ipmi_sim::{zero_touch_example, Chassis, IpmiSim},
+    qemu::{command_line, BootFirst, Firmware, Vm},
 };
 
 use crate::shell::{run, step};
@@ -26,6 +29,9 @@ const STRANGER: &str = "wisp-demo-stranger";
 const VM_MAC: &str = "1c:69:7a:11:22:33";
 const STRANGER_MAC: &str = "52:54:00:de:ad:01";
 const IMAGE_URL: &str = "http://192.168.1.1:8080/assets/demo-os.raw.gz";
+/// The VM's BMC listens on the lab namespace's loopback.
+const BMC_PORT: u16 = 6230;
+const BMC_PASSWORD: &str = "demo-ipmi-Passw0rd";
 
 /// Removes the namespaces (and whatever runs in them) when the demo ends, however it ends.
 struct Lab;
@@ -140,9 +146,13 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
         &disk::SHOWN_FILES,
     )?;
     let resources = work.join("install-demo-os.yaml");
+    let adapted =
+        disk::adapted_tinkerbell_example(&root.join("examples/tinkerbell-demo"), IMAGE_URL)?;
+    std::fs::write(&resources, &adapted)?;
+    let zero_touch = work.join("zero-touch.yaml");
     std::fs::write(
-        &resources,
-        disk::adapted_tinkerbell_example(&root.join("examples/tinkerbell-demo"), IMAGE_URL)?,
+        &zero_touch,
+        zero_touch_example(&adapted, ("127.0.0.1", BMC_PORT), BMC_PASSWORD)?,
     )?;
 
     step(&format!(
@@ -190,20 +200,31 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
     cli(&["get", "workflows"])?;
 
     step(&format!(
-        "a VM (SeaBIOS and its iPXE ROM, MAC {VM_MAC}, blank NVMe disk) netboots through Wisp"
+        "a powered-off VM (SeaBIOS and its iPXE ROM, MAC {VM_MAC}, blank NVMe disk) behind an IPMI BMC (ipmi_sim)"
     ));
     let disk = work.join("nvme.raw");
     std::fs::File::create(&disk)?.set_len(256 << 20)?;
-    let started = Instant::now();
-    let vm = Vm::start(
+    for args in [
+        ["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"].as_slice(),
+        ["ip", "link", "set", "tap0", "master", "br0", "up"].as_slice(),
+    ] {
+        in_ns(LAB, args)?;
+    }
+    let qemu = |first| command_line("tap0", VM_MAC, Firmware::Bios, &work, &disk, first);
+    let bmc = IpmiSim::start(
         LAB,
-        "br0",
-        "tap0",
-        VM_MAC,
-        Firmware::Bios,
         &work,
-        Some(&disk),
+        ("127.0.0.1", BMC_PORT),
+        BMC_PASSWORD,
+        Chassis::Vm {
+            network_first: qemu(BootFirst::Network)?,
+            disk_first: qemu(BootFirst::Disk)?,
+        },
     )?;
+    let vm = Vm::watching(work.join("tap0-serial.log"));
+    step("zero-touch: the BMC's Secret and Machine, bmcRef, and bootOptions {toggleAllowNetboot, bootMode: netboot}");
+    cli(&["apply", "-f", zero_touch.to_str().context("UTF-8 path")?])?;
+    let started = Instant::now();
     println!("Wisp's side, as it happens:");
     let (provisioning, read) = follow(
         &log,
@@ -223,11 +244,13 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
             vm.serial_output()
         );
     }
+    cli(&["get", "jobs", "-n", "tink-system"])?;
+    cli(&["get", "machines", "-n", "tink-system"])?;
     step("the worker runs the workflow: wisp watch workflow demo-wf");
     cli(&["watch", "workflow", "demo-wf", "-n", "tink-system"])?;
     cli(&["describe", "workflow", "demo-wf", "-n", "tink-system"])?;
 
-    step("the VM reboots: no more work, so iPXE exits to the disk");
+    step("Wisp turns netboot off and power-cycles the VM into its disk");
     let (installed, _) = follow(
         &log,
         read,
@@ -253,7 +276,6 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
             "Wisp provisioning OS",
             "Wisp: eth0",
             "Wisp: workflow complete",
-            "no pending work",
         ],
     );
     if let Some(at) = console.find(disk::INSTALLED_BANNER) {
@@ -264,7 +286,12 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
             println!("  {}", line.trim_end_matches('\r'));
         }
     }
-    drop(vm);
+    cli(&["get", "jobs", "-n", "tink-system"])?;
+    println!("The BMC's chassis control, as ipmi_sim called it:");
+    for line in bmc.calls().lines().filter(|line| line.starts_with("set")) {
+        println!("  {line}");
+    }
+    drop(bmc);
 
     step(&format!(
         "a machine Wisp does not own ({STRANGER_MAC}) asks for DHCP: busybox udhcpc"
