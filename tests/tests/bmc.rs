@@ -149,6 +149,14 @@ fn a_job_powers_a_machine_on_and_sets_its_boot_device_through_ipmi() {
         "{machines}"
     );
 
+    let described = wisp_ok(&lab.server, &["describe", "machine", "node-1", "-n", "lab"]);
+    assert!(
+        described.contains("Status:")
+            && described.contains("powerState: on")
+            && described.contains("type: Contactable"),
+        "{described}"
+    );
+
     // `wisp power`: a one-task Job, followed to its end.
     let off = wisp_ok(&lab.server, &["power", "off", "node-1", "-n", "lab"]);
     assert!(
