@@ -33,15 +33,9 @@ const MODULES: &[&str] = &[
 ];
 
 /// The address comes from the kernel command line (`wisp.address=10.99.0.1/24`).
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin NO_COLOR=1
-mount -t devtmpfs dev /dev
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t tmpfs tmp /tmp
-for module in $(cat /etc/wisp/modules); do insmod "/lib/modules/$module" 2>/dev/null; done
-echo 0 > /proc/sys/vm/dirty_writeback_centisecs
+const INIT: &str = concat!(
+    crate::init_prelude!(),
+    r#"echo 0 > /proc/sys/vm/dirty_writeback_centisecs
 echo 360000 > /proc/sys/vm/dirty_expire_centisecs
 mkdir -p /data
 if ! mount -t ext4 -o commit=3600 /dev/vda /data; then
@@ -59,7 +53,8 @@ wisp serve --interface eth0 --data-dir /data/wisp --listen "${address%/*}:7480" 
   --api-token-file /data/api.token --assets-dir /data/assets
 echo "WISP-APPLIANCE: wisp serve exited with $?"
 while true; do sleep 3600; done
-"#;
+"#
+);
 
 /// Builds the initramfs into `out/appliance-initramfs`, with `wisp` stripped of its debug
 /// information (a debug build is mostly that) and iPXE's BIOS binary from `ipxe_dir`.

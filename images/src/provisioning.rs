@@ -41,7 +41,12 @@ pub const MODULES: &[&str] = &[
     "nls_iso8859_1",
 ];
 
-const INIT: &str = r#"#!/bin/busybox sh
+/// The start of every init Wisp builds: busybox's applets, the kernel's filesystems, and the
+/// modules listed in `/etc/wisp/modules`, in order.
+#[macro_export]
+macro_rules! init_prelude {
+    () => {
+        r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin NO_COLOR=1
 mount -t devtmpfs dev /dev
@@ -49,7 +54,13 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t tmpfs tmp /tmp
 for module in $(cat /etc/wisp/modules); do insmod "/lib/modules/$module" 2>/dev/null; done
-echo "Wisp provisioning OS: $(uname -r)"
+"#
+    };
+}
+
+const INIT: &str = concat!(
+    init_prelude!(),
+    r#"echo "Wisp provisioning OS: $(uname -r)"
 mac=$(sed -n 's/.*wisp\.mac=\([^ ]*\).*/\1/p' /proc/cmdline)
 ip link set lo up
 interface=
@@ -76,7 +87,8 @@ if [ $status -eq 0 ]; then
 fi
 echo "Wisp: the workflow did not succeed (worker exit $status); a shell is on the console"
 while true; do setsid cttyhack sh; done
-"#;
+"#
+);
 
 /// busybox udhcpc's hook: it sets the address and route it was given.
 const UDHCPC: &str = r#"#!/bin/sh

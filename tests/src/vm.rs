@@ -45,3 +45,58 @@ pub fn installable_image(path: &Path, show: &[&str]) {
     wisp_images::disk::build_gzip(path, &kernel, Path::new("/bin/busybox"), show)
         .expect("build the installable image");
 }
+
+/// The image URL the Tinkerbell example is pointed at in the end-to-end tests.
+pub const INSTALL_IMAGE_URL: &str = "http://192.168.1.1:8080/assets/wisp-test-os.raw.gz";
+
+/// The lab of the end-to-end installs: the Tinkerbell example's network (a bridge with Wisp at
+/// 192.168.1.1/24), the provisioning OS and the installable image in `assets`, a blank 256 MiB
+/// disk, and the example resources adapted to install that image.
+pub struct InstallLab {
+    pub lab: crate::Lab,
+    pub work: crate::TempDir,
+    pub assets: std::path::PathBuf,
+    pub disk: std::path::PathBuf,
+    pub resources: String,
+}
+
+impl InstallLab {
+    pub fn new(purpose: &str) -> InstallLab {
+        let lab = crate::Lab::bridged_at(purpose, "192.168.1.1/24");
+        let work = crate::TempDir::new(purpose);
+        let assets = work.join("assets");
+        provisioning_os_assets(&assets);
+        installable_image(
+            &assets.join("wisp-test-os.raw.gz"),
+            &wisp_images::disk::SHOWN_FILES,
+        );
+        let disk = work.join("nvme.raw");
+        std::fs::File::create(&disk)
+            .and_then(|file| file.set_len(256 << 20))
+            .expect("create the blank disk");
+        let resources = wisp_images::disk::adapted_tinkerbell_example(
+            &crate::repo_root().join("examples/tinkerbell-demo"),
+            INSTALL_IMAGE_URL,
+        )
+        .expect("the example resources");
+        InstallLab {
+            lab,
+            work,
+            assets,
+            disk,
+            resources,
+        }
+    }
+
+    /// `wisp serve` on the bridge, serving `assets`, with `extra` flags.
+    pub fn start_wisp(&self, extra: &[&str]) -> crate::Daemon {
+        let mut args = vec!["--assets-dir", self.assets.to_str().expect("utf-8")];
+        args.extend_from_slice(extra);
+        crate::Daemon::start(
+            &self.lab.server,
+            crate::BRIDGE_IF,
+            &self.work.join("data"),
+            &args,
+        )
+    }
+}

@@ -54,6 +54,17 @@ fn finished_job(lab: &Lab, name: &str, limit: Duration) -> Value {
     job
 }
 
+/// An IPMI BMC that does as it is told, at the client side's 10.99.0.2:623.
+fn obedient_bmc(lab: &Lab, work: &TempDir) -> wisp_tests::bmc::IpmiSim {
+    ipmi_sim(
+        &lab.client,
+        work,
+        ("10.99.0.2", 623),
+        PASSWORD,
+        Chassis::Obedient,
+    )
+}
+
 fn job_yaml(name: &str, machine: &str, tasks: &str) -> String {
     format!(
         "apiVersion: bmc.tinkerbell.org/v1alpha1
@@ -70,13 +81,7 @@ spec:
 fn a_job_powers_a_machine_on_and_sets_its_boot_device_through_ipmi() {
     require_root!();
     let (lab, work, daemon) = start("bmc-ipmi", &[]);
-    let bmc = ipmi_sim(
-        &lab.client,
-        &work,
-        ("10.99.0.2", 623),
-        PASSWORD,
-        Chassis::Obedient,
-    );
+    let bmc = obedient_bmc(&lab, &work);
     apply_ok(
         &lab.server,
         &machine_yaml("node-1", "10.99.0.2", 623, PASSWORD),
@@ -222,13 +227,7 @@ fn a_job_powers_a_machine_on_and_sets_its_boot_device_through_ipmi() {
 fn dead_bmcs_wrong_passwords_and_stuck_machines_fail_their_tasks_clearly() {
     require_root!();
     let (lab, work, daemon) = start("bmc-faults", &["--bmc-power-timeout", "6s"]);
-    let _good = ipmi_sim(
-        &lab.client,
-        &work,
-        ("10.99.0.2", 623),
-        PASSWORD,
-        Chassis::Obedient,
-    );
+    let _good = obedient_bmc(&lab, &work);
     let _stuck = ipmi_sim(
         &lab.client,
         &work,
@@ -387,13 +386,7 @@ fn netboot_flags(lab: &Lab) -> (Value, Value) {
 fn boot_options_power_the_machine_into_netboot_and_send_it_to_its_disk_after() {
     require_root!();
     let (lab, work, daemon) = start("bmc-boot", &[]);
-    let bmc = ipmi_sim(
-        &lab.client,
-        &work,
-        ("10.99.0.2", 623),
-        PASSWORD,
-        Chassis::Obedient,
-    );
+    let bmc = obedient_bmc(&lab, &work);
     apply_ok(
         &lab.server,
         &(machine_yaml("node-a", "10.99.0.2", 623, PASSWORD)
@@ -633,13 +626,7 @@ fn isoboot_inserts_the_iso_through_redfish_and_an_ipmi_only_machine_says_it_cann
     let (lab, work, daemon) = start("bmc-iso", &[]);
     let redfish =
         wisp_tests::bmc::SushyEmulator::start(&lab.client, &work, ("10.99.0.2", 8443), PASSWORD);
-    let _ipmi = ipmi_sim(
-        &lab.client,
-        &work,
-        ("10.99.0.2", 623),
-        PASSWORD,
-        Chassis::Obedient,
-    );
+    let _ipmi = obedient_bmc(&lab, &work);
     let assets = work.join("data/assets");
     std::fs::create_dir_all(&assets).expect("assets");
     std::fs::write(assets.join("boot.iso"), vec![0u8; 64 << 10]).expect("an ISO image");

@@ -11,15 +11,14 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use wisp_images::disk::{adapted_tinkerbell_example, CEXEC_PROOF, NETPLAN, SHOWN_FILES};
+use wisp_images::disk::{CEXEC_PROOF, NETPLAN};
 use wisp_tests::{
-    apply_ok, gate_stats, repo_root, require_root,
-    vm::{installable_image, provisioning_os_assets, Firmware, Vm},
-    wisp_ok, Daemon, Lab, TempDir, BRIDGE_IF,
+    apply_ok, gate_stats, require_root,
+    vm::{Firmware, InstallLab, Vm},
+    wisp_ok, BRIDGE_IF,
 };
 
 const MAC: &str = "1c:69:7a:11:22:33";
-const IMAGE_URL: &str = "http://192.168.1.1:8080/assets/wisp-test-os.raw.gz";
 
 #[test]
 fn a_blank_nvme_bios_machine_is_provisioned_and_boots_the_installed_system() {
@@ -38,26 +37,12 @@ fn provision(firmware: Firmware) {
         Firmware::Bios => "e2e-bios",
         Firmware::Uefi => "e2e-uefi",
     };
-    // The example resources live on 192.168.1.0/24 with Wisp at 192.168.1.1.
-    let lab = Lab::bridged_at(purpose, "192.168.1.1/24");
-    let work = TempDir::new(purpose);
-    let assets = work.join("assets");
-    provisioning_os_assets(&assets);
-    installable_image(&assets.join("wisp-test-os.raw.gz"), &SHOWN_FILES);
-    let disk = work.join("nvme.raw");
-    std::fs::File::create(&disk)
-        .and_then(|file| file.set_len(256 << 20))
-        .expect("create the blank disk");
-    let daemon = Daemon::start(
-        &lab.server,
-        BRIDGE_IF,
-        &work.join("data"),
-        &["--assets-dir", assets.to_str().expect("utf-8")],
-    );
-    // The foundation issue's three resources, with its two changes (see the function).
-    let resources =
-        adapted_tinkerbell_example(&repo_root().join("examples/tinkerbell-demo"), IMAGE_URL)
-            .expect("the example resources");
+    // The example resources live on 192.168.1.0/24 with Wisp at 192.168.1.1; the foundation
+    // issue's three resources, with its two changes (see `adapted_tinkerbell_example`).
+    let install = InstallLab::new(purpose);
+    let (lab, work, disk) = (&install.lab, &install.work, &install.disk);
+    let daemon = install.start_wisp(&[]);
+    let resources = install.resources.clone();
     let (last_action, last_message) = match firmware {
         Firmware::Bios => (
             "          - name: \"restart\"
@@ -92,7 +77,7 @@ fn provision(firmware: Firmware) {
         MAC,
         firmware,
         &work.0,
-        Some(&disk),
+        Some(disk),
     )
     .expect("start the VM");
     let installed = vm.wait_for_serial_unless(

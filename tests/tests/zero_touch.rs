@@ -9,20 +9,19 @@ use std::time::Duration;
 
 use serde_json::Value;
 use wisp_images::{
-    disk::{adapted_tinkerbell_example, INSTALLED_BANNER, SHOWN_FILES},
+    disk::INSTALLED_BANNER,
     ipmi_sim::zero_touch_example,
     qemu::{command_line, BootFirst},
 };
 use wisp_tests::{
     apply_ok,
     bmc::{ipmi_sim, Chassis},
-    eventually_within, repo_root, require_root,
-    vm::{installable_image, provisioning_os_assets, Firmware, Vm},
-    wisp_ok, Daemon, Lab, TempDir, BRIDGE_IF,
+    eventually_within, require_root,
+    vm::{Firmware, InstallLab, Vm},
+    wisp_ok, BRIDGE_IF,
 };
 
 const MAC: &str = "1c:69:7a:11:22:33";
-const IMAGE_URL: &str = "http://192.168.1.1:8080/assets/wisp-test-os.raw.gz";
 const PASSWORD: &str = "ipmi-Passw0rd";
 
 #[test]
@@ -42,26 +41,9 @@ fn zero_touch(firmware: Firmware) {
         Firmware::Bios => "zt-bios",
         Firmware::Uefi => "zt-uefi",
     };
-    let lab = Lab::bridged_at(purpose, "192.168.1.1/24");
-    let work = TempDir::new(purpose);
-    let assets = work.join("assets");
-    provisioning_os_assets(&assets);
-    installable_image(&assets.join("wisp-test-os.raw.gz"), &SHOWN_FILES);
-    let disk = work.join("nvme.raw");
-    std::fs::File::create(&disk)
-        .and_then(|file| file.set_len(256 << 20))
-        .expect("create the blank disk");
-    let daemon = Daemon::start(
-        &lab.server,
-        BRIDGE_IF,
-        &work.join("data"),
-        &[
-            "--assets-dir",
-            assets.to_str().expect("utf-8"),
-            "--bmc-poll-interval",
-            "2s",
-        ],
-    );
+    let install = InstallLab::new(purpose);
+    let (lab, work, disk) = (&install.lab, &install.work, &install.disk);
+    let daemon = install.start_wisp(&["--bmc-poll-interval", "2s"]);
     // The VM's tap is on the lab bridge; its BMC listens on the server namespace's loopback.
     for args in [
         vec!["tuntap", "add", "dev", "tap0", "mode", "tap"],
@@ -70,11 +52,11 @@ fn zero_touch(firmware: Firmware) {
         lab.server.exec_ok("ip", &args);
     }
     let qemu = |first| {
-        command_line("tap0", MAC, firmware, &work.0, &disk, first).expect("QEMU's arguments")
+        command_line("tap0", MAC, firmware, &work.0, disk, first).expect("QEMU's arguments")
     };
     let bmc = ipmi_sim(
         &lab.server,
-        &work,
+        work,
         ("127.0.0.1", 6230),
         PASSWORD,
         Chassis::Vm {
@@ -89,10 +71,7 @@ fn zero_touch(firmware: Firmware) {
     );
 
     // The example, with the BMC parts a Tinkerbell user adds for zero-touch.
-    let example =
-        adapted_tinkerbell_example(&repo_root().join("examples/tinkerbell-demo"), IMAGE_URL)
-            .expect("the example resources");
-    let resources = zero_touch_example(&example, ("127.0.0.1", 6230), PASSWORD)
+    let resources = zero_touch_example(&install.resources, ("127.0.0.1", 6230), PASSWORD)
         .expect("the zero-touch resources");
     apply_ok(&lab.server, &resources);
 

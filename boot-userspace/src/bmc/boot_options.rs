@@ -139,23 +139,7 @@ impl Controller {
     ) -> Result<(), String> {
         let options = &spec.boot_options;
         if options.toggle_allow_netboot && !boot.boot_options.allow_netboot.toggled_true {
-            match self.set_netboot(hardware, true).await {
-                Ok(()) => {
-                    boot.boot_options.allow_netboot.toggled_true = true;
-                    boot.condition(
-                        "AllowNetbootTrue",
-                        true,
-                        "Complete",
-                        "set allowPXE to true",
-                        now(),
-                    );
-                }
-                Err(err) => {
-                    let message = format!("error setting allowPXE to true: {err}");
-                    boot.condition("AllowNetbootTrue", false, "Error", &message, now());
-                    return Err(message);
-                }
-            }
+            self.toggle_netboot(hardware, boot, true).await?;
         }
         let Some(mode) = options.boot_mode else {
             boot.prepared = true;
@@ -225,25 +209,12 @@ impl Controller {
         run: Option<&workflow::run::WorkflowStatus>,
     ) -> Result<(), String> {
         let options = &spec.boot_options;
-        if options.toggle_allow_netboot && !boot.boot_options.allow_netboot.toggled_false {
-            match self.set_netboot(hardware, false).await {
-                Ok(()) => {
-                    boot.boot_options.allow_netboot.toggled_false = true;
-                    boot.condition(
-                        "AllowNetbootFalse",
-                        true,
-                        "Complete",
-                        "set allowPXE to false",
-                        now(),
-                    );
-                }
-                Err(err) => {
-                    // The workflow succeeded; only the toggle is left to do, on the next pass.
-                    let message = format!("error setting allowPXE to false: {err}");
-                    boot.condition("AllowNetbootFalse", false, "Error", &message, now());
-                    return Ok(());
-                }
-            }
+        if options.toggle_allow_netboot
+            && !boot.boot_options.allow_netboot.toggled_false
+            && self.toggle_netboot(hardware, boot, false).await.is_err()
+        {
+            // The workflow succeeded; only the toggle is left to do, on the next pass.
+            return Ok(());
         }
         let Some(mode) = options.boot_mode else {
             boot.post_done = true;
@@ -427,6 +398,39 @@ impl Controller {
             .await
         {
             tracing::error!("deleting an earlier job: {err}");
+        }
+    }
+
+    /// `toggleAllowNetboot`'s half: netboot on (before) or off (after), recorded as the
+    /// condition `AllowNetbootTrue` or `AllowNetbootFalse`.
+    async fn toggle_netboot(
+        &self,
+        hardware: &ResourceKey,
+        boot: &mut BootStatus,
+        allow: bool,
+    ) -> Result<(), String> {
+        let kind = if allow {
+            "AllowNetbootTrue"
+        } else {
+            "AllowNetbootFalse"
+        };
+        match self.set_netboot(hardware, allow).await {
+            Ok(()) => {
+                let toggled = &mut boot.boot_options.allow_netboot;
+                if allow {
+                    toggled.toggled_true = true;
+                } else {
+                    toggled.toggled_false = true;
+                }
+                let message = format!("set allowPXE to {allow}");
+                boot.condition(kind, true, "Complete", &message, now());
+                Ok(())
+            }
+            Err(err) => {
+                let message = format!("error setting allowPXE to {allow}: {err}");
+                boot.condition(kind, false, "Error", &message, now());
+                Err(message)
+            }
         }
     }
 
