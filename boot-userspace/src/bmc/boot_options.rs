@@ -24,6 +24,7 @@ use workflow::{
         workflow::BootMode,
         HardwareSpec, Kind, ResourceKey, WorkflowSpec,
     },
+    engine::Preparation,
     run::{BootStatus, State},
 };
 
@@ -100,7 +101,18 @@ impl Controller {
                 boot.post_done = true;
                 Ok(())
             }
-            _ if !boot.prepared => self.prepare(key, &spec, &hardware, &mut boot).await,
+            _ if !boot.prepared => {
+                let preparation = {
+                    let key = key.clone();
+                    self.blocking(move |state| state.engine.preparation(&key)).await
+                };
+                match preparation {
+                    Ok(Preparation::Go) => self.prepare(key, &spec, &hardware, &mut boot).await,
+                    Ok(Preparation::Refused(reason)) => Err(reason),
+                    Ok(Preparation::Wait) => Ok(()),
+                    Err(err) => return tracing::error!(workflow = %key, "{err}"),
+                }
+            }
             _ => Ok(()),
         };
         if let Err(reason) = outcome {
@@ -209,8 +221,10 @@ impl Controller {
         run: Option<&workflow::run::WorkflowStatus>,
     ) -> Result<(), String> {
         let options = &spec.boot_options;
+        // A Hardware that is gone has nothing to clear.
         if options.toggle_allow_netboot
             && !boot.boot_options.allow_netboot.toggled_false
+            && matches!(self.get::<Value>(hardware).await, Ok(Some(_)))
             && self.toggle_netboot(hardware, boot, false).await.is_err()
         {
             // The workflow succeeded; only the toggle is left to do, on the next pass.
@@ -337,9 +351,17 @@ impl Controller {
                     "tasks": tasks,
                 },
             });
-            // A Job of this name from an earlier run of a workflow of the same name goes first,
+            // A Job of this name that this workflow owns is its own, created before a restart
+            // or a lost status write: it is followed, not created twice. Any other goes first,
             // with its Tasks, so that its outcome is not taken for this one's.
-            self.delete_job(&job_key).await;
+            match self.get::<Value>(&job_key).await {
+                Ok(Some((existing, _))) if owned_by(&existing.object, workflow) => {
+                    boot.boot_options.jobs.insert(name.to_string(), Default::default());
+                    return Ok(false);
+                }
+                Ok(Some(_)) => self.delete_job(&job_key).await,
+                _ => {}
+            }
             if let Err(err) = self.create(object).await {
                 let message = format!("error creating job: {err}");
                 boot.condition(
@@ -365,6 +387,11 @@ impl Controller {
         };
         if record.complete {
             return Ok(true);
+        }
+        if !matches!(self.get::<Value>(&job_key).await, Ok(Some(_))) {
+            let message = format!("error getting job: {name} not found");
+            boot.condition(&format!("{prefix}Failed"), true, "Error", &message, now());
+            return Err(message);
         }
         let status: RunStatus = self.status_of(&job_key).await?;
         match status.ended() {
@@ -466,6 +493,19 @@ impl Controller {
         }
         Err(format!("{hardware} kept changing"))
     }
+}
+
+/// Whether `object`'s controller is the Workflow `workflow`.
+fn owned_by(object: &Value, workflow: &ResourceKey) -> bool {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|references| {
+            references.iter().any(|reference| {
+                reference["kind"] == "Workflow"
+                    && reference["name"] == workflow.name.as_str()
+                    && reference["controller"] == true
+            })
+        })
 }
 
 #[cfg(test)]

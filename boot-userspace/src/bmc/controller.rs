@@ -256,6 +256,10 @@ impl Controller {
             Ok(status) => status,
             Err(err) => return tracing::error!(job = %key, "reading its status: {err}"),
         };
+        // It may have ended between the tick's look and this runner's claim.
+        if status.ended().is_some() {
+            return;
+        }
         status.start(true);
         self.put_status(key, &status).await;
         let ended = self.job_outcome(key).await;
@@ -296,6 +300,14 @@ impl Controller {
             };
             let exists = matches!(self.get::<TaskSpec>(&task).await, Ok(Some(_)));
             if !exists {
+                // The Secret is found where the Machine finds it, whatever the Job's namespace.
+                let mut connection = machine.object["spec"]["connection"].clone();
+                if connection["authSecretRef"]["namespace"]
+                    .as_str()
+                    .is_none_or(str::is_empty)
+                {
+                    connection["authSecretRef"]["namespace"] = json!(machine_key.namespace);
+                }
                 let object = json!({
                     "apiVersion": resource::bmc::API_VERSION,
                     "kind": "Task",
@@ -310,7 +322,7 @@ impl Controller {
                             "controller": true,
                         }],
                     },
-                    "spec": {"task": action, "connection": machine.object["spec"]["connection"]},
+                    "spec": {"task": action, "connection": connection},
                 });
                 if let Err(err) = self.create(object).await {
                     return Ended::Failed(format!(
@@ -474,6 +486,25 @@ impl Controller {
         bmc: &Arc<dyn Bmc>,
         call: impl Fn(&dyn Bmc) -> Result<T, BmcError> + Send + Sync + Clone + 'static,
     ) -> Result<T, BmcError> {
+        self.request_with(bmc, call, true).await
+    }
+
+    /// A request that must not be done twice (a cycle, a reset): tried again only while it
+    /// cannot have reached the BMC.
+    async fn request_once<T: Send + 'static>(
+        &self,
+        bmc: &Arc<dyn Bmc>,
+        call: impl Fn(&dyn Bmc) -> Result<T, BmcError> + Send + Sync + Clone + 'static,
+    ) -> Result<T, BmcError> {
+        self.request_with(bmc, call, false).await
+    }
+
+    async fn request_with<T: Send + 'static>(
+        &self,
+        bmc: &Arc<dyn Bmc>,
+        call: impl Fn(&dyn Bmc) -> Result<T, BmcError> + Send + Sync + Clone + 'static,
+        idempotent: bool,
+    ) -> Result<T, BmcError> {
         let mut backoff = FIRST_BACKOFF;
         let mut tries = 0;
         loop {
@@ -485,8 +516,13 @@ impl Controller {
                     .await
                     .unwrap_or_else(|_| Err(BmcError::Refused("the request panicked".into())))
             };
+            let retry = match &outcome {
+                Err(BmcError::Unreachable(_)) => true,
+                Err(BmcError::Uncertain(_)) => idempotent,
+                _ => false,
+            };
             match outcome {
-                Err(err) if err.is_transient() && tries < TRIES => {
+                Err(_) if retry && tries < TRIES => {
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                 }
@@ -508,6 +544,17 @@ impl Controller {
                 .await
                 .map(|state| format!("power is {}", state.as_str()))
                 .map_err(failed),
+            Step::Power(action @ (PowerAction::Cycle | PowerAction::Reset)) => {
+                match self.request_once(bmc, move |bmc| bmc.power(action)).await {
+                    Ok(()) => Ok(String::new()),
+                    // It may have been done: neither repeated nor handed to another provider.
+                    Err(err @ BmcError::Uncertain(_)) => Err(Attempt::Final(format!(
+                        "{err}; power {} may have been carried out, and is not repeated",
+                        action.as_str()
+                    ))),
+                    Err(err) => Err(failed(err)),
+                }
+            }
             Step::Power(action) => {
                 self.request(bmc, move |bmc| bmc.power(action))
                     .await

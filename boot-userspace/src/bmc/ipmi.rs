@@ -53,7 +53,7 @@ impl Ipmitool {
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
-                    return Err(BmcError::Unreachable(format!(
+                    return Err(BmcError::Uncertain(format!(
                         "ipmitool did not finish within {} s",
                         REQUEST_LIMIT.as_secs()
                     )));
@@ -90,13 +90,16 @@ fn classify(success: bool, stdout: &str, stderr: &str) -> BmcResult<()> {
     }
     if !success {
         let error = last_error(stdout, stderr);
+        // No session, no command: nothing was done. A session that stops answering may have
+        // carried the command out.
         return Err(
             if said("Get Auth Capabilities error")
                 || said("Could not open socket")
-                || said("No response")
                 || said("Unable to establish")
             {
                 BmcError::Unreachable(format!("no answer from the BMC ({error})"))
+            } else if said("No response") || said("timeout") {
+                BmcError::Uncertain(format!("the BMC stopped answering ({error})"))
             } else {
                 BmcError::Refused(error)
             },
@@ -192,7 +195,7 @@ mod tests {
         ));
         let silent = "Get Auth Capabilities error\nError issuing Get Channel Authentication Capabilities request\nError: Unable to establish IPMI v2 / RMCP+ session\n";
         let unreachable = classify(false, "", silent).unwrap_err();
-        assert!(unreachable.is_transient(), "{unreachable}");
+        assert!(matches!(unreachable, BmcError::Unreachable(_)), "{unreachable}");
         assert!(
             unreachable.to_string().contains("Unable to establish"),
             "{unreachable}"

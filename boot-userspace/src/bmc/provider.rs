@@ -7,19 +7,19 @@ use workflow::resource::bmc::{BootDevice, PowerAction, PowerState, Provider};
 /// Why a BMC request failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BmcError {
-    /// No answer, or no route: the BMC may come back, so the request is tried again.
+    /// No answer, or no route, before any request reached the BMC: nothing was done, and the
+    /// request may be tried again.
     #[error("{0}")]
     Unreachable(String),
+    /// The request may have reached the BMC before the answer was lost. A request that changes
+    /// nothing twice (a power state, `on`, a boot device) may be tried again; a cycle or a
+    /// reset may not.
+    #[error("{0}")]
+    Uncertain(String),
     /// The BMC answered and refused: wrong credentials, or a request it cannot do. Trying
     /// again would not help.
     #[error("{0}")]
     Refused(String),
-}
-
-impl BmcError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, BmcError::Unreachable(_))
-    }
 }
 
 pub type BmcResult<T> = Result<T, BmcError>;

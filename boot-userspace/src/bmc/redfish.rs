@@ -110,22 +110,31 @@ impl Redfish {
             location: Some(location),
         } = &auth
         {
-            let url = if location.starts_with("http") {
-                location.clone()
-            } else {
-                format!("{}{location}", self.base)
-            };
-            let _ = self.agent.delete(url).header("X-Auth-Token", token).call();
+            if let Ok(url) = self.url(location) {
+                let _ = self.agent.delete(url).header("X-Auth-Token", token).call();
+            }
         }
         outcome
     }
 
-    fn send(&self, auth: &Auth, method: &str, path: &str, body: Option<Value>) -> BmcResult<Value> {
-        let url = if path.starts_with("http") {
-            path.to_string()
+    /// `path` on this BMC. A link the BMC gave that leads elsewhere is not followed: the
+    /// request would carry the credentials there.
+    fn url(&self, path: &str) -> BmcResult<String> {
+        if !path.starts_with("http") {
+            return Ok(format!("{}{path}", self.base));
+        }
+        if path.starts_with(&format!("{}/", self.base)) {
+            Ok(path.to_string())
         } else {
-            format!("{}{path}", self.base)
-        };
+            Err(BmcError::Refused(format!(
+                "the BMC linked to {path}, outside {}; not followed",
+                self.base
+            )))
+        }
+    }
+
+    fn send(&self, auth: &Auth, method: &str, path: &str, body: Option<Value>) -> BmcResult<Value> {
+        let url = self.url(path)?;
         let (name, value) = match auth {
             Auth::Session { token, .. } => ("X-Auth-Token", token.as_str()),
             Auth::Basic(header) => ("Authorization", header.as_str()),
@@ -169,7 +178,7 @@ impl Redfish {
     }
 }
 
-/// A transport error: the BMC did not answer, or TLS failed.
+/// A transport error: TLS failed, the BMC could not be reached, or it stopped answering.
 fn transport(err: ureq::Error) -> BmcError {
     let text = err.to_string();
     if text.contains("certificate")
@@ -179,8 +188,12 @@ fn transport(err: ureq::Error) -> BmcError {
         BmcError::Refused(format!(
             "TLS: {text} (a self-signed BMC certificate needs insecureTLS: true)"
         ))
-    } else {
+    } else if matches!(err, ureq::Error::ConnectionFailed | ureq::Error::HostNotFound) {
+        // Nothing was sent.
         BmcError::Unreachable(format!("no answer from the BMC ({text})"))
+    } else {
+        // The request may have been carried out before the answer was lost.
+        BmcError::Uncertain(format!("the BMC stopped answering ({text})"))
     }
 }
 
@@ -232,6 +245,15 @@ impl Bmc for Redfish {
         }
         self.with_auth(|auth| {
             let (path, system) = self.system(auth)?;
+            // Many BMCs refuse On when on and ForceOff when off; there is nothing to do then.
+            let already = match (action, system["PowerState"].as_str()) {
+                (PowerAction::On, Some("On")) => true,
+                (PowerAction::Off | PowerAction::Soft, Some("Off")) => true,
+                _ => false,
+            };
+            if already {
+                return Ok(());
+            }
             let reset = &system["Actions"]["#ComputerSystem.Reset"];
             let allowed: Vec<&str> = reset["ResetType@Redfish.AllowableValues"]
                 .as_array()

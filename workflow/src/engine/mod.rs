@@ -435,6 +435,46 @@ impl Engine {
         })
     }
 
+    /// Whether a workflow's bootOptions may be carried out now. Only when it would start next:
+    /// it has no run, is not disabled, its template and hardware exist, and it is the one its
+    /// machine's worker would be given next (the same order as [`Engine::next_action`]: the
+    /// machine runs one workflow at a time).
+    pub fn preparation(&self, key: &ResourceKey) -> Result<Preparation, EngineError> {
+        let mut state = self.state();
+        let EngineState { runs, workflows } = &mut *state;
+        workflows.refresh(&self.catalog)?;
+        let Some(spec) = workflows.specs.get(key) else {
+            return Ok(Preparation::Wait);
+        };
+        if runs.contains_key(key) || spec.disabled == Some(true) {
+            return Ok(Preparation::Wait);
+        }
+        let hardware = ResourceKey {
+            kind: Kind::Hardware,
+            namespace: key.namespace.clone(),
+            name: spec.hardware_ref.clone(),
+        };
+        let first = workflows
+            .of(&hardware)
+            .filter(|(other, spec)| {
+                spec.disabled != Some(true)
+                    && !runs.get(*other).is_some_and(|run| run.state.is_final())
+            })
+            .map(|(other, _)| {
+                let running = runs.get(other).map(|run| run.state) == Some(State::Running);
+                (!running, other.clone())
+            })
+            .min();
+        if first.is_none_or(|(_, first)| first != *key) {
+            return Ok(Preparation::Wait);
+        }
+        Ok(match start(&self.catalog, key, spec, &hardware)? {
+            Start::Blocked => Preparation::Wait,
+            Start::Refused(reason) => Preparation::Refused(reason),
+            Start::Ready(_) | Start::Preparing(_) => Preparation::Go,
+        })
+    }
+
     /// Fails a workflow that has not started, because its preparation failed (its BMC Job, say):
     /// its machine may never boot to ask for work. The value is whether it was failed.
     pub fn fail_unstarted(
@@ -498,6 +538,16 @@ fn last_finished(
         .filter(|run| run.state.is_final())
         .max_by_key(|run| run.span.finished_at)
         .map(|run| run.state)
+}
+
+/// Whether a workflow's bootOptions may be carried out now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Preparation {
+    /// Not yet: it is not the machine's next workflow, or its template or hardware is missing.
+    Wait,
+    /// It would not start: it fails with the reason.
+    Refused(String),
+    Go,
 }
 
 /// Whether a workflow that has no run yet can start.
@@ -631,6 +681,45 @@ spec: {{templateRef: t, hardwareRef: m}}
         assert!(manifest.errors.is_empty(), "{:?}", manifest.errors);
         catalog.apply(manifest.documents).unwrap();
         catalog
+    }
+
+    #[test]
+    fn bootoptions_are_carried_out_for_the_machines_next_workflow_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog(dir.path(), MAC);
+        // Two more workflows for the same machine: "a" sorts first, "z" after it.
+        let mut manifest = Manifest::default();
+        manifest.parse(
+            "more.yaml",
+            "apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata: {name: a, namespace: ns}
+spec: {templateRef: t, hardwareRef: m, bootOptions: {toggleAllowNetboot: true}}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata: {name: z, namespace: ns}
+spec: {templateRef: t, hardwareRef: m, bootOptions: {toggleAllowNetboot: true}}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata: {name: orphan, namespace: ns}
+spec: {templateRef: t, hardwareRef: missing, bootOptions: {bootMode: netboot}}
+",
+        );
+        assert!(manifest.errors.is_empty(), "{:?}", manifest.errors);
+        catalog.apply(manifest.documents).unwrap();
+        let engine = Engine::load(catalog).unwrap();
+        let key = |name: &str| ResourceKey {
+            kind: Kind::Workflow,
+            namespace: "ns".into(),
+            name: name.into(),
+        };
+        assert_eq!(engine.preparation(&key("a")).unwrap(), Preparation::Go);
+        // The machine runs one workflow at a time: "z" waits its turn.
+        assert_eq!(engine.preparation(&key("z")).unwrap(), Preparation::Wait);
+        // Its hardware does not exist (yet): it waits, as the engine waits to start it.
+        assert_eq!(engine.preparation(&key("orphan")).unwrap(), Preparation::Wait);
     }
 
     fn worker() -> WorkerIdentity {

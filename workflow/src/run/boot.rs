@@ -66,7 +66,9 @@ pub struct WorkflowCondition {
 }
 
 impl BootStatus {
-    /// Sets the condition of `kind`, replacing an earlier one of the same kind.
+    /// Sets the condition of `kind`, replacing an earlier one of the same kind; one that says
+    /// the same again is left as it is, time included (Tinkerbell's `SetConditionIfDifferent`),
+    /// so that a step retried every second writes nothing new.
     pub fn condition(
         &mut self,
         kind: &str,
@@ -83,8 +85,28 @@ impl BootStatus {
             time: Some(time),
         };
         match self.conditions.iter_mut().find(|c| c.kind == kind) {
+            Some(existing)
+                if (&existing.status, &existing.reason, &existing.message)
+                    == (&condition.status, &condition.reason, &condition.message) => {}
             Some(existing) => *existing = condition,
             None => self.conditions.push(condition),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_condition_said_again_keeps_its_time() {
+        let mut status = BootStatus::default();
+        status.condition("AllowNetbootFalse", false, "Error", "hardware gone", "t1".into());
+        status.condition("AllowNetbootFalse", false, "Error", "hardware gone", "t2".into());
+        assert_eq!(status.conditions.len(), 1);
+        assert_eq!(status.conditions[0].time.as_deref(), Some("t1"));
+        status.condition("AllowNetbootFalse", true, "Complete", "set allowPXE to false", "t3".into());
+        assert_eq!(status.conditions[0].time.as_deref(), Some("t3"));
+        assert_eq!(status.conditions[0].status, "True");
     }
 }
