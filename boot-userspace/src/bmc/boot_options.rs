@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use workflow::{
+    engine::Preparation,
     resource::{
         self,
         bmc::{
@@ -24,7 +25,6 @@ use workflow::{
         workflow::BootMode,
         HardwareSpec, Kind, ResourceKey, WorkflowSpec,
     },
-    engine::Preparation,
     run::{BootStatus, State},
 };
 
@@ -104,7 +104,8 @@ impl Controller {
             _ if !boot.prepared => {
                 let preparation = {
                     let key = key.clone();
-                    self.blocking(move |state| state.engine.preparation(&key)).await
+                    self.blocking(move |state| state.engine.preparation(&key))
+                        .await
                 };
                 match preparation {
                     Ok(Preparation::Go) => self.prepare(key, &spec, &hardware, &mut boot).await,
@@ -356,7 +357,9 @@ impl Controller {
             // with its Tasks, so that its outcome is not taken for this one's.
             match self.get::<Value>(&job_key).await {
                 Ok(Some((existing, _))) if owned_by(&existing.object, workflow) => {
-                    boot.boot_options.jobs.insert(name.to_string(), Default::default());
+                    boot.boot_options
+                        .jobs
+                        .insert(name.to_string(), Default::default());
                     return Ok(false);
                 }
                 Ok(Some(_)) => self.delete_job(&job_key).await,

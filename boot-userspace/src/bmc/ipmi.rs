@@ -195,7 +195,10 @@ mod tests {
         ));
         let silent = "Get Auth Capabilities error\nError issuing Get Channel Authentication Capabilities request\nError: Unable to establish IPMI v2 / RMCP+ session\n";
         let unreachable = classify(false, "", silent).unwrap_err();
-        assert!(matches!(unreachable, BmcError::Unreachable(_)), "{unreachable}");
+        assert!(
+            matches!(unreachable, BmcError::Unreachable(_)),
+            "{unreachable}"
+        );
         assert!(
             unreachable.to_string().contains("Unable to establish"),
             "{unreachable}"

@@ -188,7 +188,10 @@ fn transport(err: ureq::Error) -> BmcError {
         BmcError::Refused(format!(
             "TLS: {text} (a self-signed BMC certificate needs insecureTLS: true)"
         ))
-    } else if matches!(err, ureq::Error::ConnectionFailed | ureq::Error::HostNotFound) {
+    } else if matches!(
+        err,
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound
+    ) {
         // Nothing was sent.
         BmcError::Unreachable(format!("no answer from the BMC ({text})"))
     } else {
@@ -246,11 +249,10 @@ impl Bmc for Redfish {
         self.with_auth(|auth| {
             let (path, system) = self.system(auth)?;
             // Many BMCs refuse On when on and ForceOff when off; there is nothing to do then.
-            let already = match (action, system["PowerState"].as_str()) {
-                (PowerAction::On, Some("On")) => true,
-                (PowerAction::Off | PowerAction::Soft, Some("Off")) => true,
-                _ => false,
-            };
+            let already = matches!(
+                (action, system["PowerState"].as_str()),
+                (PowerAction::On, Some("On")) | (PowerAction::Off | PowerAction::Soft, Some("Off"))
+            );
             if already {
                 return Ok(());
             }

@@ -719,7 +719,10 @@ spec: {templateRef: t, hardwareRef: missing, bootOptions: {bootMode: netboot}}
         // The machine runs one workflow at a time: "z" waits its turn.
         assert_eq!(engine.preparation(&key("z")).unwrap(), Preparation::Wait);
         // Its hardware does not exist (yet): it waits, as the engine waits to start it.
-        assert_eq!(engine.preparation(&key("orphan")).unwrap(), Preparation::Wait);
+        assert_eq!(
+            engine.preparation(&key("orphan")).unwrap(),
+            Preparation::Wait
+        );
     }
 
     fn worker() -> WorkerIdentity {

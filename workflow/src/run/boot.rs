@@ -101,11 +101,29 @@ mod tests {
     #[test]
     fn a_condition_said_again_keeps_its_time() {
         let mut status = BootStatus::default();
-        status.condition("AllowNetbootFalse", false, "Error", "hardware gone", "t1".into());
-        status.condition("AllowNetbootFalse", false, "Error", "hardware gone", "t2".into());
+        status.condition(
+            "AllowNetbootFalse",
+            false,
+            "Error",
+            "hardware gone",
+            "t1".into(),
+        );
+        status.condition(
+            "AllowNetbootFalse",
+            false,
+            "Error",
+            "hardware gone",
+            "t2".into(),
+        );
         assert_eq!(status.conditions.len(), 1);
         assert_eq!(status.conditions[0].time.as_deref(), Some("t1"));
-        status.condition("AllowNetbootFalse", true, "Complete", "set allowPXE to false", "t3".into());
+        status.condition(
+            "AllowNetbootFalse",
+            true,
+            "Complete",
+            "set allowPXE to false",
+            "t3".into(),
+        );
         assert_eq!(status.conditions[0].time.as_deref(), Some("t3"));
         assert_eq!(status.conditions[0].status, "True");
     }
