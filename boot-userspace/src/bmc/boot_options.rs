@@ -162,10 +162,7 @@ impl Controller {
             Some((_, spec)) => spec,
             None => return Err(format!("failed to get hardware: {hardware} not found")),
         };
-        let efi_boot = hardware_spec
-            .interfaces
-            .iter()
-            .any(|interface| interface.dhcp.as_ref().is_some_and(|dhcp| dhcp.uefi));
+        let efi_boot = uefi(&hardware_spec);
         let (job, tasks) = match mode {
             BootMode::Netboot => (
                 format!("netboot-{}", key.name),
@@ -250,10 +247,7 @@ impl Controller {
                         boot_device: Some(BootDeviceConfig {
                             device: BootDevice::Disk,
                             persistent: false,
-                            efi_boot: hardware_spec
-                                .interfaces
-                                .iter()
-                                .any(|i| i.dhcp.as_ref().is_some_and(|dhcp| dhcp.uefi)),
+                            efi_boot: uefi(&hardware_spec),
                         }),
                         ..Action::default()
                     });
@@ -496,6 +490,15 @@ impl Controller {
         }
         Err(format!("{hardware} kept changing"))
     }
+}
+
+/// Whether the machine boots in EFI mode, as Tinkerbell decides it: any interface with
+/// `dhcp.uefi`.
+fn uefi(hardware: &HardwareSpec) -> bool {
+    hardware
+        .interfaces
+        .iter()
+        .any(|interface| interface.dhcp.as_ref().is_some_and(|dhcp| dhcp.uefi))
 }
 
 /// Whether `object`'s controller is the Workflow `workflow`.
