@@ -47,22 +47,16 @@ pub fn render(
         .map_err(|err| RenderError(err.to_string()))
 }
 
-/// Partition naming: `/dev/nvme0n1` + 1 → `/dev/nvme0n1p1` and `/dev/sda` + 1 → `/dev/sda1`, as
-/// Tinkerbell's helper does; mmcblk and loop devices, which also take a `p`, are handled too.
-/// A device it does not recognise is returned as is.
+/// Partition naming, exactly as Tinkerbell's `formatPartition`: a `/dev/disk/...` link (by-id,
+/// by-path, ...) gets `-partN` (udev's names), a device whose name ends in a digit gets `pN`
+/// (`/dev/nvme0n1p1`, `/dev/mmcblk0p1`, `/dev/loop0p1`), any other gets `N` (`/dev/sda1`).
 pub fn format_partition(device: &str, partition: i64) -> String {
-    if ["/dev/nvme", "/dev/mmcblk", "/dev/loop"]
-        .iter()
-        .any(|p| device.starts_with(p))
-    {
+    if device.starts_with("/dev/disk/") {
+        format!("{device}-part{partition}")
+    } else if device.ends_with(|c: char| c.is_ascii_digit()) {
         format!("{device}p{partition}")
-    } else if ["/dev/sd", "/dev/vd", "/dev/xvd", "/dev/hd"]
-        .iter()
-        .any(|p| device.starts_with(p))
-    {
-        format!("{device}{partition}")
     } else {
-        device.to_string()
+        format!("{device}{partition}")
     }
 }
 
@@ -177,8 +171,15 @@ mod tests {
         let data = "disk: {{ index .Hardware.Disks 0 }}\nroot: {{ formatPartition ( index .Hardware.Disks 0 ) 1 }}\nmac: {{ (index .Hardware.Interfaces 0).DHCP.MAC }}\nip: {{ (index .Hardware.Interfaces 0).DHCP.IP.Address }}\nhost: {{ .Hardware.Metadata.Instance.Hostname }}\n";
         let rendered = render(data, &BTreeMap::new(), &hardware).unwrap();
         assert_eq!(rendered, "disk: /dev/nvme0n1\nroot: /dev/nvme0n1p1\nmac: 1c:69:7a:11:22:33\nip: 192.168.1.8\nhost: nuc-demo\n");
+        // Tinkerbell's three cases: a /dev/disk/ link, a name ending in a digit, any other.
+        assert_eq!(
+            format_partition("/dev/disk/by-id/nvme-Samsung_SSD_970_S4EWNX0N", 1),
+            "/dev/disk/by-id/nvme-Samsung_SSD_970_S4EWNX0N-part1"
+        );
+        assert_eq!(format_partition("/dev/mmcblk0", 3), "/dev/mmcblk0p3");
         assert_eq!(format_partition("/dev/sda", 2), "/dev/sda2");
-        assert_eq!(format_partition("/dev/mapper/root", 2), "/dev/mapper/root");
+        assert_eq!(format_partition("/dev/mapper/root", 2), "/dev/mapper/root2");
+        assert_eq!(format_partition("", 1), "1");
         let err = render(
             "{{ formatPartition \"/dev/sda\" \"one\" }}",
             &BTreeMap::new(),

@@ -2,7 +2,9 @@
 //! Environment: BLOCK_DEVICE, FS_TYPE, CHROOT, DEFAULT_INTERPRETER, CMD_LINE.
 use std::{os::unix::process::CommandExt, process::Command};
 
-use super::{fail, mount::Mounted, run_command, ActionResult, Invocation, Succeeded};
+use super::{
+    container_environment, fail, mount::Mounted, run_command, ActionResult, Invocation, Succeeded,
+};
 
 pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
     let command_line = invocation.required("CMD_LINE")?;
@@ -24,6 +26,7 @@ pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
         .ok_or_else(|| fail("CMD_LINE is empty"))?;
     let mut command = Command::new(program);
     command.args(arguments);
+    container_environment(&mut command, invocation);
     let _mounted = if invocation.flag("CHROOT")? {
         let device = invocation.required("BLOCK_DEVICE")?;
         let fs_type = invocation.required("FS_TYPE")?;

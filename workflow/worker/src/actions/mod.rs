@@ -118,6 +118,21 @@ const ERROR_TAIL_LINES: usize = 5;
 /// Runs a command to its end or to the deadline, when it is killed. Its output goes to the
 /// console as it comes; a failure's message carries the exit status and the last lines of its
 /// error output.
+/// The PATH a container gets when its image sets none (Docker's and BuildKit's default), which
+/// is what Tinkerbell's action images, built `FROM scratch`, run with.
+pub const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Gives a command the environment Tinkerbell's action container would have: the default
+/// PATH and HOME, then the action's own variables (which may override them), and nothing of
+/// the provisioning OS's.
+pub fn container_environment(command: &mut Command, invocation: &Invocation) {
+    command
+        .env_clear()
+        .env("PATH", CONTAINER_PATH)
+        .env("HOME", "/root")
+        .envs(&invocation.environment);
+}
+
 pub fn run_command(
     invocation: &Invocation,
     command: &mut Command,
@@ -226,6 +241,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("MISSING is not set"));
+    }
+
+    #[test]
+    fn cexec_runs_with_the_environment_of_an_action_container() {
+        let out = std::env::temp_dir().join(format!("wisp-cexec-env-{}", std::process::id()));
+        let c = invocation(
+            &[
+                ("DEFAULT_INTERPRETER", "/bin/sh -c"),
+                (
+                    "CMD_LINE",
+                    &format!("echo \"$PATH|$HOME|$DISK|$NO_COLOR\" > {}", out.display()),
+                ),
+                ("DISK", "/dev/nvme0n1"),
+            ],
+            Some(Duration::from_secs(30)),
+        );
+        // The agent's own variables (NO_COLOR is set by the provisioning OS) stay out.
+        std::env::set_var("NO_COLOR", "1");
+        cexec::run(&c).expect("cexec ran");
+        let seen = std::fs::read_to_string(&out).expect("the command's output");
+        let _ = std::fs::remove_file(&out);
+        assert_eq!(seen, format!("{CONTAINER_PATH}|/root|/dev/nvme0n1|\n"));
     }
 
     #[test]
