@@ -289,26 +289,34 @@ impl Lab {
         host
     }
 
+    /// A socket on the client side as a PXE client has one: port 68 of the client interface,
+    /// broadcast allowed (shared, so that several may exist at once).
+    pub fn pxe_client_socket(&self) -> UdpSocket {
+        self.client.within(|| {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+                .expect("socket");
+            socket.set_reuse_address(true).expect("reuse");
+            socket.set_broadcast(true).expect("broadcast");
+            socket
+                .bind_device(Some(CLIENT_IF.as_bytes()))
+                .expect("bind to device");
+            socket
+                .bind(&std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
+                .expect("bind :68");
+            socket.into()
+        })
+    }
+
     /// Sends one BOOTP/DHCP payload from the client side: broadcast from :68 like a PXE client,
     /// or, with `relay` set, unicast from :67 to the server like a relay agent.
     pub fn send_dhcp(&self, payload: &[u8], relay: bool) {
+        let socket = if relay {
+            self.client
+                .within(|| UdpSocket::bind((CLIENT_IP, 67)).expect("bind relay socket"))
+        } else {
+            self.pxe_client_socket()
+        };
         self.client.within(|| {
-            let socket = if relay {
-                UdpSocket::bind((CLIENT_IP, 67)).expect("bind relay socket")
-            } else {
-                let socket =
-                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
-                        .expect("socket");
-                socket.set_reuse_address(true).expect("reuse");
-                socket.set_broadcast(true).expect("broadcast");
-                socket
-                    .bind_device(Some(CLIENT_IF.as_bytes()))
-                    .expect("bind to device");
-                socket
-                    .bind(&std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
-                    .expect("bind :68");
-                socket.into()
-            };
             let destination = if relay {
                 SERVER_IP
             } else {

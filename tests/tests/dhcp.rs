@@ -915,18 +915,7 @@ fn on_a_disk_that_has_stopped_the_lease_queue_is_bounded_and_serving_resumes_whe
         [0x1c, 0x69, 0x7a, 0, 0, 0x80],
         "10.99.0.80".parse().unwrap(),
     );
-    let socket = lab.client.within(|| {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
-            .expect("socket");
-        socket.set_broadcast(true).expect("broadcast");
-        socket
-            .bind_device(Some(CLIENT_IF.as_bytes()))
-            .expect("bind to device");
-        socket
-            .bind(&std::net::SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
-            .expect("bind :68");
-        UdpSocket::from(socket)
-    });
+    let socket = lab.pxe_client_socket();
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut sent = 0u64;
     while refused() == 0 {
