@@ -1,13 +1,14 @@
-//! A small OS image to install: a whole-disk image with an MBR partition table, an ext4 root
-//! (partition 1) holding busybox, Debian's kernel and a tiny initrd, and an EFI system
-//! partition (partition 2). It boots under BIOS (GRUB in the MBR and the gap after it) and
-//! under UEFI (GRUB as `EFI/BOOT/BOOTX64.EFI`). Booted from an NVMe disk, it mounts its root,
-//! prints the files that provisioning wrote, and powers off. The end-to-end tests and the demo
-//! install it.
+//! The OS image the end-to-end tests and the demo install: a real Debian root (see
+//! [`crate::debian`]) on a whole-disk image laid out as cloud images are. Partition 1, the ext4
+//! root, comes last on the disk, so that a first-boot `growpart` can grow it to the disk's end;
+//! partition 2, the EFI system partition, sits before it. The root holds Debian's kernel and a
+//! tiny initrd; GRUB boots it under BIOS (in the MBR and the gap after it) and under UEFI (as
+//! `EFI/BOOT/BOOTX64.EFI`). Booted from an NVMe disk, it prints the file provisioning wrote
+//! and the size of its root filesystem, and powers off.
 //!
-//! Built without mounting anything (no loop devices, no root needed for the build itself):
-//! `mkfs.ext4 -d` fills the root from a directory, `mkfs.vfat` and mtools make the EFI system
-//! partition, `grub-mkimage` makes both GRUB images, and the MBR is written here.
+//! Built without mounting anything (no loop devices): `mkfs.ext4 -d` fills the root from a
+//! directory, `mkfs.vfat` and mtools make the EFI system partition, `grub-mkimage` makes both
+//! GRUB images, and the MBR is written here.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -20,39 +21,33 @@ use crate::{cpio::Archive, kernel::DebianKernel, modules};
 /// The first line the installed system prints on its console.
 pub const INSTALLED_BANNER: &str = "Wisp test system: booted from disk";
 
-/// What the adapted example's cexec action writes in the chroot, and the line it writes.
-pub const CEXEC_PROOF: (&str, &str) = ("/var/lib/wisp/cexec-proof", "cexec-ran-in-the-chroot");
-/// Where the example's writefile action puts the netplan file.
+/// Where the example's writefile action puts the netplan file, which the installed system
+/// prints at boot.
 pub const NETPLAN: &str = "/etc/netplan/config.yaml";
-/// The files the installed system prints at boot.
-pub const SHOWN_FILES: [&str; 2] = [CEXEC_PROOF.0, NETPLAN];
 
-/// The Tinkerbell example resources (`examples/tinkerbell-demo`) with two changes, so that they
-/// install this image: the Workflow's `hardwareRef` names the Hardware that exists
-/// (`nuc-demo`), and the template streams `image_url` and runs a command that leaves
-/// [`CEXEC_PROOF`]. The end-to-end test and the demo apply these.
+/// The line before the root filesystem's size in bytes, which the installed system prints at
+/// boot: larger than [`root_bytes`] once the example's `grow-partition` action has run.
+pub const ROOT_SIZE_LINE: &str = "== root filesystem bytes";
+
+/// The size of the blank disk the image is installed on, in the tests and the demo: well
+/// beyond the image's root partition, so that the example's `grow-partition` visibly grows it.
+pub const BLANK_DISK_BYTES: u64 = 1 << 30;
+
+/// The Tinkerbell example resources (`examples/tinkerbell-demo`) with the two changes a user
+/// makes: the template streams `image_url`, and the Workflow's `hardwareRef` names the
+/// Hardware that exists (`nuc-demo`). Its three actions run unchanged. The end-to-end tests
+/// and the demo apply these.
 pub fn adapted_tinkerbell_example(example: &Path, image_url: &str) -> anyhow::Result<String> {
     let read = |name: &str| {
         std::fs::read_to_string(example.join(name))
             .with_context(|| format!("reading {}", example.join(name).display()))
     };
-    let template = read("template.yaml")?
-        .replace(
-            "http://192.168.1.1:8080/focal-server-cloudimg-amd64.raw.gz",
-            image_url,
-        )
-        .replace(
-            "growpart /dev/nvme0n1 1 && resize2fs /dev/nvme0n1p1",
-            &format!(
-                "/bin/busybox mkdir -p /var/lib/wisp && echo {} > {}",
-                CEXEC_PROOF.1, CEXEC_PROOF.0
-            ),
-        );
+    let template = read("template.yaml")?.replace(
+        "http://192.168.1.1:8080/focal-server-cloudimg-amd64.raw.gz",
+        image_url,
+    );
     let workflow = read("workflow.yaml")?.replace("hardwareRef: hp-demo", "hardwareRef: nuc-demo");
-    if !template.contains(image_url)
-        || !template.contains(CEXEC_PROOF.0)
-        || !workflow.contains("nuc-demo")
-    {
+    if !template.contains(image_url) || !workflow.contains("nuc-demo") {
         bail!(
             "{} no longer has the fields the adaptation changes",
             example.display()
@@ -68,24 +63,28 @@ const SECTOR: u64 = 512;
 /// The partition starts at 1 MiB, as partitioning tools align it; GRUB's core image lives in
 /// the gap before it.
 const PARTITION_START: u64 = 2048;
-const ROOT_BYTES: u64 = 56 << 20;
 const ESP_BYTES: u64 = 8 << 20;
 const GRUB_BIOS_DIR: &str = "/usr/lib/grub/i386-pc";
 /// What GRUB needs, beyond its kernel, to load Linux from the ext4 root, for both firmwares;
 /// its embedded configuration does the rest, so no modules or grub.cfg live on the disk.
 const GRUB_MODULES: &[&str] = &["part_msdos", "ext2", "linux", "boot"];
 
-/// The root's init: prints the files provisioning left, then powers off.
-fn installed_init(files: &[&str]) -> String {
-    let mut script = String::from("#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\n");
-    script.push_str(&format!("echo '{INSTALLED_BANNER}'\n"));
-    for file in files {
-        script.push_str(&format!(
-            "echo '== {file}'\n/bin/busybox cat '{file}' || echo '(missing)'\n"
-        ));
-    }
-    script.push_str("echo '== end'\n/bin/busybox sync\n/bin/busybox poweroff -f\n");
-    script
+/// The root's init, in Debian's shell: prints the netplan file and the root filesystem's
+/// size, then powers off (through sysrq: a minbase root has no init system to ask).
+fn installed_init() -> String {
+    format!(
+        "#!/bin/sh\n\
+         mount -t proc proc /proc\n\
+         echo '{INSTALLED_BANNER}'\n\
+         echo '== {NETPLAN}'\n\
+         cat '{NETPLAN}' || echo '(missing)'\n\
+         echo '{ROOT_SIZE_LINE}'\n\
+         echo $(( $(stat -f -c '%b*%S' /) ))\n\
+         echo '== end'\n\
+         sync\n\
+         echo o > /proc/sysrq-trigger\n\
+         sleep 60\n"
+    )
 }
 
 /// The initrd: loads the NVMe and ext4 modules, mounts the root partition, and switches to it.
@@ -118,34 +117,49 @@ fn initrd(kernel: &DebianKernel, busybox: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(archive.finish()?)
 }
 
-/// The raw disk image, built in `work` (removed afterwards). `show` are the files the
-/// installed system prints at boot.
+/// The size of the root partition in the image: the Debian root and a margin, much less than
+/// the disks the tests install it on, so that `growpart` has room.
+pub fn root_bytes(debian: &Path) -> anyhow::Result<u64> {
+    let output = Command::new("du")
+        .args(["-s", "--block-size=1M"])
+        .arg(debian)
+        .output()
+        .context("running du")?;
+    let used: u64 = String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|mebibytes| mebibytes.parse().ok())
+        .with_context(|| format!("du printed no size for {}", debian.display()))?;
+    // The kernel and initrd, and ext4's own metadata and reserve.
+    Ok((used + used / 4 + 64) << 20)
+}
+
+/// The raw disk image, built in `work` (removed afterwards) from the Debian root `debian`.
 fn raw_image(
     work: &Path,
+    debian: &Path,
     kernel: &DebianKernel,
     busybox_bytes: &[u8],
-    show: &[&str],
 ) -> anyhow::Result<Vec<u8>> {
     let _ = std::fs::remove_dir_all(work);
+    std::fs::create_dir_all(work)?;
     let root = work.join("root");
-    for dir in [
-        "bin", "sbin", "boot", "dev", "proc", "sys", "etc", "root", "tmp", "var/lib",
-    ] {
-        std::fs::create_dir_all(root.join(dir))?;
-    }
-    std::fs::write(root.join("bin/busybox"), busybox_bytes)?;
-    std::fs::set_permissions(root.join("bin/busybox"), executable())?;
-    std::os::unix::fs::symlink("busybox", root.join("bin/sh"))?;
-    write_executable(&root.join("sbin/init"), &installed_init(show))?;
+    run(Command::new("cp").arg("-a").arg(debian).arg(&root))?;
+    std::fs::create_dir_all(root.join("boot"))?;
+    std::fs::create_dir_all(root.join("etc/netplan"))?;
+    // Replaces the link to a missing init system; the kernel runs this one.
+    let _ = std::fs::remove_file(root.join("sbin/init"));
+    write_executable(&root.join("sbin/init"), &installed_init())?;
     std::fs::copy(&kernel.vmlinuz, root.join("boot/vmlinuz"))?;
     std::fs::write(root.join("boot/initrd"), initrd(kernel, busybox_bytes)?)?;
 
+    let root_bytes = root_bytes(debian)?;
     let partition = work.join("root.ext4");
     run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "wisp-root", "-E", "root_owner=0:0", "-d"])
+        .args(["-q", "-F", "-L", "wisp-root", "-d"])
         .arg(&root)
         .arg(&partition)
-        .arg(format!("{}k", ROOT_BYTES / 1024)))?;
+        .arg(format!("{}k", root_bytes / 1024)))?;
 
     // GRUB's core image runs this embedded configuration itself: no grub.cfg or modules on disk.
     let early = work.join("early.cfg");
@@ -191,28 +205,29 @@ fn raw_image(
         .arg("::/EFI/BOOT/BOOTX64.EFI"))?;
 
     let mut disk = vec![0u8; (PARTITION_START * SECTOR) as usize];
-    // boot.img's code, then the partition table; boot.img loads the core from sector 1.
+    // boot.img's code, then the partition table; boot.img loads the core from sector 1. The
+    // ESP comes first on the disk and the root (partition 1) last, so the root can grow.
     disk[..440].copy_from_slice(&boot[..440]);
-    let root_sectors = ROOT_BYTES / SECTOR;
+    let esp_sectors = ESP_BYTES / SECTOR;
     partition_entry(
         &mut disk[446..462],
         true,
         0x83,
-        PARTITION_START,
-        root_sectors,
+        PARTITION_START + esp_sectors,
+        root_bytes / SECTOR,
     );
     partition_entry(
         &mut disk[462..478],
         false,
         0xef,
-        PARTITION_START + root_sectors,
-        ESP_BYTES / SECTOR,
+        PARTITION_START,
+        esp_sectors,
     );
     disk[510] = 0x55;
     disk[511] = 0xaa;
     disk[SECTOR as usize..SECTOR as usize + core.len()].copy_from_slice(&core);
-    disk.extend_from_slice(&std::fs::read(&partition)?);
     disk.extend_from_slice(&std::fs::read(&esp)?);
+    disk.extend_from_slice(&std::fs::read(&partition)?);
     std::fs::remove_dir_all(work)?;
     Ok(disk)
 }
@@ -228,17 +243,17 @@ fn partition_entry(entry: &mut [u8], active: bool, kind: u8, start: u64, sectors
 }
 
 /// Builds the disk image, gzip-compressed at `out` (image2disk's `COMPRESSED: true`), and
-/// returns its path. `show` are the files the installed system prints at boot.
+/// returns its path. `debian` is the root to install (see [`crate::debian::root`]).
 pub fn build_gzip(
     out: &Path,
+    debian: &Path,
     kernel: &DebianKernel,
     busybox: &Path,
-    show: &[&str],
 ) -> anyhow::Result<PathBuf> {
     use std::io::Write;
     let busybox =
         std::fs::read(busybox).with_context(|| format!("reading {}", busybox.display()))?;
-    let disk = raw_image(&out.with_extension("d"), kernel, &busybox, show)?;
+    let disk = raw_image(&out.with_extension("d"), debian, kernel, &busybox)?;
     let mut gzip = flate2::write::GzEncoder::new(
         std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?,
         flate2::Compression::fast(),

@@ -4,12 +4,14 @@
 //! - [`hello`]: a minimal netboot payload that prints one line and powers off;
 //! - [`provisioning`]: Wisp's provisioning OS (busybox, the worker, the modules it needs);
 //! - [`modules`]: kernel modules and their dependencies, for an initramfs;
-//! - [`disk`]: a small bootable disk image to install (GRUB, ext4, busybox);
+//! - [`debian`]: a real Debian root, bootstrapped from the machine's own mirror;
+//! - [`disk`]: the bootable disk image the tests install (GRUB, ext4, the Debian root);
 //! - [`qemu`]: VMs with real firmware, for the lab;
 //! - [`ipmi_sim`]: a real IPMI BMC for them (OpenIPMI's simulator);
 //! - [`appliance`]: Wisp itself in a VM, for the power-loss test.
 pub mod appliance;
 pub mod cpio;
+pub mod debian;
 pub mod disk;
 pub mod hello;
 pub mod ipmi_sim;

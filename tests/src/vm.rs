@@ -33,16 +33,26 @@ pub fn provisioning_os_assets(assets: &Path) {
     }
 }
 
-/// Builds the small bootable OS image the end-to-end tests install (see `wisp_images::disk`),
-/// gzip-compressed, at `path`. The installed system prints `show` at boot.
-pub fn installable_image(path: &Path, show: &[&str]) {
+/// The Debian root the end-to-end tests install and the container test imports (see
+/// `wisp_images::debian`), bootstrapped once into the image cache.
+pub fn debian_root() -> std::path::PathBuf {
+    static BOOTSTRAPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BOOTSTRAPPING.lock().unwrap_or_else(|p| p.into_inner());
+    wisp_images::debian::root(&crate::repo_root().join("target/images-cache"))
+        .expect("bootstrap the Debian root")
+}
+
+/// Builds the OS image the end-to-end tests install (see `wisp_images::disk`), gzip-compressed,
+/// at `path`.
+pub fn installable_image(path: &Path) {
     static UNPACKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let debian = debian_root();
     let kernel = {
         let _one_at_a_time = UNPACKING.lock().unwrap_or_else(|p| p.into_inner());
         wisp_images::kernel::debian_kernel(&crate::repo_root().join("target/images-cache"))
             .expect("unpack Debian's kernel")
     };
-    wisp_images::disk::build_gzip(path, &kernel, Path::new("/bin/busybox"), show)
+    wisp_images::disk::build_gzip(path, &debian, &kernel, Path::new("/bin/busybox"))
         .expect("build the installable image");
 }
 
@@ -50,8 +60,8 @@ pub fn installable_image(path: &Path, show: &[&str]) {
 pub const INSTALL_IMAGE_URL: &str = "http://192.168.1.1:8080/assets/wisp-test-os.raw.gz";
 
 /// The lab of the end-to-end installs: the Tinkerbell example's network (a bridge with Wisp at
-/// 192.168.1.1/24), the provisioning OS and the installable image in `assets`, a blank 256 MiB
-/// disk, and the example resources adapted to install that image.
+/// 192.168.1.1/24), the provisioning OS and the installable image in `assets`, a blank
+/// `wisp_images::disk::BLANK_DISK_BYTES` disk, and the example resources adapted to install that image.
 pub struct InstallLab {
     pub lab: crate::Lab,
     pub work: crate::TempDir,
@@ -66,13 +76,10 @@ impl InstallLab {
         let work = crate::TempDir::new(purpose);
         let assets = work.join("assets");
         provisioning_os_assets(&assets);
-        installable_image(
-            &assets.join("wisp-test-os.raw.gz"),
-            &wisp_images::disk::SHOWN_FILES,
-        );
+        installable_image(&assets.join("wisp-test-os.raw.gz"));
         let disk = work.join("nvme.raw");
         std::fs::File::create(&disk)
-            .and_then(|file| file.set_len(256 << 20))
+            .and_then(|file| file.set_len(wisp_images::disk::BLANK_DISK_BYTES))
             .expect("create the blank disk");
         let resources = wisp_images::disk::adapted_tinkerbell_example(
             &crate::repo_root().join("examples/tinkerbell-demo"),

@@ -1,9 +1,10 @@
 //! The whole story, end to end: a QEMU VM with a blank NVMe disk and the MAC of the Tinkerbell
 //! example Hardware netboots through Wisp (XDP gate attached) into Wisp's provisioning OS,
-//! whose worker runs the example workflow: image2disk streams a bootable image onto the disk,
-//! cexec runs a command in a chroot of it, writefile writes the netplan file. The VM reboots,
-//! Wisp has no more work for it, and it boots the installed system from its disk, which prints
-//! both files on the serial console.
+//! whose worker runs the example workflow's three actions unchanged: image2disk streams a real
+//! Debian image onto the disk, cexec grows its root partition and filesystem to the disk's end
+//! in a chroot of it (`growpart`, then `resize2fs` online), writefile writes the netplan file.
+//! The VM reboots, Wisp has no more work for it, and it boots the installed system from its
+//! disk, which prints the netplan file and its root filesystem's size on the serial console.
 //!
 //! The workflow ends with one more action, which leaves the provisioning OS: on BIOS, `reboot`
 //! (through the firmware, which netboots, finds no work and goes to the disk); on UEFI, `kexec`
@@ -11,12 +12,21 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use wisp_images::disk::{CEXEC_PROOF, NETPLAN};
+use wisp_images::disk::{root_bytes, BLANK_DISK_BYTES, NETPLAN, ROOT_SIZE_LINE};
 use wisp_tests::{
     apply_ok, gate_stats, require_root,
-    vm::{Firmware, InstallLab, Vm},
+    vm::{debian_root, Firmware, InstallLab, Vm},
     wisp_ok, BRIDGE_IF,
 };
+
+/// The root filesystem's size that the installed system printed.
+fn root_filesystem_bytes(console: &str) -> u64 {
+    console
+        .split_once(&format!("{ROOT_SIZE_LINE}\n"))
+        .and_then(|(_, rest)| rest.lines().next())
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the installed system printed no root size:\n{console}"))
+}
 
 const MAC: &str = "1c:69:7a:11:22:33";
 
@@ -94,9 +104,13 @@ fn provision(firmware: Firmware) {
         .find(wisp_images::disk::INSTALLED_BANNER)
         .unwrap_or_else(|| panic!("the installed system did not boot:\n{console}"));
     let from_disk = &console[booted..];
+    // The example's grow-partition (growpart, then resize2fs on the mounted root) grew the
+    // root filesystem from the image's partition to the disk's end.
+    let root_size = root_filesystem_bytes(from_disk);
+    let imaged = root_bytes(&debian_root()).expect("the image's root partition size");
     assert!(
-        from_disk.contains(&format!("== {}\n{}", CEXEC_PROOF.0, CEXEC_PROOF.1)),
-        "cexec's file:\n{from_disk}"
+        root_size > imaged + (BLANK_DISK_BYTES - imaged) / 2,
+        "the root filesystem ({root_size} bytes) did not grow from the image's {imaged}:\n{from_disk}"
     );
     assert!(
         from_disk.contains(&format!("== {NETPLAN}\nnetwork:"))

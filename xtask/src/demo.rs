@@ -137,13 +137,14 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
     let os = crate::images::build(root)?;
     std::fs::copy(&os.vmlinuz, assets.join("vmlinuz"))?;
     std::fs::copy(&os.initramfs, assets.join("initramfs"))?;
-    step("the OS image to install: ext4 with busybox, Debian's kernel, GRUB");
-    let kernel = wisp_images::kernel::debian_kernel(&root.join("target/images-cache"))?;
+    step("the OS image to install: a Debian root (debootstrap), Debian's kernel, GRUB");
+    let cache = root.join("target/images-cache");
+    let kernel = wisp_images::kernel::debian_kernel(&cache)?;
     wisp_images::disk::build_gzip(
         &assets.join("demo-os.raw.gz"),
+        &wisp_images::debian::root(&cache)?,
         &kernel,
         Path::new("/bin/busybox"),
-        &disk::SHOWN_FILES,
     )?;
     let resources = work.join("install-demo-os.yaml");
     let adapted =
@@ -203,7 +204,7 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
         "a powered-off VM (SeaBIOS and its iPXE ROM, MAC {VM_MAC}, blank NVMe disk) behind an IPMI BMC (ipmi_sim)"
     ));
     let disk = work.join("nvme.raw");
-    std::fs::File::create(&disk)?.set_len(256 << 20)?;
+    std::fs::File::create(&disk)?.set_len(disk::BLANK_DISK_BYTES)?;
     for args in [
         ["ip", "tuntap", "add", "dev", "tap0", "mode", "tap"].as_slice(),
         ["ip", "link", "set", "tap0", "master", "br0", "up"].as_slice(),

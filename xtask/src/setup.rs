@@ -41,6 +41,10 @@ const PACKAGES: &[&str] = &[
     "ipmitool",
     "python3-venv",
     "openssl",
+    // The installed system of the end-to-end tests and the demo is a real Debian root, and the
+    // container-action test runs an image imported from it into podman.
+    "debootstrap",
+    "podman",
     // The worker tests compress images with the real tools.
     "xz-utils",
     "zstd",
@@ -78,6 +82,8 @@ pub fn ensure() -> anyhow::Result<()> {
     // The kernel the boot tests and the demo netboot, unpacked once from Debian's package.
     let cache = crate::repo_root().join("target/images-cache");
     let kernel = wisp_images::kernel::debian_kernel(&cache)?;
+    // The Debian root they install, bootstrapped once.
+    wisp_images::debian::root(&cache)?;
     println!(
         "setup: ready (nightly LLVM {llvm}, bpf-linker for llvm-{llvm}, kernel {})",
         kernel.version
@@ -160,36 +166,12 @@ fn install_packages(packages: &[String], suite: Option<&str>) -> anyhow::Result<
 /// Adds `<codename>-backports` as an apt source, reusing the mirror URI the machine's own
 /// Debian source already names. Returns the suite.
 fn enable_backports() -> anyhow::Result<String> {
-    let release = std::fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
-    let codename = release
-        .lines()
-        .find_map(|line| line.strip_prefix("VERSION_CODENAME="))
-        .context("/etc/os-release names no VERSION_CODENAME")?
-        .trim_matches('"')
-        .to_string();
+    let wisp_images::debian::Mirror { codename, uri } = wisp_images::debian::mirror()?;
     let suite = format!("{codename}-backports");
     let target = std::path::Path::new("/etc/apt/sources.list.d/wisp-backports.sources");
     if target.exists() {
         return Ok(suite);
     }
-    let sources = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
-        .context("reading /etc/apt/sources.list.d/debian.sources, whose mirror backports reuses")?;
-    let uri = sources
-        .split("\n\n")
-        .filter(|stanza| {
-            stanza
-                .lines()
-                .any(|l| l.starts_with("Suites:") && l.split_whitespace().any(|s| s == codename))
-        })
-        .find_map(|stanza| stanza.lines().find_map(|l| l.strip_prefix("URIs:")))
-        .map(|uris| {
-            uris.split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .filter(|uri| !uri.is_empty())
-        .with_context(|| format!("no source for {codename} in debian.sources"))?;
     std::fs::write(
         target,
         format!("Types: deb\nURIs: {uri}\nSuites: {suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"),
