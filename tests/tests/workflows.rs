@@ -924,3 +924,126 @@ spec:
         "{said}"
     );
 }
+
+/// A real podman, private to one test: its images and containers live under `dir` (vfs, so
+/// nothing stays mounted), and its defaults fit this lab machine, whose root lacks
+/// CAP_SYS_RESOURCE (podman's default limits cannot be set) and whose cgroup v2 has no pids
+/// controller. A provisioning OS that ships podman needs neither setting.
+struct Podman {
+    environment: [(&'static str, std::path::PathBuf); 2],
+}
+
+impl Podman {
+    fn new(dir: &std::path::Path) -> Podman {
+        std::fs::create_dir_all(dir).expect("podman's directory");
+        let storage = dir.join("storage.conf");
+        std::fs::write(
+            &storage,
+            format!(
+                "[storage]\ndriver = \"vfs\"\ngraphroot = \"{0}/graph\"\nrunroot = \"{0}/run\"\n",
+                dir.display()
+            ),
+        )
+        .expect("storage.conf");
+        let (_, open_files) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .expect("the open-files limit");
+        let containers = dir.join("containers.conf");
+        std::fs::write(
+            &containers,
+            format!(
+                "[containers]\npids_limit = 0\ndefault_ulimits = [\"nofile={open_files}:{open_files}\", \"nproc=4096:4096\"]\n"
+            ),
+        )
+        .expect("containers.conf");
+        Podman {
+            environment: [
+                ("CONTAINERS_STORAGE_CONF", storage),
+                ("CONTAINERS_CONF", containers),
+            ],
+        }
+    }
+
+    /// `podman import` of a root filesystem, as `name`.
+    fn import(&self, root: &std::path::Path, name: &str) {
+        let mut tar = std::process::Command::new("tar")
+            .arg("-C")
+            .arg(root)
+            .args(["-c", "."])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("run tar");
+        let imported = std::process::Command::new("podman")
+            .envs(self.environment.iter().map(|(k, v)| (k, v)))
+            .args(["import", "-", name])
+            .stdin(tar.stdout.take().expect("tar's output"))
+            .output()
+            .expect("run podman import");
+        assert!(tar.wait().expect("tar").success());
+        assert!(imported.status.success(), "{}", output_text(&imported));
+    }
+}
+
+#[test]
+fn an_image_that_is_not_built_in_runs_in_podman_with_its_environment_volumes_and_exit_status() {
+    require_root!();
+    let work = TempDir::new("wf-podman");
+    let podman = Podman::new(&work.join("podman"));
+    podman.import(&wisp_tests::vm::debian_root(), "localhost/wisp-debian:test");
+    let out = work.join("out");
+    std::fs::create_dir_all(&out).expect("the volume's directory");
+    let actions = format!(
+        "          - name: greet
+            image: localhost/wisp-debian:test
+            timeout: 60
+            command: [\"/bin/sh\", \"-c\", \"echo \\\"$GREETING from Debian $(cat /etc/debian_version)\\\" > /out/greeting\"]
+            volumes: [\"{out}:/out\"]
+            environment: {{GREETING: hello}}
+          - name: fail
+            image: localhost/wisp-debian:test
+            timeout: 60
+            command: [\"/bin/sh\", \"-c\", \"echo about to fail; exit 3\"]
+",
+        out = out.display()
+    );
+    let (lab, _daemon, _work) = setup("wf-podman", &actions);
+    let token = boot_a(&lab);
+    // In a mount namespace of its own, the worker's podman sees cgroup v2 alone (crun refuses
+    // this machine's hybrid v1 and v2 layout).
+    let worker = lab
+        .client
+        .command("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(
+            "if mountpoint -q /sys/fs/cgroup; then umount -R /sys/fs/cgroup; fi; \
+             mount -t cgroup2 none /sys/fs/cgroup && exec \"$@\"",
+        )
+        .arg("worker")
+        .arg(worker_binary())
+        .args(["--server", "10.99.0.1", "--agent-id", MAC_A, "--poll", "1"])
+        .args(["--token", &token])
+        .envs(podman.environment.iter().map(|(k, v)| (k, v)))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run wisp-worker");
+    let workflow = workflow_json(&lab, "wf-a");
+    let actions = &workflow["status"]["actions"];
+    // The first action ran in the image (its /etc/debian_version), with its variable and its
+    // volume; the second's exit status failed it and the workflow.
+    let greeting = std::fs::read_to_string(out.join("greeting")).unwrap_or_default();
+    assert!(
+        greeting.starts_with("hello from Debian 1"),
+        "{greeting:?}\n{workflow:#}\n{}",
+        output_text(&worker)
+    );
+    assert_eq!(actions[0]["state"], "SUCCESS", "{workflow:#}");
+    assert_eq!(actions[1]["state"], "FAILED", "{workflow:#}");
+    let message = actions[1]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("podman run localhost/wisp-debian:test")
+            && message.contains("exit status: 3"),
+        "{message}"
+    );
+    assert_eq!(workflow["status"]["state"], "FAILED", "{workflow:#}");
+    assert_eq!(worker.status.code(), Some(1), "{}", output_text(&worker));
+}

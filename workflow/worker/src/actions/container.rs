@@ -1,16 +1,31 @@
 //! Images that are not built in run through a container runtime, as Tinkerbell runs every
 //! action: docker or podman (`run --rm --privileged`), or containerd's `ctr`.
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use super::{fail, run_command, ActionResult, Invocation, Succeeded};
 
 const RUNTIMES: [&str; 3] = ["docker", "podman", "ctr"];
 
+/// Whether `runtime` can run a container here: its client is installed and, for the two that
+/// talk to a daemon, the daemon's socket is there (a docker client alone is common and runs
+/// nothing).
+fn usable(runtime: &str) -> bool {
+    on_path(runtime)
+        && match runtime {
+            "docker" => {
+                std::env::var_os("DOCKER_HOST").is_some()
+                    || Path::new("/var/run/docker.sock").exists()
+            }
+            "ctr" => Path::new("/run/containerd/containerd.sock").exists(),
+            _ => true,
+        }
+}
+
 pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
-    let Some(runtime) = RUNTIMES.into_iter().find(|runtime| on_path(runtime)) else {
+    let Some(runtime) = RUNTIMES.into_iter().find(|runtime| usable(runtime)) else {
         return Err(fail(format!(
             "{:?} is not a built-in action (image2disk, cexec, writefile, kexec, reboot), and no \
-             container runtime ({}) is installed to run it",
+             container runtime ({}, with its daemon running) is installed to run it",
             invocation.image,
             RUNTIMES.join(", ")
         )));
