@@ -15,8 +15,8 @@ use anyhow::Context as _;
 use tonic::{Code, Request, Response, Status};
 use wisp_proto::{
     workflow_service_server::{WorkflowService, WorkflowServiceServer},
-    ActionRequest, ActionResponse, ActionStatusRequest, ActionStatusResponse, StateType,
-    WORKFLOW_STATE_KEY,
+    ActionRequest, ActionResponse, ActionStatusRequest, ActionStatusResponse, Namespaces,
+    StateType, WORKFLOW_STATE_KEY,
 };
 use workflow::{
     engine::{Assignment, Decision, EngineError, Next, WorkerIdentity},
@@ -322,7 +322,7 @@ fn response(worker: &WorkerIdentity, assignment: Assignment) -> ActionResponse {
     ActionResponse {
         workflow_id: Some(format!("{}/{}", workflow.namespace, workflow.name)),
         task_id: Some(action.task),
-        worker_id: Some(worker.mac.to_string()),
+        agent_id: Some(worker.mac.to_string()),
         action_id: Some(index.to_string()),
         name: Some(action.name),
         image: Some(action.image),
@@ -331,6 +331,10 @@ fn response(worker: &WorkerIdentity, assignment: Assignment) -> ActionResponse {
         volumes: action.volumes,
         environment: action.environment,
         pid: Some(action.pid),
+        namespaces: (!action.namespaces.is_empty()).then_some(Namespaces {
+            network: Some(action.namespaces.network),
+            pid: Some(action.namespaces.pid),
+        }),
     }
 }
 

@@ -560,7 +560,7 @@ fn workers_get_and_report_only_their_own_machines_actions() {
     );
     let own = codes.4.expect("machine A gets its own action");
     assert_eq!(own.workflow_id(), "lab/wf-a");
-    assert_eq!(own.worker_id(), MAC_A);
+    assert_eq!(own.agent_id(), MAC_A);
     assert_eq!(
         metric(
             &lab.server,
@@ -985,7 +985,8 @@ impl Podman {
 }
 
 #[test]
-fn an_image_that_is_not_built_in_runs_in_podman_with_its_environment_volumes_and_exit_status() {
+fn an_image_that_is_not_built_in_runs_in_podman_with_its_environment_volumes_namespaces_and_exit_status(
+) {
     require_root!();
     let work = TempDir::new("wf-podman");
     let podman = Podman::new(&work.join("podman"));
@@ -996,13 +997,15 @@ fn an_image_that_is_not_built_in_runs_in_podman_with_its_environment_volumes_and
         "          - name: greet
             image: localhost/wisp-debian:test
             timeout: 60
-            command: [\"/bin/sh\", \"-c\", \"echo \\\"$GREETING from Debian $(cat /etc/debian_version)\\\" > /out/greeting\"]
+            command: [\"/bin/sh\", \"-c\", \"echo \\\"$GREETING from Debian $(cat /etc/debian_version)\\\" > /out/greeting; ls /sys/class/net > /out/isolated\"]
             volumes: [\"{out}:/out\"]
             environment: {{GREETING: hello}}
+            namespaces: {{network: none}}
           - name: fail
             image: localhost/wisp-debian:test
             timeout: 60
-            command: [\"/bin/sh\", \"-c\", \"echo about to fail; exit 3\"]
+            command: [\"/bin/sh\", \"-c\", \"ls /sys/class/net > /out/shared; exit 3\"]
+            volumes: [\"{out}:/out\"]
 ",
         out = out.display()
     );
@@ -1038,6 +1041,16 @@ fn an_image_that_is_not_built_in_runs_in_podman_with_its_environment_volumes_and
     );
     assert_eq!(actions[0]["state"], "SUCCESS", "{workflow:#}");
     assert_eq!(actions[1]["state"], "FAILED", "{workflow:#}");
+    // `namespaces.network: none` reached the runtime; without it, an action shares the
+    // provisioning OS's network, as it has no container network of its own.
+    let interfaces = |file: &str| std::fs::read_to_string(out.join(file)).unwrap_or_default();
+    assert_eq!(interfaces("isolated").trim(), "lo", "{workflow:#}");
+    assert!(
+        interfaces("shared").contains(CLIENT_IF),
+        "{}",
+        interfaces("shared")
+    );
+    assert_eq!(actions[0]["namespaces"]["network"], "none", "{workflow:#}");
     let message = actions[1]["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("podman run localhost/wisp-debian:test")

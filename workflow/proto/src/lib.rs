@@ -4,7 +4,7 @@ mod generated {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("proto");
 }
-pub use generated::*;
+pub use generated::{action_status_request::StateType, *};
 
 use std::time::SystemTime;
 

@@ -44,8 +44,39 @@ pub struct Action {
     /// Values keep the text YAML wrote (`MODE: 0644` stays `0644`), as Tinkerbell's YAML
     /// decoding into Go strings keeps it.
     pub environment: BTreeMap<String, String>,
+    /// Deprecated in Tinkerbell for `namespaces.pid`, which wins when both are set.
     #[serde(default)]
     pub pid: String,
+    #[serde(default)]
+    pub namespaces: Namespaces,
+}
+
+/// The Linux namespaces an action's container joins, passed to the runtime as they are
+/// (`host` shares the provisioning OS's). Built-in actions run in the provisioning OS's own.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct Namespaces {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub network: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub pid: String,
+}
+
+impl Namespaces {
+    pub fn is_empty(&self) -> bool {
+        self.network.is_empty() && self.pid.is_empty()
+    }
+}
+
+impl Action {
+    /// The PID namespace the action's container joins: `namespaces.pid`, else `pid`.
+    pub fn effective_pid(&self) -> &str {
+        if self.namespaces.pid.is_empty() {
+            &self.pid
+        } else {
+            &self.namespaces.pid
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +149,19 @@ tasks:
             environment(task, action),
             ["COMPRESSED=true", "MODE=0644", "SHARED=overridden", "UID=0"]
         );
+    }
+
+    #[test]
+    fn namespaces_pid_wins_over_the_deprecated_pid() {
+        let plan = Plan::parse(
+            "tasks:\n  - name: t\n    actions:\n      - {name: a, image: i, pid: host}\n      - {name: b, image: i, pid: host, namespaces: {pid: private, network: none}}\n",
+        )
+        .unwrap();
+        let actions: Vec<&Action> = plan.actions().map(|(_, action)| action).collect();
+        assert_eq!(actions[0].effective_pid(), "host");
+        assert!(actions[0].namespaces.is_empty());
+        assert_eq!(actions[1].effective_pid(), "private");
+        assert_eq!(actions[1].namespaces.network, "none");
     }
 
     #[test]

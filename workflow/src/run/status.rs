@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::{self, Plan};
+use super::plan::{self, Namespaces, Plan};
 
 /// Tinkerbell's states, with the names its API and CLI use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +95,8 @@ pub struct ActionStatus {
     pub environment: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub pid: String,
+    #[serde(default, skip_serializing_if = "Namespaces::is_empty")]
+    pub namespaces: Namespaces,
     #[serde(flatten)]
     pub span: Span,
     #[serde(
@@ -150,7 +152,8 @@ impl WorkflowStatus {
                         .cloned()
                         .collect(),
                     environment: plan::environment(task, action),
-                    pid: action.pid.clone(),
+                    pid: action.effective_pid().to_string(),
+                    namespaces: action.namespaces.clone(),
                     span: Span::default(),
                     duration: None,
                     message: String::new(),

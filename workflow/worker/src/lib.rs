@@ -185,6 +185,12 @@ impl Agent {
                 command: action.command.clone(),
                 volumes: action.volumes.clone(),
                 environment,
+                network: action
+                    .namespaces
+                    .as_ref()
+                    .map(|namespaces| namespaces.network().to_string())
+                    .filter(|network| !network.is_empty()),
+                pid: Some(action.pid().to_string()).filter(|pid| !pid.is_empty()),
                 deadline,
             };
             let (state, message, finished) = match actions::run(&invocation) {

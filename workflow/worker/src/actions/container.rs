@@ -44,7 +44,10 @@ pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
             Command::new("ctr").args(["image", "pull", &invocation.image]),
             &format!("ctr image pull {}", invocation.image),
         )?;
-        command.args(["run", "--rm", "--privileged", "--net-host"]);
+        command.args(["run", "--rm", "--privileged"]);
+        if invocation.network.as_deref().unwrap_or("host") == "host" {
+            command.arg("--net-host");
+        }
         for volume in &invocation.volumes {
             let (source, target) = volume.split_once(':').unwrap_or((volume, volume));
             let target = target.split(':').next().unwrap_or(target);
@@ -57,7 +60,14 @@ pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
         }
         command.arg(&invocation.image).arg(&name);
     } else {
-        command.args(["run", "--rm", "--privileged", "--net=host", "--name", &name]);
+        command.args(["run", "--rm", "--privileged", "--name", &name]);
+        command.arg(format!(
+            "--network={}",
+            invocation.network.as_deref().unwrap_or("host")
+        ));
+        if let Some(pid) = &invocation.pid {
+            command.arg(format!("--pid={pid}"));
+        }
         for volume in &invocation.volumes {
             command.arg("-v").arg(volume);
         }

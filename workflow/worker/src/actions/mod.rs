@@ -29,6 +29,12 @@ pub struct Invocation {
     pub command: Vec<String>,
     pub volumes: Vec<String>,
     pub environment: BTreeMap<String, String>,
+    /// The network namespace a container joins (`namespaces.network`); the provisioning OS's
+    /// (`host`) when unset, since it has no container network of its own.
+    pub network: Option<String>,
+    /// The PID namespace a container joins (`namespaces.pid`, else `pid`); the runtime's default
+    /// when unset.
+    pub pid: Option<String>,
     pub deadline: Option<Instant>,
 }
 
@@ -194,19 +200,29 @@ pub fn run_command(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn invocation(pairs: &[(&str, &str)], timeout: Option<Duration>) -> Invocation {
+    /// An action of `image` with the variables `pairs` and nothing else.
+    pub fn invocation_of(image: &str, pairs: &[(&str, &str)]) -> Invocation {
         Invocation {
-            image: "cexec".into(),
+            image: image.into(),
             command: Vec::new(),
             volumes: Vec::new(),
             environment: pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            network: None,
+            pid: None,
+            deadline: None,
+        }
+    }
+
+    fn invocation(pairs: &[(&str, &str)], timeout: Option<Duration>) -> Invocation {
+        Invocation {
             deadline: timeout.map(|t| Instant::now() + t),
+            ..invocation_of("cexec", pairs)
         }
     }
 

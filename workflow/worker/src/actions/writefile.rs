@@ -153,27 +153,16 @@ fn relative_path(destination: &str) -> ActionResult<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use super::*;
-
-    fn invocation(pairs: &[(&str, &str)]) -> Invocation {
-        Invocation {
-            image: "writefile".into(),
-            command: Vec::new(),
-            volumes: Vec::new(),
-            environment: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
-            deadline: None,
-        }
-    }
 
     #[test]
     fn modes_are_octal_as_yaml_wrote_them() {
         // `MODE: 0644` in a template reaches the worker as the text "0644".
-        let c = invocation(&[("MODE", "0644"), ("DIRMODE", "755"), ("BAD", "0899")]);
+        let c = super::super::tests::invocation_of(
+            "writefile",
+            &[("MODE", "0644"), ("DIRMODE", "755"), ("BAD", "0899")],
+        );
         assert_eq!(mode(&c, "MODE", 0), Ok(0o644));
         assert_eq!(mode(&c, "DIRMODE", 0), Ok(0o755));
         assert_eq!(mode(&c, "UNSET", 0o600), Ok(0o600));
