@@ -144,6 +144,55 @@ fn tinkerbell_demo_applies_unchanged_and_the_missing_hardware_is_reported() {
 }
 
 #[test]
+fn what_tinkerbell_accepts_applies_and_the_workflow_says_why_it_cannot_run() {
+    require_root!();
+    let lab = Lab::new("accepted");
+    let data = TempDir::new("accepted");
+    let _daemon = Daemon::start(
+        &lab.server,
+        SERVER_IF,
+        &data.join("data"),
+        &["--xdp-mode", "off"],
+    );
+    let demo = repo_root().join("examples/tinkerbell-demo/hardware.yaml");
+    wisp_ok(
+        &lab.server,
+        &["apply", "-f", demo.to_str().expect("utf-8 path")],
+    );
+    let fixtures = repo_root().join("tests/fixtures/accepted");
+    let apply = |name: &str| {
+        let output = lab
+            .server
+            .wisp_command()
+            .current_dir(&fixtures)
+            .args(["apply", "-f", name])
+            .output()
+            .expect("run wisp apply");
+        assert!(output.status.success(), "{name}: {}", stderr(&output));
+        stderr(&output)
+    };
+    assert_eq!(apply("template-without-data.yaml"), "");
+    assert_eq!(
+        apply("workflow-missing-key.yaml"),
+        "Warning: workflow-missing-key.yaml doc 2: spec.hardwareMap: template \"needs-device\" \
+         does not render for hardware \"nuc-demo\": map has no entry for key: device_1\n"
+    );
+    for (workflow, reason) in [
+        ("empty-data", "template \"empty\" has no spec.data"),
+        ("no-device", "map has no entry for key: device_1"),
+    ] {
+        let shown: Value = serde_json::from_str(&wisp_ok(
+            &lab.server,
+            &["get", "workflow", workflow, "-n", "tink-system", "-o", "json"],
+        ))
+        .expect("JSON");
+        assert_eq!(shown["status"]["state"], "FAILED", "{shown:#}");
+        let message = shown["status"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(reason), "{workflow}: {message}");
+    }
+}
+
+#[test]
 fn broken_manifests_get_precise_errors_and_change_nothing() {
     require_root!();
     let lab = Lab::new("bad");

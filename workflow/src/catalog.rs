@@ -15,6 +15,13 @@ use crate::{
     store::{Applied, Store, StoreError, Write},
 };
 
+/// What an apply stored, and what it accepted but has to say about.
+#[derive(Debug)]
+pub struct ApplyReport {
+    pub applied: Vec<Applied>,
+    pub warnings: Vec<Problem>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     #[error("the manifest has {} error(s)", .0.len())]
@@ -42,8 +49,10 @@ impl Catalog {
         &*self.store
     }
 
-    /// Applies validated documents in one transaction: all of them, or none.
-    pub fn apply(&self, documents: Vec<(Origin, Decoded)>) -> Result<Vec<Applied>, ApplyError> {
+    /// Applies validated documents in one transaction: all of them, or none. A Workflow whose
+    /// template does not render for its machine is accepted, as Tinkerbell accepts it, and
+    /// the reason comes back as a warning (and later as the Workflow's state).
+    pub fn apply(&self, documents: Vec<(Origin, Decoded)>) -> Result<ApplyReport, ApplyError> {
         let _writer = self
             .writer
             .lock()
@@ -97,20 +106,21 @@ impl Catalog {
                 }
             }
         }
+        if !problems.is_empty() {
+            return Err(ApplyError::Invalid(problems));
+        }
+        let mut warnings = Vec::new();
         for (origin, document) in &documents {
             if let Spec::Workflow(workflow) = &document.spec {
                 if let Some(field) =
                     self.render_check(&document.key.namespace, workflow, &documents)?
                 {
-                    problems.push(Problem {
+                    warnings.push(Problem {
                         origin: origin.clone(),
                         field,
                     });
                 }
             }
-        }
-        if !problems.is_empty() {
-            return Err(ApplyError::Invalid(problems));
         }
         let writes = documents
             .into_iter()
@@ -120,13 +130,15 @@ impl Catalog {
                 expected_version: document.expected_version,
             })
             .collect();
-        Ok(self.store.apply(writes)?)
+        Ok(ApplyReport {
+            applied: self.store.apply(writes)?,
+            warnings,
+        })
     }
 
     /// Renders a Workflow's template for its hardware when both exist (in the batch or the
-    /// store), so that a key the template needs but `hardwareMap` lacks is refused when the
-    /// workflow is created. A missing template or hardware is no error here: the workflow is
-    /// accepted and reported as blocked.
+    /// store), so that a key the template needs but `hardwareMap` lacks is reported when the
+    /// workflow is created. A missing template or hardware is reported as blocked instead.
     fn render_check(
         &self,
         namespace: &str,
@@ -144,20 +156,19 @@ impl Catalog {
             }
             Ok(self.store.get(&key)?.map(|resource| resource.object))
         };
-        let (Some(template), Some(hardware)) = (
-            find(Kind::Template, &workflow.template_ref)?,
-            find(Kind::Hardware, &workflow.hardware_ref)?,
-        ) else {
+        let Some(template) = find(Kind::Template, &workflow.template_ref)? else {
             return Ok(None);
         };
+        // Without a hardwareRef, Tinkerbell renders against an empty Hardware.
+        let hardware = if workflow.hardware_ref.is_empty() {
+            serde_json::Value::Null
+        } else {
+            match find(Kind::Hardware, &workflow.hardware_ref)? {
+                Some(hardware) => hardware,
+                None => return Ok(None),
+            }
+        };
         let data = template["spec"]["data"].as_str().unwrap_or_default();
-        let hardware: HardwareSpec =
-            serde_json::from_value(hardware["spec"].clone()).map_err(|err| {
-                StoreError::decode(
-                    format_args!("Hardware {namespace}/{}", workflow.hardware_ref),
-                    err,
-                )
-            })?;
         Ok(
             crate::template::render(data, &workflow.hardware_map, &hardware)
                 .err()
@@ -225,6 +236,20 @@ impl Catalog {
             .collect()
     }
 
+    /// The Hardware a Workflow runs on (see [`WorkflowSpec::hardware`]).
+    pub fn hardware_of(
+        &self,
+        namespace: &str,
+        spec: &WorkflowSpec,
+    ) -> Result<Option<ResourceKey>, StoreError> {
+        let owners = if spec.hardware_ref.is_empty() {
+            self.mac_owners()?
+        } else {
+            BTreeMap::new()
+        };
+        Ok(spec.hardware(namespace, |mac| owners.get(&mac).cloned()))
+    }
+
     /// Every MAC that some Hardware owns, and its owner: the XDP gate's allowlist.
     pub fn mac_owners(&self) -> Result<BTreeMap<MacAddr, ResourceKey>, StoreError> {
         let mut owners = BTreeMap::new();
@@ -248,6 +273,8 @@ impl Catalog {
             .map(|(key, _)| key)
             .collect();
         let mut bound = HashSet::new();
+        // Asked for only when a workflow has no hardwareRef.
+        let mut owners = None;
         for workflow in self.store.list(Kind::Workflow)? {
             if finished.contains(&workflow.key) {
                 continue;
@@ -262,21 +289,23 @@ impl Catalog {
             let template = ResourceKey {
                 kind: Kind::Template,
                 namespace: namespace.clone(),
-                name: spec.template_ref,
+                name: spec.template_ref.clone(),
             };
             if self.store.get(&template)?.is_some() {
-                bound.insert(ResourceKey {
-                    kind: Kind::Hardware,
-                    namespace,
-                    name: spec.hardware_ref,
-                });
+                if spec.hardware_ref.is_empty() && owners.is_none() {
+                    owners = Some(self.mac_owners()?);
+                }
+                bound.extend(spec.hardware(&namespace, |mac| {
+                    owners.as_ref().and_then(|owners| owners.get(&mac).cloned())
+                }));
             }
         }
         Ok(bound)
     }
 
     /// Whether a Workflow's template and hardware exist. A missing one is reported, never
-    /// guessed: a workflow is bound only to the Hardware its `hardwareRef` names.
+    /// guessed: a workflow is bound only to the Hardware its `hardwareRef` names, or without
+    /// one, to the owner of a MAC of its `hardwareMap`.
     pub fn binding(&self, workflow: &Resource) -> Result<Binding, StoreError> {
         let spec: WorkflowSpec = workflow
             .spec()
@@ -294,9 +323,16 @@ impl Catalog {
                 found,
             })
         };
+        let hardware = match self.hardware_of(namespace, &spec)? {
+            Some(key) => reference(Kind::Hardware, &key.name)?,
+            None => Reference {
+                name: String::new(),
+                found: false,
+            },
+        };
         Ok(Binding {
             template: reference(Kind::Template, &spec.template_ref)?,
-            hardware: reference(Kind::Hardware, &spec.hardware_ref)?,
+            hardware,
         })
     }
 }
@@ -319,7 +355,10 @@ impl Binding {
         let missing: Vec<String> = [("template", &self.template), ("hardware", &self.hardware)]
             .into_iter()
             .filter(|(_, reference)| !reference.found)
-            .map(|(what, reference)| format!("{what} {:?} not found", reference.name))
+            .map(|(what, reference)| match reference.name.as_str() {
+                "" => "no hardwareRef, and no Hardware owns a MAC of its hardwareMap".to_string(),
+                name => format!("{what} {name:?} not found"),
+            })
             .collect();
         if missing.is_empty() {
             "Ready".to_string()

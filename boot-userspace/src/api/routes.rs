@@ -201,7 +201,7 @@ async fn apply(
         ));
     }
     let (applied, sync_warning) = blocking(&state, move |state| {
-        let applied = state
+        let report = state
             .catalog()
             .apply(manifest.documents)
             .map_err(|err| match err {
@@ -213,9 +213,11 @@ async fn apply(
         // Every kind feeds the boot state (Hardware the gate and DHCP; Workflows and Templates
         // which machines have pending work). Synced in the same blocking task as the commit, so
         // that a client hanging up cannot leave the gate behind the store.
-        Ok((applied, sync_after_write(state)))
+        Ok((report, sync_after_write(state)))
     })
     .await?;
+    warnings.extend(applied.warnings.iter().map(ToString::to_string));
+    let applied = applied.applied;
     warnings.extend(sync_warning);
     for entry in &applied {
         tracing::info!(resource = %entry.key, version = entry.version, outcome = ?entry.outcome, "applied");

@@ -81,10 +81,16 @@ impl Controller {
             return;
         }
         let before = boot.clone();
-        let hardware = ResourceKey {
-            kind: Kind::Hardware,
-            namespace: key.namespace.clone(),
-            name: spec.hardware_ref.clone(),
+        let hardware = {
+            let (namespace, spec) = (key.namespace.clone(), spec.clone());
+            self.blocking(move |state| state.catalog().hardware_of(&namespace, &spec))
+                .await
+        };
+        // A workflow with no Hardware to run on is reported as blocked; nothing to prepare.
+        let hardware = match hardware {
+            Ok(Some(hardware)) => hardware,
+            Ok(None) => return,
+            Err(err) => return tracing::error!(workflow = %key, "{err}"),
         };
         // The engine's lock may be held by a call that reads the store: not on a runtime thread.
         let run = {

@@ -138,6 +138,8 @@ struct EngineState {
 struct WorkflowIndex {
     revision: Option<u64>,
     specs: HashMap<ResourceKey, WorkflowSpec>,
+    /// The Hardware each workflow runs on, where one can be found.
+    hardware: HashMap<ResourceKey, ResourceKey>,
     by_hardware: HashMap<ResourceKey, Vec<ResourceKey>>,
 }
 
@@ -152,20 +154,26 @@ impl WorkflowIndex {
             revision: Some(revision),
             ..WorkflowIndex::default()
         };
+        // Asked for only when a workflow has no hardwareRef.
+        let mut owners = None;
         for workflow in catalog.store().list(Kind::Workflow)? {
             let spec: WorkflowSpec = workflow
                 .spec()
                 .map_err(|err| StoreError::decode(&workflow.key, err))?;
-            let hardware = ResourceKey {
-                kind: Kind::Hardware,
-                namespace: workflow.key.namespace.clone(),
-                name: spec.hardware_ref.clone(),
-            };
-            index
-                .by_hardware
-                .entry(hardware)
-                .or_default()
-                .push(workflow.key.clone());
+            if spec.hardware_ref.is_empty() && owners.is_none() {
+                owners = Some(catalog.mac_owners()?);
+            }
+            let hardware = spec.hardware(&workflow.key.namespace, |mac| {
+                owners.as_ref().and_then(|owners| owners.get(&mac).cloned())
+            });
+            if let Some(hardware) = hardware {
+                index
+                    .by_hardware
+                    .entry(hardware.clone())
+                    .or_default()
+                    .push(workflow.key.clone());
+                index.hardware.insert(workflow.key.clone(), hardware);
+            }
             index.specs.insert(workflow.key, spec);
         }
         *self = index;
@@ -269,7 +277,8 @@ impl Engine {
     }
 
     /// A workflow's run; for one that has not started, what its run will be (every action
-    /// pending), or `None` while it cannot start (its template or hardware is missing).
+    /// pending, or FAILED with the reason it cannot run), or `None` while it cannot start (its
+    /// template or hardware is missing).
     pub fn run_or_preview(
         &self,
         key: &ResourceKey,
@@ -278,14 +287,17 @@ impl Engine {
         if let Some(run) = self.status(key) {
             return Ok(Some(run));
         }
-        let hardware = ResourceKey {
-            kind: Kind::Hardware,
-            namespace: key.namespace.clone(),
-            name: spec.hardware_ref.clone(),
+        let Some(hardware) = self.catalog.hardware_of(&key.namespace, spec)? else {
+            return Ok(None);
         };
         Ok(match start(&self.catalog, key, spec, &hardware)? {
             Start::Ready(run) | Start::Preparing(run) => Some(run),
-            Start::Blocked | Start::Refused(_) => None,
+            // What cannot run is shown as it will end, before its machine asks for it.
+            Start::Refused(reason) => Some(WorkflowStatus::failed_to_start(
+                reason,
+                SystemTime::now(),
+            )),
+            Start::Blocked => None,
         })
     }
 
@@ -391,16 +403,14 @@ impl Engine {
         let mut state = self.state();
         let EngineState { runs, workflows } = &mut *state;
         workflows.refresh(&self.catalog)?;
-        let spec = workflows
-            .specs
-            .get(workflow)
-            .ok_or_else(|| EngineError::NotFound(workflow.clone()))?;
-        if workflow.namespace != worker.hardware.namespace
-            || spec.hardware_ref != worker.hardware.name
-        {
+        if !workflows.specs.contains_key(workflow) {
+            return Err(EngineError::NotFound(workflow.clone()));
+        }
+        let owner = workflows.hardware.get(workflow);
+        if owner != Some(&worker.hardware) {
             return Err(EngineError::NotYours {
                 workflow: workflow.to_string(),
-                owner: spec.hardware_ref.clone(),
+                owner: owner.map_or_else(|| "no Hardware".to_string(), |owner| owner.name.clone()),
                 worker: worker.hardware.to_string(),
             });
         }
@@ -449,13 +459,11 @@ impl Engine {
         if runs.contains_key(key) || spec.disabled == Some(true) {
             return Ok(Preparation::Wait);
         }
-        let hardware = ResourceKey {
-            kind: Kind::Hardware,
-            namespace: key.namespace.clone(),
-            name: spec.hardware_ref.clone(),
+        let Some(hardware) = workflows.hardware.get(key) else {
+            return Ok(Preparation::Wait);
         };
         let first = workflows
-            .of(&hardware)
+            .of(hardware)
             .filter(|(other, spec)| {
                 spec.disabled != Some(true)
                     && !runs.get(*other).is_some_and(|run| run.state.is_final())
@@ -468,7 +476,7 @@ impl Engine {
         if first.is_none_or(|(_, first)| first != *key) {
             return Ok(Preparation::Wait);
         }
-        Ok(match start(&self.catalog, key, spec, &hardware)? {
+        Ok(match start(&self.catalog, key, spec, hardware)? {
             Start::Blocked => Preparation::Wait,
             Start::Refused(reason) => Preparation::Refused(reason),
             Start::Ready(_) | Start::Preparing(_) => Preparation::Go,
@@ -583,6 +591,12 @@ fn start(
     };
     // A stored object that no longer decodes fails this workflow, not the machine's others.
     let hardware_key = hardware.key.clone();
+    // Without a hardwareRef, Tinkerbell renders against an empty Hardware.
+    let hardware_object = if spec.hardware_ref.is_empty() {
+        serde_json::Value::Null
+    } else {
+        hardware.object.clone()
+    };
     let decoded = template
         .spec::<TemplateSpec>()
         .map_err(|err| format!("{template_key} is unreadable: {err}"))
@@ -596,8 +610,13 @@ fn start(
         Ok(decoded) => decoded,
         Err(reason) => return Ok(Start::Refused(reason)),
     };
-    let data = template.data.unwrap_or_default();
-    let plan = crate::template::render(&data, &spec.hardware_map, &hardware)
+    let Some(data) = template.data.filter(|data| !data.is_empty()) else {
+        return Ok(Start::Refused(format!(
+            "template {:?} has no spec.data",
+            spec.template_ref
+        )));
+    };
+    let plan = crate::template::render(&data, &spec.hardware_map, &hardware_object)
         .map_err(|err| format!("template {:?} does not render: {err}", spec.template_ref))
         .and_then(|rendered| Plan::parse(&rendered).map_err(|err| err.to_string()))
         .and_then(|plan| own_tasks_only(plan, &hardware_key, &hardware));
@@ -644,7 +663,10 @@ fn own_tasks_only(plan: Plan, key: &ResourceKey, hardware: &HardwareSpec) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{manifest::Manifest, store::RedbStore};
+    use crate::{
+        manifest::{Manifest, Problem},
+        store::RedbStore,
+    };
 
     const MAC: &str = "02:00:00:00:00:01";
 
@@ -846,6 +868,98 @@ spec: {templateRef: t, hardwareRef: missing, bootOptions: {bootMode: netboot}}
                 last_finished: None
             }
         );
+    }
+
+    /// Applies `yaml` to the catalog, which must take it.
+    fn apply(catalog: &Catalog, yaml: &str) -> Vec<Problem> {
+        let mut manifest = Manifest::default();
+        manifest.parse("test.yaml", yaml);
+        assert!(manifest.errors.is_empty(), "{:?}", manifest.errors);
+        catalog.apply(manifest.documents).unwrap().warnings
+    }
+
+    #[test]
+    fn a_workflow_without_hardware_ref_runs_on_the_owner_of_its_hardware_map_mac() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog(dir.path(), "{{.device_1}}");
+        catalog.delete(&workflow()).unwrap();
+        // Tinkerbell's own NewWorkflow case: no hardwareRef, the MAC in hardwareMap. It renders
+        // against an empty Hardware, so `.Hardware` has nothing to give.
+        apply(
+            &catalog,
+            &format!(
+                "apiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {{name: w, namespace: ns}}\n\
+                 spec: {{templateRef: t, hardwareMap: {{device_1: \"{MAC}\"}}}}\n"
+            ),
+        );
+        let engine = Engine::load(Arc::clone(&catalog)).unwrap();
+        let Next::Run(first) = next(&engine) else {
+            panic!("the machine owning the MAC is given the workflow")
+        };
+        assert_eq!((first.workflow, first.index), (workflow(), 0));
+        let binding = catalog
+            .binding(&catalog.store().get(&workflow()).unwrap().unwrap())
+            .unwrap();
+        assert_eq!(binding.summary(), "Ready");
+        // A MAC nobody owns binds to nothing, and says so.
+        apply(
+            &catalog,
+            "apiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: lost, namespace: ns}\n\
+             spec: {templateRef: t, hardwareMap: {device_1: \"02:00:00:00:00:77\"}}\n",
+        );
+        let lost = ResourceKey {
+            name: "lost".into(),
+            ..workflow()
+        };
+        let binding = catalog
+            .binding(&catalog.store().get(&lost).unwrap().unwrap())
+            .unwrap();
+        assert_eq!(
+            binding.summary(),
+            "Blocked: no hardwareRef, and no Hardware owns a MAC of its hardwareMap"
+        );
+    }
+
+    #[test]
+    fn what_tinkerbell_accepts_but_cannot_run_is_the_workflows_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = catalog(dir.path(), MAC);
+        catalog.delete(&workflow()).unwrap();
+        // A Template without data, and a Workflow whose template needs a key it lacks: both
+        // are accepted, the second with a warning that names the key.
+        let warnings = apply(
+            &catalog,
+            "apiVersion: tinkerbell.org/v1alpha1\nkind: Template\nmetadata: {name: empty, namespace: ns}\nspec: {}\n\
+             ---\napiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: w, namespace: ns}\n\
+             spec: {templateRef: empty, hardwareRef: m}\n\
+             ---\napiVersion: tinkerbell.org/v1alpha1\nkind: Template\nmetadata: {name: needs, namespace: ns}\n\
+             spec: {data: \"tasks: [{name: t, worker: '{{.device_9}}', actions: [{name: a, image: i}]}]\"}\n\
+             ---\napiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: needs, namespace: ns}\n\
+             spec: {templateRef: needs, hardwareRef: m}\n",
+        );
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].to_string().contains("device_9"),
+            "{}",
+            warnings[0]
+        );
+        let engine = Engine::load(Arc::clone(&catalog)).unwrap();
+        // The machine's workflows run in name order; each fails with its reason.
+        for (name, reason) in [("needs", "device_9"), ("w", "has no spec.data")] {
+            let (next, _) = durable(engine.next_action(&worker(), SystemTime::now()).unwrap());
+            assert_eq!(
+                next,
+                Next::Idle {
+                    last_finished: Some(State::Failed)
+                }
+            );
+            let key = ResourceKey {
+                name: name.into(),
+                ..workflow()
+            };
+            let run = engine.status(&key).unwrap();
+            assert!(run.message.contains(reason), "{name}: {}", run.message);
+        }
     }
 
     #[test]

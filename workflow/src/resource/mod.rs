@@ -417,16 +417,16 @@ fn validate_spec(spec: &Spec, warnings: &mut Vec<FieldError>) -> Result<(), Fiel
             }
             Ok(())
         }
-        Spec::Template(template) => match template.data.as_deref() {
-            None | Some("") => Err(FieldError::new(
-                "spec.data",
-                "is required: the workflow template text",
-            )),
-            Some(_) => Ok(()),
-        },
+        // `spec.data` and `spec.hardwareRef` are optional in Tinkerbell: a Template without
+        // data is accepted, and a Workflow that uses it fails with the reason.
+        Spec::Template(_) => Ok(()),
         Spec::Workflow(workflow) => {
             validate_name("spec.templateRef", &workflow.template_ref)?;
-            validate_name("spec.hardwareRef", &workflow.hardware_ref)
+            if workflow.hardware_ref.is_empty() {
+                Ok(())
+            } else {
+                validate_name("spec.hardwareRef", &workflow.hardware_ref)
+            }
         }
         Spec::Machine(machine) => {
             warnings.extend(machine.validate()?);

@@ -4,12 +4,14 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::bmc::Action;
+use super::{bmc::Action, Kind, MacAddr, ResourceKey};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkflowSpec {
     pub template_ref: String,
+    /// Optional, as in Tinkerbell: see [`WorkflowSpec::hardware`].
+    #[serde(default)]
     pub hardware_ref: String,
     /// Template variables, usually `device_1: <MAC>`.
     #[serde(default)]
@@ -61,6 +63,31 @@ impl BootMode {
 pub struct CustombootConfig {
     pub preparing_actions: Vec<Action>,
     pub post_actions: Vec<Action>,
+}
+
+impl WorkflowSpec {
+    /// The Hardware the workflow runs on: the one `hardwareRef` names; without one (Tinkerbell
+    /// makes it optional), the Hardware in its namespace that owns a MAC among `hardwareMap`'s
+    /// values, which is where Tinkerbell's agent id, the rendered task's `worker`, leads.
+    /// `owner` tells who owns a MAC; it is asked only when there is no `hardwareRef`.
+    pub fn hardware(
+        &self,
+        namespace: &str,
+        owner: impl Fn(MacAddr) -> Option<ResourceKey>,
+    ) -> Option<ResourceKey> {
+        if !self.hardware_ref.is_empty() {
+            return Some(ResourceKey {
+                kind: Kind::Hardware,
+                namespace: namespace.to_string(),
+                name: self.hardware_ref.clone(),
+            });
+        }
+        self.hardware_map
+            .values()
+            .filter_map(|value| value.parse::<MacAddr>().ok())
+            .filter_map(owner)
+            .find(|key| key.namespace == namespace)
+    }
 }
 
 impl BootOptions {
