@@ -36,6 +36,19 @@ pub struct Machine {
     pub ipxe_url: Option<String>,
     pub ipxe_script: Option<String>,
     pub osie: Osie,
+    /// Option 121: (network, prefix length, router).
+    pub routes: Vec<(Ipv4Addr, u8, Ipv4Addr)>,
+    /// `tftp_server_name` and `boot_file_name`: options 66 and 67 in place of Wisp's boot
+    /// information, as Smee sends them.
+    pub boot_server: Option<(String, String)>,
+    /// `vlan_id`: option 43.116 and `vlan_id=` for the provisioning OS.
+    pub vlan_id: Option<String>,
+    /// `dhcp.arch`, which names HookOS's kernel files (`vmlinuz-<arch>`).
+    pub arch: Option<String>,
+    /// `spec.agentID`: the provisioning OS's `worker_id` when set, as Smee gives it.
+    pub agent_id: Option<String>,
+    /// `metadata.facility.facility_code`: the provisioning OS's `facility=`.
+    pub facility: Option<String>,
 }
 
 impl Machine {
@@ -54,6 +67,46 @@ impl Machine {
             _ => false,
         }
     }
+}
+
+#[cfg(test)]
+impl Machine {
+    /// A machine for unit tests: `lab/nuc`, MAC 1c:69:7a:11:22:33, no reservation, allowed to
+    /// netboot and run workflows, with one waiting.
+    pub fn example() -> Machine {
+        Machine {
+            hardware: ResourceKey {
+                kind: workflow::resource::Kind::Hardware,
+                namespace: "lab".into(),
+                name: "nuc".into(),
+            },
+            mac: MacAddr([0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33]),
+            address: None,
+            netmask: None,
+            gateway: None,
+            name_servers: vec![],
+            time_servers: vec![],
+            hostname: None,
+            domain: None,
+            lease_secs: DEFAULT_LEASE_SECS,
+            allow_pxe: true,
+            allow_workflow: true,
+            workflow_bound: true,
+            ipxe_url: None,
+            ipxe_script: None,
+            osie: Osie::default(),
+            routes: vec![],
+            boot_server: None,
+            vlan_id: None,
+            arch: None,
+            agent_id: None,
+            facility: None,
+        }
+    }
+}
+
+fn non_empty(field: &Option<String>) -> Option<String> {
+    field.clone().filter(|value| !value.is_empty())
 }
 
 /// Every machine by MAC (and by reserved address): one snapshot, rebuilt whole whenever
@@ -103,6 +156,29 @@ impl MachineTable {
                         .and_then(|i| i.contents.clone())
                         .filter(|c| !c.is_empty()),
                     osie: netboot.osie.clone().unwrap_or_default(),
+                    routes: dhcp
+                        .classless_static_routes
+                        .iter()
+                        .map(|route| {
+                            let network = route.destination_descriptor;
+                            (network.network, network.prefix, route.router)
+                        })
+                        .collect(),
+                    boot_server: dhcp
+                        .tftp_server_name
+                        .clone()
+                        .zip(dhcp.boot_file_name.clone())
+                        .filter(|(server, file)| !server.is_empty() && !file.is_empty()),
+                    vlan_id: non_empty(&dhcp.vlan_id),
+                    arch: non_empty(&dhcp.arch),
+                    agent_id: non_empty(&spec.agent_id),
+                    facility: spec
+                        .metadata
+                        .as_ref()
+                        .and_then(|metadata| metadata.pointer("/facility/facility_code"))
+                        .and_then(|code| code.as_str())
+                        .filter(|code| !code.is_empty())
+                        .map(str::to_string),
                 };
                 by_mac.insert(dhcp.mac, Arc::new(machine));
             }

@@ -944,3 +944,68 @@ fn on_a_disk_that_has_stopped_the_lease_queue_is_bounded_and_serving_resumes_whe
         "the client's lease is stored"
     );
 }
+
+#[test]
+fn a_real_client_gets_the_options_smee_sends_from_the_hardware() {
+    require_root!();
+    let (lab, work, _daemon) = start("smee-options");
+    let mac = "1c:69:7a:00:00:66";
+    apply_ok(
+        &lab.server,
+        &format!(
+            "{}        domain_name: lab.example\n        vlan_id: \"30\"\n        tftp_server_name: 10.99.0.9\n        boot_file_name: pxelinux.0\n        classless_static_routes:\n          - destination_descriptor: 10.20.0.0/16\n            router: 10.99.0.254\n",
+            hardware_yaml("smee", mac, "10.99.0.66")
+        ),
+    );
+    // udhcpc's script sees each option as a variable; it writes them where the test reads.
+    let script = work.join("record.sh");
+    let record = work.join("bound.env");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && env > {}\nexit 0\n",
+            record.display()
+        ),
+    )
+    .expect("the script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let script = script.to_str().expect("utf-8");
+    let (leased, said) = udhcpc_with(
+        &lab,
+        mac,
+        "10.99.0.66",
+        &[
+            "-s",
+            script,
+            "-O",
+            "staticroutes",
+            "-O",
+            "search",
+            "-O",
+            "tftp",
+            "-O",
+            "bootfile",
+            "-O",
+            "43",
+        ],
+    );
+    assert!(leased, "{said}");
+    let env = std::fs::read_to_string(&record).expect("udhcpc ran the script");
+    for expected in [
+        "broadcast=10.99.0.255",
+        "domain=lab.example",
+        "search=lab.example",
+        "staticroutes=10.20.0.0/16 10.99.0.254",
+        "tftp=10.99.0.9",
+        "bootfile=pxelinux.0",
+        "boot_file=pxelinux.0",
+        // 43.116 = "30": 74 02 33 30, then the end of the sub-options.
+        "opt43=74023330ff",
+    ] {
+        assert!(
+            env.lines().any(|line| line == expected),
+            "{expected} missing from:\n{env}"
+        );
+    }
+}

@@ -183,7 +183,15 @@ fn what_tinkerbell_accepts_applies_and_the_workflow_says_why_it_cannot_run() {
     ] {
         let shown: Value = serde_json::from_str(&wisp_ok(
             &lab.server,
-            &["get", "workflow", workflow, "-n", "tink-system", "-o", "json"],
+            &[
+                "get",
+                "workflow",
+                workflow,
+                "-n",
+                "tink-system",
+                "-o",
+                "json",
+            ],
         ))
         .expect("JSON");
         assert_eq!(shown["status"]["state"], "FAILED", "{shown:#}");

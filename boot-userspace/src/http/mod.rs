@@ -237,6 +237,7 @@ async fn machine_script(
         server: boot.config.server,
         worker_api_port: boot.config.worker_api_port,
         assets_base: &assets_base,
+        arch_named_assets: script::arch_named_assets(&boot.config.assets_dir),
         pending_work,
         token: token.as_deref(),
     };

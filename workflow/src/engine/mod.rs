@@ -293,10 +293,9 @@ impl Engine {
         Ok(match start(&self.catalog, key, spec, &hardware)? {
             Start::Ready(run) | Start::Preparing(run) => Some(run),
             // What cannot run is shown as it will end, before its machine asks for it.
-            Start::Refused(reason) => Some(WorkflowStatus::failed_to_start(
-                reason,
-                SystemTime::now(),
-            )),
+            Start::Refused(reason) => {
+                Some(WorkflowStatus::failed_to_start(reason, SystemTime::now()))
+            }
             Start::Blocked => None,
         })
     }

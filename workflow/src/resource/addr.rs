@@ -41,3 +41,38 @@ impl<'de> Deserialize<'de> for Ipv4 {
         required(deserializer).map(Ipv4)
     }
 }
+
+/// An IPv4 network in CIDR notation (`10.1.0.0/16`); like Go's `net.ParseCIDR`, host bits are
+/// allowed and dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let invalid = || {
+            <D::Error as de::Error>::custom(format!("{text:?} is not an IPv4 network (a.b.c.d/n)"))
+        };
+        let (address, prefix) = text.split_once('/').ok_or_else(invalid)?;
+        let address: Ipv4Addr = address.parse().map_err(|_| invalid())?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(invalid)?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+        Ok(Cidr {
+            network: Ipv4Addr::from(u32::from(address) & mask),
+            prefix,
+        })
+    }
+}
+
+impl serde::Serialize for Cidr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&format!("{}/{}", self.network, self.prefix))
+    }
+}

@@ -59,12 +59,26 @@ pub struct Dhcp {
     pub arch: Option<String>,
     #[serde(default)]
     pub uefi: bool,
+    /// The VLAN the machine boots on (0-4096, as text): option 43.116 and `vlan_id=` on the
+    /// provisioning OS's kernel command line.
     pub vlan_id: Option<String>,
     pub iface_name: Option<String>,
+    /// Option 15, and the one entry of option 119 (domain search), as Smee sends it.
     pub domain_name: Option<String>,
-    pub classless_static_routes: Option<Value>,
+    /// Option 121 (RFC 3442).
+    #[serde(default)]
+    pub classless_static_routes: Vec<ClasslessStaticRoute>,
+    /// With `boot_file_name`, options 66 and 67 in place of Wisp's own boot information
+    /// (Tinkerbell requires both or neither).
     pub tftp_server_name: Option<String>,
     pub boot_file_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct ClasslessStaticRoute {
+    pub destination_descriptor: addr::Cidr,
+    #[serde(deserialize_with = "addr::required")]
+    pub router: Ipv4Addr,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]

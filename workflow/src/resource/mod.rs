@@ -414,6 +414,21 @@ fn validate_spec(spec: &Spec, warnings: &mut Vec<FieldError>) -> Result<(), Fiel
                         format!("{} is already used by spec.interfaces[{first}]", dhcp.mac),
                     ));
                 }
+                let set = |field: &Option<String>| field.as_deref().is_some_and(|f| !f.is_empty());
+                if set(&dhcp.tftp_server_name) != set(&dhcp.boot_file_name) {
+                    return Err(FieldError::new(
+                        format!("spec.interfaces[{index}].dhcp"),
+                        "tftp_server_name and boot_file_name must both be set or both be empty",
+                    ));
+                }
+                if let Some(vlan) = dhcp.vlan_id.as_deref().filter(|v| !v.is_empty()) {
+                    if !vlan.parse::<u16>().is_ok_and(|vlan| vlan <= 4096) {
+                        return Err(FieldError::new(
+                            format!("spec.interfaces[{index}].dhcp.vlan_id"),
+                            format!("{vlan:?} is not a VLAN id (0 to 4096)"),
+                        ));
+                    }
+                }
             }
             Ok(())
         }

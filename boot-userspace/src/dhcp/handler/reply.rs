@@ -11,6 +11,9 @@ use crate::{
     machines::Machine,
 };
 
+/// The sub-option of option 43 that carries the VLAN id, as Tinkerbell's iPXE reads it.
+const VLAN_SUBOPTION: u8 = 116;
+
 /// RFC 2131 4.1: relay first, then a configured client, then the broadcast bit, then unicast
 /// to the address being assigned. ciaddr counts only when it is that address: anyone can fill
 /// in ciaddr, and a reply unicast to whatever it says would be aimed at a host of the sender's
@@ -104,12 +107,47 @@ pub(super) fn lease_reply(
     if let Some(hostname) = &machine.hostname {
         opts.insert(DhcpOption::Hostname(hostname.clone()));
     }
+    if let (Some(address), Some(mask)) = (machine.address, machine.netmask) {
+        opts.insert(DhcpOption::BroadcastAddr(Ipv4Addr::from(
+            u32::from(address) | !u32::from(mask),
+        )));
+    }
     if let Some(domain) = &machine.domain {
         opts.insert(DhcpOption::DomainName(domain.clone()));
+        // Smee's search list is the domain itself (RFC 3397).
+        if let Ok(name) = dhcproto::Name::from_ascii(domain) {
+            opts.insert(DhcpOption::DomainSearch(vec![name]));
+        }
+    }
+    if !machine.routes.is_empty() {
+        // RFC 3442; the routes were checked when the Hardware was applied.
+        let routes = machine
+            .routes
+            .iter()
+            .filter_map(|(network, prefix, router)| {
+                Some((ipnet::Ipv4Net::new(*network, *prefix).ok()?, *router))
+            })
+            .collect();
+        opts.insert(DhcpOption::ClasslessStaticRoute(routes));
+    }
+    if let Some(vlan) = &machine.vlan_id {
+        // Option 43, sub-option 116: the VLAN Tinkerbell's iPXE joins (`${43.116:string}`).
+        let mut vendor = vec![VLAN_SUBOPTION, vlan.len() as u8];
+        vendor.extend_from_slice(vlan.as_bytes());
+        vendor.push(255);
+        opts.insert(DhcpOption::VendorExtensions(vendor));
     }
     let client = ClientKind::of(message);
     let mut handoff = Handoff::None;
-    if machine.allow_pxe && client.netbooting() {
+    if let Some((server, file)) = &machine.boot_server {
+        // The Hardware names its own boot server and file (options 66 and 67): Smee then
+        // sends those and none of its own boot information, and so does Wisp.
+        opts.insert(DhcpOption::TFTPServerName(server.as_bytes().to_vec()));
+        opts.insert(DhcpOption::BootfileName(file.as_bytes().to_vec()));
+        if file.len() < 128 {
+            reply.set_fname_str(file);
+        }
+    } else if machine.allow_pxe && client.netbooting() {
         let target = add_boot_information(&mut reply, facts, machine, &client);
         handoff = Handoff::to(target.as_ref());
     }

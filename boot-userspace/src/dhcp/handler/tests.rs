@@ -1,6 +1,5 @@
 //! The decisions, case by case.
 use dhcproto::v4::{Architecture, DhcpOption, Flags, MessageType, OptionCode, UnknownOption};
-use workflow::resource::{hardware::Osie, Kind, ResourceKey};
 
 use super::*;
 
@@ -10,26 +9,15 @@ const MAC: [u8; 6] = [0x1c, 0x69, 0x7a, 0x11, 0x22, 0x33];
 
 fn machine(allow_pxe: bool) -> Machine {
     Machine {
-        hardware: ResourceKey {
-            kind: Kind::Hardware,
-            namespace: "lab".into(),
-            name: "nuc".into(),
-        },
         mac: MacAddr(MAC),
         address: Some(RESERVED),
         netmask: Some([255, 255, 255, 0].into()),
         gateway: Some([10, 0, 0, 254].into()),
         name_servers: vec![[1, 1, 1, 1].into()],
-        time_servers: vec![],
         hostname: Some("nuc".into()),
-        domain: None,
         lease_secs: 800,
         allow_pxe,
-        allow_workflow: true,
-        workflow_bound: true,
-        ipxe_url: None,
-        ipxe_script: None,
-        osie: Osie::default(),
+        ..Machine::example()
     }
 }
 
@@ -574,4 +562,66 @@ fn replies_are_not_steered_by_what_the_sender_fills_in() {
         reply(Case::proxy().allow_pxe().run(&relayed_by([10, 0, 0, 2]))).destination,
         Destination::Relay([10, 0, 0, 2].into())
     );
+}
+
+#[test]
+fn smees_options_from_the_hardware() {
+    let configured = Machine {
+        domain: Some("lab.example".into()),
+        routes: vec![([10, 20, 0, 0].into(), 16, [10, 0, 0, 254].into())],
+        vlan_id: Some("30".into()),
+        ..machine(true)
+    };
+    let offer = reply(
+        Case::reservation()
+            .machine(configured.clone())
+            .run(&message(MessageType::Discover, pxe)),
+    );
+    assert_eq!(
+        option(&offer, OptionCode::BroadcastAddr),
+        Some(&DhcpOption::BroadcastAddr([10, 0, 0, 255].into()))
+    );
+    assert_eq!(
+        option(&offer, OptionCode::DomainSearch),
+        Some(&DhcpOption::DomainSearch(vec![dhcproto::Name::from_ascii(
+            "lab.example"
+        )
+        .unwrap()]))
+    );
+    assert_eq!(
+        option(&offer, OptionCode::ClasslessStaticRoute),
+        Some(&DhcpOption::ClasslessStaticRoute(vec![(
+            "10.20.0.0/16".parse().unwrap(),
+            [10, 0, 0, 254].into()
+        )]))
+    );
+    // Option 43, sub-option 116: the VLAN as text.
+    assert_eq!(
+        option(&offer, OptionCode::VendorExtensions),
+        Some(&DhcpOption::VendorExtensions(vec![116, 2, b'3', b'0', 255]))
+    );
+    // Wisp's own boot information, as the Hardware names no boot server.
+    assert!(option(&offer, OptionCode::BootfileName).is_some());
+    assert_eq!(option(&offer, OptionCode::TFTPServerName), None);
+
+    // With tftp_server_name and boot_file_name, those replace Wisp's boot information.
+    let elsewhere = Machine {
+        boot_server: Some(("10.0.0.9".into(), "pxelinux.0".into())),
+        ..configured
+    };
+    let offer = reply(
+        Case::reservation()
+            .machine(elsewhere)
+            .run(&message(MessageType::Discover, pxe)),
+    );
+    assert_eq!(
+        option(&offer, OptionCode::TFTPServerName),
+        Some(&DhcpOption::TFTPServerName(b"10.0.0.9".to_vec()))
+    );
+    assert_eq!(
+        option(&offer, OptionCode::BootfileName),
+        Some(&DhcpOption::BootfileName(b"pxelinux.0".to_vec()))
+    );
+    assert_eq!(offer.message.fname_str(), Some(Ok("pxelinux.0")));
+    assert_eq!(offer.handoff, Handoff::None);
 }
