@@ -218,9 +218,17 @@ impl WorkerApi {
                 }
             }
         };
-        let mac: MacAddr = agent_id.parse().map_err(|err| {
-            Status::invalid_argument(format!("agent_id {agent_id:?} is not a MAC address: {err}"))
-        })?;
+        // A Hardware's `spec.agentID` names its agent, as Smee's `worker_id=` gives it;
+        // otherwise the agent goes by one of the machine's MACs.
+        let mac: MacAddr = if caller.agent_id.as_deref() == Some(agent_id) {
+            caller.mac
+        } else {
+            agent_id.parse().map_err(|err| {
+                Status::invalid_argument(format!(
+                    "agent_id {agent_id:?} is neither the Hardware's agentID nor a MAC address: {err}"
+                ))
+            })?
+        };
         if machines
             .get(&mac)
             .is_none_or(|machine| machine.hardware != caller.hardware)
@@ -313,7 +321,9 @@ fn workflow_key(id: &str) -> Result<ResourceKey, Status> {
     }
 }
 
-fn response(worker: &WorkerIdentity, assignment: Assignment) -> ActionResponse {
+/// The action for the agent that asked as `agent_id`, which the response names back (the
+/// machine's MAC, or its Hardware's `agentID`), as Tinkerbell's does.
+fn response(agent_id: &str, assignment: Assignment) -> ActionResponse {
     let Assignment {
         workflow,
         index,
@@ -322,7 +332,7 @@ fn response(worker: &WorkerIdentity, assignment: Assignment) -> ActionResponse {
     ActionResponse {
         workflow_id: Some(format!("{}/{}", workflow.namespace, workflow.name)),
         task_id: Some(action.task),
-        agent_id: Some(worker.mac.to_string()),
+        agent_id: Some(agent_id.to_string()),
         action_id: Some(index.to_string()),
         name: Some(action.name),
         image: Some(action.image),
@@ -389,7 +399,7 @@ impl WorkerApi {
                     worker = %worker.mac,
                     "action handed out"
                 );
-                Ok(response(&worker, *assignment))
+                Ok(response(request.get_ref().agent_id(), *assignment))
             }
             Next::Idle { last_finished } => {
                 let message = format!(

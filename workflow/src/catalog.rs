@@ -15,6 +15,25 @@ use crate::{
     store::{Applied, Store, StoreError, Write},
 };
 
+/// The Hardware behind each agent id (see [`Catalog::agent_owners`]).
+#[derive(Default)]
+pub struct AgentOwners {
+    macs: BTreeMap<MacAddr, ResourceKey>,
+    agent_ids: BTreeMap<String, ResourceKey>,
+}
+
+impl AgentOwners {
+    /// The owner of `agent`: a Hardware's `spec.agentID`, or one of its MACs.
+    pub fn of(&self, agent: &str) -> Option<ResourceKey> {
+        self.agent_ids.get(agent).cloned().or_else(|| {
+            agent
+                .parse::<MacAddr>()
+                .ok()
+                .and_then(|mac| self.macs.get(&mac).cloned())
+        })
+    }
+}
+
 /// What an apply stored, and what it accepted but has to say about.
 #[derive(Debug)]
 pub struct ApplyReport {
@@ -243,11 +262,25 @@ impl Catalog {
         spec: &WorkflowSpec,
     ) -> Result<Option<ResourceKey>, StoreError> {
         let owners = if spec.hardware_ref.is_empty() {
-            self.mac_owners()?
+            self.agent_owners()?
         } else {
-            BTreeMap::new()
+            AgentOwners::default()
         };
-        Ok(spec.hardware(namespace, |mac| owners.get(&mac).cloned()))
+        Ok(spec.hardware(namespace, |agent| owners.of(agent)))
+    }
+
+    /// Whose agent each agent id is: every MAC a Hardware owns, and each `spec.agentID`.
+    pub fn agent_owners(&self) -> Result<AgentOwners, StoreError> {
+        let mut owners = AgentOwners::default();
+        for (key, spec) in self.hardware()? {
+            for mac in spec.macs() {
+                owners.macs.insert(mac, key.clone());
+            }
+            if let Some(agent) = spec.agent_id.filter(|agent| !agent.is_empty()) {
+                owners.agent_ids.insert(agent, key);
+            }
+        }
+        Ok(owners)
     }
 
     /// Every MAC that some Hardware owns, and its owner: the XDP gate's allowlist.
@@ -293,10 +326,10 @@ impl Catalog {
             };
             if self.store.get(&template)?.is_some() {
                 if spec.hardware_ref.is_empty() && owners.is_none() {
-                    owners = Some(self.mac_owners()?);
+                    owners = Some(self.agent_owners()?);
                 }
-                bound.extend(spec.hardware(&namespace, |mac| {
-                    owners.as_ref().and_then(|owners| owners.get(&mac).cloned())
+                bound.extend(spec.hardware(&namespace, |agent| {
+                    owners.as_ref().and_then(|owners| owners.of(agent))
                 }));
             }
         }
@@ -356,7 +389,9 @@ impl Binding {
             .into_iter()
             .filter(|(_, reference)| !reference.found)
             .map(|(what, reference)| match reference.name.as_str() {
-                "" => "no hardwareRef, and no Hardware owns a MAC of its hardwareMap".to_string(),
+                "" => "no hardwareRef, and no Hardware's agent id (a MAC or its agentID) is in \
+                       its hardwareMap"
+                    .to_string(),
                 name => format!("{what} {name:?} not found"),
             })
             .collect();

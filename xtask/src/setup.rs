@@ -78,7 +78,7 @@ pub fn ensure() -> anyhow::Result<()> {
     install_nightly_components()?;
     install_worker_target()?;
     install_bpf_linker(llvm)?;
-    install_sushy_tools()?;
+    install_python_tools()?;
     // The kernel the boot tests and the demo netboot, unpacked once from Debian's package.
     let cache = crate::repo_root().join("target/images-cache");
     let kernel = wisp_images::kernel::debian_kernel(&cache)?;
@@ -91,29 +91,36 @@ pub fn ensure() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Redfish emulator the BMC tests run (OpenStack's sushy-tools), in a virtual environment
-/// of Debian's Python under `target/lab/sushy-tools`.
-const SUSHY_TOOLS: &str = "2.2.0";
+/// Python tools the tests run, each in a virtual environment of Debian's Python under
+/// `target/lab/<name>`, pinned: OpenStack's Redfish emulator, which the BMC tests run, and
+/// grpcio-tools, whose protoc compiles Tinkerbell's edition-2023 protos for the test that plays
+/// Tinkerbell's agent.
+const PYTHON_TOOLS: &[(&str, &str, &str)] = &[
+    ("sushy-tools", "sushy-tools", "2.2.0"),
+    ("grpc-tools", "grpcio-tools", "1.85.1"),
+];
 
-fn install_sushy_tools() -> anyhow::Result<()> {
-    let venv = crate::repo_root().join("target/lab/sushy-tools");
-    let pip = venv.join("bin/pip");
-    let installed = output(
-        &venv.join("bin/python3").to_string_lossy(),
-        &[
-            "-c",
-            "import importlib.metadata as m; print(m.version('sushy-tools'))",
-        ],
-    );
-    if installed.as_deref().map(str::trim) == Some(SUSHY_TOOLS) {
-        return Ok(());
+fn install_python_tools() -> anyhow::Result<()> {
+    for (name, package, version) in PYTHON_TOOLS {
+        let venv = crate::repo_root().join("target/lab").join(name);
+        let installed = output(
+            &venv.join("bin/python3").to_string_lossy(),
+            &[
+                "-c",
+                &format!("import importlib.metadata as m; print(m.version('{package}'))"),
+            ],
+        );
+        if installed.as_deref().map(str::trim) == Some(*version) {
+            continue;
+        }
+        run("/usr/bin/python3", &["-m", "venv", &venv.to_string_lossy()])?;
+        run(
+            &venv.join("bin/pip").to_string_lossy(),
+            &["install", "--quiet", &format!("{package}=={version}")],
+        )
+        .with_context(|| format!("installing {package} from PyPI"))?;
     }
-    run("/usr/bin/python3", &["-m", "venv", &venv.to_string_lossy()])?;
-    run(
-        &pip.to_string_lossy(),
-        &["install", "--quiet", &format!("sushy-tools=={SUSHY_TOOLS}")],
-    )
-    .context("installing sushy-tools from PyPI")
+    Ok(())
 }
 
 /// The LLVM major version of the nightly toolchain (`LLVM version: 22.1.4` → 22).

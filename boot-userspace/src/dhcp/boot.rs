@@ -145,7 +145,8 @@ impl BootConfig {
 
     fn binary_for(&self, client_arch: Option<u16>) -> Option<BootTarget> {
         let efi_x64 = || self.first_of(&["snponly.efi", "ipxe.efi"]);
-        let efi_arm64 = || self.first_of(&["snponly-arm64.efi", "ipxe-arm64.efi"]);
+        // `snp-arm64.efi` is Tinkerbell's name for it.
+        let efi_arm64 = || self.first_of(&["snponly-arm64.efi", "snp-arm64.efi", "ipxe-arm64.efi"]);
         let http = |file: String| BootTarget::HttpBinary {
             url: format!("{}/ipxe/{file}", self.http_base),
         };
@@ -279,6 +280,18 @@ mod tests {
                 &["snponly-arm64.efi"]
             ),
             tftp("snponly-arm64.efi")
+        );
+        // Tinkerbell's name for it, as users migrating bring their binaries.
+        assert_eq!(
+            target(
+                false,
+                Some(11),
+                b"PXEClient",
+                None,
+                false,
+                &["snp-arm64.efi"]
+            ),
+            tftp("snp-arm64.efi")
         );
     }
 

@@ -161,10 +161,10 @@ impl WorkflowIndex {
                 .spec()
                 .map_err(|err| StoreError::decode(&workflow.key, err))?;
             if spec.hardware_ref.is_empty() && owners.is_none() {
-                owners = Some(catalog.mac_owners()?);
+                owners = Some(catalog.agent_owners()?);
             }
-            let hardware = spec.hardware(&workflow.key.namespace, |mac| {
-                owners.as_ref().and_then(|owners| owners.get(&mac).cloned())
+            let hardware = spec.hardware(&workflow.key.namespace, |agent| {
+                owners.as_ref().and_then(|owners| owners.of(agent))
             });
             if let Some(hardware) = hardware {
                 index
@@ -915,7 +915,8 @@ spec: {templateRef: t, hardwareRef: missing, bootOptions: {bootMode: netboot}}
             .unwrap();
         assert_eq!(
             binding.summary(),
-            "Blocked: no hardwareRef, and no Hardware owns a MAC of its hardwareMap"
+            "Blocked: no hardwareRef, and no Hardware's agent id (a MAC or its agentID) is in its \
+             hardwareMap"
         );
     }
 

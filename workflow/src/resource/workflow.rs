@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{bmc::Action, Kind, MacAddr, ResourceKey};
+use super::{bmc::Action, Kind, ResourceKey};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -67,13 +67,14 @@ pub struct CustombootConfig {
 
 impl WorkflowSpec {
     /// The Hardware the workflow runs on: the one `hardwareRef` names; without one (Tinkerbell
-    /// makes it optional), the Hardware in its namespace that owns a MAC among `hardwareMap`'s
-    /// values, which is where Tinkerbell's agent id, the rendered task's `worker`, leads.
-    /// `owner` tells who owns a MAC; it is asked only when there is no `hardwareRef`.
+    /// makes it optional), the Hardware in its namespace whose agent id (a MAC, or its
+    /// `spec.agentID`) is among `hardwareMap`'s values, which is where Tinkerbell's agent id,
+    /// the rendered task's `worker`, leads. `owner` tells whose agent id a value is; it is
+    /// asked only when there is no `hardwareRef`.
     pub fn hardware(
         &self,
         namespace: &str,
-        owner: impl Fn(MacAddr) -> Option<ResourceKey>,
+        owner: impl Fn(&str) -> Option<ResourceKey>,
     ) -> Option<ResourceKey> {
         if !self.hardware_ref.is_empty() {
             return Some(ResourceKey {
@@ -84,8 +85,7 @@ impl WorkflowSpec {
         }
         self.hardware_map
             .values()
-            .filter_map(|value| value.parse::<MacAddr>().ok())
-            .filter_map(owner)
+            .filter_map(|value| owner(value))
             .find(|key| key.namespace == namespace)
     }
 }

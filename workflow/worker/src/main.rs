@@ -7,8 +7,8 @@ use clap::Parser;
 use wisp_worker::{actions, Agent, Config, Finished};
 
 /// Runs this machine's workflow from Wisp. Without options, reads `grpc_authority` (or
-/// `wisp.server`), `wisp.mac` and `wisp.token` from the kernel command line, as Wisp's iPXE
-/// script sets them.
+/// `wisp.server`), `wisp.mac` (or Tinkerbell's `worker_id`) and `wisp.token` from the kernel
+/// command line, as Wisp's iPXE script sets them.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -52,10 +52,13 @@ fn main() -> std::process::ExitCode {
         args.server
             .or_else(|| from_cmdline("grpc_authority"))
             .or_else(|| from_cmdline("wisp.server")),
-        args.agent_id.or_else(|| from_cmdline("wisp.mac")),
+        // Booted by Smee rather than Wisp, the agent goes by Tinkerbell's `worker_id`.
+        args.agent_id
+            .or_else(|| from_cmdline("wisp.mac"))
+            .or_else(|| from_cmdline("worker_id")),
     ) else {
         eprintln!(
-            "wisp-worker: give --server and --agent-id, or boot with grpc_authority= (or wisp.server=) and wisp.mac="
+            "wisp-worker: give --server and --agent-id, or boot with grpc_authority= (or wisp.server=) and wisp.mac= (or worker_id=)"
         );
         return std::process::ExitCode::from(2);
     };
