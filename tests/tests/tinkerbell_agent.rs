@@ -8,7 +8,6 @@ use wisp_tests::{
     apply_ok, output_text, repo_root, require_root, wisp_ok, Daemon, Lab, TempDir, SERVER_IF,
 };
 
-const MAC: &str = "02:00:00:00:00:0a";
 const AGENT_ID: &str = "rack4-u12";
 
 const RESOURCES: &str = "apiVersion: tinkerbell.org/v1alpha1
