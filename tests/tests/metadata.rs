@@ -154,7 +154,10 @@ fn a_machine_reads_its_own_metadata_with_the_token_of_its_current_boot_only() {
     let (status, document) = fetch(&lab, "10.99.0.2", "/metadata", &["-H", &with_alpha]);
     assert_eq!(status, 200);
     let document: serde_json::Value = serde_json::from_str(&document).expect("JSON");
-    assert_eq!(document["instance"]["hostname"], "alpha");
+    assert_eq!(
+        document,
+        serde_json::json!({"metadata": {"instance": {"storage": {"disks": null, "filesystems": null}}}})
+    );
 
     // Bravo's token works from bravo's address, as a bearer or a query, and from nowhere else:
     // a token that leaked is no use.
@@ -236,11 +239,19 @@ fn with_address_identity_the_reserved_address_is_enough() {
         (
             200,
             vec![
+                "facility",
                 "hostname",
                 "instance-id",
+                "iqn",
                 "local-hostname",
                 "local-ipv4",
-                "mac"
+                "mac",
+                "operating-system/",
+                "plan",
+                "public-ipv4",
+                "public-ipv6",
+                "public-keys",
+                "tags"
             ]
         )
     );
@@ -254,4 +265,98 @@ fn with_address_identity_the_reserved_address_is_enough() {
         &["-H", "X-Wisp-Token: 1c697a00000a-00-00-00"],
     );
     assert_eq!(status, 403);
+}
+
+/// A Hardware with everything Tootles serves.
+const TOOTLES: &str = "apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata: {name: full, namespace: lab}
+spec:
+  metadata:
+    facility: {facility_code: onprem, plan_slug: c3.small}
+    instance:
+      id: i-full
+      hostname: full
+      tags: [rack-4, gpu]
+      ssh_keys: [ssh-ed25519 AAAA one, ssh-ed25519 BBBB two]
+      ips:
+        - {address: 203.0.113.4, family: 4, public: true}
+        - {address: 10.99.0.4, family: 4, public: false}
+        - {address: 2001:db8::4, family: 6}
+      operating_system: {slug: ubuntu_22_04, distro: ubuntu, version: \"22.04\", image_tag: v1}
+      storage:
+        disks:
+          - device: /dev/nvme0n1
+            wipe_table: true
+            partitions: [{label: ROOT, number: 1, size: 0}]
+        filesystems:
+          - mount: {device: /dev/nvme0n1p1, format: ext4, point: /, create: {options: [-L, ROOT]}}
+  interfaces:
+    - dhcp: {mac: \"1c:69:7a:00:00:0c\", ip: {address: 10.99.0.4, netmask: 255.255.255.0}}
+";
+
+#[test]
+fn the_metadata_service_answers_as_tootles_does() {
+    require_root!();
+    let lab = Lab::new("meta-tootles");
+    let work = TempDir::new("meta-tootles");
+    let _daemon = start(&lab, &work, "address");
+    apply_ok(&lab.server, TOOTLES);
+    lab.client
+        .exec_ok("ip", &["addr", "add", "10.99.0.4/24", "dev", "cli"]);
+    let get = |path: &str| fetch(&lab, "10.99.0.4", path, &[]);
+    for (path, expected) in [
+        ("/2009-04-04", "meta-data/\nuser-data"),
+        ("/2009-04-04/", "meta-data/\nuser-data"),
+        ("/2009-04-04/meta-data/instance-id", "i-full"),
+        ("/2009-04-04/meta-data/hostname", "full"),
+        ("/2009-04-04/meta-data/local-hostname", "full"),
+        ("/2009-04-04/meta-data/iqn", ""),
+        ("/2009-04-04/meta-data/plan", "c3.small"),
+        ("/2009-04-04/meta-data/facility", "onprem"),
+        ("/2009-04-04/meta-data/tags", "rack-4\ngpu"),
+        ("/2009-04-04/meta-data/public-ipv4", "203.0.113.4"),
+        ("/2009-04-04/meta-data/public-ipv6", "2001:db8::4"),
+        ("/2009-04-04/meta-data/local-ipv4", "10.99.0.4"),
+        (
+            "/2009-04-04/meta-data/public-keys",
+            "ssh-ed25519 AAAA one\nssh-ed25519 BBBB two",
+        ),
+        (
+            "/2009-04-04/meta-data/operating-system",
+            "distro\nimage_tag\nlicense_activation/\nslug\nversion",
+        ),
+        (
+            "/2009-04-04/meta-data/operating-system/slug",
+            "ubuntu_22_04",
+        ),
+        ("/2009-04-04/meta-data/operating-system/distro", "ubuntu"),
+        ("/2009-04-04/meta-data/operating-system/version", "22.04"),
+        ("/2009-04-04/meta-data/operating-system/image_tag", "v1"),
+        (
+            "/2009-04-04/meta-data/operating-system/license_activation",
+            "state",
+        ),
+        (
+            "/2009-04-04/meta-data/operating-system/license_activation/state",
+            "",
+        ),
+        // No userData: empty, as Tootles serves it.
+        ("/2009-04-04/user-data", ""),
+    ] {
+        assert_eq!(get(path), (200, expected.to_string()), "{path}");
+    }
+    let (status, document) = get("/metadata");
+    assert_eq!(status, 200);
+    let document: serde_json::Value = serde_json::from_str(&document).expect("JSON");
+    assert_eq!(
+        document,
+        serde_json::json!({"metadata": {"instance": {"storage": {
+            "disks": [{"device": "/dev/nvme0n1", "wipe_table": true,
+                       "partitions": [{"label": "ROOT", "number": 1, "size": 0}]}],
+            "filesystems": [{"mount": {"create": {"options": ["-L", "ROOT"]},
+                             "device": "/dev/nvme0n1p1", "format": "ext4", "point": "/"}}]
+        }}}})
+    );
+    assert_eq!(get("/2009-04-04/meta-data/no-such-key").0, 404);
 }

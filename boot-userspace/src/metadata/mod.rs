@@ -23,16 +23,32 @@ use crate::{
     state::AppState,
 };
 
-/// The EC2 API version Hegel answers under.
+/// The EC2 API version Tinkerbell's Tootles answers under.
 const EC2_VERSION: &str = "2009-04-04";
 
-/// The meta-data keys served, in the order `/meta-data/` lists them.
+/// The meta-data keys, as Tootles lists them (`/` marks a directory), with Wisp's `mac`.
 const META_DATA_KEYS: &[&str] = &[
+    "facility",
     "hostname",
     "instance-id",
+    "iqn",
     "local-hostname",
     "local-ipv4",
     "mac",
+    "operating-system/",
+    "plan",
+    "public-ipv4",
+    "public-ipv6",
+    "public-keys",
+    "tags",
+];
+
+const OPERATING_SYSTEM_KEYS: &[&str] = &[
+    "distro",
+    "image_tag",
+    "license_activation/",
+    "slug",
+    "version",
 ];
 
 pub struct Metadata {
@@ -40,11 +56,30 @@ pub struct Metadata {
 }
 
 pub fn router(metadata: Arc<Metadata>) -> Router {
-    Router::new()
-        .route("/metadata", get(document))
-        .route(&format!("/{EC2_VERSION}/meta-data/"), get(meta_data_index))
-        .route(&format!("/{EC2_VERSION}/meta-data/{{key}}"), get(meta_data))
-        .route(&format!("/{EC2_VERSION}/user-data"), get(user_data))
+    let root = format!("/{EC2_VERSION}");
+    let meta = format!("{root}/meta-data");
+    let os = format!("{meta}/operating-system");
+    let listing = |entries: &'static [&'static str]| move || async move { entries.join("\n") };
+    let mut router = Router::new().route("/metadata", get(document));
+    // Tootles answers each path with and without a trailing slash; listings need no caller.
+    for (path, entries) in [
+        (root.clone(), &["meta-data/", "user-data"][..]),
+        (meta.clone(), META_DATA_KEYS),
+        (os.clone(), OPERATING_SYSTEM_KEYS),
+        (format!("{os}/license_activation"), &["state"][..]),
+    ] {
+        router = router
+            .route(&path, get(listing(entries)))
+            .route(&format!("{path}/"), get(listing(entries)));
+    }
+    router
+        .route(&format!("{meta}/{{key}}"), get(meta_data))
+        .route(&format!("{os}/{{key}}"), get(operating_system))
+        .route(
+            &format!("{os}/license_activation/state"),
+            get(license_state),
+        )
+        .route(&format!("{root}/user-data"), get(user_data))
         .with_state(metadata)
 }
 
@@ -139,62 +174,166 @@ impl FromRequestParts<Arc<Metadata>> for Caller {
     }
 }
 
-/// The Hardware's `spec.metadata`, as Tinkerbell's Hegel serves it at `/metadata`.
+/// `/metadata` as Tootles serves it: the Hardware's storage layout under
+/// `metadata.instance.storage`, every field present (Go's zero values), and nothing else.
 async fn document(caller: Caller) -> Response {
-    Json(
-        caller
-            .spec
-            .metadata
-            .unwrap_or_else(|| Value::Object(Default::default())),
-    )
+    let storage = caller
+        .spec
+        .metadata
+        .as_ref()
+        .and_then(|metadata| metadata.pointer("/instance/storage"));
+    let text = |value: Option<&Value>| {
+        value
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let number = |value: Option<&Value>| value.and_then(Value::as_i64).unwrap_or_default();
+    let list = |key: &str| storage.and_then(|s| s.get(key)).and_then(Value::as_array);
+    let disks =
+        list("disks").map(|disks| {
+            disks
+            .iter()
+            .map(|disk| {
+                let partitions = disk.get("partitions").and_then(Value::as_array).map(|parts| {
+                    parts
+                        .iter()
+                        .map(|part| {
+                            serde_json::json!({
+                                "label": text(part.get("label")),
+                                "number": number(part.get("number")),
+                                "size": number(part.get("size")),
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                });
+                serde_json::json!({
+                    "device": text(disk.get("device")),
+                    "partitions": partitions,
+                    "wipe_table": disk.get("wipe_table").and_then(Value::as_bool).unwrap_or(false),
+                })
+            })
+            .collect::<Vec<_>>()
+        });
+    let filesystems = list("filesystems").map(|filesystems| {
+        filesystems
+            .iter()
+            .map(|filesystem| {
+                let mount = filesystem.get("mount");
+                let field = |key: &str| mount.and_then(|m| m.get(key));
+                serde_json::json!({"mount": {
+                    "create": {"options": field("create").and_then(|c| c.get("options")).cloned()},
+                    "device": text(field("device")),
+                    "format": text(field("format")),
+                    "point": text(field("point")),
+                }})
+            })
+            .collect::<Vec<_>>()
+    });
+    Json(serde_json::json!({
+        "metadata": {"instance": {"storage": {"disks": disks, "filesystems": filesystems}}}
+    }))
     .into_response()
-}
-
-async fn meta_data_index(caller: Caller) -> Response {
-    let keys: Vec<&str> = META_DATA_KEYS
-        .iter()
-        .copied()
-        .filter(|key| meta_data_value(&caller, key).is_some())
-        .collect();
-    (keys.join("\n") + "\n").into_response()
 }
 
 async fn meta_data(caller: Caller, Path(key): Path<String>) -> Response {
     match meta_data_value(&caller, &key) {
         Some(value) => value.into_response(),
-        None => refuse(
+        None => refuse(StatusCode::NOT_FOUND, format!("no meta-data {key:?}")),
+    }
+}
+
+async fn operating_system(caller: Caller, Path(key): Path<String>) -> Response {
+    if !["slug", "distro", "version", "image_tag"].contains(&key.as_str()) {
+        return refuse(
             StatusCode::NOT_FOUND,
-            format!("no meta-data {key:?} for this machine"),
-        ),
+            format!("no operating-system {key:?}"),
+        );
     }
+    instance_text(&caller, &format!("/operating_system/{key}")).into_response()
 }
 
+/// Tootles never fills it in.
+async fn license_state(_caller: Caller) -> Response {
+    "".into_response()
+}
+
+/// `spec.userData`, empty when there is none, as Tootles serves it.
 async fn user_data(caller: Caller) -> Response {
-    match caller.spec.user_data {
-        Some(user_data) => user_data.into_response(),
-        None => refuse(StatusCode::NOT_FOUND, "this machine has no userData".into()),
-    }
+    caller.spec.user_data.unwrap_or_default().into_response()
 }
 
-fn meta_data_value(caller: &Caller, key: &str) -> Option<String> {
-    let instance = caller
+/// A text field of `metadata.instance`, at a JSON pointer below it; empty when absent.
+fn instance_text(caller: &Caller, pointer: &str) -> String {
+    caller
         .spec
         .metadata
         .as_ref()
-        .and_then(|m| m.get("instance"));
-    let instance_field = |field: &str| {
-        instance
-            .and_then(|i| i.get(field))
+        .and_then(|metadata| metadata.pointer(&format!("/instance{pointer}")))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The meta-data values, as Tootles takes them from the Hardware. Where Tootles leaves one
+/// empty and Wisp knows it, Wisp gives it: the hostname from DHCP, the instance id from the
+/// Hardware's name (cloud-init needs one), the local address from the reservation, the SSH
+/// keys (`metadata.instance.ssh_keys`, which Tootles never maps).
+fn meta_data_value(caller: &Caller, key: &str) -> Option<String> {
+    let metadata = caller.spec.metadata.as_ref();
+    let field = |pointer: &str| {
+        metadata
+            .and_then(|m| m.pointer(pointer))
             .and_then(Value::as_str)
+            .filter(|text| !text.is_empty())
+            .map(str::to_string)
+    };
+    let strings = |pointer: &str| {
+        metadata
+            .and_then(|m| m.pointer(pointer))
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    };
+    // `metadata.instance.ips`: the first of a family, public or not.
+    let address = |family: i64, public: Option<bool>| {
+        metadata
+            .and_then(|m| m.pointer("/instance/ips"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|ip| {
+                ip.get("family").and_then(Value::as_i64) == Some(family)
+                    && public.is_none_or(|public| {
+                        ip.get("public").and_then(Value::as_bool).unwrap_or(false) == public
+                    })
+            })
+            .and_then(|ip| ip.get("address").and_then(Value::as_str))
             .map(str::to_string)
     };
     let machine = &caller.machine;
-    let hostname = || instance_field("hostname").or_else(|| machine.hostname.clone());
-    match key {
-        "hostname" | "local-hostname" => hostname(),
-        "instance-id" => instance_field("id").or_else(|| Some(machine.hardware.name.clone())),
-        "local-ipv4" => machine.address.map(|a| a.to_string()),
-        "mac" => Some(machine.mac.to_string()),
-        _ => None,
-    }
+    Some(match key {
+        "hostname" | "local-hostname" => field("/instance/hostname")
+            .or_else(|| machine.hostname.clone())
+            .unwrap_or_default(),
+        "instance-id" => field("/instance/id").unwrap_or_else(|| machine.hardware.name.clone()),
+        "iqn" => String::new(),
+        "plan" => field("/facility/plan_slug").unwrap_or_default(),
+        "facility" => field("/facility/facility_code").unwrap_or_default(),
+        "tags" => strings("/instance/tags"),
+        "public-keys" => strings("/instance/ssh_keys"),
+        "public-ipv4" => address(4, Some(true)).unwrap_or_default(),
+        "public-ipv6" => address(6, None).unwrap_or_default(),
+        "local-ipv4" => address(4, Some(false))
+            .or_else(|| machine.address.map(|a| a.to_string()))
+            .unwrap_or_default(),
+        "mac" => machine.mac.to_string(),
+        _ => return None,
+    })
 }
