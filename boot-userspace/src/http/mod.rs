@@ -199,11 +199,18 @@ async fn machine_script(
     // machine at this script; the boot's record is durable before the token goes out.
     let token = if pending_work && boot.state.script_handoffs.take(&mac) {
         let state = Arc::clone(&boot.state);
+        // Without a reserved address, the address the machine's own DHCP gave it (another
+        // server's, in proxy mode) identifies it for this boot.
+        let learned = match source.ip() {
+            IpAddr::V4(ip) if machine.address.is_none() => Some(ip),
+            IpAddr::V6(ip) if machine.address.is_none() => ip.to_ipv4_mapped(),
+            _ => None,
+        };
         // Still wanted once the lock that ending boots takes is held: the workflow may have
         // ended since the snapshot above.
         let minted = tokio::task::spawn_blocking(move || {
             let machines = &state.machines;
-            state.tokens.mint(mac, || {
+            state.tokens.mint(mac, learned, || {
                 machines
                     .current()
                     .get(&mac)

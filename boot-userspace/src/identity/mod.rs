@@ -63,18 +63,27 @@ pub fn identify(
     source: IpAddr,
     token: Option<&str>,
 ) -> Result<Arc<Machine>, Refusal> {
+    let caller = source;
     let by_token = match token {
         Some(token) => Some(tokens.verify(token, SystemTime::now())?),
         None if policy == MachineIdentity::Token => return Err(Refusal::TokenRequired),
         None => None,
     };
     let by_token = by_token.and_then(|mac| machines.get(&mac));
-    let by_address = match source {
-        IpAddr::V4(source) => machines.by_address(source),
-        IpAddr::V6(source) => source
-            .to_ipv4_mapped()
-            .and_then(|source| machines.by_address(source)),
+    let source = match source {
+        IpAddr::V4(source) => Some(source),
+        IpAddr::V6(source) => source.to_ipv4_mapped(),
     };
+    // The reserved address; without one, the address the machine's current boot fetched its
+    // script from (its own DHCP's, another server's in proxy mode).
+    let by_address = source.and_then(|source| {
+        machines.by_address(source).or_else(|| {
+            tokens
+                .machine_at(source)
+                .and_then(|mac| machines.get(&mac))
+                .filter(|machine| machine.address.is_none())
+        })
+    });
     match (by_token, by_address) {
         (Some(token), Some(address)) if token.hardware != address.hardware => {
             Err(Refusal::TokenMismatch)
@@ -83,6 +92,6 @@ pub fn identify(
         // use from anywhere else.
         (Some(token), None) if token.address.is_some() => Err(Refusal::TokenMismatch),
         (Some(machine), _) | (None, Some(machine)) => Ok(Arc::clone(machine)),
-        (None, None) => Err(Refusal::Unknown(source)),
+        (None, None) => Err(Refusal::Unknown(caller)),
     }
 }

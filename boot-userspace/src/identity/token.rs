@@ -13,6 +13,7 @@
 use std::{
     collections::HashMap,
     fmt::Write as _,
+    net::Ipv4Addr,
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -23,7 +24,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use workflow::{
     resource::MacAddr,
-    store::{Boot, BootStore, StoreError},
+    store::{Boot, BootRecord, BootStore, StoreError},
 };
 
 use super::Refusal;
@@ -37,7 +38,7 @@ pub struct MachineTokens {
     store: Arc<dyn BootStore>,
     /// The boot each machine is on, as the store has it. Held across a store write and the
     /// update that follows it, so that the two never disagree.
-    boots: Mutex<HashMap<MacAddr, Boot>>,
+    boots: Mutex<HashMap<MacAddr, BootRecord>>,
 }
 
 impl MachineTokens {
@@ -69,22 +70,52 @@ impl MachineTokens {
     /// Starts a new boot of `mac` and returns its token, if `wanted` (asked under the lock that
     /// ending boots takes: whether the machine still has work) says so; the machine's earlier
     /// tokens are refused from then on. Durable when it returns.
+    /// `address` is where the machine fetched the boot's script from, when its Hardware
+    /// reserves none: it identifies the machine until the boot ends (see [`Self::machine_at`]).
     pub fn mint(
         &self,
         mac: MacAddr,
+        address: Option<Ipv4Addr>,
         wanted: impl FnOnce() -> bool,
     ) -> Result<Option<String>, StoreError> {
         let mut boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
         if !wanted() {
             return Ok(None);
         }
-        let boot = Boot {
-            id: rand::random(),
-            expires_unix: unix(SystemTime::now() + self.lifetime),
+        let record = BootRecord {
+            boot: Boot {
+                id: rand::random(),
+                expires_unix: unix(SystemTime::now() + self.lifetime),
+            },
+            address,
         };
-        self.store.record_boot(&mac, boot)?;
-        boots.insert(mac, boot);
-        Ok(Some(self.token(mac, boot)))
+        // Another machine that fetched its script from this address before has moved on: the
+        // address no longer says who it is (its token still does).
+        let moved: Vec<MacAddr> = boots
+            .iter()
+            .filter(|(other, boot)| **other != mac && address.is_some() && boot.address == address)
+            .map(|(other, _)| *other)
+            .collect();
+        for other in moved {
+            if let Some(boot) = boots.get_mut(&other) {
+                boot.address = None;
+                self.store.record_boot(&other, *boot)?;
+            }
+        }
+        self.store.record_boot(&mac, record)?;
+        boots.insert(mac, record);
+        Ok(Some(self.token(mac, record.boot)))
+    }
+
+    /// The machine whose current boot fetched its script from `address`, its Hardware
+    /// reserving none.
+    pub fn machine_at(&self, address: Ipv4Addr) -> Option<MacAddr> {
+        self.boots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|(_, boot)| boot.address == Some(address))
+            .map(|(mac, _)| *mac)
     }
 
     /// About when a boot started: its expiry less the lifetime tokens are minted with.
@@ -143,7 +174,7 @@ impl MachineTokens {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&mac)
-            .copied();
+            .map(|record| record.boot);
         if !signed {
             // Signed under another key. Only the machine holds its boot's id, so a token that
             // names the current boot is the machine's own, signed before the key was lost.
@@ -216,14 +247,14 @@ mod tests {
         let a: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
         let b: MacAddr = "1c:69:7a:11:22:34".parse().unwrap();
         let now = SystemTime::now();
-        let first = tokens.mint(a, || true).unwrap().unwrap();
+        let first = tokens.mint(a, None, || true).unwrap().unwrap();
         assert_eq!(tokens.verify(&first, now), Ok(a));
         // Claiming another MAC with A's tag fails.
         let forged = first.replacen("1c697a112233", "1c697a112234", 1);
         assert_eq!(tokens.verify(&forged, now), Err(Refusal::InvalidToken));
         assert_eq!(tokens.verify("garbage", now), Err(Refusal::InvalidToken));
         // The next boot's token replaces it.
-        let second = tokens.mint(a, || true).unwrap().unwrap();
+        let second = tokens.mint(a, None, || true).unwrap().unwrap();
         assert_eq!(tokens.verify(&first, now), Err(Refusal::EarlierBoot));
         assert_eq!(tokens.verify(&second, now), Ok(a));
         assert_eq!(
@@ -234,7 +265,7 @@ mod tests {
         drop(tokens);
         let tokens = self::tokens(dir.path());
         assert_eq!(tokens.verify(&second, now), Ok(a));
-        let of_b = tokens.mint(b, || true).unwrap().unwrap();
+        let of_b = tokens.mint(b, None, || true).unwrap().unwrap();
         // A's workflow ends: its boot ends, B's goes on.
         tokens.end_boots_unless(|mac| *mac == b).unwrap();
         assert_eq!(
@@ -249,7 +280,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tokens = tokens(dir.path());
         let a: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
-        let token = tokens.mint(a, || true).unwrap().unwrap();
+        let token = tokens.mint(a, None, || true).unwrap().unwrap();
         let earlier = tokens
             .mint("1c:69:7a:11:22:35".parse().unwrap(), || true)
             .unwrap()

@@ -126,13 +126,24 @@ pub struct Boot {
     pub expires_unix: u64,
 }
 
+/// A machine's current boot, and where it fetched the boot's script from when its Hardware
+/// reserves no address: the address another DHCP server gave it (proxyDHCP), which then
+/// identifies it for the boot's length, as a reserved address would.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootRecord {
+    #[serde(flatten)]
+    pub boot: Boot,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
+}
+
 /// Durable boots, so that a restart mid-install keeps every machine's token good.
 pub trait BootStore: Send + Sync {
     /// Records the boot a machine is on, replacing its earlier one; durable when it returns.
-    fn record_boot(&self, mac: &MacAddr, boot: Boot) -> Result<(), StoreError>;
+    fn record_boot(&self, mac: &MacAddr, boot: BootRecord) -> Result<(), StoreError>;
     /// Ends the boots of these machines (their workflows ended): their tokens are refused.
     fn end_boots(&self, macs: &[MacAddr]) -> Result<(), StoreError>;
-    fn boots(&self) -> Result<Vec<(MacAddr, Boot)>, StoreError>;
+    fn boots(&self) -> Result<Vec<(MacAddr, BootRecord)>, StoreError>;
 }
 
 /// Durable leases, so that a restart loses none.

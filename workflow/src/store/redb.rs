@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    Applied, ApplyOutcome, Boot, BootStore, BoxError, Lease, LeaseStore, Store, StoreError, Write,
+    Applied, ApplyOutcome, BootRecord, BootStore, BoxError, Lease, LeaseStore, Store, StoreError,
+    Write,
 };
 use crate::{
     resource::{Kind, MacAddr, Resource, ResourceKey},
@@ -75,7 +76,7 @@ impl RedbStore {
 }
 
 impl BootStore for RedbStore {
-    fn record_boot(&self, mac: &MacAddr, boot: Boot) -> Result<(), StoreError> {
+    fn record_boot(&self, mac: &MacAddr, boot: BootRecord) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
         {
             let mut boots = txn.open_table(BOOTS).map_err(backend)?;
@@ -98,7 +99,7 @@ impl BootStore for RedbStore {
         txn.commit().map_err(backend)
     }
 
-    fn boots(&self) -> Result<Vec<(MacAddr, Boot)>, StoreError> {
+    fn boots(&self) -> Result<Vec<(MacAddr, BootRecord)>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(BOOTS).map_err(backend)?;
         let mut boots = Vec::new();
