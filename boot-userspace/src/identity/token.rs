@@ -276,17 +276,44 @@ mod tests {
     }
 
     #[test]
+    fn the_address_a_boot_started_from_names_its_machine_until_it_ends_or_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = tokens(dir.path());
+        let (a, b): (MacAddr, MacAddr) = (
+            "1c:69:7a:11:22:33".parse().unwrap(),
+            "1c:69:7a:11:22:34".parse().unwrap(),
+        );
+        let address = Ipv4Addr::new(10, 0, 0, 50);
+        tokens.mint(a, Some(address), || true).unwrap();
+        assert_eq!(tokens.machine_at(address), Some(a));
+        // Kept across a restart, with the boot.
+        drop(tokens);
+        let tokens = self::tokens(dir.path());
+        assert_eq!(tokens.machine_at(address), Some(a));
+        // The other DHCP server gives the address to B: it names B now, across restarts too.
+        let of_a = tokens.mint(b, Some(address), || true).unwrap();
+        assert!(of_a.is_some());
+        assert_eq!(tokens.machine_at(address), Some(b));
+        drop(tokens);
+        let tokens = self::tokens(dir.path());
+        assert_eq!(tokens.machine_at(address), Some(b));
+        // B's boot ends: the address names nobody.
+        tokens.end_boots_unless(|mac| *mac == a).unwrap();
+        assert_eq!(tokens.machine_at(address), None);
+    }
+
+    #[test]
     fn a_lost_key_does_not_strand_a_machine_mid_install() {
         let dir = tempfile::tempdir().unwrap();
         let tokens = tokens(dir.path());
         let a: MacAddr = "1c:69:7a:11:22:33".parse().unwrap();
         let token = tokens.mint(a, None, || true).unwrap().unwrap();
         let earlier = tokens
-            .mint("1c:69:7a:11:22:35".parse().unwrap(), || true)
+            .mint("1c:69:7a:11:22:35".parse().unwrap(), None, || true)
             .unwrap()
             .unwrap();
         let _ = tokens
-            .mint("1c:69:7a:11:22:35".parse().unwrap(), || true)
+            .mint("1c:69:7a:11:22:35".parse().unwrap(), None, || true)
             .unwrap()
             .unwrap();
         drop(tokens);
