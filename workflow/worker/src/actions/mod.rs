@@ -148,6 +148,8 @@ pub fn run_command(
     // shell at its top.
     let mut child: Child = command
         .process_group(0)
+        // Nothing to read: a command that waits for input would otherwise hang to its timeout.
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::inherit())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -279,6 +281,35 @@ pub(super) mod tests {
         let seen = std::fs::read_to_string(&out).expect("the command's output");
         let _ = std::fs::remove_file(&out);
         assert_eq!(seen, format!("{CONTAINER_PATH}|/root|/dev/nvme0n1|\n"));
+    }
+
+    #[test]
+    fn cexec_without_an_interpreter_runs_commands_separated_by_semicolons_as_tinkerbells() {
+        let out = std::env::temp_dir().join(format!("wisp-cexec-seq-{}", std::process::id()));
+        let line = format!("touch {0}.a; touch {0}.b", out.display());
+        let c = invocation(&[("CMD_LINE", &line)], Some(Duration::from_secs(30)));
+        cexec::run(&c).expect("both commands ran");
+        for suffix in ["a", "b"] {
+            let made = out.with_extension(suffix);
+            assert!(made.exists(), "{}", made.display());
+            let _ = std::fs::remove_file(made);
+        }
+        // They run in turn until one fails; the failure names it.
+        let line = format!("true; false; touch {}.c", out.display());
+        let c = invocation(&[("CMD_LINE", &line)], Some(Duration::from_secs(30)));
+        let err = cexec::run(&c).unwrap_err().to_string();
+        assert!(err.contains("\"false\" failed (exit status: 1)"), "{err}");
+        assert!(!out.with_extension("c").exists());
+        // A command reading its input sees none, rather than waiting to its timeout.
+        let c = invocation(
+            &[
+                ("DEFAULT_INTERPRETER", "/bin/sh -c"),
+                ("CMD_LINE", "read line"),
+            ],
+            Some(Duration::from_secs(30)),
+        );
+        let err = cexec::run(&c).unwrap_err();
+        assert_ne!(err, ActionError::TimedOut);
     }
 
     #[test]

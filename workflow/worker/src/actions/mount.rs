@@ -33,6 +33,29 @@ impl Mounted {
         })
     }
 
+    /// Opens a file of the mounted system for reading, resolving `path` as if its root were `/`
+    /// (openat2's RESOLVE_IN_ROOT): its absolute symlinks lead into it, never into the
+    /// provisioning OS.
+    pub fn open(&self, path: &str) -> ActionResult<std::fs::File> {
+        let opened = nix::fcntl::open(
+            &self.root,
+            nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_PATH,
+            nix::sys::stat::Mode::empty(),
+        )
+        .and_then(|root| {
+            nix::fcntl::openat2(
+                &root,
+                Path::new(path.trim_start_matches('/')),
+                nix::fcntl::OpenHow::new()
+                    .flags(nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC)
+                    .resolve(nix::fcntl::ResolveFlag::RESOLVE_IN_ROOT),
+            )
+        });
+        opened
+            .map(std::fs::File::from)
+            .map_err(|err| fail(format!("opening {path} on the installed system: {err}")))
+    }
+
     /// Binds the provisioning OS's /dev, /proc and /sys into the root, for a chroot.
     pub fn bind_system(&mut self) -> ActionResult<()> {
         for dir in ["dev", "proc", "sys"] {

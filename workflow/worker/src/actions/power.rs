@@ -1,7 +1,7 @@
 //! `reboot` and `kexec`. Both act only after the agent has reported the action's success: a
 //! machine that reboots first could never say so.
 //! kexec's environment: BLOCK_DEVICE, FS_TYPE, KERNEL_PATH, INITRD_PATH, CMD_LINE.
-use std::{ffi::CString, fs::File, os::fd::AsRawFd};
+use std::{ffi::CString, os::fd::AsRawFd};
 
 use super::{fail, mount::Mounted, ActionResult, Invocation, Succeeded};
 
@@ -12,12 +12,11 @@ pub fn load_kexec(invocation: &Invocation) -> ActionResult<Succeeded> {
     let kernel_path = invocation.required("KERNEL_PATH")?;
     let command_line = invocation.optional("CMD_LINE").unwrap_or("");
     let mounted = Mounted::device(device, fs_type)?;
-    let open = |path: &str| {
-        File::open(mounted.root.join(path.trim_start_matches('/')))
-            .map_err(|err| fail(format!("opening {path} on {device}: {err}")))
-    };
-    let kernel = open(kernel_path)?;
-    let initrd = invocation.optional("INITRD_PATH").map(open).transpose()?;
+    let kernel = mounted.open(kernel_path)?;
+    let initrd = invocation
+        .optional("INITRD_PATH")
+        .map(|path| mounted.open(path))
+        .transpose()?;
     let command_line = CString::new(command_line).map_err(|_| fail("CMD_LINE holds a NUL byte"))?;
     const KEXEC_FILE_NO_INITRAMFS: libc::c_ulong = 4;
     // SAFETY: the descriptors and the NUL-terminated command line outlive the call.

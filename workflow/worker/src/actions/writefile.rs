@@ -14,7 +14,29 @@ use nix::{
 
 use super::{fail, mount::Mounted, ActionResult, Invocation, Succeeded};
 
+/// Variables of EKS Anywhere's writefile image (which generates network configuration from
+/// Hegel), which Tinkerbell's own writefile, and Wisp's, do not read.
+const EKS_ANYWHERE_VARIABLES: &[&str] = &[
+    "HEGEL_URLS",
+    "BOOTCONFIG_CONTENTS",
+    "STATIC_NETPLAN",
+    "STATIC_BOTTLEROCKET",
+    "IFNAME",
+    "DHCP_TIMEOUT",
+];
+
 pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
+    // Written for another writefile: writing an empty file and reporting success would hide it.
+    if let Some(name) = EKS_ANYWHERE_VARIABLES
+        .iter()
+        .find(|name| invocation.optional(name).is_some())
+    {
+        return Err(fail(format!(
+            "{name} belongs to EKS Anywhere's writefile image, which Wisp's built-in writefile \
+             (Tinkerbell's) does not read: run that image under a container runtime, or write \
+             the file with CONTENTS"
+        )));
+    }
     let device = invocation.required("DEST_DISK")?;
     let fs_type = invocation.required("FS_TYPE")?;
     let destination = invocation.required("DEST_PATH")?;
@@ -155,6 +177,24 @@ fn relative_path(destination: &str) -> ActionResult<PathBuf> {
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn eks_anywheres_variables_fail_by_name_rather_than_write_an_empty_file() {
+        let c = super::super::tests::invocation_of(
+            "writefile",
+            &[
+                ("DEST_DISK", "/dev/nvme0n1p1"),
+                ("FS_TYPE", "ext4"),
+                ("DEST_PATH", "/etc/netplan/config.yaml"),
+                ("STATIC_NETPLAN", "true"),
+            ],
+        );
+        let err = run(&c).unwrap_err().to_string();
+        assert!(
+            err.contains("STATIC_NETPLAN belongs to EKS Anywhere"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn modes_are_octal_as_yaml_wrote_them() {
