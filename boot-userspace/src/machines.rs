@@ -69,9 +69,9 @@ impl Machine {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, fuzzing))]
 impl Machine {
-    /// A machine for unit tests: `lab/nuc`, MAC 1c:69:7a:11:22:33, no reservation, allowed to
+    /// A machine for unit tests and fuzzing: `lab/nuc`, MAC 1c:69:7a:11:22:33, no reservation, allowed to
     /// netboot and run workflows, with one waiting.
     pub fn example() -> Machine {
         Machine {

@@ -1,9 +1,9 @@
 //! Wisp's provisioning OS: Debian's kernel and an initramfs holding busybox, the `wisp-worker`
 //! agent and the modules for common virtual and physical hardware. Its init loads the modules,
-//! brings up the interface whose MAC the kernel command line names (`wisp.mac=`) with DHCP,
-//! and runs the worker. A workflow that succeeds ends in a reboot (into the installed system,
-//! since Wisp then has no pending work for the machine); one that fails leaves the machine up,
-//! with a shell on the console, for inspection.
+//! brings up the interface whose MAC the kernel command line names (`wisp.mac=`, or Tinkerbell's
+//! `hw_addr=`) with DHCP, and runs the worker. A workflow that succeeds ends in a reboot (into
+//! the installed system, since Wisp then has no pending work for the machine); one that fails
+//! leaves the machine up, with a shell on the console, for inspection.
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -62,6 +62,8 @@ const INIT: &str = concat!(
     init_prelude!(),
     r#"echo "Wisp provisioning OS: $(uname -r)"
 mac=$(sed -n 's/.*wisp\.mac=\([^ ]*\).*/\1/p' /proc/cmdline)
+# Booted by a Tinkerbell-style script (Smee's parameters only), the MAC is `hw_addr`.
+[ -z "$mac" ] && mac=$(sed -n 's/.*hw_addr=\([^ ]*\).*/\1/p' /proc/cmdline)
 ip link set lo up
 interface=
 tries=0
@@ -73,7 +75,7 @@ while [ -z "$interface" ] && [ $tries -lt 50 ]; do
   tries=$((tries + 1))
 done
 if [ -z "$interface" ]; then
-  echo "Wisp: no interface has MAC $mac (wisp.mac=); is its driver missing?"
+  echo "Wisp: no interface has MAC $mac (wisp.mac= or hw_addr=); is its driver missing?"
 else
   ip link set "$interface" up
   udhcpc -i "$interface" -s /etc/wisp/udhcpc -t 20 -T 1 -A 2 -n -q

@@ -9,6 +9,10 @@
 //! The workflow ends with one more action, which leaves the provisioning OS: on BIOS, `reboot`
 //! (through the firmware, which netboots, finds no work and goes to the disk); on UEFI, `kexec`
 //! straight into the installed system's kernel, with no firmware in between.
+//!
+//! A third run boots the provisioning OS as a Tinkerbell user's Smee-style script in
+//! `ipxe.contents` would, with Tinkerbell's kernel parameters only (`hw_addr`, `worker_id`,
+//! `grpc_authority`, no token), and Wisp trusting the machine's address, as Tinkerbell does.
 use std::time::Duration;
 
 use serde_json::Value;
@@ -33,35 +37,84 @@ const MAC: &str = "1c:69:7a:11:22:33";
 #[test]
 fn a_blank_nvme_bios_machine_is_provisioned_and_boots_the_installed_system() {
     require_root!();
-    provision(Firmware::Bios);
+    provision(Firmware::Bios, Script::Wisp);
 }
 
 #[test]
 fn a_blank_nvme_uefi_machine_is_provisioned_and_boots_the_installed_system() {
     require_root!();
-    provision(Firmware::Uefi);
+    provision(Firmware::Uefi, Script::Wisp);
 }
 
-fn provision(firmware: Firmware) {
-    let purpose = match firmware {
-        Firmware::Bios => "e2e-bios",
-        Firmware::Uefi => "e2e-uefi",
+/// The iPXE script a Tinkerbell user's Hardware carries in `ipxe.contents`, as Smee's HookOS
+/// script writes it (Wisp's kernel and initramfs names in place of HookOS's), with Tinkerbell's
+/// kernel parameters and none of Wisp's: no `wisp.mac`, no token.
+const SMEE_STYLE_SCRIPT: &str = "echo Loading the Tinkerbell Hook iPXE script...
+set arch x86_64
+set download-url http://192.168.1.1:8080/assets
+set kernel vmlinuz
+set initrd initramfs
+kernel ${download-url}/${kernel} facility=onprem syslog_host= grpc_authority=192.168.1.1:42113 tinkerbell_tls=false tinkerbell_insecure_tls=false worker_id=1c:69:7a:11:22:33 hw_addr=1c:69:7a:11:22:33 modules=loop,squashfs,sd-mod,usb-storage initrd=${initrd} console=tty0 console=ttyS0,115200
+initrd ${download-url}/${initrd}
+boot
+";
+
+#[test]
+fn the_provisioning_os_runs_the_workflow_when_booted_with_tinkerbells_parameters_only() {
+    require_root!();
+    provision(Firmware::Bios, Script::SmeeStyle);
+}
+
+/// The script the machine boots the provisioning OS with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Script {
+    /// Wisp's own, with its parameters and the boot's token.
+    Wisp,
+    /// [`SMEE_STYLE_SCRIPT`], in the Hardware's `ipxe.contents`; with no token, Wisp identifies
+    /// the machine by its reserved address, as Tinkerbell does.
+    SmeeStyle,
+}
+
+fn provision(firmware: Firmware, script: Script) {
+    let purpose = match (firmware, script) {
+        (Firmware::Bios, Script::Wisp) => "e2e-bios",
+        (Firmware::Uefi, Script::Wisp) => "e2e-uefi",
+        (_, Script::SmeeStyle) => "e2e-smee",
     };
     // The example resources live on 192.168.1.0/24 with Wisp at 192.168.1.1; the foundation
     // issue's three resources, with its two changes (see `adapted_tinkerbell_example`).
     let install = InstallLab::new(purpose);
     let (lab, work, disk) = (&install.lab, &install.work, &install.disk);
-    let daemon = install.start_wisp(&[]);
-    let resources = install.resources.clone();
-    let (last_action, last_message) = match firmware {
-        Firmware::Bios => (
+    let mut resources = install.resources.clone();
+    let daemon = match script {
+        Script::Wisp => install.start_wisp(&[]),
+        Script::SmeeStyle => {
+            let allow = "        allowWorkflow: true\n";
+            assert!(resources.contains(allow), "the Hardware's netboot block");
+            let contents: String = SMEE_STYLE_SCRIPT
+                .lines()
+                .map(|line| format!("            {line}\n"))
+                .collect();
+            resources = resources.replacen(
+                allow,
+                &format!("{allow}        ipxe:\n          contents: |\n{contents}"),
+                1,
+            );
+            install.start_wisp(&["--machine-identity", "address"])
+        }
+    };
+    // The custom script boots the provisioning OS again at every netboot, as Smee's does: that
+    // machine leaves it through kexec, with no firmware in between.
+    let reboots = firmware == Firmware::Bios && script == Script::Wisp;
+    let (last_action, last_message) = match reboots {
+        true => (
             "          - name: \"restart\"
             image: quay.io/tinkerbell-actions/reboot:v1.0.0
             timeout: 30
 ",
             "rebooting",
         ),
-        Firmware::Uefi => (
+        false => (
             "          - name: \"kexec-installed\"
             image: quay.io/tinkerbell-actions/kexec:v1.0.0
             timeout: 90
@@ -164,7 +217,7 @@ fn provision(firmware: Firmware) {
     let second_boot = log
         .lines()
         .any(|line| line.contains("iPXE script served") && line.contains("pending_work=false"));
-    assert_eq!(second_boot, firmware == Firmware::Bios, "{log}");
+    assert_eq!(second_boot, reboots, "{log}");
     let (counters, stats) = gate_stats(&lab.server);
     assert_eq!(stats["mode"]["kind"], "xdp", "{stats}");
     assert!(counters["passed_known"] >= 4, "{stats}");

@@ -177,6 +177,35 @@ fn what_tinkerbell_accepts_applies_and_the_workflow_says_why_it_cannot_run() {
         "Warning: workflow-missing-key.yaml doc 2: spec.hardwareMap: template \"needs-device\" \
          does not render for hardware \"nuc-demo\": map has no entry for key: device_1\n"
     );
+    assert_eq!(
+        apply("workflow-rule-set.yaml"),
+        "Warning: workflow-rule-set.yaml doc 1: kind: WorkflowRuleSet is stored but not acted on: \
+         Wisp never sees an agent it does not own, so it creates no workflows from agent \
+         attributes (apply Workflows instead)\n"
+    );
+    let listed = wisp_ok(&lab.server, &["get", "wrs", "-n", "tink-system"]);
+    assert!(
+        listed.contains("enroll-dell") && listed.contains("ubuntu-focal-nvme"),
+        "{listed}"
+    );
+    assert_eq!(
+        apply("template-unused-fields.yaml"),
+        "Warning: template-unused-fields.yaml doc 2: spec.templateRef: template \"with-hooks\", \
+         rendered: tasks[0].actions[0].on-timeout: not used by Wisp\n"
+    );
+    let said = apply("hardware-unused-fields.yaml");
+    for field in [
+        "spec.tinkVersion",
+        "spec.interfaces[0].netboot.pxelinux",
+        "spec.interfaces[0].dhcp.iface_name",
+    ] {
+        assert!(
+            said.contains(&format!(
+                "hardware-unused-fields.yaml doc 1: {field}: Tinkerbell's field, kept but not used by Wisp"
+            )),
+            "{field}: {said}"
+        );
+    }
     for (workflow, reason) in [
         ("empty-data", "template \"empty\" has no spec.data"),
         ("no-device", "map has no entry for key: device_1"),

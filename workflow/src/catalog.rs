@@ -131,9 +131,7 @@ impl Catalog {
         let mut warnings = Vec::new();
         for (origin, document) in &documents {
             if let Spec::Workflow(workflow) = &document.spec {
-                if let Some(field) =
-                    self.render_check(&document.key.namespace, workflow, &documents)?
-                {
+                for field in self.render_check(&document.key.namespace, workflow, &documents)? {
                     warnings.push(Problem {
                         origin: origin.clone(),
                         field,
@@ -163,7 +161,7 @@ impl Catalog {
         namespace: &str,
         workflow: &WorkflowSpec,
         batch: &[(Origin, Decoded)],
-    ) -> Result<Option<FieldError>, StoreError> {
+    ) -> Result<Vec<FieldError>, StoreError> {
         let find = |kind: Kind, name: &str| -> Result<Option<serde_json::Value>, StoreError> {
             let key = ResourceKey {
                 kind,
@@ -176,7 +174,7 @@ impl Catalog {
             Ok(self.store.get(&key)?.map(|resource| resource.object))
         };
         let Some(template) = find(Kind::Template, &workflow.template_ref)? else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
         // Without a hardwareRef, Tinkerbell renders against an empty Hardware.
         let hardware = if workflow.hardware_ref.is_empty() {
@@ -184,21 +182,38 @@ impl Catalog {
         } else {
             match find(Kind::Hardware, &workflow.hardware_ref)? {
                 Some(hardware) => hardware,
-                None => return Ok(None),
+                None => return Ok(Vec::new()),
             }
         };
         let data = template["spec"]["data"].as_str().unwrap_or_default();
-        Ok(
-            crate::template::render(data, &workflow.hardware_map, &hardware)
-                .err()
-                .map(|err| FieldError {
+        let rendered = match crate::template::render(data, &workflow.hardware_map, &hardware) {
+            Ok(rendered) => rendered,
+            Err(err) => {
+                return Ok(vec![FieldError {
                     path: "spec.hardwareMap".into(),
                     message: format!(
                         "template {:?} does not render for hardware {:?}: {err}",
                         workflow.template_ref, workflow.hardware_ref
                     ),
-                }),
-        )
+                }])
+            }
+        };
+        Ok(match crate::run::Plan::parse_noting_unused(&rendered) {
+            Ok((_, unused)) => unused
+                .into_iter()
+                .map(|path| FieldError {
+                    path: "spec.templateRef".into(),
+                    message: format!(
+                        "template {:?}, rendered: {path}: not used by Wisp",
+                        workflow.template_ref
+                    ),
+                })
+                .collect(),
+            Err(err) => vec![FieldError {
+                path: "spec.templateRef".into(),
+                message: format!("template {:?}: {err}", workflow.template_ref),
+            }],
+        })
     }
 
     /// Deletes a resource, and what it owns, as Kubernetes' garbage collector would: the BMC

@@ -142,6 +142,10 @@ pub fn resources(kind: Kind, views: &[ResourceView], format: Format, single: boo
                     vec!["NAMESPACE", "NAME", "TYPE", "DATA"],
                     views.iter().map(secret_row).collect(),
                 ),
+                Kind::WorkflowRuleSet => (
+                    vec!["NAMESPACE", "NAME", "RULES", "TEMPLATE"],
+                    views.iter().map(rule_set_row).collect(),
+                ),
             };
             table(&header, &rows);
         }
@@ -243,6 +247,19 @@ fn secret_row(view: &ResourceView) -> Vec<String> {
         view.object["data"]
             .as_object()
             .map_or(0, |data| data.len())
+            .to_string(),
+    ]
+}
+
+fn rule_set_row(view: &ResourceView) -> Vec<String> {
+    let spec = &view.object["spec"];
+    vec![
+        view.key.namespace.clone(),
+        view.key.name.clone(),
+        spec["rules"].as_array().map_or(0, Vec::len).to_string(),
+        spec["workflow"]["template"]["ref"]
+            .as_str()
+            .unwrap_or("-")
             .to_string(),
     ]
 }

@@ -127,6 +127,53 @@ pub struct Disk {
 }
 
 impl HardwareSpec {
+    /// Tinkerbell's fields that Wisp keeps but does not act on, by their paths under `spec`:
+    /// apply names each in a warning (see docs/tinkerbell-compat.md for why).
+    pub fn unused_fields(&self) -> Vec<String> {
+        let mut unused = Vec::new();
+        let top = [
+            ("tinkVersion", self.tink_version.is_some()),
+            ("resources", self.resources.is_some()),
+            ("auto", self.auto.is_some()),
+            ("references", self.references.is_some()),
+        ];
+        unused.extend(
+            top.iter()
+                .filter(|(_, set)| *set)
+                .map(|(name, _)| name.to_string()),
+        );
+        for (index, interface) in self.interfaces.iter().enumerate() {
+            let at = |field: &str| format!("interfaces[{index}].{field}");
+            if interface.isoboot.is_some() {
+                unused.push(at("isoboot"));
+            }
+            if let Some(netboot) = &interface.netboot {
+                if netboot.pxelinux.is_some() {
+                    unused.push(at("netboot.pxelinux"));
+                }
+                if netboot.rpi.is_some() {
+                    unused.push(at("netboot.rpi"));
+                }
+                if netboot
+                    .ipxe
+                    .as_ref()
+                    .is_some_and(|ipxe| ipxe.binary.is_some())
+                {
+                    unused.push(at("netboot.ipxe.binary"));
+                }
+            }
+            if let Some(dhcp) = &interface.dhcp {
+                if dhcp.iface_name.is_some() {
+                    unused.push(at("dhcp.iface_name"));
+                }
+                if dhcp.ip.as_ref().is_some_and(|ip| ip.family.is_some()) {
+                    unused.push(at("dhcp.ip.family"));
+                }
+            }
+        }
+        unused
+    }
+
     /// The DHCP blocks of the interfaces Wisp answers DHCP for, with their indices in
     /// `spec.interfaces`.
     pub fn dhcp_interfaces(&self) -> impl Iterator<Item = (usize, &Dhcp)> + '_ {

@@ -23,7 +23,7 @@ pub use hardware::HardwareSpec;
 pub use mac::{MacAddr, MacParseError};
 pub use secret::SecretData;
 pub use template::TemplateSpec;
-pub use workflow::WorkflowSpec;
+pub use workflow::{WorkflowRuleSetSpec, WorkflowSpec};
 
 pub const API_VERSION: &str = "tinkerbell.org/v1alpha1";
 /// The namespace of a resource that names none, as in Kubernetes.
@@ -38,10 +38,11 @@ pub enum Kind {
     Job,
     Task,
     Secret,
+    WorkflowRuleSet,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Hardware,
         Kind::Template,
         Kind::Workflow,
@@ -49,6 +50,7 @@ impl Kind {
         Kind::Job,
         Kind::Task,
         Kind::Secret,
+        Kind::WorkflowRuleSet,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -60,13 +62,14 @@ impl Kind {
             Kind::Job => "Job",
             Kind::Task => "Task",
             Kind::Secret => "Secret",
+            Kind::WorkflowRuleSet => "WorkflowRuleSet",
         }
     }
 
     /// The `apiVersion` documents of this kind carry.
     pub const fn api_version(self) -> &'static str {
         match self {
-            Kind::Hardware | Kind::Template | Kind::Workflow => API_VERSION,
+            Kind::Hardware | Kind::Template | Kind::Workflow | Kind::WorkflowRuleSet => API_VERSION,
             Kind::Machine | Kind::Job | Kind::Task => bmc::API_VERSION,
             Kind::Secret => secret::API_VERSION,
         }
@@ -82,6 +85,7 @@ impl Kind {
             Kind::Job => "jobs",
             Kind::Task => "tasks",
             Kind::Secret => "secrets",
+            Kind::WorkflowRuleSet => "workflowrulesets",
         }
     }
 
@@ -95,6 +99,7 @@ impl Kind {
             "job" | "jobs" | "j" => Some(Kind::Job),
             "task" | "tasks" | "t" => Some(Kind::Task),
             "secret" | "secrets" => Some(Kind::Secret),
+            "workflowruleset" | "workflowrulesets" | "wrs" => Some(Kind::WorkflowRuleSet),
             _ => None,
         }
     }
@@ -238,6 +243,7 @@ pub enum Spec {
     Job(JobSpec),
     Task(TaskSpec),
     Secret(SecretData),
+    WorkflowRuleSet(WorkflowRuleSetSpec),
 }
 
 /// A document that passed validation.
@@ -274,7 +280,7 @@ pub fn decode(object: Value) -> Result<Decoded, FieldError> {
         .ok_or_else(|| {
             FieldError::new(
                 "kind",
-                format!("{kind_text:?} is not a resource kind (Hardware, Template, Workflow, Machine, Job, Task or Secret)"),
+                format!("{kind_text:?} is not a resource kind (Hardware, Template, Workflow, WorkflowRuleSet, Machine, Job, Task or Secret)"),
             )
         })?;
     if api_version != kind.api_version() {
@@ -295,6 +301,7 @@ pub fn decode(object: Value) -> Result<Decoded, FieldError> {
         Kind::Machine => typed(&object, &mut warnings, Spec::Machine)?,
         Kind::Job => typed(&object, &mut warnings, Spec::Job)?,
         Kind::Task => typed(&object, &mut warnings, Spec::Task)?,
+        Kind::WorkflowRuleSet => typed(&object, &mut warnings, Spec::WorkflowRuleSet)?,
         Kind::Secret => {
             let data = secret::normalise(&mut object)?;
             let envelope: SecretEnvelope = with_unknown_fields(&object, &mut warnings)?;
@@ -363,7 +370,7 @@ fn with_unknown_fields<T: DeserializeOwned>(
 }
 
 /// Formats serde_ignored's path the way serde_path_to_error does: `a.b[0].c`.
-fn ignored_path(path: &serde_ignored::Path) -> String {
+pub(crate) fn ignored_path(path: &serde_ignored::Path) -> String {
     use serde_ignored::Path;
     match path {
         Path::Root => String::new(),
@@ -400,6 +407,12 @@ fn validate_name(path: &str, name: &str) -> Result<(), FieldError> {
 fn validate_spec(spec: &Spec, warnings: &mut Vec<FieldError>) -> Result<(), FieldError> {
     match spec {
         Spec::Hardware(hardware) => {
+            warnings.extend(hardware.unused_fields().into_iter().map(|field| {
+                FieldError::new(
+                    format!("spec.{field}"),
+                    "Tinkerbell's field, kept but not used by Wisp",
+                )
+            }));
             if let Some(reference) = &hardware.bmc_ref {
                 validate_name("spec.bmcRef.name", &reference.name)?;
             }
@@ -456,5 +469,13 @@ fn validate_spec(spec: &Spec, warnings: &mut Vec<FieldError>) -> Result<(), Fiel
         }
         Spec::Task(task) => task.validate(),
         Spec::Secret(_) => Ok(()),
+        Spec::WorkflowRuleSet(_) => {
+            warnings.push(FieldError::new(
+                "kind",
+                "WorkflowRuleSet is stored but not acted on: Wisp never sees an agent it does not \
+                 own, so it creates no workflows from agent attributes (apply Workflows instead)",
+            ));
+            Ok(())
+        }
     }
 }

@@ -96,3 +96,30 @@ impl BootOptions {
         self.toggle_allow_netboot || self.boot_mode.is_some()
     }
 }
+
+/// Tinkerbell's WorkflowRuleSet: rules over agent attributes that create a Workflow for an agent
+/// that has none. Wisp stores it and does not act on it (see docs/tinkerbell-compat.md).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WorkflowRuleSetSpec {
+    pub rules: Vec<String>,
+    pub workflow: RuleSetWorkflow,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RuleSetWorkflow {
+    pub disabled: Option<bool>,
+    pub namespace: String,
+    pub add_attributes: bool,
+    pub template: RuleSetTemplate,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct RuleSetTemplate {
+    pub agent_value: String,
+    pub kvs: BTreeMap<String, String>,
+    #[serde(rename = "ref")]
+    pub template_ref: String,
+}

@@ -6,6 +6,11 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Plan {
+    /// Read as Tinkerbell's controller reads it, and not used, as there.
+    #[serde(default, skip_serializing)]
+    pub version: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub id: Option<serde_json::Value>,
     #[serde(default)]
     pub name: String,
     /// Seconds for the whole workflow; 0 means none.
@@ -86,13 +91,23 @@ pub struct PlanError(String);
 impl Plan {
     /// Parses a rendered template, naming the field at fault.
     pub fn parse(rendered: &str) -> Result<Plan, PlanError> {
+        Plan::parse_noting_unused(rendered).map(|(plan, _)| plan)
+    }
+
+    /// [`Plan::parse`], and the paths of the fields Wisp does not use (`on-timeout` and
+    /// `on-failure`, which Tinkerbell's controller drops too, and any it does not know).
+    pub fn parse_noting_unused(rendered: &str) -> Result<(Plan, Vec<String>), PlanError> {
+        let mut unused = Vec::new();
         let document = serde_yaml_ng::Deserializer::from_str(rendered);
+        let document = serde_ignored::Deserializer::new(document, |path| {
+            unused.push(crate::resource::ignored_path(&path))
+        });
         let plan: Plan = serde_path_to_error::deserialize(document)
             .map_err(|err| PlanError(format!("{}: {}", err.path(), err.inner())))?;
         if plan.tasks.iter().all(|task| task.actions.is_empty()) {
             return Err(PlanError("it has no actions".into()));
         }
-        Ok(plan)
+        Ok((plan, unused))
     }
 
     /// The actions in the order they run, with their task.
@@ -162,6 +177,22 @@ tasks:
         assert!(actions[0].namespaces.is_empty());
         assert_eq!(actions[1].effective_pid(), "private");
         assert_eq!(actions[1].namespaces.network, "none");
+    }
+
+    #[test]
+    fn notes_the_fields_it_does_not_use() {
+        let (_, unused) = Plan::parse_noting_unused(
+            "version: '0.1'\nid: x\nname: n\ntasks:\n  - name: t\n    actions:\n      - {name: a, image: i, on-timeout: [echo], on-failure: [echo]}\n    colour: blue\n",
+        )
+        .unwrap();
+        assert_eq!(
+            unused,
+            [
+                "tasks[0].actions[0].on-timeout",
+                "tasks[0].actions[0].on-failure",
+                "tasks[0].colour"
+            ]
+        );
     }
 
     #[test]

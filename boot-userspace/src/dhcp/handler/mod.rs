@@ -254,26 +254,23 @@ pub fn fuzz_decide(bytes: &[u8]) {
     };
     let mac = client_mac(&message).unwrap_or(MacAddr([0x1c, 0x69, 0x7a, 0, 0, 1]));
     let machine = Machine {
-        hardware: workflow::resource::ResourceKey {
-            kind: workflow::resource::Kind::Hardware,
-            namespace: "fuzz".into(),
-            name: "machine".into(),
-        },
         mac,
         address: (flags & 0x40 == 0).then_some(Ipv4Addr::new(10, 0, 0, 8)),
         netmask: Some(Ipv4Addr::new(255, 255, 255, 0)),
         gateway: Some(Ipv4Addr::new(10, 0, 0, 254)),
         name_servers: vec![Ipv4Addr::new(10, 0, 0, 53)],
-        time_servers: vec![],
         hostname: Some("machine".into()),
         domain: Some("lab".into()),
         lease_secs: 3600,
         allow_pxe: flags & 0x80 == 0,
-        allow_workflow: true,
-        workflow_bound: true,
-        ipxe_url: None,
-        ipxe_script: None,
-        osie: Default::default(),
+        routes: vec![(
+            Ipv4Addr::new(10, 20, 0, 0),
+            16,
+            Ipv4Addr::new(10, 0, 0, 254),
+        )],
+        vlan_id: (flags & 0x20 == 0).then(|| "30".into()),
+        boot_server: (flags & 0x10 != 0).then(|| ("10.0.0.9".into(), "pxelinux.0".into())),
+        ..Machine::example()
     };
     let boot = BootConfig {
         server: Ipv4Addr::new(10, 0, 0, 1),

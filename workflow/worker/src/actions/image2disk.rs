@@ -51,6 +51,12 @@ impl Format {
 
 pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
     let url = invocation.required("IMG_URL")?;
+    if url.starts_with("https://") {
+        return Err(fail(format!(
+            "IMG_URL {url}: image2disk in Wisp's provisioning OS speaks HTTP only (no TLS); \
+             serve the image over http://"
+        )));
+    }
     let destination = invocation.required("DEST_DISK")?;
     let compressed = invocation.flag("COMPRESSED")?;
     let disk = OpenOptions::new()
