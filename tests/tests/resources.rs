@@ -171,7 +171,10 @@ fn what_tinkerbell_accepts_applies_and_the_workflow_says_why_it_cannot_run() {
         assert!(output.status.success(), "{name}: {}", stderr(&output));
         stderr(&output)
     };
-    assert_eq!(apply("template-without-data.yaml"), "");
+    assert_eq!(
+        apply("template-without-data.yaml"),
+        "Warning: template-without-data.yaml doc 2: spec.templateRef: template \"empty\" has no spec.data\n"
+    );
     assert_eq!(
         apply("workflow-missing-key.yaml"),
         "Warning: workflow-missing-key.yaml doc 2: spec.hardwareMap: template \"needs-device\" \

@@ -186,6 +186,12 @@ impl Catalog {
             }
         };
         let data = template["spec"]["data"].as_str().unwrap_or_default();
+        if data.is_empty() {
+            return Ok(vec![FieldError {
+                path: "spec.templateRef".into(),
+                message: format!("template {:?} has no spec.data", workflow.template_ref),
+            }]);
+        }
         let rendered = match crate::template::render(data, &workflow.hardware_map, &hardware) {
             Ok(rendered) => rendered,
             Err(err) => {

@@ -926,7 +926,7 @@ spec: {templateRef: t, hardwareRef: missing, bootOptions: {bootMode: netboot}}
         let catalog = catalog(dir.path(), MAC);
         catalog.delete(&workflow()).unwrap();
         // A Template without data, and a Workflow whose template needs a key it lacks: both
-        // are accepted, the second with a warning that names the key.
+        // are accepted, each Workflow with a warning that says why it cannot run.
         let warnings = apply(
             &catalog,
             "apiVersion: tinkerbell.org/v1alpha1\nkind: Template\nmetadata: {name: empty, namespace: ns}\nspec: {}\n\
@@ -937,11 +937,16 @@ spec: {templateRef: t, hardwareRef: missing, bootOptions: {bootMode: netboot}}
              ---\napiVersion: tinkerbell.org/v1alpha1\nkind: Workflow\nmetadata: {name: needs, namespace: ns}\n\
              spec: {templateRef: needs, hardwareRef: m}\n",
         );
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(
-            warnings[0].to_string().contains("device_9"),
+            warnings[0].to_string().contains("has no spec.data"),
             "{}",
             warnings[0]
+        );
+        assert!(
+            warnings[1].to_string().contains("device_9"),
+            "{}",
+            warnings[1]
         );
         let engine = Engine::load(Arc::clone(&catalog)).unwrap();
         // The machine's workflows run in name order; each fails with its reason.

@@ -99,9 +99,9 @@ impl Plan {
     pub fn parse_noting_unused(rendered: &str) -> Result<(Plan, Vec<String>), PlanError> {
         let mut unused = Vec::new();
         let document = serde_yaml_ng::Deserializer::from_str(rendered);
-        let document = serde_ignored::Deserializer::new(document, |path| {
-            unused.push(crate::resource::ignored_path(&path))
-        });
+        let mut note =
+            |path: serde_ignored::Path| unused.push(crate::resource::ignored_path(&path));
+        let document = serde_ignored::Deserializer::new(document, &mut note);
         let plan: Plan = serde_path_to_error::deserialize(document)
             .map_err(|err| PlanError(format!("{}: {}", err.path(), err.inner())))?;
         if plan.tasks.iter().all(|task| task.actions.is_empty()) {
