@@ -93,6 +93,10 @@ settings! {
     interface: String = String::new(), env "WISP_INTERFACE", short;
     /// Where resources, runs, leases and tokens are kept.
     data_dir: PathBuf = PathBuf::from("/var/lib/wisp"), env "WISP_DATA_DIR";
+    /// Where resources, runs, leases and boots are kept: empty for the embedded store in the
+    /// data directory; `etcd://host1:2379,host2:2379` for an etcd cluster that several
+    /// appliances share (docs/ha.md).
+    store: String = String::new(), env "WISP_STORE";
     /// Address of the HTTP API (and /metrics). Every request but /healthz needs the API token.
     listen: SocketAddr = DEFAULT_LISTEN.parse().expect("a valid default"), env "WISP_LISTEN";
     /// The API's bearer token, created (0600) on first start. Empty means <data-dir>/api.token.

@@ -16,7 +16,7 @@ use tokio::{
 use workflow::{
     catalog::Catalog,
     engine::Engine,
-    store::{LeaseJournal, LeaseStore, RedbStore},
+    store::{BootStore, EtcdStore, LeaseJournal, LeaseStore, RedbStore, Store},
 };
 
 use crate::{
@@ -37,14 +37,18 @@ use crate::{
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let address = served_address(&settings.interface)?;
     raise_open_files_limit();
-    let (store, leases) = open_stores(&settings)?;
+    let stores = open_stores(&settings)?;
+    let shared = stores.shared.clone();
     let boot_files = Arc::new(BootFiles::load(&settings.ipxe_dir)?);
     tracing::info!(files = ?boot_files.names().collect::<Vec<_>>(), "iPXE binaries loaded from {}", settings.ipxe_dir.display());
     let gate = Arc::new(start_gate(&settings)?);
-    let state = load_state(&settings, store, leases, Arc::clone(&gate))?;
+    let state = load_state(&settings, stores, Arc::clone(&gate))?;
 
     let mut services = spawn_boot_services(&settings, address, &state, boot_files);
     let mut background = spawn_background_tasks(&settings, &state);
+    if let Some(shared) = shared {
+        background.spawn(follow_other_appliances(shared, Arc::clone(&state)));
+    }
     let api = serve_api(&settings, Arc::clone(&state));
     let outcome = tokio::select! {
         result = api => result,
@@ -77,10 +81,34 @@ fn raise_open_files_limit() {
     }
 }
 
-/// The resource store and the lease journal, with leases that earlier versions kept in the
-/// resource store moved to the journal once.
-fn open_stores(settings: &Settings) -> anyhow::Result<(RedbStore, Arc<LeaseJournal>)> {
-    let store = RedbStore::open(&settings.data_dir)?;
+/// Where resources, runs, leases and boots are kept.
+struct Stores {
+    resources: Arc<dyn Store>,
+    leases: Arc<dyn LeaseStore>,
+    boots: Arc<dyn BootStore>,
+    /// The etcd store, when other appliances share it.
+    shared: Option<Arc<EtcdStore>>,
+}
+
+/// The embedded store (redb, with leases in their journal, and leases that earlier versions
+/// kept in redb moved there once), or an etcd cluster's.
+fn open_stores(settings: &Settings) -> anyhow::Result<Stores> {
+    if !settings.store.is_empty() {
+        // The data directory still holds what is this appliance's own: its API token and keys.
+        workflow::store::private::create_dir(&settings.data_dir)
+            .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+        let etcd = Arc::new(
+            EtcdStore::connect(&settings.store)
+                .with_context(|| format!("opening the store at {}", settings.store))?,
+        );
+        return Ok(Stores {
+            resources: Arc::clone(&etcd) as Arc<dyn Store>,
+            leases: Arc::clone(&etcd) as Arc<dyn LeaseStore>,
+            boots: Arc::clone(&etcd) as Arc<dyn BootStore>,
+            shared: Some(etcd),
+        });
+    }
+    let store = Arc::new(RedbStore::open(&settings.data_dir)?);
     let leases = Arc::new(LeaseJournal::open(&settings.data_dir)?);
     let moved = store
         .move_leases_to(&*leases)
@@ -91,7 +119,12 @@ fn open_stores(settings: &Settings) -> anyhow::Result<(RedbStore, Arc<LeaseJourn
             "leases moved from wisp.redb to the lease journal"
         );
     }
-    Ok((store, leases))
+    Ok(Stores {
+        resources: Arc::clone(&store) as Arc<dyn Store>,
+        leases,
+        boots: store,
+        shared: None,
+    })
 }
 
 fn start_gate(settings: &Settings) -> anyhow::Result<Gate> {
@@ -107,19 +140,20 @@ fn start_gate(settings: &Settings) -> anyhow::Result<Gate> {
 /// the gate's allowlist made to match it).
 fn load_state(
     settings: &Settings,
-    store: RedbStore,
-    leases: Arc<LeaseJournal>,
+    stores: Stores,
     gate: Arc<Gate>,
 ) -> anyhow::Result<Arc<AppState>> {
-    let tokens = MachineTokens::load(
-        &settings.data_dir,
-        Arc::new(store.clone()),
-        settings.token_lifetime.0,
-    )?;
+    let Stores {
+        resources,
+        leases,
+        boots,
+        ..
+    } = stores;
+    let tokens = MachineTokens::load(&settings.data_dir, boots, settings.token_lifetime.0)?;
     if settings.machine_identity == MachineIdentity::Address {
         tracing::warn!("machine-identity = address: a host that takes a machine's reserved address is taken for that machine by the worker API and the metadata service");
     }
-    let catalog = Arc::new(Catalog::new(Arc::new(store)));
+    let catalog = Arc::new(Catalog::new(resources));
     let engine = Engine::load(catalog).context("loading workflow runs from the store")?;
     let metrics = Arc::new(Metrics::new(Arc::clone(&gate)));
     crate::log_budget::log_panics(&metrics.log_lines_suppressed);
@@ -136,11 +170,12 @@ fn load_state(
     let machines = state
         .sync_hardware()
         .context("loading Hardware from the store")?;
-    tracing::info!(
-        machines,
-        "Hardware loaded from {}",
-        settings.data_dir.display()
-    );
+    let source = if settings.store.is_empty() {
+        settings.data_dir.display().to_string()
+    } else {
+        settings.store.clone()
+    };
+    tracing::info!(machines, "Hardware loaded from {source}");
     for conflict in state.lease_conflicts()? {
         tracing::warn!("{conflict}");
     }
@@ -170,7 +205,7 @@ fn spawn_boot_services(
         Arc::clone(&state.machines),
         Arc::clone(&state.gate),
         Arc::clone(&state.metrics),
-        Arc::clone(&state.leases) as Arc<dyn LeaseStore>,
+        Arc::clone(&state.leases),
         Arc::clone(&state.holders),
         Arc::clone(&state.script_handoffs),
     );
@@ -245,6 +280,20 @@ async fn serve_api(settings: &Settings, state: Arc<AppState>) -> anyhow::Result<
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("API server")
+}
+
+/// Keeps this appliance's derived state (machine table, XDP allowlist, pending work) up with
+/// what other appliances apply to the shared store, from its watch.
+async fn follow_other_appliances(store: Arc<EtcdStore>, state: Arc<AppState>) {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&changed);
+    store.watch_resources(move || notify.notify_one());
+    loop {
+        changed.notified().await;
+        if let Err(err) = state.sync_hardware_coalesced().await {
+            tracing::error!("following the shared store: {err:#}");
+        }
+    }
 }
 
 async fn reconcile_hardware(state: Arc<AppState>, period: Duration) {

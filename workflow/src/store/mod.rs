@@ -1,5 +1,8 @@
 //! Resource storage, behind a trait so that a distributed backend (etcd) can sit beside the
 //! embedded one.
+#[cfg(test)]
+mod conformance;
+mod etcd;
 mod group_commit;
 mod lease_journal;
 pub mod private;
@@ -9,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use self::{
+    etcd::EtcdStore,
     group_commit::{CommitError, GroupCommit},
     lease_journal::LeaseJournal,
     redb::RedbStore,

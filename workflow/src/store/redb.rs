@@ -399,49 +399,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::LeaseJournal;
-
-    fn key(name: &str) -> ResourceKey {
-        ResourceKey {
-            kind: Kind::Hardware,
-            namespace: "ns".into(),
-            name: name.into(),
-        }
-    }
-
-    fn write(name: &str, spec: Value, expected_version: Option<u64>) -> Write {
-        Write {
-            key: key(name),
-            object: json!({"metadata": {"name": name}, "spec": spec}),
-            expected_version,
-        }
-    }
+    use crate::store::{conformance, LeaseJournal};
 
     #[test]
-    fn apply_versions_and_detects_unchanged_and_conflicts() {
+    fn does_what_every_store_does() {
         let dir = tempfile::tempdir().unwrap();
         let store = RedbStore::open(dir.path()).unwrap();
-        let first = store.apply(vec![write("a", json!(1), None)]).unwrap();
-        assert_eq!(first[0].outcome, ApplyOutcome::Created);
-        let again = store.apply(vec![write("a", json!(1), None)]).unwrap();
-        assert_eq!(
-            (again[0].outcome, again[0].version),
-            (ApplyOutcome::Unchanged, first[0].version)
-        );
-        let stale = store.apply(vec![write("a", json!(2), Some(first[0].version + 7))]);
-        assert!(
-            matches!(stale, Err(StoreError::Conflict { .. })),
-            "{stale:?}"
-        );
-        let updated = store
-            .apply(vec![write("a", json!(2), Some(first[0].version))])
-            .unwrap();
-        assert_eq!(updated[0].outcome, ApplyOutcome::Configured);
-        let got = store.get(&key("a")).unwrap().unwrap();
-        assert_eq!(
-            got.object["metadata"]["resourceVersion"],
-            updated[0].version.to_string()
-        );
+        conformance::resources(&store);
+        conformance::runs_and_statuses(&store);
+        conformance::boots(&store);
+        let journal = LeaseJournal::open(&dir.path().join("journal")).unwrap();
+        conformance::leases(&journal);
     }
 
     #[test]
@@ -471,13 +439,13 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_batch_writes_nothing_and_data_survives_reopen() {
+    fn data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = RedbStore::open(dir.path()).unwrap();
-            store.apply(vec![write("a", json!(1), None)]).unwrap();
-            let batch = vec![write("b", json!(1), None), write("a", json!(9), Some(999))];
-            assert!(store.apply(batch).is_err());
+            store
+                .apply(vec![conformance::write("a", json!(1), None)])
+                .unwrap();
         }
         let store = RedbStore::open(dir.path()).unwrap();
         let names: Vec<String> = store
@@ -487,15 +455,5 @@ mod tests {
             .map(|r| r.key.name)
             .collect();
         assert_eq!(names, ["a"]);
-        assert!(store.list(Kind::Template).unwrap().is_empty());
-        assert_eq!(
-            store
-                .delete(&key("a"))
-                .unwrap()
-                .map(|r| r.key.name)
-                .as_deref(),
-            Some("a")
-        );
-        assert!(store.get(&key("a")).unwrap().is_none());
     }
 }

@@ -1,0 +1,67 @@
+//! Appliances sharing one etcd cluster (`--store etcd://...`): what one applies, the others
+//! serve, their XDP gates included, within a second, from the store's watch.
+use std::time::Duration;
+
+use wisp_tests::{
+    apply_ok, etcd::Etcd, eventually_within, gate_stats, hardware_yaml, require_root, wisp_ok,
+    Daemon, Lab, TempDir, CLIENT_IF, SERVER_IF,
+};
+
+#[test]
+fn what_one_appliance_applies_the_other_serves_within_a_second() {
+    require_root!();
+    let lab = Lab::new("ha-share");
+    let work = TempDir::new("ha-share");
+    // etcd on the server side; appliance A beside it, appliance B across the link.
+    let etcd = Etcd::start(&lab.server, "10.99.0.1", &work.0);
+    let store = format!("--store={}", etcd.url);
+    let _a = Daemon::start(&lab.server, SERVER_IF, &work.join("a"), &[&store]);
+    let _b = Daemon::start(&lab.client, CLIENT_IF, &work.join("b"), &[&store]);
+
+    apply_ok(
+        &lab.server,
+        &hardware_yaml("shared", "1c:69:7a:00:00:31", "10.99.0.31"),
+    );
+    // B serves it: its resources and its gate's allowlist.
+    eventually_within(
+        "B's gate admits the MAC A applied",
+        Duration::from_secs(1),
+        || gate_stats(&lab.client).1["allowlist_size"] == 1,
+    );
+    let seen = wisp_ok(&lab.client, &["get", "hardware", "-n", "lab", "-o", "json"]);
+    assert!(seen.contains("1c:69:7a:00:00:31"), "{seen}");
+    // A change through B, against the version A's apply made, is seen by A; a stale one fails.
+    let shown: serde_json::Value = serde_json::from_str(&wisp_ok(
+        &lab.client,
+        &["get", "hardware", "shared", "-n", "lab", "-o", "json"],
+    ))
+    .expect("JSON");
+    let version = shown["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("a resourceVersion")
+        .to_string();
+    let changed = hardware_yaml("shared", "1c:69:7a:00:00:31", "10.99.0.32").replace(
+        "  namespace: lab\n",
+        &format!("  namespace: lab\n  resourceVersion: \"{version}\"\n"),
+    );
+    apply_ok(&lab.client, &changed);
+    eventually_within("A sees B's change", Duration::from_secs(1), || {
+        wisp_ok(
+            &lab.server,
+            &["get", "hardware", "shared", "-n", "lab", "-o", "json"],
+        )
+        .contains("10.99.0.32")
+    });
+    let stale = wisp_tests::apply_yaml(&lab.server, &changed);
+    assert!(!stale.status.success());
+    assert!(
+        String::from_utf8_lossy(&stale.stderr).contains("has been modified"),
+        "{}",
+        String::from_utf8_lossy(&stale.stderr)
+    );
+    // Deleted on A: B's gate drops the MAC.
+    wisp_ok(&lab.server, &["delete", "hardware", "shared", "-n", "lab"]);
+    eventually_within("B's gate forgets the MAC", Duration::from_secs(1), || {
+        gate_stats(&lab.client).1["allowlist_size"] == 0
+    });
+}

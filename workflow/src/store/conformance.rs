@@ -1,0 +1,168 @@
+//! What every store backend must do, as tests that take the backend: the redb store's unit
+//! tests and the etcd store's (against a real etcd) run the same ones.
+use serde_json::{json, Value};
+
+use super::{
+    ApplyOutcome, Boot, BootRecord, BootStore, Lease, LeaseStore, Store, StoreError, Write,
+};
+use crate::{
+    resource::{Kind, ResourceKey},
+    run::{Plan, WorkflowStatus},
+};
+
+pub fn key(kind: Kind, name: &str) -> ResourceKey {
+    ResourceKey {
+        kind,
+        namespace: "ns".into(),
+        name: name.into(),
+    }
+}
+
+pub fn write(name: &str, spec: Value, expected_version: Option<u64>) -> Write {
+    Write {
+        key: key(Kind::Hardware, name),
+        object: json!({"metadata": {"name": name}, "spec": spec}),
+        expected_version,
+    }
+}
+
+/// Versions, unchanged applies, conflicts, all-or-nothing batches, listing, deletes, and the
+/// revision that says when derived views are stale.
+pub fn resources(store: &dyn Store) {
+    let start = store.revision().unwrap();
+    let first = store.apply(vec![write("a", json!(1), None)]).unwrap();
+    assert_eq!(first[0].outcome, ApplyOutcome::Created);
+    let after_create = store.revision().unwrap();
+    assert!(after_create > start);
+    let again = store.apply(vec![write("a", json!(1), None)]).unwrap();
+    assert_eq!(
+        (again[0].outcome, again[0].version),
+        (ApplyOutcome::Unchanged, first[0].version)
+    );
+    assert_eq!(store.revision().unwrap(), after_create, "nothing changed");
+    let stale = store.apply(vec![write("a", json!(2), Some(first[0].version + 7))]);
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    let updated = store
+        .apply(vec![write("a", json!(2), Some(first[0].version))])
+        .unwrap();
+    assert_eq!(updated[0].outcome, ApplyOutcome::Configured);
+    assert!(updated[0].version > first[0].version);
+    let got = store.get(&key(Kind::Hardware, "a")).unwrap().unwrap();
+    assert_eq!(got.version, updated[0].version);
+    assert_eq!(
+        got.object["metadata"]["resourceVersion"],
+        updated[0].version.to_string()
+    );
+    assert_eq!(got.object["spec"], 2);
+
+    // A batch with a stale write writes nothing.
+    let batch = vec![write("b", json!(1), None), write("a", json!(9), Some(1))];
+    assert!(store.apply(batch).is_err());
+    assert!(store.get(&key(Kind::Hardware, "b")).unwrap().is_none());
+    store.apply(vec![write("c", json!(3), None)]).unwrap();
+    let names: Vec<String> = store
+        .list(Kind::Hardware)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key.name)
+        .collect();
+    assert_eq!(names, ["a", "c"], "ordered by namespace and name");
+    assert!(store.list(Kind::Template).unwrap().is_empty());
+
+    let before_delete = store.revision().unwrap();
+    let removed = store.delete(&key(Kind::Hardware, "a")).unwrap();
+    assert_eq!(removed.map(|r| r.object["spec"].clone()), Some(json!(2)));
+    assert!(store.get(&key(Kind::Hardware, "a")).unwrap().is_none());
+    assert!(store.revision().unwrap() > before_delete);
+    assert!(store.delete(&key(Kind::Hardware, "a")).unwrap().is_none());
+}
+
+/// Runs and statuses live beside their resource, only while it exists, and go with it.
+pub fn runs_and_statuses(store: &dyn Store) {
+    let workflow = key(Kind::Workflow, "w");
+    let gone = key(Kind::Workflow, "gone");
+    store
+        .apply(vec![Write {
+            key: workflow.clone(),
+            object: json!({"metadata": {"name": "w"}, "spec": {}}),
+            expected_version: None,
+        }])
+        .unwrap();
+    let plan = Plan::parse("tasks: [{name: t, actions: [{name: a, image: i}]}]").unwrap();
+    let run = WorkflowStatus::new(&plan);
+    let stored = store
+        .put_workflow_statuses(&[(workflow.clone(), run.clone()), (gone.clone(), run.clone())])
+        .unwrap();
+    assert_eq!(stored, [true, false]);
+    assert_eq!(
+        store.workflow_statuses().unwrap(),
+        [(workflow.clone(), run)]
+    );
+    assert!(store.put_status(&workflow, &json!({"seen": 1})).unwrap());
+    assert!(!store.put_status(&gone, &json!({"seen": 1})).unwrap());
+    assert_eq!(store.status(&workflow).unwrap(), Some(json!({"seen": 1})));
+    assert_eq!(store.status(&gone).unwrap(), None);
+    // A run or status does not bump the revision users apply against.
+    let version = store.get(&workflow).unwrap().unwrap().version;
+    store.put_status(&workflow, &json!({"seen": 2})).unwrap();
+    assert_eq!(store.get(&workflow).unwrap().unwrap().version, version);
+    store.delete(&workflow).unwrap();
+    assert!(store.workflow_statuses().unwrap().is_empty());
+    assert_eq!(store.status(&workflow).unwrap(), None);
+}
+
+pub fn leases(store: &dyn LeaseStore) {
+    let lease = |last: u8, expires_unix: u64| Lease {
+        mac: format!("1c:69:7a:00:00:{last:02x}").parse().unwrap(),
+        address: [10, 0, 0, last].into(),
+        expires_unix,
+        hostname: None,
+    };
+    // More than one etcd transaction holds by default.
+    let many: Vec<Lease> = (1..=200).map(|last| lease(last, 100)).collect();
+    store.record_leases(&many).unwrap();
+    store.record_leases(&[lease(1, 200)]).unwrap();
+    let mut stored = store.leases().unwrap();
+    stored.sort_by_key(|lease| lease.address);
+    assert_eq!(stored.len(), 200);
+    assert_eq!(stored[0], lease(1, 200), "renewed");
+    assert_eq!(
+        store.remove_lease(&lease(2, 0).mac).unwrap(),
+        Some(lease(2, 100))
+    );
+    assert_eq!(store.remove_lease(&lease(2, 0).mac).unwrap(), None);
+    assert_eq!(store.leases().unwrap().len(), 199);
+}
+
+pub fn boots(store: &dyn BootStore) {
+    let (a, b) = (
+        "1c:69:7a:00:00:0a".parse().unwrap(),
+        "1c:69:7a:00:00:0b".parse().unwrap(),
+    );
+    let record = |id, address| BootRecord {
+        boot: Boot {
+            id,
+            expires_unix: 99,
+        },
+        address,
+    };
+    store.record_boot(&a, record(1, None)).unwrap();
+    store
+        .record_boot(&b, record(2, Some([10, 0, 0, 9].into())))
+        .unwrap();
+    store.record_boot(&a, record(3, None)).unwrap();
+    let mut boots = store.boots().unwrap();
+    boots.sort_by_key(|(mac, _)| *mac);
+    assert_eq!(
+        boots,
+        [
+            (a, record(3, None)),
+            (b, record(2, Some([10, 0, 0, 9].into())))
+        ]
+    );
+    store.end_boots(&[a]).unwrap();
+    assert_eq!(store.boots().unwrap().len(), 1);
+}

@@ -1,0 +1,750 @@
+//! The store on an etcd cluster (`--store etcd://host1:2379,host2:2379`), for appliances that
+//! share one state: a second implementation of the store traits, under the same callers.
+//!
+//! Keys, under the prefix `/wisp/`:
+//! - `resources/<Kind>/<namespace>/<name>`: the object, without `metadata.resourceVersion`,
+//!   which is the key's `mod_revision`: etcd's revisions carry resourceVersion, as in
+//!   Kubernetes;
+//! - `revision`: rewritten in every transaction that changes resources, so its `mod_revision`
+//!   is [`Store::revision`];
+//! - `runs/<namespace>/<name>`, `status/<Kind>/<namespace>/<name>`: a workflow's run, and the
+//!   status Wisp keeps for a BMC kind;
+//! - `leases/<mac>`, `boots/<mac>`: DHCP leases and machines' boots.
+//!
+//! Every change is one etcd transaction. A write that depends on what it read (an apply, a run
+//! recorded only while its workflow exists) compares the revisions it read, and is tried again
+//! when another appliance wrote in between. Calls are tried again, a few times, when a member
+//! does not answer: the client does not move to another endpoint by itself.
+//!
+//! The traits are blocking; the client is async. The store drives it on a small runtime of its
+//! own and waits for each call on a channel, so that it can be called from any thread, a
+//! runtime's worker included (which blocks for the call, as a redb call blocks it for its I/O).
+use std::{future::Future, time::Duration};
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp, TxnOpResponse,
+};
+use serde_json::Value;
+
+use super::{
+    Applied, ApplyOutcome, BootRecord, BootStore, BoxError, Lease, LeaseStore, Store, StoreError,
+    Write,
+};
+use crate::{
+    resource::{Kind, MacAddr, Resource, ResourceKey},
+    run::WorkflowStatus,
+};
+
+const PREFIX: &str = "/wisp/";
+/// How many times a call is made when members do not answer, or a transaction lost a race.
+const TRIES: u32 = 5;
+
+pub struct EtcdStore {
+    client: Client,
+    runtime: Background,
+    /// The endpoints, to name the store in errors.
+    endpoints: String,
+}
+
+/// The store's own runtime, shut down without waiting when dropped: the store may be dropped
+/// on a runtime's worker (a daemon stopping), where waiting is not allowed.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("running until dropped")
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl EtcdStore {
+    /// Connects to the cluster at `url` (`etcd://host1:2379,host2:2379`). Fails, naming the
+    /// endpoints, when no member answers.
+    pub fn connect(url: &str) -> Result<EtcdStore, StoreError> {
+        let endpoints: Vec<String> = url
+            .strip_prefix("etcd://")
+            .ok_or_else(|| {
+                backend(
+                    url,
+                    format!("{url:?} is not an etcd URL (etcd://host1:2379,host2:2379)"),
+                )
+            })?
+            .split(',')
+            .filter(|endpoint| !endpoint.is_empty())
+            .map(|endpoint| format!("http://{endpoint}"))
+            .collect();
+        let runtime = Background(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("etcd-store")
+                .enable_all()
+                .build()
+                .map_err(|err| backend(url, err))?,
+        ));
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(2))
+            .with_timeout(Duration::from_secs(5))
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            .with_require_leader(true);
+        let client = wait(
+            runtime.runtime(),
+            Client::connect(endpoints.clone(), Some(options)),
+        )
+        .map_err(|err| backend(url, err))?
+        .map_err(|err| backend(url, err))?;
+        let store = EtcdStore {
+            client,
+            runtime,
+            endpoints: endpoints.join(","),
+        };
+        // A first read, so that a cluster that does not answer is said at start.
+        store.call(|mut client| async move { client.status().await })?;
+        Ok(store)
+    }
+
+    /// Calls `changed` whenever the resources change, from any appliance: an etcd watch on
+    /// the revision key, resumed from the last revision it saw after a disconnect, and with a
+    /// call regardless when the history it would resume from was compacted away (what changed
+    /// in between is unknown: everything derived must be derived again). Runs until the store
+    /// is dropped.
+    pub fn watch_resources(&self, changed: impl Fn() + Send + Sync + 'static) {
+        let client = self.client.clone();
+        let endpoints = self.endpoints.clone();
+        self.runtime.runtime().spawn(async move {
+            let mut next: i64 = 0;
+            loop {
+                let mut options = etcd_client::WatchOptions::new();
+                if next > 0 {
+                    options = options.with_start_revision(next);
+                }
+                let mut watch = client.watch_client();
+                let mut stream = match watch.watch(revision_key(), Some(options)).await {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        tracing::warn!(store = endpoints, "watching the resources: {err}; again in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                loop {
+                    match stream.message().await {
+                        Ok(Some(response)) if response.canceled() => {
+                            if response.compact_revision() > 0 {
+                                tracing::info!(
+                                    store = endpoints,
+                                    "the resources' history was compacted; deriving everything again"
+                                );
+                                next = 0;
+                                changed();
+                            }
+                            break;
+                        }
+                        Ok(Some(response)) => {
+                            if let Some(last) =
+                                response.events().iter().filter_map(|event| event.kv()).map(|kv| kv.mod_revision()).max()
+                            {
+                                next = last + 1;
+                                changed();
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                // The stream ended (a member went away): resume after a pause, from `next`.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+
+    /// Runs `call` against the cluster, again when a member did not answer.
+    fn call<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = wait(self.runtime.runtime(), call(self.client.clone()))
+                .map_err(|err| backend(&self.endpoints, err))?;
+            match result {
+                Ok(value) => return Ok(value),
+                Err(err) if tries < TRIES && retryable(&err) => {
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                Err(err) => return Err(backend(&self.endpoints, err)),
+            }
+        }
+    }
+
+    fn get_value(&self, key: &str) -> Result<Option<(Vec<u8>, i64)>, StoreError> {
+        let key = key.to_string();
+        let response = self.call(|mut client| {
+            let key = key.clone();
+            async move { client.get(key, None).await }
+        })?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
+    }
+
+    fn list_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>, i64)>, StoreError> {
+        let prefix = prefix.to_string();
+        let response = self.call(|mut client| {
+            let prefix = prefix.clone();
+            async move {
+                client
+                    .get(prefix, Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })?;
+        let mut listed = Vec::with_capacity(response.kvs().len());
+        for kv in response.kvs() {
+            let key = kv
+                .key_str()
+                .map_err(|err| backend(&self.endpoints, err))?
+                .to_string();
+            listed.push((key, kv.value().to_vec(), kv.mod_revision()));
+        }
+        Ok(listed)
+    }
+
+    /// Commits `txn`; whether its comparisons held.
+    fn commit(&self, txn: Txn) -> Result<(bool, i64), StoreError> {
+        let response = self.call(|mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        })?;
+        let revision = response.header().map_or(0, |header| header.revision());
+        Ok((response.succeeded(), revision))
+    }
+
+    /// Writes `value` at each key only if the resource it belongs to exists, in one
+    /// transaction; for each, whether it was written.
+    fn put_if_resources_exist(
+        &self,
+        writes: Vec<(ResourceKey, String, Vec<u8>)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        for _ in 0..TRIES {
+            let mut exists = Vec::with_capacity(writes.len());
+            let mut compares = Vec::new();
+            let mut puts = Vec::new();
+            for (resource, key, value) in &writes {
+                let resource_key = resource_key(resource);
+                let current = self.get_value(&resource_key)?;
+                match current {
+                    Some((_, revision)) => {
+                        compares.push(Compare::mod_revision(
+                            resource_key,
+                            CompareOp::Equal,
+                            revision,
+                        ));
+                        puts.push(TxnOp::put(key.clone(), value.clone(), None));
+                        exists.push(true);
+                    }
+                    None => {
+                        compares.push(Compare::version(resource_key, CompareOp::Equal, 0));
+                        exists.push(false);
+                    }
+                }
+            }
+            let (held, _) = self.commit(Txn::new().when(compares).and_then(puts))?;
+            if held {
+                return Ok(exists);
+            }
+        }
+        Err(raced(&self.endpoints))
+    }
+}
+
+/// Runs `future` on the store's runtime and waits for it on this thread.
+fn wait<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    future: impl Future<Output = T> + Send + 'static,
+) -> Result<T, &'static str> {
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = done.send(future.await);
+    });
+    result
+        .recv()
+        .map_err(|_| "the etcd store's runtime stopped")
+}
+
+/// Errors worth another try: a member that did not answer, or had no leader for a moment.
+fn retryable(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+fn backend(endpoints: &str, err: impl Into<BoxError>) -> StoreError {
+    StoreError::Backend {
+        store: "etcd",
+        source: format!("{endpoints}: {}", err.into()).into(),
+    }
+}
+
+fn raced(endpoints: &str) -> StoreError {
+    backend(
+        endpoints,
+        format!("other writers changed the same keys {TRIES} times in a row; try again"),
+    )
+}
+
+fn resource_key(key: &ResourceKey) -> String {
+    format!(
+        "{PREFIX}resources/{}/{}/{}",
+        key.kind, key.namespace, key.name
+    )
+}
+
+fn revision_key() -> String {
+    format!("{PREFIX}revision")
+}
+
+fn run_key(key: &ResourceKey) -> String {
+    format!("{PREFIX}runs/{}/{}", key.namespace, key.name)
+}
+
+fn status_key(key: &ResourceKey) -> String {
+    format!("{PREFIX}status/{}/{}/{}", key.kind, key.namespace, key.name)
+}
+
+fn lease_key(mac: &MacAddr) -> String {
+    format!("{PREFIX}leases/{mac}")
+}
+
+fn boot_key(mac: &MacAddr) -> String {
+    format!("{PREFIX}boots/{mac}")
+}
+
+/// The resource key after a prefix: `<Kind>/<namespace>/<name>`, or `<namespace>/<name>` of
+/// `kind`.
+fn parse_key(rest: &str, kind: Option<Kind>) -> Option<ResourceKey> {
+    let mut parts = rest.splitn(if kind.is_some() { 2 } else { 3 }, '/');
+    let kind = match kind {
+        Some(kind) => kind,
+        None => {
+            let text = parts.next()?;
+            Kind::ALL.into_iter().find(|kind| kind.as_str() == text)?
+        }
+    };
+    Some(ResourceKey {
+        kind,
+        namespace: parts.next()?.to_string(),
+        name: parts.next()?.to_string(),
+    })
+}
+
+fn without_version(mut object: Value) -> Value {
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.remove("resourceVersion");
+    }
+    object
+}
+
+fn decode_resource(key: ResourceKey, bytes: &[u8], revision: i64) -> Result<Resource, StoreError> {
+    let mut object: Value =
+        serde_json::from_slice(bytes).map_err(|err| StoreError::decode(&key, err))?;
+    let version = u64::try_from(revision).unwrap_or(0);
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.insert("resourceVersion".into(), Value::String(version.to_string()));
+    }
+    Ok(Resource {
+        key,
+        version,
+        object,
+    })
+}
+
+impl Store for EtcdStore {
+    fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
+        'tries: for _ in 0..TRIES {
+            let mut compares = Vec::new();
+            let mut puts = Vec::new();
+            // What each write does: unchanged at its version, or written (and how).
+            let mut outcomes: Vec<(ResourceKey, Option<u64>, ApplyOutcome)> = Vec::new();
+            for write in &writes {
+                let key = resource_key(&write.key);
+                let current = self.get_value(&key)?;
+                if let Some(expected) = write.expected_version {
+                    let actual = current.as_ref().map(|(_, revision)| *revision as u64);
+                    if actual != Some(expected) {
+                        return Err(StoreError::Conflict {
+                            key: write.key.clone(),
+                            expected,
+                            actual: actual.map_or_else(
+                                || "absent (it does not exist)".into(),
+                                |v| v.to_string(),
+                            ),
+                        });
+                    }
+                }
+                let object = without_version(write.object.clone());
+                compares.push(match &current {
+                    Some((_, revision)) => {
+                        Compare::mod_revision(key.clone(), CompareOp::Equal, *revision)
+                    }
+                    None => Compare::version(key.clone(), CompareOp::Equal, 0),
+                });
+                let outcome = match &current {
+                    Some((bytes, revision)) => {
+                        let stored: Value = serde_json::from_slice(bytes)
+                            .map_err(|err| StoreError::decode(&write.key, err))?;
+                        if stored == object {
+                            outcomes.push((
+                                write.key.clone(),
+                                Some(*revision as u64),
+                                ApplyOutcome::Unchanged,
+                            ));
+                            continue;
+                        }
+                        ApplyOutcome::Configured
+                    }
+                    None => ApplyOutcome::Created,
+                };
+                let bytes =
+                    serde_json::to_vec(&object).map_err(|err| backend(&self.endpoints, err))?;
+                puts.push(TxnOp::put(key, bytes, None));
+                outcomes.push((write.key.clone(), None, outcome));
+            }
+            if !puts.is_empty() {
+                puts.push(TxnOp::put(revision_key(), Vec::new(), None));
+            }
+            let (held, revision) = self.commit(Txn::new().when(compares).and_then(puts))?;
+            if !held {
+                // Another appliance wrote one of these keys since they were read.
+                continue 'tries;
+            }
+            return Ok(outcomes
+                .into_iter()
+                .map(|(key, unchanged, outcome)| Applied {
+                    key,
+                    version: unchanged.unwrap_or(revision as u64),
+                    outcome,
+                })
+                .collect());
+        }
+        Err(raced(&self.endpoints))
+    }
+
+    fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+        self.get_value(&resource_key(key))?
+            .map(|(bytes, revision)| decode_resource(key.clone(), &bytes, revision))
+            .transpose()
+    }
+
+    fn list(&self, kind: Kind) -> Result<Vec<Resource>, StoreError> {
+        let prefix = format!("{PREFIX}resources/{kind}/");
+        self.list_prefix(&prefix)?
+            .into_iter()
+            .map(|(key, bytes, revision)| {
+                let resource = key
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| parse_key(rest, Some(kind)))
+                    .ok_or_else(|| backend(&self.endpoints, format!("unreadable key {key:?}")))?;
+                decode_resource(resource, &bytes, revision)
+            })
+            .collect()
+    }
+
+    fn delete(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+        let resource = resource_key(key);
+        let deleted = self.call(|mut client| {
+            // The resource, its run and its status go together, with the revision bumped.
+            let txn = Txn::new()
+                .when([Compare::version(resource.clone(), CompareOp::Greater, 0)])
+                .and_then([
+                    TxnOp::delete(
+                        resource.clone(),
+                        Some(etcd_client::DeleteOptions::new().with_prev_key()),
+                    ),
+                    TxnOp::delete(run_key(key), None),
+                    TxnOp::delete(status_key(key), None),
+                    TxnOp::put(revision_key(), Vec::new(), None),
+                ]);
+            async move { client.txn(txn).await }
+        })?;
+        if !deleted.succeeded() {
+            return Ok(None);
+        }
+        let previous = deleted.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Delete(delete) => delete.prev_kvs().first().cloned(),
+            _ => None,
+        });
+        previous
+            .map(|kv| decode_resource(key.clone(), kv.value(), kv.mod_revision()))
+            .transpose()
+    }
+
+    fn revision(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .get_value(&revision_key())?
+            .map_or(0, |(_, revision)| revision as u64))
+    }
+
+    fn put_workflow_statuses(
+        &self,
+        runs: &[(ResourceKey, WorkflowStatus)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let writes = runs
+            .iter()
+            .map(|(key, status)| {
+                let bytes =
+                    serde_json::to_vec(status).map_err(|err| backend(&self.endpoints, err))?;
+                Ok((key.clone(), run_key(key), bytes))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.put_if_resources_exist(writes)
+    }
+
+    fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, WorkflowStatus)>, StoreError> {
+        let prefix = format!("{PREFIX}runs/");
+        self.list_prefix(&prefix)?
+            .into_iter()
+            .map(|(key, bytes, _)| {
+                let resource = key
+                    .strip_prefix(&prefix)
+                    .and_then(|rest| parse_key(rest, Some(Kind::Workflow)))
+                    .ok_or_else(|| backend(&self.endpoints, format!("unreadable key {key:?}")))?;
+                let status = serde_json::from_slice(&bytes).map_err(|err| {
+                    StoreError::decode(format_args!("the status of {resource}"), err)
+                })?;
+                Ok((resource, status))
+            })
+            .collect()
+    }
+
+    fn put_status(&self, key: &ResourceKey, status: &Value) -> Result<bool, StoreError> {
+        let bytes = serde_json::to_vec(status).map_err(|err| backend(&self.endpoints, err))?;
+        let stored = self.put_if_resources_exist(vec![(key.clone(), status_key(key), bytes)])?;
+        Ok(stored.first().copied().unwrap_or(false))
+    }
+
+    fn status(&self, key: &ResourceKey) -> Result<Option<Value>, StoreError> {
+        self.get_value(&status_key(key))?
+            .map(|(bytes, _)| {
+                serde_json::from_slice(&bytes)
+                    .map_err(|err| StoreError::decode(format_args!("the status of {key}"), err))
+            })
+            .transpose()
+    }
+}
+
+/// Leases written per transaction: etcd refuses more than 128 operations in one by default
+/// (`--max-txn-ops`), and leases do not depend on each other, so a group commit's leases may
+/// take several.
+const LEASES_PER_TXN: usize = 100;
+
+impl LeaseStore for EtcdStore {
+    fn record_leases(&self, leases: &[Lease]) -> Result<(), StoreError> {
+        for chunk in leases.chunks(LEASES_PER_TXN) {
+            let puts = chunk
+                .iter()
+                .map(|lease| {
+                    let bytes =
+                        serde_json::to_vec(lease).map_err(|err| backend(&self.endpoints, err))?;
+                    Ok(TxnOp::put(lease_key(&lease.mac), bytes, None))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            self.commit(Txn::new().and_then(puts))?;
+        }
+        Ok(())
+    }
+
+    fn remove_lease(&self, mac: &MacAddr) -> Result<Option<Lease>, StoreError> {
+        let key = lease_key(mac);
+        let response = self.call(|mut client| {
+            let key = key.clone();
+            async move {
+                client
+                    .delete(key, Some(etcd_client::DeleteOptions::new().with_prev_key()))
+                    .await
+            }
+        })?;
+        response
+            .prev_kvs()
+            .first()
+            .map(|kv| {
+                serde_json::from_slice(kv.value())
+                    .map_err(|err| StoreError::decode(format_args!("the lease of {mac}"), err))
+            })
+            .transpose()
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.list_prefix(&format!("{PREFIX}leases/"))?
+            .into_iter()
+            .map(|(key, bytes, _)| {
+                serde_json::from_slice(&bytes).map_err(|err| StoreError::decode(&key, err))
+            })
+            .collect()
+    }
+}
+
+impl BootStore for EtcdStore {
+    fn record_boot(&self, mac: &MacAddr, boot: BootRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(&boot).map_err(|err| backend(&self.endpoints, err))?;
+        self.commit(Txn::new().and_then([TxnOp::put(boot_key(mac), bytes, None)]))
+            .map(drop)
+    }
+
+    fn end_boots(&self, macs: &[MacAddr]) -> Result<(), StoreError> {
+        let deletes: Vec<TxnOp> = macs
+            .iter()
+            .map(|mac| TxnOp::delete(boot_key(mac), None))
+            .collect();
+        self.commit(Txn::new().and_then(deletes)).map(drop)
+    }
+
+    fn boots(&self) -> Result<Vec<(MacAddr, BootRecord)>, StoreError> {
+        let prefix = format!("{PREFIX}boots/");
+        self.list_prefix(&prefix)?
+            .into_iter()
+            .map(|(key, bytes, _)| {
+                let mac: MacAddr = key
+                    .strip_prefix(&prefix)
+                    .and_then(|mac| mac.parse().ok())
+                    .ok_or_else(|| backend(&self.endpoints, format!("unreadable key {key:?}")))?;
+                let boot = serde_json::from_slice(&bytes)
+                    .map_err(|err| StoreError::decode(format_args!("the boot of {mac}"), err))?;
+                Ok((mac, boot))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Child, Command, Stdio};
+
+    use super::*;
+    use crate::store::conformance;
+
+    /// A real etcd (Debian's `etcd-server`) on loopback, in a directory of its own; stopped
+    /// and removed when dropped.
+    struct Etcd {
+        child: Child,
+        url: String,
+        _dir: tempfile::TempDir,
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free port")
+    }
+
+    impl Etcd {
+        fn start() -> Etcd {
+            let dir = tempfile::tempdir().expect("a directory");
+            let (client, peer) = (free_port(), free_port());
+            let child = Command::new("etcd")
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .args(["--name", "test", "--log-level", "error"])
+                .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+                .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                ))
+                .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start etcd (cargo xtask setup installs etcd-server)");
+            Etcd {
+                child,
+                url: format!("etcd://127.0.0.1:{client}"),
+                _dir: dir,
+            }
+        }
+
+        fn store(&self) -> EtcdStore {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                match EtcdStore::connect(&self.url) {
+                    Ok(store) => return store,
+                    Err(err) if std::time::Instant::now() > deadline => {
+                        panic!("etcd did not come up: {err}")
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
+                }
+            }
+        }
+    }
+
+    impl Drop for Etcd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[test]
+    fn does_what_every_store_does_on_a_real_etcd() {
+        let etcd = Etcd::start();
+        let store = etcd.store();
+        conformance::resources(&store);
+        conformance::runs_and_statuses(&store);
+        conformance::leases(&store);
+        conformance::boots(&store);
+    }
+
+    #[test]
+    fn two_appliances_see_each_others_writes_and_conflict_on_the_same_version() {
+        let etcd = Etcd::start();
+        let (one, two) = (etcd.store(), etcd.store());
+        let key = conformance::key(Kind::Hardware, "shared");
+        let write =
+            |spec: Value, expected_version| conformance::write("shared", spec, expected_version);
+        let created = one.apply(vec![write(serde_json::json!(1), None)]).unwrap();
+        let seen = two.get(&key).unwrap().expect("written by the other");
+        assert_eq!(seen.version, created[0].version);
+        assert_eq!(two.revision().unwrap(), one.revision().unwrap());
+        // Both apply against the version they read: one wins, the other is told.
+        two.apply(vec![write(serde_json::json!(2), Some(seen.version))])
+            .unwrap();
+        let err = one
+            .apply(vec![write(serde_json::json!(3), Some(seen.version))])
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_cluster_that_does_not_answer_is_named() {
+        let port = free_port();
+        let err = match EtcdStore::connect(&format!("etcd://127.0.0.1:{port}")) {
+            Ok(_) => panic!("nothing listens there"),
+            Err(err) => err.to_string(),
+        };
+        assert!(
+            err.contains("store (etcd)") && err.contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+        let err = match EtcdStore::connect("http://127.0.0.1:2379") {
+            Ok(_) => panic!("not an etcd URL"),
+            Err(err) => err.to_string(),
+        };
+        assert!(err.contains("is not an etcd URL"), "{err}");
+    }
+}
