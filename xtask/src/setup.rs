@@ -48,6 +48,12 @@ const PACKAGES: &[&str] = &[
     // The worker tests compress images with the real tools.
     "xz-utils",
     "zstd",
+    // etcd, the store appliances share (docs/ha.md), and protoc, which builds its client
+    // (etcd-client compiles etcd's protos, with the well-known types, when it is built).
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
     // The peers `cargo xtask bench` measures Wisp against.
     "kea-dhcp4-server",
     "tftpd-hpa",
