@@ -177,7 +177,10 @@ impl MachineTable {
                         .as_ref()
                         .and_then(|metadata| metadata.pointer("/facility/facility_code"))
                         .and_then(|code| code.as_str())
-                        .filter(|code| !code.is_empty())
+                        // It goes on a kernel command line: one printable word, or nothing.
+                        .filter(|code| {
+                            !code.is_empty() && code.chars().all(|c| c.is_ascii_graphic())
+                        })
                         .map(str::to_string),
                 };
                 by_mac.insert(dhcp.mac, Arc::new(machine));

@@ -84,6 +84,9 @@ pub fn root(cache: &Path) -> anyhow::Result<PathBuf> {
     // leaves nothing that looks finished.
     let partial = root.with_extension("partial");
     if partial.exists() {
+        // An interrupted debootstrap can leave /proc, /sys or /dev mounted in its target:
+        // unmounted first, so that removing the target removes nothing of the host's.
+        unmount_beneath(&partial)?;
         std::fs::remove_dir_all(&partial)
             .with_context(|| format!("removing {}", partial.display()))?;
     }
@@ -112,4 +115,26 @@ pub fn root(cache: &Path) -> anyhow::Result<PathBuf> {
     }
     std::fs::rename(&partial, &root)?;
     Ok(root)
+}
+
+/// Unmounts whatever is mounted at or below `dir`, deepest first.
+fn unmount_beneath(dir: &Path) -> anyhow::Result<()> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter(|point| Path::new(point).starts_with(dir))
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.len()));
+    for point in points {
+        let status = Command::new("umount")
+            .args(["--lazy", point])
+            .status()
+            .context("running umount")?;
+        if !status.success() {
+            bail!("could not unmount {point}, left by an interrupted debootstrap");
+        }
+    }
+    Ok(())
 }

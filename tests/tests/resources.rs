@@ -143,12 +143,11 @@ fn tinkerbell_demo_applies_unchanged_and_the_missing_hardware_is_reported() {
     );
 }
 
-#[test]
-fn what_tinkerbell_accepts_applies_and_the_workflow_says_why_it_cannot_run() {
-    require_root!();
-    let lab = Lab::new("accepted");
-    let data = TempDir::new("accepted");
-    let _daemon = Daemon::start(
+/// A daemon (gate off) that holds the Tinkerbell example's Hardware.
+fn with_demo_hardware(purpose: &str) -> (Lab, TempDir, Daemon) {
+    let lab = Lab::new(purpose);
+    let data = TempDir::new(purpose);
+    let daemon = Daemon::start(
         &lab.server,
         SERVER_IF,
         &data.join("data"),
@@ -159,6 +158,13 @@ fn what_tinkerbell_accepts_applies_and_the_workflow_says_why_it_cannot_run() {
         &lab.server,
         &["apply", "-f", demo.to_str().expect("utf-8 path")],
     );
+    (lab, data, daemon)
+}
+
+#[test]
+fn what_tinkerbell_accepts_applies_and_the_workflow_says_why_it_cannot_run() {
+    require_root!();
+    let (lab, _data, _daemon) = with_demo_hardware("accepted");
     let fixtures = repo_root().join("tests/fixtures/accepted");
     let apply = |name: &str| {
         let output = lab
@@ -235,19 +241,7 @@ fn what_tinkerbell_accepts_applies_and_the_workflow_says_why_it_cannot_run() {
 #[test]
 fn broken_manifests_get_precise_errors_and_change_nothing() {
     require_root!();
-    let lab = Lab::new("bad");
-    let data = TempDir::new("bad");
-    let _daemon = Daemon::start(
-        &lab.server,
-        SERVER_IF,
-        &data.join("data"),
-        &["--xdp-mode", "off"],
-    );
-    let demo = repo_root().join("examples/tinkerbell-demo/hardware.yaml");
-    wisp_ok(
-        &lab.server,
-        &["apply", "-f", demo.to_str().expect("utf-8 path")],
-    );
+    let (lab, _data, _daemon) = with_demo_hardware("bad");
     let before = wisp_ok(&lab.server, &["get", "hardware", "-o", "json"]);
 
     let fixtures = repo_root().join("tests/fixtures/invalid");

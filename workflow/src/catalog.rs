@@ -81,10 +81,15 @@ impl Catalog {
         let hardware = self.hardware()?;
         let mut macs: BTreeMap<MacAddr, ResourceKey> = BTreeMap::new();
         let mut addresses: BTreeMap<std::net::Ipv4Addr, ResourceKey> = BTreeMap::new();
+        // An agent id names one machine: a Hardware's agentID is no other's, nor another's MAC.
+        let mut agents: BTreeMap<String, ResourceKey> = BTreeMap::new();
         // The batch replaces what it names, so its own Hardware's old claims are free to reuse.
         let replaced =
             |key: &ResourceKey| documents.iter().any(|(_, document)| document.key == *key);
         for (key, spec) in hardware.iter().filter(|(key, _)| !replaced(key)) {
+            if let Some(agent) = spec.agent_id.as_deref().filter(|a| !a.is_empty()) {
+                agents.insert(agent.to_string(), key.clone());
+            }
             for (_, dhcp) in spec.dhcp_interfaces() {
                 macs.insert(dhcp.mac, key.clone());
                 if let Some(ip) = &dhcp.ip {
@@ -108,6 +113,17 @@ impl Catalog {
                     });
                 }
             };
+            if let Some(agent) = hardware.agent_id.as_deref().filter(|a| !a.is_empty()) {
+                let owner = agents
+                    .insert(agent.to_string(), document.key.clone())
+                    .or_else(|| {
+                        agent
+                            .parse::<MacAddr>()
+                            .ok()
+                            .and_then(|mac| macs.get(&mac).cloned())
+                    });
+                claim("spec.agentID".into(), owner, format!("agent id {agent:?}"));
+            }
             for (index, dhcp) in hardware.dhcp_interfaces() {
                 let owner = macs.insert(dhcp.mac, document.key.clone());
                 claim(

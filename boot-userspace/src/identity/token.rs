@@ -108,13 +108,15 @@ impl MachineTokens {
     }
 
     /// The machine whose current boot fetched its script from `address`, its Hardware
-    /// reserving none.
+    /// reserving none; only until the boot's token expires, as the address may be another
+    /// host's by then.
     pub fn machine_at(&self, address: Ipv4Addr) -> Option<MacAddr> {
+        let now = unix(SystemTime::now());
         self.boots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|(_, boot)| boot.address == Some(address))
+            .find(|(_, boot)| boot.address == Some(address) && boot.boot.expires_unix > now)
             .map(|(mac, _)| *mac)
     }
 

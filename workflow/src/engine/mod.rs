@@ -618,7 +618,7 @@ fn start(
     let plan = crate::template::render(&data, &spec.hardware_map, &hardware_object)
         .map_err(|err| format!("template {:?} does not render: {err}", spec.template_ref))
         .and_then(|rendered| Plan::parse(&rendered).map_err(|err| err.to_string()))
-        .and_then(|plan| own_tasks_only(plan, &hardware_key, &hardware));
+        .and_then(|plan| own_tasks_only(catalog, plan, &hardware_key, &hardware));
     let mut status = match plan {
         Ok(plan) => WorkflowStatus::new(&plan),
         Err(reason) => return Ok(Start::Refused(reason)),
@@ -644,16 +644,36 @@ fn start(
 /// A workflow runs on the machine its `hardwareRef` names: a task whose `worker` is the MAC of
 /// another machine could never be run (that machine's worker is never given this workflow),
 /// so it is refused up front rather than left waiting.
-fn own_tasks_only(plan: Plan, key: &ResourceKey, hardware: &HardwareSpec) -> Result<Plan, String> {
+fn own_tasks_only(
+    catalog: &Catalog,
+    plan: Plan,
+    key: &ResourceKey,
+    hardware: &HardwareSpec,
+) -> Result<Plan, String> {
+    let own_agent = hardware
+        .agent_id
+        .as_deref()
+        .filter(|agent| !agent.is_empty());
     for task in &plan.tasks {
-        if let Ok(worker) = task.worker.parse::<MacAddr>() {
-            if !hardware.macs().any(|mac| mac == worker) {
-                return Err(format!(
-                    "task {:?} names worker {worker}, which is not a MAC of {key}; a workflow runs \
-                     on the machine its hardwareRef names",
-                    task.name
-                ));
+        let other = match task.worker.parse::<MacAddr>() {
+            Ok(worker) if hardware.macs().any(|mac| mac == worker) => None,
+            Ok(worker) => Some(worker.to_string()),
+            // Another Hardware's agentID is as much another machine as its MAC.
+            Err(_) if own_agent != Some(task.worker.as_str()) && !task.worker.is_empty() => {
+                let owners = catalog.agent_owners().map_err(|err| err.to_string())?;
+                owners
+                    .of(&task.worker)
+                    .filter(|owner| owner != key)
+                    .map(|_| task.worker.clone())
             }
+            Err(_) => None,
+        };
+        if let Some(worker) = other {
+            return Err(format!(
+                "task {:?} names worker {worker}, which is another machine's, not {key}'s; a \
+                 workflow runs on the machine its hardwareRef names",
+                task.name
+            ));
         }
     }
     Ok(plan)
@@ -997,7 +1017,8 @@ spec: {templateRef: t, hardwareRef: missing, bootOptions: {bootMode: netboot}}
         );
         let run = engine.status(&workflow()).unwrap();
         assert!(
-            run.message.contains("names worker 02:00:00:00:00:99"),
+            run.message
+                .contains("names worker 02:00:00:00:00:99, which is another machine's"),
             "{}",
             run.message
         );

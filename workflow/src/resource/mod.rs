@@ -385,6 +385,19 @@ pub(crate) fn ignored_path(path: &serde_ignored::Path) -> String {
     }
 }
 
+/// A value that must be one word of printable characters, if set.
+fn validate_word(path: &str, value: Option<&str>) -> Result<(), FieldError> {
+    match value {
+        Some(text) if text.chars().any(|c| !c.is_ascii_graphic()) || text.len() > 253 => {
+            Err(FieldError::new(
+                path,
+                format!("{text:?} must be one word of printable ASCII (it goes on a kernel command line)"),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Kubernetes object names: an RFC 1123 subdomain.
 fn validate_name(path: &str, name: &str) -> Result<(), FieldError> {
     let valid = !name.is_empty()
@@ -415,6 +428,15 @@ fn validate_spec(spec: &Spec, warnings: &mut Vec<FieldError>) -> Result<(), Fiel
             }));
             if let Some(reference) = &hardware.bmc_ref {
                 validate_name("spec.bmcRef.name", &reference.name)?;
+            }
+            // Both go on a kernel command line (worker_id=, and HookOS's file names): a word.
+            validate_word("spec.agentID", hardware.agent_id.as_deref())?;
+            for (index, interface) in hardware.interfaces.iter().enumerate() {
+                let arch = interface
+                    .dhcp
+                    .as_ref()
+                    .and_then(|dhcp| dhcp.arch.as_deref());
+                validate_word(&format!("spec.interfaces[{index}].dhcp.arch"), arch)?;
             }
             let mut seen = BTreeMap::new();
             for (index, interface) in hardware.interfaces.iter().enumerate() {

@@ -26,6 +26,16 @@ pub fn write(name: &str, spec: Value, expected_version: Option<u64>) -> Write {
     }
 }
 
+/// The names of the Hardware stored, in the store's order.
+pub fn hardware_names(store: &dyn Store) -> Vec<String> {
+    store
+        .list(Kind::Hardware)
+        .unwrap()
+        .into_iter()
+        .map(|resource| resource.key.name)
+        .collect()
+}
+
 /// Versions, unchanged applies, conflicts, all-or-nothing batches, listing, deletes, and the
 /// revision that says when derived views are stale.
 pub fn resources(store: &dyn Store) {
@@ -63,13 +73,11 @@ pub fn resources(store: &dyn Store) {
     assert!(store.apply(batch).is_err());
     assert!(store.get(&key(Kind::Hardware, "b")).unwrap().is_none());
     store.apply(vec![write("c", json!(3), None)]).unwrap();
-    let names: Vec<String> = store
-        .list(Kind::Hardware)
-        .unwrap()
-        .into_iter()
-        .map(|r| r.key.name)
-        .collect();
-    assert_eq!(names, ["a", "c"], "ordered by namespace and name");
+    assert_eq!(
+        hardware_names(store),
+        ["a", "c"],
+        "ordered by namespace and name"
+    );
     assert!(store.list(Kind::Template).unwrap().is_empty());
 
     let before_delete = store.revision().unwrap();

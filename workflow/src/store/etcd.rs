@@ -27,8 +27,8 @@ use etcd_client::{
 use serde_json::Value;
 
 use super::{
-    Applied, ApplyOutcome, BootRecord, BootStore, BoxError, Lease, LeaseStore, Store, StoreError,
-    Write,
+    with_version, without_version, Applied, ApplyOutcome, BootRecord, BootStore, BoxError, Lease,
+    LeaseStore, Store, StoreError, Write,
 };
 use crate::{
     resource::{Kind, MacAddr, Resource, ResourceKey},
@@ -36,6 +36,10 @@ use crate::{
 };
 
 const PREFIX: &str = "/wisp/";
+/// Operations written per transaction: etcd refuses more than 128 in one by default
+/// (`--max-txn-ops`). Leases, boots and runs do not depend on each other, so a batch of them
+/// may take several transactions; an apply must be one, and says so when it is too large.
+const OPS_PER_TXN: usize = 100;
 /// How many times a call is made when members do not answer, or a transaction lost a race.
 const TRIES: u32 = 5;
 
@@ -118,12 +122,25 @@ impl EtcdStore {
         let client = self.client.clone();
         let endpoints = self.endpoints.clone();
         self.runtime.runtime().spawn(async move {
+            // From now: what changed before the caller derived its state is in that state, and
+            // what changed after is in the watch, from the revision this read saw on.
             let mut next: i64 = 0;
             loop {
-                let mut options = etcd_client::WatchOptions::new();
-                if next > 0 {
-                    options = options.with_start_revision(next);
+                if next == 0 {
+                    match client.kv_client().get(revision_key(), None).await {
+                        Ok(response) => {
+                            next = response.header().map_or(0, |header| header.revision()) + 1;
+                            // Derived again once, to cover what changed since the caller read.
+                            changed();
+                        }
+                        Err(err) => {
+                            tracing::warn!(store = endpoints, "watching the resources: {err}; again in 1 s");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
                 }
+                let options = etcd_client::WatchOptions::new().with_start_revision(next);
                 let mut watch = client.watch_client();
                 let mut stream = match watch.watch(revision_key(), Some(options)).await {
                     Ok(stream) => stream,
@@ -141,8 +158,8 @@ impl EtcdStore {
                                     store = endpoints,
                                     "the resources' history was compacted; deriving everything again"
                                 );
+                                // Read afresh, derived again, and watched from there.
                                 next = 0;
-                                changed();
                             }
                             break;
                         }
@@ -163,7 +180,9 @@ impl EtcdStore {
         });
     }
 
-    /// Runs `call` against the cluster, again when a member did not answer.
+    /// Runs `call` against the cluster, again when a member did not answer. Only for calls
+    /// that may safely be made twice (reads, and writes whose second making changes nothing):
+    /// an unanswered call may still have been carried out.
     fn call<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -220,19 +239,71 @@ impl EtcdStore {
         Ok(listed)
     }
 
-    /// Commits `txn`; whether its comparisons held.
-    fn commit(&self, txn: Txn) -> Result<(bool, i64), StoreError> {
-        let response = self.call(|mut client| {
-            let txn = txn.clone();
-            async move { client.txn(txn).await }
-        })?;
+    /// Runs `call` once (see [`Self::call`]).
+    fn call_once<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        wait(self.runtime.runtime(), call(self.client.clone()))
+            .map_err(|err| backend(&self.endpoints, err))?
+            .map_err(|err| {
+                backend(
+                    &self.endpoints,
+                    format!("{err} (the write may or may not have been made: read it back)"),
+                )
+            })
+    }
+
+    /// Commits `txn` once; whether its comparisons held, and the revision it made. Not made
+    /// again when unanswered: a compare-and-swap that did commit would then fail its own
+    /// comparison, and be reported as a conflict.
+    fn commit_once(&self, txn: Txn) -> Result<(bool, i64), StoreError> {
+        let response = self.call_once(|mut client| async move { client.txn(txn).await })?;
         let revision = response.header().map_or(0, |header| header.revision());
         Ok((response.succeeded(), revision))
+    }
+
+    /// Commits a transaction of puts and deletes that may be made twice.
+    fn commit_idempotent(&self, ops: Vec<TxnOp>) -> Result<(), StoreError> {
+        self.call(|mut client| {
+            let txn = Txn::new().and_then(ops.clone());
+            async move { client.txn(txn).await }
+        })
+        .map(drop)
     }
 
     /// Writes `value` at each key only if the resource it belongs to exists, in one
     /// transaction; for each, whether it was written.
     fn put_if_resources_exist(
+        &self,
+        writes: Vec<(ResourceKey, String, Vec<u8>)>,
+    ) -> Result<Vec<bool>, StoreError> {
+        // etcd refuses a key twice in one transaction: a batch's later write to a key wins,
+        // as it would have in turn. And it refuses more than 128 operations in one.
+        let mut last: std::collections::BTreeMap<&str, usize> = Default::default();
+        for (index, (_, key, _)) in writes.iter().enumerate() {
+            last.insert(key.as_str(), index);
+        }
+        let latest: Vec<usize> = last.into_values().collect();
+        let mut stored = vec![false; writes.len()];
+        for chunk in latest.chunks(OPS_PER_TXN / 2) {
+            let part: Vec<_> = chunk.iter().map(|&index| writes[index].clone()).collect();
+            for (&index, was) in chunk.iter().zip(self.put_if_resources_exist_once(part)?) {
+                stored[index] = was;
+            }
+        }
+        // An earlier write to a key is stored if the one that replaced it was.
+        for (index, (_, key, _)) in writes.iter().enumerate() {
+            if let Some(&winner) = latest.iter().find(|&&w| writes[w].1 == *key) {
+                stored[index] = stored[winner];
+            }
+        }
+        Ok(stored)
+    }
+
+    fn put_if_resources_exist_once(
         &self,
         writes: Vec<(ResourceKey, String, Vec<u8>)>,
     ) -> Result<Vec<bool>, StoreError> {
@@ -259,7 +330,7 @@ impl EtcdStore {
                     }
                 }
             }
-            let (held, _) = self.commit(Txn::new().when(compares).and_then(puts))?;
+            let (held, _) = self.commit_once(Txn::new().when(compares).and_then(puts))?;
             if held {
                 return Ok(exists);
             }
@@ -353,29 +424,30 @@ fn parse_key(rest: &str, kind: Option<Kind>) -> Option<ResourceKey> {
     })
 }
 
-fn without_version(mut object: Value) -> Value {
-    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.remove("resourceVersion");
-    }
-    object
-}
-
 fn decode_resource(key: ResourceKey, bytes: &[u8], revision: i64) -> Result<Resource, StoreError> {
-    let mut object: Value =
+    let object: Value =
         serde_json::from_slice(bytes).map_err(|err| StoreError::decode(&key, err))?;
-    let version = u64::try_from(revision).unwrap_or(0);
-    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.insert("resourceVersion".into(), Value::String(version.to_string()));
-    }
-    Ok(Resource {
+    Ok(with_version(
         key,
-        version,
         object,
-    })
+        u64::try_from(revision).unwrap_or(0),
+    ))
 }
 
 impl Store for EtcdStore {
     fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
+        // An apply is one transaction: one compare and one put a resource, and the revision.
+        if writes.len() >= OPS_PER_TXN {
+            return Err(backend(
+                &self.endpoints,
+                format!(
+                    "an apply of {} resources is more than one etcd transaction takes ({}); \
+                     apply them in smaller files",
+                    writes.len(),
+                    OPS_PER_TXN - 1
+                ),
+            ));
+        }
         'tries: for _ in 0..TRIES {
             let mut compares = Vec::new();
             let mut puts = Vec::new();
@@ -428,7 +500,7 @@ impl Store for EtcdStore {
             if !puts.is_empty() {
                 puts.push(TxnOp::put(revision_key(), Vec::new(), None));
             }
-            let (held, revision) = self.commit(Txn::new().when(compares).and_then(puts))?;
+            let (held, revision) = self.commit_once(Txn::new().when(compares).and_then(puts))?;
             if !held {
                 // Another appliance wrote one of these keys since they were read.
                 continue 'tries;
@@ -467,7 +539,8 @@ impl Store for EtcdStore {
 
     fn delete(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
         let resource = resource_key(key);
-        let deleted = self.call(|mut client| {
+        // Once: made again after it went through unanswered, it would find nothing to delete.
+        let deleted = self.call_once(|mut client| {
             // The resource, its run and its status go together, with the revision bumped.
             let txn = Txn::new()
                 .when([Compare::version(resource.clone(), CompareOp::Greater, 0)])
@@ -548,14 +621,15 @@ impl Store for EtcdStore {
     }
 }
 
-/// Leases written per transaction: etcd refuses more than 128 operations in one by default
-/// (`--max-txn-ops`), and leases do not depend on each other, so a group commit's leases may
-/// take several.
-const LEASES_PER_TXN: usize = 100;
-
 impl LeaseStore for EtcdStore {
     fn record_leases(&self, leases: &[Lease]) -> Result<(), StoreError> {
-        for chunk in leases.chunks(LEASES_PER_TXN) {
+        // The latest of a MAC's leases in the batch (etcd refuses a key twice in one).
+        let mut latest: std::collections::BTreeMap<MacAddr, &Lease> = Default::default();
+        for lease in leases {
+            latest.insert(lease.mac, lease);
+        }
+        let latest: Vec<&Lease> = latest.into_values().collect();
+        for chunk in latest.chunks(OPS_PER_TXN) {
             let puts = chunk
                 .iter()
                 .map(|lease| {
@@ -564,7 +638,7 @@ impl LeaseStore for EtcdStore {
                     Ok(TxnOp::put(lease_key(&lease.mac), bytes, None))
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            self.commit(Txn::new().and_then(puts))?;
+            self.commit_idempotent(puts)?;
         }
         Ok(())
     }
@@ -602,16 +676,21 @@ impl LeaseStore for EtcdStore {
 impl BootStore for EtcdStore {
     fn record_boot(&self, mac: &MacAddr, boot: BootRecord) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(&boot).map_err(|err| backend(&self.endpoints, err))?;
-        self.commit(Txn::new().and_then([TxnOp::put(boot_key(mac), bytes, None)]))
-            .map(drop)
+        self.commit_idempotent(vec![TxnOp::put(boot_key(mac), bytes, None)])
     }
 
     fn end_boots(&self, macs: &[MacAddr]) -> Result<(), StoreError> {
-        let deletes: Vec<TxnOp> = macs
-            .iter()
-            .map(|mac| TxnOp::delete(boot_key(mac), None))
-            .collect();
-        self.commit(Txn::new().and_then(deletes)).map(drop)
+        let macs: std::collections::BTreeSet<&MacAddr> = macs.iter().collect();
+        let macs: Vec<&MacAddr> = macs.into_iter().collect();
+        for chunk in macs.chunks(OPS_PER_TXN) {
+            self.commit_idempotent(
+                chunk
+                    .iter()
+                    .map(|mac| TxnOp::delete(boot_key(mac), None))
+                    .collect(),
+            )?;
+        }
+        Ok(())
     }
 
     fn boots(&self) -> Result<Vec<(MacAddr, BootRecord)>, StoreError> {

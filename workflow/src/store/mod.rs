@@ -83,6 +83,26 @@ impl StoreError {
     }
 }
 
+/// An object as stored: without `metadata.resourceVersion`, which is the store's to give.
+pub(crate) fn without_version(mut object: Value) -> Value {
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.remove("resourceVersion");
+    }
+    object
+}
+
+/// A stored object as read: with its version as `metadata.resourceVersion`.
+pub(crate) fn with_version(key: ResourceKey, mut object: Value, version: u64) -> Resource {
+    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        metadata.insert("resourceVersion".into(), Value::String(version.to_string()));
+    }
+    Resource {
+        key,
+        version,
+        object,
+    }
+}
+
 /// A transactional store of resources. Every method is atomic, and a method that returned
 /// `Ok` has made its change durable.
 pub trait Store: Send + Sync {

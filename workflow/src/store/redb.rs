@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    Applied, ApplyOutcome, BootRecord, BootStore, BoxError, Lease, LeaseStore, Store, StoreError,
-    Write,
+    with_version, without_version, Applied, ApplyOutcome, BootRecord, BootStore, BoxError, Lease,
+    LeaseStore, Store, StoreError, Write,
 };
 use crate::{
     resource::{Kind, MacAddr, Resource, ResourceKey},
@@ -128,26 +128,10 @@ fn storage_key(key: &ResourceKey) -> String {
     format!("{}/{}/{}", key.kind, key.namespace, key.name)
 }
 
-fn without_version(mut object: Value) -> Value {
-    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.remove("resourceVersion");
-    }
-    object
-}
-
 fn decode_record(key: ResourceKey, bytes: &[u8]) -> Result<Resource, StoreError> {
-    let Record {
-        version,
-        mut object,
-    } = serde_json::from_slice(bytes).map_err(|err| StoreError::decode(&key, err))?;
-    if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
-        metadata.insert("resourceVersion".into(), Value::String(version.to_string()));
-    }
-    Ok(Resource {
-        key,
-        version,
-        object,
-    })
+    let Record { version, object } =
+        serde_json::from_slice(bytes).map_err(|err| StoreError::decode(&key, err))?;
+    Ok(with_version(key, object, version))
 }
 
 fn parse_storage_key(text: &str) -> Option<ResourceKey> {
@@ -448,12 +432,6 @@ mod tests {
                 .unwrap();
         }
         let store = RedbStore::open(dir.path()).unwrap();
-        let names: Vec<String> = store
-            .list(Kind::Hardware)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.key.name)
-            .collect();
-        assert_eq!(names, ["a"]);
+        assert_eq!(conformance::hardware_names(&store), ["a"]);
     }
 }

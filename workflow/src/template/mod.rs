@@ -19,6 +19,50 @@ pub use functions::format_partition;
 /// Tinkerbell's cap on a rendered template (`maxRenderBytes`).
 pub const MAX_RENDERED_BYTES: usize = 256 * 1024;
 
+/// A template is an operator's text, run inside the appliance: what it may cost is bounded,
+/// so that no template can exhaust the appliance's memory, stack or time.
+/// - `range` iterations, over the whole render (gotmpl counts them);
+const MAX_RANGE_ITERATIONS: u64 = 100_000;
+/// - what the functions make, over the whole render (strings by their bytes, lists and dicts
+///   by their entries), so that no loop can build values without end;
+const MAX_FUNCTION_BYTES: usize = 64 << 20;
+/// - and the stack it runs on: values nest at most as deep as the iterations allow, and
+///   dropping or printing one recurses through it (reserved, not committed, until used).
+const RENDER_STACK_BYTES: usize = 512 << 20;
+
+/// What a render's functions have made so far (see [`MAX_FUNCTION_BYTES`]).
+#[derive(Clone, Default)]
+pub(crate) struct Budget(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Budget {
+    /// `func`, charged for what it returns.
+    pub(crate) fn charged(
+        &self,
+        name: &'static str,
+        func: fn(&[gotmpl::Value]) -> gotmpl::Result<gotmpl::Value>,
+    ) -> impl Fn(&[gotmpl::Value]) -> gotmpl::Result<gotmpl::Value> + Send + Sync + 'static {
+        let spent = std::sync::Arc::clone(&self.0);
+        move |args| {
+            let value = func(args)?;
+            let cost = match &value {
+                gotmpl::Value::String(text) => text.len(),
+                gotmpl::Value::List(items) => items.len() * 16,
+                gotmpl::Value::Map(entries) => entries.len() * 48,
+                _ => 8,
+            };
+            let total = spent.fetch_add(cost, std::sync::atomic::Ordering::Relaxed) + cost;
+            if total > MAX_FUNCTION_BYTES {
+                return Err(gotmpl::TemplateError::Exec(format!(
+                    "{name}: the template's functions have made more than {} MiB; a template \
+                     this costly is a mistake",
+                    MAX_FUNCTION_BYTES >> 20
+                )));
+            }
+            Ok(value)
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct RenderError(String);
@@ -31,12 +75,37 @@ pub fn render(
     hardware_map: &BTreeMap<String, String>,
     hardware: &Json,
 ) -> Result<String, RenderError> {
-    let template = sprig::register(Template::new("workflow-template"))
+    // On a thread of its own, for the stack a deeply nested value may need (see above).
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("render".into())
+            .stack_size(RENDER_STACK_BYTES)
+            .spawn_scoped(scope, || render_here(data, hardware_map, hardware))
+            .map_err(|err| RenderError(format!("cannot start the render: {err}")))?
+            .join()
+            .map_err(|_| RenderError("the render failed".into()))?
+    })
+}
+
+fn render_here(
+    data: &str,
+    hardware_map: &BTreeMap<String, String>,
+    hardware: &Json,
+) -> Result<String, RenderError> {
+    let budget = Budget::default();
+    let template = sprig::register(Template::new("workflow-template"), &budget)
         .missing_key(MissingKey::Error)
-        .func("formatPartition", functions::format_partition_func)
-        .func("netmaskToPrefixLength", functions::netmask_to_prefix_length)
-        .func("toYaml", functions::to_yaml)
-        .func("fromYaml", functions::from_yaml)
+        .max_range_iters(MAX_RANGE_ITERATIONS)
+        .func(
+            "formatPartition",
+            budget.charged("formatPartition", functions::format_partition_func),
+        )
+        .func(
+            "netmaskToPrefixLength",
+            budget.charged("netmaskToPrefixLength", functions::netmask_to_prefix_length),
+        )
+        .func("toYaml", budget.charged("toYaml", functions::to_yaml))
+        .func("fromYaml", budget.charged("fromYaml", functions::from_yaml))
         .parse(data)
         .map_err(|err| RenderError(err.to_string()))?;
     let mut context = serde_json::Map::new();
@@ -211,14 +280,32 @@ mod tests {
             ),
             ("{{ repeat 300000 \"a\" }}", "exceeds"),
             (
-                "{{ range until 300000 }}a{{ end }}",
+                "{{ range until 90000 }}aaaa{{ end }}",
                 "rendered template exceeds 262144 bytes",
+            ),
+            // What a template may cost is bounded: time, what its functions make, its depth.
+            (
+                "{{ range until 1000 }}{{ range until 1000 }}{{ end }}{{ end }}",
+                "range iteration budget exhausted",
+            ),
+            (
+                "{{ $x := \"a\" }}{{ range until 40 }}{{ $x = cat $x $x }}{{ end }}",
+                "more than 64 MiB",
+            ),
+            (
+                "{{ $l := list }}{{ range until 90000 }}{{ $l = append $l (repeat 1000 \"a\") }}{{ end }}",
+                "more than 64 MiB",
             ),
         ];
         for (data, needle) in cases {
             let err = render_demo(data).unwrap_err();
             assert!(err.contains(needle), "{data}: {err}");
         }
+        // A value nested as deep as the iterations allow is made, printed and dropped.
+        let deep = render_demo(
+            "{{ $d := dict }}{{ range until 90000 }}{{ $d = dict \"a\" $d }}{{ end }}{{ len (toJson $d) }}",
+        );
+        assert!(deep.is_ok(), "{deep:?}");
         // Exactly the cap renders.
         let at_cap = format!("{{{{ repeat {MAX_RENDERED_BYTES} \"a\" }}}}");
         assert_eq!(render_demo(&at_cap).unwrap().len(), MAX_RENDERED_BYTES);

@@ -696,10 +696,10 @@ const FUNCS: &[(&str, Func)] = &[
     ("urlJoin", url_join),
 ];
 
-/// Registers sprig's hermetic text functions on `template`.
-pub fn register(mut template: Template) -> Template {
+/// Registers sprig's hermetic text functions on `template`, each charged to `budget`.
+pub fn register(mut template: Template, budget: &super::Budget) -> Template {
     for (name, func) in FUNCS {
-        template = template.func(name, func);
+        template = template.func(name, budget.charged(name, *func));
     }
     for (name, reason) in UNSUPPORTED {
         let message =
@@ -1370,7 +1370,7 @@ mod tests {
     use super::*;
 
     fn render(source: &str) -> std::result::Result<String, String> {
-        register(Template::new("t"))
+        register(Template::new("t"), &crate::template::Budget::default())
             .parse(source)
             .and_then(|t| t.execute_to_string(&Value::Nil))
             .map_err(|err| err.to_string())
