@@ -38,7 +38,7 @@ use crate::{
 const PREFIX: &str = "/wisp/";
 /// Operations written per transaction: etcd refuses more than 128 in one by default
 /// (`--max-txn-ops`). Leases, boots and runs do not depend on each other, so a batch of them
-/// may take several transactions; an apply must be one, and says so when it is too large.
+/// may take several transactions; an apply must be one, and says so when etcd refuses it.
 const OPS_PER_TXN: usize = 100;
 /// How many times a call is made when members do not answer, or a transaction lost a race.
 const TRIES: u32 = 5;
@@ -436,18 +436,6 @@ fn decode_resource(key: ResourceKey, bytes: &[u8], revision: i64) -> Result<Reso
 
 impl Store for EtcdStore {
     fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
-        // An apply is one transaction: one compare and one put a resource, and the revision.
-        if writes.len() >= OPS_PER_TXN {
-            return Err(backend(
-                &self.endpoints,
-                format!(
-                    "an apply of {} resources is more than one etcd transaction takes ({}); \
-                     apply them in smaller files",
-                    writes.len(),
-                    OPS_PER_TXN - 1
-                ),
-            ));
-        }
         'tries: for _ in 0..TRIES {
             let mut compares = Vec::new();
             let mut puts = Vec::new();
@@ -500,7 +488,25 @@ impl Store for EtcdStore {
             if !puts.is_empty() {
                 puts.push(TxnOp::put(revision_key(), Vec::new(), None));
             }
-            let (held, revision) = self.commit_once(Txn::new().when(compares).and_then(puts))?;
+            // An apply is one transaction: one compare and one put a resource, and the
+            // revision; etcd takes 128 operations in one unless started with more.
+            let committed = self.commit_once(Txn::new().when(compares).and_then(puts));
+            let (held, revision) = committed.map_err(|err| match err {
+                StoreError::Backend { source, .. }
+                    if source.to_string().contains("too many operations") =>
+                {
+                    backend(
+                        &self.endpoints,
+                        format!(
+                            "an apply of {} resources is more than one etcd transaction takes \
+                             (etcd's --max-txn-ops, 128 by default): apply them in smaller files, \
+                             or raise it",
+                            writes.len()
+                        ),
+                    )
+                }
+                other => other,
+            })?;
             if !held {
                 // Another appliance wrote one of these keys since they were read.
                 continue 'tries;
@@ -807,6 +813,18 @@ mod tests {
             .apply(vec![write(serde_json::json!(3), Some(seen.version))])
             .unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_apply_larger_than_an_etcd_transaction_says_so_and_writes_nothing() {
+        let etcd = Etcd::start();
+        let store = etcd.store();
+        let writes: Vec<Write> = (0..200)
+            .map(|n| conformance::write(&format!("m{n}"), serde_json::json!(n), None))
+            .collect();
+        let err = store.apply(writes).unwrap_err().to_string();
+        assert!(err.contains("--max-txn-ops"), "{err}");
+        assert!(conformance::hardware_names(&store).is_empty());
     }
 
     #[test]
