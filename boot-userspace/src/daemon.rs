@@ -16,7 +16,7 @@ use tokio::{
 use workflow::{
     catalog::Catalog,
     engine::Engine,
-    store::{BootStore, EtcdStore, LeaseJournal, LeaseStore, RedbStore, Store},
+    store::{BootStore, EtcdStore, LeaseJournal, LeaseStore, RedbStore, Store, Watched},
 };
 
 use crate::{
@@ -282,16 +282,31 @@ async fn serve_api(settings: &Settings, state: Arc<AppState>) -> anyhow::Result<
         .context("API server")
 }
 
-/// Keeps this appliance's derived state (machine table, XDP allowlist, pending work) up with
-/// what other appliances apply to the shared store, from its watch.
+/// Keeps this appliance up with what the other appliances write to the shared store, from
+/// its watches: the machine table, XDP allowlist and pending work when resources change, and
+/// the machines' boots (so that a token another appliance minted is good here).
 async fn follow_other_appliances(store: Arc<EtcdStore>, state: Arc<AppState>) {
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let notify = Arc::clone(&changed);
-    store.watch_resources(move || notify.notify_one());
+    let resources = Arc::new(tokio::sync::Notify::new());
+    let boots = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&resources);
+    store.watch(Watched::Resources, move || notify.notify_one());
+    let notify = Arc::clone(&boots);
+    store.watch(Watched::Boots, move || notify.notify_one());
     loop {
-        changed.notified().await;
-        if let Err(err) = state.sync_hardware_coalesced().await {
-            tracing::error!("following the shared store: {err:#}");
+        tokio::select! {
+            () = resources.notified() => {
+                if let Err(err) = state.sync_hardware_coalesced().await {
+                    tracing::error!("following the shared store: {err:#}");
+                }
+            }
+            () = boots.notified() => {
+                let tokens = Arc::clone(&state.tokens);
+                match tokio::task::spawn_blocking(move || tokens.reload_boots()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => tracing::error!("following the shared store's boots: {err}"),
+                    Err(err) => tracing::error!("following the shared store's boots: {err}"),
+                }
+            }
         }
     }
 }

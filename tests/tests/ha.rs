@@ -65,3 +65,61 @@ fn what_one_appliance_applies_the_other_serves_within_a_second() {
         gate_stats(&lab.client).1["allowlist_size"] == 0
     });
 }
+
+#[test]
+fn a_token_one_appliance_minted_is_good_on_the_other() {
+    require_root!();
+    let lab = Lab::new("ha-token");
+    let work = TempDir::new("ha-token");
+    let etcd = Etcd::start(&lab.server, "10.99.0.1", &work.0);
+    let store = format!("--store={}", etcd.url);
+    let _a = Daemon::start(&lab.server, SERVER_IF, &work.join("a"), &[&store]);
+    let _b = Daemon::start(&lab.client, CLIENT_IF, &work.join("b"), &[&store]);
+    apply_ok(
+        &lab.server,
+        "apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata: {name: m, namespace: lab}
+spec:
+  metadata: {instance: {hostname: m-host}}
+  interfaces:
+    - dhcp: {mac: \"02:00:00:00:00:0a\", ip: {address: 10.99.0.2, netmask: 255.255.255.0}}
+      netboot: {allowPXE: true, allowWorkflow: true}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Template
+metadata: {name: t, namespace: lab}
+spec: {data: \"tasks: [{name: t, actions: [{name: a, image: i}]}]\"}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata: {name: w, namespace: lab}
+spec: {templateRef: t, hardwareRef: m}
+",
+    );
+    // The machine boots through A, which mints its boot's token; B, sharing the store, signs
+    // with the same key and follows the boots.
+    let token = wisp_tests::boot_token(&lab, "02:00:00:00:00:0a", "10.99.0.2");
+    let from_b = |token: &str| {
+        lab.client.exec(
+            "curl",
+            &[
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "http://10.99.0.2:8080/2009-04-04/meta-data/hostname",
+            ],
+        )
+    };
+    eventually_within("B takes A's token", Duration::from_secs(2), || {
+        String::from_utf8_lossy(&from_b(&token).stdout) == "200"
+    });
+    // A forged one is refused there too.
+    let forged = token.replacen("02000000000a", "02000000000b", 1);
+    assert_ne!(forged, token);
+    assert_eq!(String::from_utf8_lossy(&from_b(&forged).stdout), "403");
+}

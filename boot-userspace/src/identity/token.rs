@@ -56,8 +56,19 @@ impl MachineTokens {
             || rand::random::<[u8; 32]>().to_vec(),
         )
         .with_context(|| format!("loading the token key {}", path.display()))?;
+        // Appliances sharing a store share its key: a token one mints, another verifies.
+        let key = match store
+            .shared_token_key(&key)
+            .context("reading the token key from the shared store")?
+        {
+            Some(shared) => {
+                tracing::info!("token key shared through the store");
+                shared
+            }
+            None => key,
+        };
         let key = <[u8; 32]>::try_from(key)
-            .map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
+            .map_err(|_| anyhow::anyhow!("the token key is not a 32-byte key"))?;
         let boots = store.boots().context("loading the machines' boots")?;
         Ok(MachineTokens {
             key,
@@ -118,6 +129,14 @@ impl MachineTokens {
             .iter()
             .find(|(_, boot)| boot.address == Some(address) && boot.boot.expires_unix > now)
             .map(|(mac, _)| *mac)
+    }
+
+    /// Takes the boots from the store again: another appliance sharing it started or ended
+    /// some.
+    pub fn reload_boots(&self) -> Result<(), StoreError> {
+        let boots = self.store.boots()?;
+        *self.boots.lock().unwrap_or_else(|p| p.into_inner()) = boots.into_iter().collect();
+        Ok(())
     }
 
     /// About when a boot started: its expiry less the lifetime tokens are minted with.

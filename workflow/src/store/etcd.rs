@@ -50,6 +50,15 @@ pub struct EtcdStore {
     endpoints: String,
 }
 
+/// What [`EtcdStore::watch`] follows.
+#[derive(Clone, Copy, Debug)]
+pub enum Watched {
+    /// Any resource's change (the revision key).
+    Resources,
+    /// Any machine's boot starting or ending, on any appliance.
+    Boots,
+}
+
 /// The store's own runtime, shut down without waiting when dropped: the store may be dropped
 /// on a runtime's worker (a daemon stopping), where waiting is not allowed.
 struct Background(Option<tokio::runtime::Runtime>);
@@ -113,12 +122,15 @@ impl EtcdStore {
         Ok(store)
     }
 
-    /// Calls `changed` whenever the resources change, from any appliance: an etcd watch on
-    /// the revision key, resumed from the last revision it saw after a disconnect, and with a
-    /// call regardless when the history it would resume from was compacted away (what changed
-    /// in between is unknown: everything derived must be derived again). Runs until the store
-    /// is dropped.
-    pub fn watch_resources(&self, changed: impl Fn() + Send + Sync + 'static) {
+    /// Calls `changed` whenever `what` changes, from any appliance: an etcd watch, resumed
+    /// from the last revision it saw after a disconnect, and with a call regardless when the
+    /// history it would resume from was compacted away (what changed in between is unknown:
+    /// everything derived must be derived again). Runs until the store is dropped.
+    pub fn watch(&self, what: Watched, changed: impl Fn() + Send + Sync + 'static) {
+        let (key, prefix) = match what {
+            Watched::Resources => (revision_key(), false),
+            Watched::Boots => (format!("{PREFIX}boots/"), true),
+        };
         let client = self.client.clone();
         let endpoints = self.endpoints.clone();
         self.runtime.runtime().spawn(async move {
@@ -127,7 +139,7 @@ impl EtcdStore {
             let mut next: i64 = 0;
             loop {
                 if next == 0 {
-                    match client.kv_client().get(revision_key(), None).await {
+                    match client.kv_client().get(key.clone(), None).await {
                         Ok(response) => {
                             next = response.header().map_or(0, |header| header.revision()) + 1;
                             // Derived again once, to cover what changed since the caller read.
@@ -140,9 +152,12 @@ impl EtcdStore {
                         }
                     }
                 }
-                let options = etcd_client::WatchOptions::new().with_start_revision(next);
+                let mut options = etcd_client::WatchOptions::new().with_start_revision(next);
+                if prefix {
+                    options = options.with_prefix();
+                }
                 let mut watch = client.watch_client();
-                let mut stream = match watch.watch(revision_key(), Some(options)).await {
+                let mut stream = match watch.watch(key.clone(), Some(options)).await {
                     Ok(stream) => stream,
                     Err(err) => {
                         tracing::warn!(store = endpoints, "watching the resources: {err}; again in 1 s");
@@ -699,6 +714,18 @@ impl BootStore for EtcdStore {
         Ok(())
     }
 
+    fn shared_token_key(&self, candidate: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = format!("{PREFIX}keys/token");
+        // The first appliance's key stays: put only where there is none, then read what is.
+        self.call(|mut client| {
+            let txn = Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), candidate.to_vec(), None)]);
+            async move { client.txn(txn).await }
+        })?;
+        Ok(self.get_value(&key)?.map(|(value, _)| value))
+    }
+
     fn boots(&self) -> Result<Vec<(MacAddr, BootRecord)>, StoreError> {
         let prefix = format!("{PREFIX}boots/");
         self.list_prefix(&prefix)?
@@ -825,6 +852,15 @@ mod tests {
         let err = store.apply(writes).unwrap_err().to_string();
         assert!(err.contains("--max-txn-ops"), "{err}");
         assert!(conformance::hardware_names(&store).is_empty());
+    }
+
+    #[test]
+    fn appliances_share_the_first_token_key() {
+        let etcd = Etcd::start();
+        let (one, two) = (etcd.store(), etcd.store());
+        let first = one.shared_token_key(&[1; 32]).unwrap();
+        assert_eq!(first, Some(vec![1; 32]));
+        assert_eq!(two.shared_token_key(&[2; 32]).unwrap(), first);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use self::{
-    etcd::EtcdStore,
+    etcd::{EtcdStore, Watched},
     group_commit::{CommitError, GroupCommit},
     lease_journal::LeaseJournal,
     redb::RedbStore,
@@ -168,6 +168,14 @@ pub trait BootStore: Send + Sync {
     /// Ends the boots of these machines (their workflows ended): their tokens are refused.
     fn end_boots(&self, macs: &[MacAddr]) -> Result<(), StoreError>;
     fn boots(&self) -> Result<Vec<(MacAddr, BootRecord)>, StoreError>;
+    /// The key tokens are signed with, when the store is shared: the one stored, or
+    /// `candidate` if none is yet, so that every appliance signs and verifies with the same.
+    /// `None` when the store is this appliance's alone (it keeps its key in its data
+    /// directory).
+    fn shared_token_key(&self, candidate: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = candidate;
+        Ok(None)
+    }
 }
 
 /// Durable leases, so that a restart loses none.
