@@ -97,6 +97,9 @@ settings! {
     /// data directory; `etcd://host1:2379,host2:2379` for an etcd cluster that several
     /// appliances share (docs/ha.md).
     store: String = String::new(), env "WISP_STORE";
+    /// The boot segment this appliance serves, by a name the appliances sharing a store give
+    /// it alike: one of them at a time answers DHCP there (docs/ha.md).
+    segment: String = "default".to_string(), env "WISP_SEGMENT";
     /// Address of the HTTP API (and /metrics). Every request but /healthz needs the API token.
     listen: SocketAddr = DEFAULT_LISTEN.parse().expect("a valid default"), env "WISP_LISTEN";
     /// The API's bearer token, created (0600) on first start. Empty means <data-dir>/api.token.

@@ -44,7 +44,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let gate = Arc::new(start_gate(&settings)?);
     let state = load_state(&settings, stores, Arc::clone(&gate))?;
 
-    let mut services = spawn_boot_services(&settings, address, &state, boot_files);
+    // One appliance of those sharing the store answers DHCP on the segment at a time.
+    let leadership = shared.as_ref().map(|store| {
+        Arc::new(store.lead(
+            &format!("dhcp/{}", settings.segment),
+            &format!("{address}"),
+            DHCP_LEADERSHIP_TTL,
+        ))
+    });
+    let mut services = spawn_boot_services(&settings, address, &state, boot_files, leadership);
     let mut background = spawn_background_tasks(&settings, &state);
     if let Some(shared) = shared {
         background.spawn(follow_other_appliances(shared, Arc::clone(&state)));
@@ -184,11 +192,16 @@ fn load_state(
 
 /// DHCP, TFTP, boot HTTP and the worker API on the served interface; the first to fail stops
 /// the daemon.
+/// How long the other appliances wait for a DHCP leader that went silent before one takes
+/// over: a few seconds, which a machine's DHCP retries ride out.
+const DHCP_LEADERSHIP_TTL: Duration = Duration::from_secs(3);
+
 fn spawn_boot_services(
     settings: &Settings,
     address: Ipv4Addr,
     state: &Arc<AppState>,
     boot_files: Arc<BootFiles>,
+    leadership: Option<Arc<workflow::store::Leadership>>,
 ) -> JoinSet<anyhow::Result<()>> {
     let mut services = JoinSet::new();
     let dhcp = DhcpServer::new(
@@ -209,6 +222,10 @@ fn spawn_boot_services(
         Arc::clone(&state.holders),
         Arc::clone(&state.script_handoffs),
     );
+    let dhcp = match leadership {
+        Some(leadership) => dhcp.with_leadership(leadership),
+        None => dhcp,
+    };
     services.spawn(dhcp.serve());
     let pace = PaceLimits {
         idle: settings.connection_timeout.0,

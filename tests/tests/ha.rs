@@ -123,3 +123,68 @@ spec: {templateRef: t, hardwareRef: m}
     assert_ne!(forged, token);
     assert_eq!(String::from_utf8_lossy(&from_b(&forged).stdout), "403");
 }
+
+/// busybox udhcpc in the client namespace, as `mac`: whether it got `address`.
+fn leased(lab: &Lab, mac: &str, address: &str) -> bool {
+    lab.client
+        .exec_ok("ip", &["link", "set", CLIENT_IF, "address", mac]);
+    let output = lab.client.exec(
+        "busybox",
+        &[
+            "udhcpc",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "2",
+            "-T",
+            "1",
+            "-i",
+            CLIENT_IF,
+            "-s",
+            "/bin/true",
+        ],
+    );
+    output.status.success()
+        && String::from_utf8_lossy(&output.stderr).contains(&format!("lease of {address} obtained"))
+}
+
+#[test]
+fn one_appliance_answers_dhcp_and_another_takes_over_when_it_dies() {
+    require_root!();
+    let lab = Lab::new("ha-dhcp");
+    let work = TempDir::new("ha-dhcp");
+    let etcd = Etcd::start(&lab.server, "10.99.0.1", &work.0);
+    let store = format!("--store={}", etcd.url);
+    // B starts first and leads; A, which the machine's DHCP reaches, stands by.
+    let mut b = Daemon::start(&lab.client, CLIENT_IF, &work.join("b"), &[&store]);
+    eventually_within("B leads", Duration::from_secs(5), || {
+        b.log().contains("leadership taken")
+    });
+    let a = Daemon::start(&lab.server, SERVER_IF, &work.join("a"), &[&store]);
+    apply_ok(
+        &lab.server,
+        &hardware_yaml("m", "1c:69:7a:00:00:41", "10.99.0.41"),
+    );
+    eventually_within(
+        "A's gate admits the machine",
+        Duration::from_secs(2),
+        || gate_stats(&lab.server).1["allowlist_size"] == 1,
+    );
+    assert!(
+        !leased(&lab, "1c:69:7a:00:00:41", "10.99.0.41"),
+        "A answered while B led:\n{}",
+        a.log()
+    );
+    let standby = wisp_tests::metric(&lab.server, "wisp_dhcp_ignored_total{reason=\"standby\"}");
+    assert!(
+        standby.is_some_and(|count| count >= 1),
+        "A counted no standby"
+    );
+    // B dies: its lease runs out (3 s) and A takes over; the machine's DHCP gets its lease.
+    b.stop(nix::sys::signal::Signal::SIGKILL);
+    eventually_within("A takes over and answers", Duration::from_secs(20), || {
+        leased(&lab, "1c:69:7a:00:00:41", "10.99.0.41")
+    });
+    assert!(a.log().contains("leadership taken"), "{}", a.log());
+}

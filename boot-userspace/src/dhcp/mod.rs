@@ -76,6 +76,9 @@ pub struct DhcpServer {
     /// handed to a second MAC while the first one's lease runs.
     holders: Arc<LeaseHolders>,
     script_handoffs: Arc<ScriptHandoffs>,
+    /// With appliances sharing a store: this one answers only while it holds the segment's
+    /// leadership; the others stand by, their gates attached.
+    leadership: Option<Arc<workflow::store::Leadership>>,
 }
 
 /// The MAC that holds an address, until the Unix time its lease expires.
@@ -199,6 +202,12 @@ struct BinaryHandoff {
 }
 
 impl DhcpServer {
+    /// Answers only while `leadership` is held (see [`workflow::store::Leadership`]).
+    pub fn with_leadership(mut self, leadership: Arc<workflow::store::Leadership>) -> DhcpServer {
+        self.leadership = Some(leadership);
+        self
+    }
+
     pub fn new(
         config: DhcpConfig,
         machines: Arc<Machines>,
@@ -237,6 +246,7 @@ impl DhcpServer {
             leases,
             handoffs: Mutex::default(),
             declined: Mutex::default(),
+            leadership: None,
             holders,
             script_handoffs,
         }
@@ -413,6 +423,14 @@ impl DhcpServer {
         let mac = handler::client_mac(&message);
         let client = mac.map(|m| m.to_string()).unwrap_or_default();
         let request = type_name(message.opts().msg_type());
+        let standing_by = self
+            .leadership
+            .as_ref()
+            .is_some_and(|leadership| !leadership.held());
+        let outcome = match outcome {
+            Outcome::Reply(_) if standing_by => Outcome::Ignore(handler::IgnoreReason::Standby),
+            outcome => outcome,
+        };
         match outcome {
             Outcome::Reply(mut reply) => {
                 if mac.is_some_and(|mac| self.log.allow(mac)) {

@@ -50,6 +50,41 @@ pub struct EtcdStore {
     endpoints: String,
 }
 
+/// One duty (answering DHCP on a boot segment, say) that one appliance at a time holds: a key
+/// bound to an etcd lease of a few seconds, which the holder keeps alive. An appliance that
+/// dies, or loses etcd, stops keeping it alive and another takes the duty once the lease runs
+/// out; the holder gives it up at once when a keep-alive fails, before the lease can run out,
+/// so that two never hold it together. Given up when dropped.
+pub struct Leadership {
+    held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+    /// The lease held, to revoke when dropped (0 while none).
+    lease: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    client: Client,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Leadership {
+    pub fn held(&self) -> bool {
+        self.held.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.held.store(false, std::sync::atomic::Ordering::SeqCst);
+        let lease = self.lease.load(std::sync::atomic::Ordering::SeqCst);
+        if lease != 0 {
+            // Revoked, so that another takes the duty now rather than when the lease runs out.
+            let mut client = self.client.clone();
+            self.runtime.spawn(async move {
+                let _ = client.lease_revoke(lease).await;
+            });
+        }
+    }
+}
+
 /// What [`EtcdStore::watch`] follows.
 #[derive(Clone, Copy, Debug)]
 pub enum Watched {
@@ -193,6 +228,74 @@ impl EtcdStore {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
+    }
+
+    /// Takes part in the election for `duty` as `me`, with a lease of `ttl` (a few seconds:
+    /// how long the others wait for a holder that went silent).
+    pub fn lead(&self, duty: &str, me: &str, ttl: Duration) -> Leadership {
+        use std::sync::atomic::Ordering;
+        let key = format!("{PREFIX}leaders/{duty}");
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let lease = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let (task_held, task_lease) = (std::sync::Arc::clone(&held), std::sync::Arc::clone(&lease));
+        let (client, me) = (self.client.clone(), me.to_string());
+        let seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(2);
+        let beat = ttl / 3;
+        let task = self.runtime.runtime().spawn(async move {
+            loop {
+                let mut lease_client = client.lease_client();
+                let granted = match lease_client.grant(seconds, None).await {
+                    Ok(granted) => granted.id(),
+                    Err(_) => {
+                        tokio::time::sleep(beat).await;
+                        continue;
+                    }
+                };
+                task_lease.store(granted, Ordering::SeqCst);
+                let (mut keeper, mut replies) = match lease_client.keep_alive(granted).await {
+                    Ok(pair) => pair,
+                    Err(_) => continue,
+                };
+                // Campaign, and hold, for as long as the lease is kept alive.
+                loop {
+                    if !task_held.load(Ordering::SeqCst) {
+                        let txn = Txn::new()
+                            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                            .and_then([TxnOp::put(
+                                key.clone(),
+                                me.clone(),
+                                Some(etcd_client::PutOptions::new().with_lease(granted)),
+                            )]);
+                        if let Ok(response) = client.kv_client().txn(txn).await {
+                            if response.succeeded() {
+                                task_held.store(true, Ordering::SeqCst);
+                                tracing::info!(duty = key, "leadership taken");
+                            }
+                        }
+                    }
+                    tokio::time::sleep(beat).await;
+                    let alive = keeper.keep_alive().await.is_ok()
+                        && matches!(replies.message().await, Ok(Some(reply)) if reply.ttl() > 0);
+                    if !alive {
+                        // Given up before the lease can run out: never two holders.
+                        if task_held.swap(false, Ordering::SeqCst) {
+                            tracing::warn!(
+                                duty = key,
+                                "leadership given up: etcd did not keep the lease alive"
+                            );
+                        }
+                        break;
+                    }
+                }
+            }
+        });
+        Leadership {
+            held,
+            task,
+            lease,
+            client: self.client.clone(),
+            runtime: self.runtime.runtime().handle().clone(),
+        }
     }
 
     /// Runs `call` against the cluster, again when a member did not answer. Only for calls
@@ -852,6 +955,38 @@ mod tests {
         let err = store.apply(writes).unwrap_err().to_string();
         assert!(err.contains("--max-txn-ops"), "{err}");
         assert!(conformance::hardware_names(&store).is_empty());
+    }
+
+    #[test]
+    fn one_appliance_at_a_time_leads_and_another_takes_over_when_it_goes() {
+        let etcd = Etcd::start();
+        let (one, two) = (etcd.store(), etcd.store());
+        let ttl = Duration::from_secs(2);
+        let first = one.lead("dhcp/lab", "one", ttl);
+        let second = two.lead("dhcp/lab", "two", ttl);
+        let holders =
+            |a: &Leadership, b: &Leadership| usize::from(a.held()) + usize::from(b.held());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while holders(&first, &second) == 0 {
+            assert!(std::time::Instant::now() < deadline, "nobody took the lead");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Never two, over a few beats.
+        for _ in 0..40 {
+            assert_eq!(holders(&first, &second), 1);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (leader, follower) = if first.held() {
+            (first, second)
+        } else {
+            (second, first)
+        };
+        drop(leader);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !follower.held() {
+            assert!(std::time::Instant::now() < deadline, "nobody took over");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     #[test]

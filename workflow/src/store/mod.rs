@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use self::{
-    etcd::{EtcdStore, Watched},
+    etcd::{EtcdStore, Leadership, Watched},
     group_commit::{CommitError, GroupCommit},
     lease_journal::LeaseJournal,
     redb::RedbStore,

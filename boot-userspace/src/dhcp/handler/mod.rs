@@ -141,6 +141,8 @@ pub enum IgnoreReason {
     /// proxyDHCP answers DISCOVER on 67 and REQUEST on 4011, nothing else.
     NotProxyExchange,
     NoBootBinary,
+    /// Another appliance sharing the store answers DHCP on this segment now.
+    Standby,
 }
 
 impl IgnoreReason {
@@ -167,6 +169,7 @@ impl IgnoreReason {
             PxeNotAllowed => "pxe_not_allowed",
             NotProxyExchange => "not_proxy_exchange",
             NoBootBinary => "no_boot_binary",
+            Standby => "standby",
         }
     }
 }
@@ -197,6 +200,7 @@ impl fmt::Display for IgnoreReason {
             PxeNotAllowed => "netboot.allowPXE is false",
             NotProxyExchange => "proxyDHCP answers DISCOVER on 67 and REQUEST on 4011",
             NoBootBinary => "no iPXE binary for this client's architecture",
+            Standby => "another appliance answers DHCP on this segment now",
         })
     }
 }
