@@ -7,14 +7,20 @@ use wisp_tests::{
     Daemon, Lab, TempDir, CLIENT_IF, SERVER_IF,
 };
 
+/// A lab with a real etcd on the server side, and the flag that points an appliance at it:
+/// appliance A runs beside it, appliance B across the link.
+fn shared_store(purpose: &str) -> (Lab, TempDir, Etcd, String) {
+    let lab = Lab::new(purpose);
+    let work = TempDir::new(purpose);
+    let etcd = Etcd::start(&lab.server, "10.99.0.1", &work.0);
+    let store = format!("--store={}", etcd.url);
+    (lab, work, etcd, store)
+}
+
 #[test]
 fn what_one_appliance_applies_the_other_serves_within_a_second() {
     require_root!();
-    let lab = Lab::new("ha-share");
-    let work = TempDir::new("ha-share");
-    // etcd on the server side; appliance A beside it, appliance B across the link.
-    let etcd = Etcd::start(&lab.server, "10.99.0.1", &work.0);
-    let store = format!("--store={}", etcd.url);
+    let (lab, work, _etcd, store) = shared_store("ha-share");
     let _a = Daemon::start(&lab.server, SERVER_IF, &work.join("a"), &[&store]);
     let _b = Daemon::start(&lab.client, CLIENT_IF, &work.join("b"), &[&store]);
 
@@ -69,10 +75,7 @@ fn what_one_appliance_applies_the_other_serves_within_a_second() {
 #[test]
 fn a_token_one_appliance_minted_is_good_on_the_other() {
     require_root!();
-    let lab = Lab::new("ha-token");
-    let work = TempDir::new("ha-token");
-    let etcd = Etcd::start(&lab.server, "10.99.0.1", &work.0);
-    let store = format!("--store={}", etcd.url);
+    let (lab, work, _etcd, store) = shared_store("ha-token");
     let _a = Daemon::start(&lab.server, SERVER_IF, &work.join("a"), &[&store]);
     let _b = Daemon::start(&lab.client, CLIENT_IF, &work.join("b"), &[&store]);
     apply_ok(
@@ -152,10 +155,7 @@ fn leased(lab: &Lab, mac: &str, address: &str) -> bool {
 #[test]
 fn one_appliance_answers_dhcp_and_another_takes_over_when_it_dies() {
     require_root!();
-    let lab = Lab::new("ha-dhcp");
-    let work = TempDir::new("ha-dhcp");
-    let etcd = Etcd::start(&lab.server, "10.99.0.1", &work.0);
-    let store = format!("--store={}", etcd.url);
+    let (lab, work, _etcd, store) = shared_store("ha-dhcp");
     // B starts first and leads; A, which the machine's DHCP reaches, stands by.
     let mut b = Daemon::start(&lab.client, CLIENT_IF, &work.join("b"), &[&store]);
     eventually_within("B leads", Duration::from_secs(5), || {
