@@ -35,6 +35,30 @@ const RENDER_STACK_BYTES: usize = 512 << 20;
 pub(crate) struct Budget(std::sync::Arc<std::sync::atomic::AtomicUsize>);
 
 impl Budget {
+    /// Go's builtin `name` (`printf`, `print`, `println`), which gotmpl keeps to itself,
+    /// charged for what it returns: a template that doubles a string with `printf` in a loop
+    /// is stopped like one that does so with `cat`. The builtin runs in a template of its own,
+    /// with Go's formatting exactly.
+    pub(crate) fn charged_builtin(
+        &self,
+        name: &'static str,
+    ) -> impl Fn(&[gotmpl::Value]) -> gotmpl::Result<gotmpl::Value> + Send + Sync + 'static {
+        let spent = std::sync::Arc::clone(&self.0);
+        move |args| {
+            let names: Vec<String> = (0..args.len()).map(|index| format!(".a{index}")).collect();
+            let source = format!("{{{{ {name} {} }}}}", names.join(" "));
+            let data = gotmpl::Value::Map(std::sync::Arc::new(
+                args.iter()
+                    .enumerate()
+                    .map(|(index, arg)| (std::sync::Arc::from(format!("a{index}")), arg.clone()))
+                    .collect(),
+            ));
+            let text = Template::new(name).parse(&source)?.execute_to_string(&data)?;
+            charge(&spent, name, text.len())?;
+            Ok(gotmpl::Value::String(text.into()))
+        }
+    }
+
     /// `func`, charged for what it returns.
     pub(crate) fn charged(
         &self,
@@ -50,17 +74,27 @@ impl Budget {
                 gotmpl::Value::Map(entries) => entries.len() * 48,
                 _ => 8,
             };
-            let total = spent.fetch_add(cost, std::sync::atomic::Ordering::Relaxed) + cost;
-            if total > MAX_FUNCTION_BYTES {
-                return Err(gotmpl::TemplateError::Exec(format!(
-                    "{name}: the template's functions have made more than {} MiB; a template \
-                     this costly is a mistake",
-                    MAX_FUNCTION_BYTES >> 20
-                )));
-            }
+            charge(&spent, name, cost)?;
             Ok(value)
         }
     }
+}
+
+/// Adds `cost` to what the render's functions have made, failing past the bound.
+fn charge(
+    spent: &std::sync::atomic::AtomicUsize,
+    name: &str,
+    cost: usize,
+) -> gotmpl::Result<()> {
+    let total = spent.fetch_add(cost, std::sync::atomic::Ordering::Relaxed) + cost;
+    if total > MAX_FUNCTION_BYTES {
+        return Err(gotmpl::TemplateError::Exec(format!(
+            "{name}: the template's functions have made more than {} MiB; a template this \
+             costly is a mistake",
+            MAX_FUNCTION_BYTES >> 20
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +140,9 @@ fn render_here(
         )
         .func("toYaml", budget.charged("toYaml", functions::to_yaml))
         .func("fromYaml", budget.charged("fromYaml", functions::from_yaml))
+        .func("printf", budget.charged_builtin("printf"))
+        .func("print", budget.charged_builtin("print"))
+        .func("println", budget.charged_builtin("println"))
         .parse(data)
         .map_err(|err| RenderError(err.to_string()))?;
     let mut context = serde_json::Map::new();
@@ -237,6 +274,9 @@ mod tests {
             ("CONFIG: |\n{{ dict \"hostname\" \"worker-1\" | toYaml | nindent 2 }}", "CONFIG: |\n\n  hostname: worker-1"),
             // The map's keys, overridden by the three names Tinkerbell sets after them.
             ("{{ .device_1 }}", "1c:69:7a:11:22:33"),
+            // Go's own formatting, through the charged builtins.
+            ("{{ printf \"%s-%03d %v %q\" \"disk\" 7 (list 1 2) \"x\" }}", "disk-007 [1 2] \"x\""),
+            ("{{ print \"a\" 1 2 \"b\" }}|{{ println \"a\" }}", "a1 2b|a\n"),
         ];
         for (data, expected) in cases {
             assert_eq!(render_demo(data).as_deref(), Ok(expected), "{data}");
@@ -290,6 +330,10 @@ mod tests {
             ),
             (
                 "{{ $x := \"a\" }}{{ range until 40 }}{{ $x = cat $x $x }}{{ end }}",
+                "more than 64 MiB",
+            ),
+            (
+                "{{ $x := \"a\" }}{{ range until 40 }}{{ $x = printf \"%s%s\" $x $x }}{{ end }}",
                 "more than 64 MiB",
             ),
             (
