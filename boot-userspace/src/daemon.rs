@@ -309,8 +309,28 @@ async fn follow_other_appliances(store: Arc<EtcdStore>, state: Arc<AppState>) {
     store.watch(Watched::Resources, move || notify.notify_one());
     let notify = Arc::clone(&boots);
     store.watch(Watched::Boots, move || notify.notify_one());
+    // In order: a run's later change must not be taken before its earlier one.
+    let (changed_runs, mut runs) = tokio::sync::mpsc::unbounded_channel();
+    store.watch_runs(move |changed| {
+        let _ = changed_runs.send(changed);
+    });
     loop {
         tokio::select! {
+            Some(changed) = runs.recv() => {
+                let observing = Arc::clone(&state);
+                let observed =
+                    tokio::task::spawn_blocking(move || observing.engine.observe(changed)).await;
+                match observed {
+                    Ok(Ok(change)) if change.finished => {
+                        if let Err(err) = state.sync_hardware_coalesced().await {
+                            tracing::error!("following the shared store's runs: {err:#}");
+                        }
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => tracing::error!("following the shared store's runs: {err}"),
+                    Err(err) => tracing::error!("following the shared store's runs: {err}"),
+                }
+            }
             () = resources.notified() => {
                 if let Err(err) = state.sync_hardware_coalesced().await {
                     tracing::error!("following the shared store: {err:#}");

@@ -19,7 +19,7 @@ use wisp_proto::{
     StateType, WORKFLOW_STATE_KEY,
 };
 use workflow::{
-    engine::{Assignment, Decision, EngineError, Next, WorkerIdentity},
+    engine::{Assignment, Decision, EngineError, Next, Settled, WorkerIdentity},
     resource::{Kind, MacAddr, ResourceKey},
     run::{Report, ReportError, State},
     store::Boot,
@@ -248,34 +248,56 @@ impl WorkerApi {
     /// Runs an engine call off the async threads (it may read the store), and answers once its
     /// changes are durable. A finished workflow is no longer pending work, so the boot path is
     /// brought up to date before the worker hears of it (and reboots).
+    ///
+    /// With appliances sharing a store, another may change the run between this one's read
+    /// and its write: the call is then made again, deciding from the run as stored.
     async fn engine<T: Send + 'static>(
         &self,
-        call: impl FnOnce(&AppState) -> Result<Decision<T>, EngineError> + Send + 'static,
+        call: impl Fn(&AppState) -> Result<Decision<T>, EngineError> + Send + Sync + 'static,
     ) -> Result<T, Status> {
-        let state = Arc::clone(&self.state);
-        let decision = tokio::task::spawn_blocking(move || call(&state))
-            .await
-            .map_err(|err| Status::internal(err.to_string()))?
-            .map_err(engine_status)?;
-        let stored = match decision.durable.wait().await {
-            Ok(stored) => stored,
-            Err(err) => {
-                tracing::error!("storing a workflow change failed: {err}");
-                self.state.reload_runs().await;
-                return Err(engine_status(err.into()));
+        let call = Arc::new(call);
+        let mut tries = 0;
+        let (value, change) = loop {
+            tries += 1;
+            let (state, call) = (Arc::clone(&self.state), Arc::clone(&call));
+            let decision = tokio::task::spawn_blocking(move || call(&state))
+                .await
+                .map_err(|err| Status::internal(err.to_string()))?
+                .map_err(engine_status)?;
+            let Decision {
+                value,
+                change,
+                durable,
+            } = decision;
+            match durable.wait().await {
+                Ok(Settled::Stands) => break (value, change),
+                Ok(Settled::WorkflowGone) => {
+                    return Err(Status::not_found("the workflow was deleted meanwhile"));
+                }
+                Ok(Settled::Raced) if tries < RACED_TRIES => {}
+                Ok(Settled::Raced) => {
+                    return Err(Status::unavailable(
+                        "other appliances kept changing the workflow's run; try again",
+                    ));
+                }
+                Err(err) => {
+                    tracing::error!("storing a workflow change failed: {err}");
+                    self.state.reload_runs().await;
+                    return Err(engine_status(err.into()));
+                }
             }
         };
-        if !stored {
-            return Err(Status::not_found("the workflow was deleted meanwhile"));
-        }
-        if decision.change.finished {
+        if change.finished {
             if let Err(err) = self.state.sync_hardware_coalesced().await {
                 tracing::error!("syncing Hardware after a workflow finished: {err:#}");
             }
         }
-        Ok(decision.value)
+        Ok(value)
     }
 }
+
+/// How many times a call is made when another appliance changed its run first.
+const RACED_TRIES: u32 = 5;
 
 fn engine_status(err: EngineError) -> Status {
     let message = err.to_string();

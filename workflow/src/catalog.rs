@@ -339,7 +339,7 @@ impl Catalog {
             .store
             .workflow_statuses()?
             .into_iter()
-            .filter(|(_, status)| status.state.is_final())
+            .filter(|(_, run)| run.status.state.is_final())
             .map(|(key, _)| key)
             .collect();
         let mut bound = HashSet::new();

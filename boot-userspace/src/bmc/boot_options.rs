@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 use workflow::{
-    engine::Preparation,
+    engine::{Preparation, Settled},
     resource::{
         self,
         bmc::{
@@ -135,12 +135,19 @@ impl Controller {
                 })
                 .await
             };
-            if failed.durable.wait().await.is_ok() {
-                if let Err(err) = self.state.sync_hardware_coalesced().await {
-                    tracing::error!("syncing after a failed preparation: {err:#}");
+            let failed = match failed {
+                Ok(failed) => failed,
+                Err(err) => return tracing::error!(workflow = %key, "{err}"),
+            };
+            // Raced: another appliance changed the run first; the next pass sees what it did.
+            match failed.durable.wait().await {
+                Ok(Settled::Stands) => {
+                    if let Err(err) = self.state.sync_hardware_coalesced().await {
+                        tracing::error!("syncing after a failed preparation: {err:#}");
+                    }
                 }
-            } else {
-                self.state.reload_runs().await;
+                Ok(Settled::WorkflowGone | Settled::Raced) => {}
+                Err(_) => self.state.reload_runs().await,
             }
             return;
         }

@@ -1,6 +1,8 @@
 //! The workflow engine: which action a machine's worker runs next, what its reports do to the
 //! workflow, and the timeouts the server enforces. Every change is durable before it is
 //! acknowledged, so a restart resumes each workflow where it was.
+mod runs;
+
 use std::{
     collections::HashMap,
     future::Future,
@@ -9,11 +11,12 @@ use std::{
     time::SystemTime,
 };
 
+use self::runs::{QueuedRun, Runs};
 use crate::{
     catalog::Catalog,
     resource::{HardwareSpec, Kind, MacAddr, ResourceKey, TemplateSpec, WorkflowSpec},
     run::{ActionStatus, BootStatus, Plan, Report, ReportError, State, WorkflowStatus},
-    store::{CommitError, GroupCommit, StoreError},
+    store::{CommitError, GroupCommit, RunWritten, RunsChanged, StoreError},
 };
 
 /// A worker, as the transport has identified it: the Hardware it runs on (proven by its
@@ -92,22 +95,39 @@ pub struct Durable {
     writes: Vec<(QueuedWrite, bool)>,
 }
 
-/// A write queued to the store: whether it was stored, once it is durable.
-type QueuedWrite = Pin<Box<dyn Future<Output = Result<bool, CommitError>> + Send>>;
+/// A write queued to the store: what became of it, once settled.
+type QueuedWrite = Pin<Box<dyn Future<Output = Result<RunWritten, CommitError>> + Send>>;
 
-/// What the writer is given: a run to store, or `None`, a barrier that stores nothing.
-type Queued = Option<(ResourceKey, WorkflowStatus)>;
+/// What the writer is given: a run's change, or `None`, a barrier that stores nothing.
+type Queued = Option<QueuedRun>;
+
+/// Whether an engine call's answer may be given, once its writes are settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Its changes are durable: answer.
+    Stands,
+    /// The workflow it is about was deleted meanwhile, so that its run was not stored.
+    WorkflowGone,
+    /// Another appliance changed a run it changed, after it was read: nothing of the call was
+    /// kept, and the call is to be made again (it then decides from the run as stored).
+    Raced,
+}
 
 impl Durable {
-    /// Waits until the writes are durable. False when the workflow the answer is about was
-    /// deleted meanwhile, so that its run was not stored.
-    pub async fn wait(self) -> Result<bool, CommitError> {
-        let mut answer_stands = true;
+    /// Waits until the writes are settled.
+    pub async fn wait(self) -> Result<Settled, CommitError> {
+        let mut settled = Settled::Stands;
         for (write, answer_rests_on_it) in self.writes {
-            let stored = write.await?;
-            answer_stands &= stored || !answer_rests_on_it;
+            match write.await? {
+                RunWritten::Stored(_) => {}
+                RunWritten::Stale => settled = Settled::Raced,
+                RunWritten::WorkflowGone if answer_rests_on_it && settled == Settled::Stands => {
+                    settled = Settled::WorkflowGone;
+                }
+                RunWritten::WorkflowGone => {}
+            }
         }
-        Ok(answer_stands)
+        Ok(settled)
     }
 }
 
@@ -122,13 +142,13 @@ pub struct Engine {
     catalog: Arc<Catalog>,
     /// The lock serialises changes, so each is read, changed and queued for writing as a unit,
     /// and writes reach the store in the order the changes were made.
-    state: Mutex<EngineState>,
-    writer: GroupCommit<Queued, bool>,
+    state: Arc<Mutex<EngineState>>,
+    writer: GroupCommit<Queued, RunWritten>,
 }
 
 struct EngineState {
     /// Every workflow's run, as stored (or queued to be).
-    runs: HashMap<ResourceKey, WorkflowStatus>,
+    runs: Runs,
     workflows: WorkflowIndex,
 }
 
@@ -193,31 +213,20 @@ impl Engine {
     /// Loads the stored runs, and starts the writer that stores their changes: running
     /// workflows carry on, with their timeouts measured from the stored start times.
     pub fn load(catalog: Arc<Catalog>) -> Result<Engine, StoreError> {
-        let writing = Arc::clone(&catalog);
+        let state = Arc::new(Mutex::new(EngineState {
+            runs: Runs::from_store(catalog.store().workflow_statuses()?),
+            workflows: WorkflowIndex::default(),
+        }));
+        let (writing, settling) = (Arc::clone(&catalog), Arc::clone(&state));
+        let mut written = runs::Written::default();
         let writer = GroupCommit::start(
             "workflow writer",
             MAX_BATCH,
             QUEUE_LIMIT,
-            move |batch: Vec<Queued>| {
-                let barriers: Vec<bool> = batch.iter().map(Option::is_none).collect();
-                let runs: Vec<_> = batch.into_iter().flatten().collect();
-                match writing.store().put_workflow_statuses(&runs) {
-                    Ok(stored) => {
-                        let mut stored = stored.into_iter();
-                        barriers
-                            .into_iter()
-                            .map(|barrier| Ok(barrier || stored.next().unwrap_or(false)))
-                            .collect()
-                    }
-                    Err(err) => vec![Err(Arc::new(err)); barriers.len()],
-                }
-            },
+            move |batch: Vec<Queued>| runs::commit(writing.store(), &settling, &mut written, batch),
         );
         Ok(Engine {
-            state: Mutex::new(EngineState {
-                runs: catalog.store().workflow_statuses()?.into_iter().collect(),
-                workflows: WorkflowIndex::default(),
-            }),
+            state,
             catalog,
             writer,
         })
@@ -238,15 +247,14 @@ impl Engine {
     /// fails, [`Engine::reload`] puts memory back in line with the store.
     fn write(
         &self,
-        runs: &mut HashMap<ResourceKey, WorkflowStatus>,
+        runs: &mut Runs,
         durable: &mut Durable,
         key: &ResourceKey,
         status: WorkflowStatus,
         answer_rests_on_it: bool,
     ) {
-        let queued = self.writer.submit(Some((key.clone(), status.clone())));
+        let queued = self.writer.submit(Some(runs.change(key, status)));
         durable.writes.push((Box::pin(queued), answer_rests_on_it));
-        runs.insert(key.clone(), status);
     }
 
     /// For a call that queued nothing: its answer waits for the changes queued before it.
@@ -262,14 +270,63 @@ impl Engine {
     /// Takes the runs from the store again, after a commit failed: memory must not keep a
     /// change the store does not have.
     pub fn reload(&self) -> Result<(), StoreError> {
-        let runs = self
-            .catalog
-            .store()
-            .workflow_statuses()?
-            .into_iter()
-            .collect();
-        self.state().runs = runs;
+        let stored = self.catalog.store().workflow_statuses()?;
+        self.state().runs.replace(stored);
         Ok(())
+    }
+
+    /// Takes the runs another appliance changed (from a watch of the shared store). Whether a
+    /// workflow may have finished, which the boot path follows.
+    pub fn observe(&self, changed: RunsChanged) -> Result<Change, StoreError> {
+        match changed {
+            RunsChanged::All => {
+                let stored = self.catalog.store().workflow_statuses()?;
+                self.state().runs.observe_all(stored);
+                Ok(Change { finished: true })
+            }
+            RunsChanged::These(runs) => {
+                let finished = runs
+                    .iter()
+                    .any(|(_, run)| run.as_ref().is_none_or(|run| run.status.state.is_final()));
+                let mut state = self.state();
+                for (key, run) in runs {
+                    state.runs.observe(&key, run);
+                }
+                Ok(Change { finished })
+            }
+        }
+    }
+
+    /// With a store other appliances write too, reads these runs from it before a decision
+    /// rests on them: the watch that keeps memory up to date may be behind, and a worker may
+    /// have reported to another appliance a moment ago.
+    fn freshen(&self, keys: &[ResourceKey]) -> Result<(), StoreError> {
+        if !self.catalog.store().shared() {
+            return Ok(());
+        }
+        let mut fresh = Vec::with_capacity(keys.len());
+        for key in keys {
+            fresh.push((key, self.catalog.store().workflow_status(key)?));
+        }
+        let mut state = self.state();
+        for (key, run) in fresh {
+            state.runs.observe(key, run);
+        }
+        Ok(())
+    }
+
+    /// The workflows of a machine, for [`Engine::freshen`].
+    fn workflows_of(&self, hardware: &ResourceKey) -> Result<Vec<ResourceKey>, StoreError> {
+        if !self.catalog.store().shared() {
+            return Ok(Vec::new());
+        }
+        let mut state = self.state();
+        state.workflows.refresh(&self.catalog)?;
+        Ok(state
+            .workflows
+            .of(hardware)
+            .map(|(key, _)| key.clone())
+            .collect())
     }
 
     pub fn status(&self, key: &ResourceKey) -> Option<WorkflowStatus> {
@@ -318,7 +375,7 @@ impl Engine {
         let mine: Vec<ResourceKey> = workflows
             .of(hardware)
             .filter(|(key, _)| {
-                runs.get(*key)
+                runs.get(key)
                     .and_then(|run| run.span.finished_at)
                     .is_some_and(|finished| finished >= since)
             })
@@ -334,6 +391,7 @@ impl Engine {
         worker: &WorkerIdentity,
         now: SystemTime,
     ) -> Result<Decision<Next>, EngineError> {
+        self.freshen(&self.workflows_of(&worker.hardware)?)?;
         let mut state = self.state();
         let EngineState { runs, workflows } = &mut *state;
         workflows.refresh(&self.catalog)?;
@@ -399,6 +457,7 @@ impl Engine {
         report: &Report,
         now: SystemTime,
     ) -> Result<Decision<()>, EngineError> {
+        self.freshen(std::slice::from_ref(workflow))?;
         let mut state = self.state();
         let EngineState { runs, workflows } = &mut *state;
         workflows.refresh(&self.catalog)?;
@@ -449,6 +508,7 @@ impl Engine {
     /// machine's worker would be given next (the same order as [`Engine::next_action`]: the
     /// machine runs one workflow at a time).
     pub fn preparation(&self, key: &ResourceKey) -> Result<Preparation, EngineError> {
+        self.freshen(std::slice::from_ref(key))?;
         let mut state = self.state();
         let EngineState { runs, workflows } = &mut *state;
         workflows.refresh(&self.catalog)?;
@@ -465,7 +525,7 @@ impl Engine {
             .of(hardware)
             .filter(|(other, spec)| {
                 spec.disabled != Some(true)
-                    && !runs.get(*other).is_some_and(|run| run.state.is_final())
+                    && !runs.get(other).is_some_and(|run| run.state.is_final())
             })
             .map(|(other, _)| {
                 let running = runs.get(other).map(|run| run.state) == Some(State::Running);
@@ -489,7 +549,8 @@ impl Engine {
         key: &ResourceKey,
         message: String,
         now: SystemTime,
-    ) -> Decision<bool> {
+    ) -> Result<Decision<bool>, StoreError> {
+        self.freshen(std::slice::from_ref(key))?;
         let mut state = self.state();
         let mut durable = Durable::default();
         let fail = !state.runs.contains_key(key);
@@ -497,11 +558,11 @@ impl Engine {
             let failed = WorkflowStatus::failed_to_start(message, now);
             self.write(&mut state.runs, &mut durable, key, failed, true);
         }
-        Decision {
+        Ok(Decision {
             value: fail,
             change: Change { finished: fail },
             durable: self.barrier(durable),
-        }
+        })
     }
 
     /// Ends the workflows whose timeouts have passed; the value is how many it ended.
@@ -536,10 +597,7 @@ impl Engine {
 }
 
 /// The final state of the workflow among `mine` that finished last.
-fn last_finished(
-    runs: &HashMap<ResourceKey, WorkflowStatus>,
-    mine: &[ResourceKey],
-) -> Option<State> {
+fn last_finished(runs: &Runs, mine: &[ResourceKey]) -> Option<State> {
     mine.iter()
         .filter_map(|key| runs.get(key))
         .filter(|run| run.state.is_final())
@@ -691,6 +749,13 @@ mod tests {
 
     fn catalog(dir: &std::path::Path, worker: &str) -> Arc<Catalog> {
         let catalog = Arc::new(Catalog::new(Arc::new(RedbStore::open(dir).unwrap())));
+        apply_demo(&catalog, worker);
+        catalog
+    }
+
+    /// A machine `m`, and a workflow `w` of two actions for it (the first with a timeout of
+    /// 5 s), its task naming `worker`.
+    fn apply_demo(catalog: &Catalog, worker: &str) {
         let yaml = format!(
             "apiVersion: tinkerbell.org/v1alpha1
 kind: Hardware
@@ -721,7 +786,6 @@ spec: {{templateRef: t, hardwareRef: m}}
         manifest.parse("test.yaml", &yaml);
         assert!(manifest.errors.is_empty(), "{:?}", manifest.errors);
         catalog.apply(manifest.documents).unwrap();
-        catalog
     }
 
     #[test]
@@ -787,13 +851,78 @@ spec: {templateRef: t, hardwareRef: missing, bootOptions: {bootMode: netboot}}
 
     /// The decision, once its writes are durable.
     fn durable<T>(decision: Decision<T>) -> (T, Change) {
-        let stored = tokio::runtime::Builder::new_current_thread()
+        let (value, change, settled) = settle(decision);
+        assert_eq!(
+            settled,
+            Settled::Stands,
+            "the workflow exists, so its run is stored"
+        );
+        (value, change)
+    }
+
+    fn settle<T>(decision: Decision<T>) -> (T, Change, Settled) {
+        let settled = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap()
             .block_on(decision.durable.wait())
             .unwrap();
-        assert!(stored, "the workflow exists, so its run is stored");
-        (decision.value, decision.change)
+        (decision.value, decision.change, settled)
+    }
+
+    #[test]
+    fn appliances_sharing_etcd_hand_each_action_out_once_and_count_each_report_once() {
+        let etcd = crate::store::conformance::Etcd::start();
+        let appliance = || {
+            let catalog = Arc::new(Catalog::new(Arc::new(etcd.store())));
+            Engine::load(catalog).unwrap()
+        };
+        let (a, b) = (appliance(), appliance());
+        apply_demo(a.catalog(), MAC);
+        let current = |engine: &Engine| match next(engine) {
+            Next::Run(assignment) => assignment.index,
+            idle => panic!("{idle:?}"),
+        };
+        // A hands the first action out; B, asked by the same worker (it moved), hands out the
+        // same one, still running, not the next.
+        assert_eq!(current(&a), 0);
+        assert_eq!(current(&b), 0);
+        let stored = |engine: &Engine| {
+            let run = engine
+                .catalog()
+                .store()
+                .workflow_status(&workflow())
+                .unwrap();
+            run.expect("a run").status
+        };
+        durable(
+            b.report(&worker(), &workflow(), &success(0), SystemTime::now())
+                .unwrap(),
+        );
+        let reported = stored(&b).actions[0].clone();
+        // A still keeps the first action running (it has no watch here), and decides from
+        // that: its timeout of 5 s passed. Its write is stale, and the report stands.
+        let late = SystemTime::now() + std::time::Duration::from_secs(3600);
+        let (ended, _, settled) = settle(a.enforce_timeouts(late));
+        assert_eq!((ended, settled), (1, Settled::Raced));
+        assert_eq!(stored(&a).actions[0], reported);
+        assert_eq!(
+            a.status(&workflow()).map(|run| run.actions[0].state),
+            Some(State::Success)
+        );
+        // Made again, the call decides from the store: nothing to end.
+        assert_eq!(settle(a.enforce_timeouts(late)).0, 0);
+        // The worker's retry of its report reaches A: counted once.
+        durable(
+            a.report(&worker(), &workflow(), &success(0), SystemTime::now())
+                .unwrap(),
+        );
+        assert_eq!(stored(&a).actions[0], reported);
+        assert_eq!(current(&a), 1);
+        durable(
+            b.report(&worker(), &workflow(), &success(1), SystemTime::now())
+                .unwrap(),
+        );
+        assert_eq!(stored(&a).state, State::Success);
     }
 
     fn next(engine: &Engine) -> Next {

@@ -1,9 +1,15 @@
 //! What every store backend must do, as tests that take the backend: the redb store's unit
 //! tests and the etcd store's (against a real etcd) run the same ones.
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
 use serde_json::{json, Value};
 
 use super::{
-    ApplyOutcome, Boot, BootRecord, BootStore, Lease, LeaseStore, Store, StoreError, Write,
+    ApplyOutcome, Boot, BootRecord, BootStore, EtcdStore, Lease, LeaseStore, RunChange, RunWritten,
+    Store, StoreError, Write,
 };
 use crate::{
     resource::{Kind, ResourceKey},
@@ -101,14 +107,69 @@ pub fn runs_and_statuses(store: &dyn Store) {
         .unwrap();
     let plan = Plan::parse("tasks: [{name: t, actions: [{name: a, image: i}]}]").unwrap();
     let run = WorkflowStatus::new(&plan);
+    let change = |key: &ResourceKey, read_at| RunChange {
+        key: key.clone(),
+        status: run.clone(),
+        read_at,
+    };
     let stored = store
-        .put_workflow_statuses(&[(workflow.clone(), run.clone()), (gone.clone(), run.clone())])
+        .put_workflow_statuses(&[change(&workflow, 0), change(&gone, 0)])
         .unwrap();
-    assert_eq!(stored, [true, false]);
+    let [RunWritten::Stored(version), RunWritten::WorkflowGone] = stored[..] else {
+        panic!("{stored:?}");
+    };
+    let listed = store.workflow_statuses().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, workflow);
+    assert_eq!(listed[0].1.status, run);
+    assert_eq!(listed[0].1.version, version);
     assert_eq!(
-        store.workflow_statuses().unwrap(),
-        [(workflow.clone(), run)]
+        store.workflow_status(&workflow).unwrap(),
+        Some(listed[0].1.clone())
     );
+    assert_eq!(store.workflow_status(&gone).unwrap(), None);
+    if store.shared() {
+        // Written only over the run as it was read: a change decided from an older one (or
+        // from none, when there is one) is stale, and writes nothing.
+        let stored = store
+            .put_workflow_statuses(&[change(&workflow, version)])
+            .unwrap();
+        let [RunWritten::Stored(newer)] = stored[..] else {
+            panic!("{stored:?}");
+        };
+        assert!(newer > version);
+        for read_at in [version, 0] {
+            let stale = store
+                .put_workflow_statuses(&[change(&workflow, read_at)])
+                .unwrap();
+            assert_eq!(stale, [RunWritten::Stale]);
+        }
+        // In one batch, a stale change does not keep the others from being written.
+        let other = key(Kind::Workflow, "other");
+        store
+            .apply(vec![Write {
+                key: other.clone(),
+                object: json!({"metadata": {"name": "other"}, "spec": {}}),
+                expected_version: None,
+            }])
+            .unwrap();
+        let batch = store
+            .put_workflow_statuses(&[
+                change(&workflow, version),
+                change(&other, 0),
+                change(&gone, 0),
+            ])
+            .unwrap();
+        assert!(matches!(
+            batch[..],
+            [
+                RunWritten::Stale,
+                RunWritten::Stored(_),
+                RunWritten::WorkflowGone
+            ]
+        ));
+        store.delete(&other).unwrap();
+    }
     assert!(store.put_status(&workflow, &json!({"seen": 1})).unwrap());
     assert!(!store.put_status(&gone, &json!({"seen": 1})).unwrap());
     assert_eq!(store.status(&workflow).unwrap(), Some(json!({"seen": 1})));
@@ -173,4 +234,66 @@ pub fn boots(store: &dyn BootStore) {
     );
     store.end_boots(&[a]).unwrap();
     assert_eq!(store.boots().unwrap().len(), 1);
+}
+
+/// A real etcd (Debian's `etcd-server`) on loopback, in a directory of its own; stopped
+/// and removed when dropped.
+pub struct Etcd {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("a directory");
+        let (client, peer) = (free_port(), free_port());
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--name", "test", "--log-level", "error"])
+            .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd (cargo xtask setup installs etcd-server)");
+        Etcd {
+            child,
+            url: format!("etcd://127.0.0.1:{client}"),
+            _dir: dir,
+        }
+    }
+
+    pub fn store(&self) -> EtcdStore {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match EtcdStore::connect(&self.url) {
+                Ok(store) => return store,
+                Err(err) if std::time::Instant::now() > deadline => {
+                    panic!("etcd did not come up: {err}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

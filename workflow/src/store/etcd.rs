@@ -28,12 +28,9 @@ use serde_json::Value;
 
 use super::{
     with_version, without_version, Applied, ApplyOutcome, BootRecord, BootStore, BoxError, Lease,
-    LeaseStore, Store, StoreError, Write,
+    LeaseStore, RunChange, RunWritten, Store, StoreError, StoredRun, Write,
 };
-use crate::{
-    resource::{Kind, MacAddr, Resource, ResourceKey},
-    run::WorkflowStatus,
-};
+use crate::resource::{Kind, MacAddr, Resource, ResourceKey};
 
 const PREFIX: &str = "/wisp/";
 /// Operations written per transaction: etcd refuses more than 128 in one by default
@@ -92,6 +89,14 @@ pub enum Watched {
     Resources,
     /// Any machine's boot starting or ending, on any appliance.
     Boots,
+}
+
+/// What [`EtcdStore::watch_runs`] reports.
+pub enum RunsChanged {
+    /// Any run may have changed: read them all.
+    All,
+    /// These runs changed: each as now stored, or `None` when deleted with its workflow.
+    These(Vec<(ResourceKey, Option<StoredRun>)>),
 }
 
 /// The store's own runtime, shut down without waiting when dropped: the store may be dropped
@@ -166,22 +171,77 @@ impl EtcdStore {
             Watched::Resources => (revision_key(), false),
             Watched::Boots => (format!("{PREFIX}boots/"), true),
         };
+        self.follow(key, prefix, move |_| changed());
+    }
+
+    /// Calls `changed` with the runs other appliances (and this one) change, as they are
+    /// stored; with [`RunsChanged::All`] first, and whenever what changed is unknown (after a
+    /// compaction): then every run must be read again.
+    pub fn watch_runs(&self, changed: impl Fn(RunsChanged) + Send + Sync + 'static) {
+        let prefix = format!("{PREFIX}runs/");
+        let endpoints = self.endpoints.clone();
+        self.follow(prefix.clone(), true, move |events| {
+            let Some(events) = events else {
+                return changed(RunsChanged::All);
+            };
+            let mut runs = Vec::with_capacity(events.len());
+            for event in events {
+                let Some(kv) = event.kv() else { continue };
+                let key = kv
+                    .key_str()
+                    .ok()
+                    .and_then(|key| key.strip_prefix(&prefix))
+                    .and_then(|rest| parse_key(rest, Some(Kind::Workflow)));
+                let Some(key) = key else {
+                    tracing::warn!(store = endpoints, "a run under an unreadable key");
+                    continue;
+                };
+                let run = match event.event_type() {
+                    etcd_client::EventType::Delete => None,
+                    etcd_client::EventType::Put => match serde_json::from_slice(kv.value()) {
+                        Ok(status) => Some(StoredRun {
+                            status,
+                            version: kv.mod_revision() as u64,
+                        }),
+                        Err(err) => {
+                            tracing::warn!(
+                                store = endpoints,
+                                "the run of {key} does not decode: {err}"
+                            );
+                            continue;
+                        }
+                    },
+                };
+                runs.push((key, run));
+            }
+            changed(RunsChanged::These(runs));
+        });
+    }
+
+    /// Watches `key` (every key under it, with `prefix`), calling `changed` with each batch of
+    /// events, or with `None` when what changed is unknown: once at the start, for what changed
+    /// before the watch began, and after a compaction.
+    fn follow(
+        &self,
+        key: String,
+        prefix: bool,
+        changed: impl Fn(Option<&[etcd_client::Event]>) + Send + Sync + 'static,
+    ) {
         let client = self.client.clone();
         let endpoints = self.endpoints.clone();
         self.runtime.runtime().spawn(async move {
-            // From now: what changed before the caller derived its state is in that state, and
-            // what changed after is in the watch, from the revision this read saw on.
             let mut next: i64 = 0;
             loop {
                 if next == 0 {
                     match client.kv_client().get(key.clone(), None).await {
                         Ok(response) => {
                             next = response.header().map_or(0, |header| header.revision()) + 1;
-                            // Derived again once, to cover what changed since the caller read.
-                            changed();
+                            // Whatever changed up to this read is covered by deriving again;
+                            // what changes after, by the watch from the revision it saw.
+                            changed(None);
                         }
                         Err(err) => {
-                            tracing::warn!(store = endpoints, "watching the resources: {err}; again in 1 s");
+                            tracing::warn!(store = endpoints, key, "watching: {err}; again in 1 s");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             continue;
                         }
@@ -195,7 +255,7 @@ impl EtcdStore {
                 let mut stream = match watch.watch(key.clone(), Some(options)).await {
                     Ok(stream) => stream,
                     Err(err) => {
-                        tracing::warn!(store = endpoints, "watching the resources: {err}; again in 1 s");
+                        tracing::warn!(store = endpoints, key, "watching: {err}; again in 1 s");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -206,7 +266,8 @@ impl EtcdStore {
                             if response.compact_revision() > 0 {
                                 tracing::info!(
                                     store = endpoints,
-                                    "the resources' history was compacted; deriving everything again"
+                                    key,
+                                    "the history was compacted; deriving everything again"
                                 );
                                 // Read afresh, derived again, and watched from there.
                                 next = 0;
@@ -214,14 +275,22 @@ impl EtcdStore {
                             break;
                         }
                         Ok(Some(response)) => {
-                            if let Some(last) =
-                                response.events().iter().filter_map(|event| event.kv()).map(|kv| kv.mod_revision()).max()
+                            let events = response.events();
+                            if let Some(last) = events
+                                .iter()
+                                .filter_map(|event| event.kv())
+                                .map(|kv| kv.mod_revision())
+                                .max()
                             {
                                 next = last + 1;
-                                changed();
+                                changed(Some(events));
                             }
                         }
-                        Ok(None) | Err(_) => break,
+                        Ok(None) => break,
+                        Err(err) => {
+                            tracing::warn!(store = endpoints, key, "the watch ended: {err}");
+                            break;
+                        }
                     }
                 }
                 // The stream ended (a member went away): resume after a pause, from `next`.
@@ -392,6 +461,12 @@ impl EtcdStore {
         .map(drop)
     }
 
+    fn run_put(&self, change: &RunChange) -> Result<TxnOp, StoreError> {
+        let bytes =
+            serde_json::to_vec(&change.status).map_err(|err| backend(&self.endpoints, err))?;
+        Ok(TxnOp::put(run_key(&change.key), bytes, None))
+    }
+
     /// Writes `value` at each key only if the resource it belongs to exists, in one
     /// transaction; for each, whether it was written.
     fn put_if_resources_exist(
@@ -540,6 +615,28 @@ fn parse_key(rest: &str, kind: Option<Kind>) -> Option<ResourceKey> {
         namespace: parts.next()?.to_string(),
         name: parts.next()?.to_string(),
     })
+}
+
+fn decode_run(key: &ResourceKey, bytes: &[u8], revision: i64) -> Result<StoredRun, StoreError> {
+    let status = serde_json::from_slice(bytes)
+        .map_err(|err| StoreError::decode(format_args!("the status of {key}"), err))?;
+    Ok(StoredRun {
+        status,
+        version: revision as u64,
+    })
+}
+
+/// The comparisons under which a run's change is written: its workflow exists, and the run is
+/// as the change read it (absent, when read at 0).
+fn run_unchanged(change: &RunChange) -> [Compare; 2] {
+    let run = run_key(&change.key);
+    [
+        Compare::version(resource_key(&change.key), CompareOp::Greater, 0),
+        match change.read_at {
+            0 => Compare::version(run, CompareOp::Equal, 0),
+            read_at => Compare::mod_revision(run, CompareOp::Equal, read_at as i64),
+        },
+    ]
 }
 
 fn decode_resource(key: ResourceKey, bytes: &[u8], revision: i64) -> Result<Resource, StoreError> {
@@ -697,36 +794,67 @@ impl Store for EtcdStore {
             .map_or(0, |(_, revision)| revision as u64))
     }
 
-    fn put_workflow_statuses(
-        &self,
-        runs: &[(ResourceKey, WorkflowStatus)],
-    ) -> Result<Vec<bool>, StoreError> {
-        let writes = runs
-            .iter()
-            .map(|(key, status)| {
-                let bytes =
-                    serde_json::to_vec(status).map_err(|err| backend(&self.endpoints, err))?;
-                Ok((key.clone(), run_key(key), bytes))
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        self.put_if_resources_exist(writes)
+    fn put_workflow_statuses(&self, runs: &[RunChange]) -> Result<Vec<RunWritten>, StoreError> {
+        let mut written = Vec::with_capacity(runs.len());
+        // Two comparisons a run, counted against etcd's limit on operations.
+        for chunk in runs.chunks(OPS_PER_TXN / 2) {
+            let mut compares = Vec::with_capacity(chunk.len() * 2);
+            let mut puts = Vec::with_capacity(chunk.len());
+            for change in chunk {
+                compares.extend(run_unchanged(change));
+                puts.push(self.run_put(change)?);
+            }
+            let (held, revision) = self.commit_once(Txn::new().when(compares).and_then(puts))?;
+            if held {
+                written.extend(chunk.iter().map(|_| RunWritten::Stored(revision as u64)));
+                continue;
+            }
+            // Some run changed, or its workflow went: each alone, to learn which.
+            for change in chunk {
+                let txn = Txn::new()
+                    .when(run_unchanged(change))
+                    .and_then([self.run_put(change)?])
+                    .or_else([TxnOp::get(resource_key(&change.key), None)]);
+                let response = self.call_once(|mut client| async move { client.txn(txn).await })?;
+                written.push(if response.succeeded() {
+                    RunWritten::Stored(response.header().map_or(0, |h| h.revision()) as u64)
+                } else if response
+                    .op_responses()
+                    .into_iter()
+                    .any(|op| matches!(op, TxnOpResponse::Get(get) if !get.kvs().is_empty()))
+                {
+                    RunWritten::Stale
+                } else {
+                    RunWritten::WorkflowGone
+                });
+            }
+        }
+        Ok(written)
     }
 
-    fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, WorkflowStatus)>, StoreError> {
+    fn workflow_status(&self, key: &ResourceKey) -> Result<Option<StoredRun>, StoreError> {
+        self.get_value(&run_key(key))?
+            .map(|(bytes, revision)| decode_run(key, &bytes, revision))
+            .transpose()
+    }
+
+    fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, StoredRun)>, StoreError> {
         let prefix = format!("{PREFIX}runs/");
         self.list_prefix(&prefix)?
             .into_iter()
-            .map(|(key, bytes, _)| {
+            .map(|(key, bytes, revision)| {
                 let resource = key
                     .strip_prefix(&prefix)
                     .and_then(|rest| parse_key(rest, Some(Kind::Workflow)))
                     .ok_or_else(|| backend(&self.endpoints, format!("unreadable key {key:?}")))?;
-                let status = serde_json::from_slice(&bytes).map_err(|err| {
-                    StoreError::decode(format_args!("the status of {resource}"), err)
-                })?;
-                Ok((resource, status))
+                let run = decode_run(&resource, &bytes, revision)?;
+                Ok((resource, run))
             })
             .collect()
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     fn put_status(&self, key: &ResourceKey, status: &Value) -> Result<bool, StoreError> {
@@ -848,72 +976,8 @@ impl BootStore for EtcdStore {
 
 #[cfg(test)]
 mod tests {
-    use std::process::{Child, Command, Stdio};
-
     use super::*;
-    use crate::store::conformance;
-
-    /// A real etcd (Debian's `etcd-server`) on loopback, in a directory of its own; stopped
-    /// and removed when dropped.
-    struct Etcd {
-        child: Child,
-        url: String,
-        _dir: tempfile::TempDir,
-    }
-
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map(|address| address.port())
-            .expect("a free port")
-    }
-
-    impl Etcd {
-        fn start() -> Etcd {
-            let dir = tempfile::tempdir().expect("a directory");
-            let (client, peer) = (free_port(), free_port());
-            let child = Command::new("etcd")
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .args(["--name", "test", "--log-level", "error"])
-                .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-                .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-                .arg(format!(
-                    "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-                ))
-                .arg(format!("--initial-cluster=test=http://127.0.0.1:{peer}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start etcd (cargo xtask setup installs etcd-server)");
-            Etcd {
-                child,
-                url: format!("etcd://127.0.0.1:{client}"),
-                _dir: dir,
-            }
-        }
-
-        fn store(&self) -> EtcdStore {
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            loop {
-                match EtcdStore::connect(&self.url) {
-                    Ok(store) => return store,
-                    Err(err) if std::time::Instant::now() > deadline => {
-                        panic!("etcd did not come up: {err}")
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(200)),
-                }
-            }
-        }
-    }
-
-    impl Drop for Etcd {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    use crate::store::conformance::{self, free_port, Etcd};
 
     #[test]
     fn does_what_every_store_does_on_a_real_etcd() {

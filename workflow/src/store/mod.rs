@@ -1,7 +1,7 @@
 //! Resource storage, behind a trait so that a distributed backend (etcd) can sit beside the
 //! embedded one.
 #[cfg(test)]
-mod conformance;
+pub(crate) mod conformance;
 mod etcd;
 mod group_commit;
 mod lease_journal;
@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use self::{
-    etcd::{EtcdStore, Leadership, Watched},
+    etcd::{EtcdStore, Leadership, RunsChanged, Watched},
     group_commit::{CommitError, GroupCommit},
     lease_journal::LeaseJournal,
     redb::RedbStore,
@@ -116,18 +116,49 @@ pub trait Store: Send + Sync {
     /// Advances with every change to the resources (an apply that changed something, a
     /// delete), so that what is derived from them knows when to be derived again.
     fn revision(&self) -> Result<u64, StoreError>;
-    /// Records workflows' runs in one transaction, in order. For each, whether it was stored:
-    /// false, writing nothing, when its workflow is gone.
-    fn put_workflow_statuses(
-        &self,
-        runs: &[(ResourceKey, WorkflowStatus)],
-    ) -> Result<Vec<bool>, StoreError>;
-    fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, WorkflowStatus)>, StoreError>;
+    /// Records workflows' runs, each over the version its change was decided from, at most one
+    /// change per run. For each, what became of it.
+    fn put_workflow_statuses(&self, runs: &[RunChange]) -> Result<Vec<RunWritten>, StoreError>;
+    fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, StoredRun)>, StoreError>;
+    fn workflow_status(&self, key: &ResourceKey) -> Result<Option<StoredRun>, StoreError>;
+    /// Whether other appliances write this store too, so that what this one keeps in memory
+    /// may be behind it. A store one appliance alone writes (redb, which locks its file) has
+    /// no versions (they are 0) and never finds a change stale.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Records the status Wisp keeps for a Machine, Job or Task: apart from the spec, as with
     /// Kubernetes' status subresource, so it never bumps the resourceVersion a user applies
     /// against. False, writing nothing, when the resource is gone.
     fn put_status(&self, key: &ResourceKey, status: &Value) -> Result<bool, StoreError>;
     fn status(&self, key: &ResourceKey) -> Result<Option<Value>, StoreError>;
+}
+
+/// A change to a workflow's run, decided from the run as stored at `read_at` (0: no run yet),
+/// and written only if the run is still that: two appliances never both change one run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunChange {
+    pub key: ResourceKey,
+    pub status: WorkflowStatus,
+    pub read_at: u64,
+}
+
+/// What became of a [`RunChange`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunWritten {
+    /// Stored; the run's version is now this.
+    Stored(u64),
+    /// Not written: the workflow is gone.
+    WorkflowGone,
+    /// Not written: the run changed since `read_at` (another appliance changed it).
+    Stale,
+}
+
+/// A workflow's run as stored, with its version (0 in a store that keeps none).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredRun {
+    pub status: WorkflowStatus,
+    pub version: u64,
 }
 
 /// A DHCP lease: which address a MAC holds, and until when.

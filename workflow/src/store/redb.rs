@@ -7,12 +7,9 @@ use serde_json::Value;
 
 use super::{
     with_version, without_version, Applied, ApplyOutcome, BootRecord, BootStore, BoxError, Lease,
-    LeaseStore, Store, StoreError, Write,
+    LeaseStore, RunChange, RunWritten, Store, StoreError, StoredRun, Write,
 };
-use crate::{
-    resource::{Kind, MacAddr, Resource, ResourceKey},
-    run::WorkflowStatus,
-};
+use crate::resource::{Kind, MacAddr, Resource, ResourceKey};
 
 /// `Kind/namespace/name` → JSON of [`Record`]. Names cannot hold '/', so a kind's records form
 /// one contiguous key range.
@@ -23,7 +20,7 @@ const REVISION: &str = "revision";
 /// MAC (`1c:69:7a:11:22:33`) → JSON of [`Lease`]: where earlier versions kept leases, read
 /// once to move them to the [`super::LeaseJournal`].
 const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("leases");
-/// `Workflow/namespace/name` → JSON of [`WorkflowStatus`]: the run, kept apart from the spec so
+/// `Workflow/namespace/name` → JSON of [`crate::run::WorkflowStatus`]: the run, kept apart from the spec so
 /// that progress never bumps the resourceVersion a user applies against.
 const WORKFLOW_STATUS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflow_status");
 /// `Kind/namespace/name` → the JSON status of a Machine, Job or Task, written by Wisp.
@@ -277,16 +274,13 @@ impl Store for RedbStore {
             .map_or(0, |v| v.value()))
     }
 
-    fn put_workflow_statuses(
-        &self,
-        runs: &[(ResourceKey, WorkflowStatus)],
-    ) -> Result<Vec<bool>, StoreError> {
+    fn put_workflow_statuses(&self, runs: &[RunChange]) -> Result<Vec<RunWritten>, StoreError> {
         let txn = self.db.begin_write().map_err(backend)?;
         let mut stored = Vec::with_capacity(runs.len());
         {
             let resources = txn.open_table(RESOURCES).map_err(backend)?;
             let mut statuses = txn.open_table(WORKFLOW_STATUS).map_err(backend)?;
-            for (key, status) in runs {
+            for RunChange { key, status, .. } in runs {
                 let storage_key = storage_key(key);
                 let exists = resources
                     .get(storage_key.as_str())
@@ -298,7 +292,11 @@ impl Store for RedbStore {
                         .insert(storage_key.as_str(), bytes.as_slice())
                         .map_err(backend)?;
                 }
-                stored.push(exists);
+                stored.push(if exists {
+                    RunWritten::Stored(0)
+                } else {
+                    RunWritten::WorkflowGone
+                });
             }
         }
         txn.commit().map_err(backend)?;
@@ -337,7 +335,18 @@ impl Store for RedbStore {
             .transpose()
     }
 
-    fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, WorkflowStatus)>, StoreError> {
+    fn workflow_status(&self, key: &ResourceKey) -> Result<Option<StoredRun>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(WORKFLOW_STATUS).map_err(backend)?;
+        let Some(bytes) = table.get(storage_key(key).as_str()).map_err(backend)? else {
+            return Ok(None);
+        };
+        let status = serde_json::from_slice(bytes.value())
+            .map_err(|err| StoreError::decode(format_args!("the status of {key}"), err))?;
+        Ok(Some(StoredRun { status, version: 0 }))
+    }
+
+    fn workflow_statuses(&self) -> Result<Vec<(ResourceKey, StoredRun)>, StoreError> {
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(WORKFLOW_STATUS).map_err(backend)?;
         let mut statuses = Vec::new();
@@ -347,7 +356,7 @@ impl Store for RedbStore {
                 .ok_or_else(|| backend(format!("unreadable key {:?}", key.value())))?;
             let status = serde_json::from_slice(bytes.value())
                 .map_err(|err| StoreError::decode(format_args!("the status of {key}"), err))?;
-            statuses.push((key, status));
+            statuses.push((key, StoredRun { status, version: 0 }));
         }
         Ok(statuses)
     }

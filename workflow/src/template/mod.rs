@@ -53,7 +53,9 @@ impl Budget {
                     .map(|(index, arg)| (std::sync::Arc::from(format!("a{index}")), arg.clone()))
                     .collect(),
             ));
-            let text = Template::new(name).parse(&source)?.execute_to_string(&data)?;
+            let text = Template::new(name)
+                .parse(&source)?
+                .execute_to_string(&data)?;
             charge(&spent, name, text.len())?;
             Ok(gotmpl::Value::String(text.into()))
         }
@@ -81,11 +83,7 @@ impl Budget {
 }
 
 /// Adds `cost` to what the render's functions have made, failing past the bound.
-fn charge(
-    spent: &std::sync::atomic::AtomicUsize,
-    name: &str,
-    cost: usize,
-) -> gotmpl::Result<()> {
+fn charge(spent: &std::sync::atomic::AtomicUsize, name: &str, cost: usize) -> gotmpl::Result<()> {
     let total = spent.fetch_add(cost, std::sync::atomic::Ordering::Relaxed) + cost;
     if total > MAX_FUNCTION_BYTES {
         return Err(gotmpl::TemplateError::Exec(format!(
