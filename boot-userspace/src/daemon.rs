@@ -54,7 +54,18 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     });
     let mut services = spawn_boot_services(&settings, address, &state, boot_files, leadership);
     let mut background = spawn_background_tasks(&settings, &state);
+    // Said for as long as this appliance lives, so that the others name it in their scripts.
+    let me = format!("{address}:{}", settings.worker_api_port);
+    let _announced = shared
+        .as_ref()
+        .map(|store| store.announce(&settings.segment, &me, DHCP_LEADERSHIP_TTL));
     if let Some(shared) = shared {
+        background.spawn(follow_peers(
+            Arc::clone(&shared),
+            settings.segment.clone(),
+            me,
+            Arc::clone(&state),
+        ));
         background.spawn(follow_other_appliances(shared, Arc::clone(&state)));
     }
     let api = serve_api(&settings, Arc::clone(&state));
@@ -347,6 +358,29 @@ async fn follow_other_appliances(store: Arc<EtcdStore>, state: Arc<AppState>) {
         }
     }
 }
+
+/// Keeps the list of the other live appliances on the segment, which scripts name.
+async fn follow_peers(store: Arc<EtcdStore>, segment: String, me: String, state: Arc<AppState>) {
+    let mut ticks = tokio::time::interval(PEERS_PERIOD);
+    loop {
+        ticks.tick().await;
+        let listing = Arc::clone(&store);
+        let segment = segment.clone();
+        match tokio::task::spawn_blocking(move || listing.appliances(&segment)).await {
+            Ok(Ok(mut peers)) => {
+                peers.retain(|peer| *peer != me);
+                peers.sort();
+                *state.peers.write().unwrap_or_else(|p| p.into_inner()) = peers;
+            }
+            // Kept as they were: the appliances did not go away because etcd is out of reach.
+            Ok(Err(err)) => tracing::warn!("listing the other appliances: {err}"),
+            Err(err) => tracing::warn!("listing the other appliances: {err}"),
+        }
+    }
+}
+
+/// How often the list of the other appliances is read again.
+const PEERS_PERIOD: Duration = Duration::from_secs(2);
 
 async fn reconcile_hardware(state: Arc<AppState>, period: Duration) {
     let mut ticks = tokio::time::interval(period);

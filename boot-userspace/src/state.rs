@@ -45,6 +45,10 @@ pub struct AppState {
     /// newer one in the gate or the DHCP server.
     hardware_sync: Mutex<()>,
     coalesced_syncs: CoalescedSyncs,
+    /// The other appliances serving this boot segment from the shared store (their worker
+    /// APIs, `address:port`), which a machine's script names so that its worker can go on
+    /// with any of them. Empty with a store of this appliance's own.
+    pub peers: std::sync::RwLock<Vec<String>>,
 }
 
 /// Hardware syncs asked for together share one run: a sync that starts after a request covers
@@ -79,6 +83,7 @@ impl AppState {
             script_handoffs: Arc::new(ScriptHandoffs::new(chainload_window)),
             hardware_sync: Mutex::new(()),
             coalesced_syncs: CoalescedSyncs::default(),
+            peers: Default::default(),
         }
     }
 

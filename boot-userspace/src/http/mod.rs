@@ -240,9 +240,16 @@ async fn machine_script(
         }
         None
     };
+    let peers = boot
+        .state
+        .peers
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let context = ScriptContext {
         server: boot.config.server,
         worker_api_port: boot.config.worker_api_port,
+        peers: &peers,
         assets_base: &assets_base,
         arch_named_assets: script::arch_named_assets(&boot.config.assets_dir),
         pending_work,

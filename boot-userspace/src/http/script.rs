@@ -9,6 +9,8 @@ pub struct ScriptContext<'a> {
     pub server: Ipv4Addr,
     /// The worker API's port there.
     pub worker_api_port: u16,
+    /// The other appliances' worker APIs (`address:port`), when appliances share a store.
+    pub peers: &'a [String],
     /// Where boot assets are served unless the Hardware's `osie.baseURL` says otherwise.
     pub assets_base: &'a str,
     /// Wisp's assets directory holds HookOS-named kernels (`vmlinuz-<arch>`).
@@ -117,6 +119,11 @@ pub fn script(machine: &Machine, context: &ScriptContext) -> String {
         "modules=loop,squashfs,sd-mod,usb-storage".into(),
     ]);
     cmdline.extend(context.token.map(|token| format!("wisp.token={token}")));
+    // The other appliances sharing the store: the worker goes on with one of them when this
+    // one stops answering.
+    if !context.peers.is_empty() {
+        cmdline.push(format!("wisp.peers={}", context.peers.join(",")));
+    }
     // The Hardware's own parameters last: for the kernel, the last `console=` wins.
     cmdline.extend(osie.kernel_params.iter().flatten().cloned());
     format!(
@@ -144,6 +151,7 @@ mod tests {
         ScriptContext {
             server: [10, 0, 0, 1].into(),
             worker_api_port: 42113,
+            peers: &[],
             assets_base: "http://10.0.0.1:8080/assets",
             arch_named_assets: false,
             pending_work,
@@ -236,5 +244,17 @@ mod tests {
             ..context(true)
         };
         assert!(script(&machine, &named).contains("/assets/vmlinuz-${arch} initrd=initrd"));
+    }
+
+    #[test]
+    fn names_the_other_appliances_only_when_there_are_some() {
+        let machine = Machine::example();
+        assert!(!script(&machine, &context(true)).contains("wisp.peers"));
+        let peers = ["10.0.0.2:42113".to_string(), "10.0.0.3:42113".to_string()];
+        let shared = ScriptContext {
+            peers: &peers,
+            ..context(true)
+        };
+        assert!(script(&machine, &shared).contains(" wisp.peers=10.0.0.2:42113,10.0.0.3:42113"));
     }
 }

@@ -302,8 +302,28 @@ impl EtcdStore {
     /// Takes part in the election for `duty` as `me`, with a lease of `ttl` (a few seconds:
     /// how long the others wait for a holder that went silent).
     pub fn lead(&self, duty: &str, me: &str, ttl: Duration) -> Leadership {
+        self.hold(format!("{PREFIX}leaders/{duty}"), me, ttl, true)
+    }
+
+    /// Says that `me` (an address) serves `segment`, for as long as this appliance lives and
+    /// reaches etcd (a key under a lease of `ttl`, as [`EtcdStore::lead`]); held while said.
+    pub fn announce(&self, segment: &str, me: &str, ttl: Duration) -> Leadership {
+        self.hold(format!("{PREFIX}appliances/{segment}/{me}"), me, ttl, false)
+    }
+
+    /// What the live appliances serving `segment` announced.
+    pub fn appliances(&self, segment: &str) -> Result<Vec<String>, StoreError> {
+        let listed = self.list_prefix(&format!("{PREFIX}appliances/{segment}/"))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|(_, value, _)| String::from_utf8(value).ok())
+            .collect())
+    }
+
+    /// Holds `key`, with `me` as its value, under a lease of `ttl` kept alive; `exclusive`: only
+    /// while no other holds it (an election).
+    fn hold(&self, key: String, me: &str, ttl: Duration, exclusive: bool) -> Leadership {
         use std::sync::atomic::Ordering;
-        let key = format!("{PREFIX}leaders/{duty}");
         let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let lease = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
         let (task_held, task_lease) = (std::sync::Arc::clone(&held), std::sync::Arc::clone(&lease));
@@ -328,8 +348,9 @@ impl EtcdStore {
                 // Campaign, and hold, for as long as the lease is kept alive.
                 loop {
                     if !task_held.load(Ordering::SeqCst) {
+                        let free = Compare::version(key.clone(), CompareOp::Equal, 0);
                         let txn = Txn::new()
-                            .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                            .when(if exclusive { vec![free] } else { Vec::new() })
                             .and_then([TxnOp::put(
                                 key.clone(),
                                 me.clone(),
@@ -338,7 +359,7 @@ impl EtcdStore {
                         if let Ok(response) = client.kv_client().txn(txn).await {
                             if response.succeeded() {
                                 task_held.store(true, Ordering::SeqCst);
-                                tracing::info!(duty = key, "leadership taken");
+                                tracing::info!(key, "held");
                             }
                         }
                     }
@@ -348,10 +369,7 @@ impl EtcdStore {
                     if !alive {
                         // Given up before the lease can run out: never two holders.
                         if task_held.swap(false, Ordering::SeqCst) {
-                            tracing::warn!(
-                                duty = key,
-                                "leadership given up: etcd did not keep the lease alive"
-                            );
+                            tracing::warn!(key, "given up: etcd did not keep the lease alive");
                         }
                         break;
                     }

@@ -17,8 +17,9 @@ use wisp_proto::{
 };
 
 pub struct Config {
-    /// `http://<wisp>:42113`.
-    pub endpoint: String,
+    /// `http://<wisp>:42113`: the appliance that booted the machine first, then the others
+    /// sharing its store. A call that one does not answer goes to the next.
+    pub endpoints: Vec<String>,
     /// This machine's MAC.
     pub agent_id: String,
     /// The machine's token from the kernel command line (`wisp.token=`), when it has one.
@@ -43,7 +44,9 @@ pub enum Finished {
 pub struct Agent {
     config: Config,
     runtime: tokio::runtime::Runtime,
-    client: WorkflowServiceClient<Channel>,
+    /// One client per endpoint, and the one calls go to.
+    clients: Vec<WorkflowServiceClient<Channel>>,
+    current: std::cell::Cell<usize>,
 }
 
 impl Agent {
@@ -54,14 +57,56 @@ impl Agent {
         // Lazy: the first call connects, and a server that restarts is reconnected to. The
         // channel's background task starts on the runtime, so build it inside.
         let _inside = runtime.enter();
-        let channel = Channel::from_shared(config.endpoint.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
+        anyhow::ensure!(!config.endpoints.is_empty(), "no worker API to call");
+        let mut clients = Vec::with_capacity(config.endpoints.len());
+        for endpoint in &config.endpoints {
+            let channel = Channel::from_shared(endpoint.clone())?
+                .connect_timeout(Duration::from_secs(5))
+                // An appliance that went silent mid-call is given up on, for the next.
+                .timeout(Duration::from_secs(30))
+                .connect_lazy();
+            clients.push(WorkflowServiceClient::new(channel));
+        }
         Ok(Agent {
             config,
             runtime,
-            client: WorkflowServiceClient::new(channel),
+            clients,
+            current: std::cell::Cell::new(0),
         })
+    }
+
+    fn client(&self) -> WorkflowServiceClient<Channel> {
+        self.clients[self.current.get()].clone()
+    }
+
+    /// After a call that did not get through: the next call goes to the next appliance.
+    fn move_on(&self) {
+        if self.clients.len() > 1 {
+            let next = (self.current.get() + 1) % self.clients.len();
+            tracing::warn!(
+                endpoint = self.config.endpoints[next],
+                "trying the next appliance"
+            );
+            self.current.set(next);
+        }
+    }
+
+    /// The addresses of the appliances, which serve the same files (image2disk fetches from
+    /// the next when the one its URL names stops answering).
+    fn appliance_hosts(&self) -> Vec<String> {
+        self.config
+            .endpoints
+            .iter()
+            .filter_map(|endpoint| {
+                let authority = endpoint
+                    .split_once("://")
+                    .map_or(endpoint.as_str(), |(_, rest)| rest);
+                let host = authority
+                    .rsplit_once(':')
+                    .map_or(authority, |(host, _)| host);
+                Some(host.trim_end_matches('/').to_string()).filter(|host| !host.is_empty())
+            })
+            .collect()
     }
 
     fn request<T>(&self, body: T) -> Request<T> {
@@ -82,7 +127,7 @@ impl Agent {
                 agent_id: Some(self.config.agent_id.clone()),
                 agent_attributes: None,
             });
-            let mut client = self.client.clone();
+            let mut client = self.client();
             match self.runtime.block_on(client.get_action(request)) {
                 Ok(response) => return Ok(Ok(response.into_inner())),
                 Err(status) if status.code() == Code::NotFound => {
@@ -112,7 +157,12 @@ impl Agent {
                 {
                     anyhow::bail!("the worker API refused this agent: {}", status.message());
                 }
-                Err(status) => tracing::warn!("asking for an action: {status}"),
+                Err(status) => {
+                    tracing::warn!("asking for an action: {status}");
+                    if transient(status.code()) {
+                        self.move_on();
+                    }
+                }
             }
             std::thread::sleep(self.config.poll);
         }
@@ -136,7 +186,7 @@ impl Agent {
         // failing; only a refusal ends it.
         let mut backoff = Duration::from_millis(200);
         loop {
-            let mut client = self.client.clone();
+            let mut client = self.client();
             match self
                 .runtime
                 .block_on(client.report_action_status(self.request(body.clone())))
@@ -144,6 +194,7 @@ impl Agent {
                 Ok(_) => return Ok(()),
                 Err(status) if transient(status.code()) => {
                     tracing::warn!("reporting {}: {status}; retrying", action.name());
+                    self.move_on();
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -192,6 +243,7 @@ impl Agent {
                     .filter(|network| !network.is_empty()),
                 pid: Some(action.pid().to_string()).filter(|pid| !pid.is_empty()),
                 deadline,
+                appliances: self.appliance_hosts(),
             };
             let (state, message, finished) = match actions::run(&invocation) {
                 Ok(Succeeded::Done(message)) => (StateType::Success, message, None),

@@ -62,15 +62,23 @@ fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::from(2);
     };
-    let endpoint = if server.contains("://") {
-        server
-    } else if server.contains(':') {
-        format!("http://{server}")
-    } else {
-        format!("http://{server}:42113")
+    let endpoint = |server: &str| {
+        if server.contains("://") {
+            server.to_string()
+        } else if server.contains(':') {
+            format!("http://{server}")
+        } else {
+            format!("http://{server}:42113")
+        }
     };
+    // The appliances sharing the store with the one that booted the machine, in turn.
+    let peers = from_cmdline("wisp.peers").unwrap_or_default();
+    let endpoints = std::iter::once(server.as_str())
+        .chain(peers.split(',').filter(|peer| !peer.is_empty()))
+        .map(endpoint)
+        .collect();
     let config = Config {
-        endpoint,
+        endpoints,
         agent_id,
         token: args.token.or_else(|| from_cmdline("wisp.token")),
         poll: Duration::from_secs(args.poll),

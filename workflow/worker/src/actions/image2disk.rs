@@ -63,11 +63,56 @@ pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
         .write(true)
         .open(destination)
         .map_err(|err| fail(format!("opening {destination}: {err}")))?;
+    let mut sources = sources(url, &invocation.appliances).into_iter().peekable();
+    loop {
+        let source = sources.next().unwrap_or_else(|| url.to_string());
+        match write_from(invocation, &source, destination, compressed, &disk) {
+            Err(ActionError::Failed(message)) if sources.peek().is_some() => {
+                // The whole image again, from the start: the disk ends as the image, whatever
+                // the broken stream wrote.
+                tracing::warn!("{message}; fetching the image from the next appliance");
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Where the image is fetched from: `url`, then, when it names one of the appliances sharing a
+/// store (which serve the same files), the same path on each of the others.
+fn sources(url: &str, appliances: &[String]) -> Vec<String> {
+    let mut sources = vec![url.to_string()];
+    let Some(rest) = url.strip_prefix("http://") else {
+        return sources;
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) => (host, format!(":{port}")),
+        None => (authority, String::new()),
+    };
+    if appliances.iter().any(|appliance| appliance == host) {
+        sources.extend(
+            appliances
+                .iter()
+                .filter(|appliance| *appliance != host)
+                .map(|appliance| format!("http://{appliance}{port}{path}")),
+        );
+    }
+    sources
+}
+
+fn write_from(
+    invocation: &Invocation,
+    url: &str,
+    destination: &str,
+    compressed: bool,
+    disk: &File,
+) -> ActionResult<Succeeded> {
     let http = http_agent();
     let response = http
         .get(url)
         .call()
         .map_err(|err| fail(format!("fetching {url}: {err}")))?;
+    let length = response.body().content_length();
     let mut image = BufReader::with_capacity(1 << 20, response.into_body().into_reader());
     let head = image
         .fill_buf()
@@ -79,17 +124,26 @@ pub fn run(invocation: &Invocation) -> ActionResult<Succeeded> {
         Format::Qcow2 => {
             drop(image);
             let image = qcow2::HttpImage { http: &http, url };
-            qcow2::write(&image, &disk, &|| invocation.check_deadline())?
+            qcow2::write(&image, disk, &|| invocation.check_deadline())?
         }
         stream => {
-            let mut writer = DiskWriter::new(&disk, invocation);
+            let mut writer = DiskWriter::new(disk, invocation);
             decompress(stream, url, &mut image, &mut writer)?;
-            writer.finish()?
+            let written = writer.finish()?;
+            // A server that died mid-stream ends a raw image early without a decoder to
+            // notice: its length says so.
+            if let Some(length) = length.filter(|&length| stream == Format::Raw && written < length)
+            {
+                return Err(fail(format!(
+                    "{url} ended after {written} of its {length} bytes"
+                )));
+            }
+            written
         }
     };
     disk.sync_all()
         .map_err(|err| fail(format!("flushing {destination}: {err}")))?;
-    reread_partitions(&disk);
+    reread_partitions(disk);
     let seconds = started.elapsed().as_secs_f64().max(0.001);
     Ok(Succeeded::Done(format!(
         "wrote {written} bytes ({format:?}) to {destination} in {seconds:.1} s ({:.1} MiB/s)",
@@ -559,6 +613,23 @@ mod qcow2 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_image_on_an_appliance_is_fetched_from_the_others_next() {
+        let appliances = ["10.0.0.1".to_string(), "10.0.0.2".to_string()];
+        assert_eq!(
+            super::sources("http://10.0.0.1:8080/images/debian.raw.zst", &appliances),
+            [
+                "http://10.0.0.1:8080/images/debian.raw.zst",
+                "http://10.0.0.2:8080/images/debian.raw.zst"
+            ]
+        );
+        // Elsewhere, only where it is.
+        assert_eq!(
+            super::sources("http://mirror.example/debian.raw", &appliances),
+            ["http://mirror.example/debian.raw"]
+        );
+    }
+
     use super::*;
 
     #[test]

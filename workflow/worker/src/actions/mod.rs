@@ -36,6 +36,9 @@ pub struct Invocation {
     /// when unset.
     pub pid: Option<String>,
     pub deadline: Option<Instant>,
+    /// The addresses of the appliances sharing a store, which serve the same files: a URL
+    /// naming one of them is fetched from the next when that one stops answering.
+    pub appliances: Vec<String>,
 }
 
 /// How an action that succeeded ends: with a message for its report, or by asking the agent
@@ -218,6 +221,7 @@ pub(super) mod tests {
             network: None,
             pid: None,
             deadline: None,
+            appliances: Vec::new(),
         }
     }
 
