@@ -54,11 +54,14 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     });
     let mut services = spawn_boot_services(&settings, address, &state, boot_files, leadership);
     let mut background = spawn_background_tasks(&settings, &state);
-    // Said for as long as this appliance lives, so that the others name it in their scripts.
+    // Registered, so that the others name this appliance in their scripts.
     let me = format!("{address}:{}", settings.worker_api_port);
-    let _announced = shared
-        .as_ref()
-        .map(|store| store.announce(&settings.segment, &me, DHCP_LEADERSHIP_TTL));
+    if let Some(shared) = &shared {
+        shared
+            .register(&settings.segment, &me)
+            .context("registering this appliance in the shared store")?;
+        tracing::info!(segment = settings.segment, appliance = me, "registered");
+    }
     if let Some(shared) = shared {
         background.spawn(follow_peers(
             Arc::clone(&shared),
@@ -359,7 +362,7 @@ async fn follow_other_appliances(store: Arc<EtcdStore>, state: Arc<AppState>) {
     }
 }
 
-/// Keeps the list of the other live appliances on the segment, which scripts name.
+/// Keeps the list of the other appliances on the segment, which scripts name.
 async fn follow_peers(store: Arc<EtcdStore>, segment: String, me: String, state: Arc<AppState>) {
     let mut ticks = tokio::time::interval(PEERS_PERIOD);
     loop {
@@ -372,7 +375,7 @@ async fn follow_peers(store: Arc<EtcdStore>, segment: String, me: String, state:
                 peers.sort();
                 *state.peers.write().unwrap_or_else(|p| p.into_inner()) = peers;
             }
-            // Kept as they were: the appliances did not go away because etcd is out of reach.
+            // Kept as they were: etcd out of reach says nothing about the appliances.
             Ok(Err(err)) => tracing::warn!("listing the other appliances: {err}"),
             Err(err) => tracing::warn!("listing the other appliances: {err}"),
         }

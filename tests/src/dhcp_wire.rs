@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::UdpSocket, process::Stdio, time::Duration}
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::{eventually, wisp_ok, Lab, TempDir, CLIENT_IF, CLIENT_IP, SERVER_IP};
+use crate::{eventually, wisp_ok, Lab, Netns, TempDir, CLIENT_IF, CLIENT_IP, SERVER_IP};
 
 /// Hardware for `count` machines: MAC 02:00:00:00:HH:LL reserves 10.99.(4+HH).LL/16 (perfdhcp's
 /// `-b mac=02:00:00:00:00:00 -R count` simulates exactly these MACs).
@@ -26,9 +26,13 @@ pub fn rack(count: u16) -> (String, BTreeMap<String, String>) {
 
 /// Every lease the daemon holds: MAC → address.
 pub fn leases(lab: &Lab) -> BTreeMap<String, String> {
+    leases_on(&lab.server)
+}
+
+/// Every lease the daemon in `netns` holds: MAC → address.
+pub fn leases_on(netns: &Netns) -> BTreeMap<String, String> {
     let leases: Value =
-        serde_json::from_str(&wisp_ok(&lab.server, &["get", "leases", "-o", "json"]))
-            .expect("JSON");
+        serde_json::from_str(&wisp_ok(netns, &["get", "leases", "-o", "json"])).expect("JSON");
     leases
         .as_array()
         .expect("a list")

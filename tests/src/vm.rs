@@ -107,3 +107,46 @@ impl InstallLab {
         )
     }
 }
+
+/// `resources` (the adapted example) with `action` appended to its template's actions.
+pub fn ending_with(resources: &str, action: &str) -> String {
+    let last_line = "              DIRMODE: 0755\n";
+    assert!(resources.contains(last_line), "the template's last line");
+    resources.replacen(last_line, &format!("{last_line}{action}"), 1)
+}
+
+/// The action that leaves the provisioning OS through the firmware: it netboots, finds no
+/// work, and goes to the disk.
+pub const REBOOT_ACTION: &str = "          - name: \"restart\"
+            image: quay.io/tinkerbell-actions/reboot:v1.0.0
+            timeout: 30
+";
+
+/// Checks what the installed system printed on the serial `console` once it booted from its
+/// disk: its root filesystem grown to the disk's end by the example's grow-partition, and
+/// writefile's netplan file for `mac`. Returns the console from that boot on.
+pub fn assert_installed<'a>(console: &'a str, mac: &str) -> &'a str {
+    use wisp_images::disk::{
+        root_bytes, BLANK_DISK_BYTES, INSTALLED_BANNER, NETPLAN, ROOT_SIZE_LINE,
+    };
+    let booted = console
+        .find(INSTALLED_BANNER)
+        .unwrap_or_else(|| panic!("the installed system did not boot:\n{console}"));
+    let from_disk = &console[booted..];
+    let root_size: u64 = from_disk
+        .split_once(&format!("{ROOT_SIZE_LINE}\n"))
+        .and_then(|(_, rest)| rest.lines().next())
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the installed system printed no root size:\n{from_disk}"));
+    let imaged = root_bytes(&debian_root()).expect("the image's root partition size");
+    assert!(
+        root_size > imaged + (BLANK_DISK_BYTES - imaged) / 2,
+        "the root filesystem ({root_size} bytes) did not grow from the image's {imaged}:\n{from_disk}"
+    );
+    assert!(
+        from_disk.contains(&format!("== {NETPLAN}\nnetwork:"))
+            && from_disk.contains(&format!("macaddress: {mac}")),
+        "writefile's netplan file:\n{from_disk}"
+    );
+    from_disk
+}

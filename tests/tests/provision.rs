@@ -16,21 +16,11 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use wisp_images::disk::{root_bytes, BLANK_DISK_BYTES, NETPLAN, ROOT_SIZE_LINE};
 use wisp_tests::{
     apply_ok, gate_stats, require_root,
-    vm::{debian_root, Firmware, InstallLab, Vm},
+    vm::{assert_installed, ending_with, Firmware, InstallLab, Vm, REBOOT_ACTION},
     wisp_ok, BRIDGE_IF,
 };
-
-/// The root filesystem's size that the installed system printed.
-fn root_filesystem_bytes(console: &str) -> u64 {
-    console
-        .split_once(&format!("{ROOT_SIZE_LINE}\n"))
-        .and_then(|(_, rest)| rest.lines().next())
-        .and_then(|line| line.trim().parse().ok())
-        .unwrap_or_else(|| panic!("the installed system printed no root size:\n{console}"))
-}
 
 const MAC: &str = "1c:69:7a:11:22:33";
 
@@ -107,13 +97,7 @@ fn provision(firmware: Firmware, script: Script) {
     // machine leaves it through kexec, with no firmware in between.
     let reboots = firmware == Firmware::Bios && script == Script::Wisp;
     let (last_action, last_message) = match reboots {
-        true => (
-            "          - name: \"restart\"
-            image: quay.io/tinkerbell-actions/reboot:v1.0.0
-            timeout: 30
-",
-            "rebooting",
-        ),
+        true => (REBOOT_ACTION, "rebooting"),
         false => (
             "          - name: \"kexec-installed\"
             image: quay.io/tinkerbell-actions/kexec:v1.0.0
@@ -128,10 +112,7 @@ fn provision(firmware: Firmware, script: Script) {
             "kexec into the installed kernel",
         ),
     };
-    let last_line = "              DIRMODE: 0755\n";
-    assert!(resources.contains(last_line), "the template's last line");
-    let resources = resources.replacen(last_line, &format!("{last_line}{last_action}"), 1);
-    apply_ok(&lab.server, &resources);
+    apply_ok(&lab.server, &ending_with(&resources, last_action));
 
     let vm = Vm::start(
         &lab.server.name,
@@ -152,27 +133,14 @@ fn provision(firmware: Firmware, script: Script) {
     let console = vm.serial_output().replace("\r\n", "\n");
     installed.unwrap_or_else(|err| panic!("{err}\n--- wisp log ---\n{}", daemon.log()));
 
-    // The provisioning OS ran the workflow, then the installed system printed both files.
-    let booted = console
-        .find(wisp_images::disk::INSTALLED_BANNER)
-        .unwrap_or_else(|| panic!("the installed system did not boot:\n{console}"));
-    let from_disk = &console[booted..];
-    // The example's grow-partition (growpart, then resize2fs on the mounted root) grew the
+    // The provisioning OS ran the workflow, then the installed system printed both files:
+    // the example's grow-partition (growpart, then resize2fs on the mounted root) grew the
     // root filesystem from the image's partition to the disk's end.
-    let root_size = root_filesystem_bytes(from_disk);
-    let imaged = root_bytes(&debian_root()).expect("the image's root partition size");
-    assert!(
-        root_size > imaged + (BLANK_DISK_BYTES - imaged) / 2,
-        "the root filesystem ({root_size} bytes) did not grow from the image's {imaged}:\n{from_disk}"
-    );
-    assert!(
-        from_disk.contains(&format!("== {NETPLAN}\nnetwork:"))
-            && from_disk.contains(&format!("macaddress: {MAC}")),
-        "writefile's netplan file:\n{from_disk}"
-    );
+    let from_disk = assert_installed(&console, MAC);
     // The last action left the provisioning OS, not its init after the worker exited.
+    let before_disk = &console[..console.len() - from_disk.len()];
     assert!(
-        !console[..booted].contains("Wisp: workflow complete; rebooting"),
+        !before_disk.contains("Wisp: workflow complete; rebooting"),
         "{console}"
     );
 

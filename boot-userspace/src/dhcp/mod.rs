@@ -12,7 +12,7 @@ use std::{
     future::Future,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{atomic::Ordering, Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -23,7 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use workflow::{
     resource::MacAddr,
-    store::{CommitError, LeaseStore, StoreError},
+    store::{CommitError, Lease, LeaseStore, StoreError},
 };
 
 use self::{
@@ -79,6 +79,8 @@ pub struct DhcpServer {
     /// With appliances sharing a store: this one answers only while it holds the segment's
     /// leadership; the others stand by, their gates attached.
     leadership: Option<Arc<workflow::store::Leadership>>,
+    /// Whether this appliance answered the last request (held the leadership then).
+    leading: std::sync::atomic::AtomicBool,
 }
 
 /// The MAC that holds an address, until the Unix time its lease expires.
@@ -96,11 +98,20 @@ pub struct LeaseHolders(Mutex<Holders>);
 
 impl LeaseHolders {
     pub fn load(leases: &dyn LeaseStore) -> Result<LeaseHolders, StoreError> {
+        let holders = LeaseHolders::default();
+        holders.reload(leases)?;
+        Ok(holders)
+    }
+
+    /// Takes who holds what from the lease store again; how many leases there are.
+    pub fn reload(&self, leases: &dyn LeaseStore) -> Result<usize, StoreError> {
         let mut holders = Holders::default();
-        for lease in leases.leases()? {
+        let leases = leases.leases()?;
+        for lease in &leases {
             holders.hold(lease.address, lease.mac, lease.expires_unix);
         }
-        Ok(LeaseHolders(Mutex::new(holders)))
+        *self.lock() = holders;
+        Ok(leases.len())
     }
 
     /// Another MAC than `mac` holds `address`, and its lease has not expired.
@@ -247,6 +258,7 @@ impl DhcpServer {
             handoffs: Mutex::default(),
             declined: Mutex::default(),
             leadership: None,
+            leading: Default::default(),
             holders,
             script_handoffs,
         }
@@ -343,11 +355,22 @@ impl DhcpServer {
                 // one group commit; when the writer cuts a batch in two, its first ACKs wait for
                 // the second commit too.
                 let (server, socket) = (Arc::clone(&self), Arc::clone(&socket));
+                let writer = writer.clone();
                 tokio::spawn(async move {
                     let mut durable = Vec::with_capacity(replies.after_lease.len());
-                    for (stored, reply) in replies.after_lease {
+                    for (stored, reply, lease) in replies.after_lease {
                         match stored.await {
                             Ok(()) => durable.push(reply),
+                            // A shared store out of reach (etcd without its quorum): the address
+                            // is the machine's reservation, which this appliance knows, and no
+                            // other appliance can answer meanwhile (none can take the
+                            // leadership without the store). The ACK goes; the lease is stored
+                            // once the store answers again.
+                            Err(CommitError::Store(err)) if server.leadership.is_some() => {
+                                tracing::warn!(client = %reply.client, "lease not stored yet ({err}); ACKed from the reservation, and stored once the store answers");
+                                durable.push(reply);
+                                store_later(writer.clone(), lease);
+                            }
                             // A full queue is a flood (or a disk that has stopped): counted,
                             // and logged at debug, or the flood would set the log's volume.
                             Err(err @ CommitError::Full(..)) => {
@@ -427,6 +450,10 @@ impl DhcpServer {
             .leadership
             .as_ref()
             .is_some_and(|leadership| !leadership.held());
+        let was_leading = self.leading.swap(!standing_by, Ordering::Relaxed);
+        if self.leadership.is_some() && !standing_by && !was_leading {
+            self.take_over_leases();
+        }
         let outcome = match outcome {
             Outcome::Reply(_) if standing_by => Outcome::Ignore(handler::IgnoreReason::Standby),
             outcome => outcome,
@@ -452,9 +479,11 @@ impl DhcpServer {
                 };
                 match lease {
                     // Queued here, in decision order; the ACK goes once the lease is durable.
-                    Some(lease) => replies
-                        .after_lease
-                        .push((Box::pin(writer.record(lease)), outgoing)),
+                    Some(lease) => replies.after_lease.push((
+                        Box::pin(writer.record(lease.clone())),
+                        outgoing,
+                        lease,
+                    )),
                     None => replies.now.push(outgoing),
                 }
             }
@@ -486,6 +515,19 @@ impl DhcpServer {
                     .inc();
             }
         }
+    }
+
+    /// On taking the segment over: what the appliance before leased is in the shared store,
+    /// not in this one's memory.
+    fn take_over_leases(&self) {
+        let (holders, leases) = (Arc::clone(&self.holders), Arc::clone(&self.leases));
+        tokio::task::spawn_blocking(move || match holders.reload(&*leases) {
+            Ok(count) => tracing::info!(
+                leases = count,
+                "answering DHCP now: the segment's leases loaded"
+            ),
+            Err(err) => tracing::warn!("answering DHCP now, without the segment's leases: {err}"),
+        });
     }
 
     fn count_received(&self, message_type: &str) {
@@ -616,6 +658,19 @@ struct Outgoing {
     handoff: Option<(MacAddr, u32)>,
 }
 
+/// Stores a lease the shared store did not take, trying again until it does.
+fn store_later(writer: LeaseWriter, lease: Lease) {
+    tokio::spawn(async move {
+        let mut pause = Duration::from_secs(1);
+        while let Err(err) = writer.record(lease.clone()).await {
+            tracing::debug!(client = %lease.mac, "lease still not stored: {err}");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(30));
+        }
+        tracing::info!(client = %lease.mac, "lease stored, the store answering again");
+    });
+}
+
 /// A lease on its way to the journal: resolves once it is durable.
 type LeaseStored = Pin<Box<dyn Future<Output = Result<(), CommitError>> + Send>>;
 
@@ -624,8 +679,9 @@ type LeaseStored = Pin<Box<dyn Future<Output = Result<(), CommitError>> + Send>>
 struct Replies {
     /// Sent as soon as the batch is decided.
     now: Vec<Outgoing>,
-    /// ACKs, each sent once its lease is durable.
-    after_lease: Vec<(LeaseStored, Outgoing)>,
+    /// ACKs, each sent once its lease is durable; with the lease, in case it must be stored
+    /// later.
+    after_lease: Vec<(LeaseStored, Outgoing, Lease)>,
 }
 
 fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {

@@ -41,7 +41,7 @@ const OPS_PER_TXN: usize = 100;
 const TRIES: u32 = 5;
 
 pub struct EtcdStore {
-    client: Client,
+    members: std::sync::Arc<Members>,
     runtime: Background,
     /// The endpoints, to name the store in errors.
     endpoints: String,
@@ -49,15 +49,17 @@ pub struct EtcdStore {
 
 /// One duty (answering DHCP on a boot segment, say) that one appliance at a time holds: a key
 /// bound to an etcd lease of a few seconds, which the holder keeps alive. An appliance that
-/// dies, or loses etcd, stops keeping it alive and another takes the duty once the lease runs
-/// out; the holder gives it up at once when a keep-alive fails, before the lease can run out,
-/// so that two never hold it together. Given up when dropped.
+/// dies stops keeping it alive, and another takes the duty once the lease runs out. One that
+/// cannot reach etcd holds on until etcd answers that its lease ran out: when the cluster has
+/// lost its quorum, no other can take the duty meanwhile, and the machines it knows go on being
+/// answered (cut off from a cluster that still has its quorum, it answers beside the one that
+/// took over until it reaches etcd again; see docs/ha.md). Given up when dropped.
 pub struct Leadership {
     held: std::sync::Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
     /// The lease held, to revoke when dropped (0 while none).
     lease: std::sync::Arc<std::sync::atomic::AtomicI64>,
-    client: Client,
+    members: std::sync::Arc<Members>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -74,11 +76,39 @@ impl Drop for Leadership {
         let lease = self.lease.load(std::sync::atomic::Ordering::SeqCst);
         if lease != 0 {
             // Revoked, so that another takes the duty now rather than when the lease runs out.
-            let mut client = self.client.clone();
+            let (_, mut client) = self.members.client();
             self.runtime.spawn(async move {
                 let _ = client.lease_revoke(lease).await;
             });
         }
+    }
+}
+
+/// A client per member. etcd's client spreads calls over its endpoints without skipping one
+/// that is down, so the store calls one member at a time and moves on to the next when it
+/// does not answer.
+struct Members {
+    clients: Vec<Client>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Members {
+    /// The member calls go to now, and its place.
+    fn client(&self) -> (usize, Client) {
+        let index = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+        (index, self.clients[index].clone())
+    }
+
+    /// The member at `index` did not answer: calls go to the next (unless another call moved
+    /// on already).
+    fn failed(&self, index: usize) {
+        let next = (index + 1) % self.clients.len();
+        let _ = self.current.compare_exchange(
+            index,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 
@@ -146,14 +176,25 @@ impl EtcdStore {
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
             .with_require_leader(true);
-        let client = wait(
-            runtime.runtime(),
-            Client::connect(endpoints.clone(), Some(options)),
-        )
-        .map_err(|err| backend(url, err))?
-        .map_err(|err| backend(url, err))?;
+        let mut clients = Vec::with_capacity(endpoints.len());
+        for endpoint in &endpoints {
+            // Connects lazily: a member that is down now is called once it is up.
+            let client = wait(
+                runtime.runtime(),
+                Client::connect([endpoint.clone()], Some(options.clone())),
+            )
+            .map_err(|err| backend(url, err))?
+            .map_err(|err| backend(url, err))?;
+            clients.push(client);
+        }
+        if clients.is_empty() {
+            return Err(backend(url, format!("{url:?} names no etcd member")));
+        }
         let store = EtcdStore {
-            client,
+            members: std::sync::Arc::new(Members {
+                clients,
+                current: Default::default(),
+            }),
             runtime,
             endpoints: endpoints.join(","),
         };
@@ -227,11 +268,12 @@ impl EtcdStore {
         prefix: bool,
         changed: impl Fn(Option<&[etcd_client::Event]>) + Send + Sync + 'static,
     ) {
-        let client = self.client.clone();
+        let members = std::sync::Arc::clone(&self.members);
         let endpoints = self.endpoints.clone();
         self.runtime.runtime().spawn(async move {
             let mut next: i64 = 0;
             loop {
+                let (member, client) = members.client();
                 if next == 0 {
                     match client.kv_client().get(key.clone(), None).await {
                         Ok(response) => {
@@ -242,6 +284,7 @@ impl EtcdStore {
                         }
                         Err(err) => {
                             tracing::warn!(store = endpoints, key, "watching: {err}; again in 1 s");
+                            members.failed(member);
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             continue;
                         }
@@ -256,6 +299,7 @@ impl EtcdStore {
                     Ok(stream) => stream,
                     Err(err) => {
                         tracing::warn!(store = endpoints, key, "watching: {err}; again in 1 s");
+                        members.failed(member);
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
@@ -289,6 +333,7 @@ impl EtcdStore {
                         Ok(None) => break,
                         Err(err) => {
                             tracing::warn!(store = endpoints, key, "the watch ended: {err}");
+                            members.failed(member);
                             break;
                         }
                     }
@@ -302,76 +347,97 @@ impl EtcdStore {
     /// Takes part in the election for `duty` as `me`, with a lease of `ttl` (a few seconds:
     /// how long the others wait for a holder that went silent).
     pub fn lead(&self, duty: &str, me: &str, ttl: Duration) -> Leadership {
-        self.hold(format!("{PREFIX}leaders/{duty}"), me, ttl, true)
-    }
-
-    /// Says that `me` (an address) serves `segment`, for as long as this appliance lives and
-    /// reaches etcd (a key under a lease of `ttl`, as [`EtcdStore::lead`]); held while said.
-    pub fn announce(&self, segment: &str, me: &str, ttl: Duration) -> Leadership {
-        self.hold(format!("{PREFIX}appliances/{segment}/{me}"), me, ttl, false)
-    }
-
-    /// What the live appliances serving `segment` announced.
-    pub fn appliances(&self, segment: &str) -> Result<Vec<String>, StoreError> {
-        let listed = self.list_prefix(&format!("{PREFIX}appliances/{segment}/"))?;
-        Ok(listed
-            .into_iter()
-            .filter_map(|(_, value, _)| String::from_utf8(value).ok())
-            .collect())
-    }
-
-    /// Holds `key`, with `me` as its value, under a lease of `ttl` kept alive; `exclusive`: only
-    /// while no other holds it (an election).
-    fn hold(&self, key: String, me: &str, ttl: Duration, exclusive: bool) -> Leadership {
         use std::sync::atomic::Ordering;
+        let key = format!("{PREFIX}leaders/{duty}");
         let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let lease = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
         let (task_held, task_lease) = (std::sync::Arc::clone(&held), std::sync::Arc::clone(&lease));
-        let (client, me) = (self.client.clone(), me.to_string());
+        let (members, me) = (std::sync::Arc::clone(&self.members), me.to_string());
         let seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).max(2);
         let beat = ttl / 3;
         let task = self.runtime.runtime().spawn(async move {
+            // Said once per outage, not at every beat.
+            let mut unanswered = false;
             loop {
-                let mut lease_client = client.lease_client();
-                let granted = match lease_client.grant(seconds, None).await {
+                let (member, client) = members.client();
+                let granted = match client.lease_client().grant(seconds, None).await {
                     Ok(granted) => granted.id(),
                     Err(_) => {
+                        members.failed(member);
                         tokio::time::sleep(beat).await;
                         continue;
                     }
                 };
                 task_lease.store(granted, Ordering::SeqCst);
-                let (mut keeper, mut replies) = match lease_client.keep_alive(granted).await {
-                    Ok(pair) => pair,
-                    Err(_) => continue,
-                };
-                // Campaign, and hold, for as long as the lease is kept alive.
-                loop {
-                    if !task_held.load(Ordering::SeqCst) {
-                        let free = Compare::version(key.clone(), CompareOp::Equal, 0);
-                        let txn = Txn::new()
-                            .when(if exclusive { vec![free] } else { Vec::new() })
-                            .and_then([TxnOp::put(
-                                key.clone(),
-                                me.clone(),
-                                Some(etcd_client::PutOptions::new().with_lease(granted)),
-                            )]);
-                        if let Ok(response) = client.kv_client().txn(txn).await {
-                            if response.succeeded() {
-                                task_held.store(true, Ordering::SeqCst);
-                                tracing::info!(key, "held");
+                // Keeps this lease alive, its stream made again (with the next member, when
+                // one went away) whenever it breaks, until etcd says the lease ran out.
+                'lease: loop {
+                    let (member, client) = members.client();
+                    let kept = client.lease_client().keep_alive(granted).await;
+                    let (mut keeper, mut replies) = match kept {
+                        Ok(pair) => pair,
+                        Err(_) => {
+                            members.failed(member);
+                            tokio::time::sleep(beat).await;
+                            continue 'lease;
+                        }
+                    };
+                    // Campaign, and hold, for as long as the lease lives.
+                    loop {
+                        if !task_held.load(Ordering::SeqCst) {
+                            let txn = Txn::new()
+                                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                                .and_then([TxnOp::put(
+                                    key.clone(),
+                                    me.clone(),
+                                    Some(etcd_client::PutOptions::new().with_lease(granted)),
+                                )]);
+                            if let Ok(response) = client.kv_client().txn(txn).await {
+                                if response.succeeded() {
+                                    task_held.store(true, Ordering::SeqCst);
+                                    tracing::info!(duty = key, "leadership taken");
+                                }
                             }
                         }
-                    }
-                    tokio::time::sleep(beat).await;
-                    let alive = keeper.keep_alive().await.is_ok()
-                        && matches!(replies.message().await, Ok(Some(reply)) if reply.ttl() > 0);
-                    if !alive {
-                        // Given up before the lease can run out: never two holders.
-                        if task_held.swap(false, Ordering::SeqCst) {
-                            tracing::warn!(key, "given up: etcd did not keep the lease alive");
+                        tokio::time::sleep(beat).await;
+                        if keeper.keep_alive().await.is_err() {
+                            members.failed(member);
+                            continue 'lease;
                         }
-                        break;
+                        // Waited for no longer than a beat, so that a keep-alive through the
+                        // next member still lands before the lease runs out.
+                        match tokio::time::timeout(beat, replies.message()).await {
+                            Ok(Ok(Some(reply))) if reply.ttl() > 0 => {
+                                if std::mem::take(&mut unanswered) {
+                                    tracing::info!(duty = key, "etcd answers again");
+                                }
+                            }
+                            // etcd answered that the lease ran out: another may hold the duty.
+                            Ok(Ok(Some(_))) => {
+                                if task_held.swap(false, Ordering::SeqCst) {
+                                    tracing::warn!(
+                                        duty = key,
+                                        "leadership given up: its lease ran out"
+                                    );
+                                }
+                                break 'lease;
+                            }
+                            // No answer: etcd is out of reach, or has lost its quorum. The duty
+                            // stays held: without quorum no other can take it, and the
+                            // machines this appliance knows go on being answered.
+                            _ => {
+                                if !std::mem::replace(&mut unanswered, true)
+                                    && task_held.load(Ordering::SeqCst)
+                                {
+                                    tracing::warn!(
+                                        duty = key,
+                                        "etcd does not answer; holding on to the leadership"
+                                    );
+                                }
+                                members.failed(member);
+                                continue 'lease;
+                            }
+                        }
                     }
                 }
             }
@@ -380,9 +446,30 @@ impl EtcdStore {
             held,
             task,
             lease,
-            client: self.client.clone(),
+            members: std::sync::Arc::clone(&self.members),
             runtime: self.runtime.runtime().handle().clone(),
         }
+    }
+
+    /// Records that an appliance at `me` (its worker API's `address:port`) serves `segment`.
+    /// Kept when it stops: it may come back, and its address may be in URLs (an image's), so
+    /// workers are told of it, and skip it while it does not answer.
+    pub fn register(&self, segment: &str, me: &str) -> Result<(), StoreError> {
+        let (key, me) = (format!("{PREFIX}appliances/{segment}/{me}"), me.to_string());
+        self.call(|mut client| {
+            let (key, me) = (key.clone(), me.clone());
+            async move { client.put(key, me, None).await }
+        })
+        .map(drop)
+    }
+
+    /// The appliances that registered for `segment`.
+    pub fn appliances(&self, segment: &str) -> Result<Vec<String>, StoreError> {
+        let listed = self.list_prefix(&format!("{PREFIX}appliances/{segment}/"))?;
+        Ok(listed
+            .into_iter()
+            .filter_map(|(_, value, _)| String::from_utf8(value).ok())
+            .collect())
     }
 
     /// Runs `call` against the cluster, again when a member did not answer. Only for calls
@@ -398,11 +485,13 @@ impl EtcdStore {
         let mut tries = 0;
         loop {
             tries += 1;
-            let result = wait(self.runtime.runtime(), call(self.client.clone()))
+            let (member, client) = self.members.client();
+            let result = wait(self.runtime.runtime(), call(client))
                 .map_err(|err| backend(&self.endpoints, err))?;
             match result {
                 Ok(value) => return Ok(value),
                 Err(err) if tries < TRIES && retryable(&err) => {
+                    self.members.failed(member);
                     std::thread::sleep(delay);
                     delay *= 2;
                 }
@@ -451,9 +540,14 @@ impl EtcdStore {
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
-        wait(self.runtime.runtime(), call(self.client.clone()))
+        let (member, client) = self.members.client();
+        wait(self.runtime.runtime(), call(client))
             .map_err(|err| backend(&self.endpoints, err))?
             .map_err(|err| {
+                if retryable(&err) {
+                    // The next call goes to another member.
+                    self.members.failed(member);
+                }
                 backend(
                     &self.endpoints,
                     format!("{err} (the write may or may not have been made: read it back)"),
