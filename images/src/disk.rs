@@ -29,6 +29,20 @@ pub const NETPLAN: &str = "/etc/netplan/config.yaml";
 /// boot: larger than [`root_bytes`] once the example's `grow-partition` action has run.
 pub const ROOT_SIZE_LINE: &str = "== root filesystem bytes";
 
+/// `resources` (the adapted example) with `action` appended to its template's actions.
+pub fn ending_with(resources: &str, action: &str) -> String {
+    let last_line = "              DIRMODE: 0755\n";
+    assert!(resources.contains(last_line), "the template's last line");
+    resources.replacen(last_line, &format!("{last_line}{action}"), 1)
+}
+
+/// The action that leaves the provisioning OS through the firmware: it netboots, finds no
+/// work, and goes to the disk.
+pub const REBOOT_ACTION: &str = "          - name: \"restart\"
+            image: quay.io/tinkerbell-actions/reboot:v1.0.0
+            timeout: 30
+";
+
 /// The size of the blank disk the image is installed on, in the tests and the demo: well
 /// beyond the image's root partition, so that the example's `grow-partition` visibly grows it.
 pub const BLANK_DISK_BYTES: u64 = 1 << 30;

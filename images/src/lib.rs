@@ -8,11 +8,13 @@
 //! - [`disk`]: the bootable disk image the tests install (GRUB, ext4, the Debian root);
 //! - [`qemu`]: VMs with real firmware, for the lab;
 //! - [`ipmi_sim`]: a real IPMI BMC for them (OpenIPMI's simulator);
+//! - [`etcd`]: a real etcd cluster, a member per network namespace;
 //! - [`appliance`]: Wisp itself in a VM, for the power-loss test.
 pub mod appliance;
 pub mod cpio;
 pub mod debian;
 pub mod disk;
+pub mod etcd;
 pub mod hello;
 pub mod ipmi_sim;
 pub mod kernel;

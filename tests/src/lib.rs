@@ -2,7 +2,6 @@
 //! Every guard cleans up in `Drop`, so a failing test leaves no namespace or process behind.
 pub mod bmc;
 pub mod dhcp_wire;
-pub mod etcd;
 pub mod frames;
 pub mod vm;
 

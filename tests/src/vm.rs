@@ -108,20 +108,6 @@ impl InstallLab {
     }
 }
 
-/// `resources` (the adapted example) with `action` appended to its template's actions.
-pub fn ending_with(resources: &str, action: &str) -> String {
-    let last_line = "              DIRMODE: 0755\n";
-    assert!(resources.contains(last_line), "the template's last line");
-    resources.replacen(last_line, &format!("{last_line}{action}"), 1)
-}
-
-/// The action that leaves the provisioning OS through the firmware: it netboots, finds no
-/// work, and goes to the disk.
-pub const REBOOT_ACTION: &str = "          - name: \"restart\"
-            image: quay.io/tinkerbell-actions/reboot:v1.0.0
-            timeout: 30
-";
-
 /// Checks what the installed system printed on the serial `console` once it booted from its
 /// disk: its root filesystem grown to the disk's end by the example's grow-partition, and
 /// writefile's netplan file for `mac`. Returns the console from that boot on.

@@ -4,12 +4,16 @@
 //! appliance it was installing from, then of an etcd member.
 use std::time::Duration;
 
+use wisp_images::{
+    disk::{ending_with, REBOOT_ACTION},
+    etcd::Etcd,
+};
+
 use wisp_tests::{
     apply_ok,
     dhcp_wire::{acks, leases_on, perfdhcp, rack, Capture},
-    etcd::Etcd,
     eventually_within, gate_stats, hardware_yaml, require_root,
-    vm::{assert_installed, ending_with, Firmware, InstallLab, Vm, REBOOT_ACTION},
+    vm::{assert_installed, Firmware, InstallLab, Vm},
     wisp_ok, Daemon, Lab, Netns, TempDir, BRIDGE_IF, CLIENT_IF, SERVER_IF,
 };
 
@@ -18,7 +22,7 @@ use wisp_tests::{
 fn shared_store(purpose: &str) -> (Lab, TempDir, Etcd, String) {
     let lab = Lab::new(purpose);
     let work = TempDir::new(purpose);
-    let etcd = Etcd::start(&lab.server, "10.99.0.1", &work.0);
+    let etcd = Etcd::start(&lab.server.name, "10.99.0.1", &work.0).expect("etcd");
     let store = format!("--store={}", etcd.url);
     (lab, work, etcd, store)
 }
@@ -212,12 +216,28 @@ fn without_its_quorum_the_appliance_answers_the_machines_it_knows_refuses_writes
     assert!(leased(&lab, "1c:69:7a:00:00:51", "10.99.0.51"));
 
     // The cluster is gone (its only member): a machine the appliance knows still gets its
-    // lease, and a write is refused, naming the store.
+    // lease, boot files are served, and a write is refused, naming the store.
     drop(etcd);
     assert!(
         leased(&lab, "1c:69:7a:00:00:52", "10.99.0.52"),
         "no lease without the store:\n{}",
         a.log()
+    );
+    let fetched = lab.client.exec(
+        "curl",
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://10.99.0.1:8080/ipxe/ipxe.efi",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&fetched.stdout),
+        "200",
+        "boot files without the store"
     );
     let refused = wisp_tests::apply_yaml(
         &lab.server,
@@ -229,7 +249,7 @@ fn without_its_quorum_the_appliance_answers_the_machines_it_knows_refuses_writes
 
     // The member comes back with its data: the lease ACKed meanwhile reaches it, and writes go
     // in again.
-    let _etcd = Etcd::start(&lab.server, "10.99.0.1", &work.0);
+    let _etcd = Etcd::start(&lab.server.name, "10.99.0.1", &work.0).expect("etcd");
     eventually_within(
         "the lease ACKed without the store is stored",
         Duration::from_secs(40),
@@ -265,7 +285,7 @@ fn a_storm_of_1000_clients_through_a_failover_gets_no_address_twice_and_loses_no
     // relayed broadcasts from the client side reach both.
     let lab = Lab::bridged("ha-storm");
     let work = TempDir::new("ha-storm");
-    let etcd = Etcd::start(&lab.server, "10.99.0.1", &work.0);
+    let etcd = Etcd::start(&lab.server.name, "10.99.0.1", &work.0).expect("etcd");
     let store = format!("--store={}", etcd.url);
     let mut a = Daemon::start(&lab.server, BRIDGE_IF, &work.join("a"), &[&store]);
     eventually_within("A leads", Duration::from_secs(5), || {
@@ -397,10 +417,11 @@ fn a_vm_mid_install_survives_the_loss_of_its_appliance_and_then_of_an_etcd_membe
     let mut etcd = Etcd::cluster(
         &members
             .iter()
-            .map(|(netns, address)| (netns, address.as_str()))
+            .map(|(netns, address)| (netns.name.as_str(), address.as_str()))
             .collect::<Vec<_>>(),
         &work.0,
-    );
+    )
+    .expect("the etcd cluster");
     let store = format!("--store={}", etcd[0].url);
     let mut a = install.start_wisp(&[&store]);
     eventually_within("A leads", Duration::from_secs(10), || {

@@ -16,9 +16,10 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use wisp_images::disk::{ending_with, REBOOT_ACTION};
 use wisp_tests::{
     apply_ok, gate_stats, require_root,
-    vm::{assert_installed, ending_with, Firmware, InstallLab, Vm, REBOOT_ACTION},
+    vm::{assert_installed, Firmware, InstallLab, Vm},
     wisp_ok, BRIDGE_IF,
 };
 

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | images | test | demo | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | images | test | demo [--ha] | bench | fuzz`.
 mod bench;
 mod demo;
 mod fuzz;
@@ -44,7 +44,12 @@ enum Task {
         merge: bool,
     },
     /// Set up, build, and show Wisp at work in a throwaway network-namespace lab.
-    Demo,
+    Demo {
+        /// Two appliances on a three-member etcd cluster instead: the one a VM installs from
+        /// is killed mid-install, then an etcd member.
+        #[arg(long)]
+        ha: bool,
+    },
     /// Measure Wisp against Kea, dnsmasq and the other peers, and write
     /// docs/benchmarks/README.md.
     Bench {
@@ -96,10 +101,13 @@ fn main() -> anyhow::Result<()> {
         }
         Task::BenchWorkers { machines } => bench::simulate_workers(machines),
         Task::BenchFlood { rate, seconds } => bench::generate_flood(rate, seconds),
-        Task::Demo => {
+        Task::Demo { ha } => {
             shell::require_root("the demo creates network namespaces and attaches an XDP program")?;
             setup::ensure()?;
-            demo::show_main_job(&root)
+            match ha {
+                true => demo::show_failover(&root),
+                false => demo::show_main_job(&root),
+            }
         }
     }
 }

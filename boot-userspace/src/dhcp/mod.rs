@@ -79,7 +79,7 @@ pub struct DhcpServer {
     /// With appliances sharing a store: this one answers only while it holds the segment's
     /// leadership; the others stand by, their gates attached.
     leadership: Option<Arc<workflow::store::Leadership>>,
-    /// Whether this appliance answered the last request (held the leadership then).
+    /// Whether this appliance held the leadership at the last batch of requests.
     leading: std::sync::atomic::AtomicBool,
 }
 
@@ -315,6 +315,9 @@ impl DhcpServer {
         let mut receiver = Receiver::default();
         loop {
             receiver.receive(&socket).await.context("receiving DHCP")?;
+            if self.took_over() {
+                self.take_over_leases().await;
+            }
             let mut replies = Replies::default();
             for (payload, datagram) in receiver.datagrams() {
                 if !self.gate.admit(payload) {
@@ -450,10 +453,6 @@ impl DhcpServer {
             .leadership
             .as_ref()
             .is_some_and(|leadership| !leadership.held());
-        let was_leading = self.leading.swap(!standing_by, Ordering::Relaxed);
-        if self.leadership.is_some() && !standing_by && !was_leading {
-            self.take_over_leases();
-        }
         let outcome = match outcome {
             Outcome::Reply(_) if standing_by => Outcome::Ignore(handler::IgnoreReason::Standby),
             outcome => outcome,
@@ -517,17 +516,30 @@ impl DhcpServer {
         }
     }
 
-    /// On taking the segment over: what the appliance before leased is in the shared store,
-    /// not in this one's memory.
-    fn take_over_leases(&self) {
+    /// Whether this appliance has taken the segment's leadership since the last batch.
+    fn took_over(&self) -> bool {
+        let leading = self
+            .leadership
+            .as_ref()
+            .is_some_and(|leadership| leadership.held());
+        let was_leading = self.leading.swap(leading, Ordering::Relaxed);
+        leading && !was_leading
+    }
+
+    /// On taking the segment over, before its first answer: what the appliance before leased
+    /// is in the shared store, not in this one's memory.
+    async fn take_over_leases(&self) {
         let (holders, leases) = (Arc::clone(&self.holders), Arc::clone(&self.leases));
-        tokio::task::spawn_blocking(move || match holders.reload(&*leases) {
-            Ok(count) => tracing::info!(
+        match tokio::task::spawn_blocking(move || holders.reload(&*leases)).await {
+            Ok(Ok(count)) => tracing::info!(
                 leases = count,
                 "answering DHCP now: the segment's leases loaded"
             ),
-            Err(err) => tracing::warn!("answering DHCP now, without the segment's leases: {err}"),
-        });
+            Ok(Err(err)) => {
+                tracing::warn!("answering DHCP now, without the segment's leases: {err}")
+            }
+            Err(err) => tracing::warn!("loading the segment's leases: {err}"),
+        }
     }
 
     fn count_received(&self, message_type: &str) {

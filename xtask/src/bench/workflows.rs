@@ -30,6 +30,7 @@ use tonic::{
     transport::Endpoint,
     Code, Request,
 };
+use wisp_images::etcd::Etcd;
 use wisp_proto::{
     workflow_service_client::WorkflowServiceClient, ActionRequest, ActionStatusRequest, StateType,
 };
@@ -46,16 +47,26 @@ const SERVER_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
 /// How long one simulated machine may take for its whole workflow.
 const WORKER_DEADLINE: Duration = Duration::from_secs(600);
 
-fn manifest(count: u32) -> String {
+/// Machines per apply: an apply is one transaction, and on etcd one of 500 machines (1,000
+/// resources) is within what docs/ha.md has etcd started with (`--max-txn-ops=4096`).
+const MACHINES_PER_APPLY: usize = 500;
+
+/// The resources for `count` machines, in applies of [`MACHINES_PER_APPLY`]: the template
+/// first, then each machine's Hardware and Workflow.
+fn manifests(count: u32) -> Vec<String> {
     let steps: String = (1..=ACTIONS)
         .map(|step| format!("          - {{name: step-{step}, image: bench/step, timeout: 600}}\n"))
         .collect();
-    let mut yaml = format!(
+    let mut applies = vec![format!(
         "apiVersion: tinkerbell.org/v1alpha1\nkind: Template\nmetadata: {{name: five-steps, namespace: bench}}\n\
          spec:\n  data: |\n    version: \"0.1\"\n    name: five-steps\n    global_timeout: 3600\n    tasks:\n\
          \x20     - name: provision\n        worker: \"{{{{.device_1}}}}\"\n        actions:\n{steps}"
-    );
+    )];
     for (index, (mac, address)) in hosts(count).enumerate() {
+        if index % MACHINES_PER_APPLY == 0 {
+            applies.push(String::new());
+        }
+        let yaml = applies.last_mut().expect("an apply");
         yaml.push_str(&format!(
             "---\napiVersion: tinkerbell.org/v1alpha1\nkind: Hardware\nmetadata: {{name: node-{index}, namespace: bench}}\n\
              spec:\n  interfaces:\n    - dhcp: {{mac: \"{mac}\", ip: {{address: {address}, netmask: 255.255.0.0}}}}\n\
@@ -64,7 +75,7 @@ fn manifest(count: u32) -> String {
              spec: {{templateRef: five-steps, hardwareRef: node-{index}, hardwareMap: {{device_1: \"{mac}\"}}}}\n"
         ));
     }
-    yaml
+    applies
 }
 
 /// What `cargo xtask bench-workers` prints, as one JSON line.
@@ -77,6 +88,27 @@ struct Outcome {
     failed_workers: u64,
 }
 
+/// Where the runs are kept: the embedded store (the default), or an etcd cluster (one member
+/// here) as appliances sharing their state keep them.
+#[derive(Clone, Copy)]
+enum Backend {
+    Redb,
+    Etcd,
+}
+
+impl Backend {
+    fn server(self) -> &'static str {
+        match self {
+            Backend::Redb => "Wisp",
+            Backend::Etcd => "Wisp on etcd",
+        }
+    }
+}
+
+/// etcd's address: on the client side, so that the server side's peak memory stays Wisp's
+/// alone.
+const ETCD_ADDRESS: &str = "10.88.0.2";
+
 pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table> {
     let mut table = Table::new(
         "Workflows",
@@ -85,70 +117,91 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
              over its own gRPC connection (GetAction, then RUNNING and SUCCESS reports per \
              action; transient failures retried, as `wisp-worker` does, and counted). The time until \
              every workflow succeeded, actions per second, and Wisp's peak resident memory while \
-             they ran."
+             they ran. \"Wisp on etcd\" keeps its state in a one-member etcd on the same machine \
+             (`--store etcd://`, as appliances sharing their state do; etcd's own memory is not \
+             counted), against the embedded store's \"Wisp\"; the ratio is how many times the \
+             embedded store's time it takes."
         ),
         &["seconds", "actions/s", "retried calls", "peak MiB"],
     );
+    table.ratio_of = Some(("seconds".into(), false));
     let wisp = settings.wisp.to_str().context("UTF-8 path")?;
     // Built beside `wisp` by the same `cargo build` (this process's own binary may have been
     // replaced by that build).
     let xtask = settings.wisp.with_file_name("xtask");
+    let token_file = lab::api_token_file(work);
+    let token_file = token_file.to_str().context("UTF-8 path")?;
     for &count in &settings.workflow_machines {
         let case = format!("{count} machines");
         let _addresses = lab.machine_addresses(hosts(count).map(|(_, address)| address))?;
-        let manifest_path = work.join(format!("workflows-{count}.yaml"));
-        std::fs::write(&manifest_path, manifest(count))?;
-        for _ in 0..settings.runs {
-            let _server = lab::start_wisp(
-                lab,
-                &settings.wisp,
-                work,
-                "workflows",
-                &["--xdp-mode", "off"],
-            )?;
-            lab.exec_ok(
-                SERVER,
-                wisp,
-                &[
-                    "apply",
-                    "--api-token-file",
-                    lab::api_token_file(work).to_str().context("UTF-8 path")?,
-                    "-f",
-                    manifest_path.to_str().context("UTF-8 path")?,
-                ],
-            )?;
-            lab::reset_peak_memory()?;
-            let output = lab.exec(
-                CLIENT,
-                xtask.to_str().context("UTF-8 path")?,
-                &["bench-workers", "--machines", &count.to_string()],
-            )?;
-            let (stdout, stderr) = (
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr),
-            );
-            let outcome: Outcome = stdout
-                .lines()
-                .last()
-                .and_then(|line| serde_json::from_str(line).ok())
-                .with_context(|| format!("the simulated workers printed no outcome: {stderr}"))?;
-            if outcome.failed_workers > 0 || outcome.actions != u64::from(count) * ACTIONS as u64 {
-                bail!(
-                    "{} of {count} simulated workers failed, {} actions ran; the first \
-                     failures:\n{stderr}",
-                    outcome.failed_workers,
-                    outcome.actions
+        let mut manifest_paths = Vec::new();
+        for (index, manifest) in manifests(count).into_iter().enumerate() {
+            let path = work.join(format!("workflows-{count}-{index}.yaml"));
+            std::fs::write(&path, manifest)?;
+            manifest_paths.push(path);
+        }
+        for backend in [Backend::Redb, Backend::Etcd] {
+            for _ in 0..settings.runs {
+                let etcd = match backend {
+                    Backend::Redb => None,
+                    Backend::Etcd => {
+                        // A fresh member each run.
+                        let dir = work.join("etcd");
+                        let _ = std::fs::remove_dir_all(&dir);
+                        Some(Etcd::start(CLIENT, ETCD_ADDRESS, &dir)?)
+                    }
+                };
+                let store = etcd.as_ref().map(|etcd| format!("--store={}", etcd.url));
+                let mut args = vec!["--xdp-mode", "off"];
+                args.extend(store.as_deref());
+                let _server = lab::start_wisp(lab, &settings.wisp, work, "workflows", &args)?;
+                for path in &manifest_paths {
+                    let path = path.to_str().context("UTF-8 path")?;
+                    lab.exec_ok(
+                        SERVER,
+                        wisp,
+                        &["apply", "--api-token-file", token_file, "-f", path],
+                    )?;
+                }
+                lab::reset_peak_memory()?;
+                let output = lab.exec(
+                    CLIENT,
+                    xtask.to_str().context("UTF-8 path")?,
+                    &["bench-workers", "--machines", &count.to_string()],
+                )?;
+                let (stdout, stderr) = (
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr),
                 );
+                let outcome: Outcome = stdout
+                    .lines()
+                    .last()
+                    .and_then(|line| serde_json::from_str(line).ok())
+                    .with_context(|| {
+                        format!("the simulated workers printed no outcome: {stderr}")
+                    })?;
+                if outcome.failed_workers > 0
+                    || outcome.actions != u64::from(count) * ACTIONS as u64
+                {
+                    bail!(
+                        "{}: {} of {count} simulated workers failed, {} actions ran; the \
+                         first failures:\n{stderr}",
+                        backend.server(),
+                        outcome.failed_workers,
+                        outcome.actions
+                    );
+                }
+                let rate = outcome.actions as f64 / outcome.seconds;
+                let server = backend.server();
+                println!(
+                    "    {case}, {server}: {:.1} s, {rate:.0} actions/s, {} retried calls",
+                    outcome.seconds, outcome.retries
+                );
+                table.record(&case, server, "seconds", outcome.seconds);
+                table.record(&case, server, "actions/s", rate);
+                table.record(&case, server, "retried calls", outcome.retries as f64);
+                table.record(&case, server, "peak MiB", lab::peak_memory_mib()?);
             }
-            let rate = outcome.actions as f64 / outcome.seconds;
-            println!(
-                "    {case}: {:.1} s, {rate:.0} actions/s, {} retried calls",
-                outcome.seconds, outcome.retries
-            );
-            table.record(&case, "Wisp", "seconds", outcome.seconds);
-            table.record(&case, "Wisp", "actions/s", rate);
-            table.record(&case, "Wisp", "retried calls", outcome.retries as f64);
-            table.record(&case, "Wisp", "peak MiB", lab::peak_memory_mib()?);
         }
     }
     Ok(table)

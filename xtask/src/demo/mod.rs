@@ -7,8 +7,12 @@
 //! provisioning OS, whose worker streams an OS image to the disk, runs a command in it and
 //! writes a file; Wisp then turns netboot off and power-cycles the VM into the installed system.
 //! Meanwhile a machine Wisp does not own is dropped by the XDP gate.
+mod ha;
+
+pub use ha::show_failover;
+
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -33,43 +37,59 @@ const IMAGE_URL: &str = "http://192.168.1.1:8080/assets/demo-os.raw.gz";
 const BMC_PORT: u16 = 6230;
 const BMC_PASSWORD: &str = "demo-ipmi-Passw0rd";
 
-/// Removes the namespaces (and whatever runs in them) when the demo ends, however it ends.
-struct Lab;
+/// The lab namespace with its bridge (192.168.1.1/24, the network of the Tinkerbell example),
+/// and the hosts that join it; removed, with whatever runs in them, when the demo ends, however
+/// it ends.
+struct Lab {
+    namespaces: Vec<&'static str>,
+}
 
 impl Lab {
-    fn create() -> anyhow::Result<Lab> {
-        Lab::remove();
-        let lab = Lab;
+    fn create(hosts: &[&'static str]) -> anyhow::Result<Lab> {
+        crate::shell::remove_netns(&[&[LAB][..], hosts].concat(), "TERM");
+        let lab = Lab {
+            namespaces: vec![LAB],
+        };
         run("ip", &["netns", "add", LAB])?;
-        run("ip", &["netns", "add", STRANGER])?;
         in_ns(LAB, &["ip", "link", "set", "lo", "up"])?;
         in_ns(LAB, &["ip", "link", "add", "br0", "type", "bridge"])?;
         in_ns(LAB, &["ip", "addr", "add", "192.168.1.1/24", "dev", "br0"])?;
         in_ns(LAB, &["ip", "link", "set", "br0", "up"])?;
-        in_ns(
-            LAB,
-            &[
-                "ip", "link", "add", "port0", "type", "veth", "peer", "name", "eth0", "netns",
-                STRANGER,
-            ],
-        )?;
-        in_ns(LAB, &["ip", "link", "set", "port0", "master", "br0", "up"])?;
-        in_ns(
-            STRANGER,
-            &["ip", "link", "set", "eth0", "address", STRANGER_MAC],
-        )?;
-        in_ns(STRANGER, &["ip", "link", "set", "eth0", "up"])?;
         Ok(lab)
     }
 
-    fn remove() {
-        crate::shell::remove_netns(&[LAB, STRANGER], "TERM");
+    /// A host in a namespace of its own, its `eth0` (with `mac` and `cidr`, if given) on the
+    /// bridge through the lab's `port`.
+    fn join(
+        &mut self,
+        netns: &'static str,
+        port: &str,
+        mac: Option<&str>,
+        cidr: Option<&str>,
+    ) -> anyhow::Result<()> {
+        run("ip", &["netns", "add", netns])?;
+        self.namespaces.push(netns);
+        in_ns(netns, &["ip", "link", "set", "lo", "up"])?;
+        in_ns(
+            LAB,
+            &[
+                "ip", "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns,
+            ],
+        )?;
+        in_ns(LAB, &["ip", "link", "set", port, "master", "br0", "up"])?;
+        if let Some(mac) = mac {
+            in_ns(netns, &["ip", "link", "set", "eth0", "address", mac])?;
+        }
+        if let Some(cidr) = cidr {
+            in_ns(netns, &["ip", "addr", "add", cidr, "dev", "eth0"])?;
+        }
+        in_ns(netns, &["ip", "link", "set", "eth0", "up"])
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        Lab::remove();
+        crate::shell::remove_netns(&self.namespaces, "TERM");
         println!("\nlab removed");
     }
 }
@@ -124,12 +144,21 @@ fn show(text: &str, needles: &[&str]) {
     }
 }
 
-pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
+/// What a demo installs, built once: the release binaries, and in `work`, the provisioning OS
+/// and the OS image in `assets`, and the Tinkerbell example adapted to install that image.
+struct Prepared {
+    wisp: String,
+    work: PathBuf,
+    assets: PathBuf,
+    adapted: String,
+}
+
+fn prepare(root: &Path, name: &str) -> anyhow::Result<Prepared> {
     step("cargo build --release");
     run("cargo", &["build", "--release", "--bins"])?;
     let wisp = root.join("target/release/wisp");
     let wisp = wisp.to_str().context("the repository path is not UTF-8")?;
-    let work = std::env::temp_dir().join("wisp-demo");
+    let work = std::env::temp_dir().join(name);
     let _ = std::fs::remove_dir_all(&work);
     let assets = work.join("assets");
     std::fs::create_dir_all(&assets)?;
@@ -146,53 +175,73 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
         &kernel,
         Path::new("/bin/busybox"),
     )?;
-    let resources = work.join("install-demo-os.yaml");
     let adapted =
         disk::adapted_tinkerbell_example(&root.join("examples/tinkerbell-demo"), IMAGE_URL)?;
-    std::fs::write(&resources, &adapted)?;
+    Ok(Prepared {
+        wisp: wisp.to_string(),
+        work,
+        assets,
+        adapted,
+    })
+}
+
+/// `wisp serve` in `netns` on `interface`, with its data in `work/<name>`, serving the demo's
+/// assets, with `extra` flags; its log in `work/<name>.log`. Returns once its API answers.
+fn start_wisp(
+    prepared: &Prepared,
+    netns: &str,
+    interface: &str,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<(Child, PathBuf)> {
+    let log = prepared.work.join(format!("{name}.log"));
+    let mut daemon = Command::new("ip")
+        .args(["netns", "exec", netns, &prepared.wisp, "serve"])
+        .args(["--interface", interface, "--data-dir"])
+        .arg(prepared.work.join(name))
+        .arg("--assets-dir")
+        .arg(&prepared.assets)
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting wisp serve")?;
+    wait_ready(netns, &mut daemon, &log)?;
+    Ok((daemon, log))
+}
+
+/// Runs `wisp ARGS` in `netns`, with the API token the daemon there made in `data_dir`,
+/// printing the command first.
+fn cli(prepared: &Prepared, netns: &str, data_dir: &str, args: &[&str]) -> anyhow::Result<()> {
+    println!("$ wisp {}", args.join(" "));
+    let token_file = prepared.work.join(data_dir).join("api.token");
+    let token_file = token_file.to_str().context("UTF-8 path")?;
+    let mut full = vec!["netns", "exec", netns, &prepared.wisp];
+    full.extend(args);
+    crate::shell::run_with_env("ip", &full, &[("WISP_API_TOKEN_FILE", token_file)])
+}
+
+pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
+    let prepared = prepare(root, "wisp-demo")?;
+    let work = &prepared.work;
+    let resources = work.join("install-demo-os.yaml");
+    std::fs::write(&resources, &prepared.adapted)?;
     let zero_touch = work.join("zero-touch.yaml");
     std::fs::write(
         &zero_touch,
-        zero_touch_example(&adapted, ("127.0.0.1", BMC_PORT), BMC_PASSWORD)?,
+        zero_touch_example(&prepared.adapted, ("127.0.0.1", BMC_PORT), BMC_PASSWORD)?,
     )?;
 
     step(&format!(
         "lab: namespace {LAB} with bridge br0 (192.168.1.1/24)"
     ));
-    let _lab = Lab::create()?;
+    let mut lab = Lab::create(&[STRANGER])?;
+    lab.join(STRANGER, "port0", Some(STRANGER_MAC), None)?;
 
     step("wisp serve --interface br0");
-    let log = work.join("wisp.log");
-    let mut daemon = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            LAB,
-            wisp,
-            "serve",
-            "--interface",
-            "br0",
-            "--data-dir",
-        ])
-        .arg(work.join("data"))
-        .arg("--assets-dir")
-        .arg(&assets)
-        .env("NO_COLOR", "1")
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .context("starting wisp serve")?;
-    wait_ready(&mut daemon, &log)?;
+    let (mut daemon, log) = start_wisp(&prepared, LAB, "br0", "data", &[])?;
     print!("{}", std::fs::read_to_string(&log)?);
-
-    let token_file = work.join("data/api.token");
-    let token_file = token_file.to_str().context("UTF-8 path")?;
-    let cli = |args: &[&str]| -> anyhow::Result<()> {
-        println!("$ wisp {}", args.join(" "));
-        let mut full = vec!["netns", "exec", LAB, wisp];
-        full.extend(args);
-        // The API needs the token the daemon made in its data directory.
-        crate::shell::run_with_env("ip", &full, &[("WISP_API_TOKEN_FILE", token_file)])
-    };
+    let cli = |args: &[&str]| cli(&prepared, LAB, "data", args);
     step("resources: the Tinkerbell example, unchanged");
     cli(&["apply", "-f", "examples/tinkerbell-demo"])?;
     cli(&["get", "workflows"])?;
@@ -211,10 +260,10 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
     ] {
         in_ns(LAB, args)?;
     }
-    let qemu = |first| command_line("tap0", VM_MAC, Firmware::Bios, &work, &disk, first);
+    let qemu = |first| command_line("tap0", VM_MAC, Firmware::Bios, work, &disk, first);
     let bmc = IpmiSim::start(
         LAB,
-        &work,
+        work,
         ("127.0.0.1", BMC_PORT),
         BMC_PASSWORD,
         Chassis::Vm {
@@ -335,7 +384,7 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_ready(daemon: &mut Child, log: &Path) -> anyhow::Result<()> {
+fn wait_ready(netns: &str, daemon: &mut Child, log: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(status) = daemon.try_wait()? {
@@ -348,7 +397,7 @@ fn wait_ready(daemon: &mut Child, log: &Path) -> anyhow::Result<()> {
             .args([
                 "netns",
                 "exec",
-                LAB,
+                netns,
                 "curl",
                 "-sf",
                 "http://127.0.0.1:7480/healthz",
