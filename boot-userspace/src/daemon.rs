@@ -16,7 +16,9 @@ use tokio::{
 use workflow::{
     catalog::Catalog,
     engine::Engine,
-    store::{BootStore, EtcdStore, LeaseJournal, LeaseStore, RedbStore, Store, Watched},
+    store::{
+        BootStore, EtcdStore, LeaseJournal, LeaseStore, RedbStore, RunsChanged, Store, Watched,
+    },
 };
 
 use crate::{
@@ -54,14 +56,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     });
     let mut services = spawn_boot_services(&settings, address, &state, boot_files, leadership);
     let mut background = spawn_background_tasks(&settings, &state);
-    // Registered, so that the others name this appliance in their scripts.
     let me = format!("{address}:{}", settings.worker_api_port);
-    if let Some(shared) = &shared {
-        shared
-            .register(&settings.segment, &me)
-            .context("registering this appliance in the shared store")?;
-        tracing::info!(segment = settings.segment, appliance = me, "registered");
-    }
     if let Some(shared) = shared {
         background.spawn(follow_peers(
             Arc::clone(&shared),
@@ -325,6 +320,7 @@ async fn follow_other_appliances(store: Arc<EtcdStore>, state: Arc<AppState>) {
     store.watch(Watched::Boots, move || notify.notify_one());
     // In order: a run's later change must not be taken before its earlier one.
     let (changed_runs, mut runs) = tokio::sync::mpsc::unbounded_channel();
+    let again = changed_runs.clone();
     store.watch_runs(move |changed| {
         let _ = changed_runs.send(changed);
     });
@@ -334,15 +330,26 @@ async fn follow_other_appliances(store: Arc<EtcdStore>, state: Arc<AppState>) {
                 let observing = Arc::clone(&state);
                 let observed =
                     tokio::task::spawn_blocking(move || observing.engine.observe(changed)).await;
-                match observed {
-                    Ok(Ok(change)) if change.finished => {
-                        if let Err(err) = state.sync_hardware_coalesced().await {
-                            tracing::error!("following the shared store's runs: {err:#}");
+                let failed = match observed {
+                    Ok(Ok(change)) => {
+                        if change.finished {
+                            if let Err(err) = state.sync_hardware_coalesced().await {
+                                tracing::error!("following the shared store's runs: {err:#}");
+                            }
                         }
+                        None
                     }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(err)) => tracing::error!("following the shared store's runs: {err}"),
-                    Err(err) => tracing::error!("following the shared store's runs: {err}"),
+                    Ok(Err(err)) => Some(err.to_string()),
+                    Err(err) => Some(err.to_string()),
+                };
+                // The watch has moved past this change: every run is read again, in a second.
+                if let Some(err) = failed {
+                    tracing::error!("following the shared store's runs: {err}; all again in 1 s");
+                    let again = again.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = again.send(RunsChanged::All);
+                    });
                 }
             }
             () = resources.notified() => {
@@ -362,11 +369,24 @@ async fn follow_other_appliances(store: Arc<EtcdStore>, state: Arc<AppState>) {
     }
 }
 
-/// Keeps the list of the other appliances on the segment, which scripts name.
+/// Registers this appliance on the segment, so that the others name it in their scripts, and
+/// keeps the list of the others, which this one's scripts name.
 async fn follow_peers(store: Arc<EtcdStore>, segment: String, me: String, state: Arc<AppState>) {
     let mut ticks = tokio::time::interval(PEERS_PERIOD);
+    let mut registered = false;
     loop {
         ticks.tick().await;
+        if !registered {
+            let (registering, on, at) = (Arc::clone(&store), segment.clone(), me.clone());
+            match tokio::task::spawn_blocking(move || registering.register(&on, &at)).await {
+                Ok(Ok(())) => {
+                    registered = true;
+                    tracing::info!(segment, appliance = me, "registered");
+                }
+                Ok(Err(err)) => tracing::warn!("registering this appliance: {err}; again soon"),
+                Err(err) => tracing::warn!("registering this appliance: {err}; again soon"),
+            }
+        }
         let listing = Arc::clone(&store);
         let segment = segment.clone();
         match tokio::task::spawn_blocking(move || listing.appliances(&segment)).await {

@@ -434,7 +434,9 @@ fn a_vm_mid_install_survives_the_loss_of_its_appliance_and_then_of_an_etcd_membe
         &work.join("b"),
         &["--assets-dir", assets, &store],
     );
-    assert!(b.log().contains("registered"), "{}", b.log());
+    eventually_within("B registers", Duration::from_secs(5), || {
+        b.log().contains("registered")
+    });
     apply_ok(&lab.server, &ending_with(&install.resources, REBOOT_ACTION));
 
     // While the VM streams its image from A, A dies: the worker goes on with B, image2disk

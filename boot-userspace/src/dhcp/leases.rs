@@ -1,7 +1,15 @@
 //! Durable leases with group commit: ACKs that arrive together share one fsync, so a rack of
 //! machines renewing at once is not limited by the disk's sync rate. An ACK goes out only after
 //! its lease is durable.
-use std::{future::Future, sync::Arc};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
 
 use workflow::{
     resource::MacAddr,
@@ -25,6 +33,17 @@ enum Change {
 #[derive(Clone)]
 pub struct LeaseWriter {
     writer: GroupCommit<Change, ()>,
+    unstored: Arc<Unstored>,
+}
+
+/// Leases ACKed while a shared store did not answer (etcd without its quorum): the latest per
+/// MAC, which one task stores once the store answers again. A lease recorded or removed since
+/// takes its MAC's place, so an older lease never lands over a newer one or a release.
+#[derive(Default)]
+struct Unstored {
+    leases: Mutex<HashMap<MacAddr, Lease>>,
+    /// Whether the task that stores them runs.
+    storing: AtomicBool,
 }
 
 impl LeaseWriter {
@@ -50,19 +69,86 @@ impl LeaseWriter {
                 let _ = flush(&*store, &mut records, &mut outcomes);
                 outcomes
             });
-        LeaseWriter { writer }
+        LeaseWriter {
+            writer,
+            unstored: Arc::default(),
+        }
     }
 
     /// Queues the lease now, and returns a future that completes once it is durable. Queueing
     /// at the call, not at the first poll, is what keeps changes in the order the DHCP server
     /// decided them.
     pub fn record(&self, lease: Lease) -> impl Future<Output = Result<(), CommitError>> + use<> {
+        let mut unstored = self.unstored.lock();
+        unstored.remove(&lease.mac);
         self.writer.submit(Change::Record(lease))
     }
 
     /// Queues the removal now; the future completes once the lease is gone from the store.
     pub fn remove(&self, mac: MacAddr) -> impl Future<Output = Result<(), CommitError>> + use<> {
+        let mut unstored = self.unstored.lock();
+        unstored.remove(&mac);
         self.writer.submit(Change::Remove(mac))
+    }
+
+    /// Stores `lease`, ACKed without the store, once the store answers: tried again, with
+    /// backoff, until it is stored or a later change of its MAC takes its place.
+    pub fn store_later(&self, lease: Lease) {
+        self.unstored.lock().insert(lease.mac, lease);
+        if !self.unstored.storing.swap(true, Ordering::SeqCst) {
+            tokio::spawn(self.clone().store_unstored());
+        }
+    }
+
+    async fn store_unstored(self) {
+        let mut pause = Duration::from_secs(1);
+        loop {
+            tokio::time::sleep(pause).await;
+            let waiting: Vec<Lease> = self.unstored.lock().values().cloned().collect();
+            let mut failed = false;
+            for lease in waiting {
+                // Queued only while it is still the latest for its MAC, under the lock that
+                // `record` and `remove` take, so that it is queued before them or not at all.
+                let stored = {
+                    let unstored = self.unstored.lock();
+                    if unstored.get(&lease.mac) != Some(&lease) {
+                        continue;
+                    }
+                    self.writer.submit(Change::Record(lease.clone()))
+                };
+                match stored.await {
+                    Ok(()) => {
+                        let mut unstored = self.unstored.lock();
+                        if unstored.get(&lease.mac) == Some(&lease) {
+                            unstored.remove(&lease.mac);
+                        }
+                        tracing::info!(client = %lease.mac, "lease stored, the store answering again");
+                    }
+                    Err(err) => {
+                        tracing::debug!(client = %lease.mac, "lease still not stored: {err}");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            pause = match failed {
+                true => (pause * 2).min(Duration::from_secs(30)),
+                false => Duration::from_secs(1),
+            };
+            // Ends when none waits; checked under the lock `store_later` inserts under, so
+            // that a lease inserted meanwhile finds this task running or starts another.
+            let unstored = self.unstored.lock();
+            if unstored.is_empty() {
+                self.unstored.storing.store(false, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+}
+
+impl Unstored {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MacAddr, Lease>> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
     future::Future,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     pin::Pin,
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -79,8 +79,8 @@ pub struct DhcpServer {
     /// With appliances sharing a store: this one answers only while it holds the segment's
     /// leadership; the others stand by, their gates attached.
     leadership: Option<Arc<workflow::store::Leadership>>,
-    /// Whether this appliance held the leadership at the last batch of requests.
-    leading: std::sync::atomic::AtomicBool,
+    /// The leadership's term whose leases are loaded: a new term reloads them.
+    loaded_term: tokio::sync::Mutex<u64>,
 }
 
 /// The MAC that holds an address, until the Unix time its lease expires.
@@ -258,7 +258,7 @@ impl DhcpServer {
             handoffs: Mutex::default(),
             declined: Mutex::default(),
             leadership: None,
-            leading: Default::default(),
+            loaded_term: Default::default(),
             holders,
             script_handoffs,
         }
@@ -315,9 +315,15 @@ impl DhcpServer {
         let mut receiver = Receiver::default();
         loop {
             receiver.receive(&socket).await.context("receiving DHCP")?;
-            if self.took_over() {
-                self.take_over_leases().await;
-            }
+            // Decided once per batch: a batch is answered, or left to the leader, whole.
+            let standing_by = match &self.leadership {
+                Some(leadership) if leadership.held() => {
+                    self.load_leases_for(leadership.term()).await;
+                    false
+                }
+                Some(_) => true,
+                None => false,
+            };
             let mut replies = Replies::default();
             for (payload, datagram) in receiver.datagrams() {
                 if !self.gate.admit(payload) {
@@ -344,8 +350,7 @@ impl DhcpServer {
                 self.act(
                     message,
                     outcome,
-                    datagram.source,
-                    port,
+                    (datagram.source, port, standing_by),
                     &socket,
                     &writer,
                     &mut replies,
@@ -361,18 +366,31 @@ impl DhcpServer {
                 let writer = writer.clone();
                 tokio::spawn(async move {
                     let mut durable = Vec::with_capacity(replies.after_lease.len());
+                    let deadline = tokio::time::Instant::now() + SHARED_STORE_PATIENCE;
+                    let shared = server.leadership.is_some();
                     for (stored, reply, lease) in replies.after_lease {
-                        match stored.await {
+                        let stored = match shared {
+                            true => tokio::time::timeout_at(deadline, stored)
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(CommitError::Store(Arc::new(StoreError::Backend {
+                                        store: "etcd",
+                                        source: "no answer in time".into(),
+                                    })))
+                                }),
+                            false => stored.await,
+                        };
+                        match stored {
                             Ok(()) => durable.push(reply),
                             // A shared store out of reach (etcd without its quorum): the address
                             // is the machine's reservation, which this appliance knows, and no
                             // other appliance can answer meanwhile (none can take the
                             // leadership without the store). The ACK goes; the lease is stored
                             // once the store answers again.
-                            Err(CommitError::Store(err)) if server.leadership.is_some() => {
+                            Err(CommitError::Store(err)) if shared => {
                                 tracing::warn!(client = %reply.client, "lease not stored yet ({err}); ACKed from the reservation, and stored once the store answers");
                                 durable.push(reply);
-                                store_later(writer.clone(), lease);
+                                writer.store_later(lease);
                             }
                             // A full queue is a flood (or a disk that has stopped): counted,
                             // and logged at debug, or the flood would set the log's volume.
@@ -435,13 +453,13 @@ impl DhcpServer {
         Some((message, outcome))
     }
 
-    #[allow(clippy::too_many_arguments)] // the datagram's facts, and where the outcome goes
+    /// Carries out `outcome` for `message`, which came from `source` on `port`; a reply is
+    /// withheld when `standing_by` (another appliance leads the segment).
     fn act(
         &self,
         message: v4::Message,
         outcome: Outcome,
-        source: SocketAddr,
-        port: Port,
+        (source, port, standing_by): (SocketAddr, Port, bool),
         socket: &UdpSocket,
         writer: &LeaseWriter,
         replies: &mut Replies,
@@ -449,10 +467,6 @@ impl DhcpServer {
         let mac = handler::client_mac(&message);
         let client = mac.map(|m| m.to_string()).unwrap_or_default();
         let request = type_name(message.opts().msg_type());
-        let standing_by = self
-            .leadership
-            .as_ref()
-            .is_some_and(|leadership| !leadership.held());
         let outcome = match outcome {
             Outcome::Reply(_) if standing_by => Outcome::Ignore(handler::IgnoreReason::Standby),
             outcome => outcome,
@@ -516,29 +530,29 @@ impl DhcpServer {
         }
     }
 
-    /// Whether this appliance has taken the segment's leadership since the last batch.
-    fn took_over(&self) -> bool {
-        let leading = self
-            .leadership
-            .as_ref()
-            .is_some_and(|leadership| leadership.held());
-        let was_leading = self.leading.swap(leading, Ordering::Relaxed);
-        leading && !was_leading
-    }
-
-    /// On taking the segment over, before its first answer: what the appliance before leased
-    /// is in the shared store, not in this one's memory.
-    async fn take_over_leases(&self) {
+    /// Loads the segment's leases once per leadership term, before its first answer: what the
+    /// appliance before leased is in the shared store, not in this one's memory. Tried again
+    /// at the next batch when the store does not answer.
+    async fn load_leases_for(&self, term: u64) {
+        let mut loaded = self.loaded_term.lock().await;
+        if *loaded == term {
+            return;
+        }
         let (holders, leases) = (Arc::clone(&self.holders), Arc::clone(&self.leases));
         match tokio::task::spawn_blocking(move || holders.reload(&*leases)).await {
-            Ok(Ok(count)) => tracing::info!(
-                leases = count,
-                "answering DHCP now: the segment's leases loaded"
-            ),
-            Ok(Err(err)) => {
-                tracing::warn!("answering DHCP now, without the segment's leases: {err}")
+            Ok(Ok(count)) => {
+                *loaded = term;
+                tracing::info!(
+                    leases = count,
+                    "answering DHCP now: the segment's leases loaded"
+                );
             }
-            Err(err) => tracing::warn!("loading the segment's leases: {err}"),
+            Ok(Err(err)) => {
+                tracing::warn!("loading the segment's leases: {err}; again at the next request")
+            }
+            Err(err) => {
+                tracing::warn!("loading the segment's leases: {err}; again at the next request")
+            }
         }
     }
 
@@ -670,18 +684,10 @@ struct Outgoing {
     handoff: Option<(MacAddr, u32)>,
 }
 
-/// Stores a lease the shared store did not take, trying again until it does.
-fn store_later(writer: LeaseWriter, lease: Lease) {
-    tokio::spawn(async move {
-        let mut pause = Duration::from_secs(1);
-        while let Err(err) = writer.record(lease.clone()).await {
-            tracing::debug!(client = %lease.mac, "lease still not stored: {err}");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(30));
-        }
-        tracing::info!(client = %lease.mac, "lease stored, the store answering again");
-    });
-}
+/// How long ACKs wait for a shared store (etcd) to make their leases durable before they go
+/// anyway, their leases stored later: a client retransmits after a few seconds, and etcd that
+/// has lost its quorum answers only after the client's own timeouts.
+const SHARED_STORE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// A lease on its way to the journal: resolves once it is durable.
 type LeaseStored = Pin<Box<dyn Future<Output = Result<(), CommitError>> + Send>>;

@@ -153,6 +153,19 @@ impl Runs {
         }
     }
 
+    /// A run whose last change here, the write numbered `write`, failed: kept until the store
+    /// is read again, and then replaced by whatever the store has (version 0 is older than any
+    /// stored one). Kept as queued, a watch or a read of the store would never replace it.
+    fn unsettle(&mut self, key: &ResourceKey, write: u64) {
+        if let Some(kept) = self
+            .kept
+            .get_mut(key)
+            .filter(|kept| kept.at == At::Queued(write))
+        {
+            kept.at = At::Stored(0);
+        }
+    }
+
     /// Whether a run was last changed here, by the write numbered `write`.
     fn last_changed_by(&self, key: &ResourceKey, write: u64) -> bool {
         self.kept
@@ -221,8 +234,12 @@ pub(super) fn commit(
     let stored = match store.put_workflow_statuses(&changes) {
         Ok(stored) => stored,
         Err(err) => {
-            for change in &changes {
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            for (change, indices) in changes.iter().zip(&carriers) {
                 written.0.remove(&change.key);
+                if let Some(Some(last)) = indices.last().map(|&index| &batch[index]) {
+                    state.runs.unsettle(&change.key, last.write);
+                }
             }
             let err = Arc::new(err);
             return batch.iter().map(|_| Err(Arc::clone(&err))).collect();

@@ -277,6 +277,16 @@ impl Etcd {
         }
     }
 
+    /// Stops (`STOP`) or resumes (`CONT`) the member, as a host that hangs would.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} etcd");
+    }
+
     pub fn store(&self) -> EtcdStore {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {

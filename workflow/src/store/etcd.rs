@@ -56,6 +56,9 @@ pub struct EtcdStore {
 /// took over until it reaches etcd again; see docs/ha.md). Given up when dropped.
 pub struct Leadership {
     held: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// How many times this appliance has taken the duty: what was learnt while another held
+    /// it is read again once per term.
+    term: std::sync::Arc<std::sync::atomic::AtomicU64>,
     task: tokio::task::JoinHandle<()>,
     /// The lease held, to revoke when dropped (0 while none).
     lease: std::sync::Arc<std::sync::atomic::AtomicI64>,
@@ -67,6 +70,11 @@ impl Leadership {
     pub fn held(&self) -> bool {
         self.held.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    /// The current term: how many times the duty has been taken here.
+    pub fn term(&self) -> u64 {
+        self.term.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl Drop for Leadership {
@@ -77,9 +85,13 @@ impl Drop for Leadership {
         if lease != 0 {
             // Revoked, so that another takes the duty now rather than when the lease runs out.
             let (_, mut client) = self.members.client();
+            let (done, revoked) = std::sync::mpsc::channel();
             self.runtime.spawn(async move {
                 let _ = client.lease_revoke(lease).await;
+                let _ = done.send(());
             });
+            // Waited for, briefly: the store's runtime may stop right after this.
+            let _ = revoked.recv_timeout(Duration::from_secs(1));
         }
     }
 }
@@ -350,6 +362,8 @@ impl EtcdStore {
         use std::sync::atomic::Ordering;
         let key = format!("{PREFIX}leaders/{duty}");
         let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let term = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let task_term = std::sync::Arc::clone(&term);
         let lease = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
         let (task_held, task_lease) = (std::sync::Arc::clone(&held), std::sync::Arc::clone(&lease));
         let (members, me) = (std::sync::Arc::clone(&self.members), me.to_string());
@@ -373,10 +387,24 @@ impl EtcdStore {
                 // one went away) whenever it breaks, until etcd says the lease ran out.
                 'lease: loop {
                     let (member, client) = members.client();
-                    let kept = client.lease_client().keep_alive(granted).await;
+                    let kept =
+                        tokio::time::timeout(ttl, client.lease_client().keep_alive(granted)).await;
                     let (mut keeper, mut replies) = match kept {
-                        Ok(pair) => pair,
-                        Err(_) => {
+                        Ok(Ok(pair)) => pair,
+                        // etcd answered that the lease ran out (while it was out of reach):
+                        // another may hold the duty.
+                        Ok(Err(etcd_client::Error::LeaseKeepAliveError(message)))
+                            if message == "lease not found" =>
+                        {
+                            if task_held.swap(false, Ordering::SeqCst) {
+                                tracing::warn!(
+                                    duty = key,
+                                    "leadership given up: its lease ran out"
+                                );
+                            }
+                            break 'lease;
+                        }
+                        _ => {
                             members.failed(member);
                             tokio::time::sleep(beat).await;
                             continue 'lease;
@@ -385,15 +413,24 @@ impl EtcdStore {
                     // Campaign, and hold, for as long as the lease lives.
                     loop {
                         if !task_held.load(Ordering::SeqCst) {
+                            // Held when the key is free, or already bound to this lease (a
+                            // campaign whose answer was lost may have taken it).
                             let txn = Txn::new()
                                 .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
                                 .and_then([TxnOp::put(
                                     key.clone(),
                                     me.clone(),
                                     Some(etcd_client::PutOptions::new().with_lease(granted)),
-                                )]);
+                                )])
+                                .or_else([TxnOp::get(key.clone(), None)]);
                             if let Ok(response) = client.kv_client().txn(txn).await {
-                                if response.succeeded() {
+                                let ours = response.succeeded()
+                                    || response.op_responses().iter().any(|op| {
+                                        matches!(op, TxnOpResponse::Get(got)
+                                            if got.kvs().iter().any(|kv| kv.lease() == granted))
+                                    });
+                                if ours {
+                                    task_term.fetch_add(1, Ordering::SeqCst);
                                     task_held.store(true, Ordering::SeqCst);
                                     tracing::info!(duty = key, "leadership taken");
                                 }
@@ -444,6 +481,7 @@ impl EtcdStore {
         });
         Leadership {
             held,
+            term,
             task,
             lease,
             members: std::sync::Arc::clone(&self.members),
@@ -663,7 +701,11 @@ fn retryable(err: &etcd_client::Error) -> bool {
     match err {
         etcd_client::Error::GRpcStatus(status) => matches!(
             status.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            // Cancelled: the client's own request timeout, a member that hangs.
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
         ),
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
@@ -1161,6 +1203,39 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !follower.held() {
             assert!(std::time::Instant::now() < deadline, "nobody took over");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn a_leader_holds_on_while_etcd_is_silent_and_campaigns_again_once_its_lease_ran_out() {
+        let etcd = Etcd::start();
+        let store = etcd.store();
+        let ttl = Duration::from_secs(2);
+        let leader = store.lead("dhcp/lab", "one", ttl);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !leader.held() {
+            assert!(std::time::Instant::now() < deadline, "no lead taken");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(leader.term(), 1);
+        // etcd hangs for twice the lease's time: the leader holds on (without quorum, no other
+        // can take the duty).
+        etcd.signal("STOP");
+        std::thread::sleep(2 * ttl);
+        let held_while_silent = leader.held();
+        etcd.signal("CONT");
+        assert!(held_while_silent, "the leader gave up while etcd was silent");
+        // etcd answers that the lease ran out: the leader gives up, and takes the duty again
+        // with a new lease, as nobody else holds it.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while leader.term() < 2 || !leader.held() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no new term (term {}, held {})",
+                leader.term(),
+                leader.held()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
