@@ -473,6 +473,23 @@ pub fn wisp_ok(netns: &Netns, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A workflow as `wisp get workflow NAME -n NAMESPACE -o json` shows it.
+pub fn workflow_json(netns: &Netns, namespace: &str, name: &str) -> Value {
+    let shown = wisp_ok(
+        netns,
+        &["get", "workflow", name, "-n", namespace, "-o", "json"],
+    );
+    serde_json::from_str(&shown).expect("JSON")
+}
+
+/// The HTTP status curl got for `url`, from `netns`, with `extra` arguments before the URL.
+pub fn http_status(netns: &Netns, extra: &[&str], url: &str) -> String {
+    let mut args = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
+    args.extend_from_slice(extra);
+    args.push(url);
+    netns.exec_ok("curl", &args)
+}
+
 /// `wisp xdp stats -o json`, as a map of counter name → packets, plus the whole document.
 pub fn gate_stats(netns: &Netns) -> (std::collections::BTreeMap<String, u64>, Value) {
     let stats: Value = serde_json::from_str(&wisp_ok(netns, &["xdp", "stats", "-o", "json"]))

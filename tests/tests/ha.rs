@@ -223,19 +223,8 @@ fn without_its_quorum_the_appliance_answers_the_machines_it_knows_refuses_writes
         "no lease without the store:\n{}",
         a.log()
     );
-    let fetched = lab.client.exec(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://10.99.0.1:8080/ipxe/ipxe.efi",
-        ],
-    );
     assert_eq!(
-        String::from_utf8_lossy(&fetched.stdout),
+        wisp_tests::http_status(&lab.client, &[], "http://10.99.0.1:8080/ipxe/ipxe.efi"),
         "200",
         "boot files without the store"
     );
@@ -355,30 +344,6 @@ fn a_storm_of_1000_clients_through_a_failover_gets_no_address_twice_and_loses_no
     assert_eq!(leases_on(&b_netns), expected);
 }
 
-/// The state of a workflow's first action, as the appliance in `netns` shows it.
-fn first_action_state(netns: &Netns, workflow: &str) -> String {
-    let shown = wisp_tests::wisp(
-        netns,
-        &[
-            "get",
-            "workflow",
-            workflow,
-            "-n",
-            "tink-system",
-            "-o",
-            "json",
-        ],
-    );
-    serde_json::from_slice::<serde_json::Value>(&shown.stdout)
-        .ok()
-        .and_then(|workflow| {
-            workflow["status"]["actions"][0]["state"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .unwrap_or_default()
-}
-
 /// A BIOS VM as `mac` with `disk`, netbooting on the lab's bridge; its files in `dir`.
 fn start_vm(install: &InstallLab, mac: &str, disk: &std::path::Path, dir: &std::path::Path) -> Vm {
     std::fs::create_dir_all(dir).expect("the VM's directory");
@@ -444,37 +409,16 @@ fn a_vm_mid_install_survives_the_loss_of_its_appliance_and_then_of_an_etcd_membe
     const MAC: &str = "1c:69:7a:11:22:33";
     let vm = start_vm(&install, MAC, &install.disk, &work.join("vm1"));
     eventually_within("the VM streams its image", Duration::from_secs(300), || {
-        first_action_state(&b_netns, "demo-wf") == "RUNNING"
+        wisp_tests::workflow_json(&b_netns, "tink-system", "demo-wf")["status"]["actions"][0]
+            ["state"]
+            == "RUNNING"
     });
     a.stop(nix::sys::signal::Signal::SIGKILL);
-    let failures = ["the workflow did not succeed", "Kernel panic"];
-    let installed = vm.wait_for_serial_unless("== end", &failures, Duration::from_secs(420));
-    let console = vm.serial_output().replace("\r\n", "\n");
-    installed.unwrap_or_else(|err| {
-        panic!(
-            "{err}\n--- B's log ---\n{}\n--- console ---\n{console}",
-            b.log()
-        )
-    });
+    let console = installed_through(&vm, (&b_netns, &b), MAC, "demo-wf");
     assert!(
         console.contains("fetching the image from the next appliance"),
         "image2disk did not move to B:\n{console}"
     );
-    assert_installed(&console, MAC);
-    let shown = wisp_ok(
-        &b_netns,
-        &[
-            "get",
-            "workflow",
-            "demo-wf",
-            "-n",
-            "tink-system",
-            "-o",
-            "json",
-        ],
-    );
-    let workflow: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
-    assert_eq!(workflow["status"]["state"], "SUCCESS", "{workflow:#}");
     drop(vm);
 
     // One etcd member of three dies: a second machine provisions through B on the two left.
@@ -492,6 +436,18 @@ fn a_vm_mid_install_survives_the_loss_of_its_appliance_and_then_of_an_etcd_membe
         .and_then(|file| file.set_len(wisp_images::disk::BLANK_DISK_BYTES))
         .expect("the second blank disk");
     let vm = start_vm(&install, SECOND, &disk, &work.join("vm2"));
+    installed_through(&vm, (&b_netns, &b), SECOND, "second-wf");
+}
+
+/// Waits for `vm` (MAC `mac`) to boot its installed system, checks it, and checks that
+/// `workflow` succeeded as appliance B (in its namespace) shows it; returns the VM's console.
+fn installed_through(
+    vm: &Vm,
+    (b_netns, b): (&Netns, &Daemon),
+    mac: &str,
+    workflow: &str,
+) -> String {
+    let failures = ["the workflow did not succeed", "Kernel panic"];
     let installed = vm.wait_for_serial_unless("== end", &failures, Duration::from_secs(420));
     let console = vm.serial_output().replace("\r\n", "\n");
     installed.unwrap_or_else(|err| {
@@ -500,19 +456,8 @@ fn a_vm_mid_install_survives_the_loss_of_its_appliance_and_then_of_an_etcd_membe
             b.log()
         )
     });
-    assert_installed(&console, SECOND);
-    let shown = wisp_ok(
-        &b_netns,
-        &[
-            "get",
-            "workflow",
-            "second-wf",
-            "-n",
-            "tink-system",
-            "-o",
-            "json",
-        ],
-    );
-    let workflow: serde_json::Value = serde_json::from_str(&shown).expect("JSON");
-    assert_eq!(workflow["status"]["state"], "SUCCESS", "{workflow:#}");
+    assert_installed(&console, mac);
+    let shown = wisp_tests::workflow_json(b_netns, "tink-system", workflow);
+    assert_eq!(shown["status"]["state"], "SUCCESS", "{shown:#}");
+    console
 }

@@ -15,12 +15,11 @@
 //! `grpc_authority`, no token), and Wisp trusting the machine's address, as Tinkerbell does.
 use std::time::Duration;
 
-use serde_json::Value;
 use wisp_images::disk::{ending_with, REBOOT_ACTION};
 use wisp_tests::{
     apply_ok, gate_stats, require_root,
     vm::{assert_installed, Firmware, InstallLab, Vm},
-    wisp_ok, BRIDGE_IF,
+    BRIDGE_IF,
 };
 
 const MAC: &str = "1c:69:7a:11:22:33";
@@ -145,19 +144,7 @@ fn provision(firmware: Firmware, script: Script) {
         "{console}"
     );
 
-    let workflow: Value = serde_json::from_str(&wisp_ok(
-        &lab.server,
-        &[
-            "get",
-            "workflow",
-            "demo-wf",
-            "-n",
-            "tink-system",
-            "-o",
-            "json",
-        ],
-    ))
-    .expect("JSON");
+    let workflow = wisp_tests::workflow_json(&lab.server, "tink-system", "demo-wf");
     let status = &workflow["status"];
     assert_eq!(status["state"], "SUCCESS", "{workflow:#}");
     let actions = status["actions"].as_array().expect("actions");

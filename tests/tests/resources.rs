@@ -311,27 +311,15 @@ fn acknowledged_applies_survive_kill_9() {
         assert_eq!(mode, expected, "{}: {mode:o}", path.display());
     }
     // A page in a local browser reaching the API through a rebound name of its own.
-    let rebound = lab.server.exec_ok(
-        "curl",
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Host: evil.example:7480",
-            "http://127.0.0.1:7480/v1/hardware",
-        ],
+    let rebound = wisp_tests::http_status(
+        &lab.server,
+        &["-H", "Host: evil.example:7480"],
+        "http://127.0.0.1:7480/v1/hardware",
     );
     assert_eq!(rebound, "403", "a request for another host is refused");
     // Any local process reaches loopback: without the token, only /healthz answers.
     let status = |extra: &[&str], path: &str| {
-        let url = format!("http://127.0.0.1:7480{path}");
-        let mut args = vec!["-s", "-o", "/dev/null", "-w", "%{http_code}"];
-        args.extend_from_slice(extra);
-        args.push(&url);
-        lab.server.exec_ok("curl", &args)
+        wisp_tests::http_status(&lab.server, extra, &format!("http://127.0.0.1:7480{path}"))
     };
     for path in ["/v1/hardware", "/metrics", "/v1/leases"] {
         assert_eq!(status(&[], path), "401", "{path} without the token");

@@ -372,6 +372,12 @@ impl EtcdStore {
         let task = self.runtime.runtime().spawn(async move {
             // Said once per outage, not at every beat.
             let mut unanswered = false;
+            // etcd answered that the lease ran out: another may hold the duty.
+            let give_up = || {
+                if task_held.swap(false, Ordering::SeqCst) {
+                    tracing::warn!(duty = key, "leadership given up: its lease ran out");
+                }
+            };
             loop {
                 let (member, client) = members.client();
                 let granted = match client.lease_client().grant(seconds, None).await {
@@ -396,12 +402,7 @@ impl EtcdStore {
                         Ok(Err(etcd_client::Error::LeaseKeepAliveError(message)))
                             if message == "lease not found" =>
                         {
-                            if task_held.swap(false, Ordering::SeqCst) {
-                                tracing::warn!(
-                                    duty = key,
-                                    "leadership given up: its lease ran out"
-                                );
-                            }
+                            give_up();
                             break 'lease;
                         }
                         _ => {
@@ -451,12 +452,7 @@ impl EtcdStore {
                             }
                             // etcd answered that the lease ran out: another may hold the duty.
                             Ok(Ok(Some(_))) => {
-                                if task_held.swap(false, Ordering::SeqCst) {
-                                    tracing::warn!(
-                                        duty = key,
-                                        "leadership given up: its lease ran out"
-                                    );
-                                }
+                                give_up();
                                 break 'lease;
                             }
                             // No answer: etcd is out of reach, or has lost its quorum. The duty
@@ -1225,7 +1221,10 @@ mod tests {
         std::thread::sleep(2 * ttl);
         let held_while_silent = leader.held();
         etcd.signal("CONT");
-        assert!(held_while_silent, "the leader gave up while etcd was silent");
+        assert!(
+            held_while_silent,
+            "the leader gave up while etcd was silent"
+        );
         // etcd answers that the lease ran out: the leader gives up, and takes the duty again
         // with a new lease, as nobody else holds it.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
