@@ -75,6 +75,9 @@ macro_rules! settings {
             $($(#[doc = $doc])* pub $field: $ty,)*
         }
 
+        /// Each setting's key in the file, with its doc comment's lines, in declaration order.
+        const DOCUMENTED: &[(&str, &[&str])] = &[$((stringify!($field), &[$($doc),*]),)*];
+
         impl Given {
             /// What this source gives, and what `lower` gives where this one is silent.
             fn over(self, lower: Given) -> Given {
@@ -276,5 +279,59 @@ fn read_file(path: &Path) -> anyhow::Result<Given> {
 impl Settings {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("every setting is a TOML value")
+    }
+}
+
+/// The configuration file a package installs: every setting, documented and commented out at
+/// its default, so that the file shows what can be set without changing anything.
+pub fn default_file() -> String {
+    let defaults = Given::default().or_defaults().to_toml();
+    let mut file = String::from(
+        "# Wisp's configuration (`wisp serve --config /etc/wisp/wisp.toml`). Each setting is shown\n\
+         # at its default; a flag or a WISP_* variable overrides the file, and\n\
+         # `wisp serve --config FILE --print-config` shows what is in force. Only `interface`\n\
+         # must be set.\n",
+    );
+    for ((field, doc), line) in DOCUMENTED.iter().zip(defaults.lines()) {
+        debug_assert!(line.starts_with(&field.replace('_', "-")));
+        file.push('\n');
+        for doc_line in *doc {
+            file.push_str(&format!("#{}\n", doc_line.trim_end()));
+        }
+        match *field {
+            "interface" => file.push_str("# interface = \"eth1\"\n"),
+            _ => file.push_str(&format!("# {line}\n")),
+        }
+    }
+    file
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_file_documents_every_setting_at_its_default() {
+        let file = default_file();
+        let keys: Vec<String> = DOCUMENTED
+            .iter()
+            .map(|(field, _)| field.replace('_', "-"))
+            .collect();
+        // Its settings, uncommented, make a file that gives the defaults (and an interface).
+        let uncommented: String = file
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|rest| {
+                keys.iter()
+                    .any(|key| rest.starts_with(&format!("{key} = ")))
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let given: Given = toml::from_str(&uncommented).expect("a valid file");
+        let mut expected = Given::default().or_defaults();
+        expected.interface = "eth1".into();
+        assert_eq!(given.or_defaults().to_toml(), expected.to_toml());
+        assert_eq!(uncommented.lines().count(), keys.len(), "{file}");
+        assert!(DOCUMENTED.iter().all(|(_, doc)| !doc.is_empty()));
     }
 }

@@ -302,6 +302,11 @@ async fn serve_api(settings: &Settings, state: Arc<AppState>) -> anyhow::Result<
         settings.listen
     );
     let loopback_host = settings.listen.ip().is_loopback();
+    // Ready once the API answers, the boot services having started before it: what systemd
+    // waits for with Type=notify (nothing is sent outside systemd).
+    if let Err(err) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!("telling systemd the daemon is ready: {err}");
+    }
     axum::serve(listener, router(state, token, loopback_host))
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -474,4 +479,5 @@ async fn shutdown_signal() {
         _ = terminate.recv() => "SIGTERM",
     };
     tracing::info!("{name} received, shutting down");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
 }

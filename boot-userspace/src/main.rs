@@ -8,7 +8,7 @@ use boot_userspace::{
     config::ServeArgs,
     daemon,
 };
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +40,15 @@ enum Command {
     Serve(Box<ServeArgs>),
     #[command(flatten)]
     Client(cli::ClientCommand),
+    /// Print the shell completion script for SHELL (`source <(wisp completion bash)`).
+    Completion { shell: clap_complete::Shell },
+    /// Write the man pages (wisp.1, and wisp-COMMAND.1 for each command) into DIR.
+    #[command(hide = true)]
+    ManPages { dir: std::path::PathBuf },
+    /// Print the configuration file a package installs: every setting, documented, at its
+    /// default.
+    #[command(hide = true)]
+    DefaultConfig,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +73,21 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => fail(&format!("{err:#}")),
             }
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Args::command(), "wisp", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::ManPages { dir } => match clap_mangen::generate_to(Args::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => fail(&format!(
+                "writing the man pages to {}: {err}",
+                dir.display()
+            )),
+        },
+        Command::DefaultConfig => {
+            print!("{}", boot_userspace::config::default_file());
+            ExitCode::SUCCESS
         }
         Command::Client(command) => {
             let token_file = args

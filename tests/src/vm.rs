@@ -18,6 +18,51 @@ pub fn marker_assets(assets: &Path) -> anyhow::Result<()> {
     )
 }
 
+/// A machine `vm` (namespace `lab`) that netboots at `address` and has a workflow with no
+/// actions: its boot ends in the payload of [`marker_assets`].
+pub fn netboot_machine_yaml(mac: &str, address: &str) -> String {
+    format!(
+        "apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata:
+  name: vm
+  namespace: lab
+spec:
+  interfaces:
+    - dhcp:
+        mac: {mac}
+        hostname: vm
+        ip:
+          address: {address}
+          netmask: 255.255.255.0
+        lease_time: 600
+      netboot:
+        allowPXE: true
+        allowWorkflow: true
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Template
+metadata:
+  name: noop
+  namespace: lab
+spec:
+  data: |
+    version: \"0.1\"
+    name: noop
+    tasks: []
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata:
+  name: boot-vm
+  namespace: lab
+spec:
+  templateRef: noop
+  hardwareRef: vm
+"
+    )
+}
+
 /// Copies the provisioning OS that `cargo xtask images` built into `assets`.
 pub fn provisioning_os_assets(assets: &Path) {
     let built = crate::repo_root().join("target/provisioning-os");

@@ -5,54 +5,11 @@ use std::time::Duration;
 
 use wisp_tests::{
     apply_ok, gate_stats, metric, require_root,
-    vm::{marker_assets, Firmware, Vm, MARKER},
+    vm::{marker_assets, netboot_machine_yaml, Firmware, Vm, MARKER},
     Daemon, Lab, TempDir, BRIDGE_IF,
 };
 
 const VM_MAC: &str = "52:54:00:57:49:01";
-
-fn machine_yaml(mac: &str, address: &str) -> String {
-    format!(
-        "apiVersion: tinkerbell.org/v1alpha1
-kind: Hardware
-metadata:
-  name: vm
-  namespace: lab
-spec:
-  interfaces:
-    - dhcp:
-        mac: {mac}
-        hostname: vm
-        ip:
-          address: {address}
-          netmask: 255.255.255.0
-        lease_time: 600
-      netboot:
-        allowPXE: true
-        allowWorkflow: true
----
-apiVersion: tinkerbell.org/v1alpha1
-kind: Template
-metadata:
-  name: noop
-  namespace: lab
-spec:
-  data: |
-    version: \"0.1\"
-    name: noop
-    tasks: []
----
-apiVersion: tinkerbell.org/v1alpha1
-kind: Workflow
-metadata:
-  name: boot-vm
-  namespace: lab
-spec:
-  templateRef: noop
-  hardwareRef: vm
-"
-    )
-}
 
 fn netboot(firmware: Firmware) -> (Lab, Daemon, Vm, TempDir) {
     let lab = Lab::bridged("vm");
@@ -65,7 +22,7 @@ fn netboot(firmware: Firmware) -> (Lab, Daemon, Vm, TempDir) {
         &work.join("data"),
         &["--assets-dir", assets.to_str().expect("utf-8")],
     );
-    apply_ok(&lab.server, &machine_yaml(VM_MAC, "10.99.0.50"));
+    apply_ok(&lab.server, &netboot_machine_yaml(VM_MAC, "10.99.0.50"));
     let vm = Vm::start(
         &lab.server.name,
         BRIDGE_IF,

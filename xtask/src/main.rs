@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | images | test | demo [--ha] | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | images | test | demo [--ha] | bench | fuzz | package`.
 mod bench;
 mod demo;
 mod fuzz;
 mod images;
+mod package;
 mod setup;
 mod shell;
 
@@ -43,6 +44,9 @@ enum Task {
         #[arg(long)]
         merge: bool,
     },
+    /// Build the Debian package (target/debian/wisp_VERSION_amd64.deb): the binary, its
+    /// systemd unit, the default configuration, completions and man pages.
+    Package,
     /// Set up, build, and show Wisp at work in a throwaway network-namespace lab.
     Demo {
         /// Two appliances on a three-member etcd cluster instead: the one a VM installs from
@@ -101,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::BenchWorkers { machines } => bench::simulate_workers(machines),
         Task::BenchFlood { rate, seconds } => bench::generate_flood(rate, seconds),
+        Task::Package => package::build(&root, true).map(drop),
         Task::Demo { ha } => {
             shell::require_root("the demo creates network namespaces and attaches an XDP program")?;
             setup::ensure()?;
@@ -166,6 +171,8 @@ fn test(long: bool) -> anyhow::Result<()> {
     shell::step("cargo build");
     shell::run("cargo", &["build", "--workspace", "--bins"])?;
     images::build(&repo_root())?;
+    // The package test installs the package, built from these binaries.
+    package::build(&repo_root(), false)?;
     shell::step("cargo test (unit and privileged integration tests)");
     // Run as root here, so a privileged test that would skip fails instead (tests/src/lib.rs).
     let mut env = vec![("WISP_TESTS_NO_SKIPS", "1")];
