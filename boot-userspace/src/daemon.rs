@@ -175,13 +175,20 @@ fn load_state(
     let metrics = Arc::new(Metrics::new(Arc::clone(&gate)));
     crate::log_budget::log_panics(&metrics.log_lines_suppressed);
     let holders = Arc::new(LeaseHolders::load(&*leases).context("loading the leases")?);
+    let machines = Arc::new(crate::machines::Machines::default());
+    let events = crate::events::EventLog::open(
+        &settings.data_dir,
+        Arc::clone(&machines),
+        metrics.events_dropped.clone(),
+    )
+    .context("opening the machines' event log")?;
     let state = Arc::new(AppState::new(
         engine,
+        (machines, Arc::new(events)),
         gate,
         metrics,
         (leases, holders),
-        Arc::new(tokens),
-        settings.machine_identity,
+        (Arc::new(tokens), settings.machine_identity),
         settings.chainload_window.0,
     ));
     let machines = state
@@ -229,7 +236,10 @@ fn spawn_boot_services(
         Arc::clone(&state.metrics),
         Arc::clone(&state.leases),
         Arc::clone(&state.holders),
-        Arc::clone(&state.script_handoffs),
+        (
+            Arc::clone(&state.script_handoffs),
+            Arc::clone(&state.events),
+        ),
     );
     let dhcp = match leadership {
         Some(leadership) => dhcp.with_leadership(leadership),
@@ -266,6 +276,7 @@ fn spawn_boot_services(
         },
         boot_files,
         Arc::clone(&state.metrics),
+        Arc::clone(&state.events),
     ));
     services
 }

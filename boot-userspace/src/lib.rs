@@ -21,6 +21,7 @@ pub mod boot_files;
 pub mod config;
 pub mod daemon;
 pub mod dhcp;
+pub mod events;
 pub mod gate;
 pub mod http;
 pub mod identity;

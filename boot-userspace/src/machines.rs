@@ -213,6 +213,10 @@ impl MachineTable {
     pub fn macs(&self) -> impl Iterator<Item = &MacAddr> {
         self.by_mac.keys()
     }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Machine>> {
+        self.by_mac.values()
+    }
 }
 
 /// The current machine table, shared by every service and swapped whole: a reader keeps the

@@ -66,6 +66,7 @@ pub struct Metrics {
     pub worker_calls: Family<WorkerCallLabels, Counter>,
     pub action_reports: Family<StateLabels, Counter>,
     pub log_lines_suppressed: Family<ProtocolLabels, Counter>,
+    pub events_dropped: Counter,
 }
 
 impl Metrics {
@@ -96,6 +97,10 @@ impl Metrics {
             log_lines_suppressed: metric.add(
                 "log_lines_suppressed",
                 "Log lines that peers on the boot network caused beyond their budget, left out",
+            ),
+            events_dropped: metric.add(
+                "events_dropped",
+                "Machine events kept in memory only: the event journal's queue was full",
             ),
             registry: Registry::default(),
         };

@@ -18,6 +18,7 @@ use workflow::{
 
 use crate::{
     dhcp::{LeaseHolders, ScriptHandoffs},
+    events::EventLog,
     gate::Gate,
     identity::{MachineIdentity, MachineTokens},
     machines::{MachineTable, Machines},
@@ -30,6 +31,8 @@ pub struct AppState {
     pub engine: Engine,
     pub gate: Arc<Gate>,
     pub machines: Arc<Machines>,
+    /// Each machine's recent events.
+    pub events: Arc<EventLog>,
     pub metrics: Arc<Metrics>,
     pub leases: Arc<dyn LeaseStore>,
     /// Who holds each leased address: the DHCP server keeps it, deleting a lease updates it.
@@ -63,18 +66,19 @@ struct CoalescedSyncs {
 impl AppState {
     pub fn new(
         engine: Engine,
+        (machines, events): (Arc<Machines>, Arc<EventLog>),
         gate: Arc<Gate>,
         metrics: Arc<Metrics>,
         leases: (Arc<dyn LeaseStore>, Arc<LeaseHolders>),
-        tokens: Arc<MachineTokens>,
-        machine_identity: MachineIdentity,
+        (tokens, machine_identity): (Arc<MachineTokens>, MachineIdentity),
         chainload_window: Duration,
     ) -> AppState {
         let (leases, holders) = leases;
         AppState {
             engine,
             gate,
-            machines: Arc::default(),
+            machines,
+            events,
             metrics,
             leases,
             holders,

@@ -26,6 +26,7 @@ use workflow::{
 };
 
 use crate::{
+    events::EventKind,
     identity::{self, Refusal},
     metrics::{StateLabels, WorkerCallLabels},
     net::{ConnectionLimits, ConnectionSlots},
@@ -421,6 +422,16 @@ impl WorkerApi {
                     worker = %worker.mac,
                     "action handed out"
                 );
+                self.state.events.record(
+                    worker.mac,
+                    EventKind::ActionHandedOut,
+                    format!(
+                        "{}/{}: action {:?} handed out",
+                        assignment.workflow.namespace,
+                        assignment.workflow.name,
+                        assignment.action.name
+                    ),
+                );
                 Ok(response(request.get_ref().agent_id(), *assignment))
             }
             Next::Idle { last_finished } => {
@@ -479,6 +490,19 @@ impl WorkerApi {
             state = %report.state,
             message = report.message,
             "action reported"
+        );
+        self.state.events.record(
+            worker.mac,
+            EventKind::ActionReported,
+            format!(
+                "{}/{}: action {:?} {}{}{}",
+                workflow.namespace,
+                workflow.name,
+                body.action_name(),
+                report.state,
+                if report.message.is_empty() { "" } else { ": " },
+                report.message
+            ),
         );
         let for_engine = workflow.clone();
         let reported = report.state;

@@ -115,11 +115,7 @@ fn run_worker(lab: &Lab) -> std::process::Output {
 }
 
 fn workflow_json(lab: &Lab, name: &str) -> Value {
-    serde_json::from_str(&wisp_ok(
-        &lab.server,
-        &["get", "workflow", name, "-n", "lab", "-o", "json"],
-    ))
-    .expect("JSON")
+    wisp_tests::workflow_json(&lab.server, "lab", name)
 }
 
 /// The iPXE script machine A gets on its next boot.
@@ -384,6 +380,26 @@ fn a_failed_action_fails_the_workflow_with_its_error() {
         "{workflow:#}"
     );
     assert_eq!(status["actions"][1]["state"], "PENDING");
+    // The machine's events say the same: the action handed out, then its failure with what
+    // it printed.
+    let events: Value =
+        serde_json::from_str(&wisp_ok(&lab.server, &["events", MAC_A, "-o", "json"]))
+            .expect("JSON");
+    let said: Vec<(&str, &str)> = events
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|event| Some((event["kind"].as_str()?, event["message"].as_str()?)))
+        .collect();
+    let at = |kind: &str, start: &str| {
+        said.iter()
+            .position(|(k, message)| *k == kind && message.starts_with(start))
+            .unwrap_or_else(|| panic!("no {kind} event {start:?}: {said:?}"))
+    };
+    let handed_out = at("action-handed-out", "lab/wf-a: action \"fails\" handed out");
+    let failed = at("action-reported", "lab/wf-a: action \"fails\" FAILED");
+    assert!(handed_out < failed, "{said:?}");
+    assert!(said[failed].1.contains("no disk at /dev/sdz"), "{said:?}");
     // As documented: a finished workflow is no pending work, so the next boot goes to disk.
     assert!(next_boot_script(&lab).contains("exit 1"));
     let watched = wisp(&lab.server, &["watch", "workflow", "wf-a", "-n", "lab"]);

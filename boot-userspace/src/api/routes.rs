@@ -37,6 +37,7 @@ pub fn router(state: Arc<AppState>, token: ApiToken, loopback_host: bool) -> Rou
             post(apply).layer(DefaultBodyLimit::max(APPLY_BODY_LIMIT)),
         )
         .route("/v1/gate", get(gate_stats))
+        .route("/v1/events", get(events))
         .route("/v1/leases", get(leases))
         .route("/v1/leases/{mac}", axum::routing::delete(delete_lease))
         .route("/v1/{kind}", get(list))
@@ -389,6 +390,66 @@ fn view(state: &AppState, resource: Resource, reveal: bool) -> Result<ResourceVi
 async fn leases(State(state): State<Arc<AppState>>) -> ApiResult<Vec<Lease>> {
     let leases = blocking(&state, |state| Ok(state.leases.leases()?)).await?;
     Ok(Json(leases))
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    /// A MAC, or the name of a Hardware (`name` or `namespace/name`); every machine's if absent.
+    machine: Option<String>,
+    /// The last this many events.
+    limit: Option<usize>,
+}
+
+/// Machines' recent events, oldest first.
+async fn events(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(query): axum::extract::Query<EventsQuery>,
+) -> ApiResult<Vec<crate::events::Event>> {
+    let limit = query.limit.unwrap_or(crate::events::PER_MACHINE);
+    let mac = match &query.machine {
+        None => None,
+        Some(machine) => Some(machine_mac(&state, machine)?),
+    };
+    Ok(Json(state.events.events(mac, limit)))
+}
+
+/// The MAC that `machine` names: a MAC, or a Hardware Wisp serves, by `name` (in any
+/// namespace, if only one has it) or `namespace/name`.
+fn machine_mac(state: &AppState, machine: &str) -> Result<MacAddr, ApiError> {
+    if let Ok(mac) = machine.parse::<MacAddr>() {
+        return Ok(mac);
+    }
+    let table = state.machines.current();
+    let named: std::collections::BTreeSet<(String, MacAddr)> = table
+        .iter()
+        .filter(|m| {
+            let key = &m.hardware;
+            key.name == machine || format!("{}/{}", key.namespace, key.name) == machine
+        })
+        .map(|m| {
+            (
+                format!("{}/{}", m.hardware.namespace, m.hardware.name),
+                m.mac,
+            )
+        })
+        .collect();
+    let hardware: std::collections::BTreeSet<&String> = named.iter().map(|(key, _)| key).collect();
+    match (hardware.len(), named.first()) {
+        (1, Some((_, mac))) => Ok(*mac),
+        (0, _) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no machine is named {machine:?}: give a MAC, or a Hardware's name"),
+        )),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!(
+                "{machine:?} names Hardware in several namespaces ({}): give namespace/name",
+                hardware.into_iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
 }
 
 /// Deletes a MAC's lease: its address is free for another machine at once. For the lease of a

@@ -1,4 +1,4 @@
-//! The client commands: apply, get, describe, watch, delete, power and `xdp stats`.
+//! The client commands: apply, get, describe, watch, delete, power, events and `xdp stats`.
 mod client;
 mod output;
 mod power;
@@ -74,6 +74,16 @@ pub enum ClientCommand {
         name: String,
         #[arg(short, long)]
         namespace: Option<String>,
+    },
+    /// Machines' recent events (DHCP, TFTP, iPXE scripts, actions handed out and reported),
+    /// oldest first: one machine's (a MAC or a Hardware name), or every machine's.
+    Events {
+        machine: Option<String>,
+        /// The last this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
     },
     /// The XDP DHCP gate.
     Xdp {
@@ -180,6 +190,24 @@ pub fn run(server: &str, token_file: &std::path::Path, command: ClientCommand) -
             name,
             namespace,
         } => power::run(&client, &action, &name, namespace.as_deref()),
+        ClientCommand::Events {
+            machine,
+            limit,
+            output,
+        } => {
+            let mut path = format!("/v1/events?limit={limit}");
+            if let Some(machine) = machine {
+                let machine: String = percent_encoding::utf8_percent_encode(
+                    &machine,
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .collect();
+                path.push_str(&format!("&machine={machine}"));
+            }
+            let events: Vec<boot_userspace::events::Event> = client.get(&path)?;
+            output::events(&events, output);
+            Ok(())
+        }
         ClientCommand::Xdp {
             command: XdpCommand::Stats { output },
         } => {

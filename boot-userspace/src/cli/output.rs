@@ -497,3 +497,27 @@ pub fn leases(leases: &[workflow::store::Lease], format: Format) {
         .collect();
     table(&["MAC", "ADDRESS", "HOSTNAME", "EXPIRES IN"], &rows);
 }
+
+pub fn events(events: &[boot_userspace::events::Event], format: Format) {
+    if matches!(format, Format::Json | Format::Yaml) {
+        print_document(&serde_json::to_value(events).unwrap_or_default(), format);
+        return;
+    }
+    if events.is_empty() {
+        eprintln!("No events.");
+        return;
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|event| {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(event.at_ms);
+            vec![
+                humantime::format_rfc3339_seconds(at).to_string(),
+                event.mac.to_string(),
+                event.kind.as_str().to_string(),
+                event.message.clone(),
+            ]
+        })
+        .collect();
+    table(&["TIME", "MAC", "EVENT", "MESSAGE"], &rows);
+}

@@ -33,6 +33,7 @@ use self::{
     leases::LeaseWriter,
 };
 use crate::{
+    events::{EventKind, EventLog},
     gate::Gate,
     log_budget::LogBudget,
     machines::Machines,
@@ -81,6 +82,7 @@ pub struct DhcpServer {
     leadership: Option<Arc<workflow::store::Leadership>>,
     /// The leadership's term whose leases are loaded: a new term reloads them.
     loaded_term: tokio::sync::Mutex<u64>,
+    events: Arc<EventLog>,
 }
 
 /// The MAC that holds an address, until the Unix time its lease expires.
@@ -226,7 +228,9 @@ impl DhcpServer {
         metrics: Arc<Metrics>,
         leases: Arc<dyn LeaseStore>,
         holders: Arc<LeaseHolders>,
-        script_handoffs: Arc<ScriptHandoffs>,
+        // What the boot path tells the rest: which machines were just pointed at their script,
+        // and every machine's events.
+        (script_handoffs, events): (Arc<ScriptHandoffs>, Arc<EventLog>),
     ) -> DhcpServer {
         // Every counter from zero, so that a dashboard's rate() and a test's "none" see a
         // series from the start, and a renamed metric is missed rather than read as zero.
@@ -259,6 +263,7 @@ impl DhcpServer {
             declined: Mutex::default(),
             leadership: None,
             loaded_term: Default::default(),
+            events,
             holders,
             script_handoffs,
         }
@@ -473,6 +478,19 @@ impl DhcpServer {
         };
         match outcome {
             Outcome::Reply(mut reply) => {
+                if let Some(mac) = mac {
+                    let file = reply.message.fname_str().and_then(Result::ok).unwrap_or("");
+                    self.events.record(
+                        mac,
+                        EventKind::Dhcp,
+                        format!(
+                            "{request} → {} {}{}{file}",
+                            type_name(reply.message.opts().msg_type()),
+                            reply.message.yiaddr(),
+                            if file.is_empty() { "" } else { ", boot file " },
+                        ),
+                    );
+                }
                 if mac.is_some_and(|mac| self.log.allow(mac)) {
                     tracing::info!(client, %source, port = port.number(), request, reply = ?reply.message.opts().msg_type(), yiaddr = %reply.message.yiaddr(), file = ?reply.message.fname_str().and_then(Result::ok), "DHCP reply");
                 }

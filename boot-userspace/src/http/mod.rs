@@ -25,6 +25,7 @@ use workflow::resource::MacAddr;
 
 use crate::{
     boot_files::BootFiles,
+    events::EventKind,
     log_budget::LogBudget,
     metadata::{self, Metadata},
     metrics::{HttpLabels, Metrics},
@@ -257,6 +258,18 @@ async fn machine_script(
     };
     if boot.log.allow(source.ip()) {
         tracing::info!(client = %mac, %source, pending_work, boot_started = token.is_some(), "iPXE script served");
+        boot.state.events.record(
+            mac,
+            EventKind::Script,
+            match (pending_work, token.is_some()) {
+                (true, true) => "iPXE script served: a boot into the provisioning OS starts",
+                (true, false) => {
+                    "iPXE script served, without a token (no DHCP handoff just before)"
+                }
+                (false, _) => "iPXE script served: no work, boot from disk",
+            }
+            .to_string(),
+        );
     }
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

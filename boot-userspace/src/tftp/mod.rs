@@ -24,6 +24,7 @@ use self::{
 };
 use crate::{
     boot_files::BootFiles,
+    events::{EventKind, EventLog},
     log_budget::LogBudget,
     metrics::{Metrics, TftpLabels},
     net::{AddressSlot, PerAddress},
@@ -96,6 +97,7 @@ pub async fn serve(
     config: TftpConfig,
     files: Arc<BootFiles>,
     metrics: Arc<Metrics>,
+    events: Arc<EventLog>,
 ) -> anyhow::Result<()> {
     let TftpConfig {
         interface,
@@ -185,6 +187,7 @@ pub async fn serve(
             client,
             timeout,
         };
+        let size = file.len();
         let started = start_transfer(
             to,
             file,
@@ -195,6 +198,13 @@ pub async fn serve(
         );
         match started {
             Ok(()) => {
+                if let std::net::IpAddr::V4(from) = client.ip() {
+                    events.record_at(
+                        from,
+                        EventKind::Tftp,
+                        format!("sending {filename:?} ({size} bytes)"),
+                    );
+                }
                 if log.allow(client.ip()) {
                     tracing::info!(%client, file = filename, outcome = "served", "TFTP read request");
                 }
