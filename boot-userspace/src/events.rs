@@ -122,6 +122,12 @@ impl EventLog {
         }
     }
 
+    /// `mac`'s last event.
+    pub fn last(&self, mac: &MacAddr) -> Option<Event> {
+        let rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());
+        rings.get(mac).and_then(|ring| ring.back()).cloned()
+    }
+
     /// `mac`'s events (or every machine's), oldest first; the last `limit` of them.
     pub fn events(&self, mac: Option<MacAddr>, limit: usize) -> Vec<Event> {
         let rings = self.rings.lock().unwrap_or_else(|p| p.into_inner());

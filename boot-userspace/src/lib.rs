@@ -30,6 +30,7 @@ pub mod machines;
 pub mod metadata;
 pub mod metrics;
 pub mod net;
+pub mod rack;
 pub mod state;
 pub mod tftp;
 pub mod worker_api;

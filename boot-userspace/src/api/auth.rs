@@ -65,7 +65,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// Refuses a request without the token (`Authorization: Bearer <token>`), with 401.
+/// The cookie a browser holds the token in, once the rack page's form has sent it
+/// (`POST /v1/session`).
+pub const SESSION_COOKIE: &str = "wisp_token";
+
+/// Refuses a request without the token (`Authorization: Bearer <token>`), with 401. A read
+/// (GET or HEAD) may carry it in the session cookie instead, as the rack page's requests do:
+/// only reads, so that a page elsewhere that gets a browser to send a request with its cookie
+/// changes nothing (and SameSite=Strict keeps the cookie off such requests anyway).
 pub async fn require_token(
     State(token): State<ApiToken>,
     request: Request,
@@ -77,6 +84,13 @@ pub async fn require_token(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
     if presented.is_some_and(|presented| token.accepts(presented.trim())) {
+        return next.run(request).await;
+    }
+    let read = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if read && session_cookie(&request).is_some_and(|cookie| token.accepts(cookie)) {
         return next.run(request).await;
     }
     let message = match presented {
@@ -93,6 +107,22 @@ pub async fn require_token(
         }),
     )
         .into_response()
+}
+
+fn session_cookie(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+}
+
+/// The `Set-Cookie` value that keeps `token` in the browser for the rack page: HttpOnly (no
+/// script reads it), SameSite=Strict (no other site's request carries it).
+pub fn session_cookie_header(token: &str) -> String {
+    format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict")
 }
 
 #[cfg(test)]

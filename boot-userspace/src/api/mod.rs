@@ -1,6 +1,7 @@
 //! The HTTP/JSON API between the daemon and the `wisp` CLI: wire types here, handlers in
 //! [`routes`].
 pub mod auth;
+mod rack;
 pub mod routes;
 
 use serde::{Deserialize, Serialize};

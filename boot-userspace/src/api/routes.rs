@@ -38,6 +38,9 @@ pub fn router(state: Arc<AppState>, token: ApiToken, loopback_host: bool) -> Rou
         )
         .route("/v1/gate", get(gate_stats))
         .route("/v1/events", get(events))
+        .route("/v1/rack", get(super::rack::rows))
+        .route("/v1/rack/stream", get(super::rack::stream))
+        .route("/v1/session", post(super::rack::session))
         .route("/v1/leases", get(leases))
         .route("/v1/leases/{mac}", axum::routing::delete(delete_lease))
         .route("/v1/{kind}", get(list))
@@ -45,8 +48,10 @@ pub fn router(state: Arc<AppState>, token: ApiToken, loopback_host: bool) -> Rou
         .layer(axum::middleware::from_fn_with_state(token, require_token))
         .with_state(state);
     // Liveness tells nothing, and a health check should not need the secret.
+    // The rack page holds no data: it asks the API, with the token it is given.
     let router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(super::rack::page))
         .merge(api);
     if loopback_host {
         router.layer(axum::middleware::from_fn(loopback_host_only))
@@ -157,7 +162,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<Json<T>, ApiError>;
+pub(super) type ApiResult<T> = Result<Json<T>, ApiError>;
 
 fn parse_kind(text: &str) -> Result<Kind, ApiError> {
     Kind::from_user(text).ok_or_else(|| {
@@ -170,7 +175,7 @@ fn parse_kind(text: &str) -> Result<Kind, ApiError> {
 }
 
 /// Runs blocking store work (redb commits fsync) off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     state: &Arc<AppState>,
     work: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {

@@ -333,6 +333,31 @@ impl Engine {
         self.state().runs.get(key).cloned()
     }
 
+    /// Each machine's current run, for the rack view: its running workflow's, else the one that
+    /// started or finished last (by Hardware; machines whose workflows have not started are
+    /// absent).
+    pub fn current_runs(
+        &self,
+    ) -> Result<HashMap<ResourceKey, (ResourceKey, WorkflowStatus)>, StoreError> {
+        let mut state = self.state();
+        let EngineState { runs, workflows } = &mut *state;
+        workflows.refresh(&self.catalog)?;
+        let mut current: HashMap<ResourceKey, (ResourceKey, WorkflowStatus)> = HashMap::new();
+        for (hardware, keys) in &workflows.by_hardware {
+            let latest = keys
+                .iter()
+                .filter_map(|key| Some((key, runs.get(key)?)))
+                .max_by_key(|(_, run)| {
+                    let running = run.state == State::Running;
+                    (running, run.span.finished_at.or(run.span.started_at))
+                });
+            if let Some((key, run)) = latest {
+                current.insert(hardware.clone(), (key.clone(), run.clone()));
+            }
+        }
+        Ok(current)
+    }
+
     /// A workflow's run; for one that has not started, what its run will be (every action
     /// pending, or FAILED with the reason it cannot run), or `None` while it cannot start (its
     /// template or hardware is missing).
