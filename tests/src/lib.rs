@@ -1,6 +1,7 @@
 //! The test harness: real network namespaces, a real `wisp` daemon and CLI, real frames.
 //! Every guard cleans up in `Drop`, so a failing test leaves no namespace or process behind.
 pub mod bmc;
+pub mod browser;
 pub mod dhcp_wire;
 pub mod frames;
 pub mod vm;
@@ -704,4 +705,56 @@ impl Drop for ReceiveBuffer {
             }
         }
     }
+}
+
+/// A worker API client that shows a machine's token on every call.
+pub type WorkerClient = wisp_proto::workflow_service_client::WorkflowServiceClient<
+    tonic::codegen::InterceptedService<tonic::transport::Channel, ShowToken>,
+>;
+
+#[derive(Clone)]
+pub struct ShowToken(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for ShowToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if !request.metadata().contains_key("authorization") {
+            request
+                .metadata_mut()
+                .insert("authorization", self.0.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Runs `call` with a gRPC client of the worker API (the server side's, 10.99.0.1:42113), from
+/// the client namespace, showing `token`, as a machine's worker calls it.
+pub fn from_machine<T: Send>(
+    lab: &Lab,
+    token: &str,
+    call: impl AsyncFnOnce(WorkerClient) -> T + Send,
+) -> T {
+    let token = ShowToken(
+        tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")).expect("header"),
+    );
+    lab.client.within(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let channel = tonic::transport::Channel::from_static("http://10.99.0.1:42113")
+                .connect()
+                .await
+                .expect("connect to the worker API");
+            call(
+                wisp_proto::workflow_service_client::WorkflowServiceClient::with_interceptor(
+                    channel, token,
+                ),
+            )
+            .await
+        })
+    })
 }

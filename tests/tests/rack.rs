@@ -8,13 +8,18 @@ use std::{
 
 use serde_json::Value;
 use wisp_tests::{
-    apply_ok, boot_token, eventually_within, http_status, require_root, Daemon, Lab, TempDir,
-    CLIENT_IP, SERVER_IF,
+    apply_ok, boot_token,
+    browser::Browser,
+    dhcp_wire::{perfdhcp, rack},
+    eventually_within, from_machine, http_status, require_root, Daemon, Lab, TempDir, CLIENT_IP,
+    SERVER_IF,
 };
 
-const MAC: &str = "02:00:00:00:00:0f";
+/// Outside perfdhcp's rack of 02:00:00:00:HH:LL.
+const MAC: &str = "1c:69:7a:00:00:0f";
 const API: &str = "http://127.0.0.1:7480";
 
+/// Machine `r1` at `address`, with a one-action workflow.
 fn machine_yaml(address: &str) -> String {
     format!(
         "apiVersion: tinkerbell.org/v1alpha1
@@ -174,4 +179,127 @@ fn the_rack_shows_a_machines_stage_and_streams_each_change_to_a_session_that_may
     assert_eq!(row["name"], "lab/r1", "{rack:#}");
     assert_eq!(row["stage"], "provisioning-os", "{rack:#}");
     assert_eq!(row["address"], address.as_str(), "{rack:#}");
+}
+
+/// The page's answer to a question about its document.
+fn count(browser: &mut Browser, selector: &str) -> u64 {
+    let expression = format!("document.querySelectorAll({selector:?}).length");
+    browser.eval(&expression).as_u64().expect("a count")
+}
+
+#[test]
+fn in_a_browser_1000_machines_change_stage_live_a_failure_shows_its_message_and_the_filter_works() {
+    require_root!();
+    let lab = Lab::new("rack-ui");
+    let work = TempDir::new("rack-ui");
+    let data = work.join("data");
+    let _daemon = Daemon::start(&lab.server, SERVER_IF, &data, &["--xdp-mode", "native"]);
+    let (yaml, _) = rack(1000);
+    apply_ok(&lab.server, &yaml);
+    let address = CLIENT_IP.to_string();
+    apply_ok(&lab.server, &machine_yaml(&address));
+    let token = std::fs::read_to_string(data.join("api.token")).expect("the API token");
+
+    // The page, logged in with the token in its address's fragment.
+    let mut browser = Browser::open(
+        &lab.server,
+        &format!("{API}/#token={}", token.trim()),
+        (1400, 1000),
+        &work.join("chromium"),
+    );
+    browser.wait_for(
+        "1001 machines, all off",
+        "document.querySelectorAll('#grid .cell[data-stage=off]').length === 1001",
+        Duration::from_secs(30),
+    );
+    // Marks this document: the changes below must reach it without a reload.
+    browser.eval("window.loadedOnce = true");
+
+    // The rack's 1,000 machines DHCP at once (perfdhcp's DORA): their cells turn, live.
+    let _buffer = wisp_tests::ReceiveBuffer::raised();
+    let dora = perfdhcp(&lab, &["--scenario", "avalanche", "-R", "1000"]);
+    assert!(dora.status.success(), "{dora:?}");
+    browser.wait_for(
+        "1000 cells in DHCP",
+        "document.querySelectorAll('#grid .cell[data-stage=dhcp]').length === 1000",
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        browser.eval("window.loadedOnce === true"),
+        true,
+        "the page reloaded"
+    );
+    assert_eq!(count(&mut browser, "#grid .cell[data-stage=off]"), 1);
+
+    // Machine r1 boots, and its worker reports its action failed, with what it printed.
+    let boot = boot_token(&lab, MAC, &address);
+    from_machine(&lab, &boot, async |mut client| {
+        let action = client
+            .get_action(wisp_proto::ActionRequest {
+                agent_id: Some(MAC.into()),
+                agent_attributes: None,
+            })
+            .await
+            .expect("an action")
+            .into_inner();
+        client
+            .report_action_status(wisp_proto::ActionStatusRequest {
+                workflow_id: action.workflow_id.clone(),
+                agent_id: Some(MAC.into()),
+                task_id: action.task_id.clone(),
+                action_id: action.action_id.clone(),
+                action_name: action.name.clone(),
+                action_state: Some(wisp_proto::StateType::Failed as i32),
+                message: Some(wisp_proto::ActionMessage {
+                    message: Some("exit status: 2: Did not have sfdisk or sgdisk in PATH".into()),
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("the report");
+    });
+    let cell = format!("document.querySelector('#grid .cell[data-mac=\"{MAC}\"]')");
+    browser.wait_for(
+        "the failed cell",
+        &format!("{cell}.dataset.stage === 'failed'"),
+        Duration::from_secs(10),
+    );
+    assert!(
+        browser
+            .eval(&format!("{cell}.title"))
+            .as_str()
+            .is_some_and(|title| title.contains("sfdisk")),
+        "the cell names the failure"
+    );
+
+    // The filter: one word, one row, with the failing action's message.
+    browser.eval(
+        "(() => { const f = document.getElementById('filter'); f.value = 'failed'; \
+         f.dispatchEvent(new Event('input')); })()",
+    );
+    browser.wait_for(
+        "one row with the failure",
+        "document.querySelectorAll('#scroller .row').length === 1 && \
+         document.querySelector('#scroller .row').textContent.includes('Did not have sfdisk')",
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        browser.eval("document.getElementById('shown').textContent"),
+        "1 of 1001"
+    );
+    // Its page: its events, the failure among them.
+    browser.eval("document.querySelector('#scroller .row').click()");
+    browser.wait_for(
+        "the machine's events",
+        "document.querySelector('#machine .events').textContent.includes('FAILED')",
+        Duration::from_secs(5),
+    );
+    // What the run showed, for the docs.
+    let shots = wisp_tests::repo_root().join("target/screenshots");
+    std::fs::create_dir_all(&shots).expect("the screenshots' directory");
+    browser.eval(
+        "(() => { const f = document.getElementById('filter'); f.value = ''; \
+         f.dispatchEvent(new Event('input')); })()",
+    );
+    std::fs::write(shots.join("rack.png"), browser.screenshot()).expect("the screenshot");
 }

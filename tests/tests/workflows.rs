@@ -4,16 +4,12 @@
 use std::{io::Write, time::Duration};
 
 use serde_json::Value;
-use tonic::{
-    codegen::InterceptedService, metadata::MetadataValue, transport::Channel, Code, Request,
-};
-use wisp_proto::{
-    workflow_service_client::WorkflowServiceClient, ActionMessage, ActionRequest,
-    ActionStatusRequest, StateType,
-};
+use tonic::{metadata::MetadataValue, Code, Request};
+use wisp_proto::{ActionMessage, ActionRequest, ActionStatusRequest, StateType};
 use wisp_tests::{
-    apply_ok, boot_token, closed_within, eventually_within, metric, output_text, require_root,
-    wisp, wisp_ok, worker_binary, Daemon, Lab, TempDir, CLIENT_IF, SERVER_IF,
+    apply_ok, boot_token, closed_within, eventually_within, from_machine as from_machine_a, metric,
+    output_text, require_root, wisp, wisp_ok, worker_binary, Daemon, Lab, TempDir, CLIENT_IF,
+    SERVER_IF,
 };
 
 const MAC_A: &str = "02:00:00:00:00:0a";
@@ -129,49 +125,9 @@ fn next_boot_script(lab: &Lab) -> String {
     )
 }
 
-/// A worker API client that shows a machine's token on every call.
-type Client = WorkflowServiceClient<InterceptedService<Channel, ShowToken>>;
-
-#[derive(Clone)]
-struct ShowToken(MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for ShowToken {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
-        if !request.metadata().contains_key("authorization") {
-            request
-                .metadata_mut()
-                .insert("authorization", self.0.clone());
-        }
-        Ok(request)
-    }
-}
-
 /// The token of a new boot of machine A.
 fn boot_a(lab: &Lab) -> String {
     boot_token(lab, MAC_A, "10.99.0.2")
-}
-
-/// Runs `call` with a gRPC client of the worker API, from the client namespace (machine A's
-/// address), showing `token`.
-fn from_machine_a<T: Send>(
-    lab: &Lab,
-    token: &str,
-    call: impl AsyncFnOnce(Client) -> T + Send,
-) -> T {
-    let token = ShowToken(MetadataValue::try_from(format!("Bearer {token}")).expect("header"));
-    lab.client.within(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async {
-            let channel = Channel::from_static("http://10.99.0.1:42113")
-                .connect()
-                .await
-                .expect("connect to the worker API");
-            call(WorkflowServiceClient::with_interceptor(channel, token)).await
-        })
-    })
 }
 
 fn ask(agent: &str) -> Request<ActionRequest> {

@@ -54,6 +54,11 @@ const PACKAGES: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "libprotobuf-dev",
+    // The Debian package's build (`cargo xtask package`), and the browser the rack page is
+    // tested in.
+    "dpkg-dev",
+    "binutils",
+    "chromium",
     // The peers `cargo xtask bench` measures Wisp against.
     "kea-dhcp4-server",
     "tftpd-hpa",
