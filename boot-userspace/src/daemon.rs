@@ -29,7 +29,7 @@ use crate::{
     gate::Gate,
     http::{BootHttp, BootHttpConfig},
     identity::{MachineIdentity, MachineTokens},
-    metrics::Metrics,
+    metrics::{Metrics, StageLabels},
     net::{self, PaceLimits},
     state::AppState,
     tftp::{self, TftpConfig},
@@ -290,6 +290,7 @@ fn spawn_background_tasks(settings: &Settings, state: &Arc<AppState>) -> JoinSet
         settings.reconcile_interval.0,
     ));
     tasks.spawn(enforce_timeouts(Arc::clone(state)));
+    tasks.spawn(measure_rack(Arc::clone(state)));
     let bmc = crate::bmc::controller::Controller::new(
         Arc::clone(state),
         crate::bmc::controller::Settings {
@@ -417,6 +418,49 @@ async fn follow_peers(store: Arc<EtcdStore>, segment: String, me: String, state:
         }
     }
 }
+
+/// Keeps the rack's metrics: machines by stage, and how long they stayed in each stage they
+/// left, looked at every [`RACK_PERIOD`].
+async fn measure_rack(state: Arc<AppState>) {
+    let mut ticks = tokio::time::interval(RACK_PERIOD);
+    let mut seen = crate::rack::SeenStages::new();
+    loop {
+        ticks.tick().await;
+        let looking = Arc::clone(&state);
+        let rows = match tokio::task::spawn_blocking(move || looking.rack()).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(err)) => {
+                tracing::debug!("the rack's metrics: {err}");
+                continue;
+            }
+            Err(err) => {
+                tracing::debug!("the rack's metrics: {err}");
+                continue;
+            }
+        };
+        let metrics = &state.metrics;
+        for stage in crate::rack::Stage::ALL {
+            let count = rows.iter().filter(|row| row.stage == stage).count();
+            metrics
+                .machines
+                .get_or_create(&StageLabels {
+                    stage: stage.as_str(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        for (stage, stayed) in crate::rack::left_stages(&mut seen, &rows) {
+            metrics
+                .stage_seconds
+                .get_or_create(&StageLabels {
+                    stage: stage.as_str(),
+                })
+                .observe(stayed.as_secs_f64());
+        }
+    }
+}
+
+/// How often the rack's metrics look at the machines.
+const RACK_PERIOD: Duration = Duration::from_secs(2);
 
 /// How often the list of the other appliances is read again.
 const PEERS_PERIOD: Duration = Duration::from_secs(2);

@@ -5,7 +5,8 @@ use prometheus_client::{
     collector::Collector,
     encoding::{text::encode, DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
-        counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge, MetricType,
+        counter::ConstCounter, counter::Counter, family::Family, gauge::ConstGauge,
+        histogram::Histogram, MetricType,
     },
     registry::Registry,
 };
@@ -67,6 +68,22 @@ pub struct Metrics {
     pub action_reports: Family<StateLabels, Counter>,
     pub log_lines_suppressed: Family<ProtocolLabels, Counter>,
     pub events_dropped: Counter,
+    /// Machines by stage of their provisioning (the rack view's).
+    pub machines: Family<StageLabels, prometheus_client::metrics::gauge::Gauge>,
+    /// How long machines stayed in each stage they left.
+    pub stage_seconds: Family<StageLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: &'static str,
+}
+
+/// From a second (a DHCP exchange) to an hour (an image streamed over a slow link).
+fn stage_histogram() -> Histogram {
+    Histogram::new([
+        1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0,
+    ])
 }
 
 impl Metrics {
@@ -102,9 +119,37 @@ impl Metrics {
                 "events_dropped",
                 "Machine events kept in memory only: the event journal's queue was full",
             ),
+            machines: metric.add("machines", "Machines Wisp owns, by stage of provisioning"),
+            stage_seconds: {
+                let family = Family::new_with_constructor(stage_histogram as fn() -> Histogram);
+                metric.0.register(
+                    "stage_seconds",
+                    "How long machines stayed in each stage of provisioning they left",
+                    family.clone(),
+                );
+                family
+            },
             registry: Registry::default(),
         };
         registry.register_collector(Box::new(GateCollector(gate)));
+        for state in [
+            workflow::run::State::Running,
+            workflow::run::State::Success,
+            workflow::run::State::Failed,
+            workflow::run::State::Timeout,
+        ] {
+            metrics.action_reports.get_or_create(&StateLabels {
+                state: state.to_string(),
+            });
+        }
+        // Every stage's series from the start, as every counter's.
+        for stage in crate::rack::Stage::ALL {
+            let labels = StageLabels {
+                stage: stage.as_str(),
+            };
+            metrics.machines.get_or_create(&labels);
+            metrics.stage_seconds.get_or_create(&labels);
+        }
         Metrics {
             registry,
             ..metrics

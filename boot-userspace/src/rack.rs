@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     net::Ipv4Addr,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,52 @@ pub enum Stage {
     Action,
     Installed,
     Failed,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 7] = [
+        Stage::Off,
+        Stage::Dhcp,
+        Stage::Ipxe,
+        Stage::ProvisioningOs,
+        Stage::Action,
+        Stage::Installed,
+        Stage::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Off => "off",
+            Stage::Dhcp => "dhcp",
+            Stage::Ipxe => "ipxe",
+            Stage::ProvisioningOs => "provisioning-os",
+            Stage::Action => "action",
+            Stage::Installed => "installed",
+            Stage::Failed => "failed",
+        }
+    }
+}
+
+/// What the rack's metrics remember between two looks: each machine's stage, and since when.
+pub type SeenStages = HashMap<MacAddr, (Stage, Option<u64>)>;
+
+/// The stages each machine left since `seen`, with how long it was in each (from the time it
+/// entered it to the time it entered the next); `seen` becomes what `rows` say.
+pub fn left_stages(seen: &mut SeenStages, rows: &[RackRow]) -> Vec<(Stage, Duration)> {
+    let mut left = Vec::new();
+    for row in rows {
+        let now = (row.stage, row.since_ms);
+        if let Some((stage, Some(entered))) = seen.insert(row.mac, now) {
+            if stage != row.stage {
+                if let Some(next) = row.since_ms.filter(|next| *next >= entered) {
+                    left.push((stage, Duration::from_millis(next - entered)));
+                }
+            }
+        }
+    }
+    let present: std::collections::HashSet<MacAddr> = rows.iter().map(|row| row.mac).collect();
+    seen.retain(|mac, _| present.contains(mac));
+    left
 }
 
 /// One machine's row.
@@ -238,6 +284,29 @@ mod tests {
         let pending = run(State::Pending, vec![action("a", State::Pending, "")]);
         let dhcp = event(EventKind::Dhcp, "discover → offer 10.0.0.5");
         assert_eq!(stage_of(Some(&pending), Some(&dhcp)).0, Stage::Dhcp);
+    }
+
+    #[test]
+    fn a_stage_left_is_measured_from_its_start_to_the_next_ones() {
+        let row = |stage, since_ms| RackRow {
+            name: "lab/m".into(),
+            mac: "02:00:00:00:00:01".parse().expect("a MAC"),
+            address: None,
+            stage,
+            detail: String::new(),
+            since_ms: Some(since_ms),
+            last_event: None,
+        };
+        let mut seen = SeenStages::new();
+        assert!(left_stages(&mut seen, &[row(Stage::Dhcp, 1_000)]).is_empty());
+        assert!(left_stages(&mut seen, &[row(Stage::Dhcp, 1_000)]).is_empty());
+        assert_eq!(
+            left_stages(&mut seen, &[row(Stage::Ipxe, 4_500)]),
+            [(Stage::Dhcp, Duration::from_millis(3_500))]
+        );
+        // A machine that is gone is forgotten.
+        assert!(left_stages(&mut seen, &[]).is_empty());
+        assert!(seen.is_empty());
     }
 
     #[test]

@@ -95,6 +95,15 @@ impl AppState {
         self.engine.catalog()
     }
 
+    /// Every machine's row of the rack view. Blocking (it reads the store's revision).
+    pub fn rack(&self) -> Result<Vec<crate::rack::RackRow>, StoreError> {
+        let runs = self.engine.current_runs()?;
+        let machines = self.machines.current();
+        Ok(crate::rack::rows(&machines, &runs, |mac| {
+            self.events.last(mac)
+        }))
+    }
+
     /// Makes the machine table (with which machines have workflows) and the gate's allowlist
     /// exactly what the store says; returns how many machines there are. Blocking (store
     /// reads, BPF syscalls): call it from a blocking thread.

@@ -169,6 +169,33 @@ fn the_rack_shows_a_machines_stage_and_streams_each_change_to_a_session_that_may
         "{stages:?}"
     );
 
+    // And in Prometheus: machines by stage.
+    eventually_within("the stage's gauge", Duration::from_secs(5), || {
+        wisp_tests::metric(&lab.server, "wisp_machines{stage=\"provisioning-os\"}") == Some(1)
+    });
+    assert_eq!(
+        wisp_tests::metric(&lab.server, "wisp_machines{stage=\"off\"}"),
+        Some(0)
+    );
+
+    // Every metric the shipped Grafana dashboard charts is one the daemon exports.
+    let dashboard =
+        std::fs::read_to_string(wisp_tests::repo_root().join("docs/grafana/wisp-rollout.json"))
+            .expect("the dashboard");
+    let exported = lab.server.api_get("/metrics");
+    for name in dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("wisp_"))
+    {
+        let family = ["_total", "_bucket"].iter().fold(name, |name, suffix| {
+            name.strip_suffix(suffix).unwrap_or(name)
+        });
+        assert!(
+            exported.contains(&format!("# TYPE {family} ")),
+            "the dashboard charts {name}, which /metrics does not have"
+        );
+    }
+
     // The whole rack, as JSON.
     let rack: Value = serde_json::from_str(
         &lab.server

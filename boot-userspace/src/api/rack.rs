@@ -50,14 +50,7 @@ pub async fn session(headers: HeaderMap) -> Response {
 }
 
 async fn current_rows(state: &Arc<AppState>) -> Result<Vec<RackRow>, ApiError> {
-    blocking(state, |state| {
-        let runs = state.engine.current_runs()?;
-        let machines = state.machines.current();
-        Ok(crate::rack::rows(&machines, &runs, |mac| {
-            state.events.last(mac)
-        }))
-    })
-    .await
+    blocking(state, |state| Ok(state.rack()?)).await
 }
 
 pub async fn rows(State(state): State<Arc<AppState>>) -> ApiResult<Vec<RackRow>> {
