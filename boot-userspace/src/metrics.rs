@@ -138,7 +138,7 @@ impl Metrics {
             workflow::run::State::Failed,
             workflow::run::State::Timeout,
         ] {
-            metrics.action_reports.get_or_create(&StateLabels {
+            let _ = metrics.action_reports.get_or_create(&StateLabels {
                 state: state.to_string(),
             });
         }
@@ -147,8 +147,8 @@ impl Metrics {
             let labels = StageLabels {
                 stage: stage.as_str(),
             };
-            metrics.machines.get_or_create(&labels);
-            metrics.stage_seconds.get_or_create(&labels);
+            let _ = metrics.machines.get_or_create(&labels);
+            let _ = metrics.stage_seconds.get_or_create(&labels);
         }
         Metrics {
             registry,
