@@ -9,8 +9,10 @@
 //! - [`qemu`]: VMs with real firmware, for the lab;
 //! - [`ipmi_sim`]: a real IPMI BMC for them (OpenIPMI's simulator);
 //! - [`etcd`]: a real etcd cluster, a member per network namespace;
-//! - [`appliance`]: Wisp itself in a VM, for the power-loss test.
+//! - [`appliance`]: Wisp itself in a VM, for the power-loss test;
+//! - [`browser`]: headless Chromium, to look at the rack page.
 pub mod appliance;
+pub mod browser;
 pub mod cpio;
 pub mod debian;
 pub mod disk;

@@ -1,7 +1,6 @@
 //! The test harness: real network namespaces, a real `wisp` daemon and CLI, real frames.
 //! Every guard cleans up in `Drop`, so a failing test leaves no namespace or process behind.
 pub mod bmc;
-pub mod browser;
 pub mod dhcp_wire;
 pub mod frames;
 pub mod vm;

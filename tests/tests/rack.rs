@@ -7,9 +7,9 @@ use std::{
 };
 
 use serde_json::Value;
+use wisp_images::browser::Browser;
 use wisp_tests::{
     apply_ok, boot_token,
-    browser::Browser,
     dhcp_wire::{perfdhcp, rack},
     eventually_within, from_machine, http_status, require_root, Daemon, Lab, TempDir, CLIENT_IP,
     SERVER_IF,
@@ -208,10 +208,20 @@ fn the_rack_shows_a_machines_stage_and_streams_each_change_to_a_session_that_may
     assert_eq!(row["address"], address.as_str(), "{rack:#}");
 }
 
-/// The page's answer to a question about its document.
+/// What `expression` evaluates to in the page.
+fn page(browser: &mut Browser, expression: &str) -> Value {
+    browser.eval(expression).expect("the page")
+}
+
+/// Waits until `expression` holds in the page.
+fn wait(browser: &mut Browser, what: &str, expression: &str, limit: Duration) {
+    browser.wait_for(what, expression, limit).expect("the page");
+}
+
+/// How many elements of the page `selector` finds.
 fn count(browser: &mut Browser, selector: &str) -> u64 {
     let expression = format!("document.querySelectorAll({selector:?}).length");
-    browser.eval(&expression).as_u64().expect("a count")
+    page(browser, &expression).as_u64().expect("a count")
 }
 
 #[test]
@@ -229,30 +239,33 @@ fn in_a_browser_1000_machines_change_stage_live_a_failure_shows_its_message_and_
 
     // The page, logged in with the token in its address's fragment.
     let mut browser = Browser::open(
-        &lab.server,
+        &lab.server.name,
         &format!("{API}/#token={}", token.trim()),
         (1400, 1000),
         &work.join("chromium"),
-    );
-    browser.wait_for(
+    )
+    .expect("open the page in chromium");
+    wait(
+        &mut browser,
         "1001 machines, all off",
         "document.querySelectorAll('#grid .cell[data-stage=off]').length === 1001",
         Duration::from_secs(30),
     );
     // Marks this document: the changes below must reach it without a reload.
-    browser.eval("window.loadedOnce = true");
+    page(&mut browser, "window.loadedOnce = true");
 
     // The rack's 1,000 machines DHCP at once (perfdhcp's DORA): their cells turn, live.
     let _buffer = wisp_tests::ReceiveBuffer::raised();
     let dora = perfdhcp(&lab, &["--scenario", "avalanche", "-R", "1000"]);
     assert!(dora.status.success(), "{dora:?}");
-    browser.wait_for(
+    wait(
+        &mut browser,
         "1000 cells in DHCP",
         "document.querySelectorAll('#grid .cell[data-stage=dhcp]').length === 1000",
         Duration::from_secs(30),
     );
     assert_eq!(
-        browser.eval("window.loadedOnce === true"),
+        page(&mut browser, "window.loadedOnce === true"),
         true,
         "the page reloaded"
     );
@@ -286,37 +299,43 @@ fn in_a_browser_1000_machines_change_stage_live_a_failure_shows_its_message_and_
             .expect("the report");
     });
     let cell = format!("document.querySelector('#grid .cell[data-mac=\"{MAC}\"]')");
-    browser.wait_for(
+    wait(
+        &mut browser,
         "the failed cell",
         &format!("{cell}.dataset.stage === 'failed'"),
         Duration::from_secs(10),
     );
     assert!(
-        browser
-            .eval(&format!("{cell}.title"))
+        page(&mut browser, &format!("{cell}.title"))
             .as_str()
             .is_some_and(|title| title.contains("sfdisk")),
         "the cell names the failure"
     );
 
     // The filter: one word, one row, with the failing action's message.
-    browser.eval(
+    page(
+        &mut browser,
         "(() => { const f = document.getElementById('filter'); f.value = 'failed'; \
          f.dispatchEvent(new Event('input')); })()",
     );
-    browser.wait_for(
+    wait(
+        &mut browser,
         "one row with the failure",
         "document.querySelectorAll('#scroller .row').length === 1 && \
          document.querySelector('#scroller .row').textContent.includes('Did not have sfdisk')",
         Duration::from_secs(5),
     );
     assert_eq!(
-        browser.eval("document.getElementById('shown').textContent"),
+        page(&mut browser, "document.getElementById('shown').textContent"),
         "1 of 1001"
     );
     // Its page: its events, the failure among them.
-    browser.eval("document.querySelector('#scroller .row').click()");
-    browser.wait_for(
+    page(
+        &mut browser,
+        "document.querySelector('#scroller .row').click()",
+    );
+    wait(
+        &mut browser,
         "the machine's events",
         "document.querySelector('#machine .events').textContent.includes('FAILED')",
         Duration::from_secs(5),
@@ -324,9 +343,11 @@ fn in_a_browser_1000_machines_change_stage_live_a_failure_shows_its_message_and_
     // What the run showed, for the docs.
     let shots = wisp_tests::repo_root().join("target/screenshots");
     std::fs::create_dir_all(&shots).expect("the screenshots' directory");
-    browser.eval(
+    page(
+        &mut browser,
         "(() => { const f = document.getElementById('filter'); f.value = ''; \
          f.dispatchEvent(new Event('input')); })()",
     );
-    std::fs::write(shots.join("rack.png"), browser.screenshot()).expect("the screenshot");
+    let shot = browser.screenshot().expect("a screenshot");
+    std::fs::write(shots.join("rack.png"), shot).expect("the screenshot");
 }

@@ -241,6 +241,11 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
     step("wisp serve --interface br0");
     let (mut daemon, log) = start_wisp(&prepared, LAB, "br0", "data", &[])?;
     print!("{}", std::fs::read_to_string(&log)?);
+    println!(
+        "The rack page: http://127.0.0.1:7480/ in namespace {LAB} (the API's address; log in \
+         with {})",
+        work.join("data/api.token").display()
+    );
     let cli = |args: &[&str]| cli(&prepared, LAB, "data", args);
     step("resources: the Tinkerbell example, unchanged");
     cli(&["apply", "-f", "examples/tinkerbell-demo"])?;
@@ -296,6 +301,8 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
     }
     cli(&["get", "jobs", "-n", "tink-system"])?;
     cli(&["get", "machines", "-n", "tink-system"])?;
+    step("the rack page, in headless Chromium, while the VM runs its actions");
+    show_rack_page(&prepared, &format!("lab with the VM {VM_MAC}"))?;
     step("the worker runs the workflow: wisp watch workflow demo-wf");
     cli(&["watch", "workflow", "demo-wf", "-n", "tink-system"])?;
     cli(&["describe", "workflow", "demo-wf", "-n", "tink-system"])?;
@@ -381,6 +388,30 @@ pub fn show_main_job(root: &Path) -> anyhow::Result<()> {
     if !status.success() {
         bail!("wisp serve exited with {status}");
     }
+    Ok(())
+}
+
+/// Opens the rack page of the daemon in the lab in headless Chromium, waits for the VM's row
+/// to show an action, prints it, and keeps a screenshot in the demo's directory.
+fn show_rack_page(prepared: &Prepared, what: &str) -> anyhow::Result<()> {
+    let token = std::fs::read_to_string(prepared.work.join("data/api.token"))?;
+    let mut browser = wisp_images::browser::Browser::open(
+        LAB,
+        &format!("http://127.0.0.1:7480/#token={}", token.trim()),
+        (1400, 700),
+        &prepared.work.join("chromium"),
+    )?;
+    let row = format!("document.querySelector('#grid .cell[data-mac=\"{VM_MAC}\"]')");
+    browser.wait_for(
+        "the VM's action",
+        &format!("{row} !== null && {row}.dataset.stage === 'action'"),
+        Duration::from_secs(60),
+    )?;
+    let shown = browser.eval(&format!("{row}.title"))?;
+    println!("  the page shows: {}", shown.as_str().unwrap_or_default());
+    let shot = prepared.work.join("rack.png");
+    std::fs::write(&shot, browser.screenshot()?)?;
+    println!("  a screenshot of the page ({what}): {}", shot.display());
     Ok(())
 }
 

@@ -1,6 +1,7 @@
-//! A real browser for the tests: Debian's headless Chromium, driven through the DevTools
+//! A real browser for the lab: Debian's headless Chromium, driven through the DevTools
 //! protocol over a pipe (`--remote-debugging-pipe`: JSON messages, each ended by a NUL, in on
-//! fd 3 and out on fd 4), so that no WebSocket client is needed. Killed on drop.
+//! fd 3 and out on fd 4), so that no WebSocket client is needed. The rack page's test and the
+//! demo look at the page with it. Killed on drop.
 use std::{
     io::{BufRead, BufReader, Write},
     os::{fd::AsRawFd, unix::process::CommandExt},
@@ -8,9 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::Netns;
+use crate::qemu::in_netns;
 
 pub struct Browser {
     child: Child,
@@ -22,17 +24,18 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Chromium in `netns`, with one page open at `url`, `width`×`height` pixels.
+    /// Chromium in `netns`, with one page open at `url`, `width`×`height` pixels, its profile
+    /// in `profile`.
     pub fn open(
-        netns: &Netns,
+        netns: &str,
         url: &str,
         (width, height): (u32, u32),
         profile: &std::path::Path,
-    ) -> Browser {
-        let (to_browser_read, to_browser_write) = nix::unistd::pipe().expect("a pipe");
-        let (from_browser_read, from_browser_write) = nix::unistd::pipe().expect("a pipe");
+    ) -> anyhow::Result<Browser> {
+        let (to_browser_read, to_browser_write) = nix::unistd::pipe()?;
+        let (from_browser_read, from_browser_write) = nix::unistd::pipe()?;
         let (child_in, child_out) = (to_browser_read.as_raw_fd(), from_browser_write.as_raw_fd());
-        let mut command = netns.command("chromium");
+        let mut command = in_netns(netns, "chromium");
         command
             .args([
                 "--headless=new",
@@ -69,7 +72,7 @@ impl Browser {
         }
         let child = command
             .spawn()
-            .expect("start chromium (cargo xtask setup installs it)");
+            .context("starting chromium (cargo xtask setup installs it)")?;
         drop(to_browser_read);
         drop(from_browser_write);
         let mut browser = Browser {
@@ -79,83 +82,103 @@ impl Browser {
             next_id: 0,
             session: String::new(),
         };
-        let target = browser.call(None, "Target.createTarget", json!({ "url": url }));
-        let target_id = target["targetId"].as_str().expect("a target").to_string();
+        let target = browser.call(None, "Target.createTarget", json!({ "url": url }))?;
+        let target_id = target["targetId"]
+            .as_str()
+            .context("chromium made no page")?
+            .to_string();
         let attached = browser.call(
             None,
             "Target.attachToTarget",
             json!({ "targetId": target_id, "flatten": true }),
-        );
+        )?;
         browser.session = attached["sessionId"]
             .as_str()
-            .expect("a session")
+            .context("chromium gave no session")?
             .to_string();
-        browser
+        Ok(browser)
     }
 
     /// Sends a DevTools command and returns its result.
-    fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+    fn call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> anyhow::Result<Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({ "id": id, "method": method, "params": params });
         if let Some(session) = session {
             message["sessionId"] = json!(session);
         }
-        let mut bytes = serde_json::to_vec(&message).expect("JSON");
+        let mut bytes = serde_json::to_vec(&message)?;
         bytes.push(0);
-        self.commands.write_all(&bytes).expect("write to chromium");
+        self.commands
+            .write_all(&bytes)
+            .context("writing to chromium")?;
         loop {
             let mut reply = Vec::new();
             let read = self
                 .replies
                 .read_until(0, &mut reply)
-                .expect("read from chromium");
-            assert!(read > 0, "chromium closed its pipe");
+                .context("reading from chromium")?;
+            if read == 0 {
+                bail!("chromium closed its pipe");
+            }
             reply.pop();
-            let reply: Value = serde_json::from_slice(&reply).expect("JSON from chromium");
+            let reply: Value = serde_json::from_slice(&reply).context("chromium's reply")?;
             if reply["id"] == id {
-                assert!(reply.get("error").is_none(), "{method}: {reply}");
-                return reply["result"].clone();
+                if let Some(error) = reply.get("error") {
+                    bail!("{method}: {error}");
+                }
+                return Ok(reply["result"].clone());
             }
         }
     }
 
     /// Evaluates `expression` in the page and returns its value.
-    pub fn eval(&mut self, expression: &str) -> Value {
+    pub fn eval(&mut self, expression: &str) -> anyhow::Result<Value> {
         let session = self.session.clone();
         let result = self.call(
             Some(&session),
             "Runtime.evaluate",
             json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
-        );
-        assert!(
-            result.get("exceptionDetails").is_none(),
-            "{expression}: {result}"
-        );
-        result["result"]["value"].clone()
+        )?;
+        if let Some(exception) = result.get("exceptionDetails") {
+            bail!("{expression}: {exception}");
+        }
+        Ok(result["result"]["value"].clone())
     }
 
     /// Waits until `expression` is true in the page.
-    pub fn wait_for(&mut self, what: &str, expression: &str, limit: Duration) {
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        expression: &str,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + limit;
-        while self.eval(expression) != json!(true) {
-            assert!(Instant::now() < deadline, "the page never showed {what}");
+        while self.eval(expression)? != json!(true) {
+            if Instant::now() > deadline {
+                bail!("the page did not show {what} within {limit:?}");
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
+        Ok(())
     }
 
     /// A PNG of the page as it shows now.
-    pub fn screenshot(&mut self) -> Vec<u8> {
+    pub fn screenshot(&mut self) -> anyhow::Result<Vec<u8>> {
         use base64::Engine as _;
         let session = self.session.clone();
         let shot = self.call(
             Some(&session),
             "Page.captureScreenshot",
             json!({ "format": "png" }),
-        );
-        base64::engine::general_purpose::STANDARD
-            .decode(shot["data"].as_str().expect("PNG data"))
-            .expect("base64")
+        )?;
+        let data = shot["data"].as_str().context("no PNG from chromium")?;
+        Ok(base64::engine::general_purpose::STANDARD.decode(data)?)
     }
 }
 
