@@ -598,6 +598,31 @@ impl Drop for TempDir {
 }
 
 /// `wisp apply -f -` that must succeed; a failure fails the test with the CLI's error.
+/// Machine `name` (namespace `lab`) reserving `address` for `mac`, netbooting, with the
+/// workflow `w` of one action: its next boot starts the provisioning OS.
+pub fn machine_with_workflow_yaml(name: &str, mac: &str, address: &str) -> String {
+    format!(
+        "apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata: {{name: {name}, namespace: lab}}
+spec:
+  interfaces:
+    - dhcp: {{mac: \"{mac}\", ip: {{address: {address}, netmask: 255.255.255.0}}}}
+      netboot: {{allowPXE: true, allowWorkflow: true}}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Template
+metadata: {{name: t, namespace: lab}}
+spec: {{data: \"tasks: [{{name: t, actions: [{{name: a, image: i}}]}}]\"}}
+---
+apiVersion: tinkerbell.org/v1alpha1
+kind: Workflow
+metadata: {{name: w, namespace: lab}}
+spec: {{templateRef: t, hardwareRef: {name}}}
+"
+    )
+}
+
 pub fn apply_ok(netns: &Netns, yaml: &str) {
     let output = apply_yaml(netns, yaml);
     assert!(

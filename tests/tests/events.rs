@@ -39,26 +39,7 @@ fn a_machines_boot_shows_as_its_events_in_order_and_they_outlive_a_restart() {
     let address = CLIENT_IP.to_string();
     apply_ok(
         &lab.server,
-        &format!(
-            "apiVersion: tinkerbell.org/v1alpha1
-kind: Hardware
-metadata: {{name: m, namespace: lab}}
-spec:
-  interfaces:
-    - dhcp: {{mac: \"{MAC}\", ip: {{address: {address}, netmask: 255.255.255.0}}}}
-      netboot: {{allowPXE: true, allowWorkflow: true}}
----
-apiVersion: tinkerbell.org/v1alpha1
-kind: Template
-metadata: {{name: t, namespace: lab}}
-spec: {{data: \"tasks: [{{name: t, actions: [{{name: a, image: i}}]}}]\"}}
----
-apiVersion: tinkerbell.org/v1alpha1
-kind: Workflow
-metadata: {{name: w, namespace: lab}}
-spec: {{templateRef: t, hardwareRef: m}}
-"
-        ),
+        &wisp_tests::machine_with_workflow_yaml("m", MAC, &address),
     );
     // The firmware's DHCP, iPXE's, the script; then the iPXE binary over TFTP.
     boot_token(&lab, MAC, &address);

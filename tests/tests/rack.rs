@@ -21,26 +21,7 @@ const API: &str = "http://127.0.0.1:7480";
 
 /// Machine `r1` at `address`, with a one-action workflow.
 fn machine_yaml(address: &str) -> String {
-    format!(
-        "apiVersion: tinkerbell.org/v1alpha1
-kind: Hardware
-metadata: {{name: r1, namespace: lab}}
-spec:
-  interfaces:
-    - dhcp: {{mac: \"{MAC}\", ip: {{address: {address}, netmask: 255.255.255.0}}}}
-      netboot: {{allowPXE: true, allowWorkflow: true}}
----
-apiVersion: tinkerbell.org/v1alpha1
-kind: Template
-metadata: {{name: t, namespace: lab}}
-spec: {{data: \"tasks: [{{name: t, actions: [{{name: a, image: i}}]}}]\"}}
----
-apiVersion: tinkerbell.org/v1alpha1
-kind: Workflow
-metadata: {{name: w, namespace: lab}}
-spec: {{templateRef: t, hardwareRef: r1}}
-"
-    )
+    wisp_tests::machine_with_workflow_yaml("r1", MAC, address)
 }
 
 /// The stages the stream's messages gave the machine, in order.
