@@ -182,9 +182,14 @@ fn load_state(
         metrics.events_dropped.clone(),
     )
     .context("opening the machines' event log")?;
+    let outputs = crate::action_output::ActionOutputs::open(
+        &settings.data_dir,
+        metrics.output_lines_dropped.clone(),
+    )
+    .context("opening the actions' output")?;
     let state = Arc::new(AppState::new(
         engine,
-        (machines, Arc::new(events)),
+        (machines, Arc::new(events), Arc::new(outputs)),
         gate,
         metrics,
         (leases, holders),

@@ -9,12 +9,16 @@
 //! - [`tftp`]: the read-only TFTP server for the iPXE binaries;
 //! - [`http`]: the boot HTTP server: iPXE scripts, iPXE binaries and boot assets;
 //! - [`metadata`]: the metadata service (EC2 paths, `/metadata`), on the boot HTTP server;
-//! - [`worker_api`]: the gRPC worker API (Tinkerbell's `WorkflowService`) over the workflow engine;
+//! - [`worker_api`]: the gRPC worker API (Tinkerbell's `WorkflowService`) over the workflow engine,
+//!   and Wisp's `ActionOutput` beside it;
+//! - [`events`], [`action_output`]: each machine's events and each action's output, kept in
+//!   bounded [`journal`]s;
 //! - [`identity`]: which machine is calling, by address and token;
 //! - [`api`]: the HTTP/JSON API the `wisp` CLI talks to, and its wire types;
 //! - [`metrics`]: Prometheus metrics;
 //! - [`config`]: `wisp serve`'s settings, from flags, `WISP_*` variables and a TOML file;
 //! - [`daemon`]: `wisp serve`, which wires them together.
+pub mod action_output;
 pub mod api;
 pub mod bmc;
 pub mod boot_files;
@@ -25,6 +29,7 @@ pub mod events;
 pub mod gate;
 pub mod http;
 pub mod identity;
+pub mod journal;
 pub mod log_budget;
 pub mod machines;
 pub mod metadata;

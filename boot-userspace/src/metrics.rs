@@ -68,6 +68,7 @@ pub struct Metrics {
     pub action_reports: Family<StateLabels, Counter>,
     pub log_lines_suppressed: Family<ProtocolLabels, Counter>,
     pub events_dropped: Counter,
+    pub output_lines_dropped: Counter,
     /// Machines by stage of their provisioning (the rack view's).
     pub machines: Family<StageLabels, prometheus_client::metrics::gauge::Gauge>,
     /// How long machines stayed in each stage they left.
@@ -118,6 +119,10 @@ impl Metrics {
             events_dropped: metric.add(
                 "events_dropped",
                 "Machine events kept in memory only: the event journal's queue was full",
+            ),
+            output_lines_dropped: metric.add(
+                "action_output_lines_dropped",
+                "Lines of actions' output kept in memory only: the output journal's queue was full",
             ),
             machines: metric.add("machines", "Machines Wisp owns, by stage of provisioning"),
             stage_seconds: {

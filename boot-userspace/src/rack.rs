@@ -196,6 +196,8 @@ pub fn stage_of(
         EventKind::Script if event.message.contains("provisioning OS") => Stage::ProvisioningOs,
         EventKind::Script => Stage::Ipxe,
         EventKind::ActionHandedOut | EventKind::ActionReported => Stage::Action,
+        // Powered on, its firmware starts: nothing on the wire from it yet.
+        EventKind::Power => Stage::Off,
     };
     (stage, event.message.clone(), since)
 }

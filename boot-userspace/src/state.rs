@@ -18,6 +18,7 @@ use workflow::{
 
 use crate::{
     dhcp::{LeaseHolders, ScriptHandoffs},
+    action_output::ActionOutputs,
     events::EventLog,
     gate::Gate,
     identity::{MachineIdentity, MachineTokens},
@@ -33,6 +34,8 @@ pub struct AppState {
     pub machines: Arc<Machines>,
     /// Each machine's recent events.
     pub events: Arc<EventLog>,
+    /// What running actions print, and how far they are.
+    pub outputs: Arc<ActionOutputs>,
     pub metrics: Arc<Metrics>,
     pub leases: Arc<dyn LeaseStore>,
     /// Who holds each leased address: the DHCP server keeps it, deleting a lease updates it.
@@ -66,7 +69,7 @@ struct CoalescedSyncs {
 impl AppState {
     pub fn new(
         engine: Engine,
-        (machines, events): (Arc<Machines>, Arc<EventLog>),
+        (machines, events, outputs): (Arc<Machines>, Arc<EventLog>, Arc<ActionOutputs>),
         gate: Arc<Gate>,
         metrics: Arc<Metrics>,
         leases: (Arc<dyn LeaseStore>, Arc<LeaseHolders>),
@@ -79,6 +82,7 @@ impl AppState {
             gate,
             machines,
             events,
+            outputs,
             metrics,
             leases,
             holders,

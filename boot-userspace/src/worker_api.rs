@@ -1,5 +1,7 @@
 //! The worker API: Tinkerbell's `proto.WorkflowService` over gRPC, so that Wisp's worker and
-//! Tinkerbell's own agent can both fetch their actions and report on them.
+//! Tinkerbell's own agent can both fetch their actions and report on them; and beside it Wisp's
+//! `wisp.v1.ActionOutput`, through which Wisp's worker sends what its actions print and how
+//! far they are.
 //!
 //! A worker is identified as the metadata service identifies a machine ([`crate::identity`]):
 //! by its source address and its token (`authorization: Bearer <token>`). The `agent_id` it
@@ -14,6 +16,10 @@ use std::{
 use anyhow::Context as _;
 use tonic::{Code, Request, Response, Status};
 use wisp_proto::{
+    output::{
+        action_output_server::{ActionOutput, ActionOutputServer},
+        AppendRequest, AppendResponse,
+    },
     workflow_service_server::{WorkflowService, WorkflowServiceServer},
     ActionRequest, ActionResponse, ActionStatusRequest, ActionStatusResponse, Namespaces,
     StateType, WORKFLOW_STATE_KEY,
@@ -26,6 +32,7 @@ use workflow::{
 };
 
 use crate::{
+    action_output::{ActionKey, Progress},
     events::EventKind,
     identity::{self, Refusal},
     metrics::{StateLabels, WorkerCallLabels},
@@ -159,12 +166,14 @@ impl WorkerApi {
             ConnectionLimits::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS),
             timeout,
         );
+        let api = Arc::new(self);
         tonic::transport::Server::builder()
             .timeout(CALL_TIMEOUT)
             .concurrency_limit_per_connection(MAX_CALLS_PER_CONNECTION)
             .http2_keepalive_interval(Some(timeout))
             .http2_keepalive_timeout(Some(timeout))
-            .add_service(WorkflowServiceServer::new(self))
+            .add_service(WorkflowServiceServer::from_arc(Arc::clone(&api)))
+            .add_service(ActionOutputServer::from_arc(api))
             .serve_with_incoming(incoming)
             .await?;
         Ok(())
@@ -504,6 +513,12 @@ impl WorkerApi {
                 report.message
             ),
         );
+        if report.state.is_final() {
+            self.state.outputs.ended(&ActionKey {
+                workflow: body.workflow_id().to_string(),
+                action: u32::try_from(action).unwrap_or(u32::MAX),
+            });
+        }
         let for_engine = workflow.clone();
         let reported = report.state;
         self.engine(move |state| {
@@ -513,6 +528,73 @@ impl WorkerApi {
         })
         .await?;
         Ok(reported)
+    }
+}
+
+impl WorkerApi {
+    /// Keeps what an action printed and how far it is, for its own machine's workflow only.
+    async fn keep_output(&self, request: Request<AppendRequest>) -> Result<(), Status> {
+        let body = request.get_ref();
+        let (worker, _) = self.worker(&request, &body.agent_id, false)?;
+        let workflow = workflow_key(&body.workflow_id)?;
+        let action: u32 = body.action_id.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "action_id {:?} is not an action index",
+                body.action_id
+            ))
+        })?;
+        if body.lines.len() > MAX_OUTPUT_LINES_PER_CALL {
+            return Err(Status::invalid_argument(format!(
+                "{} lines in one call; at most {MAX_OUTPUT_LINES_PER_CALL}",
+                body.lines.len()
+            )));
+        }
+        let state = Arc::clone(&self.state);
+        let (of, hardware) = (workflow, worker.hardware.clone());
+        let mine = tokio::task::spawn_blocking(move || state.engine.is_workflow_of(&of, &hardware))
+            .await
+            .map_err(|err| Status::internal(err.to_string()))?
+            .map_err(|err| engine_status(err.into()))?;
+        if !mine {
+            return Err(Status::permission_denied(format!(
+                "workflow {} is not one of {}'s",
+                body.workflow_id, worker.hardware
+            )));
+        }
+        let key = ActionKey {
+            workflow: body.workflow_id.clone(),
+            action,
+        };
+        self.state
+            .outputs
+            .append(&key, body.first_line, &body.lines);
+        if let Some(progress) = &body.progress {
+            self.state.outputs.set_progress(
+                key,
+                Progress {
+                    bytes: progress.bytes,
+                    total: Some(progress.total).filter(|&total| total > 0),
+                    bytes_per_second: progress.bytes_per_second,
+                    at_ms: crate::journal::now_ms(),
+                },
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Lines in one `Append`, at most: a worker sends what accumulated in a second or so.
+const MAX_OUTPUT_LINES_PER_CALL: usize = 10_000;
+
+#[tonic::async_trait]
+impl ActionOutput for WorkerApi {
+    async fn append(
+        &self,
+        request: Request<AppendRequest>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        self.counted("Append", self.keep_output(request))
+            .await
+            .map(|()| Response::new(AppendResponse {}))
     }
 }
 

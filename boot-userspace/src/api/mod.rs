@@ -47,6 +47,14 @@ pub struct ResourceView {
     pub run: Option<WorkflowStatus>,
 }
 
+/// A workflow's output (`GET /v1/workflows/NAMESPACE/NAME/output`): the lines its actions
+/// printed that Wisp keeps, and how far its running actions are.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OutputView {
+    pub lines: Vec<crate::action_output::OutputLine>,
+    pub progress: std::collections::BTreeMap<u32, crate::action_output::Progress>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeleteResponse {
     pub key: ResourceKey,

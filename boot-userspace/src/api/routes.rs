@@ -43,6 +43,7 @@ pub fn router(state: Arc<AppState>, token: ApiToken, loopback_host: bool) -> Rou
         .route("/v1/session", post(super::rack::session))
         .route("/v1/leases", get(leases))
         .route("/v1/leases/{mac}", axum::routing::delete(delete_lease))
+        .route("/v1/workflows/{namespace}/{name}/output", get(output))
         .route("/v1/{kind}", get(list))
         .route("/v1/{kind}/{namespace}/{name}", get(get_one).delete(delete))
         .layer(axum::middleware::from_fn_with_state(token, require_token))
@@ -416,6 +417,40 @@ async fn events(
         Some(machine) => Some(machine_mac(&state, machine)?),
     };
     Ok(Json(state.events.events(mac, limit)))
+}
+
+#[derive(serde::Deserialize)]
+struct OutputQuery {
+    /// One action's, by index; every action's if absent.
+    action: Option<u32>,
+    /// Lines from this index on (of each action).
+    #[serde(default)]
+    after: u64,
+}
+
+/// What a workflow's actions printed, and how far its running actions are.
+async fn output(
+    State(state): State<Arc<AppState>>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(query): Query<OutputQuery>,
+) -> ApiResult<super::OutputView> {
+    let key = ResourceKey {
+        kind: Kind::Workflow,
+        namespace,
+        name,
+    };
+    let view = blocking(&state, move |state| {
+        if state.catalog().store().get(&key)?.is_none() {
+            return Err(ApiError::not_found(&key));
+        }
+        let workflow = format!("{}/{}", key.namespace, key.name);
+        Ok(super::OutputView {
+            lines: state.outputs.lines(&workflow, query.action, query.after),
+            progress: state.outputs.progress_of(&workflow),
+        })
+    })
+    .await?;
+    Ok(Json(view))
 }
 
 /// The MAC that `machine` names: a MAC, or a Hardware Wisp serves, by `name` (in any

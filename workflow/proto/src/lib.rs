@@ -1,10 +1,18 @@
-//! Tinkerbell's worker API (`proto.WorkflowService`), generated from `proto/`, and the few
-//! conventions on top of it that the appliance and the worker share.
+//! Tinkerbell's worker API (`proto.WorkflowService`), generated from `proto/`, the few
+//! conventions on top of it that the appliance and the worker share, and Wisp's one addition
+//! (`wisp.v1.ActionOutput`).
 mod generated {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("proto");
 }
 pub use generated::{action_status_request::StateType, *};
+
+/// Wisp's addition to the worker API (`wisp.v1.ActionOutput`): a running action's output and
+/// progress.
+pub mod output {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("wisp.v1");
+}
 
 use std::time::SystemTime;
 

@@ -315,6 +315,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether `workflow` is one of the machine's: a worker sends only its own workflows'
+    /// output.
+    pub fn is_workflow_of(
+        &self,
+        workflow: &ResourceKey,
+        hardware: &ResourceKey,
+    ) -> Result<bool, StoreError> {
+        let mut state = self.state();
+        state.workflows.refresh(&self.catalog)?;
+        let found = state.workflows.of(hardware).any(|(key, _)| key == workflow);
+        Ok(found)
+    }
+
     /// The workflows of a machine, for [`Engine::freshen`].
     fn workflows_of(&self, hardware: &ResourceKey) -> Result<Vec<ResourceKey>, StoreError> {
         if !self.catalog.store().shared() {

@@ -1,20 +1,34 @@
 //! `wisp-worker`, the worker agent that runs in the provisioning OS: it asks Wisp's worker API for its
 //! machine's next action, runs it with its environment and timeout, and reports each one:
-//! running, then success, failure (with the error) or timeout.
+//! running, then success, failure (with the error) or timeout. While an action runs, what it
+//! prints and how far it is go to Wisp too (`wisp.v1.ActionOutput`).
 pub mod actions;
+pub mod output;
 
 use std::{
     collections::BTreeMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant, SystemTime},
 };
 
 use tonic::{metadata::MetadataValue, transport::Channel, Code, Request};
 
 use actions::{ActionError, Succeeded};
+use output::Output;
 use wisp_proto::{
-    transient, workflow_service_client::WorkflowServiceClient, ActionRequest, ActionResponse,
-    ActionStatusRequest, StateType, WORKFLOW_STATE_KEY,
+    output::{action_output_client::ActionOutputClient, AppendRequest},
+    transient,
+    workflow_service_client::WorkflowServiceClient,
+    ActionRequest, ActionResponse, ActionStatusRequest, StateType, WORKFLOW_STATE_KEY,
 };
+
+/// How often a running action's output goes to Wisp.
+const OUTPUT_PERIOD: Duration = Duration::from_millis(500);
+/// How long the output an action left is given to reach Wisp before its report goes.
+const OUTPUT_FLUSH: Duration = Duration::from_secs(5);
 
 pub struct Config {
     /// `http://<wisp>:42113`: the appliance that booted the machine first, then the others
@@ -43,51 +57,53 @@ pub enum Finished {
 
 pub struct Agent {
     config: Config,
+    /// One thread of its own, which sends the output while the action runs on this one.
     runtime: tokio::runtime::Runtime,
-    /// One client per endpoint, and the one calls go to.
-    clients: Vec<WorkflowServiceClient<Channel>>,
-    current: std::cell::Cell<usize>,
+    /// One channel per endpoint, and the one calls go to.
+    channels: Vec<Channel>,
+    current: Arc<AtomicUsize>,
 }
 
 impl Agent {
     pub fn connect(config: Config) -> anyhow::Result<Agent> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()?;
         // Lazy: the first call connects, and a server that restarts is reconnected to. The
         // channel's background task starts on the runtime, so build it inside.
         let _inside = runtime.enter();
         anyhow::ensure!(!config.endpoints.is_empty(), "no worker API to call");
-        let mut clients = Vec::with_capacity(config.endpoints.len());
+        let mut channels = Vec::with_capacity(config.endpoints.len());
         for endpoint in &config.endpoints {
             let channel = Channel::from_shared(endpoint.clone())?
                 .connect_timeout(Duration::from_secs(5))
                 // An appliance that went silent mid-call is given up on, for the next.
                 .timeout(Duration::from_secs(30))
                 .connect_lazy();
-            clients.push(WorkflowServiceClient::new(channel));
+            channels.push(channel);
         }
         Ok(Agent {
             config,
             runtime,
-            clients,
-            current: std::cell::Cell::new(0),
+            channels,
+            current: Arc::default(),
         })
     }
 
     fn client(&self) -> WorkflowServiceClient<Channel> {
-        self.clients[self.current.get()].clone()
+        WorkflowServiceClient::new(self.channels[self.current.load(Ordering::Relaxed)].clone())
     }
 
     /// After a call that did not get through: the next call goes to the next appliance.
     fn move_on(&self) {
-        if self.clients.len() > 1 {
-            let next = (self.current.get() + 1) % self.clients.len();
+        if self.channels.len() > 1 {
+            let next = (self.current.load(Ordering::Relaxed) + 1) % self.channels.len();
             tracing::warn!(
                 endpoint = self.config.endpoints[next],
                 "trying the next appliance"
             );
-            self.current.set(next);
+            self.current.store(next, Ordering::Relaxed);
         }
     }
 
@@ -110,13 +126,58 @@ impl Agent {
     }
 
     fn request<T>(&self, body: T) -> Request<T> {
-        let mut request = Request::new(body);
-        if let Some(token) = &self.config.token {
-            if let Ok(value) = MetadataValue::try_from(format!("Bearer {token}")) {
-                request.metadata_mut().insert("authorization", value);
+        authorized(self.config.token.as_deref(), body)
+    }
+
+    /// Starts sending what `action` prints and how far it is; what is left is sent when the
+    /// returned sender fires (or is dropped), and the task ends.
+    fn ship_output(
+        &self,
+        action: &ActionResponse,
+        output: Output,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (finish, mut finished) = tokio::sync::oneshot::channel::<()>();
+        let (channels, current) = (self.channels.clone(), Arc::clone(&self.current));
+        let token = self.config.token.clone();
+        let ids = (
+            action.workflow_id().to_string(),
+            self.config.agent_id.clone(),
+            action.action_id().to_string(),
+        );
+        let shipper = self.runtime.spawn(async move {
+            let mut last = false;
+            while !last {
+                tokio::select! {
+                    _ = tokio::time::sleep(OUTPUT_PERIOD) => {}
+                    _ = &mut finished => last = true,
+                }
+                let Some(batch) = output.batch() else {
+                    continue;
+                };
+                let (workflow_id, agent_id, action_id) = ids.clone();
+                let body = AppendRequest {
+                    workflow_id,
+                    agent_id,
+                    action_id,
+                    first_line: batch.first,
+                    lines: batch.lines.clone(),
+                    progress: batch.progress,
+                };
+                let channel = channels[current.load(Ordering::Relaxed)].clone();
+                let mut client = ActionOutputClient::new(channel);
+                match client.append(authorized(token.as_deref(), body)).await {
+                    Ok(_) => output.sent(&batch),
+                    // Tinkerbell's server, which has no such call: the console has it all.
+                    Err(status) if status.code() == Code::Unimplemented => return,
+                    // Kept for the next try; the calls that matter move to the next appliance.
+                    Err(status) => tracing::debug!("sending the action's output: {status}"),
+                }
             }
-        }
-        request
+        });
+        (finish, shipper)
     }
 
     /// Asks for the next action until there is one, or until the server says how the
@@ -231,6 +292,8 @@ impl Agent {
                 .ok()
                 .filter(|&seconds| seconds > 0)
                 .and_then(|seconds| Instant::now().checked_add(Duration::from_secs(seconds)));
+            let output = Output::default();
+            let (finish_output, shipper) = self.ship_output(&action, output.clone());
             let invocation = actions::Invocation {
                 image: action.image().to_string(),
                 command: action.command.clone(),
@@ -244,6 +307,7 @@ impl Agent {
                 pid: Some(action.pid().to_string()).filter(|pid| !pid.is_empty()),
                 deadline,
                 appliances: self.appliance_hosts(),
+                output,
             };
             let (state, message, finished) = match actions::run(&invocation) {
                 Ok(Succeeded::Done(message)) => (StateType::Success, message, None),
@@ -275,10 +339,26 @@ impl Agent {
             // What an action reported done is on the disk: once the last report is in, Wisp
             // may power-cycle the machine (a workflow's bootOptions) without losing a write.
             nix::unistd::sync();
+            // Its output first, so that what `wisp logs` shows is whole once the report is in.
+            let _ = finish_output.send(());
+            let _ = self
+                .runtime
+                .block_on(async { tokio::time::timeout(OUTPUT_FLUSH, shipper).await });
             self.report(&action, state, started, message)?;
             if let Some(finished) = finished {
                 return Ok(finished);
             }
         }
     }
+}
+
+/// A call's request, with the machine's token when it has one.
+fn authorized<T>(token: Option<&str>, body: T) -> Request<T> {
+    let mut request = Request::new(body);
+    if let Some(token) = token {
+        if let Ok(value) = MetadataValue::try_from(format!("Bearer {token}")) {
+            request.metadata_mut().insert("authorization", value);
+        }
+    }
+    request
 }

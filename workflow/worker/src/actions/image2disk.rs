@@ -124,10 +124,15 @@ fn write_from(
         Format::Qcow2 => {
             drop(image);
             let image = qcow2::HttpImage { http: &http, url };
-            qcow2::write(&image, disk, &|| invocation.check_deadline())?
+            qcow2::write(&image, disk, &|done, size| {
+                invocation.output.progress(done, Some(size));
+                invocation.check_deadline()
+            })?
         }
         stream => {
-            let mut writer = DiskWriter::new(disk, invocation);
+            // A compressed image's length is not the disk's.
+            let total = length.filter(|_| stream == Format::Raw);
+            let mut writer = DiskWriter::new(disk, invocation, total);
             decompress(stream, url, &mut image, &mut writer)?;
             let written = writer.finish()?;
             // A server that died mid-stream ends a raw image early without a decoder to
@@ -175,20 +180,24 @@ fn io_error(err: io::Error, doing: &str) -> ActionError {
     }
 }
 
-/// Writes sequentially to the disk through a large buffer, checking the deadline.
+/// Writes sequentially to the disk through a large buffer, checking the deadline and saying
+/// how far it is.
 struct DiskWriter<'a> {
     disk: &'a File,
     buffer: Vec<u8>,
     offset: u64,
+    /// The bytes there are to write, when known.
+    total: Option<u64>,
     invocation: &'a Invocation,
 }
 
 impl<'a> DiskWriter<'a> {
-    fn new(disk: &'a File, invocation: &'a Invocation) -> DiskWriter<'a> {
+    fn new(disk: &'a File, invocation: &'a Invocation, total: Option<u64>) -> DiskWriter<'a> {
         DiskWriter {
             disk,
             buffer: Vec::with_capacity(WRITE_BUFFER),
             offset: 0,
+            total,
             invocation,
         }
     }
@@ -218,6 +227,7 @@ impl Write for DiskWriter<'_> {
         self.disk.write_all_at(&self.buffer, self.offset)?;
         self.offset += self.buffer.len() as u64;
         self.buffer.clear();
+        self.invocation.output.progress(self.offset, self.total);
         Ok(())
     }
 }
@@ -299,7 +309,7 @@ pub fn fuzz_image(bytes: &[u8]) {
     let image = bytes.get(1..).unwrap_or_default();
     match Format::sniff(image, compressed) {
         Format::Qcow2 => {
-            let _ = qcow2::write(&image, &qcow2::Discard, &|| Ok(()));
+            let _ = qcow2::write(&image, &qcow2::Discard, &|_, _| Ok(()));
         }
         stream => {
             let _ = decompress(stream, "fuzz", &mut &*image, &mut io::sink());
@@ -459,7 +469,9 @@ mod qcow2 {
     struct Writer<'a, I, D> {
         image: &'a I,
         disk: &'a D,
-        check_deadline: &'a dyn Fn() -> ActionResult<()>,
+        /// Called before each write, with how far the disk is written and its size.
+        checkpoint: &'a dyn Fn(u64, u64) -> ActionResult<()>,
+        size: u64,
         run: Option<Run>,
     }
 
@@ -489,7 +501,7 @@ mod qcow2 {
             let Some(run) = self.run.take() else {
                 return Ok(());
             };
-            (self.check_deadline)()?;
+            (self.checkpoint)(run.guest, self.size)?;
             let data = match run.source {
                 Source::Image(host) => self.image.read(host, run.length)?,
                 Source::Zeros => vec![0; run.length as usize],
@@ -504,11 +516,12 @@ mod qcow2 {
         }
     }
 
-    /// Writes the image onto the disk cluster by cluster; returns the virtual size.
+    /// Writes the image onto the disk cluster by cluster, calling `checkpoint` before each
+    /// write (with how far it is and the virtual size, which it returns).
     pub fn write(
         image: &impl Image,
         disk: &impl Disk,
-        check_deadline: &dyn Fn() -> ActionResult<()>,
+        checkpoint: &dyn Fn(u64, u64) -> ActionResult<()>,
     ) -> ActionResult<u64> {
         let url = image.name();
         let header = image.read(0, 104)?;
@@ -562,7 +575,8 @@ mod qcow2 {
         let mut writer = Writer {
             image,
             disk,
-            check_deadline,
+            checkpoint,
+            size,
             run: None,
         };
         for l1_index in 0..needed {
@@ -580,7 +594,7 @@ mod qcow2 {
                 let entry = be64(&l2, l2_index as usize * 8);
                 if entry & COMPRESSED != 0 {
                     writer.flush()?;
-                    check_deadline()?;
+                    checkpoint(guest, size)?;
                     let shift = 62 - (cluster_bits - 8);
                     let host = entry & ((1 << shift) - 1);
                     let sectors = ((entry >> shift) & ((1 << (cluster_bits - 8)) - 1)) + 1;

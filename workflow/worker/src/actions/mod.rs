@@ -21,6 +21,8 @@ use std::{
 };
 
 pub use image2disk::Format;
+
+use crate::output::Output;
 pub use power::restart;
 
 /// One action to run, as the worker API handed it out, with the time it must end by.
@@ -39,6 +41,8 @@ pub struct Invocation {
     /// The addresses of the appliances sharing a store, which serve the same files: a URL
     /// naming one of them is fetched from the next when that one stops answering.
     pub appliances: Vec<String>,
+    /// Where what it prints and how far it is go, for Wisp.
+    pub output: Output,
 }
 
 /// How an action that succeeded ends: with a message for its report, or by asking the agent
@@ -121,12 +125,9 @@ impl Invocation {
     }
 }
 
-/// Lines of a failed command's error output kept for its report.
-const ERROR_TAIL_LINES: usize = 5;
+/// Lines of a failed command's output kept for its report.
+const TAIL_LINES: usize = 5;
 
-/// Runs a command to its end or to the deadline, when it is killed. Its output goes to the
-/// console as it comes; a failure's message carries the exit status and the last lines of its
-/// error output.
 /// The PATH a container gets when its image sets none (Docker's and BuildKit's default), which
 /// is what Tinkerbell's action images, built `FROM scratch`, run with.
 pub const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -142,6 +143,9 @@ pub fn container_environment(command: &mut Command, invocation: &Invocation) {
         .envs(&invocation.environment);
 }
 
+/// Runs a command to its end or to the deadline, when it is killed. What it prints goes to the
+/// console and to Wisp as it comes; a failure's message carries the exit status and the last
+/// lines it printed.
 pub fn run_command(
     invocation: &Invocation,
     command: &mut Command,
@@ -153,23 +157,35 @@ pub fn run_command(
         .process_group(0)
         // Nothing to read: a command that waits for input would otherwise hang to its timeout.
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::inherit())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|err| fail(format!("cannot start {what}: {err}")))?;
-    // Error output is read on a thread, so that a chatty command cannot block on a full pipe.
-    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(ERROR_TAIL_LINES)));
-    let (done, reader_done) = mpsc::channel::<()>();
-    if let Some(pipe) = child.stderr.take() {
-        let tail = Arc::clone(&tail);
+    // Each pipe is read on a thread, so that a chatty command cannot block on a full pipe.
+    let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+    let (done, readers_done) = mpsc::channel::<()>();
+    let pipes: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+        child.stdout.take().map(|pipe| Box::new(pipe) as _),
+        child.stderr.take().map(|pipe| Box::new(pipe) as _),
+    ];
+    let readers = pipes.iter().flatten().count();
+    for (pipe, to_stderr) in pipes.into_iter().zip([false, true]) {
+        let Some(pipe) = pipe else { continue };
+        let (tail, output, done) = (Arc::clone(&tail), invocation.output.clone(), done.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                eprintln!("{line}");
+                if to_stderr {
+                    eprintln!("{line}");
+                } else {
+                    println!("{line}");
+                }
                 let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-                if tail.len() == ERROR_TAIL_LINES {
+                if tail.len() == TAIL_LINES {
                     tail.pop_front();
                 }
-                tail.push_back(line);
+                tail.push_back(line.clone());
+                drop(tail);
+                output.line(line);
             }
             let _ = done.send(());
         });
@@ -189,17 +205,23 @@ pub fn run_command(
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    // A process it left behind may hold the pipe open: wait for the rest of the output only
+    // A process it left behind may hold a pipe open: wait for the rest of the output only
     // briefly.
-    let _ = reader_done.recv_timeout(Duration::from_secs(2));
+    let patience = Instant::now() + Duration::from_secs(2);
+    for _ in 0..readers {
+        let left = patience.saturating_duration_since(Instant::now());
+        if readers_done.recv_timeout(left).is_err() {
+            break;
+        }
+    }
     if status.success() {
         return Ok(format!("{what} succeeded"));
     }
     let tail = tail.lock().unwrap_or_else(|p| p.into_inner());
-    let errors: Vec<&str> = tail.iter().map(String::as_str).collect();
+    let printed: Vec<&str> = tail.iter().map(String::as_str).collect();
     let mut message = format!("{what} failed ({status})");
-    if !errors.is_empty() {
-        message.push_str(&format!(": {}", errors.join(" | ")));
+    if !printed.is_empty() {
+        message.push_str(&format!(": {}", printed.join(" | ")));
     }
     Err(fail(message))
 }
@@ -222,6 +244,7 @@ pub(super) mod tests {
             pid: None,
             deadline: None,
             appliances: Vec::new(),
+            output: Output::default(),
         }
     }
 
@@ -321,14 +344,17 @@ pub(super) mod tests {
         let c = invocation(&[], Some(Duration::from_millis(300)));
         let err = run_command(
             &c,
-            Command::new("sh").args(["-c", "echo broken >&2; exit 3"]),
+            Command::new("sh").args(["-c", "echo checking; echo broken >&2; exit 3"]),
             "the probe",
         )
         .unwrap_err();
-        assert_eq!(
-            err,
-            ActionError::Failed("the probe failed (exit status: 3): broken".into())
-        );
+        // What it printed on either stream, and all of it for Wisp.
+        let message = err.to_string();
+        assert!(message.starts_with("the probe failed (exit status: 3): "), "{message}");
+        assert!(message.contains("checking") && message.contains("broken"), "{message}");
+        let sent = c.output.batch().expect("the lines, for Wisp");
+        assert_eq!(sent.lines.len(), 2);
+        assert!(sent.lines.contains(&"broken".to_string()));
         let started = Instant::now();
         // The shell's child holds the output pipe too; the whole group goes.
         let err = run_command(
