@@ -15,6 +15,7 @@ use workflow::{
 };
 
 use crate::{
+    action_output::{ActionKey, Progress},
     events::{Event, EventKind},
     machines::MachineTable,
 };
@@ -97,6 +98,10 @@ pub struct RackRow {
     pub since_ms: Option<u64>,
     /// Its last event's message.
     pub last_event: Option<String>,
+    /// Its current workflow, `namespace/name`.
+    pub workflow: Option<String>,
+    /// How far its running action is, when the action says (image2disk).
+    pub progress: Option<Progress>,
 }
 
 /// Every machine's row, sorted by name.
@@ -104,6 +109,7 @@ pub fn rows(
     machines: &MachineTable,
     runs: &HashMap<ResourceKey, (ResourceKey, WorkflowStatus)>,
     last_event: impl Fn(&MacAddr) -> Option<Event>,
+    progress: impl Fn(&ActionKey) -> Option<Progress>,
 ) -> Vec<RackRow> {
     let mut rows: Vec<RackRow> = machines
         .iter()
@@ -111,6 +117,23 @@ pub fn rows(
             let run = runs.get(&machine.hardware);
             let last = last_event(&machine.mac);
             let (stage, detail, since_ms) = stage_of(run, last.as_ref());
+            let workflow = run.map(|(key, _)| format!("{}/{}", key.namespace, key.name));
+            let running = run.and_then(|(_, status)| {
+                status
+                    .actions
+                    .iter()
+                    .position(|action| action.state == State::Running)
+            });
+            let progress = workflow
+                .clone()
+                .zip(running)
+                .filter(|_| stage == Stage::Action)
+                .and_then(|(workflow, action)| {
+                    progress(&ActionKey {
+                        workflow,
+                        action: u32::try_from(action).ok()?,
+                    })
+                });
             RackRow {
                 name: format!("{}/{}", machine.hardware.namespace, machine.hardware.name),
                 mac: machine.mac,
@@ -119,6 +142,8 @@ pub fn rows(
                 detail,
                 since_ms,
                 last_event: last.map(|event| event.message),
+                workflow,
+                progress,
             }
         })
         .collect();
@@ -298,6 +323,8 @@ mod tests {
             detail: String::new(),
             since_ms: Some(since_ms),
             last_event: None,
+            workflow: None,
+            progress: None,
         };
         let mut seen = SeenStages::new();
         assert!(left_stages(&mut seen, &[row(Stage::Dhcp, 1_000)]).is_empty());

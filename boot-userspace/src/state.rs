@@ -17,8 +17,8 @@ use workflow::{
 };
 
 use crate::{
-    dhcp::{LeaseHolders, ScriptHandoffs},
     action_output::ActionOutputs,
+    dhcp::{LeaseHolders, ScriptHandoffs},
     events::EventLog,
     gate::Gate,
     identity::{MachineIdentity, MachineTokens},
@@ -103,9 +103,12 @@ impl AppState {
     pub fn rack(&self) -> Result<Vec<crate::rack::RackRow>, StoreError> {
         let runs = self.engine.current_runs()?;
         let machines = self.machines.current();
-        Ok(crate::rack::rows(&machines, &runs, |mac| {
-            self.events.last(mac)
-        }))
+        Ok(crate::rack::rows(
+            &machines,
+            &runs,
+            |mac| self.events.last(mac),
+            |action| self.outputs.progress(action),
+        ))
     }
 
     /// Makes the machine table (with which machines have workflows) and the gate's allowlist

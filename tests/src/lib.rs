@@ -425,7 +425,22 @@ impl Netns {
 
     /// The CLI, run here with the server and token of the daemon started here.
     pub fn wisp_command(&self) -> Command {
-        let mut command = self.command(wisp_binary());
+        self.with_api(self.command(wisp_binary()))
+    }
+
+    /// The CLI with `args` (plain words), as [`Netns::wisp_command`] runs it but on a terminal
+    /// of its own (script(1)'s), so that it draws what it draws for a person; what the
+    /// terminal showed is the command's output.
+    pub fn wisp_on_terminal(&self, args: &[&str]) -> Command {
+        let line: Vec<String> = std::iter::once(wisp_binary().display().to_string())
+            .chain(args.iter().map(|arg| arg.to_string()))
+            .collect();
+        let mut command = self.command("script");
+        command.args(["-qfec", &line.join(" "), "/dev/null"]);
+        self.with_api(command)
+    }
+
+    fn with_api(&self, mut command: Command) -> Command {
         if let Some(api) = self.api() {
             command
                 .env("WISP_SERVER", api.server)

@@ -362,6 +362,178 @@ fn a_failed_action_fails_the_workflow_with_its_error() {
     assert!(!watched.status.success(), "watch exits non-zero on failure");
 }
 
+/// Serves `image` at `http://10.99.0.1:8099/image.raw` from the server namespace, slowly
+/// (256 KiB every 100 ms), to every connection, until the test ends.
+fn serve_slowly(lab: &Lab, image: Vec<u8>) {
+    let listener = lab
+        .server
+        .within(|| std::net::TcpListener::bind("10.99.0.1:8099").expect("bind the slow server"));
+    let image = std::sync::Arc::new(image);
+    std::thread::spawn(move || {
+        for connection in listener.incoming().map_while(Result::ok) {
+            let image = std::sync::Arc::clone(&image);
+            std::thread::spawn(move || {
+                let mut connection = connection;
+                let mut request = [0u8; 4096];
+                let _ = std::io::Read::read(&mut connection, &mut request);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    image.len()
+                );
+                let _ = connection.write_all(head.as_bytes());
+                for chunk in image.chunks(256 << 10) {
+                    if connection.write_all(chunk).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn what_actions_print_and_how_far_image2disk_is_reach_the_cli_live() {
+    require_root!();
+    let work = TempDir::new("wf-output");
+    let disk = work.join("disk.img");
+    std::fs::File::create(&disk).expect("create the disk file");
+    // 16 MiB at 2.5 MiB/s: image2disk says how far it is at each 4 MiB it writes.
+    let image: Vec<u8> = (0..16u32 << 20).map(|i| (i >> 12) as u8).collect();
+    let mut actions = format!(
+        "          - name: stream-image
+            image: quay.io/tinkerbell-actions/image2disk:v1.0.0
+            timeout: 60
+            environment: {{IMG_URL: \"http://10.99.0.1:8099/image.raw\", DEST_DISK: {}}}
+",
+        disk.display()
+    );
+    // Lines on both streams, a while apart, more than Wisp keeps, then a failure.
+    actions.push_str(&shell_action(
+        "grow",
+        60,
+        "for i in 1 2 3; do echo step $i; sleep 1; done; \
+         seq 1 300 | sed s/^/filler-/; \
+         echo Did not have sfdisk or sgdisk in PATH >&2; exit 2",
+    ));
+    let (lab, _daemon, _data) = setup("wf-output", &actions);
+    serve_slowly(&lab, image.clone());
+
+    // `wisp logs -f` started before anything ran, and `wisp watch` on a terminal.
+    let follow = lab
+        .server
+        .wisp_command()
+        .args(["logs", "wf-a", "-n", "lab", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start wisp logs -f");
+    let watch = lab
+        .server
+        .wisp_on_terminal(&["watch", "workflow", "wf-a", "-n", "lab"])
+        .env("COLUMNS", "160")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start wisp watch under script(1)");
+    let mut worker = spawn_worker(&lab, &boot_a(&lab));
+
+    // While the image streams: how far it is, with its rate, on the rack's row of the machine.
+    let mut progress = Value::Null;
+    eventually_within(
+        "image2disk's progress with a rate",
+        Duration::from_secs(30),
+        || {
+            let rack: Value = serde_json::from_str(&lab.server.api_get("/v1/rack")).expect("JSON");
+            progress = rack[0]["progress"].clone();
+            progress["bytes_per_second"]
+                .as_u64()
+                .is_some_and(|rate| rate > 0)
+        },
+    );
+    assert_eq!(progress["total"], 16 << 20, "{progress}");
+    assert!(
+        progress["bytes"]
+            .as_u64()
+            .is_some_and(|bytes| bytes % (4 << 20) == 0 && bytes < 16 << 20),
+        "{progress}"
+    );
+    // While `grow` runs: its first lines, before it has ended.
+    eventually_within("the first lines, live", Duration::from_secs(30), || {
+        let logs = wisp_ok(&lab.server, &["logs", "wf-a", "grow", "-n", "lab"]);
+        logs.starts_with("step 1\n")
+    });
+    assert_eq!(
+        workflow_json(&lab, "wf-a")["status"]["actions"][1]["state"],
+        "RUNNING",
+        "the lines came while the action ran"
+    );
+    eventually_within("the worker ends", Duration::from_secs(60), || {
+        worker.try_wait().expect("the worker").is_some()
+    });
+
+    // The failure's message has the last lines it printed, from either stream.
+    let workflow = workflow_json(&lab, "wf-a");
+    let message = workflow["status"]["actions"][1]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("exit status: 2") && message.contains("filler-300 | Did not have sfdisk"),
+        "{message}"
+    );
+    // `logs -f` ended with the workflow, with every line it keeps, in order, by action.
+    let followed = follow.wait_with_output().expect("wisp logs -f");
+    let followed_text = String::from_utf8_lossy(&followed.stdout);
+    assert!(followed.status.success(), "{}", output_text(&followed));
+    let lines: Vec<&str> = followed_text.lines().collect();
+    assert!(lines.contains(&"[grow] step 1"), "{followed_text}");
+    assert_eq!(
+        lines.last(),
+        Some(&"[grow] Did not have sfdisk or sgdisk in PATH"),
+        "{followed_text}"
+    );
+    // Once each; a burst larger than what Wisp keeps between two reads is said to be cut.
+    let grow: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("[grow]"))
+        .copied()
+        .collect();
+    let once: std::collections::HashSet<&&str> = grow.iter().collect();
+    assert_eq!(once.len(), grow.len(), "{followed_text}");
+    assert!(
+        grow.len() == 304
+            || lines
+                .iter()
+                .any(|l| l.starts_with("… ") && l.ends_with(" lines not kept")),
+        "{followed_text}"
+    );
+    // Afterwards Wisp keeps the last 200 of them.
+    let kept = wisp_ok(&lab.server, &["logs", "wf-a", "2", "-n", "lab"]);
+    assert_eq!(kept.lines().count(), 200, "{kept}");
+    assert!(kept.starts_with("filler-102\n"), "{kept}");
+    let none = wisp(&lab.server, &["logs", "wf-a", "nothing", "-n", "lab"]);
+    assert!(
+        !none.status.success()
+            && output_text(&none)
+                .contains("has no action \"nothing\" (its actions: stream-image, grow)"),
+        "{}",
+        output_text(&none)
+    );
+    // On a terminal, `wisp watch` drew the image's bytes and rate.
+    let watched = watch.wait_with_output().expect("wisp watch");
+    let watched_text = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        watched_text.contains("stream-image") && watched_text.contains("/16.00 MiB"),
+        "{watched_text}"
+    );
+    assert!(watched_text.contains("MiB/s"), "{watched_text}");
+    assert!(
+        std::fs::read(&disk).expect("the disk") == image,
+        "the image was written whole"
+    );
+}
+
 #[test]
 fn an_action_that_overruns_its_timeout_times_out() {
     require_root!();

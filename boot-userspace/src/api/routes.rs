@@ -393,8 +393,20 @@ fn view(state: &AppState, resource: Resource, reveal: bool) -> Result<ResourceVi
     })
 }
 
-async fn leases(State(state): State<Arc<AppState>>) -> ApiResult<Vec<Lease>> {
-    let leases = blocking(&state, |state| Ok(state.leases.leases()?)).await?;
+#[derive(serde::Deserialize)]
+struct LeasesQuery {
+    /// One machine's lease only.
+    mac: Option<MacAddr>,
+}
+
+async fn leases(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<LeasesQuery>,
+) -> ApiResult<Vec<Lease>> {
+    let mut leases = blocking(&state, |state| Ok(state.leases.leases()?)).await?;
+    if let Some(mac) = query.mac {
+        leases.retain(|lease| lease.mac == mac);
+    }
     Ok(Json(leases))
 }
 

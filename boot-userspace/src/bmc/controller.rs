@@ -7,7 +7,9 @@
 //!   names each one's error;
 //! - a power action waits until the machine reaches the state it asked for, up to
 //!   `bmc-power-timeout`;
-//! - a Job or Task in flight when the daemon stopped is resumed from the Task it was on.
+//! - a Job or Task in flight when the daemon stopped is resumed from the Task it was on;
+//! - each power change, done by a Task or seen by a poll, is an event of the machines whose
+//!   Hardware names the BMC.
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
@@ -32,7 +34,7 @@ use super::{
     redfish::Redfish,
     status::{Ended, MachineStatus, RunStatus},
 };
-use crate::state::AppState;
+use crate::{events::EventKind, state::AppState};
 
 /// The label Tinkerbell puts on a Job's Tasks, naming the Job.
 const OWNER_LABEL: &str = "owner-name";
@@ -398,7 +400,21 @@ impl Controller {
         let mut errors = Vec::new();
         for bmc in bmcs {
             match self.perform(&bmc, &step).await {
-                Ok(found) => return Ok(found),
+                Ok(found) => {
+                    if let Step::Power(action) = step {
+                        if action != PowerAction::Status {
+                            let message = format!(
+                                "power {} through {} (Task {})",
+                                action.as_str(),
+                                bmc.provider().name(),
+                                key.name
+                            );
+                            let on = PowerSeenOn::Host(connection.host.clone());
+                            self.power_event(&key.namespace, on, message).await;
+                        }
+                    }
+                    return Ok(found);
+                }
                 Err(Attempt::Final(message)) => {
                     errors.push(format!("{}: {message}", bmc.provider().name()));
                     break;
@@ -627,9 +643,77 @@ impl Controller {
         status.polled(outcome);
         if was != status.power_state && status.power_state != Some(PowerState::Unknown) {
             tracing::info!(machine = %key, power = ?status.power_state, "power state");
+            if let Some(now) = status.power_state.filter(|_| was.is_some()) {
+                let message = format!("power is {} (BMC {})", now.as_str(), key.name);
+                let on = PowerSeenOn::Machine(key.name.clone());
+                self.power_event(&key.namespace, on, message).await;
+            }
         }
         self.put_status(key, &status).await;
     }
+
+    /// Records a power change as an event of each machine whose Hardware names the BMC
+    /// (`spec.bmcRef`).
+    async fn power_event(&self, namespace: &str, on: PowerSeenOn, message: String) {
+        let namespace = namespace.to_string();
+        let macs = self
+            .blocking(move |state| -> Result<Vec<resource::MacAddr>, String> {
+                let store = state.catalog().store();
+                let bmc_machines: Vec<String> = match on {
+                    PowerSeenOn::Machine(name) => vec![name],
+                    PowerSeenOn::Host(host) => store
+                        .list(Kind::Machine)
+                        .map_err(|err| err.to_string())?
+                        .into_iter()
+                        .filter(|machine| machine.key.namespace == namespace)
+                        .filter(|machine| {
+                            machine
+                                .spec::<MachineSpec>()
+                                .is_ok_and(|spec| spec.connection.host == host)
+                        })
+                        .map(|machine| machine.key.name)
+                        .collect(),
+                };
+                let hardware: HashSet<ResourceKey> = state
+                    .catalog()
+                    .hardware()
+                    .map_err(|err| err.to_string())?
+                    .into_iter()
+                    .filter(|(key, spec)| {
+                        key.namespace == namespace
+                            && spec
+                                .bmc_ref
+                                .as_ref()
+                                .is_some_and(|bmc| bmc_machines.contains(&bmc.name))
+                    })
+                    .map(|(key, _)| key)
+                    .collect();
+                let table = state.machines.current();
+                Ok(table
+                    .iter()
+                    .filter(|machine| hardware.contains(&machine.hardware))
+                    .map(|machine| machine.mac)
+                    .collect())
+            })
+            .await;
+        match macs {
+            Ok(macs) => {
+                for mac in macs {
+                    self.state
+                        .events
+                        .record(mac, EventKind::Power, message.clone());
+                }
+            }
+            Err(err) => tracing::warn!("finding the machines behind a BMC: {err}"),
+        }
+    }
+}
+
+/// Where a power change was seen: on a BMC Machine, or (a Task names only its connection) on
+/// a BMC's host.
+enum PowerSeenOn {
+    Machine(String),
+    Host(String),
 }
 
 /// A provider's failure: try the next one, or stop here.

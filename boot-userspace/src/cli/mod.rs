@@ -1,5 +1,7 @@
-//! The client commands: apply, get, describe, watch, delete, power, events and `xdp stats`.
+//! The client commands: apply, get, describe, watch, logs, delete, power, events and
+//! `xdp stats`.
 mod client;
+mod logs;
 mod output;
 mod power;
 mod watch;
@@ -41,6 +43,10 @@ pub enum ClientCommand {
         /// Show Secrets' values (redacted otherwise).
         #[arg(long)]
         reveal_secrets: bool,
+        /// After the table, print each row that changes, until interrupted (Hardware rows
+        /// then carry their machine's stage).
+        #[arg(short, long)]
+        watch: bool,
     },
     /// Show one resource in detail, with what it refers to.
     Describe {
@@ -57,6 +63,17 @@ pub enum ClientCommand {
         name: String,
         #[arg(short, long)]
         namespace: Option<String>,
+    },
+    /// What a workflow's actions printed (the last 200 lines of each), as their worker sent
+    /// it: every action's, or one's (by name or number).
+    Logs {
+        workflow: String,
+        action: Option<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Follow the output until the workflow ends.
+        #[arg(short, long)]
+        follow: bool,
     },
     /// Delete a resource, or a MAC's lease (`delete lease MAC`).
     Delete {
@@ -119,7 +136,24 @@ pub fn run(server: &str, token_file: &std::path::Path, command: ClientCommand) -
             namespace,
             output,
             reveal_secrets,
+            watch,
         } => {
+            if watch {
+                if name.is_some() || !matches!(output, Format::Table | Format::Wide) {
+                    return Err(CliError(
+                        "--watch shows a table of every resource of a kind: without a name, \
+                         with -o table or wide"
+                            .into(),
+                    ));
+                }
+                let kind = parse_kind(&kind)?;
+                return watch::resources(
+                    &client,
+                    kind,
+                    namespace.as_deref(),
+                    output == Format::Wide,
+                );
+            }
             if matches!(kind.as_str(), "leases" | "lease") {
                 let leases: Vec<Lease> = client.get("/v1/leases")?;
                 output::leases(&leases, output);
@@ -185,6 +219,18 @@ pub fn run(server: &str, token_file: &std::path::Path, command: ClientCommand) -
                 other.plural()
             ))),
         },
+        ClientCommand::Logs {
+            workflow,
+            action,
+            namespace,
+            follow,
+        } => logs::run(
+            &client,
+            &workflow,
+            action.as_deref(),
+            namespace.as_deref(),
+            follow,
+        ),
         ClientCommand::Power {
             action,
             name,

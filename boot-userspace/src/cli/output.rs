@@ -8,26 +8,30 @@ use workflow::{
 
 use super::Format;
 
-/// Prints rows under a header, columns padded to their widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+/// Prints rows under a header, columns padded to their widest cell; returns the widths.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<usize> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
         }
     }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", padded.join("   ").trim_end());
-    };
-    line(header.to_vec());
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    table_line(&header, &widths);
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        table_line(row, &widths);
     }
+    widths
+}
+
+/// Prints a row with its cells padded to `widths`.
+pub fn table_line(cells: &[String], widths: &[usize]) {
+    let padded: Vec<String> = cells
+        .iter()
+        .zip(widths.iter().chain(std::iter::repeat(&0)))
+        .map(|(cell, width)| format!("{cell:<width$}"))
+        .collect();
+    println!("{}", padded.join("   ").trim_end());
 }
 
 /// The object as the user wrote it, with the state Wisp derives added under `status`.
@@ -83,72 +87,80 @@ pub fn resources(kind: Kind, views: &[ResourceView], format: Format, single: boo
                 eprintln!("No resources found.");
                 return;
             }
-            let wide = format == Format::Wide;
-            let (header, rows): (Vec<&str>, Vec<Vec<String>>) = match kind {
-                Kind::Hardware => (
-                    if wide {
-                        vec![
-                            "NAMESPACE",
-                            "NAME",
-                            "MAC",
-                            "IP",
-                            "HOSTNAME",
-                            "ALLOWPXE",
-                            "VERSION",
-                        ]
-                    } else {
-                        vec!["NAMESPACE", "NAME", "MAC", "IP"]
-                    },
-                    views.iter().map(|v| hardware_row(v, wide)).collect(),
-                ),
-                Kind::Template => (
-                    if wide {
-                        vec!["NAMESPACE", "NAME", "VERSION"]
-                    } else {
-                        vec!["NAMESPACE", "NAME"]
-                    },
-                    views.iter().map(|v| key_row(v, wide)).collect(),
-                ),
-                Kind::Workflow => (
-                    {
-                        let mut header = vec![
-                            "NAMESPACE",
-                            "NAME",
-                            "TEMPLATE",
-                            "HARDWARE",
-                            "STATE",
-                            "PROGRESS",
-                        ];
-                        if wide {
-                            header.extend(["CURRENT", "VERSION"]);
-                        }
-                        header
-                    },
-                    views.iter().map(|v| workflow_row(v, wide)).collect(),
-                ),
-                Kind::Machine => (
-                    vec!["NAMESPACE", "NAME", "HOST", "POWER", "CONTACTABLE"],
-                    views.iter().map(machine_row).collect(),
-                ),
-                Kind::Job => (
-                    vec!["NAMESPACE", "NAME", "MACHINE", "TASKS", "STATE"],
-                    views.iter().map(job_row).collect(),
-                ),
-                Kind::Task => (
-                    vec!["NAMESPACE", "NAME", "ACTION", "STATE"],
-                    views.iter().map(task_row).collect(),
-                ),
-                Kind::Secret => (
-                    vec!["NAMESPACE", "NAME", "TYPE", "DATA"],
-                    views.iter().map(secret_row).collect(),
-                ),
-                Kind::WorkflowRuleSet => (
-                    vec!["NAMESPACE", "NAME", "RULES", "TEMPLATE"],
-                    views.iter().map(rule_set_row).collect(),
-                ),
-            };
+            let (header, rows) = columns(kind, views, format == Format::Wide);
             table(&header, &rows);
         }
+    }
+}
+
+/// A kind's table: its header, and a row for each resource.
+pub fn columns(
+    kind: Kind,
+    views: &[ResourceView],
+    wide: bool,
+) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    match kind {
+        Kind::Hardware => (
+            if wide {
+                vec![
+                    "NAMESPACE",
+                    "NAME",
+                    "MAC",
+                    "IP",
+                    "HOSTNAME",
+                    "ALLOWPXE",
+                    "VERSION",
+                ]
+            } else {
+                vec!["NAMESPACE", "NAME", "MAC", "IP"]
+            },
+            views.iter().map(|v| hardware_row(v, wide)).collect(),
+        ),
+        Kind::Template => (
+            if wide {
+                vec!["NAMESPACE", "NAME", "VERSION"]
+            } else {
+                vec!["NAMESPACE", "NAME"]
+            },
+            views.iter().map(|v| key_row(v, wide)).collect(),
+        ),
+        Kind::Workflow => (
+            {
+                let mut header = vec![
+                    "NAMESPACE",
+                    "NAME",
+                    "TEMPLATE",
+                    "HARDWARE",
+                    "STATE",
+                    "PROGRESS",
+                ];
+                if wide {
+                    header.extend(["CURRENT", "VERSION"]);
+                }
+                header
+            },
+            views.iter().map(|v| workflow_row(v, wide)).collect(),
+        ),
+        Kind::Machine => (
+            vec!["NAMESPACE", "NAME", "HOST", "POWER", "CONTACTABLE"],
+            views.iter().map(machine_row).collect(),
+        ),
+        Kind::Job => (
+            vec!["NAMESPACE", "NAME", "MACHINE", "TASKS", "STATE"],
+            views.iter().map(job_row).collect(),
+        ),
+        Kind::Task => (
+            vec!["NAMESPACE", "NAME", "ACTION", "STATE"],
+            views.iter().map(task_row).collect(),
+        ),
+        Kind::Secret => (
+            vec!["NAMESPACE", "NAME", "TYPE", "DATA"],
+            views.iter().map(secret_row).collect(),
+        ),
+        Kind::WorkflowRuleSet => (
+            vec!["NAMESPACE", "NAME", "RULES", "TEMPLATE"],
+            views.iter().map(rule_set_row).collect(),
+        ),
     }
 }
 

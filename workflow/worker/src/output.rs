@@ -120,7 +120,10 @@ mod tests {
         output.line("four".into());
         output.sent(&again);
         let next = output.batch().expect("one line");
-        assert_eq!((next.first, next.lines.as_slice()), (3, &["four".to_string()][..]));
+        assert_eq!(
+            (next.first, next.lines.as_slice()),
+            (3, &["four".to_string()][..])
+        );
         output.sent(&next);
         assert_eq!(output.batch(), None);
         // When Wisp cannot be reached for long, the oldest make room.
@@ -145,6 +148,9 @@ mod tests {
         let progress = output.batch().and_then(|b| b.progress).expect("progress");
         assert_eq!(progress.bytes, 500);
         // 500 bytes over a little more than the window.
-        assert!((300..=500).contains(&progress.bytes_per_second), "{progress:?}");
+        assert!(
+            (300..=500).contains(&progress.bytes_per_second),
+            "{progress:?}"
+        );
     }
 }

@@ -151,34 +151,36 @@ pub fn run_command(
     command: &mut Command,
     what: &str,
 ) -> ActionResult<String> {
+    // Both streams into one pipe, as a terminal shows them: the order of its lines is the
+    // order it wrote them in, across the two.
+    let (pipe, writer) =
+        std::io::pipe().map_err(|err| fail(format!("cannot start {what}: {err}")))?;
+    let second_writer = writer
+        .try_clone()
+        .map_err(|err| fail(format!("cannot start {what}: {err}")))?;
     // Its own process group, so that a timeout ends everything it started, not just the
     // shell at its top.
-    let mut child: Child = command
+    let spawned = command
         .process_group(0)
         // Nothing to read: a command that waits for input would otherwise hang to its timeout.
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|err| fail(format!("cannot start {what}: {err}")))?;
-    // Each pipe is read on a thread, so that a chatty command cannot block on a full pipe.
+        .stdout(writer)
+        .stderr(second_writer)
+        .spawn();
+    // The command keeps its copies of the pipe's writing end: closed here, so that the pipe
+    // ends when the process (and what it left behind) closes its own.
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child: Child = spawned.map_err(|err| fail(format!("cannot start {what}: {err}")))?;
+    // Read on a thread, so that a chatty command cannot block on a full pipe.
     let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
-    let (done, readers_done) = mpsc::channel::<()>();
-    let pipes: [Option<Box<dyn std::io::Read + Send>>; 2] = [
-        child.stdout.take().map(|pipe| Box::new(pipe) as _),
-        child.stderr.take().map(|pipe| Box::new(pipe) as _),
-    ];
-    let readers = pipes.iter().flatten().count();
-    for (pipe, to_stderr) in pipes.into_iter().zip([false, true]) {
-        let Some(pipe) = pipe else { continue };
-        let (tail, output, done) = (Arc::clone(&tail), invocation.output.clone(), done.clone());
+    let (done, reader_done) = mpsc::channel::<()>();
+    {
+        let (tail, output) = (Arc::clone(&tail), invocation.output.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if to_stderr {
-                    eprintln!("{line}");
-                } else {
-                    println!("{line}");
-                }
+                eprintln!("{line}");
                 let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
@@ -205,15 +207,9 @@ pub fn run_command(
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    // A process it left behind may hold a pipe open: wait for the rest of the output only
+    // A process it left behind may hold the pipe open: wait for the rest of the output only
     // briefly.
-    let patience = Instant::now() + Duration::from_secs(2);
-    for _ in 0..readers {
-        let left = patience.saturating_duration_since(Instant::now());
-        if readers_done.recv_timeout(left).is_err() {
-            break;
-        }
-    }
+    let _ = reader_done.recv_timeout(Duration::from_secs(2));
     if status.success() {
         return Ok(format!("{what} succeeded"));
     }
@@ -350,8 +346,14 @@ pub(super) mod tests {
         .unwrap_err();
         // What it printed on either stream, and all of it for Wisp.
         let message = err.to_string();
-        assert!(message.starts_with("the probe failed (exit status: 3): "), "{message}");
-        assert!(message.contains("checking") && message.contains("broken"), "{message}");
+        assert!(
+            message.starts_with("the probe failed (exit status: 3): "),
+            "{message}"
+        );
+        assert!(
+            message.contains("checking") && message.contains("broken"),
+            "{message}"
+        );
         let sent = c.output.batch().expect("the lines, for Wisp");
         assert_eq!(sent.lines.len(), 2);
         assert!(sent.lines.contains(&"broken".to_string()));
