@@ -487,6 +487,18 @@ fn boot_options_power_the_machine_into_netboot_and_send_it_to_its_disk_after() {
         status.starts_with("machine lab/node-a: power is"),
         "{status}"
     );
+    // Each power change the Jobs made is an event of the machine, in order, among its boot's.
+    let events = wisp_ok(&lab.server, &["events", "lab/a", "--limit", "200"]);
+    let at = |change: &str| {
+        events
+            .find(&format!("power {change} through ipmitool (Task netboot-"))
+            .unwrap_or_else(|| panic!("power {change} in {events}"))
+    };
+    assert!(at("off") < at("on") && at("on") < at("cycle"), "{events}");
+    assert!(
+        events.contains("dhcp") && events.contains("action-reported"),
+        "{events}"
+    );
     // ipmi_sim carries out a cycle as a power-off of the chassis.
     let calls = bmc.calls();
     let powered_on = calls

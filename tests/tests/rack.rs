@@ -131,8 +131,22 @@ fn the_rack_shows_a_machines_stage_and_streams_each_change_to_a_session_that_may
         .spawn()
         .expect("curl the stream");
     let read = || std::fs::read_to_string(&stream_file).unwrap_or_default();
+    // And `wisp get hardware --watch`, kubectl's way: the table, then each row that changes.
+    let watched_file = work.join("watched");
+    let mut watch = lab
+        .server
+        .wisp_command()
+        .args(["get", "hardware", "--watch"])
+        .stdout(std::fs::File::create(&watched_file).expect("the watch's file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("wisp get hardware --watch");
+    let watched = || std::fs::read_to_string(&watched_file).unwrap_or_default();
     eventually_within("the stream's first message", Duration::from_secs(5), || {
         streamed_stages(&read()) == ["off"]
+    });
+    eventually_within("the watch's table", Duration::from_secs(5), || {
+        watched().lines().count() == 2
     });
     assert!(read().contains("\"full\":true"), "{}", read());
     boot_token(&lab, MAC, &address);
@@ -143,6 +157,34 @@ fn the_rack_shows_a_machines_stage_and_streams_each_change_to_a_session_that_may
     );
     let _ = stream.kill();
     let _ = stream.wait();
+    eventually_within(
+        "the watch shows the boot start",
+        Duration::from_secs(5),
+        || watched().contains("provisioning-os"),
+    );
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let watched = watched();
+    let words: Vec<Vec<&str>> = watched
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        words[0],
+        ["NAMESPACE", "NAME", "MAC", "IP", "STAGE"],
+        "{watched}"
+    );
+    assert_eq!(
+        words[1],
+        ["lab", "r1", MAC, address.as_str(), "off"],
+        "{watched}"
+    );
+    assert!(
+        words[2..]
+            .iter()
+            .all(|row| row[..4] == words[1][..4] && row[4] != "off"),
+        "only the row that changed, once a change: {watched}"
+    );
     let stages = streamed_stages(&read());
     assert_eq!(
         stages.first().map(String::as_str),
