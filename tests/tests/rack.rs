@@ -1,6 +1,7 @@
 //! The rack view: `/` (the page), `/v1/rack` (every machine's stage) and `/v1/rack/stream`
 //! (the rows that change, as server-sent events), behind the API's token, which a browser
-//! holds in a read-only session cookie.
+//! holds in a read-only session cookie; and the page in headless Chromium during a rollout of
+//! a thousand simulated machines (`wisp-simulated-rack`, the workflow benchmark's).
 use std::{
     process::{Command, Stdio},
     time::Duration,
@@ -8,14 +9,13 @@ use std::{
 
 use serde_json::Value;
 use wisp_images::browser::Browser;
+use wisp_simulated_rack::{Machine, Rack, FAILURE};
 use wisp_tests::{
-    apply_ok, boot_token,
-    dhcp_wire::{perfdhcp, rack},
-    eventually_within, from_machine, http_status, require_root, Daemon, Lab, TempDir, CLIENT_IP,
-    SERVER_IF,
+    apply_ok, boot_token, eventually_within, http_status, require_root, Daemon, Lab, TempDir,
+    CLIENT_IF, CLIENT_IP, SERVER_IF,
 };
 
-/// Outside perfdhcp's rack of 02:00:00:00:HH:LL.
+/// Outside the simulated rack's 02:00:00:00:HH:LL.
 const MAC: &str = "1c:69:7a:00:00:0f";
 const API: &str = "http://127.0.0.1:7480";
 
@@ -236,28 +236,56 @@ fn page(browser: &mut Browser, expression: &str) -> Value {
     browser.eval(expression).expect("the page")
 }
 
-/// Waits until `expression` holds in the page.
+/// Waits until `expression` holds in the page; failing, shows what the machine's panel says.
 fn wait(browser: &mut Browser, what: &str, expression: &str, limit: Duration) {
-    browser.wait_for(what, expression, limit).expect("the page");
+    if let Err(err) = browser.wait_for(what, expression, limit) {
+        let panel = browser.eval("document.querySelector('#machine').innerText");
+        panic!("{err:#}; the machine's panel: {panel:?}");
+    }
 }
 
-/// How many elements of the page `selector` finds.
-fn count(browser: &mut Browser, selector: &str) -> u64 {
-    let expression = format!("document.querySelectorAll({selector:?}).length");
-    page(browser, &expression).as_u64().expect("a count")
+/// The rack of simulated machines: perfdhcp's MACs (02:00:00:00:HH:LL) at 10.99.(4+HH).LL,
+/// every 250th failing.
+fn simulated_machines(count: u16) -> Vec<Machine> {
+    (0..count)
+        .map(|index| {
+            let (high, low) = (index >> 8, index & 0xff);
+            Machine {
+                mac: format!("02:00:00:00:{high:02x}:{low:02x}"),
+                address: std::net::Ipv4Addr::new(10, 99, 4 + high as u8, low as u8),
+                fails: index % 250 == 7,
+            }
+        })
+        .collect()
+}
+
+/// Puts the machines' addresses on the client side, and routes them from the server.
+fn give_addresses(lab: &Lab, work: &TempDir, machines: &[Machine]) {
+    let batch = work.join("addresses");
+    let commands: String = machines
+        .iter()
+        .map(|machine| format!("addr add {}/32 dev {CLIENT_IF}\n", machine.address))
+        .collect();
+    std::fs::write(&batch, commands).expect("the address batch");
+    lab.client
+        .exec_ok("ip", &["-batch", batch.to_str().expect("utf-8")]);
+    lab.server
+        .exec_ok("ip", &["route", "add", "10.99.4.0/22", "via", "10.99.0.2"]);
 }
 
 #[test]
-fn in_a_browser_1000_machines_change_stage_live_a_failure_shows_its_message_and_the_filter_works() {
+fn in_a_browser_a_rollout_of_1000_simulated_machines_shows_live_with_its_failures_and_filter() {
     require_root!();
     let lab = Lab::new("rack-ui");
     let work = TempDir::new("rack-ui");
     let data = work.join("data");
     let _daemon = Daemon::start(&lab.server, SERVER_IF, &data, &["--xdp-mode", "native"]);
-    let (yaml, _) = rack(1000);
-    apply_ok(&lab.server, &yaml);
-    let address = CLIENT_IP.to_string();
-    apply_ok(&lab.server, &machine_yaml(&address));
+    let machines = simulated_machines(1000);
+    let actions = ["stream-image", "grow-partition", "install-bootloader"];
+    for apply in wisp_simulated_rack::manifests("rack", &machines, "255.255.0.0", &actions, 500) {
+        apply_ok(&lab.server, &apply);
+    }
+    give_addresses(&lab, &work, &machines);
     let token = std::fs::read_to_string(data.join("api.token")).expect("the API token");
 
     // The page, logged in with the token in its address's fragment.
@@ -270,21 +298,64 @@ fn in_a_browser_1000_machines_change_stage_live_a_failure_shows_its_message_and_
     .expect("open the page in chromium");
     wait(
         &mut browser,
-        "1001 machines, all off",
-        "document.querySelectorAll('#grid .cell[data-stage=off]').length === 1001",
+        "1000 machines, all off",
+        "document.querySelectorAll('#grid .cell[data-stage=off]').length === 1000",
         Duration::from_secs(30),
     );
     // Marks this document: the changes below must reach it without a reload.
     page(&mut browser, "window.loadedOnce = true");
+    let shots = wisp_tests::repo_root().join("target/screenshots");
+    std::fs::create_dir_all(&shots).expect("the screenshots' directory");
 
-    // The rack's 1,000 machines DHCP at once (perfdhcp's DORA): their cells turn, live.
-    let _buffer = wisp_tests::ReceiveBuffer::raised();
-    let dora = perfdhcp(&lab, &["--scenario", "avalanche", "-R", "1000"]);
-    assert!(dora.status.success(), "{dora:?}");
+    // The rack boots and runs its workflows (each action a few seconds, the first streaming
+    // an image), while the page is watched.
+    let rack = Rack {
+        server: wisp_tests::SERVER_IP,
+        interface: CLIENT_IF.into(),
+        machines: machines.clone(),
+        pace: Some(Duration::from_secs(4)),
+    };
+    let outcome = std::thread::scope(|scope| {
+        let rollout = scope.spawn(|| lab.client.within(|| wisp_simulated_rack::run(&rack)));
+        wait(
+            &mut browser,
+            "cells turning as machines boot",
+            "document.querySelectorAll('#grid .cell[data-stage=provisioning-os]').length > 0",
+            Duration::from_secs(60),
+        );
+        // A machine streaming its image: its cell and its page say how far it is.
+        wait(
+            &mut browser,
+            "a machine streaming its image",
+            "[...document.querySelectorAll('#grid .cell[data-stage=action]')]\
+             .some((cell) => cell.title.includes('stream-image') && cell.title.includes('of 2.0 GiB'))",
+            Duration::from_secs(120),
+        );
+        page(
+            &mut browser,
+            "[...document.querySelectorAll('#grid .cell[data-stage=action]')]\
+             .find((cell) => cell.title.includes('of 2.0 GiB')).click()",
+        );
+        wait(
+            &mut browser,
+            "the machine's page with its progress and timeline",
+            "!document.querySelector('#machine .progress').hidden && \
+             document.querySelector('#machine .timeline').textContent.includes('RUNNING')",
+            Duration::from_secs(10),
+        );
+        let shot = browser.screenshot().expect("a screenshot");
+        std::fs::write(shots.join("rack-rollout.png"), shot).expect("the screenshot");
+        rollout
+            .join()
+            .expect("the rollout's thread")
+            .expect("the simulated rack")
+    });
+    assert_eq!(outcome.failed_workers, 0, "{outcome:?}");
     wait(
         &mut browser,
-        "1000 cells in DHCP",
-        "document.querySelectorAll('#grid .cell[data-stage=dhcp]').length === 1000",
+        "996 installed and 4 failed",
+        "document.querySelectorAll('#grid .cell[data-stage=installed]').length === 996 && \
+         document.querySelectorAll('#grid .cell[data-stage=failed]').length === 4",
         Duration::from_secs(30),
     );
     assert_eq!(
@@ -292,50 +363,16 @@ fn in_a_browser_1000_machines_change_stage_live_a_failure_shows_its_message_and_
         true,
         "the page reloaded"
     );
-    assert_eq!(count(&mut browser, "#grid .cell[data-stage=off]"), 1);
-
-    // Machine r1 boots, and its worker reports its action failed, with what it printed.
-    let boot = boot_token(&lab, MAC, &address);
-    from_machine(&lab, &boot, async |mut client| {
-        let action = client
-            .get_action(wisp_proto::ActionRequest {
-                agent_id: Some(MAC.into()),
-                agent_attributes: None,
-            })
-            .await
-            .expect("an action")
-            .into_inner();
-        client
-            .report_action_status(wisp_proto::ActionStatusRequest {
-                workflow_id: action.workflow_id.clone(),
-                agent_id: Some(MAC.into()),
-                task_id: action.task_id.clone(),
-                action_id: action.action_id.clone(),
-                action_name: action.name.clone(),
-                action_state: Some(wisp_proto::StateType::Failed as i32),
-                message: Some(wisp_proto::ActionMessage {
-                    message: Some("exit status: 2: Did not have sfdisk or sgdisk in PATH".into()),
-                }),
-                ..Default::default()
-            })
-            .await
-            .expect("the report");
-    });
-    let cell = format!("document.querySelector('#grid .cell[data-mac=\"{MAC}\"]')");
-    wait(
-        &mut browser,
-        "the failed cell",
-        &format!("{cell}.dataset.stage === 'failed'"),
-        Duration::from_secs(10),
-    );
+    let failed = &machines[7].mac;
+    let cell = format!("document.querySelector('#grid .cell[data-mac=\"{failed}\"]')");
     assert!(
         page(&mut browser, &format!("{cell}.title"))
             .as_str()
-            .is_some_and(|title| title.contains("sfdisk")),
+            .is_some_and(|title| title.contains("grow-partition") && title.contains(FAILURE)),
         "the cell names the failure"
     );
 
-    // The filter: one word, one row, with the failing action's message.
+    // The filter: one word, the failed machines' rows, with the failing action's message.
     page(
         &mut browser,
         "(() => { const f = document.getElementById('filter'); f.value = 'failed'; \
@@ -343,29 +380,34 @@ fn in_a_browser_1000_machines_change_stage_live_a_failure_shows_its_message_and_
     );
     wait(
         &mut browser,
-        "one row with the failure",
-        "document.querySelectorAll('#scroller .row').length === 1 && \
-         document.querySelector('#scroller .row').textContent.includes('Did not have sfdisk')",
+        "four rows with the failure",
+        &format!(
+            "document.querySelectorAll('#scroller .row').length === 4 && \
+             [...document.querySelectorAll('#scroller .row')].every((r) => r.textContent.includes({FAILURE:?}))"
+        ),
         Duration::from_secs(5),
     );
     assert_eq!(
         page(&mut browser, "document.getElementById('shown').textContent"),
-        "1 of 1001"
+        "4 of 1000"
     );
-    // Its page: its events, the failure among them.
+    // Its page: the timeline with the failed action, what it printed, and its events. (The
+    // simulated machines do not ask for their addresses, so there is no lease to show.)
     page(
         &mut browser,
         "document.querySelector('#scroller .row').click()",
     );
     wait(
         &mut browser,
-        "the machine's events",
-        "document.querySelector('#machine .events').textContent.includes('FAILED')",
+        "the failed machine's page",
+        &format!(
+            "document.querySelector('#machine .timeline').textContent.includes('FAILED') && \
+             document.querySelector('#machine .output').textContent.includes('[grow-partition] ' + {FAILURE:?}) && \
+             document.querySelector('#machine .events').textContent.includes('FAILED')"
+        ),
         Duration::from_secs(5),
     );
     // What the run showed, for the docs.
-    let shots = wisp_tests::repo_root().join("target/screenshots");
-    std::fs::create_dir_all(&shots).expect("the screenshots' directory");
     page(
         &mut browser,
         "(() => { const f = document.getElementById('filter'); f.value = ''; \
