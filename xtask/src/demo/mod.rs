@@ -407,6 +407,17 @@ fn show_rack_page(prepared: &Prepared, what: &str) -> anyhow::Result<()> {
         &format!("{row} !== null && {row}.dataset.stage === 'action'"),
         Duration::from_secs(60),
     )?;
+    // Its page, with the timeline; and while image2disk streams, how far it is (an image that
+    // streams faster than the page looks shows none).
+    browser.eval(&format!("{row}.click()"))?;
+    let streaming = browser.wait_for(
+        "the image's progress",
+        &format!("{row}.title.includes('/s')"),
+        Duration::from_secs(20),
+    );
+    if streaming.is_err() {
+        println!("  (the image streamed before the page showed its progress)");
+    }
     let shown = browser.eval(&format!("{row}.title"))?;
     println!("  the page shows: {}", shown.as_str().unwrap_or_default());
     let shot = prepared.work.join("rack.png");
