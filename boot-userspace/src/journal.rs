@@ -33,6 +33,11 @@ pub trait Entry: Clone + Serialize + DeserializeOwned + Send + 'static {
     fn key(&self) -> Self::Key;
     /// When it was recorded, in milliseconds since the Unix epoch.
     fn at_ms(&self) -> u64;
+    /// Whether it empties its key's ring instead of joining it: what the key names starts
+    /// again.
+    fn resets(&self) -> bool {
+        false
+    }
 }
 
 /// How much a journal keeps: `per_key` entries for each of at most `keys` keys (the key whose
@@ -64,7 +69,7 @@ impl<E: Entry> Journal<E> {
             bounds,
         });
         read(&path, &kept)?;
-        compact(&path, &kept)?;
+        compact(&path, &kept, None)?;
         let (queue, queued) = mpsc::sync_channel(QUEUE);
         let writing = Arc::clone(&kept);
         let name = path
@@ -82,9 +87,19 @@ impl<E: Entry> Journal<E> {
     }
 
     pub fn record(&self, entry: E) {
-        self.kept.keep(&mut self.rings(), entry.clone());
-        if self.queue.try_send(entry).is_err() {
-            self.dropped.inc();
+        self.record_with(|_| vec![entry]);
+    }
+
+    /// Records the entries `make` decides on from the rings as they are, with no other record
+    /// in between. Each is queued for the file under the rings' lock, so that a compaction's
+    /// snapshot and the queue never both hold one.
+    pub fn record_with(&self, make: impl FnOnce(&Rings<E>) -> Vec<E>) {
+        let mut rings = self.rings();
+        for entry in make(&rings) {
+            self.kept.keep(&mut rings, entry.clone());
+            if self.queue.try_send(entry).is_err() {
+                self.dropped.inc();
+            }
         }
     }
 
@@ -97,6 +112,10 @@ impl<E: Entry> Journal<E> {
 impl<E: Entry> Kept<E> {
     fn keep(&self, rings: &mut Rings<E>, entry: E) {
         let key = entry.key();
+        if entry.resets() {
+            rings.remove(&key);
+            return;
+        }
         if !rings.contains_key(&key) && rings.len() >= self.bounds.keys {
             let oldest = rings
                 .iter()
@@ -150,16 +169,19 @@ fn read<E: Entry>(path: &Path, kept: &Kept<E>) -> anyhow::Result<()> {
 }
 
 /// Writes the file again with what the rings keep, oldest first, through a file renamed over
-/// it.
-fn compact<E: Entry>(path: &Path, kept: &Kept<E>) -> anyhow::Result<()> {
-    let mut entries: Vec<E> = kept
-        .rings
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .flatten()
-        .cloned()
-        .collect();
+/// it. What is still `queued` is in the rings already: it is dropped, not appended again.
+fn compact<E: Entry>(
+    path: &Path,
+    kept: &Kept<E>,
+    queued: Option<&mpsc::Receiver<E>>,
+) -> anyhow::Result<()> {
+    let mut entries: Vec<E> = {
+        let rings = kept.rings.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(queued) = queued {
+            while queued.try_recv().is_ok() {}
+        }
+        rings.values().flatten().cloned().collect()
+    };
     entries.sort_by_key(Entry::at_ms);
     let fresh = path.with_extension("new");
     let mut file = BufWriter::new(
@@ -211,7 +233,7 @@ fn append<E: Entry>(path: &PathBuf, kept: &Kept<E>, queued: mpsc::Receiver<E>) {
         lines += 1;
         if lines >= COMPACT_AFTER_LINES {
             let _ = file.flush();
-            match compact(path, kept).and_then(|()| open().map_err(Into::into)) {
+            match compact(path, kept, Some(&queued)).and_then(|()| open().map_err(Into::into)) {
                 Ok(reopened) => file = reopened,
                 Err(err) => tracing::warn!(file = %path.display(), "compacting: {err:#}"),
             }

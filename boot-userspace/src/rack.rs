@@ -221,7 +221,7 @@ pub fn stage_of(
         EventKind::Script if event.message.contains("provisioning OS") => Stage::ProvisioningOs,
         EventKind::Script => Stage::Ipxe,
         EventKind::ActionHandedOut | EventKind::ActionReported => Stage::Action,
-        // Powered on, its firmware starts: nothing on the wire from it yet.
+        // Its power changed: nothing on the wire from it since.
         EventKind::Power => Stage::Off,
     };
     (stage, event.message.clone(), since)

@@ -425,6 +425,16 @@ impl WorkerApi {
         };
         match assignment {
             Next::Run(assignment) => {
+                self.state.outputs.handed_out(
+                    ActionKey {
+                        workflow: format!(
+                            "{}/{}",
+                            assignment.workflow.namespace, assignment.workflow.name
+                        ),
+                        action: u32::try_from(assignment.index).unwrap_or(u32::MAX),
+                    },
+                    worker.hardware.clone(),
+                );
                 tracing::info!(
                     workflow = %assignment.workflow,
                     action = assignment.action.name,
@@ -513,12 +523,6 @@ impl WorkerApi {
                 report.message
             ),
         );
-        if report.state.is_final() {
-            self.state.outputs.ended(&ActionKey {
-                workflow: body.workflow_id().to_string(),
-                action: u32::try_from(action).unwrap_or(u32::MAX),
-            });
-        }
         let for_engine = workflow.clone();
         let reported = report.state;
         self.engine(move |state| {
@@ -527,6 +531,12 @@ impl WorkerApi {
                 .report(&worker, &for_engine, &report, SystemTime::now())
         })
         .await?;
+        if reported.is_final() {
+            self.state.outputs.ended(&ActionKey {
+                workflow: body.workflow_id().to_string(),
+                action: u32::try_from(action).unwrap_or(u32::MAX),
+            });
+        }
         Ok(reported)
     }
 }
@@ -549,22 +559,49 @@ impl WorkerApi {
                 body.lines.len()
             )));
         }
-        let state = Arc::clone(&self.state);
-        let (of, hardware) = (workflow, worker.hardware.clone());
-        let mine = tokio::task::spawn_blocking(move || state.engine.is_workflow_of(&of, &hardware))
-            .await
-            .map_err(|err| Status::internal(err.to_string()))?
-            .map_err(|err| engine_status(err.into()))?;
-        if !mine {
-            return Err(Status::permission_denied(format!(
-                "workflow {} is not one of {}'s",
-                body.workflow_id, worker.hardware
+        if body
+            .first_line
+            .checked_add(body.lines.len() as u64)
+            .is_none()
+        {
+            return Err(Status::invalid_argument(format!(
+                "first_line {} is past the last line an action can print",
+                body.first_line
             )));
         }
         let key = ActionKey {
             workflow: body.workflow_id.clone(),
             action,
         };
+        // Known from its handing out; else (handed out before a restart, or by another
+        // appliance) as the engine has it.
+        if !self.state.outputs.runs_on(&key, &worker.hardware) {
+            let state = Arc::clone(&self.state);
+            let (of, hardware) = (workflow, worker.hardware.clone());
+            let index = usize::try_from(action).unwrap_or(usize::MAX);
+            let running = tokio::task::spawn_blocking(move || {
+                let running = state.engine.status(&of).is_some_and(|run| {
+                    run.actions
+                        .get(index)
+                        .is_some_and(|action| action.state == State::Running)
+                });
+                Ok::<_, workflow::store::StoreError>(
+                    running && state.engine.is_workflow_of(&of, &hardware)?,
+                )
+            })
+            .await
+            .map_err(|err| Status::internal(err.to_string()))?
+            .map_err(|err| engine_status(err.into()))?;
+            if !running {
+                return Err(Status::failed_precondition(format!(
+                    "action {action} of workflow {} is not running on {}",
+                    body.workflow_id, worker.hardware
+                )));
+            }
+            self.state
+                .outputs
+                .runs(key.clone(), worker.hardware.clone());
+        }
         self.state
             .outputs
             .append(&key, body.first_line, &body.lines);
@@ -583,7 +620,8 @@ impl WorkerApi {
     }
 }
 
-/// Lines in one `Append`, at most: a worker sends what accumulated in a second or so.
+/// Lines in one `Append`, at most: a worker sends what gathered in half a second, at most
+/// 2,000 lines.
 const MAX_OUTPUT_LINES_PER_CALL: usize = 10_000;
 
 #[tonic::async_trait]

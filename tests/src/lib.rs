@@ -775,6 +775,32 @@ pub fn from_machine<T: Send>(
     token: &str,
     call: impl AsyncFnOnce(WorkerClient) -> T + Send,
 ) -> T {
+    on_worker_api(lab, token, async |service| {
+        call(wisp_proto::workflow_service_client::WorkflowServiceClient::new(service)).await
+    })
+}
+
+/// Runs `call` with a client of Wisp's `ActionOutput`, as [`from_machine`] does.
+pub fn output_from_machine<T: Send>(
+    lab: &Lab,
+    token: &str,
+    call: impl AsyncFnOnce(OutputClient) -> T + Send,
+) -> T {
+    on_worker_api(lab, token, async |service| {
+        call(wisp_proto::output::action_output_client::ActionOutputClient::new(service)).await
+    })
+}
+
+pub type OutputClient = wisp_proto::output::action_output_client::ActionOutputClient<
+    tonic::codegen::InterceptedService<tonic::transport::Channel, ShowToken>,
+>;
+
+fn on_worker_api<T: Send>(
+    lab: &Lab,
+    token: &str,
+    call: impl AsyncFnOnce(tonic::codegen::InterceptedService<tonic::transport::Channel, ShowToken>) -> T
+        + Send,
+) -> T {
     let token = ShowToken(
         tonic::metadata::MetadataValue::try_from(format!("Bearer {token}")).expect("header"),
     );
@@ -788,12 +814,7 @@ pub fn from_machine<T: Send>(
                 .connect()
                 .await
                 .expect("connect to the worker API");
-            call(
-                wisp_proto::workflow_service_client::WorkflowServiceClient::with_interceptor(
-                    channel, token,
-                ),
-            )
-            .await
+            call(tonic::codegen::InterceptedService::new(channel, token)).await
         })
     })
 }

@@ -302,6 +302,15 @@ fn in_a_browser_a_rollout_of_1000_simulated_machines_shows_live_with_its_failure
         "document.querySelectorAll('#grid .cell[data-stage=off]').length === 1000",
         Duration::from_secs(30),
     );
+    // The table is virtualised: a screenful of rows in the document, not a thousand.
+    let rows = page(
+        &mut browser,
+        "document.querySelectorAll('#scroller .row').length",
+    );
+    assert!(
+        rows.as_u64().is_some_and(|rows| (10..100).contains(&rows)),
+        "{rows}"
+    );
     // Marks this document: the changes below must reach it without a reload.
     page(&mut browser, "window.loadedOnce = true");
     let shots = wisp_tests::repo_root().join("target/screenshots");

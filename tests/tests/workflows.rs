@@ -5,7 +5,9 @@ use std::{io::Write, time::Duration};
 
 use serde_json::Value;
 use tonic::{metadata::MetadataValue, Code, Request};
-use wisp_proto::{ActionMessage, ActionRequest, ActionStatusRequest, StateType};
+use wisp_proto::{
+    output::AppendRequest, ActionMessage, ActionRequest, ActionStatusRequest, StateType,
+};
 use wisp_tests::{
     apply_ok, boot_token, closed_within, eventually_within, from_machine as from_machine_a, metric,
     output_text, require_root, wisp, wisp_ok, worker_binary, Daemon, Lab, TempDir, CLIENT_IF,
@@ -716,6 +718,36 @@ fn workers_get_and_report_only_their_own_machines_actions() {
     let b = workflow_json(&lab, "wf-b");
     assert_eq!(b["status"]["state"], "PENDING", "{b:#}");
     assert_eq!(b["status"]["actions"][0]["state"], "PENDING", "{b:#}");
+
+    // Output goes only to an action running on the machine sending it.
+    let append = |workflow: &str, action: &str, line: &str| AppendRequest {
+        workflow_id: workflow.into(),
+        agent_id: MAC_A.into(),
+        action_id: action.into(),
+        first_line: 0,
+        lines: vec![line.into()],
+        progress: None,
+    };
+    let outputs = wisp_tests::output_from_machine(&lab, &token, async |mut client| {
+        let mut codes = Vec::new();
+        for (workflow, action) in [("lab/wf-a", "0"), ("lab/wf-b", "0"), ("lab/wf-a", "7")] {
+            let sent = client.append(append(workflow, action, "from A")).await;
+            codes.push(sent.map(drop).map_err(|status| status.code()).err());
+        }
+        codes
+    });
+    assert_eq!(
+        outputs,
+        [
+            None,
+            Some(Code::FailedPrecondition),
+            Some(Code::FailedPrecondition)
+        ]
+    );
+    assert_eq!(
+        wisp_ok(&lab.server, &["logs", "wf-a", "-n", "lab"]),
+        "[first] from A\n"
+    );
 }
 
 #[test]

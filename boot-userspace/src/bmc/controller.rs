@@ -643,7 +643,9 @@ impl Controller {
         status.polled(outcome);
         if was != status.power_state && status.power_state != Some(PowerState::Unknown) {
             tracing::info!(machine = %key, power = ?status.power_state, "power state");
-            if let Some(now) = status.power_state.filter(|_| was.is_some()) {
+            // A change between on and off: not the first look, nor a BMC that answers again.
+            let known = |state: Option<PowerState>| state.filter(|s| *s != PowerState::Unknown);
+            if let Some(now) = known(status.power_state).filter(|_| known(was).is_some()) {
                 let message = format!("power is {} (BMC {})", now.as_str(), key.name);
                 let on = PowerSeenOn::Machine(key.name.clone());
                 self.power_event(&key.namespace, on, message).await;

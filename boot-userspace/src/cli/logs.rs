@@ -21,11 +21,11 @@ pub fn run(
 ) -> CliResult<()> {
     let view = find(client, Kind::Workflow, name, namespace)?;
     let key = view.key;
-    let names: Vec<String> = view
-        .run
-        .as_ref()
-        .map(|run| run.actions.iter().map(|a| a.name.clone()).collect())
-        .unwrap_or_default();
+    let names_of = |run: Option<&workflow::run::WorkflowStatus>| -> Vec<String> {
+        run.map(|run| run.actions.iter().map(|a| a.name.clone()).collect())
+            .unwrap_or_default()
+    };
+    let mut names = names_of(view.run.as_ref());
     // An action by its name, or by its number (from 1, as `wisp watch` counts them).
     let only = match action {
         None => None,
@@ -55,10 +55,14 @@ pub fn run(
     let mut printed_any = false;
     loop {
         // Whether the workflow had ended before this read: then the read has everything.
-        let ended = follow
-            && find(client, Kind::Workflow, &key.name, Some(&key.namespace))?
-                .run
-                .is_some_and(|run| run.state.is_final());
+        let mut ended = false;
+        if follow {
+            let run = find(client, Kind::Workflow, &key.name, Some(&key.namespace))?.run;
+            ended = run.as_ref().is_some_and(|run| run.state.is_final());
+            if names.is_empty() {
+                names = names_of(run.as_ref());
+            }
+        }
         let mut query = Vec::new();
         if let Some(index) = only {
             query.push(("action", index.to_string()));

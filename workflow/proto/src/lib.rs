@@ -56,6 +56,21 @@ impl ActionStatusRequest {
     }
 }
 
+/// The longest line of an action's output that is sent and kept, in bytes.
+pub const MAX_OUTPUT_LINE: usize = 512;
+
+/// `line` cut to [`MAX_OUTPUT_LINE`] bytes (on a character boundary), with a mark that it was.
+pub fn output_line(line: &str) -> String {
+    if line.len() <= MAX_OUTPUT_LINE {
+        return line.to_string();
+    }
+    let mut end = MAX_OUTPUT_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} …", &line[..end])
+}
+
 /// Whether a failed call is worth retrying: the server is away, restarting or overloaded, or
 /// the connection closed under the call (tonic's CANCELLED), rather than refusing the call.
 pub fn transient(code: Code) -> bool {

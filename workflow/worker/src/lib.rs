@@ -341,9 +341,13 @@ impl Agent {
             nix::unistd::sync();
             // Its output first, so that what `wisp logs` shows is whole once the report is in.
             let _ = finish_output.send(());
-            let _ = self
+            let stop = shipper.abort_handle();
+            let flushed = self
                 .runtime
                 .block_on(async { tokio::time::timeout(OUTPUT_FLUSH, shipper).await });
+            if flushed.is_err() {
+                stop.abort();
+            }
             self.report(&action, state, started, message)?;
             if let Some(finished) = finished {
                 return Ok(finished);

@@ -87,7 +87,7 @@ impl Output {
         })
     }
 
-    /// `batch` arrived: its lines are not sent again (lines dropped meanwhile are counted).
+    /// `batch` arrived: its lines are not sent again.
     pub fn sent(&self, batch: &Batch) {
         let mut pending = self.pending();
         let end = batch.first + batch.lines.len() as u64;

@@ -13,7 +13,7 @@ pub use image2disk::fuzz_image;
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     os::unix::process::CommandExt,
     process::{Child, Command},
     sync::{mpsc, Arc, Mutex},
@@ -127,6 +127,8 @@ impl Invocation {
 
 /// Lines of a failed command's output kept for its report.
 const TAIL_LINES: usize = 5;
+/// The most of a line read at once, in bytes.
+const LINE_PIECE: u64 = 1 << 16;
 
 /// The PATH a container gets when its image sets none (Docker's and BuildKit's default), which
 /// is what Tinkerbell's action images, built `FROM scratch`, run with.
@@ -179,8 +181,19 @@ pub fn run_command(
     {
         let (tail, output) = (Arc::clone(&tail), invocation.output.clone());
         std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            // Bytes that are not UTF-8 are shown as U+FFFD rather than end the reading (which
+            // would close the pipe under the command); a line without end comes in pieces.
+            let mut pipe = BufReader::new(pipe);
+            let mut bytes = Vec::new();
+            while matches!(
+                pipe.by_ref().take(LINE_PIECE).read_until(b'\n', &mut bytes),
+                Ok(read) if read > 0
+            ) {
+                let text = String::from_utf8_lossy(&bytes);
+                let line = text.trim_end_matches(['\n', '\r']).to_string();
+                bytes.clear();
                 eprintln!("{line}");
+                let line = wisp_proto::output_line(&line);
                 let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
                 if tail.len() == TAIL_LINES {
                     tail.pop_front();
@@ -355,8 +368,20 @@ pub(super) mod tests {
             "{message}"
         );
         let sent = c.output.batch().expect("the lines, for Wisp");
-        assert_eq!(sent.lines.len(), 2);
-        assert!(sent.lines.contains(&"broken".to_string()));
+        assert_eq!(sent.lines, ["checking", "broken"], "in the order written");
+        // Bytes that are not UTF-8 neither stop the reading nor the command.
+        let odd = invocation(&[], Some(Duration::from_secs(30)));
+        let err = run_command(
+            &odd,
+            Command::new("sh").args(["-c", "printf '\\377\\376 odd\\n'; echo after; exit 4"]),
+            "the odd one",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("(exit status: 4): \u{fffd}\u{fffd} odd | after"),
+            "{err}"
+        );
         let started = Instant::now();
         // The shell's child holds the output pipe too; the whole group goes.
         let err = run_command(
