@@ -24,19 +24,7 @@ fn pxe_discover(
     user_class: Option<&[u8]>,
     relay: Option<Ipv4Addr>,
 ) -> Vec<u8> {
-    let mut message = v4::Message::default();
-    message
-        .set_flags(v4::Flags::default().set_broadcast())
-        .set_chaddr(&chaddr)
-        .set_xid(xid);
-    let options = message.opts_mut();
-    options.insert(v4::DhcpOption::MessageType(v4::MessageType::Discover));
-    options.insert(v4::DhcpOption::ClassIdentifier(
-        b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
-    ));
-    if let Some(user_class) = user_class {
-        options.insert(v4::DhcpOption::UserClass(user_class.to_vec()));
-    }
+    let mut message = wisp_simulated_rack::pxe_discover(&chaddr, xid, user_class);
     if let Some(relay) = relay {
         message.set_giaddr(relay).set_hops(1);
         let mut info = v4::relay::RelayAgentInformation::default();

@@ -617,14 +617,7 @@ impl Drop for TempDir {
 /// workflow `w` of one action: its next boot starts the provisioning OS.
 pub fn machine_with_workflow_yaml(name: &str, mac: &str, address: &str) -> String {
     format!(
-        "apiVersion: tinkerbell.org/v1alpha1
-kind: Hardware
-metadata: {{name: {name}, namespace: lab}}
-spec:
-  interfaces:
-    - dhcp: {{mac: \"{mac}\", ip: {{address: {address}, netmask: 255.255.255.0}}}}
-      netboot: {{allowPXE: true, allowWorkflow: true}}
----
+        "{}---
 apiVersion: tinkerbell.org/v1alpha1
 kind: Template
 metadata: {{name: t, namespace: lab}}
@@ -634,6 +627,22 @@ apiVersion: tinkerbell.org/v1alpha1
 kind: Workflow
 metadata: {{name: w, namespace: lab}}
 spec: {{templateRef: t, hardwareRef: {name}}}
+",
+        netboot_hardware_yaml(name, mac, address)
+    )
+}
+
+/// Hardware `name` (namespace `lab`) reserving `address` (in a /24) for `mac`, allowed to
+/// netboot and to run workflows.
+pub fn netboot_hardware_yaml(name: &str, mac: &str, address: &str) -> String {
+    format!(
+        "apiVersion: tinkerbell.org/v1alpha1
+kind: Hardware
+metadata: {{name: {name}, namespace: lab}}
+spec:
+  interfaces:
+    - dhcp: {{mac: \"{mac}\", ip: {{address: {address}, netmask: 255.255.255.0}}}}
+      netboot: {{allowPXE: true, allowWorkflow: true}}
 "
     )
 }

@@ -22,14 +22,7 @@ const MAC_B: &str = "02:00:00:00:00:0b";
 fn resources(actions: &str) -> String {
     let hardware = |name: &str, mac: &str, address: &str| {
         format!(
-            "apiVersion: tinkerbell.org/v1alpha1
-kind: Hardware
-metadata: {{name: {name}, namespace: lab}}
-spec:
-  interfaces:
-    - dhcp: {{mac: \"{mac}\", ip: {{address: {address}, netmask: 255.255.255.0}}}}
-      netboot: {{allowPXE: true, allowWorkflow: true}}
----
+            "{}---
 apiVersion: tinkerbell.org/v1alpha1
 kind: Workflow
 metadata: {{name: wf-{name}, namespace: lab}}
@@ -38,7 +31,8 @@ spec:
   hardwareRef: {name}
   hardwareMap: {{device_1: \"{mac}\"}}
 ---
-"
+",
+            wisp_tests::netboot_hardware_yaml(name, mac, address)
         )
     };
     format!(

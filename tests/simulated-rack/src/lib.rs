@@ -19,6 +19,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
+use dhcproto::{v4, Encodable, Encoder};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -202,7 +203,7 @@ async fn boot(
     // chainloaded once the firmware's was answered. Each try is a new iPXE transaction.
     for xid in 2..52 {
         tokio::time::sleep(Duration::from_millis(2)).await;
-        discover(dhcp, mac, xid, Some(b"iPXE".to_vec()))?;
+        discover(dhcp, mac, xid, Some(b"iPXE"))?;
         tokio::time::sleep(Duration::from_millis(2)).await;
         if let Some(token) = token_of(server, machine).await? {
             return Ok(token);
@@ -211,22 +212,13 @@ async fn boot(
     bail!("{mac}: no script with a token after 50 tries")
 }
 
-/// A broadcast PXE DISCOVER from `mac`, with iPXE's user class when it has one.
-fn discover(
-    socket: &std::net::UdpSocket,
-    mac: &str,
-    xid: u32,
-    user_class: Option<Vec<u8>>,
-) -> anyhow::Result<()> {
-    use dhcproto::{v4, Encodable, Encoder};
-    let chaddr: Vec<u8> = mac
-        .split(':')
-        .map(|byte| u8::from_str_radix(byte, 16))
-        .collect::<Result<_, _>>()?;
+/// A PXE client's broadcast DISCOVER (transaction `xid`) from `chaddr`, with iPXE's user
+/// class when it has one.
+pub fn pxe_discover(chaddr: &[u8], xid: u32, user_class: Option<&[u8]>) -> v4::Message {
     let mut message = v4::Message::default();
     message
         .set_flags(v4::Flags::default().set_broadcast())
-        .set_chaddr(&chaddr)
+        .set_chaddr(chaddr)
         .set_xid(xid);
     let options = message.opts_mut();
     options.insert(v4::DhcpOption::MessageType(v4::MessageType::Discover));
@@ -234,10 +226,24 @@ fn discover(
         b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
     ));
     if let Some(user_class) = user_class {
-        options.insert(v4::DhcpOption::UserClass(user_class));
+        options.insert(v4::DhcpOption::UserClass(user_class.to_vec()));
     }
+    message
+}
+
+/// Broadcasts [`pxe_discover`] from `mac`.
+fn discover(
+    socket: &std::net::UdpSocket,
+    mac: &str,
+    xid: u32,
+    user_class: Option<&[u8]>,
+) -> anyhow::Result<()> {
+    let chaddr: Vec<u8> = mac
+        .split(':')
+        .map(|byte| u8::from_str_radix(byte, 16))
+        .collect::<Result<_, _>>()?;
     let mut bytes = Vec::new();
-    message.encode(&mut Encoder::new(&mut bytes))?;
+    pxe_discover(&chaddr, xid, user_class).encode(&mut Encoder::new(&mut bytes))?;
     socket.send_to(&bytes, (Ipv4Addr::BROADCAST, 67))?;
     Ok(())
 }
