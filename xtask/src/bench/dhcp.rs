@@ -48,8 +48,8 @@ impl Probe {
 }
 
 /// Whether perfdhcp keeps each packet's send and receive times (`-x t`), for the latency. That
-/// costs the generator CPU, which it takes from the server on a shared machine, so the probes
-/// that search for the top rate skip it.
+/// costs the generator CPU, which lowers the rate it can send, so the probes that search for the
+/// top rate skip it.
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum Latency {
     Measured,
@@ -316,8 +316,9 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
              per second with no drops ({} s probes); the latency is per request/reply pair at \
              half that rate, and so is the server's CPU time (user and system, every thread) per \
              lease. perfdhcp (single-threaded, with a 4 MiB receive buffer, as every socket in \
-             the lab) shares the machine's cores with the server, so the rate is partly the \
-             generator's limit; the CPU per lease is not.",
+             the lab) runs on a core of its own and each server on the other (see Machine), so \
+             a top rate is the server's on one core, or the generator's where it is the same \
+             for every server.",
             settings.dhcp_hosts, settings.probe_seconds
         ),
         &["leases/s", "p50 ms", "p99 ms", "CPU µs/lease"],

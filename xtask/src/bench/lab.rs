@@ -1,6 +1,10 @@
 //! The benchmark lab: two network namespaces joined by a veth pair, the server side
 //! (`srv`, 10.88.0.1/16) where each server under test runs in turn, and the client side (`cli`,
 //! 10.88.0.2/16) where the load generators run. Removed on drop, with what runs in it.
+//!
+//! On a machine with two cores or more, what runs on each side is pinned to a core of its own
+//! ([`core_of`]): every server to the first, every load generator to the second, so that a
+//! generator's work is never taken from the server it measures, the same for every server.
 use std::{
     os::unix::process::CommandExt,
     path::Path,
@@ -26,6 +30,13 @@ const RMEM_DEFAULT: &str = "/proc/sys/net/core/rmem_default";
 /// The value before the lab raised it, kept on disk until it is put back, so that a run killed
 /// before its cleanup is mended by the next.
 const RMEM_DEFAULT_SAVED: &str = "/run/wisp-bench.rmem_default";
+
+/// The core what runs in `netns` is pinned to: the first for the server side, the second for
+/// the client side; none on a single core.
+pub fn core_of(netns: &str) -> Option<usize> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores >= 2).then_some(if netns == SERVER { 0 } else { 1 })
+}
 
 pub struct Lab;
 
@@ -80,9 +91,14 @@ impl Lab {
             .is_ok_and(|output| !output.stdout.is_empty())
     }
 
+    /// `program` in `netns`, on its side's core.
     pub fn command(&self, netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut command = Command::new("ip");
-        command.args(["netns", "exec", netns]).arg(program);
+        command.args(["netns", "exec", netns]);
+        if let Some(core) = core_of(netns) {
+            command.args(["taskset", "--cpu-list", &core.to_string()]);
+        }
+        command.arg(program);
         command
     }
 
@@ -99,16 +115,29 @@ impl Lab {
         let namespace = std::fs::File::open(format!("/run/netns/{netns}"))
             .with_context(|| format!("opening network namespace {netns}"))?;
         let mut command = Command::new(program);
-        // SAFETY: between fork and exec only async-signal-safe calls may run; setns is a plain
-        // system call. The closure owns the namespace's file, which stays open until the
-        // Command is dropped.
+        // On its side's core, as `command` runs its programs.
+        let cores = core_of(netns).map(|core| {
+            // SAFETY: cpu_set_t is plain data, for which all zeros is the empty set.
+            let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `core` is 0 or 1, within the set's 1,024 bits.
+            unsafe { libc::CPU_SET(core, &mut set) };
+            set
+        });
+        // SAFETY: between fork and exec only async-signal-safe calls may run; setns and
+        // sched_setaffinity are plain system calls. The closure owns the namespace's file,
+        // which stays open until the Command is dropped.
         unsafe {
             command.pre_exec(move || {
-                if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
+                if libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
+                if let Some(set) = &cores {
+                    let size = std::mem::size_of::<libc::cpu_set_t>();
+                    if libc::sched_setaffinity(0, size, set) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
             });
         }
         Ok(command)

@@ -319,6 +319,15 @@ fn document(
         })
         .unwrap_or_else(|| "unknown".into());
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let pinning = match (lab::core_of(lab::SERVER), lab::core_of(lab::CLIENT)) {
+        (Some(server), Some(client)) => format!(
+            "Pinning: every server (Wisp and each peer, all their threads) runs on core {server}, \
+             every load generator on core {client} (`taskset`, or `sched_setaffinity` for the \
+             generators started directly); the kernel's packet processing is where the kernel \
+             puts it"
+        ),
+        _ => "Pinning: none (one core): servers and load generators share it".to_string(),
+    };
     let kernel = output("uname", &["-r"]).unwrap_or_default();
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -331,8 +340,8 @@ fn document(
          numbers showed, and what was changed because of them, is in [findings.md](findings.md).\n\n",
     );
     text.push_str(&format!(
-        "## Machine\n\n- CPU: {cpu} ({cores} cores)\n- Kernel: {}\n- {}\n- Runs per \
-         measurement: {}\n\n## Peers\n\n",
+        "## Machine\n\n- CPU: {cpu} ({cores} cores)\n- {pinning}\n- Kernel: {}\n- {}\n- Runs \
+         per measurement: {}\n\n## Peers\n\n",
         kernel.trim(),
         memory.split_whitespace().collect::<Vec<_>>().join(" "),
         settings.runs
