@@ -72,6 +72,17 @@ enum Task {
         #[arg(long)]
         seconds: f64,
     },
+    /// The DHCP benchmark's batched DORA generator (run by `bench` inside its lab); prints a
+    /// JSON report.
+    #[command(hide = true)]
+    BenchDora {
+        #[arg(long)]
+        hosts: u32,
+        #[arg(long)]
+        rate: u32,
+        #[arg(long)]
+        seconds: f64,
+    },
     /// The workflow benchmark's simulated machines (run by `bench` inside its lab).
     #[command(hide = true)]
     BenchWorkers {
@@ -105,6 +116,11 @@ fn main() -> anyhow::Result<()> {
         }
         Task::BenchWorkers { machines } => bench::simulate_workers(machines),
         Task::BenchFlood { rate, seconds } => bench::generate_flood(rate, seconds),
+        Task::BenchDora {
+            hosts,
+            rate,
+            seconds,
+        } => bench::generate_dora(hosts, rate, seconds),
         Task::Package => package::build(&root, true).map(drop),
         Task::Demo { ha } => {
             shell::require_root("the demo creates network namespaces and attaches an XDP program")?;

@@ -1,9 +1,12 @@
-//! DHCP DORA: perfdhcp (Debian's kea-admin) against Wisp, Kea (memfile) and dnsmasq, each with
-//! the same reservations. Reported: the highest rate of full exchanges with no drops, and the
-//! latency of each request/reply pair (DISCOVER-OFFER and REQUEST-ACK pooled) at half that rate.
+//! DHCP DORA: Wisp, Kea (memfile; default and multi-threaded) and dnsmasq, each with the same
+//! reservations, measured with two generators: perfdhcp (Debian's kea-admin), the reference, and
+//! our batched one (`dora.rs`), for the rates perfdhcp cannot send. Reported: the highest rate
+//! of full exchanges with no drops by each generator, and the latency of each request/reply
+//! pair (DISCOVER-OFFER and REQUEST-ACK pooled) at half the published rate.
 //!
-//! perfdhcp acts as a relay agent, unicasting to the server with its own address as giaddr, as
-//! the relays of a rack do; the clients' MACs are 02:00:00:00:HH:LL (`-b mac=… -R hosts`).
+//! Both generators act as a relay agent, unicasting to the server with their own address as
+//! giaddr, as the relays of a rack do; the clients' MACs are 02:00:00:00:HH:LL (`-b mac=… -R
+//! hosts`).
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -25,7 +28,7 @@ pub(super) fn hosts(count: u32) -> impl Iterator<Item = (String, String)> {
     })
 }
 
-/// One perfdhcp run at a fixed rate.
+/// One generator's run at a fixed rate.
 pub(super) struct Probe {
     /// Completed 4-way exchanges (ACKs received).
     acks: u64,
@@ -136,6 +139,53 @@ fn parse(text: &str) -> Option<Probe> {
     saw_report.then_some(probe)
 }
 
+/// The two load generators.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Generator {
+    Perfdhcp,
+    Batched,
+}
+
+impl Generator {
+    fn probe(
+        self,
+        lab: &Lab,
+        settings: &Settings,
+        rate: u32,
+        latency: Latency,
+    ) -> anyhow::Result<Probe> {
+        let (hosts, seconds) = (settings.dhcp_hosts, settings.probe_seconds);
+        match self {
+            Generator::Perfdhcp => probe(lab, hosts, rate, seconds, latency),
+            Generator::Batched => probe_batched(lab, settings, rate),
+        }
+    }
+}
+
+/// One run of our batched generator (`cargo xtask bench-dora`); it always times every pair.
+fn probe_batched(lab: &Lab, settings: &Settings, rate: u32) -> anyhow::Result<Probe> {
+    let xtask = settings.wisp.with_file_name("xtask");
+    let output = lab
+        .command(CLIENT, &xtask)
+        .args(["bench-dora", "--hosts", &settings.dhcp_hosts.to_string()])
+        .args(["--rate", &rate.to_string()])
+        .args(["--seconds", &settings.probe_seconds.to_string()])
+        .output()
+        .context("running the batched generator")?;
+    let report: super::dora::Report =
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "the batched generator at {rate}/s printed no report: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+    Ok(Probe {
+        acks: report.acks,
+        drops: report.drops,
+        delays: report.delays,
+    })
+}
+
 /// Why a probe was not clean.
 #[derive(Clone, Copy, PartialEq)]
 enum Shortfall {
@@ -153,13 +203,18 @@ struct TopRate {
 
 /// The highest clean rate: from `start`, doubling while clean (or halving until clean), then
 /// bisecting between the last clean rate and the first that fell short.
-fn max_clean_rate(lab: &Lab, settings: &Settings) -> anyhow::Result<TopRate> {
+fn max_clean_rate(
+    lab: &Lab,
+    settings: &Settings,
+    generator: Generator,
+    start: u32,
+) -> anyhow::Result<TopRate> {
     const LOWEST: u32 = 25;
-    let (hosts, seconds) = (settings.dhcp_hosts, settings.probe_seconds);
+    let seconds = settings.probe_seconds;
     let try_rate = |rate: u32| -> anyhow::Result<Result<f64, Shortfall>> {
-        let result = probe(lab, hosts, rate, seconds, Latency::Skipped)?;
+        let result = generator.probe(lab, settings, rate, Latency::Skipped)?;
         println!(
-            "    {rate}/s: {:.0}/s achieved, {} drops",
+            "    {generator:?} {rate}/s: {:.0}/s achieved, {} drops",
             result.rate(seconds),
             result.drops
         );
@@ -173,7 +228,7 @@ fn max_clean_rate(lab: &Lab, settings: &Settings) -> anyhow::Result<TopRate> {
     };
     let mut best: Option<(u32, f64)> = None;
     let mut failed: Option<(u32, Shortfall)> = None;
-    let mut rate = settings.dhcp_start_rate;
+    let mut rate = start;
     loop {
         match try_rate(rate)? {
             Ok(achieved) => {
@@ -245,7 +300,41 @@ pub(super) fn start_wisp(
     Ok(server)
 }
 
+/// Kea as installed: one thread.
 fn start_kea(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Server> {
+    start_kea_with(
+        lab,
+        work,
+        settings,
+        serde_json::json!({"enable-multi-threading": false}),
+    )
+}
+
+/// Kea with multi-threading, as ISC's Administrator Reference Manual recommends for kea-dhcp4
+/// on memfile ("Multi-Threading Settings in Different Backends"): 4 threads, a queue of 28
+/// packets. Its threads share the server's core with each other, as Wisp's do.
+fn start_kea_multi_threaded(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Server> {
+    start_kea_with(
+        lab,
+        work,
+        settings,
+        serde_json::json!({
+            "enable-multi-threading": true,
+            "thread-pool-size": KEA_THREADS,
+            "packet-queue-size": KEA_QUEUE,
+        }),
+    )
+}
+
+const KEA_THREADS: u32 = 4;
+const KEA_QUEUE: u32 = 28;
+
+fn start_kea_with(
+    lab: &Lab,
+    work: &Path,
+    settings: &Settings,
+    multi_threading: serde_json::Value,
+) -> anyhow::Result<Server> {
     let reservations: Vec<serde_json::Value> = hosts(settings.dhcp_hosts)
         .map(|(mac, address)| serde_json::json!({"hw-address": mac, "ip-address": address}))
         .collect();
@@ -256,6 +345,7 @@ fn start_kea(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Serv
             "interfaces-config": {"interfaces": [SERVER_IF], "dhcp-socket-type": "udp"},
             "lease-database": {"type": "memfile", "persist": true, "name": leases, "lfc-interval": 0},
             "valid-lifetime": 3600,
+            "multi-threading": multi_threading,
             "host-reservation-identifiers": ["hw-address"],
             "subnet4": [{"id": 1, "subnet": "10.88.0.0/16", "reservations": reservations}],
             "loggers": [{"name": "kea-dhcp4", "severity": "WARN",
@@ -308,70 +398,197 @@ fn start_dnsmasq(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<
 
 type Start = fn(&Lab, &Path, &Settings) -> anyhow::Result<Server>;
 
+/// The servers, in the order they run: the peers on which the generators are checked against
+/// each other (where the server, not the generator, sets the top rate) come first.
+const SERVERS: [(&str, Start); 4] = [
+    ("Kea", start_kea),
+    ("dnsmasq", start_dnsmasq),
+    ("Kea, multi-threaded", start_kea_multi_threaded),
+    ("Wisp", |lab, work, settings| {
+        start_wisp(lab, work, settings, "native")
+    }),
+];
+
+/// The servers on which both generators must agree for the batched one's rates to count.
+const CHECKED_ON: [&str; 2] = ["Kea", "dnsmasq"];
+
+/// Top rates disagreeing by more than this (relative to perfdhcp's) fail the check.
+const AGREEMENT: f64 = 0.10;
+
+/// One server's top rates, one per run, by each generator.
+struct TopRates {
+    server: &'static str,
+    perfdhcp: Vec<TopRate>,
+    batched: Vec<TopRate>,
+}
+
 pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table> {
     let mut table = Table::new(
         "DHCP DORA",
         &format!(
-            "perfdhcp, {} reserved hosts, relayed. The rate is the highest of 4-way exchanges \
-             per second with no drops ({} s probes); the latency is per request/reply pair at \
-             half that rate, and so is the server's CPU time (user and system, every thread) per \
-             lease. perfdhcp (single-threaded, with a 4 MiB receive buffer, as every socket in \
-             the lab) runs on a core of its own and each server on the other (see Machine), so \
-             a top rate is the server's on one core, or the generator's where it is the same \
-             for every server.",
+            "{} reserved hosts, relayed. The rate is the highest of 4-way exchanges per second \
+             with no drops ({} s probes), by perfdhcp (single-threaded, one packet per system \
+             call) and by our batched generator (`sendmmsg`/`recvmmsg`, `xtask/src/bench/dora.rs`); \
+             the latency is per request/reply pair at half the published rate, and so is the \
+             server's CPU time (user and system, every thread) per lease. Every generator runs \
+             on a core of its own and each server on the other (see Machine); every socket in \
+             the lab has a 4 MiB receive buffer. Kea, multi-threaded, runs {KEA_THREADS} threads \
+             and a queue of {KEA_QUEUE}, ISC's recommendation for memfile.",
             settings.dhcp_hosts, settings.probe_seconds
         ),
-        &["leases/s", "p50 ms", "p99 ms", "CPU µs/lease"],
+        &[
+            "leases/s",
+            "perfdhcp leases/s",
+            "batched leases/s",
+            "p50 ms",
+            "p99 ms",
+            "CPU µs/lease",
+        ],
     );
     table.ratio_of = Some(("leases/s".into(), true));
-    let servers: [(&str, Start); 3] = [
-        ("Wisp", |lab, work, settings| {
-            start_wisp(lab, work, settings, "native")
-        }),
-        ("Kea", start_kea),
-        ("dnsmasq", start_dnsmasq),
-    ];
     let case = format!("{} hosts", settings.dhcp_hosts);
-    for (name, start) in servers {
-        println!("  {name}");
-        let server = start(lab, work, settings)?;
-        let mut generator_bound_runs = 0;
+
+    let mut measured = Vec::new();
+    for (server, start) in SERVERS {
+        println!("  {server}: top rates");
+        let running = start(lab, work, settings)?;
+        let mut rates = TopRates {
+            server,
+            perfdhcp: Vec::new(),
+            batched: Vec::new(),
+        };
         for _ in 0..settings.runs {
-            let top = max_clean_rate(lab, settings)?;
-            let rate = top.achieved;
-            generator_bound_runs += usize::from(top.generator_bound);
-            table.record(&case, name, "leases/s", rate);
-            let half = ((rate / 2.0) as u32).max(1);
-            let cpu_before = server.cpu_seconds()?;
-            let at_half = probe(
-                lab,
-                settings.dhcp_hosts,
-                half,
-                settings.probe_seconds,
-                Latency::Measured,
-            )?;
+            for (generator, tops) in [
+                (Generator::Perfdhcp, &mut rates.perfdhcp),
+                (Generator::Batched, &mut rates.batched),
+            ] {
+                // After the first run, the search starts below the last top rate, so it takes
+                // a step or two, not a climb from the bottom.
+                let start = tops
+                    .last()
+                    .map_or(settings.dhcp_start_rate, |top: &TopRate| {
+                        ((top.achieved * 0.7) as u32).max(1)
+                    });
+                let top = max_clean_rate(lab, settings, generator, start)?;
+                table.record(
+                    &case,
+                    server,
+                    &format!("{} leases/s", generator.column()),
+                    top.achieved,
+                );
+                tops.push(top);
+            }
+        }
+        drop(running);
+        measured.push(rates);
+    }
+
+    let check = agreement(&measured);
+    table.description.push_str(&format!(" {}", check.text));
+    let generator = match check.passed {
+        true => Generator::Batched,
+        false => Generator::Perfdhcp,
+    };
+    for (rates, (server, start)) in measured.iter().zip(SERVERS) {
+        let tops = match generator {
+            Generator::Perfdhcp => &rates.perfdhcp,
+            Generator::Batched => &rates.batched,
+        };
+        for top in tops {
+            table.record(&case, server, "leases/s", top.achieved);
+        }
+        let generator_bound = tops.iter().filter(|top| top.generator_bound).count();
+        if generator_bound > 0 {
+            table.description.push_str(&format!(
+                " In {generator_bound} of {} runs, {server}'s published top rate is the \
+                 generator's: above it the generator sent fewer exchanges than asked, and none \
+                 was dropped.",
+                settings.runs
+            ));
+        }
+        let Some(top) = super::report::Samples(tops.iter().map(|t| t.achieved).collect()).median()
+        else {
+            continue;
+        };
+        println!("  {server}: latency at half of {top:.0}/s");
+        let running = start(lab, work, settings)?;
+        let half = ((top / 2.0) as u32).max(1);
+        for _ in 0..settings.runs {
+            let cpu_before = running.cpu_seconds()?;
+            let at_half = generator.probe(lab, settings, half, Latency::Measured)?;
             if at_half.acks > 0 {
-                let cpu = server.cpu_seconds()? - cpu_before;
-                table.record(&case, name, "CPU µs/lease", cpu * 1e6 / at_half.acks as f64);
+                let cpu = running.cpu_seconds()? - cpu_before;
+                table.record(
+                    &case,
+                    server,
+                    "CPU µs/lease",
+                    cpu * 1e6 / at_half.acks as f64,
+                );
             }
             if let (Some(p50), Some(p99)) = (
                 quantile(&at_half.delays, 0.5),
                 quantile(&at_half.delays, 0.99),
             ) {
-                table.record(&case, name, "p50 ms", p50);
-                table.record(&case, name, "p99 ms", p99);
+                table.record(&case, server, "p50 ms", p50);
+                table.record(&case, server, "p99 ms", p99);
             }
         }
-        if generator_bound_runs > 0 {
-            table.description.push_str(&format!(
-                " In {generator_bound_runs} of {} runs, {name}'s top rate is the generator's: \
-                 above it perfdhcp sent fewer exchanges than asked, and none was dropped.",
-                settings.runs
-            ));
-        }
-        drop(server);
+        drop(running);
     }
     Ok(table)
+}
+
+impl Generator {
+    fn column(self) -> &'static str {
+        match self {
+            Generator::Perfdhcp => "perfdhcp",
+            Generator::Batched => "batched",
+        }
+    }
+}
+
+/// The check of the batched generator against perfdhcp, and what the report says about it.
+struct Agreement {
+    passed: bool,
+    text: String,
+}
+
+/// Whether the generators' top rates agreed within [`AGREEMENT`] in every run on each of
+/// [`CHECKED_ON`]; the batched generator's rates are published only then.
+fn agreement(measured: &[TopRates]) -> Agreement {
+    let mut passed = true;
+    let mut pairs = Vec::new();
+    for rates in measured.iter().filter(|r| CHECKED_ON.contains(&r.server)) {
+        for (perfdhcp, batched) in rates.perfdhcp.iter().zip(&rates.batched) {
+            let difference = (batched.achieved - perfdhcp.achieved) / perfdhcp.achieved;
+            passed &= difference.abs() <= AGREEMENT;
+            pairs.push(format!(
+                "{} {:.0} against {:.0} ({:+.1}%)",
+                rates.server,
+                perfdhcp.achieved,
+                batched.achieved,
+                difference * 100.0
+            ));
+        }
+    }
+    passed &= !pairs.is_empty();
+    let text = match passed {
+        true => format!(
+            "Generator check passed in this run: on the servers that set their own limit, \
+             perfdhcp's and the batched generator's top rates agreed within {:.0}% ({}), so \
+             the published rates, latencies and CPU are the batched generator's.",
+            AGREEMENT * 100.0,
+            pairs.join("; ")
+        ),
+        false => format!(
+            "Generator check failed in this run: perfdhcp's and the batched generator's top \
+             rates did not agree within {:.0}% on every checked server ({}), so the published \
+             rates, latencies and CPU are perfdhcp's.",
+            AGREEMENT * 100.0,
+            pairs.join("; ")
+        ),
+    };
+    Agreement { passed, text }
 }
 
 #[cfg(test)]
@@ -392,6 +609,35 @@ mod tests {
         assert!((probe.delays[0] - 1.46).abs() < 1e-6);
         assert!(!probe.clean(99, 3), "a drop is not clean");
         assert!(parse("no report").is_none());
+    }
+
+    #[test]
+    fn batched_rates_count_only_when_both_generators_agree_on_the_checked_servers() {
+        let top = |achieved| TopRate {
+            achieved,
+            generator_bound: false,
+        };
+        let rates = |server, perfdhcp: f64, batched: f64| TopRates {
+            server,
+            perfdhcp: vec![top(perfdhcp)],
+            batched: vec![top(batched)],
+        };
+        let check = agreement(&[
+            rates("Kea", 20_000.0, 21_000.0),
+            rates("dnsmasq", 117.0, 112.0),
+            rates("Wisp", 26_000.0, 60_000.0),
+        ]);
+        assert!(check.passed, "Wisp is not a checked server: {}", check.text);
+        assert!(check.text.contains("Kea 20000 against 21000 (+5.0%)"));
+        let check = agreement(&[
+            rates("Kea", 20_000.0, 23_000.0),
+            rates("dnsmasq", 117.0, 117.0),
+        ]);
+        assert!(!check.passed, "15% apart on Kea");
+        assert!(
+            !agreement(&[rates("Wisp", 1.0, 1.0)]).passed,
+            "no checked server ran"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! `--quick` runs every scenario at small scale, as the test command's smoke test: it checks
 //! only that each scenario ran and produced numbers.
 mod dhcp;
+mod dora;
 mod flood;
 mod http;
 mod lab;
@@ -13,6 +14,7 @@ mod report;
 mod tftp;
 mod workflows;
 
+pub use dora::generate as generate_dora;
 pub use flood::generate as generate_flood;
 pub use workflows::simulate as simulate_workers;
 
