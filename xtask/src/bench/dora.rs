@@ -272,6 +272,20 @@ impl Generator {
     }
 }
 
+/// One message header per buffer, naming no address (the socket is connected).
+fn headers(buffers: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    buffers
+        .iter_mut()
+        .map(|buffer| {
+            // SAFETY: mmsghdr is plain data; all zeros is an empty header, filled in below.
+            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            header.msg_hdr.msg_iov = buffer;
+            header.msg_hdr.msg_iovlen = 1;
+            header
+        })
+        .collect()
+}
+
 /// Sends as many of `packets` as the socket takes now, in batches; returns how many left.
 fn send_batch(socket: &UdpSocket, packets: &[Vec<u8>]) -> anyhow::Result<usize> {
     if packets.is_empty() {
@@ -284,16 +298,7 @@ fn send_batch(socket: &UdpSocket, packets: &[Vec<u8>]) -> anyhow::Result<usize> 
             iov_len: packet.len(),
         })
         .collect();
-    let mut headers: Vec<libc::mmsghdr> = buffers
-        .iter_mut()
-        .map(|buffer| {
-            // SAFETY: mmsghdr is plain data; all zeros is an empty header, filled in below.
-            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_iov = buffer;
-            header.msg_hdr.msg_iovlen = 1;
-            header
-        })
-        .collect();
+    let mut headers = headers(&mut buffers);
     // SAFETY: the headers point at `buffers` and `packets`, which outlive the call; the socket
     // is connected, so the headers name no destination.
     let sent = unsafe {
@@ -327,16 +332,7 @@ fn receive_batch(
             iov_len: buffer.len(),
         })
         .collect();
-    let mut headers: Vec<libc::mmsghdr> = slices
-        .iter_mut()
-        .map(|slice| {
-            // SAFETY: as in `send_batch`.
-            let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_iov = slice;
-            header.msg_hdr.msg_iovlen = 1;
-            header
-        })
-        .collect();
+    let mut headers = headers(&mut slices);
     // SAFETY: the headers point at `buffers`, which outlive the call and are not otherwise
     // borrowed while the kernel fills them.
     let received = unsafe {
