@@ -1,7 +1,6 @@
-//! Stored leases with group commit: ACKs that arrive together share one store transaction (one
-//! journal write, or one etcd transaction), so a rack of machines renewing at once is not
-//! limited by the store's rate of transactions. An ACK goes out only after its lease is stored:
-//! what "stored" survives is each store's promise (`LeaseStore::record_leases`).
+//! Durable leases with group commit: ACKs that arrive together share one fsync, so a rack of
+//! machines renewing at once is not limited by the disk's sync rate. An ACK goes out only after
+//! its lease is durable.
 use std::{
     collections::HashMap,
     future::Future,
@@ -76,7 +75,7 @@ impl LeaseWriter {
         }
     }
 
-    /// Queues the lease now, and returns a future that completes once it is stored. Queueing
+    /// Queues the lease now, and returns a future that completes once it is durable. Queueing
     /// at the call, not at the first poll, is what keeps changes in the order the DHCP server
     /// decided them.
     pub fn record(&self, lease: Lease) -> impl Future<Output = Result<(), CommitError>> + use<> {

@@ -1,13 +1,8 @@
 //! Durable DHCP leases as an append-only journal, the way ISC dhcpd and Kea's memfile keep
-//! theirs. A rack renewing at once makes thousands of small lease changes a second; appending a
-//! line per change costs a fraction of a B-tree transaction, which rewrites pages and allocator
-//! state on every commit (docs/benchmarks/findings.md).
-//!
-//! An append returns once its bytes are in the kernel's page cache, where they survive the
-//! death of Wisp's process (kill -9, a panic, the OOM killer); a thread of its own then
-//! fdatasyncs them, continuously while appends come, so the ACK does not wait for the disk.
-//! Only a power loss or a kernel crash can lose the appends since the last sync, a few
-//! milliseconds' worth: what that means for the leases is in docs/boot.md ("Durability").
+//! theirs, but fsync'd before the ACK. A rack renewing at once makes thousands of small lease
+//! changes a second; appending a line per change and syncing once per group commit costs a
+//! fraction of a B-tree transaction, which rewrites pages and allocator state on every commit
+//! (docs/benchmarks/findings.md).
 //!
 //! Each line is `<crc32 in hex> <JSON entry>`. A crash can leave a torn last line, which is cut
 //! off at the next start; a complete line that fails its checksum is skipped and reported. When
@@ -24,8 +19,7 @@ use std::{
     io::Read as _,
     os::unix::fs::FileExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Condvar, Mutex, MutexGuard},
-    thread::JoinHandle,
+    sync::Mutex,
 };
 
 use serde::{Deserialize, Serialize};
@@ -48,25 +42,12 @@ enum Entry {
 }
 
 pub struct LeaseJournal {
-    shared: Arc<Shared>,
-    /// The thread that syncs appends to the disk; joined at drop, after a last sync.
-    syncer: Option<JoinHandle<()>>,
-}
-
-struct Shared {
     state: Mutex<Journal>,
-    /// Wakes the syncer: an append left bytes unsynced, or the journal is closing.
-    appended: Condvar,
 }
 
 struct Journal {
     path: PathBuf,
-    /// Shared with the syncer, which syncs it without holding the lock.
-    file: Arc<File>,
-    /// Bytes were written since the syncer last started a sync.
-    unsynced: bool,
-    /// The journal is being dropped: the syncer syncs what is left and ends.
-    closing: bool,
+    file: File,
     /// Where the next entry goes: the end of the last complete one.
     end: u64,
     /// The file's length, zero bytes from `end` on.
@@ -121,9 +102,7 @@ impl LeaseJournal {
         }
         let mut journal = Journal {
             path,
-            file: Arc::new(file),
-            unsynced: false,
-            closing: false,
+            file,
             end: end as u64,
             capacity: text.len() as u64,
             live: replayed.live,
@@ -132,71 +111,13 @@ impl LeaseJournal {
         };
         journal.compact_if_mostly_dead()?;
         sync_directory(data_dir)?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(journal),
-            appended: Condvar::new(),
-        });
-        let syncer = std::thread::Builder::new()
-            .name("lease journal sync".into())
-            .spawn({
-                let shared = Arc::clone(&shared);
-                move || shared.sync_while_open()
-            })
-            .map_err(|err| {
-                journal_error(format!("cannot start the lease journal's syncer: {err}"))
-            })?;
         Ok(LeaseJournal {
-            shared,
-            syncer: Some(syncer),
+            state: Mutex::new(journal),
         })
     }
 
-    fn journal(&self) -> MutexGuard<'_, Journal> {
-        self.shared.journal()
-    }
-}
-
-impl Shared {
-    fn journal(&self) -> MutexGuard<'_, Journal> {
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Syncs whatever was appended since the last sync, one fdatasync after another while
-    /// appends come, so data waits for the disk at most about two syncs. A failed sync stops
-    /// every later append (see `Journal::failed`): what it should have made durable may be lost.
-    fn sync_while_open(&self) {
-        let mut journal = self.journal();
-        loop {
-            while !journal.unsynced && !journal.closing {
-                journal = self
-                    .appended
-                    .wait(journal)
-                    .unwrap_or_else(|p| p.into_inner());
-            }
-            if !journal.unsynced {
-                return;
-            }
-            journal.unsynced = false;
-            let (file, path) = (Arc::clone(&journal.file), journal.path.clone());
-            drop(journal);
-            let synced = file.sync_data();
-            journal = self.journal();
-            if let Err(err) = synced {
-                let err = io_error(&path, "sync")(err);
-                tracing::error!("{err}; the lease journal takes no more writes");
-                journal.failed.get_or_insert(err.to_string());
-            }
-        }
-    }
-}
-
-impl Drop for LeaseJournal {
-    fn drop(&mut self) {
-        self.journal().closing = true;
-        self.shared.appended.notify_one();
-        if let Some(syncer) = self.syncer.take() {
-            let _ = syncer.join();
-        }
     }
 }
 
@@ -261,7 +182,7 @@ fn sync_directory(dir: &Path) -> Result<(), StoreError> {
 }
 
 impl Journal {
-    /// Appends the entries with one write; the syncer makes them durable on the disk.
+    /// Appends the entries and makes them durable: one write and one fdatasync.
     fn append(&mut self, entries: &[Entry]) -> Result<(), StoreError> {
         if let Some(failure) = &self.failed {
             return Err(journal_error(format!(
@@ -278,14 +199,17 @@ impl Journal {
             self.capacity =
                 grow(&self.file, self.capacity, end).map_err(io_error(&self.path, "grow"))?;
         }
-        if let Err(err) = self.file.write_all_at(&bytes, self.end) {
+        if let Err(err) = self
+            .file
+            .write_all_at(&bytes, self.end)
+            .and_then(|()| self.file.sync_data())
+        {
             let err = io_error(&self.path, "append to")(err);
             self.failed = Some(err.to_string());
             return Err(err);
         }
         self.end = end;
         self.entries += entries.len();
-        self.unsynced = true;
         Ok(())
     }
 
@@ -309,7 +233,6 @@ impl Journal {
         let written = file
             .write_all_at(&bytes, 0)
             .and_then(|()| grow(&file, end, end))
-            .and_then(|capacity| file.sync_all().map(|()| capacity))
             .and_then(|capacity| std::fs::rename(&fresh, &self.path).map(|()| capacity));
         let capacity = match written {
             Ok(capacity) => capacity,
@@ -321,7 +244,7 @@ impl Journal {
         };
         tracing::info!(journal = %self.path.display(), from = self.entries, to = self.live.len(), "lease journal compacted");
         // Appends go to the new file from now on, whatever happens below.
-        self.file = Arc::new(file);
+        self.file = file;
         (self.end, self.capacity) = (end, capacity);
         self.entries = self.live.len();
         if let Some(dir) = self.path.parent() {
@@ -334,12 +257,12 @@ impl Journal {
     }
 }
 
-/// Extends the file with zeros, from `length` to a whole step past `needed`. Returns the new
-/// length. The next sync makes the new size durable with the data (fdatasync writes the size
-/// when it changed).
+/// Extends the file with zeros, from `length` to a whole step past `needed`, and syncs it whole
+/// (its size changed). Returns the new length.
 fn grow(file: &File, length: u64, needed: u64) -> std::io::Result<u64> {
     let grown = (needed / GROWTH_STEP + 1) * GROWTH_STEP;
     file.write_all_at(&vec![0; (grown - length) as usize], length)?;
+    file.sync_all()?;
     Ok(grown)
 }
 
@@ -348,7 +271,6 @@ impl LeaseStore for LeaseJournal {
         let mut journal = self.journal();
         let entries: Vec<Entry> = leases.iter().cloned().map(Entry::Lease).collect();
         journal.append(&entries)?;
-        self.shared.appended.notify_one();
         for lease in leases {
             journal.live.insert(lease.mac, lease.clone());
         }
@@ -365,7 +287,6 @@ impl LeaseStore for LeaseJournal {
             return Ok(None);
         }
         journal.append(&[Entry::Released(*mac)])?;
-        self.shared.appended.notify_one();
         Ok(journal.live.remove(mac))
     }
 

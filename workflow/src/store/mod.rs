@@ -211,9 +211,7 @@ pub trait BootStore: Send + Sync {
 
 /// Durable leases, so that a restart loses none.
 pub trait LeaseStore: Send + Sync {
-    /// Records (or renews) leases in one transaction. When it returns they survive the end of
-    /// Wisp's process; each store says when they also survive a power loss (the journal: one
-    /// background sync later; etcd: at once, on a quorum's disks).
+    /// Records (or renews) leases in one transaction; durable when it returns.
     fn record_leases(&self, leases: &[Lease]) -> Result<(), StoreError>;
     fn remove_lease(&self, mac: &MacAddr) -> Result<Option<Lease>, StoreError>;
     fn leases(&self) -> Result<Vec<Lease>, StoreError>;
