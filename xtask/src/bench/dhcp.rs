@@ -147,6 +147,13 @@ enum Generator {
 }
 
 impl Generator {
+    fn column(self) -> &'static str {
+        match self {
+            Generator::Perfdhcp => "perfdhcp",
+            Generator::Batched => "batched",
+        }
+    }
+
     fn probe(
         self,
         lab: &Lab,
@@ -536,15 +543,6 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
         drop(running);
     }
     Ok(table)
-}
-
-impl Generator {
-    fn column(self) -> &'static str {
-        match self {
-            Generator::Perfdhcp => "perfdhcp",
-            Generator::Batched => "batched",
-        }
-    }
 }
 
 /// The check of the batched generator against perfdhcp, and what the report says about it.
