@@ -127,6 +127,10 @@ settings! {
     /// How long after Wisp hands a machine an iPXE binary its iPXE's DHCP counts as the
     /// chainload, and gets the script.
     chainload_window: Interval = Interval(crate::dhcp::DEFAULT_CHAINLOAD_WINDOW), env "WISP_CHAINLOAD_WINDOW";
+    /// Answer the IPv6 router solicitations of owned machines that netboot with a router
+    /// advertisement that configures nothing (lifetime 0, no prefixes), so that their iPXE
+    /// stops waiting for IPv6 autoconfiguration; other hosts' are never answered.
+    answer_router_solicitations: bool = true, env "WISP_ANSWER_ROUTER_SOLICITATIONS", num_args = 0..=1, default_missing_value = "true";
     /// TFTP transfers at once; a request beyond them gets an error (the client retries).
     tftp_max_transfers: usize = crate::tftp::DEFAULT_MAX_TRANSFERS, env "WISP_TFTP_MAX_TRANSFERS";
     /// How long TFTP waits for an acknowledgement when the client asks for no timeout.

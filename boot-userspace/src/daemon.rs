@@ -272,6 +272,13 @@ fn spawn_boot_services(
         Arc::clone(&boot_files),
     );
     services.spawn(boot_http.serve());
+    if settings.answer_router_solicitations {
+        services.spawn(crate::ndp::serve(
+            settings.interface.clone(),
+            Arc::clone(&state.machines),
+            Arc::clone(&state.metrics),
+        ));
+    }
     services.spawn(tftp::serve(
         TftpConfig {
             interface: settings.interface.clone(),

@@ -7,6 +7,8 @@
 //! - [`gate`]: the XDP DHCP gate (loader, allowlist sync, counters) and its userspace fallback;
 //! - [`dhcp`]: the DHCP receive path on ports 67 and 4011, behind the gate;
 //! - [`tftp`]: the read-only TFTP server for the iPXE binaries;
+//! - [`ndp`]: IPv6 router solicitations from owned machines, answered so that iPXE stops
+//!   waiting for IPv6 autoconfiguration;
 //! - [`http`]: the boot HTTP server: iPXE scripts, iPXE binaries and boot assets;
 //! - [`metadata`]: the metadata service (EC2 paths, `/metadata`), on the boot HTTP server;
 //! - [`worker_api`]: the gRPC worker API (Tinkerbell's `WorkflowService`) over the workflow engine,
@@ -34,6 +36,7 @@ pub mod log_budget;
 pub mod machines;
 pub mod metadata;
 pub mod metrics;
+pub mod ndp;
 pub mod net;
 pub mod rack;
 pub mod state;

@@ -47,8 +47,13 @@ pub struct StateLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabels {
-    /// `dhcp`, `tftp`, `http`, or `panic`.
+    /// `dhcp`, `tftp`, `http`, `ndp`, or `panic`.
     pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +68,8 @@ pub struct Metrics {
     pub dhcp_ignored: Family<ReasonLabels, Counter>,
     pub tftp_requests: Family<TftpLabels, Counter>,
     pub tftp_bytes: Counter,
+    /// IPv6 router solicitations: `answered`, `not_owned`, `malformed` or `send_failed`.
+    pub router_solicitations: Family<OutcomeLabels, Counter>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub worker_calls: Family<WorkerCallLabels, Counter>,
     pub action_reports: Family<StateLabels, Counter>,
@@ -103,6 +110,10 @@ impl Metrics {
             dhcp_ignored: metric.add("dhcp_ignored", "DHCP requests that got no reply, by reason"),
             tftp_requests: metric.add("tftp_requests", "TFTP requests, by outcome"),
             tftp_bytes: metric.add("tftp_bytes", "Bytes of boot files handed to TFTP transfers"),
+            router_solicitations: metric.add(
+                "router_solicitations",
+                "IPv6 router solicitations, by outcome (only owned machines' are answered)",
+            ),
             http_requests: metric.add("http_requests", "Boot HTTP requests, by route and status"),
             worker_calls: metric.add(
                 "worker_api_calls",

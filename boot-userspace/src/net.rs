@@ -452,3 +452,24 @@ mod pace_tests {
         assert!(elapsed >= Duration::from_secs(15), "{elapsed:?}");
     }
 }
+
+/// Binds a packet socket to the interface with `index`, receiving frames of `ethertype`
+/// (`ETH_P_ALL` for every one); it then sends on that interface too.
+pub fn bind_packet_socket(
+    socket: &socket2::Socket,
+    index: u32,
+    ethertype: u16,
+) -> std::io::Result<()> {
+    // SAFETY: the closure writes a sockaddr_ll, which fits in the storage, and says its length.
+    let ((), address) = unsafe {
+        socket2::SockAddr::try_init(|storage, length| {
+            let link = storage.cast::<libc::sockaddr_ll>();
+            (*link).sll_family = libc::AF_PACKET as u16;
+            (*link).sll_protocol = ethertype.to_be();
+            (*link).sll_ifindex = index as i32;
+            *length = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            Ok(())
+        })
+    }?;
+    socket.bind(&address)
+}
