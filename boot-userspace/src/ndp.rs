@@ -408,15 +408,13 @@ mod tests {
             panic!("ICMPv6")
         };
         assert!(icmp.is_checksum_valid(ipv6.header().source(), ipv6.header().destination()));
-        assert_eq!(
-            icmp.icmp_type(),
-            Icmpv6Type::RouterAdvertisement(RouterAdvertisementHeader {
-                cur_hop_limit: 0,
-                managed_address_config: false,
-                other_config: false,
-                router_lifetime: 0,
-            })
-        );
+        let Icmpv6Type::RouterAdvertisement(header) = icmp.icmp_type() else {
+            panic!("a router advertisement")
+        };
+        // Not a default router, no DHCPv6, no hop limit of its own.
+        assert_eq!(header.router_lifetime, 0);
+        assert!(!header.managed_address_config && !header.other_config);
+        assert_eq!(header.cur_hop_limit, 0);
         // Reachable time and retransmission timer unspecified, then our MAC and nothing else.
         assert_eq!(icmp.payload(), [&[0u8; 8][..], &[1, 1], &US.mac].concat());
 
