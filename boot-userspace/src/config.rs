@@ -13,7 +13,10 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api::DEFAULT_LISTEN, dhcp::handler::Mode, gate::RequestedMode, identity::MachineIdentity,
+    api::DEFAULT_LISTEN,
+    dhcp::{handler::Mode, leases::LeaseSync},
+    gate::RequestedMode,
+    identity::MachineIdentity,
 };
 
 /// A span of time written as people write it (`300s`, `5m`, `1h 30m`).
@@ -131,6 +134,10 @@ settings! {
     /// advertisement that configures nothing (lifetime 0, no prefixes), so that their iPXE
     /// stops waiting for IPv6 autoconfiguration; other hosts' are never answered.
     answer_router_solicitations: bool = true, env "WISP_ANSWER_ROUTER_SOLICITATIONS", num_args = 0..=1, default_missing_value = "true";
+    /// When the embedded store syncs a lease to the disk: `background` (a thread syncs
+    /// continuously; a power loss can take the last moment's ACKed leases) or `before-ack`
+    /// (every ACK waits for its fdatasync). Either survives a crash or kill -9.
+    lease_sync: LeaseSync = LeaseSync::Background, env "WISP_LEASE_SYNC", value_enum;
     /// TFTP transfers at once; a request beyond them gets an error (the client retries).
     tftp_max_transfers: usize = crate::tftp::DEFAULT_MAX_TRANSFERS, env "WISP_TFTP_MAX_TRANSFERS";
     /// How long TFTP waits for an acknowledgement when the client asks for no timeout.

@@ -16,9 +16,7 @@ use tokio::{
 use workflow::{
     catalog::Catalog,
     engine::Engine,
-    store::{
-        BootStore, EtcdStore, LeaseJournal, LeaseStore, RedbStore, RunsChanged, Store, Watched,
-    },
+    store::{BootStore, EtcdStore, LeaseStore, RedbStore, RunsChanged, Store, Watched},
 };
 
 use crate::{
@@ -126,7 +124,7 @@ fn open_stores(settings: &Settings) -> anyhow::Result<Stores> {
         });
     }
     let store = Arc::new(RedbStore::open(&settings.data_dir)?);
-    let leases = Arc::new(LeaseJournal::open(&settings.data_dir)?);
+    let leases = Arc::new(settings.lease_sync.open_journal(&settings.data_dir)?);
     let moved = store
         .move_leases_to(&*leases)
         .context("moving leases from wisp.redb to the lease journal")?;

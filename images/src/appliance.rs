@@ -8,6 +8,9 @@
 //! only when a sync forces it (`commit=3600`), so whatever Wisp did not make durable itself is
 //! still only in the VM's memory when it dies. A canary shows it: each boot prints the canary
 //! file that the boot before wrote without a sync ([`CANARY`]), then writes its own.
+//!
+//! Wisp runs with `--lease-sync before-ack`, the setting whose promise is that a power loss takes
+//! no ACKed lease; the default syncs in the background and promises that only for a kill.
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -50,7 +53,7 @@ ip addr add "$address" dev eth0
 ip link set eth0 up
 echo "WISP-APPLIANCE: wisp serve started"
 wisp serve --interface eth0 --data-dir /data/wisp --listen "${address%/*}:7480" \
-  --api-token-file /data/api.token --assets-dir /data/assets
+  --api-token-file /data/api.token --assets-dir /data/assets --lease-sync before-ack
 echo "WISP-APPLIANCE: wisp serve exited with $?"
 while true; do sleep 3600; done
 "#

@@ -5,13 +5,14 @@
 //!
 //! kill -9 of the daemon (dhcp.rs, resources.rs) keeps whatever the process wrote in the kernel's
 //! page cache. This test loses that cache too, so only what Wisp made durable before it
-//! answered can survive.
+//! answered can survive. The appliance runs `--lease-sync before-ack`, the setting that promises
+//! ACKed leases survive a power loss (the default, `background`, promises it for a kill).
 use std::{
     collections::BTreeSet,
     io::Write,
     path::{Path, PathBuf},
     process::Stdio,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -153,6 +154,7 @@ fn acked_leases_and_acknowledged_applies_survive_a_power_loss() {
     let _buffer = wisp_tests::ReceiveBuffer::raised();
     let capture = Capture::start(&lab, &work);
     let stop = AtomicBool::new(false);
+    let acknowledged_so_far = AtomicUsize::new(0);
     let acknowledged = std::thread::scope(|scope| {
         let storm = scope.spawn(|| perfdhcp(&lab, &["-R", "300", "-r", "100", "-p", "8"]));
         let applies = scope.spawn(|| {
@@ -166,11 +168,18 @@ fn acked_leases_and_acknowledged_applies_survive_a_power_loss() {
                 let address = format!("10.98.{}.{}", index / 250, index % 250 + 1);
                 if applied(&lab, &hardware_yaml(&name, &mac, &address)) {
                     acknowledged.push(name);
+                    acknowledged_so_far.fetch_add(1, Ordering::Relaxed);
                 }
             }
             acknowledged
         });
         std::thread::sleep(Duration::from_secs(4));
+        // Under TCG one apply can take seconds (a cold host more): the plug is pulled once at
+        // least one was acknowledged, or a minute on, which the assertions below then report.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acknowledged_so_far.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         stop.store(true, Ordering::Relaxed);
         vm.pull_the_plug(&lab.server.name, "tap-first");
         storm.join().expect("perfdhcp ran");

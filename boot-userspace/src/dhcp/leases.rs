@@ -1,9 +1,10 @@
-//! Durable leases with group commit: ACKs that arrive together share one fsync, so a rack of
-//! machines renewing at once is not limited by the disk's sync rate. An ACK goes out only after
-//! its lease is durable.
+//! Stored leases with group commit: ACKs that arrive together share one store write, so a rack
+//! of machines renewing at once is not limited by the store. An ACK goes out only after its lease
+//! is stored; how far "stored" goes on the embedded store is [`LeaseSync`]'s choice.
 use std::{
     collections::HashMap,
     future::Future,
+    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -13,8 +14,35 @@ use std::{
 
 use workflow::{
     resource::MacAddr,
-    store::{CommitError, GroupCommit, Lease, LeaseStore, StoreError},
+    store::{CommitError, GroupCommit, Lease, LeaseJournal, LeaseStore, StoreError},
 };
+
+/// When the embedded store's lease journal syncs a lease to the disk, relative to its ACK. Either
+/// way an ACKed lease survives a crash or kill -9 of Wisp (it is in the kernel's page cache); the
+/// choice is what a power loss can take (docs/boot.md, "Durability").
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum LeaseSync {
+    /// A thread syncs continuously, about every fdatasync's time (a fraction of a millisecond
+    /// on an SSD); a power loss can take the leases ACKed in that last moment, whose machines
+    /// then get the same reserved address again.
+    Background,
+    /// Each group commit is fdatasync'd before its ACKs go out: a power loss takes no ACKed
+    /// lease, and each ACK waits for the disk.
+    BeforeAck,
+}
+
+impl LeaseSync {
+    /// Opens the lease journal in `data_dir`, syncing as this says.
+    pub fn open_journal(self, data_dir: &Path) -> Result<LeaseJournal, StoreError> {
+        match self {
+            LeaseSync::Background => LeaseJournal::open_syncing_in_background(data_dir),
+            LeaseSync::BeforeAck => LeaseJournal::open(data_dir),
+        }
+    }
+}
 
 /// At most this many leases share one transaction.
 const MAX_BATCH: usize = 1024;
