@@ -9,7 +9,7 @@ use std::{
 
 use serde_json::Value;
 use wisp_images::browser::Browser;
-use wisp_simulated_rack::{Machine, Rack, FAILURE};
+use wisp_simulated_rack::{Depth, Machine, Rack, Workflows, FAILURE};
 use wisp_tests::{
     apply_ok, boot_token, eventually_within, http_status, require_root, Daemon, Lab, TempDir,
     CLIENT_IF, CLIENT_IP, SERVER_IF,
@@ -282,7 +282,9 @@ fn in_a_browser_a_rollout_of_1000_simulated_machines_shows_live_with_its_failure
     let _daemon = Daemon::start(&lab.server, SERVER_IF, &data, &["--xdp-mode", "native"]);
     let machines = simulated_machines(1000);
     let actions = ["stream-image", "grow-partition", "install-bootloader"];
-    for apply in wisp_simulated_rack::manifests("rack", &machines, "255.255.0.0", &actions, 500) {
+    for apply in
+        wisp_simulated_rack::manifests("rack", &machines, "255.255.0.0", &actions, None, 500)
+    {
         apply_ok(&lab.server, &apply);
     }
     give_addresses(&lab, &work, &machines);
@@ -323,6 +325,8 @@ fn in_a_browser_a_rollout_of_1000_simulated_machines_shows_live_with_its_failure
         interface: CLIENT_IF.into(),
         machines: machines.clone(),
         pace: Some(Duration::from_secs(4)),
+        depth: Depth::Script,
+        workflows: Workflows::AsEachBoots,
     };
     let outcome = std::thread::scope(|scope| {
         let rollout = scope.spawn(|| lab.client.within(|| wisp_simulated_rack::run(&rack)));

@@ -89,6 +89,15 @@ enum Task {
         #[arg(long)]
         machines: u32,
     },
+    /// The rack-boot benchmark's simulated machines (run by `bench` inside its lab).
+    #[command(hide = true)]
+    BenchRack {
+        #[arg(long)]
+        machines: u32,
+        /// `as-each-boots`, or `none` for a server that only boots them.
+        #[arg(long)]
+        workflows: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -115,6 +124,17 @@ fn main() -> anyhow::Result<()> {
             bench::run_benchmarks(&root, quick, &only)
         }
         Task::BenchWorkers { machines } => bench::simulate_workers(machines),
+        Task::BenchRack {
+            machines,
+            workflows,
+        } => {
+            let workflows = match workflows.as_str() {
+                "as-each-boots" => wisp_simulated_rack::Workflows::AsEachBoots,
+                "none" => wisp_simulated_rack::Workflows::None,
+                other => anyhow::bail!("--workflows {other}: as-each-boots or none"),
+            };
+            bench::simulate_rack(machines, workflows)
+        }
         Task::BenchFlood { rate, seconds } => bench::generate_flood(rate, seconds),
         Task::BenchDora {
             hosts,

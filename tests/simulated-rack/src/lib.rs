@@ -1,15 +1,19 @@
-//! A rack of simulated machines, each doing over the wire, from its own MAC and address, what a
-//! real one does with Wisp: its DHCP (the firmware's, then the iPXE's Wisp chainloads), its iPXE
-//! script (for the token of that boot, which the provisioning OS finds on its kernel command
-//! line), and then what `wisp-worker` does over its own HTTP/2 connection: GetAction, a
-//! RUNNING report and a SUCCESS report per action, until Wisp answers NOT_FOUND.
+//! A rack of simulated machines, powered on together, each doing over the wire, from its own
+//! MAC and address, what a real one does: its boot ([`boot`]: the firmware's DHCP, TFTP of the
+//! iPXE binary, iPXE's DHCP, its script, whose kernel command line carries the boot's token,
+//! and the kernel and initramfs), and then what `wisp-worker` does over its own HTTP/2
+//! connection: GetAction, a RUNNING report and a SUCCESS report per action, until Wisp answers
+//! NOT_FOUND. An action that names an image (`IMG_URL`, as image2disk's does) downloads it.
 //!
 //! Run inside the network namespace the machines' addresses are in (`cargo xtask
-//! bench-workers` for the workflow benchmark; a thread that entered the namespace in the rack
-//! page's browser test). In the benchmark actions take no time, so the server is what is
-//! measured; [`Rack::pace`] makes them take a while, print lines and say how far they are, as
-//! a rollout an operator watches does.
+//! bench-workers` and `cargo xtask bench-rack` for the benchmarks; a thread that entered the
+//! namespace in the rack page's browser test). In the benchmarks actions take no time, so the
+//! server is what is measured; [`Rack::pace`] makes them take a while, print lines and say how
+//! far they are, as a rollout an operator watches does.
+pub mod boot;
+
 use std::{
+    collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -19,9 +23,8 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use dhcproto::{v4, Encodable, Encoder};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
+pub use boot::{pxe_discover, Depth, Stage};
+use boot::{Booted, DhcpSegment};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};
 use tonic::{
@@ -35,7 +38,6 @@ use wisp_proto::{
     ActionMessage, ActionRequest, ActionResponse, ActionStatusRequest, StateType,
 };
 
-const BOOT_HTTP_PORT: u16 = 8080;
 const WORKER_API_PORT: u16 = 42113;
 /// How long one simulated machine may take for its whole workflow.
 const WORKER_DEADLINE: Duration = Duration::from_secs(600);
@@ -61,6 +63,20 @@ pub struct Rack {
     /// How long each action takes; with it, actions print lines and the first says how far it
     /// is streaming an image. None: no time, nothing printed.
     pub pace: Option<Duration>,
+    /// How far each machine boots.
+    pub depth: Depth,
+    pub workflows: Workflows,
+}
+
+/// When the machines run their workflows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workflows {
+    /// Not at all: the boot is all (a server with no worker API).
+    None,
+    /// All at once, once every machine has booted, so that the worker API alone is measured.
+    Together,
+    /// Each as soon as its machine has booted, as in a real rack.
+    AsEachBoots,
 }
 
 /// How the rack's workflows went.
@@ -68,27 +84,42 @@ pub struct Rack {
 pub struct Outcome {
     /// From the first GetAction to the last machine's end (booting is not counted).
     pub seconds: f64,
+    /// From power-on to the last machine's end.
+    pub seconds_from_power_on: f64,
+    /// Each stage's time, in seconds, for every machine that went through it.
+    pub stages: BTreeMap<Stage, Vec<f64>>,
+    /// DHCP messages the machines sent again for want of an answer.
+    pub dhcp_retransmissions: u64,
     pub actions: u64,
     /// Calls retried after a transient failure.
     pub retries: u64,
-    /// Machines whose workflow did not end as they meant it to.
+    /// Machines whose boot failed, or whose workflow did not end as they meant it to.
     pub failed_workers: u64,
 }
 
 /// The resources for `machines` in `namespace`, in applies of at most `per_apply` machines:
-/// a template of `actions` first, then each machine's Hardware (at its address, with
+/// a template of `actions` first (the first writing the image at `image_url` to disk, when
+/// there is one, as image2disk does), then each machine's Hardware (at its address, with
 /// `netmask`) and Workflow.
 pub fn manifests(
     namespace: &str,
     machines: &[Machine],
     netmask: &str,
     actions: &[&str],
+    image_url: Option<&str>,
     per_apply: usize,
 ) -> Vec<String> {
     let steps: String = actions
         .iter()
-        .map(|name| {
-            format!("          - {{name: {name}, image: simulated/{name}, timeout: 600}}\n")
+        .enumerate()
+        .map(|(index, name)| {
+            let environment = match image_url {
+                Some(url) if index == 0 => {
+                    format!(", environment: {{IMG_URL: \"{url}\", DEST_DISK: /dev/sda}}")
+                }
+                _ => String::new(),
+            };
+            format!("          - {{name: {name}, image: simulated/{name}, timeout: 600{environment}}}\n")
         })
         .collect();
     let mut applies = vec![format!(
@@ -113,59 +144,129 @@ pub fn manifests(
     applies
 }
 
-/// Boots every machine, then runs every machine's workflow at once, to its end.
+/// Powers every machine on at once; each boots, and then runs its workflow as
+/// [`Rack::workflows`] says, to its end.
 pub fn run(rack: &Rack) -> anyhow::Result<Outcome> {
     // Ten thousand connections need more than the usual soft limit of 1024 descriptors.
     rlimit::increase_nofile_limit(u64::MAX)?;
     let runtime = tokio::runtime::Runtime::new()?;
-    let dhcp = dhcp_socket(&rack.interface)?;
-    let tokens = runtime.block_on(async {
-        let mut tokens = Vec::with_capacity(rack.machines.len());
-        for machine in &rack.machines {
-            tokens.push(boot(&dhcp, rack.server, machine).await?);
-        }
-        anyhow::Ok(tokens)
-    })?;
+    runtime.block_on(run_rack(rack))
+}
+
+/// What one machine's task ends with: its stages, whatever failed, and when it ended.
+struct MachineRun {
+    stages: Vec<(Stage, Duration)>,
+    failure: Option<anyhow::Error>,
+}
+
+async fn run_rack(rack: &Rack) -> anyhow::Result<Outcome> {
+    let segment = DhcpSegment::open(&rack.interface)?;
     let counts = Arc::new(Counts::default());
-    let started = Instant::now();
-    let failed = runtime.block_on(async {
-        let workers: Vec<_> = rack
-            .machines
-            .iter()
-            .cloned()
-            .zip(tokens)
-            .map(|(machine, token)| {
-                let counts = Arc::clone(&counts);
-                let (server, pace) = (rack.server, rack.pace);
-                tokio::spawn(async move {
-                    let mac = machine.mac.clone();
-                    let worker = simulated_worker(server, machine, &token, pace, &counts);
-                    // A stuck call fails the run instead of hanging it.
-                    tokio::time::timeout(WORKER_DEADLINE, worker)
-                        .await
-                        .map_err(|_| {
-                            anyhow::anyhow!("{mac}: not done within {WORKER_DEADLINE:?}")
-                        })?
-                })
-            })
-            .collect();
-        let mut failed = 0;
-        for worker in workers {
-            if let Err(err) = worker.await? {
-                failed += 1;
-                if failed <= 3 {
-                    eprintln!("simulated worker: {err:#}");
+    let powered_on = Instant::now();
+    // With `Together`, every machine waits here until all have booted.
+    let all_booted = Arc::new(tokio::sync::Barrier::new(rack.machines.len()));
+    let first_get_action = Arc::new(std::sync::OnceLock::new());
+    let tasks: Vec<_> = rack
+        .machines
+        .iter()
+        .cloned()
+        .map(|machine| {
+            let (segment, counts) = (Arc::clone(&segment), Arc::clone(&counts));
+            let (all_booted, first_get_action) =
+                (Arc::clone(&all_booted), Arc::clone(&first_get_action));
+            let (server, pace, depth, workflows) =
+                (rack.server, rack.pace, rack.depth, rack.workflows);
+            tokio::spawn(async move {
+                let mac = machine.mac.clone();
+                let booted = boot_machine(&segment, &machine, depth).await;
+                if workflows == Workflows::Together {
+                    all_booted.wait().await;
                 }
+                let Booted { token, mut stages } = match booted {
+                    Ok(booted) => booted,
+                    Err(failure) => {
+                        return MachineRun {
+                            stages: Vec::new(),
+                            failure: Some(failure.context(format!("{mac}: its boot"))),
+                        }
+                    }
+                };
+                let failure = match (workflows, token) {
+                    (Workflows::None, _) => None,
+                    (_, None) => Some(anyhow::anyhow!("{mac}: its script carries no token")),
+                    (_, Some(token)) => {
+                        let started = Instant::now();
+                        first_get_action.get_or_init(|| started);
+                        let worker = simulated_worker(server, machine, &token, pace, &counts);
+                        // A stuck call fails the run instead of hanging it.
+                        match tokio::time::timeout(WORKER_DEADLINE, worker).await {
+                            Ok(Ok(())) => {
+                                stages.push((Stage::Workflow, started.elapsed()));
+                                None
+                            }
+                            Ok(Err(err)) => Some(err),
+                            Err(_) => Some(anyhow::anyhow!(
+                                "{mac}: not done within {WORKER_DEADLINE:?}"
+                            )),
+                        }
+                    }
+                };
+                MachineRun { stages, failure }
+            })
+        })
+        .collect();
+    let mut outcome = Outcome {
+        seconds: 0.0,
+        seconds_from_power_on: 0.0,
+        stages: BTreeMap::new(),
+        dhcp_retransmissions: 0,
+        actions: 0,
+        retries: 0,
+        failed_workers: 0,
+    };
+    for task in tasks {
+        let run = task.await?;
+        for (stage, took) in run.stages {
+            outcome
+                .stages
+                .entry(stage)
+                .or_default()
+                .push(took.as_secs_f64());
+        }
+        if let Some(failure) = run.failure {
+            outcome.failed_workers += 1;
+            if outcome.failed_workers <= 3 {
+                eprintln!("simulated machine: {failure:#}");
             }
         }
-        anyhow::Ok(failed)
-    })?;
-    Ok(Outcome {
-        seconds: started.elapsed().as_secs_f64(),
-        actions: counts.actions.load(Ordering::Relaxed),
-        retries: counts.retries.load(Ordering::Relaxed),
-        failed_workers: failed,
-    })
+    }
+    outcome.seconds_from_power_on = powered_on.elapsed().as_secs_f64();
+    outcome.seconds = first_get_action
+        .get()
+        .map_or(0.0, |first| first.elapsed().as_secs_f64());
+    outcome.dhcp_retransmissions = segment.retransmissions.load(Ordering::Relaxed);
+    outcome.actions = counts.actions.load(Ordering::Relaxed);
+    outcome.retries = counts.retries.load(Ordering::Relaxed);
+    Ok(outcome)
+}
+
+async fn boot_machine(
+    segment: &DhcpSegment,
+    machine: &Machine,
+    depth: Depth,
+) -> anyhow::Result<Booted> {
+    let mut mac = [0u8; 6];
+    let bytes: Vec<u8> = machine
+        .mac
+        .split(':')
+        .map(|byte| u8::from_str_radix(byte, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("the MAC {}", machine.mac))?;
+    if bytes.len() != 6 {
+        bail!("the MAC {} is not 6 bytes", machine.mac);
+    }
+    mac.copy_from_slice(&bytes);
+    boot::boot(segment, &mac, machine.address, depth).await
 }
 
 /// A connection to Wisp from a machine's own address.
@@ -177,97 +278,6 @@ async fn connect_from(
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((address, 0)))?;
     socket.connect(SocketAddr::from((server, port))).await
-}
-
-/// A broadcast DHCP client socket on `interface`, as a PXE client has.
-fn dhcp_socket(interface: &str) -> anyhow::Result<std::net::UdpSocket> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_broadcast(true)?;
-    socket.bind_device(Some(interface.as_bytes()))?;
-    socket.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())?;
-    Ok(socket.into())
-}
-
-/// A machine's boot, as far as Wisp sees it: its firmware's DISCOVER and then the DISCOVER of
-/// the iPXE Wisp chainloads (which Wisp answers with the script's URL), then its script, whose
-/// kernel command line carries the boot's token. A datagram the server dropped is sent again.
-async fn boot(
-    dhcp: &std::net::UdpSocket,
-    server: Ipv4Addr,
-    machine: &Machine,
-) -> anyhow::Result<String> {
-    let mac = &machine.mac;
-    discover(dhcp, mac, 1, None)?;
-    // Wisp answers a batch of datagrams after deciding them all: the iPXE's DISCOVER counts as
-    // chainloaded once the firmware's was answered. Each try is a new iPXE transaction.
-    for xid in 2..52 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        discover(dhcp, mac, xid, Some(b"iPXE"))?;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-        if let Some(token) = token_of(server, machine).await? {
-            return Ok(token);
-        }
-    }
-    bail!("{mac}: no script with a token after 50 tries")
-}
-
-/// A PXE client's broadcast DISCOVER (transaction `xid`) from `chaddr`, with iPXE's user
-/// class when it has one.
-pub fn pxe_discover(chaddr: &[u8], xid: u32, user_class: Option<&[u8]>) -> v4::Message {
-    let mut message = v4::Message::default();
-    message
-        .set_flags(v4::Flags::default().set_broadcast())
-        .set_chaddr(chaddr)
-        .set_xid(xid);
-    let options = message.opts_mut();
-    options.insert(v4::DhcpOption::MessageType(v4::MessageType::Discover));
-    options.insert(v4::DhcpOption::ClassIdentifier(
-        b"PXEClient:Arch:00000:UNDI:002001".to_vec(),
-    ));
-    if let Some(user_class) = user_class {
-        options.insert(v4::DhcpOption::UserClass(user_class.to_vec()));
-    }
-    message
-}
-
-/// Broadcasts [`pxe_discover`] from `mac`.
-fn discover(
-    socket: &std::net::UdpSocket,
-    mac: &str,
-    xid: u32,
-    user_class: Option<&[u8]>,
-) -> anyhow::Result<()> {
-    let chaddr: Vec<u8> = mac
-        .split(':')
-        .map(|byte| u8::from_str_radix(byte, 16))
-        .collect::<Result<_, _>>()?;
-    let mut bytes = Vec::new();
-    pxe_discover(&chaddr, xid, user_class).encode(&mut Encoder::new(&mut bytes))?;
-    socket.send_to(&bytes, (Ipv4Addr::BROADCAST, 67))?;
-    Ok(())
-}
-
-/// The token on the kernel command line of the machine's iPXE script, if it has one.
-async fn token_of(server: Ipv4Addr, machine: &Machine) -> anyhow::Result<Option<String>> {
-    let mac = &machine.mac;
-    let connection = TokioIo::new(connect_from(machine.address, server, BOOT_HTTP_PORT).await?);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(connection).await?;
-    tokio::spawn(connection);
-    let request = hyper::Request::get(format!("/ipxe/{mac}/auto.ipxe"))
-        .header(hyper::header::HOST, server.to_string())
-        .body(Empty::<Bytes>::new())?;
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let script = response.into_body().collect().await?.to_bytes();
-    let script = String::from_utf8_lossy(&script);
-    if !status.is_success() {
-        bail!("the script for {mac}: {status}: {script}");
-    }
-    Ok(script
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("wisp.token="))
-        .map(str::to_string))
 }
 
 /// What the simulated machines count.
@@ -357,6 +367,11 @@ async fn simulated_worker(
         };
         for (state, message) in [(StateType::Running, None), (state, message)] {
             if state != StateType::Running {
+                if let Some(image) = image_url(&action) {
+                    boot::http_get(address, image, false)
+                        .await
+                        .with_context(|| format!("{mac}: {}", action.name()))?;
+                }
                 if let Some(pace) = pace {
                     work(&channel, &bearer, mac, &action, pace, fails).await;
                 }
@@ -377,6 +392,14 @@ async fn simulated_worker(
         }
         counts.actions.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The image an action writes to disk (image2disk's `IMG_URL`), if it names one.
+fn image_url(action: &ActionResponse) -> Option<&str> {
+    action
+        .environment
+        .iter()
+        .find_map(|variable| variable.strip_prefix("IMG_URL="))
 }
 
 /// A paced action: half its time, a line and (for the first action) half the image written,

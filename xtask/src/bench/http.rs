@@ -52,7 +52,13 @@ fn parse(text: &str) -> Option<(f64, f64)> {
     Some((throughput?, p99))
 }
 
-fn start_nginx(lab: &Lab, work: &Path, root: &Path) -> anyhow::Result<Server> {
+/// nginx serving `root` at http://10.88.0.1:8080/assets/, ready once it serves `probe` there.
+pub(super) fn start_nginx(
+    lab: &Lab,
+    work: &Path,
+    root: &Path,
+    probe: &str,
+) -> anyhow::Result<Server> {
     let temp = work.join("nginx-temp");
     std::fs::create_dir_all(&temp)?;
     let config = format!(
@@ -70,8 +76,9 @@ fn start_nginx(lab: &Lab, work: &Path, root: &Path) -> anyhow::Result<Server> {
     std::fs::write(&path, config)?;
     let mut command = lab.command(SERVER, "nginx");
     command.arg("-c").arg(&path);
+    let probe = format!("http://10.88.0.1:8080/assets/{probe}");
     Server::start("nginx", command, &work.join("nginx.log"), || {
-        lab.exec(SERVER, "curl", &["-sfI", URL])
+        lab.exec(SERVER, "curl", &["-sfI", &probe])
             .is_ok_and(|output| output.status.success())
     })
 }
@@ -105,7 +112,7 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                 "http",
                 &["--assets-dir", &root_arg],
             )?,
-            _ => start_nginx(lab, work, &root)?,
+            _ => start_nginx(lab, work, &root, "initramfs.bin")?,
         };
         for &connections in &settings.http_connections {
             let case = format!("{connections} connections");

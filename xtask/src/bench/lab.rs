@@ -336,19 +336,8 @@ impl Server {
     /// The server's CPU time (user and system, all its threads) so far, in seconds. `ip netns
     /// exec` execs the server, so the child is the server itself.
     pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .context("a /proc stat line")?
-            .1
-            .split_whitespace()
-            .collect();
-        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
-        let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Ok(ticks / per_second)
+        let pid = self.child.id();
+        process_cpu_seconds(pid).with_context(|| format!("reading /proc/{pid}/stat"))
     }
 }
 
@@ -403,6 +392,28 @@ fn server_pids() -> anyhow::Result<Vec<String>> {
         .split_whitespace()
         .map(str::to_string)
         .collect())
+}
+
+/// The CPU time (user and system) of every process in the server namespace so far, in
+/// seconds; a process that has exited is no longer counted.
+pub fn server_cpu_seconds() -> f64 {
+    server_pids()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|pid| process_cpu_seconds(pid.parse().ok()?))
+        .sum()
+}
+
+/// A process's CPU time (user and system, all its threads) so far, in seconds.
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces; utime and
+    // stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / per_second)
 }
 
 /// Starts measuring peak memory afresh (the kernel's VmHWM reset), so that a setup step such

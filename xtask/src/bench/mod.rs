@@ -10,12 +10,14 @@ mod flood;
 mod http;
 mod lab;
 mod plot;
+mod rack_boot;
 mod report;
 mod tftp;
 mod workflows;
 
 pub use dora::generate as generate_dora;
 pub use flood::generate as generate_flood;
+pub use rack_boot::simulate as simulate_rack;
 pub use workflows::simulate as simulate_workers;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +26,7 @@ use anyhow::{bail, Context};
 
 use crate::shell::{output, run, step};
 
-type Run = fn(&lab::Lab, &Path, &Settings) -> anyhow::Result<report::Table>;
+type Run = fn(&lab::Lab, &Path, &Settings) -> anyhow::Result<Vec<report::Table>>;
 
 /// Sizes and repetitions.
 pub struct Settings {
@@ -43,6 +45,10 @@ pub struct Settings {
     pub workflow_machines: Vec<u32>,
     /// Foreign-MAC flood rates per second (0: none; [`flood::UNPACED`]: as fast as possible).
     pub flood_rates: Vec<u32>,
+    /// Simulated machines in the rack that boots at once.
+    pub rack_machines: u32,
+    /// The rack's kernel, initramfs and image, in bytes.
+    pub rack_file_bytes: (u64, u64, u64),
     /// The known hosts' exchanges per second during the flood.
     pub flood_known_rate: u32,
 }
@@ -65,6 +71,8 @@ impl Settings {
             // 64 MiB response; a shorter run has no completed request to time.
             http_seconds: 40,
             workflow_machines: vec![1_000, 10_000],
+            rack_machines: 1_000,
+            rack_file_bytes: (2 << 20, 8 << 20, 8 << 20),
             flood_rates: vec![0, 10_000, 30_000, 100_000, flood::UNPACED],
             flood_known_rate: 500,
         }
@@ -85,6 +93,8 @@ impl Settings {
             http_connections: vec![1, 20],
             http_seconds: 2,
             workflow_machines: vec![50],
+            rack_machines: 50,
+            rack_file_bytes: (256 << 10, 1 << 20, 1 << 20),
             flood_rates: vec![0, 2_000],
             flood_known_rate: 100,
         }
@@ -99,6 +109,7 @@ pub enum Scenario {
     Tftp,
     Http,
     Workflows,
+    Rack,
 }
 
 /// Runs the scenarios in `only` (every one when empty). The report is written only by a full
@@ -125,6 +136,7 @@ pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Re
         Scenario::Tftp,
         Scenario::Http,
         Scenario::Workflows,
+        Scenario::Rack,
     ] {
         if !only.is_empty() && !only.contains(&scenario) {
             continue;
@@ -132,23 +144,33 @@ pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Re
         let (title, run): (&str, Run) = match scenario {
             Scenario::Dhcp => (
                 "DHCP DORA (perfdhcp against Wisp, Kea and dnsmasq)",
-                dhcp::run,
+                |lab, work, settings| dhcp::run(lab, work, settings).map(|table| vec![table]),
             ),
             Scenario::Flood => (
                 "foreign-MAC flood (Wisp with and without its XDP gate)",
-                flood::run,
+                |lab, work, settings| flood::run(lab, work, settings).map(|table| vec![table]),
             ),
-            Scenario::Tftp => ("TFTP (atftp against Wisp and tftpd-hpa)", tftp::run),
-            Scenario::Http => ("HTTP (wrk against Wisp and nginx)", http::run),
+            Scenario::Tftp => (
+                "TFTP (atftp against Wisp and tftpd-hpa)",
+                |lab, work, settings| tftp::run(lab, work, settings).map(|table| vec![table]),
+            ),
+            Scenario::Http => (
+                "HTTP (wrk against Wisp and nginx)",
+                |lab, work, settings| http::run(lab, work, settings).map(|table| vec![table]),
+            ),
             Scenario::Workflows => (
                 "workflows (simulated workers against the gRPC worker API)",
-                workflows::run,
+                |lab, work, settings| workflows::run(lab, work, settings).map(|table| vec![table]),
+            ),
+            Scenario::Rack => (
+                "a rack booting at once (simulated machines against Wisp, and dnsmasq with nginx)",
+                rack_boot::run,
             ),
         };
         step(&format!("bench: {title}"));
         // A full run keeps the other scenarios' numbers when one fails, and reports it.
         match run(&lab, &work, &settings) {
-            Ok(table) => tables.push(table),
+            Ok(produced) => tables.extend(produced),
             Err(err) if !quick => {
                 eprintln!("warning: {title} failed: {err:#}");
                 failures.push(format!("{title}: {err:#}"));
@@ -274,6 +296,10 @@ fn plots(table: &report::Table, directory: &Path) -> anyhow::Result<Vec<String>>
                 every,
                 &path("workflows.png"),
             ),
+        )?,
+        "Rack boot" => draw(
+            "rack-boot.png",
+            plot::bars_by_case(table, "p99 s", &path("rack-boot.png")),
         )?,
         _ => {}
     }

@@ -180,3 +180,74 @@ pub fn bars(table: &Table, column: &str, path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
+
+/// `column` as horizontal bars, a row per case and server, named by the case and colored by the
+/// server: for tables of many cases with long names (the rack's stages).
+pub fn bars_by_case(table: &Table, column: &str, path: &Path) -> anyhow::Result<()> {
+    load_font()?;
+    let servers = servers(table);
+    let rows: Vec<(&str, usize, f64)> = table
+        .rows
+        .iter()
+        .filter_map(|((case, server), columns)| {
+            let color = servers.iter().position(|s| s == server)?;
+            Some((case.as_str(), color, median(columns, column)?))
+        })
+        .collect();
+    let x_max = rows.iter().map(|row| row.2).fold(0.001, f64::max) * 1.1;
+    let root = canvas(path)?;
+    let mut chart = ChartBuilder::on(&root);
+    chart
+        .caption(format!("{}: {column}", table.title), ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(230);
+    let mut chart = chart.build_cartesian_2d(0.0..x_max, (0..rows.len()).into_segmented())?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_desc(column)
+        .y_labels(rows.len())
+        .y_label_formatter(&|segment| match segment {
+            // Drawn top down, in the table's order.
+            SegmentValue::CenterOf(index) => rows
+                .get(rows.len().wrapping_sub(index + 1))
+                .map_or_else(String::new, |row| row.0.to_string()),
+            _ => String::new(),
+        })
+        .label_style(("sans-serif", 13))
+        .draw()?;
+    for (color, server) in servers.iter().enumerate() {
+        let fill = Palette99::pick(color).filled();
+        chart
+            .draw_series(
+                rows.iter()
+                    .enumerate()
+                    .filter(|(_, row)| row.1 == color)
+                    .map(|(index, row)| {
+                        let at = rows.len() - 1 - index;
+                        let mut bar = Rectangle::new(
+                            [
+                                (0.0, SegmentValue::Exact(at)),
+                                (row.2, SegmentValue::Exact(at + 1)),
+                            ],
+                            fill,
+                        );
+                        bar.set_margin(3, 3, 0, 0);
+                        bar
+                    }),
+            )?
+            .label(*server)
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], fill));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}

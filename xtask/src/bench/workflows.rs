@@ -11,7 +11,7 @@ use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{bail, Context};
 use wisp_images::etcd::Etcd;
-use wisp_simulated_rack::{Machine, Outcome, Rack};
+use wisp_simulated_rack::{Depth, Machine, Outcome, Rack, Workflows};
 
 use super::{
     dhcp::hosts,
@@ -48,6 +48,7 @@ fn manifests(count: u32) -> anyhow::Result<Vec<String>> {
         &machines(count)?,
         "255.255.0.0",
         &steps,
+        None,
         MACHINES_PER_APPLY,
     ))
 }
@@ -179,6 +180,8 @@ pub fn simulate(count: u32) -> anyhow::Result<()> {
         interface: CLIENT_IF.into(),
         machines: machines(count)?,
         pace: None,
+        depth: Depth::Script,
+        workflows: Workflows::Together,
     };
     let outcome = wisp_simulated_rack::run(&rack)?;
     println!("{}", serde_json::to_string(&outcome)?);
