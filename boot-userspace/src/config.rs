@@ -134,8 +134,8 @@ settings! {
     /// advertisement that configures nothing (lifetime 0, no prefixes), so that their iPXE
     /// stops waiting for IPv6 autoconfiguration; other hosts' are never answered.
     answer_router_solicitations: bool = true, env "WISP_ANSWER_ROUTER_SOLICITATIONS", num_args = 0..=1, default_missing_value = "true";
-    /// When the embedded store syncs a lease to the disk: `background` (a thread syncs
-    /// continuously; a power loss can take the last moment's ACKed leases) or `before-ack`
+    /// When the embedded store syncs a lease to the disk: `background` (a thread syncs every
+    /// 10 ms; a power loss can take the last moment's ACKed leases) or `before-ack`
     /// (every ACK waits for its fdatasync). Either survives a crash or kill -9.
     lease_sync: LeaseSync = LeaseSync::Background, env "WISP_LEASE_SYNC", value_enum;
     /// TFTP transfers at once; a request beyond them gets an error (the client retries).

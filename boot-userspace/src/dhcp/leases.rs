@@ -25,9 +25,8 @@ use workflow::{
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum LeaseSync {
-    /// A thread syncs continuously, about every fdatasync's time (a fraction of a millisecond
-    /// on an SSD); a power loss can take the leases ACKed in that last moment, whose machines
-    /// then get the same reserved address again.
+    /// A thread syncs every 10 ms; a power loss can take the leases ACKed in that last
+    /// moment, whose machines then get the same reserved address again.
     Background,
     /// Each group commit is fdatasync'd before its ACKs go out: a power loss takes no ACKed
     /// lease, and each ACK waits for the disk.

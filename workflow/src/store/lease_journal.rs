@@ -18,8 +18,9 @@
 //! the process's crash or kill -9. Whether they are also on the disk, surviving a power loss,
 //! depends on how the journal was opened: [`LeaseJournal::open`] fdatasyncs before each append
 //! returns; [`LeaseJournal::open_syncing_in_background`] returns at once and a thread of its own
-//! fdatasyncs whatever was appended since its last sync, continuously, as PostgreSQL does with
-//! `synchronous_commit = off`. That takes the sync (0.1–0.3 ms on an SSD) off each ACK's path.
+//! fdatasyncs whatever was appended since its last sync, every [`SYNC_INTERVAL`], as PostgreSQL's
+//! WAL writer does with `synchronous_commit = off`. That takes the sync (0.1–0.3 ms on an SSD)
+//! off each ACK's path.
 use std::{
     collections::BTreeMap,
     fs::File,
@@ -39,6 +40,9 @@ const FILE_NAME: &str = "leases.journal";
 /// Compaction waits until the dead entries outnumber the live leases by this much, so that a
 /// busy server rewrites the file rarely.
 const COMPACTION_SLACK: usize = 100_000;
+/// With background sync, syncs start at most this often: a power loss can take what was
+/// ACKed in the last interval and one sync's time.
+pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 /// The file grows by whole steps of this many zero bytes.
 const GROWTH_STEP: u64 = 1 << 20;
 
@@ -146,11 +150,26 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Syncs what was appended since the last sync, again and again, so that appends that
-    /// arrive while one sync runs share the next. A failed sync stops the journal's writes.
+    /// Syncs what was appended since the last sync, at most once per [`SYNC_INTERVAL`], so
+    /// that the appends of that interval share one sync. A failed sync stops the journal's
+    /// writes.
     fn sync_until_closed(&self) {
         let mut journal = self.journal();
         loop {
+            // A rest between syncs: syncing back to back took a fifth of a core from the DHCP
+            // server at its top rate (docs/benchmarks/findings.md). Closing does not wait for it.
+            let rest_until = std::time::Instant::now() + SYNC_INTERVAL;
+            while !journal.closing {
+                let rest = rest_until.saturating_duration_since(std::time::Instant::now());
+                if rest.is_zero() {
+                    break;
+                }
+                journal = self
+                    .appended
+                    .wait_timeout(journal, rest)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
             while !journal.unsynced && !journal.closing {
                 journal = self
                     .appended
