@@ -51,6 +51,11 @@ enum Command {
     DefaultConfig,
 }
 
+/// jemalloc rather than glibc's malloc, whose per-thread arenas fragmented under ten thousand
+/// worker connections (docs/benchmarks/findings.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
