@@ -374,12 +374,26 @@ fn start_kea_with(
 }
 
 fn start_dnsmasq(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Server> {
-    let hosts_file = work.join("dnsmasq-hosts");
-    let lines: Vec<String> = hosts(settings.dhcp_hosts)
+    let command = dnsmasq_command(lab, work, settings.dhcp_hosts, "dnsmasq")?;
+    Server::start("dnsmasq", command, &work.join("dnsmasq.log"), || {
+        lab.listening_udp(67)
+    })
+}
+
+/// dnsmasq on the server side with `count` of [`hosts`] reserved, and its files in `work`
+/// named after `name`; the caller adds what else it serves.
+pub(super) fn dnsmasq_command(
+    lab: &Lab,
+    work: &Path,
+    count: u32,
+    name: &str,
+) -> anyhow::Result<std::process::Command> {
+    let hosts_file = work.join(format!("{name}-hosts"));
+    let lines: Vec<String> = hosts(count)
         .map(|(mac, address)| format!("{mac},{address}"))
         .collect();
     std::fs::write(&hosts_file, lines.join("\n") + "\n")?;
-    let leases = work.join("dnsmasq.leases");
+    let leases = work.join(format!("{name}.leases"));
     let _ = std::fs::remove_file(&leases);
     let mut command = lab.command(SERVER, "dnsmasq");
     command
@@ -398,9 +412,7 @@ fn start_dnsmasq(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<
         ])
         .arg(format!("--dhcp-hostsfile={}", hosts_file.display()))
         .arg(format!("--dhcp-leasefile={}", leases.display()));
-    Server::start("dnsmasq", command, &work.join("dnsmasq.log"), || {
-        lab.listening_udp(67)
-    })
+    Ok(command)
 }
 
 type Start = fn(&Lab, &Path, &Settings) -> anyhow::Result<Server>;

@@ -356,6 +356,31 @@ pub fn api_token_file(work: &Path) -> std::path::PathBuf {
     work.join("wisp-api.token")
 }
 
+/// Writes each of `manifests` to a file in `work` named after `name`, and applies them in turn
+/// with `wisp` to the Wisp that [`start_wisp`] started.
+pub fn apply(
+    lab: &Lab,
+    wisp: &Path,
+    work: &Path,
+    name: &str,
+    manifests: &[String],
+) -> anyhow::Result<()> {
+    let wisp = wisp.to_str().context("UTF-8 path")?;
+    let token_file = api_token_file(work);
+    let token_file = token_file.to_str().context("UTF-8 path")?;
+    for (index, manifest) in manifests.iter().enumerate() {
+        let path = work.join(format!("{name}-{index}.yaml"));
+        std::fs::write(&path, manifest)?;
+        let path = path.to_str().context("UTF-8 path")?;
+        lab.exec_ok(
+            SERVER,
+            wisp,
+            &["apply", "--api-token-file", token_file, "-f", path],
+        )?;
+    }
+    Ok(())
+}
+
 /// `wisp serve` on the server side with `args`, ready when its API answers, with a fresh data
 /// directory and a log named after the scenario in `work`. Per-packet logs at info level would
 /// measure the log, not the server, so it logs warnings only.

@@ -106,14 +106,24 @@ pub fn lines(
                 .map(|point| Circle::new(point, 4, color.filled())),
         )?;
     }
+    legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
+    root.present()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// The series' names and colors, at `position`.
+fn legend<'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
     chart
         .configure_series_labels()
+        .position(position)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
         .draw()?;
-    root.present()
-        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -240,13 +250,7 @@ pub fn bars_by_case(table: &Table, column: &str, path: &Path) -> anyhow::Result<
             .label(*server)
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], fill));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .draw()?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(())

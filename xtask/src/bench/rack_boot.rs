@@ -13,12 +13,13 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use wisp_simulated_rack::{Depth, Machine, Outcome, Rack, Stage, Workflows};
+use wisp_simulated_rack::{Depth, Outcome, Rack, Stage, Workflows};
 
 use super::{
     dhcp::hosts,
-    lab::{self, Lab, Server, CLIENT, CLIENT_IF, SERVER, SERVER_IF, SERVER_IP},
+    lab::{self, Lab, Server, CLIENT, CLIENT_IF, SERVER_IP},
     report::{quantile, Table},
+    workflows::machines,
     Settings,
 };
 
@@ -34,19 +35,6 @@ const ASSETS: &str = "http://10.88.0.1:8080/assets";
 const PEER: &str = "dnsmasq + nginx";
 /// Wisp booting the rack and running its workflows; "Wisp" alone boots it, as the peer does.
 const WITH_WORKFLOWS: &str = "Wisp, with workflows";
-
-/// The machines: the DHCP scenario's MACs and reserved addresses.
-fn machines(count: u32) -> anyhow::Result<Vec<Machine>> {
-    hosts(count)
-        .map(|(mac, address)| {
-            Ok(Machine {
-                mac,
-                address: address.parse()?,
-                fails: false,
-            })
-        })
-        .collect()
-}
 
 /// Writes the boot files both servers serve: `vmlinuz`, `initramfs` and the image, of the
 /// sizes the settings give (their bytes do not matter: nothing runs them), and the static
@@ -83,36 +71,16 @@ fn start_dnsmasq(lab: &Lab, work: &Path, count: u32) -> anyhow::Result<Server> {
         tftp_root.join("undionly.kpxe"),
     )
     .context("copying Debian's iPXE (package ipxe) for dnsmasq's TFTP")?;
-    let hosts_file = work.join("rack-dnsmasq-hosts");
-    let lines: Vec<String> = hosts(count)
-        .map(|(mac, address)| format!("{mac},{address}"))
-        .collect();
-    std::fs::write(&hosts_file, lines.join("\n") + "\n")?;
-    let leases = work.join("rack-dnsmasq.leases");
-    let _ = std::fs::remove_file(&leases);
-    let mut command = lab.command(SERVER, "dnsmasq");
+    let mut command = super::dhcp::dnsmasq_command(lab, work, count, "rack-dnsmasq")?;
     command
         .args([
-            "--keep-in-foreground",
-            "--port=0",
-            "--interface",
-            SERVER_IF,
-            "--bind-interfaces",
-            "--dhcp-range=10.88.0.0,static,255.255.0.0",
-            "--dhcp-authoritative",
-            "--quiet-dhcp",
-            "--no-resolv",
-            "--no-hosts",
-            "--dhcp-lease-max=100000",
             "--enable-tftp",
             "--dhcp-userclass=set:ipxe,iPXE",
             "--dhcp-boot=tag:!ipxe,undionly.kpxe",
         ])
         .arg(format!("--dhcp-boot=tag:ipxe,{ASSETS}/auto.ipxe"))
         .arg(format!("--tftp-max={}", count.max(50)))
-        .arg(format!("--tftp-root={}", tftp_root.display()))
-        .arg(format!("--dhcp-hostsfile={}", hosts_file.display()))
-        .arg(format!("--dhcp-leasefile={}", leases.display()));
+        .arg(format!("--tftp-root={}", tftp_root.display()));
     Server::start("dnsmasq", command, &work.join("rack-dnsmasq.log"), || {
         lab.listening_udp(67)
     })
@@ -158,16 +126,7 @@ fn run_rack(
         done.store(true, Ordering::Relaxed);
         (output, sampler.join().unwrap_or(0.0))
     });
-    let output = output?;
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr),
-    );
-    let outcome: Outcome = stdout
-        .lines()
-        .last()
-        .and_then(|line| serde_json::from_str(line).ok())
-        .with_context(|| format!("the simulated rack printed no outcome: {stderr}"))?;
+    let (outcome, stderr) = super::workflows::printed_outcome(&output?)?;
     if outcome.failed_workers > 0 {
         bail!(
             "{} of {count} simulated machines failed; the first failures:\n{stderr}",
@@ -288,9 +247,6 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Vec<Ta
         Some(&format!("{ASSETS}/image.raw")),
         500,
     );
-    let token_file = lab::api_token_file(work);
-    let token_file = token_file.to_str().context("UTF-8 path")?;
-    let wisp = settings.wisp.to_str().context("UTF-8 path")?;
     let assets_arg = format!("--assets-dir={}", assets.display());
     for _ in 0..settings.runs {
         // Wisp booting the rack alone (the peer's job, for the comparison), then booting it and
@@ -303,16 +259,7 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Vec<Ta
                 "rack",
                 &["--xdp-mode", "native", &assets_arg],
             )?;
-            for (index, manifest) in manifests.iter().enumerate() {
-                let path = work.join(format!("rack-{index}.yaml"));
-                std::fs::write(&path, manifest)?;
-                let path = path.to_str().context("UTF-8 path")?;
-                lab.exec_ok(
-                    SERVER,
-                    wisp,
-                    &["apply", "--api-token-file", token_file, "-f", path],
-                )?;
-            }
+            lab::apply(lab, &settings.wisp, work, "rack", &manifests)?;
             let (outcome, peak_cpu) = run_rack(lab, settings, count, workflows)?;
             println!(
                 "    {server}: {count} machines in {:.1} s, {} DHCP retransmissions",

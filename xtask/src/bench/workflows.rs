@@ -15,7 +15,7 @@ use wisp_simulated_rack::{Depth, Machine, Outcome, Rack, Workflows};
 
 use super::{
     dhcp::hosts,
-    lab::{self, Lab, CLIENT, CLIENT_IF, SERVER, SERVER_IP},
+    lab::{self, Lab, CLIENT, CLIENT_IF, SERVER_IP},
     report::Table,
     Settings,
 };
@@ -27,7 +27,7 @@ const ACTIONS: usize = 5;
 const MACHINES_PER_APPLY: usize = 500;
 
 /// The bench's machines: perfdhcp's MACs, at the addresses the DHCP scenarios reserve.
-fn machines(count: u32) -> anyhow::Result<Vec<Machine>> {
+pub(super) fn machines(count: u32) -> anyhow::Result<Vec<Machine>> {
     hosts(count)
         .map(|(mac, address)| {
             Ok(Machine {
@@ -90,21 +90,13 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
         &["seconds", "actions/s", "retried calls", "peak MiB"],
     );
     table.ratio_of = Some(("seconds".into(), false));
-    let wisp = settings.wisp.to_str().context("UTF-8 path")?;
     // Built beside `wisp` by the same `cargo build` (this process's own binary may have been
     // replaced by that build).
     let xtask = settings.wisp.with_file_name("xtask");
-    let token_file = lab::api_token_file(work);
-    let token_file = token_file.to_str().context("UTF-8 path")?;
     for &count in &settings.workflow_machines {
         let case = format!("{count} machines");
         let _addresses = lab.machine_addresses(hosts(count).map(|(_, address)| address))?;
-        let mut manifest_paths = Vec::new();
-        for (index, manifest) in manifests(count)?.into_iter().enumerate() {
-            let path = work.join(format!("workflows-{count}-{index}.yaml"));
-            std::fs::write(&path, manifest)?;
-            manifest_paths.push(path);
-        }
+        let manifests = manifests(count)?;
         for backend in [Backend::Redb, Backend::Etcd] {
             for _ in 0..settings.runs {
                 let etcd = match backend {
@@ -120,31 +112,14 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                 let mut args = vec!["--xdp-mode", "off"];
                 args.extend(store.as_deref());
                 let _server = lab::start_wisp(lab, &settings.wisp, work, "workflows", &args)?;
-                for path in &manifest_paths {
-                    let path = path.to_str().context("UTF-8 path")?;
-                    lab.exec_ok(
-                        SERVER,
-                        wisp,
-                        &["apply", "--api-token-file", token_file, "-f", path],
-                    )?;
-                }
+                lab::apply(lab, &settings.wisp, work, "workflows", &manifests)?;
                 lab::reset_peak_memory()?;
                 let output = lab.exec(
                     CLIENT,
                     xtask.to_str().context("UTF-8 path")?,
                     &["bench-workers", "--machines", &count.to_string()],
                 )?;
-                let (stdout, stderr) = (
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr),
-                );
-                let outcome: Outcome = stdout
-                    .lines()
-                    .last()
-                    .and_then(|line| serde_json::from_str(line).ok())
-                    .with_context(|| {
-                        format!("the simulated workers printed no outcome: {stderr}")
-                    })?;
+                let (outcome, stderr) = printed_outcome(&output)?;
                 if outcome.failed_workers > 0
                     || outcome.actions != u64::from(count) * ACTIONS as u64
                 {
@@ -170,6 +145,18 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
         }
     }
     Ok(table)
+}
+
+/// The [`Outcome`] the simulated rack printed last, and what it printed on stderr (its first
+/// failures).
+pub(super) fn printed_outcome(output: &std::process::Output) -> anyhow::Result<(Outcome, String)> {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let outcome = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .and_then(|line| serde_json::from_str(line).ok())
+        .with_context(|| format!("the simulated rack printed no outcome: {stderr}"))?;
+    Ok((outcome, stderr))
 }
 
 /// `cargo xtask bench-workers`: the simulated machines, run inside the client namespace, each
