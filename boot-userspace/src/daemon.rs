@@ -253,7 +253,10 @@ fn spawn_boot_services(
         idle: settings.connection_timeout.0,
         min_rate: settings.min_transfer_rate,
     };
-    let worker_api = WorkerApi::new(Arc::clone(state), settings.connection_timeout.0);
+    let worker_api = WorkerApi {
+        state: Arc::clone(state),
+        connection_timeout: settings.connection_timeout.0,
+    };
     services.spawn(worker_api.serve(SocketAddr::from((address, settings.worker_api_port))));
     let boot_http = BootHttp::new(
         BootHttpConfig {

@@ -147,28 +147,15 @@ const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
 const MAX_CALLS_PER_CONNECTION: usize = 16;
 /// The longest a call may take: each answers at once from memory or after one store commit.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Engine calls off the async threads at once. They take the engine's lock in turn, so more
-/// threads only wait: ten thousand workers calling at once grew tokio's blocking pool to its 512
-/// threads, each with its own share of the allocator's memory (docs/benchmarks/findings.md).
-const ENGINE_THREADS: usize = 4;
 
 pub struct WorkerApi {
-    state: Arc<AppState>,
+    pub state: Arc<AppState>,
     /// How long a connection may go unused before a keepalive probe, and how long the probe's
     /// answer may take: a machine that was hard-reset leaves a half-open connection behind.
-    connection_timeout: Duration,
-    engine_threads: Arc<tokio::sync::Semaphore>,
+    pub connection_timeout: Duration,
 }
 
 impl WorkerApi {
-    pub fn new(state: Arc<AppState>, connection_timeout: Duration) -> WorkerApi {
-        WorkerApi {
-            state,
-            connection_timeout,
-            engine_threads: Arc::new(tokio::sync::Semaphore::new(ENGINE_THREADS)),
-        }
-    }
-
     pub async fn serve(self, address: SocketAddr) -> anyhow::Result<()> {
         tracing::info!("worker API (gRPC) listening on {address}");
         let listener = crate::net::listen_tcp(address)
@@ -283,17 +270,10 @@ impl WorkerApi {
         let (value, change) = loop {
             tries += 1;
             let (state, call) = (Arc::clone(&self.state), Arc::clone(&call));
-            let thread = Arc::clone(&self.engine_threads)
-                .acquire_owned()
+            let decision = tokio::task::spawn_blocking(move || call(&state))
                 .await
-                .map_err(|err| Status::internal(err.to_string()))?;
-            let decision = tokio::task::spawn_blocking(move || {
-                let _thread = thread;
-                call(&state)
-            })
-            .await
-            .map_err(|err| Status::internal(err.to_string()))?
-            .map_err(engine_status)?;
+                .map_err(|err| Status::internal(err.to_string()))?
+                .map_err(engine_status)?;
             let Decision {
                 value,
                 change,
