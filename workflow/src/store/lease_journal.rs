@@ -85,6 +85,9 @@ struct Journal {
     background_sync: bool,
     /// Written entries the syncer has not synced yet.
     unsynced: bool,
+    /// Whether the syncer waits for an append: only then does an append wake it, not while it
+    /// rests between syncs (a wakeup per group commit, for nothing).
+    syncer_idle: bool,
     closing: bool,
 }
 
@@ -171,11 +174,13 @@ impl Shared {
                     .0;
             }
             while !journal.unsynced && !journal.closing {
+                journal.syncer_idle = true;
                 journal = self
                     .appended
                     .wait(journal)
                     .unwrap_or_else(|p| p.into_inner());
             }
+            journal.syncer_idle = false;
             if !journal.unsynced {
                 return;
             }
@@ -229,6 +234,7 @@ impl Journal {
             failed: None,
             background_sync,
             unsynced: false,
+            syncer_idle: false,
             closing: false,
         };
         journal.compact_if_mostly_dead()?;
@@ -299,7 +305,7 @@ fn sync_directory(dir: &Path) -> Result<(), StoreError> {
 
 impl Journal {
     /// Appends the entries in one write, and makes them durable with one fdatasync, or has the
-    /// syncer do it. Returns whether the syncer has work.
+    /// syncer do it. Returns whether the syncer waits idle, to be woken.
     fn append(&mut self, entries: &[Entry]) -> Result<bool, StoreError> {
         if let Some(failure) = &self.failed {
             return Err(journal_error(format!(
@@ -328,7 +334,7 @@ impl Journal {
         self.end = end;
         self.entries += entries.len();
         self.unsynced = self.background_sync;
-        Ok(self.unsynced)
+        Ok(self.syncer_idle)
     }
 
     fn compact_if_mostly_dead(&mut self) -> Result<(), StoreError> {
