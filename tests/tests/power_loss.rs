@@ -230,11 +230,9 @@ fn acked_leases_and_acknowledged_applies_survive_a_power_loss() {
             panic!("{address} is held by {mac} and {other}");
         }
     }
-    let hardware: Value = serde_json::from_str(&wisp_ok(
-        &lab.server,
-        &["get", "hardware", "-n", "lab", "-o", "json"],
-    ))
-    .expect("JSON");
+    let listed = wisp_ok(&lab.server, &["get", "hardware", "-n", "lab", "-o", "json"]);
+    let hardware: Value = serde_json::from_str(&listed)
+        .unwrap_or_else(|err| panic!("`wisp get hardware` printed no JSON ({err}): {listed:?}"));
     let names: BTreeSet<&str> = hardware["items"]
         .as_array()
         .expect("a list")
