@@ -42,7 +42,7 @@ const FILE_NAME: &str = "leases.journal";
 const COMPACTION_SLACK: usize = 100_000;
 /// With background sync, syncs start at most this often: a power loss can take what was
 /// ACKed in the last interval and one sync's time.
-pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 /// The file grows by whole steps of this many zero bytes.
 const GROWTH_STEP: u64 = 1 << 20;
 
