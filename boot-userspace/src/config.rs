@@ -140,6 +140,12 @@ settings! {
     lease_sync: LeaseSync = LeaseSync::Background, env "WISP_LEASE_SYNC", value_enum;
     /// TFTP transfers at once; a request beyond them gets an error (the client retries).
     tftp_max_transfers: usize = crate::tftp::DEFAULT_MAX_TRANSFERS, env "WISP_TFTP_MAX_TRANSFERS";
+    /// TFTP transfers from one client address at once, so that one host cannot hold every
+    /// slot; raise it for many machines behind one NAT.
+    tftp_max_per_client: usize = crate::tftp::DEFAULT_MAX_TRANSFERS_PER_CLIENT, env "WISP_TFTP_MAX_PER_CLIENT";
+    /// Boot HTTP connections from one client address at once, so that one host cannot hold
+    /// them all; raise it for many machines behind one NAT.
+    http_max_per_client: usize = crate::http::assets::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, env "WISP_HTTP_MAX_PER_CLIENT";
     /// How long TFTP waits for an acknowledgement when the client asks for no timeout.
     tftp_timeout: Interval = Interval(crate::tftp::DEFAULT_TIMEOUT), env "WISP_TFTP_TIMEOUT";
     /// How often the gate's allowlist and the machine table are checked against the store, to
@@ -213,6 +219,14 @@ impl ServeArgs {
         anyhow::ensure!(
             settings.tftp_max_transfers > 0,
             "tftp-max-transfers = 0: TFTP would refuse every machine"
+        );
+        anyhow::ensure!(
+            settings.tftp_max_per_client > 0,
+            "tftp-max-per-client = 0: TFTP would refuse every machine"
+        );
+        anyhow::ensure!(
+            settings.http_max_per_client > 0,
+            "http-max-per-client = 0: boot HTTP would refuse every machine"
         );
         if settings.api_token_file.as_os_str().is_empty() {
             settings.api_token_file = crate::api::auth::ApiToken::default_path(&settings.data_dir);

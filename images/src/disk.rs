@@ -43,6 +43,19 @@ pub const REBOOT_ACTION: &str = "          - name: \"restart\"
             timeout: 30
 ";
 
+/// The action that leaves the provisioning OS through kexec, straight into the installed
+/// system's kernel, with no firmware in between.
+pub const KEXEC_ACTION: &str = "          - name: \"kexec-installed\"
+            image: quay.io/tinkerbell-actions/kexec:v1.0.0
+            timeout: 90
+            environment:
+              BLOCK_DEVICE: /dev/nvme0n1p1
+              FS_TYPE: ext4
+              KERNEL_PATH: /boot/vmlinuz
+              INITRD_PATH: /boot/initrd
+              CMD_LINE: console=ttyS0,115200 panic=5
+";
+
 /// The size of the blank disk the image is installed on, in the tests and the demo: well
 /// beyond the image's root partition, so that the example's `grow-partition` visibly grows it.
 pub const BLANK_DISK_BYTES: u64 = 1 << 30;

@@ -178,6 +178,8 @@ fn zero_intervals_and_limits_are_refused() {
         ("--reconcile-interval", "0s"),
         ("--tftp-timeout", "0s"),
         ("--tftp-max-transfers", "0"),
+        ("--tftp-max-per-client", "0"),
+        ("--http-max-per-client", "0"),
     ] {
         let refused = serve(&["-i", "br0", flag, value, "--print-config"], &[]);
         assert!(!refused.status.success(), "{flag} {value} was taken");

@@ -15,7 +15,7 @@
 //! `grpc_authority`, no token), and Wisp trusting the machine's address, as Tinkerbell does.
 use std::time::Duration;
 
-use wisp_images::disk::{ending_with, REBOOT_ACTION};
+use wisp_images::disk::{ending_with, KEXEC_ACTION, REBOOT_ACTION};
 use wisp_tests::{
     apply_ok, gate_stats, require_root,
     vm::{assert_installed, Firmware, InstallLab, Vm},
@@ -98,19 +98,7 @@ fn provision(firmware: Firmware, script: Script) {
     let reboots = firmware == Firmware::Bios && script == Script::Wisp;
     let (last_action, last_message) = match reboots {
         true => (REBOOT_ACTION, "rebooting"),
-        false => (
-            "          - name: \"kexec-installed\"
-            image: quay.io/tinkerbell-actions/kexec:v1.0.0
-            timeout: 90
-            environment:
-              BLOCK_DEVICE: /dev/nvme0n1p1
-              FS_TYPE: ext4
-              KERNEL_PATH: /boot/vmlinuz
-              INITRD_PATH: /boot/initrd
-              CMD_LINE: console=ttyS0,115200 panic=5
-",
-            "kexec into the installed kernel",
-        ),
+        false => (KEXEC_ACTION, "kexec into the installed kernel"),
     };
     apply_ok(&lab.server, &ending_with(&resources, last_action));
 

@@ -51,6 +51,8 @@ pub struct BootHttpConfig {
     pub assets_dir: PathBuf,
     /// How long a client may leave its connection idle, and how fast it must read.
     pub pace: PaceLimits,
+    /// Connections from one client address at once.
+    pub max_per_client: usize,
 }
 
 pub struct BootHttp {
@@ -109,7 +111,7 @@ impl BootHttp {
         let mut listener = AssetListener::start(
             listener,
             boot.config.assets_dir.clone(),
-            boot.config.pace,
+            (boot.config.pace, boot.config.max_per_client),
             Arc::clone(&boot.state.metrics),
         )?;
         tracing::info!(%address, assets = %boot.config.assets_dir.display(), "boot HTTP listening");

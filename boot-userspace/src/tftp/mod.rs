@@ -43,9 +43,9 @@ pub const FIRST_CONTACT_RETRANSMISSIONS: u32 = 2;
 /// A smaller `blksize` is not acknowledged (512 applies): eight-byte blocks would turn one
 /// slot into days of a transfer.
 const MIN_BLOCK_SIZE: u16 = 512;
-/// Transfers from one address at once: one host cannot hold every slot. Room for a rack's
-/// worth of firmware behind one NAT, or a test's burst.
-pub const MAX_TRANSFERS_PER_CLIENT: usize = 32;
+/// Transfers from one address at once, unless configured: one host cannot hold every slot.
+/// Room for a rack's worth of firmware behind one NAT, or a test's burst.
+pub const DEFAULT_MAX_TRANSFERS_PER_CLIENT: usize = 32;
 /// Every transfer ends by this long, plus [`PER_WINDOW`] for each window of its file: a client
 /// that acknowledges just before each timeout cannot hold a slot for long, and one on a slow,
 /// relayed link still has a round trip of 50 ms per window.
@@ -68,6 +68,8 @@ pub struct TftpConfig {
     pub interface: String,
     pub address: Ipv4Addr,
     pub max_transfers: usize,
+    /// Transfers from one client address at once.
+    pub max_per_client: usize,
     /// How long to wait for an acknowledgement when the client asks for no timeout.
     pub timeout: Duration,
 }
@@ -103,6 +105,7 @@ pub async fn serve(
         interface,
         address,
         max_transfers,
+        max_per_client,
         timeout,
     } = config;
     let socket = tokio::net::UdpSocket::from_std(bind(&interface, address)?)?;
@@ -110,7 +113,7 @@ pub async fn serve(
     let transfers = Arc::new(tokio::sync::Semaphore::new(max_transfers));
     // Anyone on the boot network can send requests as fast as the link allows.
     let log = Arc::new(LogBudget::new("tftp", &metrics.log_lines_suppressed));
-    let per_client = PerAddress::new(MAX_TRANSFERS_PER_CLIENT);
+    let per_client = PerAddress::new(max_per_client);
     let mut buffer = vec![0u8; 65_535];
     loop {
         let (length, client) = socket
@@ -160,7 +163,7 @@ pub async fn serve(
             }
         };
         let Some(client_slot) = per_client.take(client.ip()) else {
-            tracing::debug!(%client, file = filename, "TFTP read request refused: {MAX_TRANSFERS_PER_CLIENT} transfers already running for this address");
+            tracing::debug!(%client, file = filename, "TFTP read request refused: {max_per_client} transfers already running for this address");
             count("busy");
             let busy = packet::error(
                 ErrorCode::NotDefined,

@@ -1,10 +1,13 @@
 //! Foreign-MAC flood: DISCOVERs from random unknown MACs at rising rates, while perfdhcp keeps
 //! serving the known hosts at a steady rate; Wisp with its XDP gate, then with `--xdp-mode off`.
-//! Reported: the CPU time the Wisp process used per second of flood, and the known hosts' p99.
+//! Reported: the CPU time the Wisp process used per second of flood, the known hosts' p99, and
+//! the kernel's softirq time on each core, apart from Wisp's.
 //!
 //! With the gate, unknown MACs are dropped in the kernel before any socket sees them: their
-//! cost falls on the softirq of whoever sent them, not on Wisp. Without it, every one of them
-//! is received, parsed and refused in userspace.
+//! cost falls on the softirq of whoever sent them, not on Wisp. (A veth runs its peer's XDP
+//! program in the sender's softirq, so here that is the generator's core; on a real NIC it is
+//! the core that takes the NIC's interrupt.) Without it, every one of them is received,
+//! parsed and refused in userspace.
 use std::{
     net::UdpSocket,
     path::Path,
@@ -16,7 +19,7 @@ use anyhow::Context;
 
 use super::{
     dhcp,
-    lab::{Lab, CLIENT},
+    lab::{self, Lab, CLIENT, SERVER},
     report::{quantile, Table},
     Settings,
 };
@@ -33,6 +36,12 @@ fn label(rate: u32) -> String {
 }
 
 pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table> {
+    // On one core, the server's softirq and the generator's cannot be told apart.
+    let cores = lab::core_of(SERVER).zip(lab::core_of(CLIENT));
+    let mut columns = vec!["flood pkt/s", "Wisp CPU %", "known p99 ms", "known drops"];
+    if cores.is_some() {
+        columns.extend(["softirq % server core", "softirq % generator core"]);
+    }
     let mut table = Table::new(
         "Foreign-MAC flood",
         &format!(
@@ -40,10 +49,13 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
              (single-threaded) runs {} exchanges/s for the known hosts ({} s per step). The flood rate is what the \
              generator achieved; Wisp's CPU is its process's user and system time per second, \
              measured inside the probe while the flood runs; the p99 is the known hosts' \
-             request/reply latency.",
+             request/reply latency. Softirq is the kernel's time receiving (and, with the gate, \
+             dropping) packets on each core in the same window, counted apart from Wisp's: the \
+             server's core, and the core of the generators (perfdhcp and the flood), where a veth runs \
+             its peer's XDP program.",
             settings.flood_known_rate, settings.probe_seconds
         ),
-        &["flood pkt/s", "Wisp CPU %", "known p99 ms", "known drops"],
+        &columns,
     );
     table.ratio_of = Some(("Wisp CPU %".into(), false));
     let xtask = settings.wisp.with_file_name("xtask");
@@ -59,7 +71,7 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                     .then(|| Generator::start(lab, xtask, rate, settings.probe_seconds + 3))
                     .transpose()?;
                 std::thread::sleep(Duration::from_millis(300));
-                let (known, cpu) = std::thread::scope(|scope| -> anyhow::Result<_> {
+                let (known, cpu, softirq) = std::thread::scope(|scope| -> anyhow::Result<_> {
                     let known = scope.spawn(|| {
                         dhcp::probe(
                             lab,
@@ -70,15 +82,27 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                         )
                     });
                     std::thread::sleep(Duration::from_millis(500));
+                    let softirq_before = cores.map(softirq_seconds).transpose()?;
                     let (before, started) = (wisp.cpu_seconds()?, Instant::now());
                     std::thread::sleep(Duration::from_secs(
                         u64::from(settings.probe_seconds).saturating_sub(1).max(1),
                     ));
-                    let cpu = (wisp.cpu_seconds()? - before) / started.elapsed().as_secs_f64();
+                    let seconds = started.elapsed().as_secs_f64();
+                    let cpu = (wisp.cpu_seconds()? - before) / seconds;
+                    let softirq = match (cores, softirq_before) {
+                        (Some(cores), Some((server, client))) => {
+                            let (server_now, client_now) = softirq_seconds(cores)?;
+                            Some((
+                                (server_now - server) / seconds,
+                                (client_now - client) / seconds,
+                            ))
+                        }
+                        _ => None,
+                    };
                     let known = known
                         .join()
                         .map_err(|_| anyhow::anyhow!("the perfdhcp thread panicked"))??;
-                    Ok((known, cpu))
+                    Ok((known, cpu, softirq))
                 })?;
                 let achieved = match generator {
                     Some(generator) => generator.finish()?,
@@ -86,8 +110,15 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                 };
                 let p99 = quantile(&known.delays, 0.99).unwrap_or(f64::NAN);
                 let case = label(rate);
+                let softirq_shown = softirq.map_or_else(String::new, |(server, generator)| {
+                    format!(
+                        ", softirq {:.1} % server core, {:.1} % generator core",
+                        server * 100.0,
+                        generator * 100.0
+                    )
+                });
                 println!(
-                    "    {case}: {achieved:.0} pkt/s, Wisp CPU {:.1} %, known p99 {p99:.2} ms, {} drops",
+                    "    {case}: {achieved:.0} pkt/s, Wisp CPU {:.1} %, known p99 {p99:.2} ms, {} drops{softirq_shown}",
                     cpu * 100.0,
                     known.drops
                 );
@@ -95,11 +126,28 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                 table.record(&case, server, "Wisp CPU %", cpu * 100.0);
                 table.record(&case, server, "known p99 ms", p99);
                 table.record(&case, server, "known drops", known.drops as f64);
+                if let Some((server_core, generator_core)) = softirq {
+                    table.record(&case, server, "softirq % server core", server_core * 100.0);
+                    table.record(
+                        &case,
+                        server,
+                        "softirq % generator core",
+                        generator_core * 100.0,
+                    );
+                }
             }
         }
         drop(wisp);
     }
     Ok(table)
+}
+
+/// The softirq seconds so far of the server's core and the generator's.
+fn softirq_seconds((server, generator): (usize, usize)) -> anyhow::Result<(f64, f64)> {
+    Ok((
+        lab::softirq_seconds(server)?,
+        lab::softirq_seconds(generator)?,
+    ))
 }
 
 /// The flood generator, run in the client namespace; killed on drop if it has not finished.

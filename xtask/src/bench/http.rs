@@ -1,6 +1,10 @@
 //! HTTP: wrk fetching a large initramfs-sized file at several concurrencies, from Wisp's boot
 //! HTTP server and from nginx (sendfile on, access log off). Reported: throughput, the p99
-//! request latency, and the peak memory of the server's processes.
+//! request latency, wrk's socket errors, and the peak memory of the server's processes.
+//!
+//! wrk opens every connection from the client namespace's one address, where machines each
+//! have their own, so Wisp's per-address limit (`--http-max-per-client`) is raised to the
+//! largest concurrency; nginx has none.
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -13,9 +17,10 @@ use super::{
 
 const URL: &str = "http://10.88.0.1:8080/assets/initramfs.bin";
 
-/// wrk's figures: throughput in MiB/s and the p99 latency in milliseconds. The latency is NaN
-/// (shown as "-") when no request completed within the run, for wrk then prints zeros.
-fn parse(text: &str) -> Option<(f64, f64)> {
+/// wrk's figures: throughput in MiB/s, the p99 latency in milliseconds, and its socket errors
+/// (connect, read, write and timeout together). The latency is NaN (shown as "-") when no
+/// request completed within the run, for wrk then prints zeros.
+fn parse(text: &str) -> Option<(f64, f64, u64)> {
     let scaled = |value: &str, units: &[(&str, f64)]| -> Option<f64> {
         units.iter().find_map(|(suffix, factor)| {
             value
@@ -27,7 +32,15 @@ fn parse(text: &str) -> Option<(f64, f64)> {
     let mut throughput = None;
     let mut p99 = None;
     let mut completed = None;
+    let mut errors = 0;
     for line in text.lines().map(str::trim) {
+        // "Socket errors: connect 0, read 3, write 0, timeout 0", printed only when there are.
+        if let Some(counts) = line.strip_prefix("Socket errors:") {
+            errors = counts
+                .split(',')
+                .filter_map(|count| count.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+        }
         if let Some((count, _)) = line.split_once(" requests in ") {
             completed = count.trim().parse::<u64>().ok();
         }
@@ -49,7 +62,7 @@ fn parse(text: &str) -> Option<(f64, f64)> {
         }
     }
     let p99 = if completed == Some(0) { f64::NAN } else { p99? };
-    Some((throughput?, p99))
+    Some((throughput?, p99, errors))
 }
 
 /// nginx serving `root` at http://10.88.0.1:8080/assets/, ready once it serves `probe` there.
@@ -94,14 +107,22 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
         "HTTP",
         &format!(
             "wrk ({} s, up to 2 threads) fetching a {} MiB file at each concurrency. Throughput, p99 \
-             request latency, and the peak resident memory of the server's processes.",
+             request latency, wrk's socket errors, and the peak resident memory of the server's \
+             processes. wrk connects from one address, so Wisp's per-address connection limit \
+             is raised to the largest concurrency.",
             settings.http_seconds,
             settings.http_file_bytes >> 20
         ),
-        &["MiB/s", "p99 ms", "peak MiB"],
+        &["MiB/s", "p99 ms", "socket errors", "peak MiB"],
     );
     table.ratio_of = Some(("MiB/s".into(), true));
     let root_arg = root.to_str().context("UTF-8 path")?.to_string();
+    let most_connections = settings
+        .http_connections
+        .iter()
+        .max()
+        .context("no connections")?;
+    let per_client_arg = most_connections.to_string();
     for name in ["Wisp", "nginx"] {
         println!("  {name}");
         let _server = match name {
@@ -110,7 +131,12 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                 &settings.wisp,
                 work,
                 "http",
-                &["--assets-dir", &root_arg],
+                &[
+                    "--assets-dir",
+                    &root_arg,
+                    "--http-max-per-client",
+                    &per_client_arg,
+                ],
             )?,
             _ => start_nginx(lab, work, &root, "initramfs.bin")?,
         };
@@ -135,12 +161,15 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                         URL,
                     ],
                 )?;
-                let Some((throughput, p99)) = parse(&output) else {
+                let Some((throughput, p99, errors)) = parse(&output) else {
                     bail!("wrk printed no figures:\n{output}");
                 };
-                println!("    {case}: {throughput:.0} MiB/s, p99 {p99:.1} ms");
+                println!(
+                    "    {case}: {throughput:.0} MiB/s, p99 {p99:.1} ms, {errors} socket errors"
+                );
                 table.record(&case, name, "MiB/s", throughput);
                 table.record(&case, name, "p99 ms", p99);
+                table.record(&case, name, "socket errors", errors as f64);
                 table.record(&case, name, "peak MiB", lab::peak_memory_mib()?);
             }
         }
@@ -156,13 +185,16 @@ mod tests {
     fn reads_wrk_reports() {
         let report = "  Latency Distribution\n     50%  10.00ms\n     99%    1.20s\n\
             Requests/sec:     12.34\nTransfer/sec:      1.50GB\n";
-        assert_eq!(parse(report), Some((1536.0, 1200.0)));
+        assert_eq!(parse(report), Some((1536.0, 1200.0, 0)));
         assert_eq!(
             parse("Transfer/sec: 512.00KB\n 99% 250.00us\n"),
-            Some((0.5, 0.25))
+            Some((0.5, 0.25, 0))
         );
+        let refused = "  Socket errors: connect 0, read 436, write 0, timeout 2\n 99% 1.00s\n\
+            Transfer/sec: 1.00GB\n";
+        assert_eq!(parse(refused), Some((1024.0, 1000.0, 438)));
         assert_eq!(parse("nothing"), None);
-        let (_, none) =
+        let (_, none, _) =
             parse("  0 requests in 10.00s, 11.00GB read\n 99% 0.00us\nTransfer/sec: 1.10GB\n")
                 .unwrap();
         assert!(none.is_nan(), "no completed request, no latency");

@@ -429,6 +429,33 @@ pub fn server_cpu_seconds() -> f64 {
         .sum()
 }
 
+/// The time `core` has spent in softirq so far, in seconds (`/proc/stat`): where the kernel
+/// receives packets, and where the XDP gate drops them.
+pub fn softirq_seconds(core: usize) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let name = format!("cpu{core}");
+    // cpuN user nice system idle iowait irq softirq ...
+    let ticks = stat
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            if fields.next() == Some(&*name) {
+                fields.nth(6)
+            } else {
+                None
+            }
+        })
+        .and_then(|ticks| ticks.parse::<f64>().ok())
+        .with_context(|| format!("no softirq time for {name} in /proc/stat"))?;
+    Ok(ticks / clock_ticks_per_second())
+}
+
+/// The unit of `/proc`'s CPU times.
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+}
+
 /// A process's CPU time (user and system, all its threads) so far, in seconds.
 fn process_cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -436,9 +463,7 @@ fn process_cpu_seconds(pid: u32) -> Option<f64> {
     // stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / per_second)
+    Some(ticks / clock_ticks_per_second())
 }
 
 /// Starts measuring peak memory afresh (the kernel's VmHWM reset), so that a setup step such

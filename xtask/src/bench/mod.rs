@@ -10,6 +10,7 @@ mod flood;
 mod http;
 mod lab;
 mod plot;
+mod provision;
 mod rack_boot;
 mod report;
 mod tftp;
@@ -30,6 +31,7 @@ type Run = fn(&lab::Lab, &Path, &Settings) -> anyhow::Result<Vec<report::Table>>
 
 /// Sizes and repetitions.
 pub struct Settings {
+    pub root: PathBuf,
     pub wisp: PathBuf,
     pub runs: usize,
     pub probe_seconds: u32,
@@ -51,11 +53,14 @@ pub struct Settings {
     pub rack_file_bytes: (u64, u64, u64),
     /// The known hosts' exchanges per second during the flood.
     pub flood_known_rate: u32,
+    /// The VMs provisioned from power-on, one run each.
+    pub provision_machines: Vec<provision::Machine>,
 }
 
 impl Settings {
     fn full(root: &Path) -> Settings {
         Settings {
+            root: root.to_path_buf(),
             wisp: root.join("target/release/wisp"),
             runs: 3,
             probe_seconds: 3,
@@ -75,11 +80,17 @@ impl Settings {
             rack_file_bytes: (2 << 20, 8 << 20, 8 << 20),
             flood_rates: vec![0, 10_000, 30_000, 100_000, flood::UNPACED],
             flood_known_rate: 500,
+            provision_machines: vec![
+                provision::Machine::Bios,
+                provision::Machine::Uefi,
+                provision::Machine::BiosWaitingForIpv6,
+            ],
         }
     }
 
     fn quick(root: &Path) -> Settings {
         Settings {
+            root: root.to_path_buf(),
             wisp: root.join("target/debug/wisp"),
             runs: 1,
             probe_seconds: 2,
@@ -97,6 +108,7 @@ impl Settings {
             rack_file_bytes: (256 << 10, 1 << 20, 1 << 20),
             flood_rates: vec![0, 2_000],
             flood_known_rate: 100,
+            provision_machines: vec![provision::Machine::Bios],
         }
     }
 }
@@ -110,6 +122,7 @@ pub enum Scenario {
     Http,
     Workflows,
     Rack,
+    Provision,
 }
 
 /// Runs the scenarios in `only` (every one when empty). The report is written only by a full
@@ -137,6 +150,7 @@ pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Re
         Scenario::Http,
         Scenario::Workflows,
         Scenario::Rack,
+        Scenario::Provision,
     ] {
         if !only.is_empty() && !only.contains(&scenario) {
             continue;
@@ -165,6 +179,10 @@ pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Re
             Scenario::Rack => (
                 "a rack booting at once (simulated machines against Wisp, and dnsmasq with nginx)",
                 rack_boot::run,
+            ),
+            Scenario::Provision => (
+                "time to a provisioned machine (QEMU VMs with real firmware)",
+                |_, _, settings| provision::run(settings).map(|table| vec![table]),
             ),
         };
         step(&format!("bench: {title}"));
@@ -300,6 +318,10 @@ fn plots(table: &report::Table, directory: &Path) -> anyhow::Result<Vec<String>>
         "Rack boot" => draw(
             "rack-boot.png",
             plot::bars_by_case(table, "p99 s", &path("rack-boot.png")),
+        )?,
+        "Time to a provisioned machine" => draw(
+            "provision.png",
+            plot::bars_by_case(table, "stage s", &path("provision.png")),
         )?,
         _ => {}
     }

@@ -4,7 +4,9 @@
 //!
 //! Wisp's TFTP serves the iPXE binaries only (it is not a general file server), so the large
 //! file is served under the name `ipxe.efi`; its bytes are random, which is all a transfer
-//! cares about.
+//! cares about. Every atftp runs from the client namespace's one address, where machines each
+//! have their own, so Wisp's per-address limit (`--tftp-max-per-client`) is raised to the
+//! largest N; tftpd-hpa has none.
 use std::{
     path::Path,
     process::Stdio,
@@ -94,12 +96,27 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
     );
     table.ratio_of = Some(("MiB/s".into(), true));
     let root_arg = root.to_str().context("UTF-8 path")?;
+    let most_clients = settings
+        .tftp_clients
+        .iter()
+        .max()
+        .context("no TFTP clients")?;
+    let per_client_arg = most_clients.to_string();
     for name in ["Wisp", "tftpd-hpa"] {
         println!("  {name}");
         let _server = match name {
-            "Wisp" => {
-                lab::start_wisp(lab, &settings.wisp, work, "tftp", &["--ipxe-dir", root_arg])?
-            }
+            "Wisp" => lab::start_wisp(
+                lab,
+                &settings.wisp,
+                work,
+                "tftp",
+                &[
+                    "--ipxe-dir",
+                    root_arg,
+                    "--tftp-max-per-client",
+                    &per_client_arg,
+                ],
+            )?,
             _ => {
                 let mut command = lab.command(SERVER, "in.tftpd");
                 command.args([

@@ -27,7 +27,7 @@ use wisp_images::{
 
 use crate::shell::{run, step};
 
-const LAB: &str = "wisp-demo";
+pub(crate) const LAB: &str = "wisp-demo";
 const STRANGER: &str = "wisp-demo-stranger";
 /// The MAC of the Tinkerbell example's Hardware, `nuc-demo`.
 const VM_MAC: &str = "1c:69:7a:11:22:33";
@@ -40,12 +40,12 @@ const BMC_PASSWORD: &str = "demo-ipmi-Passw0rd";
 /// The lab namespace with its bridge (192.168.1.1/24, the network of the Tinkerbell example),
 /// and the hosts that join it; removed, with whatever runs in them, when the demo ends, however
 /// it ends.
-struct Lab {
+pub(crate) struct Lab {
     namespaces: Vec<&'static str>,
 }
 
 impl Lab {
-    fn create(hosts: &[&'static str]) -> anyhow::Result<Lab> {
+    pub(crate) fn create(hosts: &[&'static str]) -> anyhow::Result<Lab> {
         crate::shell::remove_netns(&[&[LAB][..], hosts].concat(), "TERM");
         let lab = Lab {
             namespaces: vec![LAB],
@@ -146,17 +146,21 @@ fn show(text: &str, needles: &[&str]) {
 
 /// What a demo installs, built once: the release binaries, and in `work`, the provisioning OS
 /// and the OS image in `assets`, and the Tinkerbell example adapted to install that image.
-struct Prepared {
+pub(crate) struct Prepared {
     wisp: String,
-    work: PathBuf,
+    pub(crate) work: PathBuf,
     assets: PathBuf,
-    adapted: String,
+    pub(crate) adapted: String,
 }
 
 fn prepare(root: &Path, name: &str) -> anyhow::Result<Prepared> {
     step("cargo build --release");
     run("cargo", &["build", "--release", "--bins"])?;
-    let wisp = root.join("target/release/wisp");
+    prepare_with(&root.join("target/release/wisp"), root, name)
+}
+
+/// As [`prepare`], with the `wisp` binary given (already built).
+pub(crate) fn prepare_with(wisp: &Path, root: &Path, name: &str) -> anyhow::Result<Prepared> {
     let wisp = wisp.to_str().context("the repository path is not UTF-8")?;
     let work = std::env::temp_dir().join(name);
     let _ = std::fs::remove_dir_all(&work);
@@ -187,7 +191,7 @@ fn prepare(root: &Path, name: &str) -> anyhow::Result<Prepared> {
 
 /// `wisp serve` in `netns` on `interface`, with its data in `work/<name>`, serving the demo's
 /// assets, with `extra` flags; its log in `work/<name>.log`. Returns once its API answers.
-fn start_wisp(
+pub(crate) fn start_wisp(
     prepared: &Prepared,
     netns: &str,
     interface: &str,
@@ -212,7 +216,12 @@ fn start_wisp(
 
 /// Runs `wisp ARGS` in `netns`, with the API token the daemon there made in `data_dir`,
 /// printing the command first.
-fn cli(prepared: &Prepared, netns: &str, data_dir: &str, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn cli(
+    prepared: &Prepared,
+    netns: &str,
+    data_dir: &str,
+    args: &[&str],
+) -> anyhow::Result<()> {
     println!("$ wisp {}", args.join(" "));
     let token_file = prepared.work.join(data_dir).join("api.token");
     let token_file = token_file.to_str().context("UTF-8 path")?;
