@@ -32,6 +32,24 @@ use super::{
 };
 use crate::resource::{Kind, MacAddr, Resource, ResourceKey};
 
+/// Keys per range request when listing: a page of resources stays far below gRPC's 4 MiB
+/// message limit.
+const LIST_PAGE: i64 = 500;
+
+/// The end of the range of keys that start with `prefix` (exclusive), as etcd's own clients
+/// compute it: the prefix with its last byte below 0xff raised by one.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // No such byte: every key from the prefix on.
+    vec![0]
+}
+
 const PREFIX: &str = "/wisp/";
 /// Operations written per transaction: etcd refuses more than 128 in one by default
 /// (`--max-txn-ops`). Leases, boots and runs do not depend on each other, so a batch of them
@@ -546,25 +564,39 @@ impl EtcdStore {
             .map(|kv| (kv.value().to_vec(), kv.mod_revision())))
     }
 
+    /// Every key under `prefix`, as of one revision, read in pages of [`LIST_PAGE`] keys: in one
+    /// response, 10,000 Hardware passed gRPC's 4 MiB message limit, and the listing failed.
     fn list_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>, i64)>, StoreError> {
-        let prefix = prefix.to_string();
-        let response = self.call(|mut client| {
-            let prefix = prefix.clone();
-            async move {
-                client
-                    .get(prefix, Some(GetOptions::new().with_prefix()))
-                    .await
+        let end = prefix_end(prefix.as_bytes());
+        let mut listed = Vec::new();
+        let mut from = prefix.as_bytes().to_vec();
+        // The first page's revision, so that later pages show the same moment.
+        let mut revision = None;
+        loop {
+            let response = self.call(|mut client| {
+                let (from, end) = (from.clone(), end.clone());
+                let mut options = GetOptions::new().with_range(end).with_limit(LIST_PAGE);
+                if let Some(revision) = revision {
+                    options = options.with_revision(revision);
+                }
+                async move { client.get(from, Some(options)).await }
+            })?;
+            revision = revision.or(response.header().map(|header| header.revision()));
+            for kv in response.kvs() {
+                let key = kv
+                    .key_str()
+                    .map_err(|err| backend(&self.endpoints, err))?
+                    .to_string();
+                listed.push((key, kv.value().to_vec(), kv.mod_revision()));
             }
-        })?;
-        let mut listed = Vec::with_capacity(response.kvs().len());
-        for kv in response.kvs() {
-            let key = kv
-                .key_str()
-                .map_err(|err| backend(&self.endpoints, err))?
-                .to_string();
-            listed.push((key, kv.value().to_vec(), kv.mod_revision()));
+            match response.kvs().last() {
+                Some(last) if response.more() => {
+                    // The next page starts just after the last key of this one.
+                    from = [last.key(), &[0]].concat();
+                }
+                _ => return Ok(listed),
+            }
         }
-        Ok(listed)
     }
 
     /// Runs `call` once (see [`Self::call`]).
@@ -1169,6 +1201,35 @@ mod tests {
         let err = store.apply(writes).unwrap_err().to_string();
         assert!(err.contains("--max-txn-ops"), "{err}");
         assert!(conformance::hardware_names(&store).is_empty());
+    }
+
+    #[test]
+    fn a_listing_larger_than_a_grpc_message_is_read_whole_in_pages() {
+        let etcd = Etcd::start();
+        let store = etcd.store();
+        // 1,300 Hardware of 4 KiB each: 5 MiB in all, past gRPC's 4 MiB limit for one
+        // response, and three pages.
+        let padding = "x".repeat(4096);
+        for batch in (0..1300).collect::<Vec<u32>>().chunks(100) {
+            let writes = batch
+                .iter()
+                .map(|n| conformance::write(&format!("m{n:04}"), serde_json::json!(padding), None))
+                .collect();
+            store.apply(writes).unwrap();
+        }
+        let names = conformance::hardware_names(&store);
+        assert_eq!(names.len(), 1300);
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 1300, "no key twice across pages");
+    }
+
+    #[test]
+    fn the_range_of_a_prefix_ends_past_its_last_byte() {
+        assert_eq!(prefix_end(b"/wisp/hw/"), b"/wisp/hw0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
     }
 
     #[test]
