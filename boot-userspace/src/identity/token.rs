@@ -11,7 +11,7 @@
 //! disk that lost the key file in a crash), a token whose boot is still the machine's current
 //! one is accepted, with a warning: the boot id is 64 random bits that only the token carries.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt::Write as _,
     net::Ipv4Addr,
     path::Path,
@@ -38,7 +38,44 @@ pub struct MachineTokens {
     store: Arc<dyn BootStore>,
     /// The boot each machine is on, as the store has it. Held across a store write and the
     /// update that follows it, so that the two never disagree.
-    boots: Mutex<HashMap<MacAddr, BootRecord>>,
+    boots: Mutex<Boots>,
+    /// One reload of the boots at a time (see [`Boots::changed_while_reading`]).
+    reloading: Mutex<()>,
+}
+
+/// The machines' boots, and what changed here while the store was being read again.
+#[derive(Default)]
+struct Boots {
+    current: HashMap<MacAddr, BootRecord>,
+    /// The machines whose boot this appliance started or ended while a reload read the store,
+    /// which the read may predate: the reload keeps what this appliance knows of them. Without
+    /// it, a reload of 10,000 boots (many pages of etcd) lost the boots minted meanwhile, and
+    /// their machines' tokens were refused as of ended boots.
+    changed_while_reading: Option<HashSet<MacAddr>>,
+}
+
+impl Boots {
+    fn set(&mut self, mac: MacAddr, record: Option<BootRecord>) {
+        match record {
+            Some(record) => self.current.insert(mac, record),
+            None => self.current.remove(&mac),
+        };
+        if let Some(changed) = &mut self.changed_while_reading {
+            changed.insert(mac);
+        }
+    }
+
+    /// The boots as read from the store, but for those changed here since the read began.
+    fn replace(&mut self, read: Vec<(MacAddr, BootRecord)>) {
+        let mut read: HashMap<MacAddr, BootRecord> = read.into_iter().collect();
+        for mac in self.changed_while_reading.take().unwrap_or_default() {
+            match self.current.get(&mac) {
+                Some(record) => read.insert(mac, *record),
+                None => read.remove(&mac),
+            };
+        }
+        self.current = read;
+    }
 }
 
 impl MachineTokens {
@@ -74,7 +111,11 @@ impl MachineTokens {
             key,
             lifetime,
             store,
-            boots: Mutex::new(boots.into_iter().collect()),
+            boots: Mutex::new(Boots {
+                current: boots.into_iter().collect(),
+                changed_while_reading: None,
+            }),
+            reloading: Mutex::new(()),
         })
     }
 
@@ -102,19 +143,22 @@ impl MachineTokens {
         };
         // Another machine that fetched its script from this address before has moved on: the
         // address no longer says who it is (its token still does).
-        let moved: Vec<MacAddr> = boots
+        let moved: Vec<(MacAddr, BootRecord)> = boots
+            .current
             .iter()
             .filter(|(other, boot)| **other != mac && address.is_some() && boot.address == address)
-            .map(|(other, _)| *other)
+            .map(|(other, boot)| (*other, *boot))
             .collect();
-        for other in moved {
-            if let Some(boot) = boots.get_mut(&other) {
-                boot.address = None;
-                self.store.record_boot(&other, *boot)?;
-            }
+        for (other, boot) in moved {
+            let boot = BootRecord {
+                address: None,
+                ..boot
+            };
+            self.store.record_boot(&other, boot)?;
+            boots.set(other, Some(boot));
         }
         self.store.record_boot(&mac, record)?;
-        boots.insert(mac, record);
+        boots.set(mac, Some(record));
         Ok(Some(self.token(mac, record.boot)))
     }
 
@@ -126,6 +170,7 @@ impl MachineTokens {
         self.boots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .current
             .iter()
             .find(|(_, boot)| boot.address == Some(address) && boot.boot.expires_unix > now)
             .map(|(mac, _)| *mac)
@@ -134,9 +179,26 @@ impl MachineTokens {
     /// Takes the boots from the store again: another appliance sharing it started or ended
     /// some.
     pub fn reload_boots(&self) -> Result<(), StoreError> {
-        let boots = self.store.boots()?;
-        *self.boots.lock().unwrap_or_else(|p| p.into_inner()) = boots.into_iter().collect();
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        self.begin_reload();
+        let read = self.store.boots();
+        let mut boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
+        match read {
+            Ok(read) => boots.replace(read),
+            Err(err) => {
+                boots.changed_while_reading = None;
+                return Err(err);
+            }
+        }
         Ok(())
+    }
+
+    /// From here, a boot started or ended here is kept over what the reload reads.
+    fn begin_reload(&self) {
+        self.boots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .changed_while_reading = Some(HashSet::new());
     }
 
     /// About when a boot started: its expiry less the lifetime tokens are minted with.
@@ -150,13 +212,18 @@ impl MachineTokens {
     /// longer owns them): their tokens are refused from then on.
     pub fn end_boots_unless(&self, keep: impl Fn(&MacAddr) -> bool) -> Result<(), StoreError> {
         let mut boots = self.boots.lock().unwrap_or_else(|p| p.into_inner());
-        let ended: Vec<MacAddr> = boots.keys().filter(|mac| !keep(mac)).copied().collect();
+        let ended: Vec<MacAddr> = boots
+            .current
+            .keys()
+            .filter(|mac| !keep(mac))
+            .copied()
+            .collect();
         if ended.is_empty() {
             return Ok(());
         }
         self.store.end_boots(&ended)?;
         for mac in &ended {
-            boots.remove(mac);
+            boots.set(*mac, None);
         }
         tracing::info!(
             machines = ended.len(),
@@ -194,6 +261,7 @@ impl MachineTokens {
             .boots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .current
             .get(&mac)
             .map(|record| record.boot);
         if !signed {
@@ -293,6 +361,33 @@ mod tests {
             tokens.verify(&second, now),
             Err(Refusal::EndedBoot(a, parse(&second).unwrap().1))
         );
+        assert_eq!(tokens.verify(&of_b, now), Ok(b));
+    }
+
+    #[test]
+    fn a_reload_of_the_boots_keeps_what_changed_here_while_it_read_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(dir.path()).unwrap());
+        let tokens = MachineTokens::load(dir.path(), Arc::clone(&store) as _, DAY).unwrap();
+        let (a, b): (MacAddr, MacAddr) = (
+            "1c:69:7a:11:22:33".parse().unwrap(),
+            "1c:69:7a:11:22:34".parse().unwrap(),
+        );
+        let of_a = tokens.mint(a, None, || true).unwrap().unwrap();
+        let now = SystemTime::now();
+        // The reload reads the store before B boots and A's boot ends here.
+        tokens.begin_reload();
+        let read = store.boots().unwrap();
+        let of_b = tokens.mint(b, None, || true).unwrap().unwrap();
+        tokens.end_boots_unless(|mac| *mac == b).unwrap();
+        tokens.boots.lock().unwrap().replace(read);
+        assert_eq!(tokens.verify(&of_b, now), Ok(b));
+        assert_eq!(
+            tokens.verify(&of_a, now),
+            Err(Refusal::EndedBoot(a, parse(&of_a).unwrap().1))
+        );
+        // The next reload takes the store as it is.
+        tokens.reload_boots().unwrap();
         assert_eq!(tokens.verify(&of_b, now), Ok(b));
     }
 

@@ -270,8 +270,11 @@ impl Engine {
     /// Takes the runs from the store again, after a commit failed: memory must not keep a
     /// change the store does not have.
     pub fn reload(&self) -> Result<(), StoreError> {
+        // Read under the lock, as in `observe`: a run stored meanwhile is not replaced by the
+        // older listing.
+        let mut state = self.state();
         let stored = self.catalog.store().workflow_statuses()?;
-        self.state().runs.replace(stored);
+        state.runs.replace(stored);
         Ok(())
     }
 
@@ -280,8 +283,13 @@ impl Engine {
     pub fn observe(&self, changed: RunsChanged) -> Result<Change, StoreError> {
         match changed {
             RunsChanged::All => {
+                // Read under the lock: a run this appliance stored after a read made outside it
+                // would be missing from the listing, and taken as deleted. Under it, every run
+                // kept as stored was stored before the read, and one being written is queued
+                // (which a listing never replaces) until the read is taken.
+                let mut state = self.state();
                 let stored = self.catalog.store().workflow_statuses()?;
-                self.state().runs.observe_all(stored);
+                state.runs.observe_all(stored);
                 Ok(Change { finished: true })
             }
             RunsChanged::These(runs) => {
