@@ -89,6 +89,16 @@ enum Task {
         #[arg(long)]
         machines: u32,
     },
+    /// The TFTP benchmark's in-process client (run by `bench` inside its lab).
+    #[command(hide = true)]
+    BenchTftp {
+        #[arg(long)]
+        file: String,
+        #[arg(long)]
+        size: u64,
+        #[arg(long)]
+        clients: usize,
+    },
     /// The rack-boot benchmark's simulated machines (run by `bench` inside its lab).
     #[command(hide = true)]
     BenchRack {
@@ -124,6 +134,11 @@ fn main() -> anyhow::Result<()> {
             bench::run_benchmarks(&root, quick, &only)
         }
         Task::BenchWorkers { machines } => bench::simulate_workers(machines),
+        Task::BenchTftp {
+            file,
+            size,
+            clients,
+        } => bench::simulate_tftp(&file, size, clients),
         Task::BenchRack {
             machines,
             workflows,

@@ -85,8 +85,6 @@ pub struct Booted {
 const FIRMWARE_DHCP_TIMEOUTS: [u64; 5] = [4, 8, 16, 32, 32];
 /// iPXE starts at 1 s and doubles (its DHCP_MIN_TIMEOUT and DHCP_MAX_TIMEOUT).
 const IPXE_DHCP_TIMEOUTS: [u64; 6] = [1, 2, 4, 8, 10, 10];
-/// The block size a PXE firmware asks for: a 1500-byte frame less the headers.
-const TFTP_BLOCK_SIZE: usize = 1456;
 /// A TFTP packet unanswered this long is sent again, up to [`TFTP_TRIES`] times.
 const TFTP_TIMEOUT: Duration = Duration::from_secs(1);
 const TFTP_TRIES: usize = 6;
@@ -254,80 +252,128 @@ fn boot_file(ack: &v4::Message) -> anyhow::Result<String> {
     Ok(name)
 }
 
-/// Fetches `file` from `server` over TFTP, from `address`, as a PXE firmware does (block size
-/// 1456, one block at a time). Returns its size.
-async fn tftp_get(address: Ipv4Addr, server: Ipv4Addr, file: &str) -> anyhow::Result<u64> {
+/// What a TFTP client asks the server for.
+#[derive(Clone, Copy, Debug)]
+pub struct TftpOptions {
+    pub block_size: usize,
+    /// Blocks per acknowledgement (RFC 7440); 1, one block at a time, is not asked for.
+    pub window: u16,
+}
+
+impl TftpOptions {
+    /// As a PXE firmware asks: a 1500-byte frame less the headers, one block at a time.
+    pub const PXE_FIRMWARE: TftpOptions = TftpOptions {
+        block_size: 1456,
+        window: 1,
+    };
+}
+
+/// Fetches `file` from `server` over TFTP, from `address`, with `options` as far as the server
+/// takes them (its OACK). Returns its size.
+pub async fn tftp_get(
+    address: Ipv4Addr,
+    server: Ipv4Addr,
+    file: &str,
+    options: TftpOptions,
+) -> anyhow::Result<u64> {
     let socket = UdpSocket::bind((address, 0)).await?;
     let mut request = vec![0, 1];
-    for field in [
-        file,
-        "octet",
-        "blksize",
-        &TFTP_BLOCK_SIZE.to_string(),
-        "tsize",
-        "0",
-    ] {
+    let mut fields = vec![
+        file.to_string(),
+        "octet".into(),
+        "blksize".into(),
+        options.block_size.to_string(),
+        "tsize".into(),
+        "0".into(),
+    ];
+    if options.window > 1 {
+        fields.extend(["windowsize".into(), options.window.to_string()]);
+    }
+    for field in fields {
         request.extend_from_slice(field.as_bytes());
         request.push(0);
     }
-    // What goes out next until an answer comes: the request, then each ACK.
+    // What goes out next when an answer is due or late: the request, then the last ACK.
     let mut last_sent = request;
+    let mut send = true;
     let mut peer = SocketAddr::from((server, 69));
-    let mut block_size = 512;
-    let mut expected: u16 = 1;
+    // Without an OACK, the server took no option: RFC 1350's 512-byte blocks, one at a time.
+    let (mut block_size, mut window) = (512, 1);
+    // The last block received in order, and the last acknowledged.
+    let (mut received, mut acked) = (0u16, 0u16);
     let mut size = 0u64;
     let mut buffer = vec![0u8; 65_536];
-    'transfer: loop {
-        for _ in 0..TFTP_TRIES {
+    let mut tries = 0;
+    loop {
+        if send {
             socket.send_to(&last_sent, peer).await?;
-            let Ok(received) =
-                tokio::time::timeout(TFTP_TIMEOUT, socket.recv_from(&mut buffer)).await
-            else {
-                continue;
-            };
-            let (length, from) = received?;
-            let packet = &buffer[..length];
-            let (Some(opcode), Some(number)) = (packet.get(..2), packet.get(2..4)) else {
-                bail!("a {length}-byte TFTP packet from {from}");
-            };
-            let number = u16::from_be_bytes([number[0], number[1]]);
-            match u16::from_be_bytes([opcode[0], opcode[1]]) {
-                // OACK: the server took our options; the transfer's port is its source.
-                6 if expected == 1 => {
-                    peer = from;
-                    block_size = oack_block_size(&packet[2..]).unwrap_or(512);
-                    last_sent = vec![0, 4, 0, 0];
-                }
-                3 if number == expected => {
-                    peer = from;
-                    let data = &packet[4..];
-                    size += data.len() as u64;
-                    last_sent = [[0, 4], number.to_be_bytes()].concat();
-                    expected = expected.wrapping_add(1);
-                    if data.len() < block_size {
-                        socket.send_to(&last_sent, peer).await?;
-                        return Ok(size);
-                    }
-                }
-                // A block again (our ACK was lost): acknowledged again.
-                3 => last_sent = [[0, 4], number.to_be_bytes()].concat(),
-                5 => bail!(
-                    "TFTP error {number} for {file}: {}",
-                    String::from_utf8_lossy(&packet[4..]).trim_end_matches('\0')
-                ),
-                opcode => bail!("TFTP opcode {opcode} from {from}"),
-            }
-            continue 'transfer;
+            send = false;
         }
-        bail!("TFTP of {file}: no answer to {TFTP_TRIES} tries");
+        let Ok(answer) = tokio::time::timeout(TFTP_TIMEOUT, socket.recv_from(&mut buffer)).await
+        else {
+            tries += 1;
+            if tries == TFTP_TRIES {
+                bail!("TFTP of {file}: no answer to {TFTP_TRIES} tries");
+            }
+            send = true;
+            continue;
+        };
+        tries = 0;
+        let (length, from) = answer?;
+        let packet = &buffer[..length];
+        let (Some(opcode), Some(number)) = (packet.get(..2), packet.get(2..4)) else {
+            bail!("a {length}-byte TFTP packet from {from}");
+        };
+        let number = u16::from_be_bytes([number[0], number[1]]);
+        match u16::from_be_bytes([opcode[0], opcode[1]]) {
+            // OACK: the server took these options; the transfer's port is its source.
+            6 if received == 0 => {
+                peer = from;
+                block_size = oack_option(&packet[2..], b"blksize").unwrap_or(512);
+                window = oack_option(&packet[2..], b"windowsize").unwrap_or(1);
+                last_sent = vec![0, 4, 0, 0];
+                send = true;
+            }
+            // The OACK again, after the data began: our ACK of it came late, and it was resent.
+            6 => {}
+            3 if number == received.wrapping_add(1) => {
+                peer = from;
+                let data = &packet[4..];
+                size += data.len() as u64;
+                received = number;
+                let last = data.len() < block_size;
+                // One ACK per window, for its last block, acknowledges them all (RFC 7440).
+                if last || received.wrapping_sub(acked) >= window {
+                    last_sent = [[0, 4], received.to_be_bytes()].concat();
+                    acked = received;
+                    send = true;
+                }
+                if last {
+                    socket.send_to(&last_sent, peer).await?;
+                    return Ok(size);
+                }
+            }
+            // A block out of order, or again (our ACK was lost): the last block received in
+            // order is acknowledged, and the server goes on after it (RFC 7440, section 4).
+            3 => {
+                last_sent = [[0, 4], received.to_be_bytes()].concat();
+                acked = received;
+                send = true;
+            }
+            5 => bail!(
+                "TFTP error {number} for {file}: {}",
+                String::from_utf8_lossy(&packet[4..]).trim_end_matches('\0')
+            ),
+            opcode => bail!("TFTP opcode {opcode} from {from}"),
+        }
     }
 }
 
-/// The block size in an OACK's options (`name\0value\0` pairs).
-fn oack_block_size(options: &[u8]) -> Option<usize> {
+/// A number in an OACK's options (`name\0value\0` pairs).
+fn oack_option<T: std::str::FromStr>(options: &[u8], wanted: &[u8]) -> Option<T> {
     let mut fields = options.split(|&b| b == 0);
     while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-        if name.eq_ignore_ascii_case(b"blksize") {
+        if name.eq_ignore_ascii_case(wanted) {
             return std::str::from_utf8(value).ok()?.parse().ok();
         }
     }
@@ -440,7 +486,7 @@ pub async fn boot(
             server if server.is_unspecified() => bail!("the ACK names no TFTP server (siaddr)"),
             server => server,
         };
-        tftp_get(address, server, &file).await?;
+        tftp_get(address, server, &file, TftpOptions::PXE_FIRMWARE).await?;
         timed(Stage::Tftp, started);
     }
 

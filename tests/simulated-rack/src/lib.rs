@@ -23,7 +23,7 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-pub use boot::{pxe_discover, Depth, Stage};
+pub use boot::{pxe_discover, tftp_get, Depth, Stage, TftpOptions};
 use boot::{Booted, DhcpSegment};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpSocket, TcpStream};

@@ -19,6 +19,7 @@ pub const CLIENT: &str = "wisp-bench-c";
 pub const SERVER_IF: &str = "srv";
 pub const CLIENT_IF: &str = "cli";
 pub const SERVER_IP: &str = "10.88.0.1";
+pub const CLIENT_IP: &str = "10.88.0.2";
 
 /// The system's default socket receive buffer while the lab exists. perfdhcp cannot set its
 /// own, and with the kernel's default (208 KiB) its socket overflowed when a server's replies

@@ -19,6 +19,7 @@ mod workflows;
 pub use dora::generate as generate_dora;
 pub use flood::generate as generate_flood;
 pub use rack_boot::simulate as simulate_rack;
+pub use tftp::simulate as simulate_tftp;
 pub use workflows::simulate as simulate_workers;
 
 use std::path::{Path, PathBuf};
@@ -287,9 +288,9 @@ fn plots(table: &report::Table, directory: &Path) -> anyhow::Result<Vec<String>>
             plot::lines(
                 table,
                 Across::CaseNumber,
-                "concurrent fetches of the large file",
+                "concurrent fetches of the large file (one client)",
                 "MiB/s",
-                |case| case.starts_with("ipxe.efi"),
+                |case| case.starts_with("ipxe.efi") && case.ends_with("(one client)"),
                 &path("tftp.png"),
             ),
         )?,
