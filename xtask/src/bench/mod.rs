@@ -68,7 +68,7 @@ impl Settings {
             dhcp_hosts: 10_000,
             dhcp_start_rate: 1_000,
             dhcp_max_rate: 128_000,
-            bisect_steps: 3,
+            bisect_steps: 4,
             tftp_large_bytes: 16 << 20,
             tftp_clients: vec![1, 50, 200],
             http_file_bytes: 64 << 20,
