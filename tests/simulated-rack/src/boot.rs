@@ -563,11 +563,13 @@ mod tests {
     }
 
     #[test]
-    fn the_block_size_is_read_from_the_oack() {
+    fn the_options_are_read_from_the_oack() {
+        let oack = b"tsize\x0070000\x00blksize\x001456\x00windowsize\x008\x00";
+        assert_eq!(oack_option::<usize>(oack, b"blksize"), Some(1456));
+        assert_eq!(oack_option::<u16>(oack, b"windowsize"), Some(8));
         assert_eq!(
-            oack_block_size(b"tsize\x0070000\x00blksize\x001456\x00"),
-            Some(1456)
+            oack_option::<usize>(b"tsize\x0070000\x00", b"blksize"),
+            None
         );
-        assert_eq!(oack_block_size(b"tsize\x0070000\x00"), None);
     }
 }
