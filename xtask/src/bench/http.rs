@@ -106,11 +106,16 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
     let mut table = Table::new(
         "HTTP",
         &format!(
-            "wrk ({} s, up to 2 threads) fetching a {} MiB file at each concurrency. Throughput, p99 \
-             request latency, wrk's socket errors, and the peak resident memory of the server's \
-             processes. wrk connects from one address, so Wisp's per-address connection limit \
-             is raised to the largest concurrency.",
-            settings.http_seconds,
+            "wrk (up to 2 threads; {} s) fetching a {} MiB file at each concurrency. Throughput, \
+             p99 request latency, wrk's socket errors, and the peak resident memory of the \
+             server's processes. wrk connects from one address, so Wisp's per-address \
+             connection limit is raised to the largest concurrency.",
+            settings
+                .http_connections
+                .iter()
+                .map(|(connections, seconds)| format!("{seconds} s at {connections}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             settings.http_file_bytes >> 20
         ),
         &["MiB/s", "p99 ms", "socket errors", "peak MiB"],
@@ -120,6 +125,7 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
     let most_connections = settings
         .http_connections
         .iter()
+        .map(|(connections, _)| connections)
         .max()
         .context("no connections")?;
     let per_client_arg = most_connections.to_string();
@@ -140,7 +146,7 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
             )?,
             _ => start_nginx(lab, work, &root, "initramfs.bin")?,
         };
-        for &connections in &settings.http_connections {
+        for &(connections, seconds) in &settings.http_connections {
             let case = format!("{connections} connections");
             for _ in 0..settings.runs {
                 let output = lab.exec_ok(
@@ -152,7 +158,7 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
                         "-c",
                         &connections.to_string(),
                         "-d",
-                        &format!("{}s", settings.http_seconds),
+                        &format!("{seconds}s"),
                         "--latency",
                         // A 64 MiB response shared by hundreds of connections takes seconds:
                         // wrk's 2 s default would drop exactly the slow ones from the latencies.
