@@ -106,7 +106,7 @@ pub fn run(lab: &Lab, work: &Path, settings: &Settings) -> anyhow::Result<Table>
     let mut table = Table::new(
         "HTTP",
         &format!(
-            "wrk (up to 2 threads; {} s) fetching a {} MiB file at each concurrency. Throughput, \
+            "wrk (up to 2 threads; {} connections) fetching a {} MiB file at each concurrency. Throughput, \
              p99 request latency, wrk's socket errors, and the peak resident memory of the \
              server's processes. wrk connects from one address, so Wisp's per-address \
              connection limit is raised to the largest concurrency.",
