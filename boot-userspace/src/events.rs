@@ -146,7 +146,7 @@ mod tests {
         assert_eq!(first[0].message, "ACK 5");
         assert_eq!(log.events(Some(mac(1)), 3).len(), 3);
         drop(log);
-        // The journal's thread flushes when its queue is empty, and ends with the log.
+        // The journal's thread writes its last batch, and ends with the log.
         std::thread::sleep(std::time::Duration::from_millis(300));
         let again = EventLog::open(dir.path(), machines, Default::default()).expect("reopen");
         assert_eq!(again.events(Some(mac(1)), usize::MAX), first);

@@ -128,6 +128,10 @@ pub enum Scenario {
 /// Runs the scenarios in `only` (every one when empty). The report is written only by a full
 /// run of every scenario.
 pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Result<()> {
+    let started = (
+        std::time::Instant::now(),
+        output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
+    );
     let settings = if quick {
         run("cargo", &["build", "--bins"])?;
         Settings::quick(root)
@@ -250,7 +254,15 @@ pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Re
         return Ok(());
     }
     let path = directory.join("README.md");
-    std::fs::write(&path, document(&tables, &plot_files, &failures, &settings))?;
+    let run = format!(
+        "{}, {:.0} minutes from the build to this report",
+        started.1.trim(),
+        started.0.elapsed().as_secs_f64() / 60.0
+    );
+    std::fs::write(
+        &path,
+        document(&tables, &plot_files, &failures, &settings, &run),
+    )?;
     println!("results written to {}", path.display());
     Ok(())
 }
@@ -361,6 +373,7 @@ fn document(
     plots: &[Vec<String>],
     failures: &[String],
     settings: &Settings,
+    run: &str,
 ) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -394,7 +407,7 @@ fn document(
     );
     text.push_str(&format!(
         "## Machine\n\n- CPU: {cpu} ({cores} cores)\n- {pinning}\n- Kernel: {}\n- {}\n- Runs \
-         per measurement: {}\n\n## Peers\n\n",
+         per measurement: {}\n- This run: {run}\n\n## Peers\n\n",
         kernel.trim(),
         memory.split_whitespace().collect::<Vec<_>>().join(" "),
         settings.runs
