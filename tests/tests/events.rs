@@ -97,8 +97,9 @@ fn a_machines_boot_shows_as_its_events_in_order_and_they_outlive_a_restart() {
         "{unknown:?}"
     );
 
-    // Kept across a kill -9, once the journal's thread had a quiet second to write them.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kept across a kill -9, once the journal's thread has written its batch (it lets one
+    // gather for 50 ms).
+    std::thread::sleep(Duration::from_millis(500));
     daemon.stop(nix::sys::signal::Signal::SIGKILL);
     let _again = Daemon::start(&lab.server, SERVER_IF, &data, &[]);
     assert_eq!(events(&lab, &[MAC]), seen);
