@@ -181,7 +181,7 @@ fn wait_until_drained(lab: &Lab) -> anyhow::Result<()> {
     const PATIENCE: Duration = Duration::from_secs(60);
     let started = Instant::now();
     loop {
-        let queued = queued_bytes(&lab.exec_ok(SERVER, "ss", &["-Hun"])?);
+        let queued = queued_bytes(&lab.exec_ok(SERVER, "ss", &UDP_SOCKETS)?);
         if queued == 0 {
             return Ok(());
         }
@@ -192,7 +192,12 @@ fn wait_until_drained(lab: &Lab) -> anyhow::Result<()> {
     }
 }
 
-/// The bytes waiting in every UDP socket's receive queue, from `ss -Hun` (state, Recv-Q, …).
+/// `ss`'s arguments to list every UDP socket with the bytes in its receive queue. `-a`: a bound
+/// socket that is not connected (UNCONN, as a server's) counts as listening, and without it ss
+/// lists only the others.
+const UDP_SOCKETS: [&str; 1] = ["-Huan"];
+
+/// The bytes waiting in every UDP socket's receive queue, from `ss -Huan` (state, Recv-Q, …).
 fn queued_bytes(sockets: &str) -> u64 {
     sockets
         .lines()
@@ -703,6 +708,22 @@ mod tests {
                        UNCONN 768    0     0.0.0.0:4011       0.0.0.0:*\n";
         assert_eq!(queued_bytes(sockets), 214_016);
         assert_eq!(queued_bytes(""), 0);
+    }
+
+    #[test]
+    fn sees_what_a_servers_socket_holds() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("a socket");
+        let address = server.local_addr().expect("its address");
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .expect("a socket")
+            .send_to(&[0; 100], address)
+            .expect("sent");
+        let listing = crate::shell::output("ss", &UDP_SOCKETS).expect("ss");
+        let line = listing
+            .lines()
+            .find(|line| line.contains(&format!("{address} ")))
+            .unwrap_or_else(|| panic!("no line for {address}:\n{listing}"));
+        assert!(queued_bytes(line) >= 100, "{line}");
     }
 
     #[test]
