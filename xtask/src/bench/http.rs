@@ -10,7 +10,7 @@
 //! a veth, an attached XDP program changes the kernel's path for every packet the peer sends
 //! (wrk's requests and ACKs): they are received in a NAPI poll that runs the program, on the
 //! sending core, which is wrk's, and wrk is the limit at one connection. Measured in the lab:
-//! Wisp with the gate attached made 0.88× nginx's throughput at one connection, detached
+//! Wisp with the gate attached made 0.89× nginx's throughput at one connection, detached
 //! 1.08× (findings.md). On a NIC, the program runs in the driver's receive path, on the
 //! server's side. The gate's own costs are the flood scenario's subject.
 use std::path::Path;
