@@ -6,9 +6,11 @@
 //! and one thread appends what the queue holds to the file (an entry that finds the queue full
 //! is counted and kept in memory only). The thread takes the queue in batches, at most every
 //! [`BATCH_INTERVAL`]: woken for each entry, as it was, it cost a DHCP server at its top rate
-//! a fifth of its core in thread switches (a machine's events come with every reply). The file is not synced: an entry is an observation,
-//! not state, so a power loss may cost the last moments of them, never a lease or a workflow's
-//! state, which the store keeps. At start the file is read back and written again holding only
+//! a fifth of its core in thread switches (a machine's events come with every reply).
+//!
+//! The file is not synced: an entry is an observation, not state, so a crash or a power loss
+//! may cost the last moments of them, never a lease or a workflow's state, which the store
+//! keeps. At start the file is read back and written again holding only
 //! what the rings keep; while running it is compacted the same way once it has grown by
 //! [`COMPACT_AFTER_LINES`].
 use std::{
