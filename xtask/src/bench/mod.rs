@@ -128,10 +128,8 @@ pub enum Scenario {
 /// Runs the scenarios in `only` (every one when empty). The report is written only by a full
 /// run of every scenario.
 pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Result<()> {
-    let started = (
-        std::time::Instant::now(),
-        output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default(),
-    );
+    let run_started = std::time::Instant::now();
+    let run_date = output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_default();
     let settings = if quick {
         run("cargo", &["build", "--bins"])?;
         Settings::quick(root)
@@ -256,8 +254,8 @@ pub fn run_benchmarks(root: &Path, quick: bool, only: &[Scenario]) -> anyhow::Re
     let path = directory.join("README.md");
     let run = format!(
         "{}, {:.0} minutes from the build to this report",
-        started.1.trim(),
-        started.0.elapsed().as_secs_f64() / 60.0
+        run_date.trim(),
+        run_started.elapsed().as_secs_f64() / 60.0
     );
     std::fs::write(
         &path,
